@@ -1,0 +1,117 @@
+//! The typed requests the worker sends its Durable Objects, shared by caller and callee so each
+//! operation is written once. Every call is a `POST` of one of these enums as JSON; the DO answers
+//! 200 with the operation's result, or an [`crate::ApiError`] body with its status.
+//!
+//! DOs trust these requests: the router has already checked the caller's token and claims.
+
+use crate::ids::{RigId, TownId};
+use crate::model::{Rig, Town};
+use serde::{Deserialize, Serialize};
+
+/// The URL every worker → DO request is sent to; only the body matters.
+pub const DO_URL: &str = "https://durable-object.internal/rpc";
+
+/// Operations of an owner DO (`GastownUserDO`; the org DO speaks the same language).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OwnerRequest {
+    /// → [`Town`]
+    AddTown { town: Town },
+    /// → `Vec<Town>`, oldest first
+    ListTowns,
+    /// → [`Town`], 404 when this owner has no such town
+    GetTown { town_id: TownId },
+    /// → [`RemovedTown`]; removes the town's rigs too
+    RemoveTown { town_id: TownId },
+    /// → [`Rig`]; 404 for a town this owner lacks, 409 for a rig name taken in that town
+    AddRig { rig: Rig },
+    /// → `Vec<Rig>`, oldest first; 404 for a town this owner lacks
+    ListRigs { town_id: TownId },
+    /// → [`Rig`]
+    GetRig { rig_id: RigId },
+    /// → [`Rig`] as it was
+    RemoveRig { rig_id: RigId },
+}
+
+/// What removing a town took with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedTown {
+    pub town: Town,
+    pub rig_ids: Vec<RigId>,
+}
+
+/// Operations of a `TownDO`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TownRequest {
+    /// Records identity and ownership and arms the alarm. Idempotent for the same town;
+    /// 409 if this DO already holds another identity. → [`Town`]
+    Init { town: Town },
+    /// → [`Town`]; 404 when uninitialised or destroyed
+    Get,
+    /// Wipes all storage and the alarm. → [`Ack`]
+    Destroy,
+    /// → [`Ack`]
+    AddRig { rig: Rig },
+    /// → [`Ack`]
+    RemoveRig { rig_id: RigId },
+    /// Arms the alarm if the town exists and none is pending. → [`AlarmArmed`]
+    EnsureAlarm,
+    /// → [`TownHealth`]
+    Health,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Ack {
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmArmed {
+    /// True when this call had to set a missing alarm.
+    pub rearmed: bool,
+}
+
+/// Operator view of a town's main loop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TownHealth {
+    pub town_id: TownId,
+    pub status: String,
+    pub rig_count: u32,
+    /// Next alarm, ms since the epoch.
+    pub alarm_at: Option<u64>,
+    pub alarm_runs: u64,
+    pub last_alarm_at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_pinned() {
+        let req = TownRequest::RemoveRig {
+            rig_id: RigId::parse("r1").unwrap(),
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"op":"remove_rig","rig_id":"r1"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&OwnerRequest::ListTowns).unwrap(),
+            r#"{"op":"list_towns"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&TownRequest::Get).unwrap(),
+            r#"{"op":"get"}"#
+        );
+        let back: OwnerRequest =
+            serde_json::from_str(r#"{"op":"get_town","town_id":"t1"}"#).unwrap();
+        assert_eq!(
+            back,
+            OwnerRequest::GetTown {
+                town_id: TownId::parse("t1").unwrap()
+            }
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The one error type of the API and its JSON body.
+//!
+//! Client mistakes and internal failures are different variants. `Internal` never carries text to
+//! the client: its detail is for the log line only. The same body travels from a Durable Object
+//! back to the router, so [`ApiError::from_wire`] rebuilds the variant from status and code.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Every failure the API reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The body is not JSON, or not the JSON object the route needs (400).
+    InvalidJson(String),
+    /// A well-formed request that still cannot be served as asked (400).
+    BadRequest(String),
+    /// No credentials, or credentials that do not verify for this route (401).
+    Unauthorized(&'static str),
+    /// The caller is known but not allowed (403).
+    Forbidden(String),
+    /// No such resource for this caller (404).
+    NotFound(String),
+    /// The path exists but not with this method (405).
+    MethodNotAllowed,
+    /// The request conflicts with stored state (409).
+    Conflict(String),
+    /// The resource existed and is gone for good (410).
+    Gone(String),
+    /// The body is larger than the route accepts (413).
+    PayloadTooLarge,
+    /// The body is not `application/json` (415).
+    UnsupportedMediaType,
+    /// A field has the wrong type, shape or length (422); `field` names it.
+    Invalid { field: String, message: String },
+    /// Something failed on our side. The detail is logged, never sent.
+    Internal(String),
+}
+
+impl ApiError {
+    /// Shorthand for a 422 naming the field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for an internal failure with a detail for the log.
+    pub fn internal(detail: impl fmt::Display) -> Self {
+        ApiError::Internal(detail.to_string())
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidJson(_) | ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::Conflict(_) => 409,
+            ApiError::Gone(_) => 410,
+            ApiError::PayloadTooLarge => 413,
+            ApiError::UnsupportedMediaType => 415,
+            ApiError::Invalid { .. } => 422,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Gone(_) => "gone",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Invalid { .. } => "invalid_field",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The text a client may read.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::InvalidJson(m)
+            | ApiError::BadRequest(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Gone(m) => m.clone(),
+            ApiError::Unauthorized(m) => (*m).to_owned(),
+            ApiError::MethodNotAllowed => "method not allowed on this path".to_owned(),
+            ApiError::PayloadTooLarge => "request body is too large".to_owned(),
+            ApiError::UnsupportedMediaType => "request body must be application/json".to_owned(),
+            ApiError::Invalid { field, message } => format!("{field}: {message}"),
+            ApiError::Internal(_) => "internal error".to_owned(),
+        }
+    }
+
+    /// The JSON body: `{"error":{"code","message"[,"field"]}}`.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.message(),
+                field: match self {
+                    ApiError::Invalid { field, .. } => Some(field.clone()),
+                    _ => None,
+                },
+            },
+        }
+    }
+
+    /// Rebuilds an error sent by a Durable Object. Anything unexpected is internal: a DO never
+    /// gets to invent a client-facing status the router does not know.
+    pub fn from_wire(status: u16, body: &str) -> Self {
+        let Ok(parsed) = serde_json::from_str::<ErrorBody>(body) else {
+            return ApiError::internal(format!(
+                "durable object answered {status} without an error body"
+            ));
+        };
+        let ErrorDetail {
+            code,
+            message,
+            field,
+        } = parsed.error;
+        match (status, code.as_str()) {
+            (400, "invalid_json") => ApiError::InvalidJson(message),
+            (400, _) => ApiError::BadRequest(message),
+            (403, _) => ApiError::Forbidden(message),
+            (404, _) => ApiError::NotFound(message),
+            (409, _) => ApiError::Conflict(message),
+            (410, _) => ApiError::Gone(message),
+            (422, _) => {
+                let field = field.unwrap_or_default();
+                let message = message
+                    .strip_prefix(&format!("{field}: "))
+                    .map(str::to_owned)
+                    .unwrap_or(message);
+                ApiError::Invalid { field, message }
+            }
+            _ => ApiError::internal(format!("durable object answered {status} {code}")),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Internal(detail) => write!(f, "internal error: {detail}"),
+            other => write!(
+                f,
+                "{} {}: {}",
+                other.status(),
+                other.code(),
+                other.message()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape_is_pinned() {
+        let json = serde_json::to_string(&ApiError::invalid("name", "too long").body()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"error":{"code":"invalid_field","message":"name: too long","field":"name"}}"#
+        );
+        let json =
+            serde_json::to_string(&ApiError::NotFound("town not found".into()).body()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"error":{"code":"not_found","message":"town not found"}}"#
+        );
+    }
+
+    #[test]
+    fn internal_detail_never_reaches_the_body() {
+        let err = ApiError::internal("sql: no such table towns; secret=abc");
+        let json = serde_json::to_string(&err.body()).unwrap();
+        assert!(!json.contains("secret"));
+        assert!(!json.contains("sql"));
+        assert_eq!(err.status(), 500);
+    }
+
+    #[test]
+    fn wire_round_trip_keeps_client_errors() {
+        for err in [
+            ApiError::NotFound("town not found".into()),
+            ApiError::Conflict("rig name taken".into()),
+            ApiError::invalid("git_url", "must be https"),
+            ApiError::Forbidden("owner only".into()),
+            ApiError::Gone("town destroyed".into()),
+        ] {
+            let body = serde_json::to_string(&err.body()).unwrap();
+            assert_eq!(ApiError::from_wire(err.status(), &body), err);
+        }
+    }
+
+    #[test]
+    fn wire_never_forges_auth_or_server_statuses() {
+        let body = serde_json::to_string(&ApiError::Unauthorized("x").body()).unwrap();
+        assert!(matches!(
+            ApiError::from_wire(401, &body),
+            ApiError::Internal(_)
+        ));
+        assert!(matches!(
+            ApiError::from_wire(404, "not json"),
+            ApiError::Internal(_)
+        ));
+    }
+}

@@ -1,0 +1,18 @@
+//! Pure logic of the Gastown control plane, compiled both for the worker (wasm32) and natively
+//! for fast unit tests: token kinds and their verification, the route table, request validation,
+//! the domain records, the internal requests the worker sends its Durable Objects, and the one
+//! error type every failure becomes.
+//!
+//! Nothing here touches the Workers runtime. In particular nothing reads a clock: callers pass
+//! `now` in, because wasm32 has no system clock and a hidden `SystemTime::now()` would panic there.
+
+pub mod auth;
+pub mod body;
+pub mod do_api;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod routes;
+pub mod time;
+
+pub use error::ApiError;

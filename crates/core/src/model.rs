@@ -1,0 +1,380 @@
+//! The records the API returns and the Durable Objects store: towns and rigs, and the validated
+//! input that creates them. JSON field names here are the HTTP contract (DESIGN.md §5).
+
+use crate::body::{parse_object, Fields};
+use crate::error::ApiError;
+use crate::ids::{OrgId, RigId, TownId, UserId};
+use serde::{Deserialize, Serialize};
+
+pub const MAX_TOWN_NAME: usize = 100;
+pub const MAX_RIG_NAME: usize = 64;
+pub const MAX_GIT_URL: usize = 2048;
+pub const MAX_BRANCH: usize = 255;
+pub const MAX_INTEGRATION_ID: usize = 128;
+pub const DEFAULT_BRANCH: &str = "main";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerType {
+    User,
+    Org,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TownStatus {
+    Active,
+    Stopped,
+}
+
+impl TownStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TownStatus::Active => "active",
+            TownStatus::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(TownStatus::Active),
+            "stopped" => Some(TownStatus::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// A town as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Town {
+    pub id: TownId,
+    pub name: String,
+    pub owner_type: OwnerType,
+    pub owner_user_id: String,
+    pub organization_id: Option<OrgId>,
+    pub created_by_user_id: UserId,
+    pub status: TownStatus,
+    pub created_at: String,
+}
+
+impl Town {
+    /// A new personal town: the user owns and created it.
+    pub fn personal(id: TownId, new: NewTown, user: &UserId, created_at: String) -> Self {
+        Town {
+            id,
+            name: new.name,
+            owner_type: OwnerType::User,
+            owner_user_id: user.as_str().to_owned(),
+            organization_id: None,
+            created_by_user_id: user.clone(),
+            status: TownStatus::Active,
+            created_at,
+        }
+    }
+
+    /// The identity a container token carries: the owner (the creator, for org towns), else the
+    /// town id. Never empty.
+    pub fn token_user_id(&self) -> &str {
+        if self.owner_user_id.trim().is_empty() {
+            self.id.as_str()
+        } else {
+            &self.owner_user_id
+        }
+    }
+}
+
+/// A rig as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rig {
+    pub id: RigId,
+    pub town_id: TownId,
+    pub name: String,
+    pub git_url: String,
+    pub default_branch: String,
+    pub platform_integration_id: Option<String>,
+    pub created_at: String,
+}
+
+impl Rig {
+    pub fn new(id: RigId, new: NewRig, created_at: String) -> Self {
+        Rig {
+            id,
+            town_id: new.town_id,
+            name: new.name,
+            git_url: new.git_url,
+            default_branch: new.default_branch,
+            platform_integration_id: new.platform_integration_id,
+            created_at,
+        }
+    }
+}
+
+/// A validated `POST .../towns` body. Fields other than `name` are ignored: ownership comes from
+/// the route and the token, never from the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTown {
+    pub name: String,
+}
+
+impl NewTown {
+    /// # Errors
+    /// 400 for a body that is not a JSON object; 422 naming the bad field.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = parse_object(body)?;
+        let name = Fields(&map).required_str("name", MAX_TOWN_NAME)?;
+        Ok(NewTown {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// A validated `POST .../rigs` body. Credential fields a client might add are ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRig {
+    pub town_id: TownId,
+    pub name: String,
+    pub git_url: String,
+    pub default_branch: String,
+    pub platform_integration_id: Option<String>,
+}
+
+impl NewRig {
+    /// # Errors
+    /// 400 for a body that is not a JSON object; 422 naming the bad field.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = parse_object(body)?;
+        let f = Fields(&map);
+        let town_id = TownId::parse(f.required_str("town_id", crate::ids::MAX_ID_LEN)?)
+            .map_err(|e| ApiError::invalid("town_id", e.to_string()))?;
+        let name = f.required_str("name", MAX_RIG_NAME)?;
+        check_rig_name(name)?;
+        let git_url = f.required_str("git_url", MAX_GIT_URL)?;
+        check_git_url(git_url)?;
+        let default_branch = f
+            .optional_str("default_branch", MAX_BRANCH)?
+            .unwrap_or(DEFAULT_BRANCH);
+        check_branch(default_branch)?;
+        let platform_integration_id = f
+            .optional_str("platform_integration_id", MAX_INTEGRATION_ID)?
+            .map(str::to_owned);
+        Ok(NewRig {
+            town_id,
+            name: name.to_owned(),
+            git_url: git_url.to_owned(),
+            default_branch: default_branch.to_owned(),
+            platform_integration_id,
+        })
+    }
+}
+
+/// Rig names become directory names in the container: `[A-Za-z0-9._-]`, not starting with
+/// `.` or `-`.
+fn check_rig_name(name: &str) -> Result<(), ApiError> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok_chars || name.starts_with(['.', '-']) {
+        return Err(ApiError::invalid(
+            "name",
+            "may hold only letters, digits, '.', '_' and '-', and may not start with '.' or '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// `https://host/path`, `http://host/path`, `ssh://[user@]host/path` or `git@host:path`; never
+/// with a password or token inside: credentials come from integrations, not URLs.
+fn check_git_url(url: &str) -> Result<(), ApiError> {
+    let bad = |msg: &str| Err(ApiError::invalid("git_url", msg));
+    if url.chars().any(char::is_whitespace) {
+        return bad("must not contain whitespace");
+    }
+    let (rest, scp_like) = if let Some(rest) = url.strip_prefix("https://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("ssh://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("git@") {
+        (rest, true)
+    } else {
+        return bad("must start with https://, http://, ssh:// or git@");
+    };
+    if scp_like {
+        let Some((host, path)) = rest.split_once(':') else {
+            return bad("git@ URLs must look like git@host:owner/repo");
+        };
+        if host.is_empty() || path.is_empty() || host.contains(['/', '@']) {
+            return bad("git@ URLs must look like git@host:owner/repo");
+        }
+        return Ok(());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if userinfo.is_some_and(|u| u.contains(':'))
+        || (userinfo.is_some() && !url.starts_with("ssh://"))
+    {
+        return bad("must not carry credentials; connect an integration instead");
+    }
+    if host.is_empty() || host.starts_with([':', '.']) {
+        return bad("must name a host");
+    }
+    let path = &rest[authority.len()..];
+    if path.trim_matches('/').is_empty() {
+        return bad("must name a repository path");
+    }
+    Ok(())
+}
+
+/// A subset of git's ref-name rules, enough to keep a branch name safe on a command line.
+fn check_branch(branch: &str) -> Result<(), ApiError> {
+    let forbidden = branch.contains("..")
+        || branch.contains("@{")
+        || branch.contains("//")
+        || branch
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
+        || branch.starts_with(['-', '/', '.'])
+        || branch.ends_with(['/', '.'])
+        || branch.ends_with(".lock");
+    if forbidden {
+        return Err(ApiError::invalid(
+            "default_branch",
+            "is not a valid git branch name",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(err: ApiError) -> String {
+        match err {
+            ApiError::Invalid { field, .. } => field,
+            other => panic!("expected 422, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn town_body() {
+        assert_eq!(
+            NewTown::parse(br#"{"name":" Alpha "}"#).unwrap().name,
+            "Alpha"
+        );
+        let ignored =
+            NewTown::parse(br#"{"name":"a","owner_user_id":"evil","kilocode_token":"x"}"#).unwrap();
+        assert_eq!(ignored, NewTown { name: "a".into() });
+        assert_eq!(
+            field_of(NewTown::parse(br#"{"name":5}"#).unwrap_err()),
+            "name"
+        );
+        assert_eq!(field_of(NewTown::parse(br#"{}"#).unwrap_err()), "name");
+        let long = format!(r#"{{"name":"{}"}}"#, "n".repeat(MAX_TOWN_NAME + 1));
+        assert_eq!(
+            field_of(NewTown::parse(long.as_bytes()).unwrap_err()),
+            "name"
+        );
+        assert!(matches!(
+            NewTown::parse(b"[1]"),
+            Err(ApiError::InvalidJson(_))
+        ));
+    }
+
+    fn rig(fields: &str) -> Result<NewRig, ApiError> {
+        NewRig::parse(format!(r#"{{"town_id":"t1","name":"repo",{fields}}}"#).as_bytes())
+    }
+
+    #[test]
+    fn rig_body_defaults_and_urls() {
+        let r = rig(r#""git_url":"https://github.com/o/r.git""#).unwrap();
+        assert_eq!(r.default_branch, "main");
+        assert_eq!(r.platform_integration_id, None);
+        for ok in [
+            "https://github.com/o/r",
+            "http://git.local:8080/o/r.git",
+            "ssh://git@github.com/o/r.git",
+            "git@github.com:o/r.git",
+            "https://gitlab.example.com/group/sub/r",
+        ] {
+            assert!(rig(&format!(r#""git_url":"{ok}""#)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "github.com/o/r",
+            "file:///etc/passwd",
+            "https://user:ghp_secret@github.com/o/r",
+            "https://ghp_token@github.com/o/r",
+            "https://github.com",
+            "https:///o/r",
+            "git@github.com",
+            "git@:o/r",
+            "ext::sh -c id",
+            "https://github.com/o/r x",
+        ] {
+            assert_eq!(
+                field_of(rig(&format!(r#""git_url":"{bad}""#)).unwrap_err()),
+                "git_url",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn rig_body_names_and_branches() {
+        let url = r#""git_url":"https://github.com/o/r""#;
+        for bad_name in ["../x", ".hidden", "-rf", "a b", "a/b", ""] {
+            let body = format!(r#"{{"town_id":"t1","name":"{bad_name}",{url}}}"#);
+            assert_eq!(
+                field_of(NewRig::parse(body.as_bytes()).unwrap_err()),
+                "name",
+                "{bad_name}"
+            );
+        }
+        for bad in ["a..b", "-x", "x.lock", "a b", "x~1", "/x", "x/", "a:b"] {
+            assert_eq!(
+                field_of(rig(&format!(r#"{url},"default_branch":"{bad}""#)).unwrap_err()),
+                "default_branch",
+                "{bad}"
+            );
+        }
+        let r = rig(&format!(
+            r#"{url},"default_branch":"release/1.x","platform_integration_id":"pi-1""#
+        ))
+        .unwrap();
+        assert_eq!(r.default_branch, "release/1.x");
+        assert_eq!(r.platform_integration_id.as_deref(), Some("pi-1"));
+        let e =
+            NewRig::parse(br#"{"town_id":5,"name":"r","git_url":"https://h/o/r"}"#).unwrap_err();
+        assert_eq!(field_of(e), "town_id");
+    }
+
+    #[test]
+    fn token_identity_is_never_empty() {
+        let id = TownId::parse("t1").unwrap();
+        let user = UserId::parse("u1").unwrap();
+        let mut town = Town::personal(id, NewTown { name: "n".into() }, &user, "x".into());
+        assert_eq!(town.token_user_id(), "u1");
+        town.owner_user_id = String::new();
+        assert_eq!(town.token_user_id(), "t1");
+    }
+
+    #[test]
+    fn town_json_is_pinned() {
+        let town = Town::personal(
+            TownId::parse("t1").unwrap(),
+            NewTown {
+                name: "Alpha".into(),
+            },
+            &UserId::parse("u1").unwrap(),
+            "2026-11-23T00:00:00.000Z".into(),
+        );
+        assert_eq!(
+            serde_json::to_string(&town).unwrap(),
+            r#"{"id":"t1","name":"Alpha","owner_type":"user","owner_user_id":"u1","organization_id":null,"created_by_user_id":"u1","status":"active","created_at":"2026-11-23T00:00:00.000Z"}"#
+        );
+    }
+}
