@@ -7,12 +7,14 @@
 //! `now` in, because wasm32 has no system clock and a hidden `SystemTime::now()` would panic there.
 
 pub mod auth;
+pub mod authz;
 pub mod body;
 pub mod do_api;
 pub mod error;
 pub mod ids;
 pub mod model;
 pub mod routes;
+pub mod schema;
 pub mod time;
 
 pub use error::ApiError;

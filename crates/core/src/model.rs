@@ -20,6 +20,15 @@ pub enum OwnerType {
     Org,
 }
 
+impl OwnerType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerType::User => "user",
+            OwnerType::Org => "org",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TownStatus {

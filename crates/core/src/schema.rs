@@ -1,0 +1,38 @@
+//! Every Durable Object schema, in one place. Each DO applies its list in order and records the
+//! versions it applied; an applied migration is never edited, only followed by a new one.
+//! (D1's schema lives in `migrations/d1/` and is applied by `wrangler d1 migrations apply`.)
+
+/// One append-only schema step.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const USER_DO: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/user_do/0001_init.sql"),
+}];
+
+pub const TOWN_DO: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/town_do/0001_init.sql"),
+}];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_contiguous_from_one() {
+        for list in [USER_DO, TOWN_DO] {
+            for (i, m) in list.iter().enumerate() {
+                assert_eq!(m.version as usize, i + 1, "{}", m.name);
+                assert!(m.sql.contains("CREATE"), "{}", m.name);
+            }
+        }
+    }
+}

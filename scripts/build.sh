@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds the release worker into build/. Does nothing when build/ is newer than every input, so
+# wrangler's [build] hook costs nothing after `npm run dev` / `npm test` have built once.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+stamp=build/.stamp
+if [ -f "$stamp" ] && [ -z "$(find src crates/core/src migrations Cargo.toml Cargo.lock crates/core/Cargo.toml -newer "$stamp" -print -quit)" ]; then
+  exit 0
+fi
+log "building the release worker (wasm32)"
+start=$(date +%s)
+worker-build --release
+touch "$stamp"
+log "built in $(( $(date +%s) - start ))s: $(du -b build/index_bg.wasm 2>/dev/null | cut -f1) bytes of wasm"

@@ -1,0 +1,71 @@
+//! Settings and secrets, read from the environment once per isolate.
+//!
+//! Building HMAC keys and hashing the internal key is work that never changes between requests,
+//! so it happens on first use and the result is shared.
+
+use gastown_core::auth::{InternalKey, Keys};
+use std::cell::OnceCell;
+use std::rc::Rc;
+use worker::Env;
+
+/// Default period of the TownDO main loop when it has nothing to do.
+const DEFAULT_TOWN_ALARM_MS: u64 = 5 * 60 * 1000;
+/// Default period of the owner DOs' watchdog.
+const DEFAULT_WATCHDOG_MS: u64 = 5 * 60 * 1000;
+/// Floor for both, so a misconfiguration cannot spin an alarm.
+const MIN_ALARM_MS: u64 = 500;
+
+pub struct Config {
+    pub keys: Keys,
+    pub internal_key: InternalKey,
+    pub town_alarm_ms: u64,
+    pub watchdog_ms: u64,
+}
+
+thread_local! {
+    static CONFIG: OnceCell<Rc<Config>> = const { OnceCell::new() };
+}
+
+/// A string binding (secret or plain var), if set.
+fn string(env: &Env, name: &str) -> Option<String> {
+    env.secret(name).ok().map(|s| s.to_string())
+}
+
+fn millis(env: &Env, name: &str, default: u64) -> u64 {
+    string(env, name)
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(default)
+        .max(MIN_ALARM_MS)
+}
+
+pub fn get(env: &Env) -> Rc<Config> {
+    CONFIG.with(|cell| {
+        cell.get_or_init(|| {
+            Rc::new(Config {
+                keys: Keys::new(
+                    string(env, "NEXTAUTH_SECRET").as_deref(),
+                    string(env, "GASTOWN_JWT_SECRET").as_deref(),
+                ),
+                internal_key: InternalKey::new(string(env, "INTERNAL_API_KEY").as_deref()),
+                town_alarm_ms: millis(env, "TOWN_ALARM_INTERVAL_MS", DEFAULT_TOWN_ALARM_MS),
+                watchdog_ms: millis(env, "WATCHDOG_INTERVAL_MS", DEFAULT_WATCHDOG_MS),
+            })
+        })
+        .clone()
+    })
+}
+
+/// Milliseconds since the epoch, from the runtime's clock (wasm32 has no system clock).
+pub fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
+}
+
+/// A fresh lowercase UUIDv4 from the runtime's CSPRNG.
+///
+/// # Errors
+/// When the runtime refuses randomness (never expected).
+pub fn new_id() -> Result<String, gastown_core::ApiError> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(gastown_core::ApiError::internal)?;
+    Ok(gastown_core::ids::uuid_v4(bytes))
+}

@@ -1,0 +1,22 @@
+//! Internal routes (`x-internal-api-key`): operator and service views.
+
+use crate::http::{call, json};
+use crate::{rig_index, town_do};
+use gastown_core::do_api::{TownHealth, TownRequest};
+use gastown_core::error::ApiError;
+use gastown_core::ids::{RigId, TownId};
+use worker::{Env, Response};
+
+/// The town's main-loop state: next alarm, runs so far, last run. 404 for unknown or destroyed.
+pub async fn town_health(env: &Env, town: &TownId) -> Result<Response, ApiError> {
+    let health: TownHealth = call(&town_do::stub(env, town)?, &TownRequest::Health).await?;
+    Ok(json(200, &health))
+}
+
+/// Which town and owner hold a rig.
+pub async fn rig_lookup(env: &Env, rig: &RigId) -> Result<Response, ApiError> {
+    match rig_index::find(env, rig).await? {
+        Some(location) => Ok(json(200, &location)),
+        None => Err(ApiError::NotFound("rig not found".into())),
+    }
+}

@@ -1,0 +1,120 @@
+//! HTTP plumbing shared by the router and the Durable Objects: JSON responses, the error body,
+//! reading a capped JSON body, and the typed worker → DO call.
+
+use gastown_core::body::MAX_BODY_BYTES;
+use gastown_core::do_api::DO_URL;
+use gastown_core::error::ApiError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use worker::wasm_bindgen::JsValue;
+use worker::{console_error, Method, Request, RequestInit, Response, Stub};
+
+/// A JSON response that no cache keeps.
+pub fn json<T: Serialize>(status: u16, body: &T) -> Response {
+    match Response::from_json(body) {
+        Ok(resp) => {
+            let mut resp = resp.with_status(status);
+            let _ = resp.headers_mut().set("cache-control", "no-store");
+            resp
+        }
+        Err(e) => error_response(&ApiError::internal(format!("serialising response: {e}"))),
+    }
+}
+
+/// The JSON error body. Internal details go to the log, never to the client.
+pub fn error_response(err: &ApiError) -> Response {
+    if let ApiError::Internal(detail) = err {
+        console_error!("internal error: {detail}");
+    }
+    let body = serde_json::to_string(&err.body()).unwrap_or_else(|_| {
+        r#"{"error":{"code":"internal_error","message":"internal error"}}"#.to_owned()
+    });
+    let mut resp = Response::ok(body)
+        .unwrap_or_else(|_| Response::empty().expect("an empty response can always be built"))
+        .with_status(err.status());
+    let headers = resp.headers_mut();
+    let _ = headers.set("content-type", "application/json");
+    let _ = headers.set("cache-control", "no-store");
+    if err.status() == 401 {
+        let _ = headers.set("www-authenticate", "Bearer");
+    }
+    resp
+}
+
+/// Reads a request body that must be JSON and at most [`MAX_BODY_BYTES`].
+///
+/// # Errors
+/// 415 without a JSON content type, 413 when too large, 400 when unreadable.
+pub async fn read_json_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = req.headers().get("content-length").ok().flatten();
+    if declared
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| n > MAX_BODY_BYTES)
+    {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let bytes = req
+        .bytes()
+        .await
+        .map_err(|_| ApiError::BadRequest("request body could not be read".into()))?;
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    Ok(bytes)
+}
+
+/// Sends one typed request to a Durable Object and reads its typed answer.
+///
+/// # Errors
+/// The DO's own error (404, 409, ...) rebuilt by [`ApiError::from_wire`]; anything else is
+/// internal.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    stub: &Stub,
+    request: &Req,
+) -> Result<Resp, ApiError> {
+    let body = serde_json::to_string(request).map_err(ApiError::internal)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(JsValue::from_str(&body)));
+    let req = Request::new_with_init(DO_URL, &init).map_err(ApiError::internal)?;
+    let mut resp = stub
+        .fetch_with_request(req)
+        .await
+        .map_err(ApiError::internal)?;
+    let status = resp.status_code();
+    let text = resp.text().await.map_err(ApiError::internal)?;
+    if status == 200 {
+        serde_json::from_str(&text)
+            .map_err(|e| ApiError::internal(format!("durable object answer: {e}")))
+    } else {
+        Err(ApiError::from_wire(status, &text))
+    }
+}
+
+/// Inside a DO: reads the typed request the worker sent.
+///
+/// # Errors
+/// Internal: only the worker calls a DO, so a bad body is our bug, not a client's.
+pub async fn read_rpc<T: DeserializeOwned>(req: &mut Request) -> Result<T, ApiError> {
+    let text = req.text().await.map_err(ApiError::internal)?;
+    serde_json::from_str(&text)
+        .map_err(|e| ApiError::internal(format!("bad durable object request: {e}")))
+}
+
+/// Inside a DO: the answer to [`call`].
+pub fn rpc_response<T: Serialize>(result: Result<T, ApiError>) -> worker::Result<Response> {
+    Ok(match result {
+        Ok(value) => json(200, &value),
+        Err(err) => error_response(&err),
+    })
+}

@@ -1,0 +1,80 @@
+//! The D1 rig index: which town and owner DO hold a rig. Internal services that know only a rig
+//! id (git-token requests, webhooks) resolve it here instead of fanning out over DOs.
+
+use gastown_core::error::ApiError;
+use gastown_core::ids::RigId;
+use gastown_core::model::{Rig, Town};
+use serde::{Deserialize, Serialize};
+use worker::wasm_bindgen::JsValue;
+use worker::{D1Database, Env};
+
+pub const BINDING: &str = "DB";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RigLocation {
+    pub rig_id: String,
+    pub town_id: String,
+    pub owner_type: String,
+    pub owner_id: String,
+    pub created_at: String,
+}
+
+fn db(env: &Env) -> Result<D1Database, ApiError> {
+    env.d1(BINDING).map_err(ApiError::internal)
+}
+
+/// Records where `rig` lives.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn insert(env: &Env, rig: &Rig, town: &Town, owner_id: &str) -> Result<(), ApiError> {
+    db(env)?
+        .prepare("INSERT OR REPLACE INTO rig_index (rig_id, town_id, owner_type, owner_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .bind(&[
+            JsValue::from_str(rig.id.as_str()),
+            JsValue::from_str(rig.town_id.as_str()),
+            JsValue::from_str(town.owner_type.as_str()),
+            JsValue::from_str(owner_id),
+            JsValue::from_str(&rig.created_at),
+        ])
+        .map_err(ApiError::internal)?
+        .run()
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(())
+}
+
+/// Forgets rigs.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn remove(env: &Env, rig_ids: &[RigId]) -> Result<(), ApiError> {
+    if rig_ids.is_empty() {
+        return Ok(());
+    }
+    let db = db(env)?;
+    let statements = rig_ids
+        .iter()
+        .map(|id| {
+            db.prepare("DELETE FROM rig_index WHERE rig_id = ?1")
+                .bind(&[JsValue::from_str(id.as_str())])
+                .map_err(ApiError::internal)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    db.batch(statements).await.map_err(ApiError::internal)?;
+    Ok(())
+}
+
+/// Where `rig` lives, if it exists.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn find(env: &Env, rig: &RigId) -> Result<Option<RigLocation>, ApiError> {
+    db(env)?
+        .prepare("SELECT rig_id, town_id, owner_type, owner_id, created_at FROM rig_index WHERE rig_id = ?1")
+        .bind(&[JsValue::from_str(rig.as_str())])
+        .map_err(ApiError::internal)?
+        .first::<RigLocation>(None)
+        .await
+        .map_err(ApiError::internal)
+}

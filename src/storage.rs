@@ -1,0 +1,116 @@
+//! SQLite helpers for Durable Objects: the versioned migration runner and typed queries that map
+//! storage failures to internal errors.
+//!
+//! `SqlStorage::exec` is synchronous, and a DO's synchronous writes with no `await` between them
+//! commit together, so each handler's block of writes is atomic.
+
+use gastown_core::error::ApiError;
+use gastown_core::schema::Migration;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
+use worker::{SqlStorage, SqlStorageValue};
+
+/// Applies, in order, every migration newer than the stored version.
+///
+/// # Errors
+/// Internal, when a statement fails; the failed step is not recorded and is retried next time.
+pub fn migrate(sql: &SqlStorage, migrations: &[Migration], now_ms: u64) -> Result<(), ApiError> {
+    exec(
+        sql,
+        "CREATE TABLE IF NOT EXISTS _schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        vec![],
+    )?;
+    #[derive(Deserialize)]
+    struct Version {
+        v: Option<i64>,
+    }
+    let current = first::<Version>(
+        sql,
+        "SELECT MAX(version) AS v FROM _schema_migrations",
+        vec![],
+    )?
+    .and_then(|r| r.v)
+    .unwrap_or(0);
+    for m in migrations.iter().filter(|m| i64::from(m.version) > current) {
+        exec(sql, m.sql, vec![]).map_err(|e| {
+            ApiError::internal(format!("migration {} ({}): {e}", m.version, m.name))
+        })?;
+        exec(
+            sql,
+            "INSERT INTO _schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            vec![i64::from(m.version).into(), m.name.into(), int(now_ms)],
+        )?;
+    }
+    Ok(())
+}
+
+/// An integer binding (timestamps and counters stay far below 2^53).
+pub fn int(v: u64) -> SqlStorageValue {
+    SqlStorageValue::Integer(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// Runs a statement to completion.
+///
+/// # Errors
+/// Internal, with SQLite's message for the log.
+pub fn exec(sql: &SqlStorage, query: &str, bindings: Vec<SqlStorageValue>) -> Result<(), ApiError> {
+    sql.exec(query, bindings)
+        .and_then(|cursor| cursor.to_array::<IgnoredAny>())
+        .map(|_| ())
+        .map_err(|e| ApiError::internal(format!("sql: {e}")))
+}
+
+/// All rows of a query.
+///
+/// # Errors
+/// Internal, when the query fails or a row does not fit `T`.
+pub fn rows<T: DeserializeOwned>(
+    sql: &SqlStorage,
+    query: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> Result<Vec<T>, ApiError> {
+    sql.exec(query, bindings)
+        .and_then(|cursor| cursor.to_array::<T>())
+        .map_err(|e| ApiError::internal(format!("sql: {e}")))
+}
+
+/// The first row, if any (`one()` would throw on zero rows).
+///
+/// # Errors
+/// As [`rows`].
+pub fn first<T: DeserializeOwned>(
+    sql: &SqlStorage,
+    query: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> Result<Option<T>, ApiError> {
+    Ok(rows(sql, query, bindings)?.into_iter().next())
+}
+
+/// A counter or timestamp from a `meta (key, value)` table.
+///
+/// # Errors
+/// As [`rows`].
+pub fn meta(sql: &SqlStorage, key: &str) -> Result<Option<u64>, ApiError> {
+    #[derive(Deserialize)]
+    struct Row {
+        value: f64,
+    }
+    Ok(first::<Row>(
+        sql,
+        "SELECT value FROM meta WHERE key = ?",
+        vec![key.into()],
+    )?
+    .map(|r| r.value as u64))
+}
+
+/// Sets a `meta` value.
+///
+/// # Errors
+/// As [`exec`].
+pub fn set_meta(sql: &SqlStorage, key: &str, value: u64) -> Result<(), ApiError> {
+    exec(
+        sql,
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        vec![key.into(), int(value)],
+    )
+}

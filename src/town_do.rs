@@ -1,0 +1,246 @@
+//! `TownDO`: one per town id. Holds the town's identity and ownership, its rigs registry (kept in
+//! step with the owner DO by the router), and runs the town's main loop as an alarm.
+//!
+//! Lifecycle: `Init` records identity and arms the alarm; `Destroy` deletes the alarm and all
+//! storage, after which the town answers 404 and an alarm that still fires deletes itself.
+
+use crate::config;
+use crate::http::{read_rpc, rpc_response};
+use crate::storage::{exec, first, meta, migrate, rows, set_meta};
+use gastown_core::do_api::{Ack, AlarmArmed, TownHealth, TownRequest};
+use gastown_core::error::ApiError;
+use gastown_core::ids::TownId;
+use gastown_core::model::Town;
+use gastown_core::schema;
+use gastown_core::time::rfc3339;
+use serde::Deserialize;
+use serde_json::Value;
+use std::cell::Cell;
+use worker::{
+    console_error, durable_object, DurableObject, Env, Request, Response, Result, State, Stub,
+};
+
+pub const BINDING: &str = "TOWN";
+
+/// The DO of `town`.
+///
+/// # Errors
+/// Internal, when the binding is missing.
+pub fn stub(env: &Env, town: &TownId) -> std::result::Result<Stub, ApiError> {
+    env.durable_object(BINDING)
+        .and_then(|ns| ns.get_by_name(town.as_str()))
+        .map_err(ApiError::internal)
+}
+
+const TOWN_COLUMNS: &str =
+    "id, name, owner_type, owner_user_id, organization_id, created_by_user_id, status, created_at";
+
+type Outcome = std::result::Result<Value, ApiError>;
+
+#[durable_object]
+pub struct TownDO {
+    state: State,
+    env: Env,
+    migrated: Cell<bool>,
+}
+
+fn json<T: serde::Serialize>(value: T) -> Outcome {
+    serde_json::to_value(value).map_err(ApiError::internal)
+}
+
+impl TownDO {
+    fn sql(&self) -> worker::SqlStorage {
+        self.state.storage().sql()
+    }
+
+    fn ensure_schema(&self) -> std::result::Result<(), ApiError> {
+        if !self.migrated.get() {
+            migrate(&self.sql(), schema::TOWN_DO, config::now_ms())?;
+            self.migrated.set(true);
+        }
+        Ok(())
+    }
+
+    fn town(&self) -> std::result::Result<Option<Town>, ApiError> {
+        first(
+            &self.sql(),
+            &format!("SELECT {TOWN_COLUMNS} FROM town LIMIT 1"),
+            vec![],
+        )
+    }
+
+    fn require_town(&self) -> std::result::Result<Town, ApiError> {
+        self.town()?
+            .ok_or_else(|| ApiError::NotFound("town not found".into()))
+    }
+
+    async fn arm(&self) -> std::result::Result<(), ApiError> {
+        let ms = config::get(&self.env).town_alarm_ms;
+        self.state
+            .storage()
+            .set_alarm(i64::try_from(ms).unwrap_or(i64::MAX))
+            .await
+            .map_err(ApiError::internal)
+    }
+
+    async fn serve(&self, request: TownRequest) -> Outcome {
+        self.ensure_schema()?;
+        match request {
+            TownRequest::Init { town } => self.init(town).await,
+            TownRequest::Get => json(self.require_town()?),
+            TownRequest::Destroy => {
+                let storage = self.state.storage();
+                storage.delete_alarm().await.map_err(ApiError::internal)?;
+                storage.delete_all().await.map_err(ApiError::internal)?;
+                self.migrated.set(false);
+                json(Ack { ok: true })
+            }
+            TownRequest::AddRig { rig } => {
+                let town = self.require_town()?;
+                if rig.town_id != town.id {
+                    return Err(ApiError::internal("rig registered with the wrong town"));
+                }
+                exec(
+                    &self.sql(),
+                    "INSERT OR REPLACE INTO rigs (id, town_id, name, git_url, default_branch, platform_integration_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    vec![
+                        rig.id.as_str().into(),
+                        rig.town_id.as_str().into(),
+                        rig.name.as_str().into(),
+                        rig.git_url.as_str().into(),
+                        rig.default_branch.as_str().into(),
+                        rig.platform_integration_id.as_deref().into(),
+                        rig.created_at.as_str().into(),
+                    ],
+                )?;
+                json(Ack { ok: true })
+            }
+            TownRequest::RemoveRig { rig_id } => {
+                self.require_town()?;
+                exec(
+                    &self.sql(),
+                    "DELETE FROM rigs WHERE id = ?",
+                    vec![rig_id.as_str().into()],
+                )?;
+                json(Ack { ok: true })
+            }
+            TownRequest::EnsureAlarm => {
+                if self.town()?.is_none() {
+                    return json(AlarmArmed { rearmed: false });
+                }
+                let pending = self
+                    .state
+                    .storage()
+                    .get_alarm()
+                    .await
+                    .map_err(ApiError::internal)?;
+                if pending.is_none() {
+                    self.arm().await?;
+                }
+                json(AlarmArmed {
+                    rearmed: pending.is_none(),
+                })
+            }
+            TownRequest::Health => self.health().await,
+        }
+    }
+
+    async fn init(&self, town: Town) -> Outcome {
+        if let Some(existing) = self.town()? {
+            if existing.id == town.id {
+                return json(existing);
+            }
+            return Err(ApiError::Conflict(
+                "this town already has another identity".into(),
+            ));
+        }
+        exec(
+            &self.sql(),
+            &format!("INSERT INTO town ({TOWN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+            vec![
+                town.id.as_str().into(),
+                town.name.as_str().into(),
+                town.owner_type.as_str().into(),
+                town.owner_user_id.as_str().into(),
+                town.organization_id.as_ref().map(|o| o.as_str()).into(),
+                town.created_by_user_id.as_str().into(),
+                town.status.as_str().into(),
+                town.created_at.as_str().into(),
+            ],
+        )?;
+        self.arm().await?;
+        json(town)
+    }
+
+    async fn health(&self) -> Outcome {
+        let town = self.require_town()?;
+        let sql = self.sql();
+        #[derive(Deserialize)]
+        struct Count {
+            n: f64,
+        }
+        let rig_count = rows::<Count>(&sql, "SELECT COUNT(*) AS n FROM rigs", vec![])?
+            .first()
+            .map_or(0, |c| c.n as u32);
+        let alarm_at = self
+            .state
+            .storage()
+            .get_alarm()
+            .await
+            .map_err(ApiError::internal)?
+            .and_then(|ms| u64::try_from(ms).ok());
+        json(TownHealth {
+            town_id: town.id,
+            status: town.status.as_str().to_owned(),
+            rig_count,
+            alarm_at,
+            alarm_runs: meta(&sql, "alarm_runs")?.unwrap_or(0),
+            last_alarm_at: meta(&sql, "last_alarm_at")?.map(rfc3339),
+        })
+    }
+
+    async fn tick(&self) -> std::result::Result<(), ApiError> {
+        self.ensure_schema()?;
+        if self.town()?.is_none() {
+            // Destroyed or never initialised: let the alarm die with it.
+            self.state
+                .storage()
+                .delete_alarm()
+                .await
+                .map_err(ApiError::internal)?;
+            return Ok(());
+        }
+        // Reschedule first, so a failure in the work below cannot stop the loop.
+        self.arm().await?;
+        let sql = self.sql();
+        let runs = meta(&sql, "alarm_runs")?.unwrap_or(0);
+        set_meta(&sql, "alarm_runs", runs + 1)?;
+        set_meta(&sql, "last_alarm_at", config::now_ms())?;
+        Ok(())
+    }
+}
+
+impl DurableObject for TownDO {
+    fn new(state: State, env: Env) -> Self {
+        Self {
+            state,
+            env,
+            migrated: Cell::new(false),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let result = match read_rpc::<TownRequest>(&mut req).await {
+            Ok(request) => self.serve(request).await,
+            Err(e) => Err(e),
+        };
+        rpc_response(result)
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        if let Err(e) = self.tick().await {
+            console_error!("town alarm failed: {e}");
+        }
+        Response::ok("ok")
+    }
+}
