@@ -8,3 +8,4 @@ export WASM_OPT_BIN="$ROOT/node_modules/.bin/wasm-opt"
 export ESBUILD_BIN="$ROOT/node_modules/.bin/esbuild"
 export WRANGLER_SEND_METRICS=false
 log() { printf '\033[1m[gastown]\033[0m %s\n' "$*" >&2; }
+export CLOUDFLARE_CF_FETCH_ENABLED=false

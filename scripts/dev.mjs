@@ -1,0 +1,47 @@
+#!/usr/bin/env node
+// `npm run dev`: applies the local D1 migrations, starts the worker under `wrangler dev --local`
+// with persisted state in .wrangler/state and the secrets of .dev.vars, and prints how to call it.
+// (Setup and the build ran just before, from package.json.)
+import { spawn, execFileSync } from "node:child_process";
+import { join } from "node:path";
+import { ROOT } from "./lib/jwt.mjs";
+
+const port = process.env.PORT ?? "8787";
+const persist = join(ROOT, ".wrangler", "state");
+const wrangler = join(ROOT, "node_modules", ".bin", "wrangler");
+const env = { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" };
+
+execFileSync(wrangler, ["d1", "migrations", "apply", "gastown", "--local", "--persist-to", persist], {
+  cwd: ROOT,
+  env: { ...env, CI: "true" },
+  stdio: ["ignore", "ignore", "inherit"],
+});
+
+const child = spawn(
+  wrangler,
+  ["dev", "--local", "--ip", "127.0.0.1", "--port", port, "--persist-to", persist, ...process.argv.slice(2)],
+  { cwd: ROOT, env, stdio: "inherit" },
+);
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => child.kill(sig));
+child.on("exit", (code) => process.exit(code ?? 0));
+
+const base = `http://127.0.0.1:${port}`;
+for (let i = 0; i < 240; i++) {
+  try {
+    if ((await fetch(`${base}/health`)).ok) {
+      console.log(`
+  Gastown control plane is up at ${base}
+
+    curl ${base}/health
+    TOKEN=$(npm run -s token -- --user u1)
+    curl -X POST ${base}/api/users/u1/towns -H "authorization: Bearer $TOKEN" \\
+         -H 'content-type: application/json' -d '{"name":"My town"}'
+    curl ${base}/api/users/u1/towns -H "authorization: Bearer $TOKEN"
+`);
+      break;
+    }
+  } catch {
+    // not up yet
+  }
+  await new Promise((r) => setTimeout(r, 500));
+}

@@ -1,0 +1,42 @@
+// Tokens and builders shared by the suites.
+import { secrets } from "./harness.mjs";
+import { userToken, containerToken, agentToken, sandboxToken } from "../../scripts/lib/jwt.mjs";
+
+let n = 0;
+/** A user id no other test uses. */
+export const freshUser = (label = "u") => `${label}-${process.pid}-${++n}-${Date.now().toString(36)}`;
+
+export const tokenFor = (userId, opts) => userToken(secrets.NEXTAUTH_SECRET, userId, opts);
+export const containerTokenFor = (townId, userId) => containerToken(secrets.GASTOWN_JWT_SECRET, townId, userId);
+export const agentTokenFor = (townId, userId) =>
+  agentToken(secrets.GASTOWN_JWT_SECRET, { agentId: "a1", rigId: "r1", townId, userId });
+export const sandboxTokenFor = (userId, townId) => sandboxToken(secrets.NEXTAUTH_SECRET, userId, townId);
+export const internalKey = () => secrets.INTERNAL_API_KEY;
+
+/** Creates a town for `user` and returns it (asserting 201). */
+export async function createTown(call, user, name = "Town") {
+  const res = await call("POST", `/api/users/${user}/towns`, { token: tokenFor(user), body: { name } });
+  if (res.status !== 201) throw new Error(`create town: ${res.status} ${res.text}`);
+  return res.body;
+}
+
+/** Creates a rig in `townId` and returns it (asserting 201). */
+export async function createRig(call, user, townId, name = "repo") {
+  const res = await call("POST", `/api/users/${user}/rigs`, {
+    token: tokenFor(user),
+    body: { town_id: townId, name, git_url: `https://github.com/acme/${name}.git` },
+  });
+  if (res.status !== 201) throw new Error(`create rig: ${res.status} ${res.text}`);
+  return res.body;
+}
+
+/** Everything a user can see: towns and each town's rigs. */
+export async function snapshot(call, user) {
+  const token = tokenFor(user);
+  const towns = await call("GET", `/api/users/${user}/towns`, { token });
+  const rigs = {};
+  for (const t of towns.body ?? []) {
+    rigs[t.id] = (await call("GET", `/api/users/${user}/towns/${t.id}/rigs`, { token })).body;
+  }
+  return { towns: towns.body, rigs };
+}
