@@ -20,6 +20,8 @@ pub struct Config {
     pub internal_key: InternalKey,
     pub town_alarm_ms: u64,
     pub watchdog_ms: u64,
+    /// `GASTOWN_TEST_HOOKS=1` enables routes that only tests use. Never set in production.
+    pub test_hooks: bool,
 }
 
 thread_local! {
@@ -49,6 +51,7 @@ pub fn get(env: &Env) -> Rc<Config> {
                 internal_key: InternalKey::new(string(env, "INTERNAL_API_KEY").as_deref()),
                 town_alarm_ms: millis(env, "TOWN_ALARM_INTERVAL_MS", DEFAULT_TOWN_ALARM_MS),
                 watchdog_ms: millis(env, "WATCHDOG_INTERVAL_MS", DEFAULT_WATCHDOG_MS),
+                test_hooks: string(env, "GASTOWN_TEST_HOOKS").as_deref() == Some("1"),
             })
         })
         .clone()

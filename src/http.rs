@@ -4,6 +4,7 @@
 use gastown_core::body::MAX_BODY_BYTES;
 use gastown_core::do_api::DO_URL;
 use gastown_core::error::ApiError;
+use gastown_core::page::Page;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::wasm_bindgen::JsValue;
@@ -117,4 +118,13 @@ pub fn rpc_response<T: Serialize>(result: Result<T, ApiError>) -> worker::Result
         Ok(value) => json(200, &value),
         Err(err) => error_response(&err),
     })
+}
+
+/// The `?limit=&after=` of a list route.
+///
+/// # Errors
+/// 422 for a malformed parameter.
+pub fn page(req: &Request) -> Result<Page, ApiError> {
+    let url = req.url().map_err(ApiError::internal)?;
+    Page::parse(url.query())
 }

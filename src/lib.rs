@@ -2,13 +2,16 @@
 //!
 //! - `router` matches the route, verifies the one principal kind it accepts, and only then calls
 //!   a handler; handlers live in `handlers/`, one module per resource.
-//! - One module per Durable Object: `user_do` (`GastownUserDO`), `town_do` (`TownDO`).
-//! - `owner_store` is the storage of towns and rigs shared by owner DOs.
+//! - One module per Durable Object: `user_do` (`GastownUserDO`), `org_do` (`GastownOrgDO`),
+//!   `town_do` (`TownDO`). `owner_store` is what the two owner DOs share; `owner` picks the
+//!   owner DO of a town.
 //! - Pure decisions (tokens, validation, routes, errors) live in the `gastown-core` crate.
 
 mod config;
 mod handlers;
 mod http;
+mod org_do;
+mod owner;
 mod owner_store;
 mod rig_index;
 mod router;

@@ -1,17 +1,27 @@
-//! Storage of an owner's towns and rigs, shared by the owner Durable Objects. The owner DO
-//! answers [`OwnerRequest`]s with these functions; it adds only its alarm.
+//! What the two owner Durable Objects (`GastownUserDO`, `GastownOrgDO`) share: the storage of
+//! an owner's towns and rigs, answering [`OwnerRequest`]s, and the watchdog alarm, which asks each
+//! town's DO to re-arm an alarm that has gone missing. The watchdog runs only while the owner has
+//! towns. Each DO struct is a thin shell around [`OwnerCore`].
 //!
 //! Invariants: a rig belongs to a town of this owner; rig names are unique within a town;
 //! listings come back in creation order.
 
-use crate::storage::{exec, first, rows};
+use crate::config;
+use crate::http::{call, read_rpc, rpc_response};
+use crate::storage::{exec, first, meta, migrate, rows, set_meta};
+use crate::town_do;
+use gastown_core::do_api::AlarmArmed;
+use gastown_core::do_api::TownRequest;
 use gastown_core::do_api::{OwnerRequest, RemovedTown};
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId};
 use gastown_core::model::{Rig, Town};
+use gastown_core::schema;
 use serde::Deserialize;
 use serde_json::Value;
+use std::cell::Cell;
 use worker::SqlStorage;
+use worker::{console_error, Env, Request, Response, State};
 
 const TOWN_COLUMNS: &str =
     "id, name, owner_type, owner_user_id, organization_id, created_by_user_id, status, created_at";
@@ -37,16 +47,26 @@ fn to_json<T: serde::Serialize>(value: T) -> Result<Value, ApiError> {
 pub fn handle(sql: &SqlStorage, request: OwnerRequest) -> Result<Value, ApiError> {
     match request {
         OwnerRequest::AddTown { town } => to_json(add_town(sql, town)?),
-        OwnerRequest::ListTowns => to_json(list_towns(sql)?),
+        OwnerRequest::ListTowns { page } => {
+            let after = after_seq(sql, "towns", page.after.as_deref())?;
+            to_json(rows::<Town>(
+                sql,
+                &format!("SELECT {TOWN_COLUMNS} FROM towns WHERE seq > ? ORDER BY seq LIMIT ?"),
+                vec![after.into(), i64::from(page.limit).into()],
+            )?)
+        }
         OwnerRequest::GetTown { town_id } => to_json(get_town(sql, &town_id)?),
         OwnerRequest::RemoveTown { town_id } => to_json(remove_town(sql, &town_id)?),
         OwnerRequest::AddRig { rig } => to_json(add_rig(sql, rig)?),
-        OwnerRequest::ListRigs { town_id } => {
+        OwnerRequest::ListRigs { town_id, page } => {
             get_town(sql, &town_id)?;
+            let after = after_seq(sql, "rigs", page.after.as_deref())?;
             to_json(rows::<Rig>(
                 sql,
-                &format!("SELECT {RIG_COLUMNS} FROM rigs WHERE town_id = ? ORDER BY seq"),
-                vec![town_id.as_str().into()],
+                &format!(
+                    "SELECT {RIG_COLUMNS} FROM rigs WHERE town_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+                ),
+                vec![town_id.as_str().into(), after.into(), i64::from(page.limit).into()],
             )?)
         }
         OwnerRequest::GetRig { rig_id } => to_json(get_rig(sql, &rig_id)?),
@@ -73,6 +93,24 @@ fn next_seq(sql: &SqlStorage, table: &str) -> Result<i64, ApiError> {
         vec![],
     )?;
     Ok(row.map_or(1, |r| r.s as i64))
+}
+
+/// The creation sequence number of the page cursor `after` (0 for the first page).
+fn after_seq(sql: &SqlStorage, table: &str, after: Option<&str>) -> Result<i64, ApiError> {
+    let Some(id) = after else {
+        return Ok(0);
+    };
+    #[derive(Deserialize)]
+    struct Seq {
+        seq: f64,
+    }
+    first::<Seq>(
+        sql,
+        &format!("SELECT seq FROM {table} WHERE id = ?"),
+        vec![id.into()],
+    )?
+    .map(|s| s.seq as i64)
+    .ok_or_else(|| ApiError::invalid("after", "does not name a row of this list"))
 }
 
 fn add_town(sql: &SqlStorage, town: Town) -> Result<Town, ApiError> {
@@ -104,15 +142,20 @@ fn add_town(sql: &SqlStorage, town: Town) -> Result<Town, ApiError> {
     Ok(town)
 }
 
-/// Towns in creation order.
+/// Ids of all towns, in creation order (for the watchdog).
 ///
 /// # Errors
 /// Internal only.
-pub fn list_towns(sql: &SqlStorage) -> Result<Vec<Town>, ApiError> {
-    rows(
-        sql,
-        &format!("SELECT {TOWN_COLUMNS} FROM towns ORDER BY seq"),
-        vec![],
+pub fn all_town_ids(sql: &SqlStorage) -> Result<Vec<TownId>, ApiError> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: TownId,
+    }
+    Ok(
+        rows::<Id>(sql, "SELECT id FROM towns ORDER BY seq", vec![])?
+            .into_iter()
+            .map(|r| r.id)
+            .collect(),
     )
 }
 
@@ -199,4 +242,104 @@ fn get_rig(sql: &SqlStorage, rig_id: &RigId) -> Result<Rig, ApiError> {
         vec![rig_id.as_str().into()],
     )?
     .ok_or_else(rig_not_found)
+}
+
+/// The body of an owner DO.
+pub struct OwnerCore {
+    state: State,
+    env: Env,
+    migrated: Cell<bool>,
+}
+
+impl OwnerCore {
+    pub fn new(state: State, env: Env) -> Self {
+        Self {
+            state,
+            env,
+            migrated: Cell::new(false),
+        }
+    }
+
+    fn ensure_schema(&self) -> Result<(), ApiError> {
+        if !self.migrated.get() {
+            migrate(
+                &self.state.storage().sql(),
+                schema::OWNER_DO,
+                config::now_ms(),
+            )?;
+            self.migrated.set(true);
+        }
+        Ok(())
+    }
+
+    /// Answers one worker request.
+    pub async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let result = match read_rpc::<OwnerRequest>(&mut req).await {
+            Ok(request) => self.serve(request).await,
+            Err(e) => Err(e),
+        };
+        rpc_response(result)
+    }
+
+    async fn serve(&self, request: OwnerRequest) -> Result<Value, ApiError> {
+        self.ensure_schema()?;
+        let adds_town = matches!(request, OwnerRequest::AddTown { .. });
+        let value = handle(&self.state.storage().sql(), request)?;
+        if adds_town {
+            self.arm_watchdog().await?;
+        }
+        Ok(value)
+    }
+
+    async fn arm_watchdog(&self) -> Result<(), ApiError> {
+        let storage = self.state.storage();
+        if storage
+            .get_alarm()
+            .await
+            .map_err(ApiError::internal)?
+            .is_none()
+        {
+            let ms = config::get(&self.env).watchdog_ms;
+            storage
+                .set_alarm(i64::try_from(ms).unwrap_or(i64::MAX))
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        Ok(())
+    }
+
+    /// The watchdog alarm. Failures are logged, never thrown, so the alarm is not retried in a loop.
+    pub async fn alarm(&self) -> worker::Result<Response> {
+        if let Err(e) = self.watchdog().await {
+            console_error!("owner watchdog failed: {e}");
+        }
+        Response::ok("ok")
+    }
+
+    async fn watchdog(&self) -> Result<(), ApiError> {
+        self.ensure_schema()?;
+        let sql = self.state.storage().sql();
+        let towns = all_town_ids(&sql)?;
+        if towns.is_empty() {
+            return Ok(());
+        }
+        // Reschedule first, so a failure below cannot stop the watchdog.
+        self.arm_watchdog().await?;
+        let runs = meta(&sql, "watchdog_runs")?.unwrap_or(0);
+        set_meta(&sql, "watchdog_runs", runs + 1)?;
+        for town in towns {
+            let result = match town_do::stub(&self.env, &town) {
+                Ok(stub) => call::<_, AlarmArmed>(&stub, &TownRequest::EnsureAlarm).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(AlarmArmed { rearmed: true }) => {
+                    worker::console_log!("watchdog re-armed the alarm of town {town}");
+                }
+                Ok(_) => {}
+                Err(e) => console_error!("watchdog: town {town}: {e}"),
+            }
+        }
+        Ok(())
+    }
 }

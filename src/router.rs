@@ -3,10 +3,13 @@
 //! looked up before the credential has been verified.
 
 use crate::config;
-use crate::handlers::{internal, personal};
+use crate::handlers::{internal, owned, town};
 use crate::http::{error_response, json};
+use crate::owner::Owner;
 use gastown_core::auth::{bearer, AuthError, UserClaims};
+use gastown_core::authz;
 use gastown_core::error::ApiError;
+use gastown_core::ids::{OrgId, UserId};
 use gastown_core::routes::{match_route, Method, Principal, Route, RouteError};
 use worker::{Env, Request, Response};
 
@@ -82,38 +85,68 @@ async fn dispatch(
     let caller = authenticate(req, principal, env)?;
     match (route, caller) {
         (Route::Health, _) => Ok(json(200, &serde_json::json!({"status": "ok"}))),
-        (Route::CreateUserTown { user }, Caller::User(c)) => {
-            personal::create_town(req, env, &c, &user).await
-        }
-        (Route::ListUserTowns { user }, Caller::User(c)) => {
-            personal::list_towns(env, &c, &user).await
-        }
-        (Route::GetUserTown { user, town }, Caller::User(c)) => {
-            personal::get_town(env, &c, &user, &town).await
-        }
-        (Route::DeleteUserTown { user, town }, Caller::User(c)) => {
-            personal::delete_town(env, &c, &user, &town).await
-        }
-        (Route::CreateUserRig { user }, Caller::User(c)) => {
-            personal::create_rig(req, env, &c, &user).await
-        }
-        (Route::ListUserTownRigs { user, town }, Caller::User(c)) => {
-            personal::list_rigs(env, &c, &user, &town).await
-        }
-        (Route::GetUserRig { user, rig }, Caller::User(c)) => {
-            personal::get_rig(env, &c, &user, &rig).await
-        }
-        (Route::DeleteUserRig { user, rig }, Caller::User(c)) => {
-            personal::delete_rig(env, &c, &user, &rig).await
-        }
+        (route, Caller::User(claims)) => user_route(req, env, route, &claims).await,
         (Route::InternalTownHealth { town }, Caller::Internal) => {
             internal::town_health(env, &town).await
         }
         (Route::InternalRigLookup { rig }, Caller::Internal) => {
             internal::rig_lookup(env, &rig).await
         }
+        (Route::InternalDropTownAlarm { town }, Caller::Internal) => {
+            internal::drop_town_alarm(env, &town).await
+        }
         (route, _) => Err(ApiError::internal(format!(
             "route {route:?} reached dispatch with the wrong principal"
+        ))),
+    }
+}
+
+/// Personal and org routes: authorise against the path's owner, then act through that owner's
+/// DO. Town routes: authorised by the town's recorded ownership (`handlers::town`).
+async fn user_route(
+    req: &mut Request,
+    env: &Env,
+    route: Route,
+    c: &UserClaims,
+) -> Result<Response, ApiError> {
+    let personal = |user: &UserId| authz::personal(c, user).map(|()| Owner::User(user.clone()));
+    let member = |org: &OrgId| authz::org_member(c, org).map(|_| Owner::Org(org.clone()));
+    let org_owner = |org: &OrgId| authz::org_owner(c, org).map(|()| Owner::Org(org.clone()));
+    match route {
+        Route::CreateUserTown { user } => {
+            owned::create_town(req, env, &personal(&user)?, &c.user_id).await
+        }
+        Route::ListUserTowns { user } => owned::list_towns(req, env, &personal(&user)?).await,
+        Route::GetUserTown { user, town } => owned::get_town(env, &personal(&user)?, &town).await,
+        Route::DeleteUserTown { user, town } => {
+            owned::delete_town(env, &personal(&user)?, &town).await
+        }
+        Route::CreateUserRig { user } => owned::create_rig(req, env, &personal(&user)?).await,
+        Route::ListUserTownRigs { user, town } => {
+            owned::list_rigs(req, env, &personal(&user)?, &town).await
+        }
+        Route::GetUserRig { user, rig } => owned::get_rig(env, &personal(&user)?, &rig).await,
+        Route::DeleteUserRig { user, rig } => owned::delete_rig(env, &personal(&user)?, &rig).await,
+        Route::CreateOrgTown { org } => {
+            owned::create_town(req, env, &member(&org)?, &c.user_id).await
+        }
+        Route::ListOrgTowns { org } => owned::list_towns(req, env, &member(&org)?).await,
+        Route::GetOrgTown { org, town } => owned::get_town(env, &member(&org)?, &town).await,
+        Route::DeleteOrgTown { org, town } => {
+            owned::delete_town(env, &org_owner(&org)?, &town).await
+        }
+        Route::CreateOrgRig { org } => owned::create_rig(req, env, &member(&org)?).await,
+        Route::ListOrgTownRigs { org, town } => {
+            owned::list_rigs(req, env, &member(&org)?, &town).await
+        }
+        Route::GetOrgRig { org, rig } => owned::get_rig(env, &member(&org)?, &rig).await,
+        Route::DeleteOrgRig { org, rig } => owned::delete_rig(env, &org_owner(&org)?, &rig).await,
+        Route::GetTown { town } => town::get(env, c, &town).await,
+        Route::ListTownRigs { town } => town::list_rigs(req, env, c, &town).await,
+        Route::GetTownConfig { town } => town::get_config(env, c, &town).await,
+        Route::PatchTownConfig { town } => town::patch_config(req, env, c, &town).await,
+        route => Err(ApiError::internal(format!(
+            "route {route:?} is not a user route"
         ))),
     }
 }

@@ -13,6 +13,7 @@ use gastown_core::ids::TownId;
 use gastown_core::model::Town;
 use gastown_core::schema;
 use gastown_core::time::rfc3339;
+use gastown_core::town_config::TownConfig;
 use serde::Deserialize;
 use serde_json::Value;
 use std::cell::Cell;
@@ -72,6 +73,19 @@ impl TownDO {
     fn require_town(&self) -> std::result::Result<Town, ApiError> {
         self.town()?
             .ok_or_else(|| ApiError::NotFound("town not found".into()))
+    }
+
+    /// The stored config, or the default for a town that never set one.
+    fn config(&self) -> std::result::Result<TownConfig, ApiError> {
+        #[derive(Deserialize)]
+        struct Row {
+            json: String,
+        }
+        match first::<Row>(&self.sql(), "SELECT json FROM config WHERE id = 1", vec![])? {
+            Some(row) => serde_json::from_str(&row.json)
+                .map_err(|e| ApiError::internal(format!("stored config: {e}"))),
+            None => Ok(TownConfig::default()),
+        }
     }
 
     async fn arm(&self) -> std::result::Result<(), ApiError> {
@@ -136,12 +150,39 @@ impl TownDO {
                     .map_err(ApiError::internal)?;
                 if pending.is_none() {
                     self.arm().await?;
+                    let sql = self.sql();
+                    let rearms = meta(&sql, "watchdog_rearms")?.unwrap_or(0);
+                    set_meta(&sql, "watchdog_rearms", rearms + 1)?;
                 }
                 json(AlarmArmed {
                     rearmed: pending.is_none(),
                 })
             }
             TownRequest::Health => self.health().await,
+            TownRequest::GetConfig => {
+                self.require_town()?;
+                json(self.config()?)
+            }
+            TownRequest::PatchConfig { body } => {
+                self.require_town()?;
+                let next = self.config()?.patched(body.as_bytes())?;
+                let stored = serde_json::to_string(&next).map_err(ApiError::internal)?;
+                exec(
+                    &self.sql(),
+                    "INSERT INTO config (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+                    vec![stored.into()],
+                )?;
+                json(next)
+            }
+            TownRequest::DropAlarm => {
+                self.require_town()?;
+                self.state
+                    .storage()
+                    .delete_alarm()
+                    .await
+                    .map_err(ApiError::internal)?;
+                json(Ack { ok: true })
+            }
         }
     }
 
@@ -195,6 +236,7 @@ impl TownDO {
             rig_count,
             alarm_at,
             alarm_runs: meta(&sql, "alarm_runs")?.unwrap_or(0),
+            watchdog_rearms: meta(&sql, "watchdog_rearms")?.unwrap_or(0),
             last_alarm_at: meta(&sql, "last_alarm_at")?.map(rfc3339),
         })
     }

@@ -1,8 +1,9 @@
 //! Internal routes (`x-internal-api-key`): operator and service views.
 
+use crate::config;
 use crate::http::{call, json};
 use crate::{rig_index, town_do};
-use gastown_core::do_api::{TownHealth, TownRequest};
+use gastown_core::do_api::{Ack, TownHealth, TownRequest};
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId};
 use worker::{Env, Response};
@@ -19,4 +20,13 @@ pub async fn rig_lookup(env: &Env, rig: &RigId) -> Result<Response, ApiError> {
         Some(location) => Ok(json(200, &location)),
         None => Err(ApiError::NotFound("rig not found".into())),
     }
+}
+
+/// Test hook: drops a town's alarm. A plain 404 unless `GASTOWN_TEST_HOOKS=1`.
+pub async fn drop_town_alarm(env: &Env, town: &TownId) -> Result<Response, ApiError> {
+    if !config::get(env).test_hooks {
+        return Err(ApiError::NotFound("no such route".into()));
+    }
+    let ack: Ack = call(&town_do::stub(env, town)?, &TownRequest::DropAlarm).await?;
+    Ok(json(200, &ack))
 }

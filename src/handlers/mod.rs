@@ -1,4 +1,9 @@
-//! Route handlers, one module per resource. Each receives an already verified principal.
+//! Route handlers. Each receives a principal the router has already verified and authorised.
+//!
+//! - `owned`: towns and rigs through their owner DO, the same code for personal and org routes.
+//! - `town`: `/api/towns/:townId/...`, for whoever the town's ownership allows.
+//! - `internal`: operator and service routes.
 
 pub mod internal;
-pub mod personal;
+pub mod owned;
+pub mod town;

@@ -6,9 +6,10 @@ import personal from "./personal.mjs";
 import auth from "./auth.mjs";
 import badInput from "./bad_input.mjs";
 import internal from "./internal.mjs";
+import org from "./org.mjs";
 import lifecycle from "./lifecycle.mjs";
 
-export const VARS = { TOWN_ALARM_INTERVAL_MS: "1000", WATCHDOG_INTERVAL_MS: "1000" };
+export const VARS = { TOWN_ALARM_INTERVAL_MS: "1000", WATCHDOG_INTERVAL_MS: "1000", GASTOWN_TEST_HOOKS: "1" };
 
 const ctx = {
   persistDir: makePersistDir(),
@@ -34,4 +35,5 @@ personal(ctx);
 auth(ctx);
 badInput(ctx);
 internal(ctx);
+org(ctx);
 lifecycle(ctx);

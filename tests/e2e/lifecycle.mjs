@@ -29,6 +29,25 @@ export default function lifecycle(ctx) {
       const h = await waitForRuns(ctx, town.id, 2);
       assert.ok(h.alarm_at, "the alarm re-armed itself after running");
       assert.ok(Date.parse(h.last_alarm_at) > Date.parse(town.created_at));
+      assert.equal(h.watchdog_rearms, 0, "a healthy alarm is left alone by the watchdog");
+    });
+
+    it("the owner's watchdog re-arms a town alarm that went missing", async () => {
+      const user = freshUser();
+      const town = await createTown(ctx.call, user);
+      await waitForRuns(ctx, town.id, 1);
+      const drop = await ctx.call("DELETE", `/api/internal/towns/${town.id}/alarm`, { headers: { "x-internal-api-key": internalKey() } });
+      assert.equal(drop.status, 200);
+      const runs = (await health(ctx, town.id)).body.alarm_runs;
+      const deadline = Date.now() + 15_000;
+      let h;
+      do {
+        await sleep(200);
+        h = (await health(ctx, town.id)).body;
+      } while (h.watchdog_rearms < 1 && Date.now() < deadline);
+      assert.equal(h.watchdog_rearms, 1, "the watchdog found the alarm missing and set it again");
+      assert.ok(h.alarm_at, "an alarm is pending again");
+      await waitForRuns(ctx, town.id, runs + 1);
     });
 
     it("a destroyed town answers 404 and its alarm stops", async () => {

@@ -169,6 +169,38 @@ export default function personal(ctx) {
       assert.equal(ok.status, 200);
     });
 
+    it("lists page with ?limit and ?after, oldest first", async () => {
+      const user = freshUser();
+      const token = tokenFor(user);
+      const names = ["t1", "t2", "t3", "t4", "t5"];
+      for (const name of names) await createTown(ctx.call, user, name);
+      const seen = [];
+      let after = "";
+      for (;;) {
+        const res = await ctx.call("GET", `/api/users/${user}/towns?limit=2${after}`, { token });
+        assert.equal(res.status, 200);
+        assert.ok(res.body.length <= 2);
+        if (res.body.length === 0) break;
+        seen.push(...res.body.map((t) => t.name));
+        after = `&after=${res.body.at(-1).id}`;
+      }
+      assert.deepEqual(seen, names);
+      for (const q of ["limit=0", "limit=501", "limit=abc", "after=not%20an%20id"]) {
+        const res = await ctx.call("GET", `/api/users/${user}/towns?${q}`, { token });
+        assert.equal(res.status, 422, q);
+      }
+      const unknown = await ctx.call("GET", `/api/users/${user}/towns?after=00000000-0000-4000-8000-000000000000`, { token });
+      assert.equal(unknown.status, 422);
+      assert.equal(unknown.body.error.field, "after");
+      const town = (await ctx.call("GET", `/api/users/${user}/towns?limit=1`, { token })).body[0];
+      await createRig(ctx.call, user, town.id, "r1");
+      await createRig(ctx.call, user, town.id, "r2");
+      const rigs = await ctx.call("GET", `/api/users/${user}/towns/${town.id}/rigs?limit=1`, { token });
+      assert.deepEqual(rigs.body.map((r) => r.name), ["r1"]);
+      const next = await ctx.call("GET", `/api/users/${user}/towns/${town.id}/rigs?limit=1&after=${rigs.body[0].id}`, { token });
+      assert.deepEqual(next.body.map((r) => r.name), ["r2"]);
+    });
+
     it("ids are percent-decoded path segments", async () => {
       const user = `oauth/google:${Date.now()}`;
       const enc = encodeURIComponent(user);

@@ -6,6 +6,7 @@
 
 use crate::ids::{RigId, TownId};
 use crate::model::{Rig, Town};
+use crate::page::Page;
 use serde::{Deserialize, Serialize};
 
 /// The URL every worker → DO request is sent to; only the body matters.
@@ -18,7 +19,10 @@ pub enum OwnerRequest {
     /// → [`Town`]
     AddTown { town: Town },
     /// → `Vec<Town>`, oldest first
-    ListTowns,
+    ListTowns {
+        #[serde(default)]
+        page: Page,
+    },
     /// → [`Town`], 404 when this owner has no such town
     GetTown { town_id: TownId },
     /// → [`RemovedTown`]; removes the town's rigs too
@@ -26,7 +30,11 @@ pub enum OwnerRequest {
     /// → [`Rig`]; 404 for a town this owner lacks, 409 for a rig name taken in that town
     AddRig { rig: Rig },
     /// → `Vec<Rig>`, oldest first; 404 for a town this owner lacks
-    ListRigs { town_id: TownId },
+    ListRigs {
+        town_id: TownId,
+        #[serde(default)]
+        page: Page,
+    },
     /// → [`Rig`]
     GetRig { rig_id: RigId },
     /// → [`Rig`] as it was
@@ -59,6 +67,13 @@ pub enum TownRequest {
     EnsureAlarm,
     /// → [`TownHealth`]
     Health,
+    /// → [`crate::town_config::TownConfig`] as stored (the router masks it)
+    GetConfig,
+    /// Applies a PATCH body to the stored config and stores the result, or stores nothing and
+    /// answers 400/422. → the new [`crate::town_config::TownConfig`]
+    PatchConfig { body: String },
+    /// Test hook: deletes the pending alarm, leaving the town otherwise intact. → [`Ack`]
+    DropAlarm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -81,6 +96,8 @@ pub struct TownHealth {
     /// Next alarm, ms since the epoch.
     pub alarm_at: Option<u64>,
     pub alarm_runs: u64,
+    /// Times an owner's watchdog found the alarm missing and set it again.
+    pub watchdog_rearms: u64,
     pub last_alarm_at: Option<String>,
 }
 
@@ -98,8 +115,18 @@ mod tests {
             r#"{"op":"remove_rig","rig_id":"r1"}"#
         );
         assert_eq!(
-            serde_json::to_string(&OwnerRequest::ListTowns).unwrap(),
-            r#"{"op":"list_towns"}"#
+            serde_json::to_string(&OwnerRequest::ListTowns {
+                page: Page::default()
+            })
+            .unwrap(),
+            r#"{"op":"list_towns","page":{"limit":500,"after":null}}"#
+        );
+        let old: OwnerRequest = serde_json::from_str(r#"{"op":"list_towns"}"#).unwrap();
+        assert_eq!(
+            old,
+            OwnerRequest::ListTowns {
+                page: Page::default()
+            }
         );
         assert_eq!(
             serde_json::to_string(&TownRequest::Get).unwrap(),

@@ -13,8 +13,10 @@ pub mod do_api;
 pub mod error;
 pub mod ids;
 pub mod model;
+pub mod page;
 pub mod routes;
 pub mod schema;
 pub mod time;
+pub mod town_config;
 
 pub use error::ApiError;

@@ -81,6 +81,27 @@ impl Town {
         }
     }
 
+    /// A new org town: the org owns it; the creating member is recorded as its owner user, so
+    /// credentials and container tokens act as that person.
+    pub fn for_org(
+        id: TownId,
+        new: NewTown,
+        org: &OrgId,
+        creator: &UserId,
+        created_at: String,
+    ) -> Self {
+        Town {
+            id,
+            name: new.name,
+            owner_type: OwnerType::Org,
+            owner_user_id: creator.as_str().to_owned(),
+            organization_id: Some(org.clone()),
+            created_by_user_id: creator.clone(),
+            status: TownStatus::Active,
+            created_at,
+        }
+    }
+
     /// The identity a container token carries: the owner (the creator, for org towns), else the
     /// town id. Never empty.
     pub fn token_user_id(&self) -> &str {

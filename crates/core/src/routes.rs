@@ -4,7 +4,7 @@
 //! [`Principal`] names, and only after that does it touch a Durable Object. The table is also the
 //! source for the published route list, so a route cannot exist without its principal.
 
-use crate::ids::{percent_decode, IdError, RigId, TownId, UserId};
+use crate::ids::{percent_decode, IdError, OrgId, RigId, TownId, UserId};
 
 /// HTTP methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,16 +55,87 @@ pub enum Principal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
-    CreateUserTown { user: UserId },
-    ListUserTowns { user: UserId },
-    GetUserTown { user: UserId, town: TownId },
-    DeleteUserTown { user: UserId, town: TownId },
-    CreateUserRig { user: UserId },
-    ListUserTownRigs { user: UserId, town: TownId },
-    GetUserRig { user: UserId, rig: RigId },
-    DeleteUserRig { user: UserId, rig: RigId },
-    InternalTownHealth { town: TownId },
-    InternalRigLookup { rig: RigId },
+    CreateUserTown {
+        user: UserId,
+    },
+    ListUserTowns {
+        user: UserId,
+    },
+    GetUserTown {
+        user: UserId,
+        town: TownId,
+    },
+    DeleteUserTown {
+        user: UserId,
+        town: TownId,
+    },
+    CreateUserRig {
+        user: UserId,
+    },
+    ListUserTownRigs {
+        user: UserId,
+        town: TownId,
+    },
+    GetUserRig {
+        user: UserId,
+        rig: RigId,
+    },
+    DeleteUserRig {
+        user: UserId,
+        rig: RigId,
+    },
+    CreateOrgTown {
+        org: OrgId,
+    },
+    ListOrgTowns {
+        org: OrgId,
+    },
+    GetOrgTown {
+        org: OrgId,
+        town: TownId,
+    },
+    DeleteOrgTown {
+        org: OrgId,
+        town: TownId,
+    },
+    CreateOrgRig {
+        org: OrgId,
+    },
+    ListOrgTownRigs {
+        org: OrgId,
+        town: TownId,
+    },
+    GetOrgRig {
+        org: OrgId,
+        rig: RigId,
+    },
+    DeleteOrgRig {
+        org: OrgId,
+        rig: RigId,
+    },
+    GetTown {
+        town: TownId,
+    },
+    ListTownRigs {
+        town: TownId,
+    },
+    GetTownConfig {
+        town: TownId,
+    },
+    PatchTownConfig {
+        town: TownId,
+    },
+    InternalTownHealth {
+        town: TownId,
+    },
+    InternalRigLookup {
+        rig: RigId,
+    },
+    /// Test hook (only with `GASTOWN_TEST_HOOKS=1`): drops a town's pending alarm so tests can
+    /// watch the owner's watchdog re-arm it.
+    InternalDropTownAlarm {
+        town: TownId,
+    },
 }
 
 /// Why nothing matched.
@@ -97,6 +168,9 @@ impl Params {
     fn user(&self) -> Result<UserId, IdError> {
         UserId::parse(self.get("userId"))
     }
+    fn org(&self) -> Result<OrgId, IdError> {
+        OrgId::parse(self.get("orgId"))
+    }
     fn town(&self) -> Result<TownId, IdError> {
         TownId::parse(self.get("townId"))
     }
@@ -127,8 +201,21 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Post "/api/users/:userId/rigs" User => |p| Ok(Route::CreateUserRig { user: p.user()? })),
     route!(Get "/api/users/:userId/rigs/:rigId" User => |p| Ok(Route::GetUserRig { user: p.user()?, rig: p.rig()? })),
     route!(Delete "/api/users/:userId/rigs/:rigId" User => |p| Ok(Route::DeleteUserRig { user: p.user()?, rig: p.rig()? })),
+    route!(Post "/api/orgs/:orgId/towns" User => |p| Ok(Route::CreateOrgTown { org: p.org()? })),
+    route!(Get "/api/orgs/:orgId/towns" User => |p| Ok(Route::ListOrgTowns { org: p.org()? })),
+    route!(Get "/api/orgs/:orgId/towns/:townId" User => |p| Ok(Route::GetOrgTown { org: p.org()?, town: p.town()? })),
+    route!(Delete "/api/orgs/:orgId/towns/:townId" User => |p| Ok(Route::DeleteOrgTown { org: p.org()?, town: p.town()? })),
+    route!(Get "/api/orgs/:orgId/towns/:townId/rigs" User => |p| Ok(Route::ListOrgTownRigs { org: p.org()?, town: p.town()? })),
+    route!(Post "/api/orgs/:orgId/rigs" User => |p| Ok(Route::CreateOrgRig { org: p.org()? })),
+    route!(Get "/api/orgs/:orgId/rigs/:rigId" User => |p| Ok(Route::GetOrgRig { org: p.org()?, rig: p.rig()? })),
+    route!(Delete "/api/orgs/:orgId/rigs/:rigId" User => |p| Ok(Route::DeleteOrgRig { org: p.org()?, rig: p.rig()? })),
+    route!(Get "/api/towns/:townId" User => |p| Ok(Route::GetTown { town: p.town()? })),
+    route!(Get "/api/towns/:townId/rigs" User => |p| Ok(Route::ListTownRigs { town: p.town()? })),
+    route!(Get "/api/towns/:townId/config" User => |p| Ok(Route::GetTownConfig { town: p.town()? })),
+    route!(Patch "/api/towns/:townId/config" User => |p| Ok(Route::PatchTownConfig { town: p.town()? })),
     route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::InternalTownHealth { town: p.town()? })),
     route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::InternalRigLookup { rig: p.rig()? })),
+    route!(Delete "/api/internal/towns/:townId/alarm" Internal => |p| Ok(Route::InternalDropTownAlarm { town: p.town()? })),
 ];
 
 fn segments(path: &str) -> Vec<&str> {

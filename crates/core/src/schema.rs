@@ -10,17 +10,25 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const USER_DO: &[Migration] = &[Migration {
+/// `GastownUserDO` and `GastownOrgDO` hold the same kind of data: an owner's towns and rigs.
+pub const OWNER_DO: &[Migration] = &[Migration {
     version: 1,
     name: "init",
-    sql: include_str!("../../../migrations/user_do/0001_init.sql"),
+    sql: include_str!("../../../migrations/owner_do/0001_init.sql"),
 }];
 
-pub const TOWN_DO: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../migrations/town_do/0001_init.sql"),
-}];
+pub const TOWN_DO: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/town_do/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "config",
+        sql: include_str!("../../../migrations/town_do/0002_config.sql"),
+    },
+];
 
 #[cfg(test)]
 mod tests {
@@ -28,7 +36,7 @@ mod tests {
 
     #[test]
     fn versions_are_contiguous_from_one() {
-        for list in [USER_DO, TOWN_DO] {
+        for list in [OWNER_DO, TOWN_DO] {
             for (i, m) in list.iter().enumerate() {
                 assert_eq!(m.version as usize, i + 1, "{}", m.name);
                 assert!(m.sql.contains("CREATE"), "{}", m.name);

@@ -1,4 +1,4 @@
--- GastownUserDO v1: a user's personal towns and their rigs.
+-- Owner DO v1 (GastownUserDO and GastownOrgDO): an owner's towns and their rigs.
 CREATE TABLE towns (
   id TEXT PRIMARY KEY,
   name TEXT NOT NULL,

@@ -1,0 +1,422 @@
+//! Town config (DESIGN.md §6): what it holds, how a PATCH changes it, and how it is shown.
+//!
+//! Secrets are `kilocode_token`, `github_cli_pat`, `git_auth.github_token`,
+//! `git_auth.gitlab_token` and every `env_vars` value. They are never shown in clear: every
+//! caller sees `****` plus the last four characters (or only `****` for a value shorter than
+//! [`MASK_MIN_LEN`], whose last four characters would give most of it away). This is stricter
+//! than showing them to owners: no route but a token-issuing one returns a secret.
+//!
+//! A PATCH is a JSON object of the fields to change. `null` clears a field; a secret sent back
+//! exactly as it was shown keeps the stored value; ownership fields are ignored; unknown fields
+//! are refused (422), so a misspelt field is not silently dropped.
+
+use crate::body::parse_object;
+use crate::error::ApiError;
+use crate::model::Town;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+pub const MASK: &str = "****";
+/// Secrets shorter than this are shown as `****` alone.
+pub const MASK_MIN_LEN: usize = 12;
+pub const MAX_ENV_VARS: usize = 100;
+pub const MAX_ENV_KEY: usize = 128;
+pub const MAX_ENV_VALUE: usize = 8 * 1024;
+pub const MAX_SECRET: usize = 4 * 1024;
+pub const MAX_MODEL: usize = 200;
+pub const MAX_AUTHOR_NAME: usize = 200;
+pub const MAX_EMAIL: usize = 254;
+pub const MAX_URL: usize = 2048;
+pub const MAX_POLECATS: u64 = 50;
+
+/// Env var names the platform sets; users may not override them.
+const RESERVED_ENV: &[&str] = &[
+    "GIT_TOKEN",
+    "GITHUB_TOKEN",
+    "GITLAB_TOKEN",
+    "GITHUB_CLI_PAT",
+    "GH_TOKEN",
+    "KILOCODE_TOKEN",
+    "KILO_JWT",
+    "GASTOWN_CONTAINER_TOKEN",
+    "PATH",
+    "HOME",
+];
+/// Prefixes the platform owns.
+const RESERVED_ENV_PREFIXES: &[&str] = &["GASTOWN_", "KILO_"];
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitAuth {
+    #[serde(default)]
+    pub github_token: Option<String>,
+    #[serde(default)]
+    pub gitlab_token: Option<String>,
+    #[serde(default)]
+    pub gitlab_instance_url: Option<String>,
+    #[serde(default)]
+    pub platform_integration_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleModels {
+    #[serde(default)]
+    pub mayor: Option<String>,
+    #[serde(default)]
+    pub polecat: Option<String>,
+    #[serde(default)]
+    pub refinery: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeStrategy {
+    /// The refinery merges to the default branch itself.
+    Direct,
+    /// The refinery opens a pull / merge request.
+    PullRequest,
+}
+
+/// The stored config. Fields added later carry `#[serde(default)]` so old rows still read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TownConfig {
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub git_auth: GitAuth,
+    #[serde(default)]
+    pub kilocode_token: Option<String>,
+    #[serde(default)]
+    pub default_model: Option<String>,
+    #[serde(default)]
+    pub role_models: RoleModels,
+    #[serde(default)]
+    pub small_model: Option<String>,
+    #[serde(default)]
+    pub github_cli_pat: Option<String>,
+    #[serde(default)]
+    pub git_author_name: Option<String>,
+    #[serde(default)]
+    pub git_author_email: Option<String>,
+    #[serde(default)]
+    pub disable_ai_coauthor: bool,
+    #[serde(default)]
+    pub max_polecats_per_rig: Option<u32>,
+    #[serde(default)]
+    pub merge_strategy: Option<MergeStrategy>,
+}
+
+/// The config as the API shows it: secrets masked, ownership from the town's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigView {
+    #[serde(flatten)]
+    pub config: TownConfig,
+    pub owner_user_id: String,
+    pub owner_type: crate::model::OwnerType,
+    pub organization_id: Option<crate::ids::OrgId>,
+    pub created_by_user_id: crate::ids::UserId,
+}
+
+/// `****` + last four characters, or `****` alone for short values.
+pub fn mask(secret: &str) -> String {
+    let n = secret.chars().count();
+    if n < MASK_MIN_LEN {
+        return MASK.to_owned();
+    }
+    let tail: String = secret.chars().skip(n - 4).collect();
+    format!("{MASK}{tail}")
+}
+
+impl TownConfig {
+    /// A copy with every secret masked.
+    pub fn masked(&self) -> TownConfig {
+        let m = |s: &Option<String>| s.as_deref().map(mask);
+        TownConfig {
+            env_vars: self
+                .env_vars
+                .iter()
+                .map(|(k, v)| (k.clone(), mask(v)))
+                .collect(),
+            git_auth: GitAuth {
+                github_token: m(&self.git_auth.github_token),
+                gitlab_token: m(&self.git_auth.gitlab_token),
+                ..self.git_auth.clone()
+            },
+            kilocode_token: m(&self.kilocode_token),
+            github_cli_pat: m(&self.github_cli_pat),
+            ..self.clone()
+        }
+    }
+
+    /// The API view of this config for `town`.
+    pub fn view(&self, town: &Town) -> ConfigView {
+        ConfigView {
+            config: self.masked(),
+            owner_user_id: town.owner_user_id.clone(),
+            owner_type: town.owner_type,
+            organization_id: town.organization_id.clone(),
+            created_by_user_id: town.created_by_user_id.clone(),
+        }
+    }
+
+    /// Applies a PATCH body to a copy of this config.
+    ///
+    /// # Errors
+    /// 400 for a body that is not a JSON object; 422 naming the first invalid field. The stored
+    /// config is untouched either way: the caller writes the result only on success.
+    pub fn patched(&self, body: &[u8]) -> Result<TownConfig, ApiError> {
+        let map = parse_object(body)?;
+        let mut next = self.clone();
+        for (key, value) in &map {
+            match key.as_str() {
+                "owner_user_id" | "owner_type" | "organization_id" | "created_by_user_id" => {}
+                "env_vars" => next.env_vars = env_vars(value, &self.env_vars)?,
+                "git_auth" => next.git_auth = git_auth(value, &self.git_auth)?,
+                "kilocode_token" => next.kilocode_token = secret(key, value, &self.kilocode_token)?,
+                "github_cli_pat" => next.github_cli_pat = secret(key, value, &self.github_cli_pat)?,
+                "default_model" => next.default_model = text(key, value, MAX_MODEL)?,
+                "small_model" => next.small_model = text(key, value, MAX_MODEL)?,
+                "role_models" => next.role_models = role_models(value, &self.role_models)?,
+                "git_author_name" => next.git_author_name = text(key, value, MAX_AUTHOR_NAME)?,
+                "git_author_email" => {
+                    next.git_author_email = text(key, value, MAX_EMAIL)?;
+                    if let Some(email) = &next.git_author_email {
+                        check_email(email)?;
+                    }
+                }
+                "disable_ai_coauthor" => {
+                    next.disable_ai_coauthor = match value {
+                        Value::Bool(b) => *b,
+                        Value::Null => false,
+                        _ => return Err(ApiError::invalid(key, "must be true or false")),
+                    }
+                }
+                "max_polecats_per_rig" => {
+                    next.max_polecats_per_rig = match value {
+                        Value::Null => None,
+                        Value::Number(n) => Some(
+                            n.as_u64()
+                                .filter(|n| (1..=MAX_POLECATS).contains(n))
+                                .and_then(|n| u32::try_from(n).ok())
+                                .ok_or_else(|| {
+                                    ApiError::invalid(
+                                        key,
+                                        format!("must be a whole number from 1 to {MAX_POLECATS}"),
+                                    )
+                                })?,
+                        ),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                key,
+                                format!("must be a whole number from 1 to {MAX_POLECATS}"),
+                            ))
+                        }
+                    }
+                }
+                "merge_strategy" => {
+                    next.merge_strategy = match value {
+                        Value::Null => None,
+                        other => Some(serde_json::from_value(other.clone()).map_err(|_| {
+                            ApiError::invalid(key, "must be \"direct\" or \"pull_request\"")
+                        })?),
+                    }
+                }
+                other => return Err(ApiError::invalid(other, "is not a config field")),
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// An optional plain string: `null` clears, a string is trimmed and capped.
+fn text(field: &str, value: &Value, max: usize) -> Result<Option<String>, ApiError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => {
+            let s = s.trim();
+            if s.is_empty() {
+                return Ok(None);
+            }
+            if s.chars().count() > max {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("must be at most {max} characters"),
+                ));
+            }
+            if s.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    field,
+                    "must not contain control characters",
+                ));
+            }
+            Ok(Some(s.to_owned()))
+        }
+        _ => Err(ApiError::invalid(field, "must be a string or null")),
+    }
+}
+
+/// A secret: like [`text`], but the masked form of the stored value keeps the stored value, and
+/// any other masked-looking value is refused rather than stored as a broken secret.
+fn secret(field: &str, value: &Value, stored: &Option<String>) -> Result<Option<String>, ApiError> {
+    let next = text(field, value, MAX_SECRET)?;
+    match (&next, stored) {
+        (Some(new), Some(old)) if *new == mask(old) => Ok(Some(old.clone())),
+        (Some(new), _) if new.starts_with(MASK) => Err(ApiError::invalid(
+            field,
+            "is a masked value that does not match the stored one; send the real value or null",
+        )),
+        _ => Ok(next),
+    }
+}
+
+fn object<'a>(field: &str, value: &'a Value) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Object(map) => Ok(Some(map)),
+        _ => Err(ApiError::invalid(field, "must be an object or null")),
+    }
+}
+
+/// Replaces the whole map. A masked value for a key that exists keeps that key's stored value.
+fn env_vars(
+    value: &Value,
+    stored: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let Some(map) = object("env_vars", value)? else {
+        return Ok(BTreeMap::new());
+    };
+    if map.len() > MAX_ENV_VARS {
+        return Err(ApiError::invalid(
+            "env_vars",
+            format!("may hold at most {MAX_ENV_VARS} variables"),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (key, value) in map {
+        let field = format!("env_vars.{key}");
+        check_env_key(key, &field)?;
+        let Value::String(v) = value else {
+            return Err(ApiError::invalid(field, "must be a string"));
+        };
+        if v.chars().count() > MAX_ENV_VALUE {
+            return Err(ApiError::invalid(
+                field,
+                format!("must be at most {MAX_ENV_VALUE} characters"),
+            ));
+        }
+        if v.contains('\0') {
+            return Err(ApiError::invalid(field, "must not contain NUL"));
+        }
+        let kept = match stored.get(key) {
+            Some(old) if *v == mask(old) => old.clone(),
+            _ if v.starts_with(MASK) => {
+                return Err(ApiError::invalid(
+                    field,
+                    "is a masked value that does not match the stored one",
+                ))
+            }
+            _ => v.clone(),
+        };
+        out.insert(key.clone(), kept);
+    }
+    Ok(out)
+}
+
+fn check_env_key(key: &str, field: &str) -> Result<(), ApiError> {
+    let valid = !key.is_empty()
+        && key.len() <= MAX_ENV_KEY
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && !key.as_bytes()[0].is_ascii_digit();
+    if !valid {
+        return Err(ApiError::invalid(
+            field,
+            "names must be A-Z, 0-9 and _, not starting with a digit",
+        ));
+    }
+    if RESERVED_ENV.contains(&key) || RESERVED_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
+        return Err(ApiError::invalid(field, "is reserved by the platform"));
+    }
+    Ok(())
+}
+
+/// Merges the fields present.
+fn git_auth(value: &Value, stored: &GitAuth) -> Result<GitAuth, ApiError> {
+    let Some(map) = object("git_auth", value)? else {
+        return Ok(GitAuth::default());
+    };
+    let mut next = stored.clone();
+    for (key, value) in map {
+        let field = format!("git_auth.{key}");
+        match key.as_str() {
+            "github_token" => next.github_token = secret(&field, value, &stored.github_token)?,
+            "gitlab_token" => next.gitlab_token = secret(&field, value, &stored.gitlab_token)?,
+            "gitlab_instance_url" => {
+                next.gitlab_instance_url = text(&field, value, MAX_URL)?;
+                if let Some(url) = &next.gitlab_instance_url {
+                    check_https_url(url, &field)?;
+                }
+            }
+            "platform_integration_id" => next.platform_integration_id = text(&field, value, 128)?,
+            _ => return Err(ApiError::invalid(field, "is not a git_auth field")),
+        }
+    }
+    Ok(next)
+}
+
+/// Merges the roles present.
+fn role_models(value: &Value, stored: &RoleModels) -> Result<RoleModels, ApiError> {
+    let Some(map) = object("role_models", value)? else {
+        return Ok(RoleModels::default());
+    };
+    let mut next = stored.clone();
+    for (key, value) in map {
+        let field = format!("role_models.{key}");
+        let slot = match key.as_str() {
+            "mayor" => &mut next.mayor,
+            "polecat" => &mut next.polecat,
+            "refinery" => &mut next.refinery,
+            _ => {
+                return Err(ApiError::invalid(
+                    field,
+                    "is not a role (mayor, polecat, refinery)",
+                ))
+            }
+        };
+        *slot = text(&field, value, MAX_MODEL)?;
+    }
+    Ok(next)
+}
+
+fn check_email(email: &str) -> Result<(), ApiError> {
+    let bad = || ApiError::invalid("git_author_email", "must be an email address");
+    let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+    let ok = !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !email
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '<' | '>' | '"' | ',' | ';'));
+    ok.then_some(()).ok_or_else(bad)
+}
+
+fn check_https_url(url: &str, field: &str) -> Result<(), ApiError> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| ApiError::invalid(field, "must be an https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') || url.chars().any(char::is_whitespace) {
+        return Err(ApiError::invalid(
+            field,
+            "must be an https:// URL with a host and no credentials",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "town_config_tests.rs"]
+mod tests;
