@@ -1,12 +1,15 @@
 #!/usr/bin/env node
-// `npm run dev`: applies the local D1 migrations, starts the worker under `wrangler dev --local`
-// with persisted state in .wrangler/state and the secrets of .dev.vars, and prints how to call it.
+// `npm run dev`: applies the local D1 migrations, starts the container control server (what a
+// town's container runs; here one process serves every town) and the worker under
+// `wrangler dev --local` with persisted state in .wrangler/state, the secrets of .dev.vars and
+// CONTAINER_CONTROL_URL pointing at that control server, and prints how to call it.
 // (Setup and the build ran just before, from package.json.)
 import { spawn, execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { ROOT } from "./lib/jwt.mjs";
 
 const port = process.env.PORT ?? "8787";
+const controlPort = process.env.CONTROL_PORT ?? String(Number(port) + 1);
 const persist = join(ROOT, ".wrangler", "state");
 const wrangler = join(ROOT, "node_modules", ".bin", "wrangler");
 const env = { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" };
@@ -17,20 +20,36 @@ execFileSync(wrangler, ["d1", "migrations", "apply", "gastown", "--local", "--pe
   stdio: ["ignore", "ignore", "inherit"],
 });
 
+const control = spawn(join(ROOT, "target", "release", "gastown-control"), ["--port", controlPort], {
+  cwd: ROOT,
+  stdio: "inherit",
+});
 const child = spawn(
   wrangler,
-  ["dev", "--local", "--ip", "127.0.0.1", "--port", port, "--persist-to", persist, ...process.argv.slice(2)],
+  ["dev", "--local", "--ip", "127.0.0.1", "--port", port, "--persist-to", persist,
+    "--var", `CONTAINER_CONTROL_URL:http://127.0.0.1:${controlPort}`, ...process.argv.slice(2)],
   { cwd: ROOT, env, stdio: "inherit" },
 );
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => child.kill(sig));
-child.on("exit", (code) => process.exit(code ?? 0));
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    control.kill(sig);
+    child.kill(sig);
+  });
+}
+child.on("exit", (code) => {
+  control.kill("SIGTERM");
+  process.exit(code ?? 0);
+});
+control.on("exit", (code) => {
+  if (code) console.error(`gastown-control exited with ${code}`);
+});
 
 const base = `http://127.0.0.1:${port}`;
 for (let i = 0; i < 240; i++) {
   try {
     if ((await fetch(`${base}/health`)).ok) {
       console.log(`
-  Gastown control plane is up at ${base}
+  Gastown control plane is up at ${base} (container control server: http://127.0.0.1:${controlPort})
 
     curl ${base}/health
     TOKEN=$(npm run -s token -- --user u1)

@@ -12,7 +12,9 @@ use worker::Env;
 const DEFAULT_TOWN_ALARM_MS: u64 = 5 * 60 * 1000;
 /// Default period of the owner DOs' watchdog.
 const DEFAULT_WATCHDOG_MS: u64 = 5 * 60 * 1000;
-/// Floor for both, so a misconfiguration cannot spin an alarm.
+/// Default least time between container token refreshes: hourly, for 8-hour tokens.
+const DEFAULT_TOKEN_REFRESH_MS: u64 = 60 * 60 * 1000;
+/// Floor for all three, so a misconfiguration cannot spin an alarm.
 const MIN_ALARM_MS: u64 = 500;
 
 pub struct Config {
@@ -20,6 +22,8 @@ pub struct Config {
     pub internal_key: InternalKey,
     pub town_alarm_ms: u64,
     pub watchdog_ms: u64,
+    /// Least time between two container tokens pushed by the alarm.
+    pub token_refresh_ms: u64,
     /// `GASTOWN_TEST_HOOKS=1` enables routes that only tests use. Never set in production.
     pub test_hooks: bool,
 }
@@ -51,6 +55,11 @@ pub fn get(env: &Env) -> Rc<Config> {
                 internal_key: InternalKey::new(string(env, "INTERNAL_API_KEY").as_deref()),
                 town_alarm_ms: millis(env, "TOWN_ALARM_INTERVAL_MS", DEFAULT_TOWN_ALARM_MS),
                 watchdog_ms: millis(env, "WATCHDOG_INTERVAL_MS", DEFAULT_WATCHDOG_MS),
+                token_refresh_ms: millis(
+                    env,
+                    "CONTAINER_TOKEN_REFRESH_MS",
+                    DEFAULT_TOKEN_REFRESH_MS,
+                ),
                 test_hooks: string(env, "GASTOWN_TEST_HOOKS").as_deref() == Some("1"),
             })
         })

@@ -8,6 +8,7 @@
 //! - Pure decisions (tokens, validation, routes, errors) live in the `gastown-core` crate.
 
 mod config;
+mod container_do;
 mod handlers;
 mod http;
 mod org_do;

@@ -3,13 +3,13 @@
 //! looked up before the credential has been verified.
 
 use crate::config;
-use crate::handlers::{internal, owned, town};
+use crate::handlers::{container, internal, owned, town};
 use crate::http::{error_response, json};
 use crate::owner::Owner;
 use gastown_core::auth::{bearer, AuthError, UserClaims};
-use gastown_core::authz;
+use gastown_core::authz::{self, ContainerCaller, ContainerScope};
 use gastown_core::error::ApiError;
-use gastown_core::ids::{OrgId, UserId};
+use gastown_core::ids::{AgentId, OrgId, RigId, TownId, UserId};
 use gastown_core::routes::{match_route, Method, Principal, Route, RouteError};
 use worker::{Env, Request, Response};
 
@@ -17,6 +17,7 @@ use worker::{Env, Request, Response};
 enum Caller {
     Anyone,
     User(UserClaims),
+    Container(ContainerCaller),
     Internal,
 }
 
@@ -45,7 +46,23 @@ fn auth_failure(err: AuthError) -> ApiError {
     }
 }
 
-fn authenticate(req: &Request, principal: Principal, env: &Env) -> Result<Caller, ApiError> {
+/// The town (and rig and agent, where the path names them) a container route is scoped to.
+fn container_scope(route: &Route) -> Option<(&TownId, Option<&RigId>, Option<&AgentId>)> {
+    match route {
+        Route::RefreshContainerToken { town } | Route::MayorRigs { town } => {
+            Some((town, None, None))
+        }
+        Route::AgentHeartbeat { town, rig, agent } => Some((town, Some(rig), Some(agent))),
+        _ => None,
+    }
+}
+
+fn authenticate(
+    req: &Request,
+    route: &Route,
+    principal: Principal,
+    env: &Env,
+) -> Result<Caller, ApiError> {
     let header = |name: &str| req.headers().get(name).ok().flatten();
     match principal {
         Principal::Public => Ok(Caller::Anyone),
@@ -72,7 +89,23 @@ fn authenticate(req: &Request, principal: Principal, env: &Env) -> Result<Caller
                 ))
             }
         }
-        Principal::Container => Err(ApiError::Unauthorized(AuthError::WrongKind.message())),
+        Principal::Container => {
+            let auth = header("authorization");
+            let token = bearer(auth.as_deref())
+                .ok_or(ApiError::Unauthorized(AuthError::Missing.message()))?;
+            let (town, route_rig, route_agent) = container_scope(route)
+                .ok_or_else(|| ApiError::internal("container route without a town"))?;
+            let header_rig = header("x-gastown-rig-id");
+            let header_agent = header("x-gastown-agent-id");
+            let scope = ContainerScope {
+                route_rig,
+                route_agent,
+                header_rig: header_rig.as_deref(),
+                header_agent: header_agent.as_deref(),
+            };
+            let now = i64::try_from(config::now_ms() / 1000).unwrap_or(i64::MAX);
+            authz::container(&config::get(env).keys, token, now, town, scope).map(Caller::Container)
+        }
     }
 }
 
@@ -82,10 +115,15 @@ async fn dispatch(
     route: Route,
     principal: Principal,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(req, principal, env)?;
+    let caller = authenticate(req, &route, principal, env)?;
     match (route, caller) {
         (Route::Health, _) => Ok(json(200, &serde_json::json!({"status": "ok"}))),
         (route, Caller::User(claims)) => user_route(req, env, route, &claims).await,
+        (Route::RefreshContainerToken { .. }, Caller::Container(c)) => {
+            container::refresh_token(env, &c).await
+        }
+        (Route::AgentHeartbeat { .. }, Caller::Container(c)) => container::heartbeat(env, &c).await,
+        (Route::MayorRigs { .. }, Caller::Container(c)) => container::mayor_rigs(env, &c).await,
         (Route::InternalTownHealth { town }, Caller::Internal) => {
             internal::town_health(env, &town).await
         }
@@ -145,6 +183,11 @@ async fn user_route(
         Route::ListTownRigs { town } => town::list_rigs(req, env, c, &town).await,
         Route::GetTownConfig { town } => town::get_config(env, c, &town).await,
         Route::PatchTownConfig { town } => town::patch_config(req, env, c, &town).await,
+        Route::GetTownContainer { town } => town::get_container(env, c, &town).await,
+        Route::StartTownContainer { town } => town::start_container(env, c, &town).await,
+        Route::ForceContainerTokenRefresh { town } => {
+            town::force_token_refresh(env, c, &town).await
+        }
         route => Err(ApiError::internal(format!(
             "route {route:?} is not a user route"
         ))),

@@ -5,15 +5,22 @@
 //! storage, after which the town answers 404 and an alarm that still fires deletes itself.
 
 use crate::config;
+use crate::container_do;
+use crate::http::call;
 use crate::http::{read_rpc, rpc_response};
 use crate::storage::{exec, first, meta, migrate, rows, set_meta};
-use gastown_core::do_api::{Ack, AlarmArmed, TownHealth, TownRequest};
+use gastown_core::auth::sign_container;
+use gastown_core::do_api::{
+    token_refresh_due, Ack, AlarmArmed, ContainerRequest, EnvSynced, IssuedToken, TokenPushed,
+    TownHealth, TownRequest,
+};
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
+use gastown_core::model::Rig;
 use gastown_core::model::Town;
 use gastown_core::schema;
 use gastown_core::time::rfc3339;
-use gastown_core::town_config::TownConfig;
+use gastown_core::town_config::{container_env, TownConfig};
 use serde::Deserialize;
 use serde_json::Value;
 use std::cell::Cell;
@@ -88,6 +95,64 @@ impl TownDO {
         }
     }
 
+    /// A container token for `town`, carrying its owner's identity (the creator for org towns,
+    /// the town id if none is recorded).
+    fn mint(&self, town: &Town) -> std::result::Result<(String, i64), ApiError> {
+        let now = i64::try_from(config::now_ms() / 1000).unwrap_or(i64::MAX);
+        sign_container(
+            &config::get(&self.env).keys,
+            &town.id,
+            town.token_user_id(),
+            now,
+        )
+        .map_err(|e| ApiError::internal(format!("minting a container token: {}", e.message())))
+    }
+
+    /// Mints a token and pushes it to the running container. The throttle moves only when the
+    /// container accepted it.
+    async fn refresh_token(&self, town: &Town) -> std::result::Result<TokenPushed, ApiError> {
+        let (token, expires_at) = self.mint(town)?;
+        let push = ContainerRequest::PushToken {
+            town_id: town.id.clone(),
+            token,
+            expires_at,
+        };
+        let pushed: TokenPushed = call(&container_do::stub(&self.env, &town.id)?, &push).await?;
+        self.record_push(&pushed)?;
+        Ok(pushed)
+    }
+
+    fn record_push(&self, pushed: &TokenPushed) -> std::result::Result<(), ApiError> {
+        let sql = self.sql();
+        if pushed.accepted {
+            set_meta(&sql, "token_refreshed_at", config::now_ms())?;
+            let n = meta(&sql, "token_refreshes")?.unwrap_or(0);
+            set_meta(&sql, "token_refreshes", n + 1)
+        } else {
+            let n = meta(&sql, "token_refresh_failures")?.unwrap_or(0);
+            set_meta(&sql, "token_refresh_failures", n + 1)
+        }
+    }
+
+    /// Hands the env derived from `config` to the container DO. The config is already stored, so
+    /// a failure here is logged, not returned: the next start pushes the stored env.
+    async fn sync_env(&self, config: &TownConfig) {
+        let Ok(Some(town)) = self.town() else {
+            return;
+        };
+        let sync = ContainerRequest::SyncEnv {
+            town_id: town.id.clone(),
+            env: container_env(config),
+        };
+        let result = match container_do::stub(&self.env, &town.id) {
+            Ok(stub) => call::<_, EnvSynced>(&stub, &sync).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            console_error!("town {}: env sync failed: {e}", town.id);
+        }
+    }
+
     async fn arm(&self) -> std::result::Result<(), ApiError> {
         let ms = config::get(&self.env).town_alarm_ms;
         self.state
@@ -103,6 +168,13 @@ impl TownDO {
             TownRequest::Init { town } => self.init(town).await,
             TownRequest::Get => json(self.require_town()?),
             TownRequest::Destroy => {
+                if let Some(town) = self.town()? {
+                    let _: Ack = call(
+                        &container_do::stub(&self.env, &town.id)?,
+                        &ContainerRequest::Destroy,
+                    )
+                    .await?;
+                }
                 let storage = self.state.storage();
                 storage.delete_alarm().await.map_err(ApiError::internal)?;
                 storage.delete_all().await.map_err(ApiError::internal)?;
@@ -172,7 +244,76 @@ impl TownDO {
                     "INSERT INTO config (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
                     vec![stored.into()],
                 )?;
+                self.sync_env(&next).await;
                 json(next)
+            }
+            TownRequest::StartContainer => {
+                let town = self.require_town()?;
+                let (token, expires_at) = self.mint(&town)?;
+                let env = container_env(&self.config()?);
+                let start = ContainerRequest::Start {
+                    town_id: town.id.clone(),
+                    token,
+                    expires_at,
+                    env,
+                };
+                let pushed: TokenPushed =
+                    call(&container_do::stub(&self.env, &town.id)?, &start).await?;
+                self.record_push(&pushed)?;
+                if pushed.accepted {
+                    set_meta(&self.sql(), "container_started", 1)?;
+                    json(pushed)
+                } else {
+                    Err(ApiError::Upstream("container start failed".into()))
+                }
+            }
+            TownRequest::ForceTokenRefresh => {
+                let town = self.require_town()?;
+                let pushed = self.refresh_token(&town).await?;
+                if pushed.accepted {
+                    json(pushed)
+                } else {
+                    Err(ApiError::Upstream(
+                        "container did not accept the token".into(),
+                    ))
+                }
+            }
+            TownRequest::IssueContainerToken => {
+                let town = self.require_town()?;
+                let (token, expires_at) = self.mint(&town)?;
+                json(IssuedToken { token, expires_at })
+            }
+            TownRequest::Heartbeat { rig_id, agent_id } => {
+                self.require_town()?;
+                let sql = self.sql();
+                #[derive(Deserialize)]
+                struct Found {
+                    #[allow(dead_code)]
+                    id: String,
+                }
+                if first::<Found>(
+                    &sql,
+                    "SELECT id FROM rigs WHERE id = ?",
+                    vec![rig_id.as_str().into()],
+                )?
+                .is_none()
+                {
+                    return Err(ApiError::NotFound("rig not found in this town".into()));
+                }
+                exec(
+                    &sql,
+                    "INSERT INTO agents (id, rig_id, last_heartbeat_at, heartbeats) VALUES (?, ?, ?, 1) ON CONFLICT (id) DO UPDATE SET rig_id = excluded.rig_id, last_heartbeat_at = excluded.last_heartbeat_at, heartbeats = heartbeats + 1",
+                    vec![agent_id.as_str().into(), rig_id.as_str().into(), crate::storage::int(config::now_ms())],
+                )?;
+                json(Ack { ok: true })
+            }
+            TownRequest::MayorRigs => {
+                self.require_town()?;
+                json(rows::<Rig>(
+                    &self.sql(),
+                    "SELECT id, town_id, name, git_url, default_branch, platform_integration_id, created_at FROM rigs ORDER BY created_at, id",
+                    vec![],
+                )?)
             }
             TownRequest::DropAlarm => {
                 self.require_town()?;
@@ -237,6 +378,9 @@ impl TownDO {
             alarm_at,
             alarm_runs: meta(&sql, "alarm_runs")?.unwrap_or(0),
             watchdog_rearms: meta(&sql, "watchdog_rearms")?.unwrap_or(0),
+            token_refreshed_at: meta(&sql, "token_refreshed_at")?.map(rfc3339),
+            token_refreshes: meta(&sql, "token_refreshes")?.unwrap_or(0),
+            token_refresh_failures: meta(&sql, "token_refresh_failures")?.unwrap_or(0),
             last_alarm_at: meta(&sql, "last_alarm_at")?.map(rfc3339),
         })
     }
@@ -258,6 +402,26 @@ impl TownDO {
         let runs = meta(&sql, "alarm_runs")?.unwrap_or(0);
         set_meta(&sql, "alarm_runs", runs + 1)?;
         set_meta(&sql, "last_alarm_at", config::now_ms())?;
+        let started = meta(&sql, "container_started")?.unwrap_or(0) == 1;
+        let throttle = config::get(&self.env).token_refresh_ms;
+        if started
+            && token_refresh_due(
+                meta(&sql, "token_refreshed_at")?,
+                config::now_ms(),
+                throttle,
+            )
+        {
+            if let Some(town) = self.town()? {
+                match self.refresh_token(&town).await {
+                    Ok(TokenPushed { accepted: true, .. }) => {}
+                    Ok(_) => console_error!(
+                        "town {}: container refused the refreshed token; retrying next tick",
+                        town.id
+                    ),
+                    Err(e) => console_error!("town {}: token refresh failed: {e}", town.id),
+                }
+            }
+        }
         Ok(())
     }
 }

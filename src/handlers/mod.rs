@@ -2,8 +2,10 @@
 //!
 //! - `owned`: towns and rigs through their owner DO, the same code for personal and org routes.
 //! - `town`: `/api/towns/:townId/...`, for whoever the town's ownership allows.
+//! - `container`: routes the town's agents call with the container token.
 //! - `internal`: operator and service routes.
 
+pub mod container;
 pub mod internal;
 pub mod owned;
 pub mod town;

@@ -1,7 +1,7 @@
 // End-to-end suite: one worker for the whole run (restarted once, on the same persist dir, by
 // the persistence test at the end). Suites live beside this file and share `ctx`.
 import { before, after } from "node:test";
-import { startWorker, makePersistDir, removePersistDir, migrateD1, client } from "./harness.mjs";
+import { startWorker, startControlServer, makePersistDir, removePersistDir, migrateD1, client } from "./harness.mjs";
 import personal from "./personal.mjs";
 import auth from "./auth.mjs";
 import badInput from "./bad_input.mjs";
@@ -9,25 +9,36 @@ import internal from "./internal.mjs";
 import org from "./org.mjs";
 import lifecycle from "./lifecycle.mjs";
 
-export const VARS = { TOWN_ALARM_INTERVAL_MS: "1000", WATCHDOG_INTERVAL_MS: "1000", GASTOWN_TEST_HOOKS: "1" };
+// Alarms every second and a 2-second container-token throttle, so the tests watch the main loop,
+// the watchdog and token refresh happen in seconds instead of minutes and hours.
+const VARS = {
+  TOWN_ALARM_INTERVAL_MS: "1000",
+  WATCHDOG_INTERVAL_MS: "1000",
+  CONTAINER_TOKEN_REFRESH_MS: "2000",
+  GASTOWN_TEST_HOOKS: "1",
+};
 
 const ctx = {
   persistDir: makePersistDir(),
   worker: null,
+  control: null,
+  vars: () => ({ ...VARS, CONTAINER_CONTROL_URL: ctx.control.url }),
   async restart() {
     await ctx.worker.stop();
-    ctx.worker = await startWorker({ persistDir: ctx.persistDir, vars: VARS });
+    ctx.worker = await startWorker({ persistDir: ctx.persistDir, vars: ctx.vars() });
   },
 };
 ctx.call = client(() => ctx.worker.url);
 
 before(async () => {
   migrateD1(ctx.persistDir);
-  ctx.worker = await startWorker({ persistDir: ctx.persistDir, vars: VARS });
+  ctx.control = await startControlServer();
+  ctx.worker = await startWorker({ persistDir: ctx.persistDir, vars: ctx.vars() });
 });
 
 after(async () => {
   await ctx.worker?.stop();
+  ctx.control?.stop();
   removePersistDir(ctx.persistDir);
 });
 

@@ -39,6 +39,36 @@ export function migrateD1(persistDir) {
   });
 }
 
+/** Starts the container control server (with its /debug routes) on a free port. */
+export async function startControlServer() {
+  const port = await freePort();
+  const child = spawn(join(ROOT, "target", "release", "gastown-control"), ["--port", String(port), "--debug"], {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    try {
+      if ((await fetch(`${url}/health`)).ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error("gastown-control did not start");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const json = async (method, path, body) => {
+    const res = await fetch(url + path, { method, body: body && JSON.stringify(body) });
+    return { status: res.status, body: await res.json() };
+  };
+  return {
+    url,
+    town: (townId) => json("GET", `/debug/towns/${townId}`),
+    fail: (modes) => json("POST", "/debug/fail", modes),
+    stop: () => child.kill("SIGTERM"),
+  };
+}
+
 /** Starts the built worker; resolves once GET /health answers. */
 export async function startWorker({ persistDir, vars = {} }) {
   const port = await freePort();

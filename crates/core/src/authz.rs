@@ -1,9 +1,9 @@
 //! Authorization decisions over verified claims: plain functions, so every rule has a native
 //! test. The router calls these before it touches any Durable Object.
 
-use crate::auth::{OrgRole, UserClaims};
+use crate::auth::{AuthError, Keys, OrgRole, UserClaims};
 use crate::error::ApiError;
-use crate::ids::{OrgId, UserId};
+use crate::ids::{AgentId, OrgId, RigId, TownId, UserId};
 use crate::model::{OwnerType, Town};
 
 /// Dashboard users the dashboard has switched off (`gastownAccess: false`) may use nothing.
@@ -106,6 +106,103 @@ pub fn town_role(claims: &UserClaims, town: &Town) -> Result<TownRole, ApiError>
                 _ => Err(refused()),
             }
         }
+    }
+}
+
+/// A verified container (or legacy agent) caller, scoped to the route's town.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerCaller {
+    pub town_id: TownId,
+    /// The identity the token carries (the town's owner, or creator for org towns).
+    pub user_id: String,
+    pub rig_id: Option<RigId>,
+    pub agent_id: Option<AgentId>,
+    /// Authenticated with a legacy per-agent token.
+    pub legacy: bool,
+}
+
+/// Where a container route names its rig and agent: the path first, else the
+/// `X-Gastown-Rig-Id` / `X-Gastown-Agent-Id` headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContainerScope<'a> {
+    pub route_rig: Option<&'a RigId>,
+    pub route_agent: Option<&'a AgentId>,
+    pub header_rig: Option<&'a str>,
+    pub header_agent: Option<&'a str>,
+}
+
+fn auth_error(err: AuthError) -> ApiError {
+    match err {
+        AuthError::NotConfigured => ApiError::internal("a token secret is not configured"),
+        other => ApiError::Unauthorized(other.message()),
+    }
+}
+
+/// Container routes take a container token (`scope: "container"`) or, failing that kind, a
+/// legacy agent token, and only for the route's town. A legacy token names its own rig and
+/// agent, which must agree with the path.
+///
+/// # Errors
+/// 401 for a token that is neither kind or does not verify; 403 for another town's token or a
+/// legacy token used for another rig or agent; 400 for a malformed id header.
+pub fn container(
+    keys: &Keys,
+    token: &str,
+    now: i64,
+    town: &TownId,
+    scope: ContainerScope<'_>,
+) -> Result<ContainerCaller, ApiError> {
+    let other_town = || ApiError::Forbidden("this token belongs to another town".into());
+    match keys.verify_container(token, now) {
+        Ok(claims) => {
+            if &claims.town_id != town {
+                return Err(other_town());
+            }
+            let rig = match (scope.route_rig, scope.header_rig) {
+                (Some(r), _) => Some(r.clone()),
+                (None, Some(h)) => Some(
+                    RigId::parse(h)
+                        .map_err(|e| ApiError::BadRequest(format!("X-Gastown-Rig-Id {e}")))?,
+                ),
+                (None, None) => None,
+            };
+            let agent = match (scope.route_agent, scope.header_agent) {
+                (Some(a), _) => Some(a.clone()),
+                (None, Some(h)) => Some(
+                    AgentId::parse(h)
+                        .map_err(|e| ApiError::BadRequest(format!("X-Gastown-Agent-Id {e}")))?,
+                ),
+                (None, None) => None,
+            };
+            Ok(ContainerCaller {
+                town_id: claims.town_id,
+                user_id: claims.user_id,
+                rig_id: rig,
+                agent_id: agent,
+                legacy: false,
+            })
+        }
+        Err(AuthError::WrongKind) => {
+            let claims = keys.verify_agent(token, now).map_err(auth_error)?;
+            if &claims.town_id != town {
+                return Err(other_town());
+            }
+            if scope.route_rig.is_some_and(|r| r != &claims.rig_id)
+                || scope.route_agent.is_some_and(|a| a != &claims.agent_id)
+            {
+                return Err(ApiError::Forbidden(
+                    "this agent token belongs to another rig or agent".into(),
+                ));
+            }
+            Ok(ContainerCaller {
+                town_id: claims.town_id,
+                user_id: claims.user_id,
+                rig_id: Some(claims.rig_id),
+                agent_id: Some(claims.agent_id),
+                legacy: true,
+            })
+        }
+        Err(other) => Err(auth_error(other)),
     }
 }
 
@@ -244,5 +341,95 @@ mod tests {
                 .status(),
             403
         );
+    }
+
+    mod container_auth {
+        use super::super::*;
+        use crate::auth::{sign_container, sign_sandbox};
+
+        const NOW: i64 = 1_800_000_000;
+
+        fn keys() -> Keys {
+            Keys::new(
+                Some("nextauth-secret-for-tests-0123"),
+                Some("gastown-secret-for-tests-0123"),
+            )
+        }
+
+        fn town(s: &str) -> TownId {
+            TownId::parse(s).unwrap()
+        }
+
+        #[test]
+        fn container_token_is_scoped_to_its_town() {
+            let k = keys();
+            let (token, _) = sign_container(&k, &town("t1"), "owner", NOW).unwrap();
+            let ok = container(&k, &token, NOW, &town("t1"), ContainerScope::default()).unwrap();
+            assert_eq!((ok.user_id.as_str(), ok.legacy), ("owner", false));
+            assert_eq!(
+                container(&k, &token, NOW, &town("t2"), ContainerScope::default())
+                    .unwrap_err()
+                    .status(),
+                403
+            );
+        }
+
+        #[test]
+        fn rig_and_agent_come_from_path_then_headers() {
+            let k = keys();
+            let (token, _) = sign_container(&k, &town("t1"), "owner", NOW).unwrap();
+            let rig = RigId::parse("r-path").unwrap();
+            let scope = ContainerScope {
+                route_rig: Some(&rig),
+                header_rig: Some("r-header"),
+                header_agent: Some("a-header"),
+                ..Default::default()
+            };
+            let c = container(&k, &token, NOW, &town("t1"), scope).unwrap();
+            assert_eq!(c.rig_id.unwrap().as_str(), "r-path");
+            assert_eq!(c.agent_id.unwrap().as_str(), "a-header");
+            let bad = ContainerScope {
+                header_agent: Some("bad id"),
+                ..Default::default()
+            };
+            assert_eq!(
+                container(&k, &token, NOW, &town("t1"), bad)
+                    .unwrap_err()
+                    .status(),
+                400
+            );
+        }
+
+        #[test]
+        fn other_kinds_are_refused() {
+            let k = keys();
+            let (sandbox, _) = sign_sandbox(&k, "u", &town("t1"), None, NOW).unwrap();
+            assert_eq!(
+                container(&k, &sandbox, NOW, &town("t1"), ContainerScope::default())
+                    .unwrap_err()
+                    .status(),
+                401
+            );
+            assert_eq!(
+                container(&k, "garbage", NOW, &town("t1"), ContainerScope::default())
+                    .unwrap_err()
+                    .status(),
+                401
+            );
+            let (token, _) = sign_container(&k, &town("t1"), "owner", NOW).unwrap();
+            assert_eq!(
+                container(
+                    &k,
+                    &token,
+                    NOW + 9 * 3600,
+                    &town("t1"),
+                    ContainerScope::default()
+                )
+                .unwrap_err()
+                .status(),
+                401,
+                "expired"
+            );
+        }
     }
 }

@@ -32,6 +32,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// A field has the wrong type, shape or length (422); `field` names it.
     Invalid { field: String, message: String },
+    /// The town's container did not answer or refused (502). The detail is logged, never sent.
+    Upstream(String),
     /// Something failed on our side. The detail is logged, never sent.
     Internal(String),
 }
@@ -62,6 +64,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => 413,
             ApiError::UnsupportedMediaType => 415,
             ApiError::Invalid { .. } => 422,
+            ApiError::Upstream(_) => 502,
             ApiError::Internal(_) => 500,
         }
     }
@@ -79,6 +82,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Invalid { .. } => "invalid_field",
+            ApiError::Upstream(_) => "container_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -97,6 +101,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "request body is too large".to_owned(),
             ApiError::UnsupportedMediaType => "request body must be application/json".to_owned(),
             ApiError::Invalid { field, message } => format!("{field}: {message}"),
+            ApiError::Upstream(_) => "the town's container is not available".to_owned(),
             ApiError::Internal(_) => "internal error".to_owned(),
         }
     }
@@ -135,6 +140,7 @@ impl ApiError {
             (404, _) => ApiError::NotFound(message),
             (409, _) => ApiError::Conflict(message),
             (410, _) => ApiError::Gone(message),
+            (502, _) => ApiError::Upstream(message),
             (422, _) => {
                 let field = field.unwrap_or_default();
                 let message = message
@@ -152,6 +158,7 @@ impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ApiError::Internal(detail) => write!(f, "internal error: {detail}"),
+            ApiError::Upstream(detail) => write!(f, "container unavailable: {detail}"),
             other => write!(
                 f,
                 "{} {}: {}",

@@ -4,7 +4,7 @@
 //! [`Principal`] names, and only after that does it touch a Durable Object. The table is also the
 //! source for the published route list, so a route cannot exist without its principal.
 
-use crate::ids::{percent_decode, IdError, OrgId, RigId, TownId, UserId};
+use crate::ids::{percent_decode, AgentId, IdError, OrgId, RigId, TownId, UserId};
 
 /// HTTP methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +125,26 @@ pub enum Route {
     PatchTownConfig {
         town: TownId,
     },
+    GetTownContainer {
+        town: TownId,
+    },
+    StartTownContainer {
+        town: TownId,
+    },
+    ForceContainerTokenRefresh {
+        town: TownId,
+    },
+    RefreshContainerToken {
+        town: TownId,
+    },
+    AgentHeartbeat {
+        town: TownId,
+        rig: RigId,
+        agent: AgentId,
+    },
+    MayorRigs {
+        town: TownId,
+    },
     InternalTownHealth {
         town: TownId,
     },
@@ -174,6 +194,9 @@ impl Params {
     fn town(&self) -> Result<TownId, IdError> {
         TownId::parse(self.get("townId"))
     }
+    fn agent(&self) -> Result<AgentId, IdError> {
+        AgentId::parse(self.get("agentId"))
+    }
     fn rig(&self) -> Result<RigId, IdError> {
         RigId::parse(self.get("rigId"))
     }
@@ -213,6 +236,12 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Get "/api/towns/:townId/rigs" User => |p| Ok(Route::ListTownRigs { town: p.town()? })),
     route!(Get "/api/towns/:townId/config" User => |p| Ok(Route::GetTownConfig { town: p.town()? })),
     route!(Patch "/api/towns/:townId/config" User => |p| Ok(Route::PatchTownConfig { town: p.town()? })),
+    route!(Get "/api/towns/:townId/container" User => |p| Ok(Route::GetTownContainer { town: p.town()? })),
+    route!(Post "/api/towns/:townId/container/start" User => |p| Ok(Route::StartTownContainer { town: p.town()? })),
+    route!(Post "/api/towns/:townId/container/refresh-token" User => |p| Ok(Route::ForceContainerTokenRefresh { town: p.town()? })),
+    route!(Post "/api/towns/:townId/refresh-container-token" Container => |p| Ok(Route::RefreshContainerToken { town: p.town()? })),
+    route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/heartbeat" Container => |p| Ok(Route::AgentHeartbeat { town: p.town()?, rig: p.rig()?, agent: p.agent()? })),
+    route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| Ok(Route::MayorRigs { town: p.town()? })),
     route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::InternalTownHealth { town: p.town()? })),
     route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::InternalRigLookup { rig: p.rig()? })),
     route!(Delete "/api/internal/towns/:townId/alarm" Internal => |p| Ok(Route::InternalDropTownAlarm { town: p.town()? })),

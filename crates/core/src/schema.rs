@@ -28,7 +28,18 @@ pub const TOWN_DO: &[Migration] = &[
         name: "config",
         sql: include_str!("../../../migrations/town_do/0002_config.sql"),
     },
+    Migration {
+        version: 3,
+        name: "agents",
+        sql: include_str!("../../../migrations/town_do/0003_agents.sql"),
+    },
 ];
+
+pub const CONTAINER_DO: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/container_do/0001_init.sql"),
+}];
 
 #[cfg(test)]
 mod tests {
@@ -36,7 +47,7 @@ mod tests {
 
     #[test]
     fn versions_are_contiguous_from_one() {
-        for list in [OWNER_DO, TOWN_DO] {
+        for list in [OWNER_DO, TOWN_DO, CONTAINER_DO] {
             for (i, m) in list.iter().enumerate() {
                 assert_eq!(m.version as usize, i + 1, "{}", m.name);
                 assert!(m.sql.contains("CREATE"), "{}", m.name);

@@ -35,6 +35,7 @@ const RESERVED_ENV: &[&str] = &[
     "GIT_TOKEN",
     "GITHUB_TOKEN",
     "GITLAB_TOKEN",
+    "GITLAB_INSTANCE_URL",
     "GITHUB_CLI_PAT",
     "GH_TOKEN",
     "KILOCODE_TOKEN",
@@ -415,6 +416,56 @@ fn check_https_url(url: &str, field: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The env a town's container runs with, derived from its config. A key whose setting is
+/// cleared is absent here, so the container side deletes it rather than keeping a stale value.
+pub fn container_env(config: &TownConfig) -> BTreeMap<String, String> {
+    let mut env = config.env_vars.clone();
+    let mut put = |key: &str, value: Option<&String>| {
+        if let Some(v) = value {
+            env.insert(key.to_owned(), v.clone());
+        }
+    };
+    put(
+        "GIT_TOKEN",
+        config
+            .git_auth
+            .github_token
+            .as_ref()
+            .or(config.git_auth.gitlab_token.as_ref()),
+    );
+    put("GITLAB_TOKEN", config.git_auth.gitlab_token.as_ref());
+    put(
+        "GITLAB_INSTANCE_URL",
+        config.git_auth.gitlab_instance_url.as_ref(),
+    );
+    put("GITHUB_CLI_PAT", config.github_cli_pat.as_ref());
+    put("KILOCODE_TOKEN", config.kilocode_token.as_ref());
+    put("GASTOWN_GIT_AUTHOR_NAME", config.git_author_name.as_ref());
+    put("GASTOWN_GIT_AUTHOR_EMAIL", config.git_author_email.as_ref());
+    put("GASTOWN_DEFAULT_MODEL", config.default_model.as_ref());
+    put("GASTOWN_SMALL_MODEL", config.small_model.as_ref());
+    put("GASTOWN_MAYOR_MODEL", config.role_models.mayor.as_ref());
+    put("GASTOWN_POLECAT_MODEL", config.role_models.polecat.as_ref());
+    put(
+        "GASTOWN_REFINERY_MODEL",
+        config.role_models.refinery.as_ref(),
+    );
+    if config.disable_ai_coauthor {
+        env.insert("GASTOWN_DISABLE_AI_COAUTHOR".to_owned(), "1".to_owned());
+    }
+    if let Some(n) = config.max_polecats_per_rig {
+        env.insert("GASTOWN_MAX_POLECATS_PER_RIG".to_owned(), n.to_string());
+    }
+    if let Some(strategy) = config.merge_strategy {
+        let s = match strategy {
+            MergeStrategy::Direct => "direct",
+            MergeStrategy::PullRequest => "pull_request",
+        };
+        env.insert("GASTOWN_MERGE_STRATEGY".to_owned(), s.to_owned());
+    }
+    env
 }
 
 #[cfg(test)]

@@ -209,3 +209,37 @@ fn stored_json_is_pinned_and_old_rows_read() {
     let old: TownConfig = serde_json::from_str(r#"{"default_model":"m"}"#).unwrap();
     assert_eq!(old.default_model.as_deref(), Some("m"));
 }
+
+#[test]
+fn container_env_follows_config_and_drops_cleared_values() {
+    let config = stored();
+    let env = container_env(&config);
+    assert_eq!(env["GITHUB_CLI_PAT"], PAT);
+    assert_eq!(env["KILOCODE_TOKEN"], KILO);
+    assert_eq!(env["GIT_TOKEN"], "gho_0123456789abcdef");
+    assert_eq!(env["API_KEY"], "sk-live-abcdefghijkl");
+    assert_eq!(env["GASTOWN_DEFAULT_MODEL"], "anthropic/claude");
+    assert_eq!(env["GASTOWN_GIT_AUTHOR_EMAIL"], "dev@example.com");
+    assert!(!env.contains_key("GASTOWN_DISABLE_AI_COAUTHOR"));
+    let cleared = patch(
+        &config,
+        json!({"github_cli_pat": null, "disable_ai_coauthor": true, "max_polecats_per_rig": 3}),
+    )
+    .unwrap();
+    let env = container_env(&cleared);
+    assert!(
+        !env.contains_key("GITHUB_CLI_PAT"),
+        "a cleared PAT leaves the env"
+    );
+    assert_eq!(env["GASTOWN_DISABLE_AI_COAUTHOR"], "1");
+    assert_eq!(env["GASTOWN_MAX_POLECATS_PER_RIG"], "3");
+    for key in env.keys() {
+        if config.env_vars.contains_key(key) {
+            continue;
+        }
+        assert!(
+            check_env_key(key, key).is_err(),
+            "derived key {key} must be reserved"
+        );
+    }
+}
