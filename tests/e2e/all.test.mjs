@@ -7,6 +7,7 @@ import auth from "./auth.mjs";
 import badInput from "./bad_input.mjs";
 import internal from "./internal.mjs";
 import org from "./org.mjs";
+import container from "./container.mjs";
 import lifecycle from "./lifecycle.mjs";
 
 // Alarms every second and a 2-second container-token throttle, so the tests watch the main loop,
@@ -47,4 +48,5 @@ auth(ctx);
 badInput(ctx);
 internal(ctx);
 org(ctx);
+container(ctx);
 lifecycle(ctx);

@@ -8,8 +8,8 @@ export const freshUser = (label = "u") => `${label}-${process.pid}-${++n}-${Date
 
 export const tokenFor = (userId, opts) => userToken(secrets.NEXTAUTH_SECRET, userId, opts);
 export const containerTokenFor = (townId, userId) => containerToken(secrets.GASTOWN_JWT_SECRET, townId, userId);
-export const agentTokenFor = (townId, userId) =>
-  agentToken(secrets.GASTOWN_JWT_SECRET, { agentId: "a1", rigId: "r1", townId, userId });
+export const agentTokenFor = (townId, userId, { rigId = "r1", agentId = "a1" } = {}) =>
+  agentToken(secrets.GASTOWN_JWT_SECRET, { agentId, rigId, townId, userId });
 export const sandboxTokenFor = (userId, townId) => sandboxToken(secrets.NEXTAUTH_SECRET, userId, townId);
 export const internalKey = () => secrets.INTERNAL_API_KEY;
 
