@@ -39,13 +39,6 @@ pub async fn handle(mut req: Request, env: &Env) -> Response {
     }
 }
 
-fn auth_failure(err: AuthError) -> ApiError {
-    match err {
-        AuthError::NotConfigured => ApiError::internal("a token secret is not configured"),
-        other => ApiError::Unauthorized(other.message()),
-    }
-}
-
 /// The town (and rig and agent, where the path names them) a container route is scoped to.
 fn container_scope(route: &Route) -> Option<(&TownId, Option<&RigId>, Option<&AgentId>)> {
     match route {
@@ -75,7 +68,7 @@ fn authenticate(
                 .keys
                 .verify_user(token, now)
                 .map(Caller::User)
-                .map_err(auth_failure)
+                .map_err(authz::auth_error)
         }
         Principal::Internal => {
             if config::get(env)

@@ -131,7 +131,8 @@ pub struct ContainerScope<'a> {
     pub header_agent: Option<&'a str>,
 }
 
-fn auth_error(err: AuthError) -> ApiError {
+/// The API error for a refused token: 401, except a missing secret, which is our fault (500).
+pub fn auth_error(err: AuthError) -> ApiError {
     match err {
         AuthError::NotConfigured => ApiError::internal("a token secret is not configured"),
         other => ApiError::Unauthorized(other.message()),
