@@ -82,6 +82,34 @@ impl TownDO {
             .ok_or_else(|| ApiError::NotFound("town not found".into()))
     }
 
+    /// Every rig override must name a rig of this town.
+    fn check_override_rigs(&self, config: &TownConfig) -> std::result::Result<(), ApiError> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let rigs: Vec<String> = rows::<Id>(&self.sql(), "SELECT id FROM rigs", vec![])?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        match config.rig_overrides.keys().find(|k| !rigs.contains(k)) {
+            Some(unknown) => Err(ApiError::invalid(
+                format!("rig_overrides.{unknown}"),
+                "is not a rig of this town",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn store_config(&self, config: &TownConfig) -> std::result::Result<(), ApiError> {
+        let stored = serde_json::to_string(config).map_err(ApiError::internal)?;
+        exec(
+            &self.sql(),
+            "INSERT INTO config (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+            vec![stored.into()],
+        )
+    }
+
     /// The stored config, or the default for a town that never set one.
     fn config(&self) -> std::result::Result<TownConfig, ApiError> {
         #[derive(Deserialize)]
@@ -203,6 +231,11 @@ impl TownDO {
             }
             TownRequest::RemoveRig { rig_id } => {
                 self.require_town()?;
+                let mut config = self.config()?;
+                if config.rig_overrides.remove(rig_id.as_str()).is_some() {
+                    self.store_config(&config)?;
+                    self.sync_env(&config).await;
+                }
                 exec(
                     &self.sql(),
                     "DELETE FROM rigs WHERE id = ?",
@@ -238,12 +271,8 @@ impl TownDO {
             TownRequest::PatchConfig { body } => {
                 self.require_town()?;
                 let next = self.config()?.patched(body.as_bytes())?;
-                let stored = serde_json::to_string(&next).map_err(ApiError::internal)?;
-                exec(
-                    &self.sql(),
-                    "INSERT INTO config (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-                    vec![stored.into()],
-                )?;
+                self.check_override_rigs(&next)?;
+                self.store_config(&next)?;
                 self.sync_env(&next).await;
                 json(next)
             }

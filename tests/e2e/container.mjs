@@ -77,6 +77,22 @@ export default function container(ctx) {
       assert.deepEqual((await ctx.control.town(town.id)).body.env, inside.env, "a refused PATCH pushes nothing");
     });
 
+    it("rig overrides name rigs of the town, reach the container, and leave with their rig", async () => {
+      const extra = await createRig(ctx.call, user, town.id, "extra");
+      const bad = await dash("PATCH", `/api/towns/${town.id}/config`, { rig_overrides: { "00000000-0000-4000-8000-000000000000": { default_model: "m" } } });
+      assert.equal(bad.status, 422);
+      assert.equal(bad.body.error.field, "rig_overrides.00000000-0000-4000-8000-000000000000");
+      const ok = await dash("PATCH", `/api/towns/${town.id}/config`, { rig_overrides: { [extra.id]: { default_model: "rig-model", max_polecats: 2 } } });
+      assert.equal(ok.status, 200, ok.text);
+      assert.equal(ok.body.rig_overrides[extra.id].default_model, "rig-model");
+      const env = (await ctx.control.town(town.id)).body.env;
+      assert.equal(JSON.parse(env.GASTOWN_RIG_OVERRIDES)[extra.id].max_polecats, 2);
+      assert.equal((await dash("DELETE", `/api/users/${user}/rigs/${extra.id}`)).status, 200);
+      const after = await dash("GET", `/api/towns/${town.id}/config`);
+      assert.deepEqual(after.body.rig_overrides, {}, "a deleted rig's override goes with it");
+      assert.ok(!("GASTOWN_RIG_OVERRIDES" in (await ctx.control.town(town.id)).body.env));
+    });
+
     it("the container token works on its own town's container routes only", async () => {
       const ct = (await ctx.control.town(town.id)).body.token;
       const other = await createTown(ctx.call, user, "Other");

@@ -29,6 +29,7 @@ pub const MAX_AUTHOR_NAME: usize = 200;
 pub const MAX_EMAIL: usize = 254;
 pub const MAX_URL: usize = 2048;
 pub const MAX_POLECATS: u64 = 50;
+pub const MAX_RIG_OVERRIDES: usize = 100;
 
 /// Env var names the platform sets; users may not override them.
 const RESERVED_ENV: &[&str] = &[
@@ -78,6 +79,19 @@ pub enum MergeStrategy {
     PullRequest,
 }
 
+/// Per-rig settings that take precedence over the town's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RigOverride {
+    #[serde(default)]
+    pub default_model: Option<String>,
+    #[serde(default)]
+    pub role_models: RoleModels,
+    #[serde(default)]
+    pub max_polecats: Option<u32>,
+    #[serde(default)]
+    pub merge_strategy: Option<MergeStrategy>,
+}
+
 /// The stored config. Fields added later carry `#[serde(default)]` so old rows still read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TownConfig {
@@ -105,6 +119,9 @@ pub struct TownConfig {
     pub max_polecats_per_rig: Option<u32>,
     #[serde(default)]
     pub merge_strategy: Option<MergeStrategy>,
+    /// Keyed by rig id; every key names a rig of the town (checked by the town's DO).
+    #[serde(default)]
+    pub rig_overrides: BTreeMap<String, RigOverride>,
 }
 
 /// The config as the API shows it: secrets masked, ownership from the town's identity.
@@ -192,40 +209,94 @@ impl TownConfig {
                         _ => return Err(ApiError::invalid(key, "must be true or false")),
                     }
                 }
-                "max_polecats_per_rig" => {
-                    next.max_polecats_per_rig = match value {
-                        Value::Null => None,
-                        Value::Number(n) => Some(
-                            n.as_u64()
-                                .filter(|n| (1..=MAX_POLECATS).contains(n))
-                                .and_then(|n| u32::try_from(n).ok())
-                                .ok_or_else(|| {
-                                    ApiError::invalid(
-                                        key,
-                                        format!("must be a whole number from 1 to {MAX_POLECATS}"),
-                                    )
-                                })?,
-                        ),
-                        _ => {
-                            return Err(ApiError::invalid(
-                                key,
-                                format!("must be a whole number from 1 to {MAX_POLECATS}"),
-                            ))
-                        }
-                    }
-                }
-                "merge_strategy" => {
-                    next.merge_strategy = match value {
-                        Value::Null => None,
-                        other => Some(serde_json::from_value(other.clone()).map_err(|_| {
-                            ApiError::invalid(key, "must be \"direct\" or \"pull_request\"")
-                        })?),
-                    }
-                }
+                "max_polecats_per_rig" => next.max_polecats_per_rig = polecats(key, value)?,
+                "merge_strategy" => next.merge_strategy = merge_strategy(key, value)?,
+                "rig_overrides" => next.rig_overrides = rig_overrides(value, &self.rig_overrides)?,
                 other => return Err(ApiError::invalid(other, "is not a config field")),
             }
         }
         Ok(next)
+    }
+}
+
+fn polecats(field: &str, value: &Value) -> Result<Option<u32>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            field,
+            format!("must be a whole number from 1 to {MAX_POLECATS}"),
+        )
+    };
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_u64()
+            .filter(|n| (1..=MAX_POLECATS).contains(n))
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+fn merge_strategy(field: &str, value: &Value) -> Result<Option<MergeStrategy>, ApiError> {
+    match value {
+        Value::Null => Ok(None),
+        other => serde_json::from_value(other.clone())
+            .map(Some)
+            .map_err(|_| ApiError::invalid(field, "must be \"direct\" or \"pull_request\"")),
+    }
+}
+
+/// Merges per rig: an object replaces that rig's override, `null` removes it; `null` for the
+/// whole field removes them all.
+fn rig_overrides(
+    value: &Value,
+    stored: &BTreeMap<String, RigOverride>,
+) -> Result<BTreeMap<String, RigOverride>, ApiError> {
+    let Some(map) = object("rig_overrides", value)? else {
+        return Ok(BTreeMap::new());
+    };
+    let mut next = stored.clone();
+    for (rig, value) in map {
+        let field = format!("rig_overrides.{rig}");
+        crate::ids::RigId::parse(rig).map_err(|e| ApiError::invalid(&field, format!("key {e}")))?;
+        let Some(fields) = object(&field, value)? else {
+            next.remove(rig);
+            continue;
+        };
+        let mut o = RigOverride::default();
+        for (key, value) in fields {
+            let sub = format!("{field}.{key}");
+            match key.as_str() {
+                "default_model" => o.default_model = text(&sub, value, MAX_MODEL)?,
+                "role_models" => {
+                    o.role_models =
+                        role_models(value, &RoleModels::default()).map_err(|e| rename(e, &sub))?
+                }
+                "max_polecats" => o.max_polecats = polecats(&sub, value)?,
+                "merge_strategy" => o.merge_strategy = merge_strategy(&sub, value)?,
+                _ => return Err(ApiError::invalid(sub, "is not a rig override field")),
+            }
+        }
+        next.insert(rig.clone(), o);
+    }
+    if next.len() > MAX_RIG_OVERRIDES {
+        return Err(ApiError::invalid(
+            "rig_overrides",
+            format!("may name at most {MAX_RIG_OVERRIDES} rigs"),
+        ));
+    }
+    Ok(next)
+}
+
+/// Prefixes a nested 422's field with where it was nested.
+fn rename(err: ApiError, prefix: &str) -> ApiError {
+    match err {
+        ApiError::Invalid { field, message } => {
+            let tail = field.strip_prefix("role_models").unwrap_or(&field);
+            ApiError::invalid(format!("{prefix}{tail}"), message)
+        }
+        other => other,
     }
 }
 
@@ -464,6 +535,11 @@ pub fn container_env(config: &TownConfig) -> BTreeMap<String, String> {
             MergeStrategy::PullRequest => "pull_request",
         };
         env.insert("GASTOWN_MERGE_STRATEGY".to_owned(), s.to_owned());
+    }
+    if !config.rig_overrides.is_empty() {
+        if let Ok(json) = serde_json::to_string(&config.rig_overrides) {
+            env.insert("GASTOWN_RIG_OVERRIDES".to_owned(), json);
+        }
     }
     env
 }

@@ -204,7 +204,7 @@ fn valid_values_are_stored() {
 fn stored_json_is_pinned_and_old_rows_read() {
     assert_eq!(
         serde_json::to_string(&TownConfig::default()).unwrap(),
-        r#"{"env_vars":{},"git_auth":{"github_token":null,"gitlab_token":null,"gitlab_instance_url":null,"platform_integration_id":null},"kilocode_token":null,"default_model":null,"role_models":{"mayor":null,"polecat":null,"refinery":null},"small_model":null,"github_cli_pat":null,"git_author_name":null,"git_author_email":null,"disable_ai_coauthor":false,"max_polecats_per_rig":null,"merge_strategy":null}"#
+        r#"{"env_vars":{},"git_auth":{"github_token":null,"gitlab_token":null,"gitlab_instance_url":null,"platform_integration_id":null},"kilocode_token":null,"default_model":null,"role_models":{"mayor":null,"polecat":null,"refinery":null},"small_model":null,"github_cli_pat":null,"git_author_name":null,"git_author_email":null,"disable_ai_coauthor":false,"max_polecats_per_rig":null,"merge_strategy":null,"rig_overrides":{}}"#
     );
     let old: TownConfig = serde_json::from_str(r#"{"default_model":"m"}"#).unwrap();
     assert_eq!(old.default_model.as_deref(), Some("m"));
@@ -240,6 +240,56 @@ fn container_env_follows_config_and_drops_cleared_values() {
         assert!(
             check_env_key(key, key).is_err(),
             "derived key {key} must be reserved"
+        );
+    }
+}
+
+#[test]
+fn rig_overrides_merge_per_rig() {
+    let c = patch(
+        &TownConfig::default(),
+        json!({"rig_overrides": {"r1": {"default_model": "m1", "max_polecats": 2}, "r2": {"merge_strategy": "direct", "role_models": {"mayor": "x"}}}}),
+    )
+    .unwrap();
+    assert_eq!(c.rig_overrides["r1"].max_polecats, Some(2));
+    assert_eq!(
+        c.rig_overrides["r2"].role_models.mayor.as_deref(),
+        Some("x")
+    );
+    let c2 = patch(&c, json!({"rig_overrides": {"r1": null}})).unwrap();
+    assert!(!c2.rig_overrides.contains_key("r1"));
+    assert!(c2.rig_overrides.contains_key("r2"), "other rigs are kept");
+    assert!(patch(&c, json!({"rig_overrides": null}))
+        .unwrap()
+        .rig_overrides
+        .is_empty());
+    let env = container_env(&c);
+    let parsed: Value = serde_json::from_str(&env["GASTOWN_RIG_OVERRIDES"]).unwrap();
+    assert_eq!(parsed["r1"]["default_model"], "m1");
+    for (body, field) in [
+        (
+            json!({"rig_overrides": {"r1": {"max_polecats": 0}}}),
+            "rig_overrides.r1.max_polecats",
+        ),
+        (
+            json!({"rig_overrides": {"r1": {"nope": 1}}}),
+            "rig_overrides.r1.nope",
+        ),
+        (
+            json!({"rig_overrides": {"r1": {"role_models": {"janitor": "m"}}}}),
+            "rig_overrides.r1.role_models.janitor",
+        ),
+        (json!({"rig_overrides": {"r1": 5}}), "rig_overrides.r1"),
+        (
+            json!({"rig_overrides": {"bad id": {}}}),
+            "rig_overrides.bad id",
+        ),
+        (json!({"rig_overrides": []}), "rig_overrides"),
+    ] {
+        assert_eq!(
+            field_of(patch(&c, body.clone()).unwrap_err()),
+            field,
+            "{body}"
         );
     }
 }
