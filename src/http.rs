@@ -22,6 +22,16 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Response {
     }
 }
 
+/// A response whose body is already JSON text.
+///
+/// # Errors
+/// Internal, if the runtime cannot build the response.
+pub fn raw_json(body: &str) -> Result<Response, ApiError> {
+    let mut resp = Response::ok(body).map_err(ApiError::internal)?;
+    let _ = resp.headers_mut().set("content-type", "application/json");
+    Ok(resp)
+}
+
 /// The JSON error body. Internal details go to the log, never to the client.
 pub fn error_response(err: &ApiError) -> Response {
     if let ApiError::Internal(detail) = err {

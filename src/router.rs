@@ -4,7 +4,7 @@
 
 use crate::config;
 use crate::handlers::{container, internal, owned, town};
-use crate::http::{error_response, json};
+use crate::http::{error_response, json, raw_json};
 use crate::owner::Owner;
 use gastown_core::auth::{bearer, AuthError, UserClaims};
 use gastown_core::authz::{self, ContainerCaller, ContainerScope};
@@ -111,6 +111,7 @@ async fn dispatch(
     let caller = authenticate(req, &route, principal, env)?;
     match (route, caller) {
         (Route::Health, _) => Ok(json(200, &serde_json::json!({"status": "ok"}))),
+        (Route::OpenApi, _) => raw_json(gastown_core::openapi::DOCUMENT),
         (route, Caller::User(claims)) => user_route(req, env, route, &claims).await,
         (Route::RefreshContainerToken { .. }, Caller::Container(c)) => {
             container::refresh_token(env, &c).await

@@ -11,6 +11,10 @@ export default function personal(ctx) {
       const res = await ctx.call("GET", "/health");
       assert.equal(res.status, 200);
       assert.deepEqual(res.body, { status: "ok" });
+      const doc = await ctx.call("GET", "/openapi.json");
+      assert.equal(doc.status, 200);
+      assert.equal(doc.body.openapi, "3.1.0");
+      assert.ok(doc.body.paths["/api/towns/{townId}/config"].patch);
     });
 
     it("creates, lists, gets and deletes towns", async () => {

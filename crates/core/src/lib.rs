@@ -13,6 +13,7 @@ pub mod do_api;
 pub mod error;
 pub mod ids;
 pub mod model;
+pub mod openapi;
 pub mod page;
 pub mod routes;
 pub mod schema;

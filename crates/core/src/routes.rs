@@ -55,6 +55,7 @@ pub enum Principal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    OpenApi,
     CreateUserTown {
         user: UserId,
     },
@@ -216,6 +217,7 @@ macro_rules! route {
 /// Every route of the API.
 pub static ROUTES: &[RouteSpec] = &[
     route!(Get "/health" Public => |_| Ok(Route::Health)),
+    route!(Get "/openapi.json" Public => |_| Ok(Route::OpenApi)),
     route!(Post "/api/users/:userId/towns" User => |p| Ok(Route::CreateUserTown { user: p.user()? })),
     route!(Get "/api/users/:userId/towns" User => |p| Ok(Route::ListUserTowns { user: p.user()? })),
     route!(Get "/api/users/:userId/towns/:townId" User => |p| Ok(Route::GetUserTown { user: p.user()?, town: p.town()? })),
