@@ -22,7 +22,9 @@ enum Caller {
 }
 
 pub async fn handle(mut req: Request, env: &Env) -> Response {
-    let method = Method::parse(req.method().as_ref());
+    // The raw method: workers-rs's `Method` reads any method it does not know as GET, which
+    // would let `QUERY /api/...` (or `get`) act as a GET.
+    let method = Method::parse(&req.inner().method());
     let path = req.path();
     match match_route(method, &path) {
         Ok((route, principal)) => match dispatch(&mut req, env, route, principal).await {

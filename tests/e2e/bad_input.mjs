@@ -78,6 +78,15 @@ export default function badInput(ctx) {
       assert.equal(patch.status, 405);
     });
 
+    it("a method the API does not know is never read as GET", async () => {
+      // workers-rs maps unknown methods to GET; the router reads the raw method instead.
+      for (const method of ["QUERY", "PROPFIND", "PURGE"]) {
+        const res = await ctx.call(method, `/api/users/${user}/towns`, { token });
+        assert.equal(res.status, 405, method);
+        assert.equal(res.body.error.code, "method_not_allowed");
+      }
+    });
+
     it("a town id that is not a valid id → 404, not 500", async () => {
       const res = await ctx.call("GET", `/api/users/${user}/towns/${"x".repeat(200)}`, { token });
       assert.equal(res.status, 404);

@@ -46,6 +46,12 @@ export default function container(ctx) {
       assert.ok(!status.text.includes(PAT) && !status.text.includes("on-secret-value"));
     });
 
+    it("forcing a refresh before the container runs is a 409, not a gateway error", async () => {
+      const res = await dash("POST", `/api/towns/${town.id}/container/refresh-token`);
+      assert.equal(res.status, 409);
+      assert.equal(res.body.error.code, "conflict");
+    });
+
     it("starting pushes env and a container token carrying the owner's identity", async () => {
       const before = Math.floor(Date.now() / 1000);
       const res = await dash("POST", `/api/towns/${town.id}/container/start`);
