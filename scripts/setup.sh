@@ -37,6 +37,14 @@ for pid in "${pids[@]}"; do
   wait "$pid"
 done
 
+# schemathesis (PyPI), for the API fuzz run inside `npm test` and `npm run fuzz`.
+SCHEMATHESIS_VERSION=4.32.5
+if ! .tools/venv/bin/schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION into .tools/venv"
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
 if [ ! -f .dev.vars ]; then
   cp .dev.vars.example .dev.vars
   log "created .dev.vars from .dev.vars.example (development secrets)"

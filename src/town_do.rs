@@ -299,7 +299,9 @@ impl TownDO {
             TownRequest::ForceTokenRefresh => {
                 let town = self.require_town()?;
                 if meta(&self.sql(), "container_started")?.unwrap_or(0) != 1 {
-                    return Err(ApiError::Conflict("the town's container is not running; start it first".into()));
+                    return Err(ApiError::Conflict(
+                        "the town's container is not running; start it first".into(),
+                    ));
                 }
                 let pushed = self.refresh_token(&town).await?;
                 if pushed.accepted {

@@ -8,6 +8,7 @@ import badInput from "./bad_input.mjs";
 import internal from "./internal.mjs";
 import org from "./org.mjs";
 import container from "./container.mjs";
+import fuzz from "./fuzz.mjs";
 import lifecycle from "./lifecycle.mjs";
 
 // Alarms every second and a 2-second container-token throttle, so the tests watch the main loop,
@@ -49,4 +50,5 @@ badInput(ctx);
 internal(ctx);
 org(ctx);
 container(ctx);
+fuzz(ctx);
 lifecycle(ctx);
