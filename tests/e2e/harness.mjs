@@ -69,13 +69,14 @@ export async function startControlServer() {
   };
 }
 
-/** Starts the built worker; resolves once GET /health answers. */
-export async function startWorker({ persistDir, vars = {} }) {
+/** Starts the built worker (or another, with `config`); resolves once `readyPath` answers 200. */
+export async function startWorker({ persistDir, vars = {}, config, readyPath = "/health" }) {
   const port = await freePort();
   const inspector = await freePort();
   const args = ["dev", "--local", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector),
     "--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "warn"];
   for (const [k, v] of Object.entries(vars)) args.push("--var", `${k}:${v}`);
+  if (config) args.push("--config", config);
   const child = spawn(wranglerBin, args, {
     cwd: ROOT,
     env: { ...process.env, CI: "true", WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" },
@@ -90,7 +91,7 @@ export async function startWorker({ persistDir, vars = {} }) {
   for (;;) {
     if (child.exitCode !== null) throw new Error(`wrangler dev exited early:\n${output}`);
     try {
-      const res = await fetch(`${url}/health`);
+      const res = await fetch(`${url}${readyPath}`);
       if (res.status === 200) break;
     } catch {
       // not listening yet
