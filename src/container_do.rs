@@ -8,7 +8,7 @@
 
 use crate::config;
 use crate::http::{read_rpc, rpc_response};
-use crate::storage::{exec, first, migrate, rows};
+use crate::storage::{exec, first, rows, Schema};
 use gastown_core::do_api::{Ack, ContainerRequest, ContainerStatus, EnvSynced, TokenPushed};
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
@@ -16,7 +16,6 @@ use gastown_core::schema;
 use gastown_core::time::rfc3339;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use worker::wasm_bindgen::JsValue;
 use worker::{
@@ -122,7 +121,7 @@ impl Backend {
 pub struct TownContainerDO {
     state: State,
     env: Env,
-    migrated: Cell<bool>,
+    schema: Schema,
 }
 
 #[derive(Deserialize)]
@@ -151,16 +150,7 @@ impl TownContainerDO {
     }
 
     fn ensure_schema(&self) -> std::result::Result<(), ApiError> {
-        if !self.migrated.get() {
-            migrate(&self.sql(), schema::CONTAINER_DO, config::now_ms())?;
-            exec(
-                &self.sql(),
-                "INSERT OR IGNORE INTO state (id, status) VALUES (1, 'stopped')",
-                vec![],
-            )?;
-            self.migrated.set(true);
-        }
-        Ok(())
+        self.schema.ensure(&self.sql(), config::now_ms())
     }
 
     fn row(&self) -> std::result::Result<StateRow, ApiError> {
@@ -335,7 +325,7 @@ impl TownContainerDO {
                     .delete_all()
                     .await
                     .map_err(ApiError::internal)?;
-                self.migrated.set(false);
+                self.schema.reset();
                 to_json(Ack { ok: true })
             }
         }
@@ -347,7 +337,7 @@ impl DurableObject for TownContainerDO {
         Self {
             state,
             env,
-            migrated: Cell::new(false),
+            schema: Schema::new(schema::CONTAINER_DO),
         }
     }
 

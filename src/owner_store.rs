@@ -8,7 +8,9 @@
 
 use crate::config;
 use crate::http::{call, read_rpc, rpc_response};
-use crate::storage::{exec, first, meta, migrate, rows, set_meta};
+use crate::storage::{
+    exec, first, meta, rig_values, rows, set_meta, town_values, Schema, RIG_COLUMNS, TOWN_COLUMNS,
+};
 use crate::town_do;
 use gastown_core::do_api::AlarmArmed;
 use gastown_core::do_api::TownRequest;
@@ -19,14 +21,8 @@ use gastown_core::model::{Rig, Town};
 use gastown_core::schema;
 use serde::Deserialize;
 use serde_json::Value;
-use std::cell::Cell;
 use worker::SqlStorage;
 use worker::{console_error, Env, Request, Response, State};
-
-const TOWN_COLUMNS: &str =
-    "id, name, owner_type, owner_user_id, organization_id, created_by_user_id, status, created_at";
-const RIG_COLUMNS: &str =
-    "id, town_id, name, git_url, default_branch, platform_integration_id, created_at";
 
 fn town_not_found() -> ApiError {
     ApiError::NotFound("town not found".into())
@@ -127,17 +123,7 @@ fn add_town(sql: &SqlStorage, town: Town) -> Result<Town, ApiError> {
     exec(
         sql,
         &format!("INSERT INTO towns ({TOWN_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-        vec![
-            town.id.as_str().into(),
-            town.name.as_str().into(),
-            town.owner_type.as_str().into(),
-            town.owner_user_id.as_str().into(),
-            town.organization_id.as_ref().map(|o| o.as_str()).into(),
-            town.created_by_user_id.as_str().into(),
-            town.status.as_str().into(),
-            town.created_at.as_str().into(),
-            seq.into(),
-        ],
+        [town_values(&town), vec![seq.into()]].concat(),
     )?;
     Ok(town)
 }
@@ -221,16 +207,7 @@ fn add_rig(sql: &SqlStorage, rig: Rig) -> Result<Rig, ApiError> {
     exec(
         sql,
         &format!("INSERT INTO rigs ({RIG_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-        vec![
-            rig.id.as_str().into(),
-            rig.town_id.as_str().into(),
-            rig.name.as_str().into(),
-            rig.git_url.as_str().into(),
-            rig.default_branch.as_str().into(),
-            rig.platform_integration_id.as_deref().into(),
-            rig.created_at.as_str().into(),
-            seq.into(),
-        ],
+        [rig_values(&rig), vec![seq.into()]].concat(),
     )?;
     Ok(rig)
 }
@@ -248,7 +225,7 @@ fn get_rig(sql: &SqlStorage, rig_id: &RigId) -> Result<Rig, ApiError> {
 pub struct OwnerCore {
     state: State,
     env: Env,
-    migrated: Cell<bool>,
+    schema: Schema,
 }
 
 impl OwnerCore {
@@ -256,20 +233,13 @@ impl OwnerCore {
         Self {
             state,
             env,
-            migrated: Cell::new(false),
+            schema: Schema::new(schema::OWNER_DO),
         }
     }
 
     fn ensure_schema(&self) -> Result<(), ApiError> {
-        if !self.migrated.get() {
-            migrate(
-                &self.state.storage().sql(),
-                schema::OWNER_DO,
-                config::now_ms(),
-            )?;
-            self.migrated.set(true);
-        }
-        Ok(())
+        self.schema
+            .ensure(&self.state.storage().sql(), config::now_ms())
     }
 
     /// Answers one worker request.

@@ -5,9 +5,11 @@
 //! commit together, so each handler's block of writes is atomic.
 
 use gastown_core::error::ApiError;
+use gastown_core::model::{Rig, Town};
 use gastown_core::schema::Migration;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
+use std::cell::Cell;
 use worker::{SqlStorage, SqlStorageValue};
 
 /// Applies, in order, every migration newer than the stored version.
@@ -113,4 +115,70 @@ pub fn set_meta(sql: &SqlStorage, key: &str, value: u64) -> Result<(), ApiError>
         "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         vec![key.into(), int(value)],
     )
+}
+
+/// Columns of a town row, in the order of [`town_values`]; owner DOs and the TownDO store the
+/// same record.
+pub const TOWN_COLUMNS: &str =
+    "id, name, owner_type, owner_user_id, organization_id, created_by_user_id, status, created_at";
+
+/// Columns of a rig row, in the order of [`rig_values`].
+pub const RIG_COLUMNS: &str =
+    "id, town_id, name, git_url, default_branch, platform_integration_id, created_at";
+
+/// The bindings for [`TOWN_COLUMNS`].
+pub fn town_values(town: &Town) -> Vec<SqlStorageValue> {
+    vec![
+        town.id.as_str().into(),
+        town.name.as_str().into(),
+        town.owner_type.as_str().into(),
+        town.owner_user_id.as_str().into(),
+        town.organization_id.as_ref().map(|o| o.as_str()).into(),
+        town.created_by_user_id.as_str().into(),
+        town.status.as_str().into(),
+        town.created_at.as_str().into(),
+    ]
+}
+
+/// The bindings for [`RIG_COLUMNS`].
+pub fn rig_values(rig: &Rig) -> Vec<SqlStorageValue> {
+    vec![
+        rig.id.as_str().into(),
+        rig.town_id.as_str().into(),
+        rig.name.as_str().into(),
+        rig.git_url.as_str().into(),
+        rig.default_branch.as_str().into(),
+        rig.platform_integration_id.as_deref().into(),
+        rig.created_at.as_str().into(),
+    ]
+}
+
+/// Applies a DO's migrations once per instance, and again after its storage was wiped.
+pub struct Schema {
+    migrations: &'static [Migration],
+    applied: Cell<bool>,
+}
+
+impl Schema {
+    pub const fn new(migrations: &'static [Migration]) -> Self {
+        Self {
+            migrations,
+            applied: Cell::new(false),
+        }
+    }
+
+    /// # Errors
+    /// As [`migrate`].
+    pub fn ensure(&self, sql: &SqlStorage, now_ms: u64) -> Result<(), ApiError> {
+        if !self.applied.get() {
+            migrate(sql, self.migrations, now_ms)?;
+            self.applied.set(true);
+        }
+        Ok(())
+    }
+
+    /// After `delete_all()`: the next request migrates again.
+    pub fn reset(&self) {
+        self.applied.set(false);
+    }
 }

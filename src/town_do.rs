@@ -8,7 +8,9 @@ use crate::config;
 use crate::container_do;
 use crate::http::call;
 use crate::http::{read_rpc, rpc_response};
-use crate::storage::{exec, first, meta, migrate, rows, set_meta};
+use crate::storage::{
+    exec, first, meta, rig_values, rows, set_meta, town_values, Schema, RIG_COLUMNS, TOWN_COLUMNS,
+};
 use gastown_core::auth::sign_container;
 use gastown_core::do_api::{
     token_refresh_due, Ack, AlarmArmed, ContainerRequest, EnvSynced, IssuedToken, TokenPushed,
@@ -23,7 +25,6 @@ use gastown_core::time::rfc3339;
 use gastown_core::town_config::{container_env, TownConfig};
 use serde::Deserialize;
 use serde_json::Value;
-use std::cell::Cell;
 use worker::{
     console_error, durable_object, DurableObject, Env, Request, Response, Result, State, Stub,
 };
@@ -40,16 +41,13 @@ pub fn stub(env: &Env, town: &TownId) -> std::result::Result<Stub, ApiError> {
         .map_err(ApiError::internal)
 }
 
-const TOWN_COLUMNS: &str =
-    "id, name, owner_type, owner_user_id, organization_id, created_by_user_id, status, created_at";
-
 type Outcome = std::result::Result<Value, ApiError>;
 
 #[durable_object]
 pub struct TownDO {
     state: State,
     env: Env,
-    migrated: Cell<bool>,
+    schema: Schema,
 }
 
 fn json<T: serde::Serialize>(value: T) -> Outcome {
@@ -62,11 +60,7 @@ impl TownDO {
     }
 
     fn ensure_schema(&self) -> std::result::Result<(), ApiError> {
-        if !self.migrated.get() {
-            migrate(&self.sql(), schema::TOWN_DO, config::now_ms())?;
-            self.migrated.set(true);
-        }
-        Ok(())
+        self.schema.ensure(&self.sql(), config::now_ms())
     }
 
     fn town(&self) -> std::result::Result<Option<Town>, ApiError> {
@@ -206,7 +200,7 @@ impl TownDO {
                 let storage = self.state.storage();
                 storage.delete_alarm().await.map_err(ApiError::internal)?;
                 storage.delete_all().await.map_err(ApiError::internal)?;
-                self.migrated.set(false);
+                self.schema.reset();
                 json(Ack { ok: true })
             }
             TownRequest::AddRig { rig } => {
@@ -216,16 +210,10 @@ impl TownDO {
                 }
                 exec(
                     &self.sql(),
-                    "INSERT OR REPLACE INTO rigs (id, town_id, name, git_url, default_branch, platform_integration_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    vec![
-                        rig.id.as_str().into(),
-                        rig.town_id.as_str().into(),
-                        rig.name.as_str().into(),
-                        rig.git_url.as_str().into(),
-                        rig.default_branch.as_str().into(),
-                        rig.platform_integration_id.as_deref().into(),
-                        rig.created_at.as_str().into(),
-                    ],
+                    &format!(
+                        "INSERT OR REPLACE INTO rigs ({RIG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    ),
+                    rig_values(&rig),
                 )?;
                 json(Ack { ok: true })
             }
@@ -345,7 +333,7 @@ impl TownDO {
                 self.require_town()?;
                 json(rows::<Rig>(
                     &self.sql(),
-                    "SELECT id, town_id, name, git_url, default_branch, platform_integration_id, created_at FROM rigs ORDER BY created_at, id",
+                    &format!("SELECT {RIG_COLUMNS} FROM rigs ORDER BY created_at, id"),
                     vec![],
                 )?)
             }
@@ -373,16 +361,7 @@ impl TownDO {
         exec(
             &self.sql(),
             &format!("INSERT INTO town ({TOWN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-            vec![
-                town.id.as_str().into(),
-                town.name.as_str().into(),
-                town.owner_type.as_str().into(),
-                town.owner_user_id.as_str().into(),
-                town.organization_id.as_ref().map(|o| o.as_str()).into(),
-                town.created_by_user_id.as_str().into(),
-                town.status.as_str().into(),
-                town.created_at.as_str().into(),
-            ],
+            town_values(&town),
         )?;
         self.arm().await?;
         json(town)
@@ -465,7 +444,7 @@ impl DurableObject for TownDO {
         Self {
             state,
             env,
-            migrated: Cell::new(false),
+            schema: Schema::new(schema::TOWN_DO),
         }
     }
 

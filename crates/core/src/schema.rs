@@ -35,11 +35,18 @@ pub const TOWN_DO: &[Migration] = &[
     },
 ];
 
-pub const CONTAINER_DO: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../migrations/container_do/0001_init.sql"),
-}];
+pub const CONTAINER_DO: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/container_do/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "state_row",
+        sql: include_str!("../../../migrations/container_do/0002_state_row.sql"),
+    },
+];
 
 #[cfg(test)]
 mod tests {
@@ -50,7 +57,11 @@ mod tests {
         for list in [OWNER_DO, TOWN_DO, CONTAINER_DO] {
             for (i, m) in list.iter().enumerate() {
                 assert_eq!(m.version as usize, i + 1, "{}", m.name);
-                assert!(m.sql.contains("CREATE"), "{}", m.name);
+                assert!(
+                    m.sql.contains("CREATE") || m.sql.contains("INSERT"),
+                    "{}",
+                    m.name
+                );
             }
         }
     }
