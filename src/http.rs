@@ -1,7 +1,7 @@
 //! HTTP plumbing shared by the router and the Durable Objects: JSON responses, the error body,
 //! reading a capped JSON body, and the typed worker → DO call.
 
-use gastown_core::body::MAX_BODY_BYTES;
+use gastown_core::body::{json_error_summary, MAX_BODY_BYTES};
 use gastown_core::do_api::DO_URL;
 use gastown_core::error::ApiError;
 use gastown_core::page::Page;
@@ -105,8 +105,9 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     let status = resp.status_code();
     let text = resp.text().await.map_err(ApiError::internal)?;
     if status == 200 {
-        serde_json::from_str(&text)
-            .map_err(|e| ApiError::internal(format!("durable object answer: {e}")))
+        serde_json::from_str(&text).map_err(|e| {
+            ApiError::internal(format!("durable object answer: {}", json_error_summary(&e)))
+        })
     } else {
         Err(ApiError::from_wire(status, &text))
     }
@@ -118,8 +119,12 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
 /// Internal: only the worker calls a DO, so a bad body is our bug, not a client's.
 pub async fn read_rpc<T: DeserializeOwned>(req: &mut Request) -> Result<T, ApiError> {
     let text = req.text().await.map_err(ApiError::internal)?;
-    serde_json::from_str(&text)
-        .map_err(|e| ApiError::internal(format!("bad durable object request: {e}")))
+    serde_json::from_str(&text).map_err(|e| {
+        ApiError::internal(format!(
+            "bad durable object request: {}",
+            json_error_summary(&e)
+        ))
+    })
 }
 
 /// Inside a DO: the answer to [`call`].

@@ -12,6 +12,7 @@ use crate::storage::{
     exec, first, meta, rig_values, rows, set_meta, town_values, Schema, RIG_COLUMNS, TOWN_COLUMNS,
 };
 use gastown_core::auth::sign_container;
+use gastown_core::body::json_error_summary;
 use gastown_core::do_api::{
     token_refresh_due, Ack, AlarmArmed, ContainerRequest, EnvSynced, IssuedToken, TokenPushed,
     TownHealth, TownRequest,
@@ -111,8 +112,9 @@ impl TownDO {
             json: String,
         }
         match first::<Row>(&self.sql(), "SELECT json FROM config WHERE id = 1", vec![])? {
-            Some(row) => serde_json::from_str(&row.json)
-                .map_err(|e| ApiError::internal(format!("stored config: {e}"))),
+            Some(row) => serde_json::from_str(&row.json).map_err(|e| {
+                ApiError::internal(format!("stored config: {}", json_error_summary(&e)))
+            }),
             None => Ok(TownConfig::default()),
         }
     }

@@ -29,6 +29,22 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// A serde_json error without the input it quotes (`invalid type: string "ghp_…"` would put a
+/// secret in a log line): its category and position only.
+pub fn json_error_summary(e: &serde_json::Error) -> String {
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "io",
+        serde_json::error::Category::Syntax => "syntax",
+        serde_json::error::Category::Data => "data",
+        serde_json::error::Category::Eof => "eof",
+    };
+    format!(
+        "{category} error at line {} column {}",
+        e.line(),
+        e.column()
+    )
+}
+
 /// Typed, length-capped access to the fields of a JSON object.
 pub struct Fields<'a>(pub &'a Map<String, Value>);
 
@@ -121,6 +137,18 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn json_error_summary_never_quotes_input() {
+        let e = serde_json::from_str::<u32>(r#""ghp_secret_value""#).unwrap_err();
+        assert!(
+            e.to_string().contains("ghp_secret_value"),
+            "serde_json itself quotes"
+        );
+        let summary = json_error_summary(&e);
+        assert!(!summary.contains("ghp_"), "{summary}");
+        assert!(summary.starts_with("data error at line 1"));
     }
 
     #[test]
