@@ -48,4 +48,13 @@ fi
 if [ ! -f .dev.vars ]; then
   cp .dev.vars.example .dev.vars
   log "created .dev.vars from .dev.vars.example (development secrets)"
+else
+  # A variable added to the example since .dev.vars was made is added to it, never overwritten.
+  while IFS= read -r line; do
+    name=${line%%=*}
+    if ! grep -q "^${name}=" .dev.vars; then
+      printf '%s\n' "$line" >> .dev.vars
+      log "added ${name} to .dev.vars from .dev.vars.example"
+    fi
+  done < <(grep -E '^[A-Z0-9_]+=' .dev.vars.example)
 fi

@@ -4,6 +4,7 @@
 //! so it happens on first use and the result is shared.
 
 use gastown_core::auth::{InternalKey, Keys};
+use gastown_core::sealed::Sealer;
 use std::cell::OnceCell;
 use std::rc::Rc;
 use worker::Env;
@@ -20,6 +21,8 @@ const MIN_ALARM_MS: u64 = 500;
 pub struct Config {
     pub keys: Keys,
     pub internal_key: InternalKey,
+    /// Seals secrets at rest (`GASTOWN_ENCRYPTION_KEY`).
+    pub sealer: Sealer,
     pub town_alarm_ms: u64,
     pub watchdog_ms: u64,
     /// Least time between two container tokens pushed by the alarm.
@@ -53,6 +56,7 @@ pub fn get(env: &Env) -> Rc<Config> {
                     string(env, "GASTOWN_JWT_SECRET").as_deref(),
                 ),
                 internal_key: InternalKey::new(string(env, "INTERNAL_API_KEY").as_deref()),
+                sealer: Sealer::new(string(env, "GASTOWN_ENCRYPTION_KEY").as_deref()),
                 town_alarm_ms: millis(env, "TOWN_ALARM_INTERVAL_MS", DEFAULT_TOWN_ALARM_MS),
                 watchdog_ms: millis(env, "WATCHDOG_INTERVAL_MS", DEFAULT_WATCHDOG_MS),
                 token_refresh_ms: millis(
@@ -80,4 +84,14 @@ pub fn new_id() -> Result<String, gastown_core::ApiError> {
     let mut bytes = [0u8; 16];
     getrandom::getrandom(&mut bytes).map_err(gastown_core::ApiError::internal)?;
     Ok(gastown_core::ids::uuid_v4(bytes))
+}
+
+/// A fresh 12-byte nonce for sealing, from the runtime's CSPRNG.
+///
+/// # Errors
+/// When the runtime refuses randomness (never expected).
+pub fn nonce() -> Result<[u8; 12], gastown_core::ApiError> {
+    let mut bytes = [0u8; 12];
+    getrandom::getrandom(&mut bytes).map_err(gastown_core::ApiError::internal)?;
+    Ok(bytes)
 }

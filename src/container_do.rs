@@ -173,11 +173,26 @@ impl TownContainerDO {
         .collect())
     }
 
-    /// Replaces the stored env: keys not in `env` are deleted.
+    /// Replaces the stored env: keys not in `env` are deleted. Values are sealed (they hold
+    /// tokens and PATs), each bound to its key name.
     fn store_env(&self, env: &BTreeMap<String, String>) -> std::result::Result<(), ApiError> {
         let sql = self.sql();
+        let sealer = &config::get(&self.env).sealer;
+        let sealed = env
+            .iter()
+            .map(|(key, value)| {
+                sealer
+                    .seal(
+                        value.as_bytes(),
+                        &format!("container-env:{key}"),
+                        config::nonce()?,
+                    )
+                    .map(|v| (key, v))
+                    .map_err(ApiError::internal)
+            })
+            .collect::<std::result::Result<Vec<_>, ApiError>>()?;
         exec(&sql, "DELETE FROM env", vec![])?;
-        for (key, value) in env {
+        for (key, value) in sealed {
             exec(
                 &sql,
                 "INSERT INTO env (key, value) VALUES (?, ?)",

@@ -44,6 +44,11 @@ pub fn stub(env: &Env, town: &TownId) -> std::result::Result<Stub, ApiError> {
 
 type Outcome = std::result::Result<Value, ApiError>;
 
+/// What a town's sealed config is bound to.
+fn config_aad(town: &TownId) -> String {
+    format!("town-config:{town}")
+}
+
 #[durable_object]
 pub struct TownDO {
     state: State,
@@ -96,8 +101,17 @@ impl TownDO {
         }
     }
 
-    fn store_config(&self, config: &TownConfig) -> std::result::Result<(), ApiError> {
-        let stored = serde_json::to_string(config).map_err(ApiError::internal)?;
+    /// Stores the config sealed (it holds secrets), bound to this town.
+    fn store_config(
+        &self,
+        town: &TownId,
+        config: &TownConfig,
+    ) -> std::result::Result<(), ApiError> {
+        let plain = serde_json::to_vec(config).map_err(ApiError::internal)?;
+        let stored = config::get(&self.env)
+            .sealer
+            .seal(&plain, &config_aad(town), config::nonce()?)
+            .map_err(ApiError::internal)?;
         exec(
             &self.sql(),
             "INSERT INTO config (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
@@ -106,15 +120,21 @@ impl TownDO {
     }
 
     /// The stored config, or the default for a town that never set one.
-    fn config(&self) -> std::result::Result<TownConfig, ApiError> {
+    fn config(&self, town: &TownId) -> std::result::Result<TownConfig, ApiError> {
         #[derive(Deserialize)]
         struct Row {
             json: String,
         }
         match first::<Row>(&self.sql(), "SELECT json FROM config WHERE id = 1", vec![])? {
-            Some(row) => serde_json::from_str(&row.json).map_err(|e| {
-                ApiError::internal(format!("stored config: {}", json_error_summary(&e)))
-            }),
+            Some(row) => {
+                let plain = config::get(&self.env)
+                    .sealer
+                    .open(&row.json, &config_aad(town))
+                    .map_err(ApiError::internal)?;
+                serde_json::from_slice(&plain).map_err(|e| {
+                    ApiError::internal(format!("stored config: {}", json_error_summary(&e)))
+                })
+            }
             None => Ok(TownConfig::default()),
         }
     }
@@ -220,10 +240,10 @@ impl TownDO {
                 json(Ack { ok: true })
             }
             TownRequest::RemoveRig { rig_id } => {
-                self.require_town()?;
-                let mut config = self.config()?;
+                let town = self.require_town()?;
+                let mut config = self.config(&town.id)?;
                 if config.rig_overrides.remove(rig_id.as_str()).is_some() {
-                    self.store_config(&config)?;
+                    self.store_config(&town.id, &config)?;
                     self.sync_env(&config).await;
                 }
                 exec(
@@ -255,21 +275,21 @@ impl TownDO {
             }
             TownRequest::Health => self.health().await,
             TownRequest::GetConfig => {
-                self.require_town()?;
-                json(self.config()?)
+                let town = self.require_town()?;
+                json(self.config(&town.id)?)
             }
             TownRequest::PatchConfig { body } => {
-                self.require_town()?;
-                let next = self.config()?.patched(body.as_bytes())?;
+                let town = self.require_town()?;
+                let next = self.config(&town.id)?.patched(body.as_bytes())?;
                 self.check_override_rigs(&next)?;
-                self.store_config(&next)?;
+                self.store_config(&town.id, &next)?;
                 self.sync_env(&next).await;
                 json(next)
             }
             TownRequest::StartContainer => {
                 let town = self.require_town()?;
                 let (token, expires_at) = self.mint(&town)?;
-                let env = container_env(&self.config()?);
+                let env = container_env(&self.config(&town.id)?);
                 let start = ContainerRequest::Start {
                     town_id: town.id.clone(),
                     token,

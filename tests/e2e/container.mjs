@@ -204,6 +204,33 @@ export default function container(ctx) {
       assert.equal((await ctx.call("POST", `/api/towns/${id}/container/refresh-token`, { token: tok(freshUser("boss"), "owner") })).status, 200);
     });
 
+    it("secrets are sealed at rest: no stored file holds a PAT or env value in clear", async () => {
+      const { readdirSync, readFileSync, statSync } = await import("node:fs");
+      const { join } = await import("node:path");
+      const secret = "ghp_at_rest_probe_0123456789ABCDEF";
+      const envValue = "env-at-rest-probe-value-98765";
+      const res = await dash("PATCH", `/api/towns/${town.id}/config`, { github_cli_pat: secret, env_vars: { PROBE: envValue } });
+      assert.equal(res.status, 200);
+      assert.equal((await ctx.control.town(town.id)).body.env.GITHUB_CLI_PAT, secret, "the container still gets it in clear");
+      const files = [];
+      const walk = (dir) => {
+        for (const name of readdirSync(dir)) {
+          const path = join(dir, name);
+          if (statSync(path).isDirectory()) walk(path);
+          else files.push(path);
+        }
+      };
+      walk(ctx.persistDir);
+      assert.ok(files.some((f) => f.endsWith(".sqlite")), "the persist dir holds the DOs' SQLite files");
+      for (const file of files) {
+        const bytes = readFileSync(file);
+        assert.ok(!bytes.includes(secret), `${file} holds the PAT in clear`);
+        assert.ok(!bytes.includes(envValue), `${file} holds an env value in clear`);
+      }
+      const shown = await dash("GET", `/api/towns/${town.id}/config`);
+      assert.equal(shown.body.github_cli_pat, "****CDEF", "and it still reads back");
+    });
+
     it("no dashboard response ever carried a container token or a secret", async () => {
       const inside = (await ctx.control.town(town.id)).body;
       for (const text of seen) {

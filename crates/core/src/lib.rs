@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod page;
 pub mod routes;
 pub mod schema;
+pub mod sealed;
 pub mod time;
 pub mod town_config;
 
