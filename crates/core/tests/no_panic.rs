@@ -96,7 +96,7 @@ fn claims() -> impl Strategy<Value = Value> {
             let mut map: Map<String, Value> =
                 pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
             if let Some(Value::Number(_)) = map.get("exp") {
-            } else if map.len() % 2 == 0 {
+            } else if map.len().is_multiple_of(2) {
                 map.insert("exp".into(), json!(NOW + 600));
             }
             Value::Object(map)
