@@ -18,7 +18,7 @@ fn bench(iters: u32, mut f: impl FnMut()) -> f64 {
     for _ in 0..iters / 10 {
         f();
     }
-    let mut samples: Vec<f64> = (0..15)
+    let mut samples: Vec<f64> = (0..31)
         .map(|_| {
             let start = Instant::now();
             for _ in 0..iters {

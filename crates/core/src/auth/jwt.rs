@@ -1,7 +1,8 @@
 //! HS256 verification and signing, strict per RFC 8725.
 //!
 //! Verification: the header must say `HS256` (so `none`, RS*/ES*, other HS sizes and unknown
-//! algorithms fail before any key is used), the signature must verify, `exp` must be present and
+//! algorithms fail before any key is used) and carry no `crit`, the signature must verify
+//! (constant-time), `exp` must be present and
 //! not past, `nbf` and `iat` (when present) must not be in the future, and `exp` may not lie
 //! further ahead than the kind's lifetime; each check allows [`CLOCK_SKEW_SECS`]. Then and before
 //! any time check the claims must describe exactly the kind the route accepts.
@@ -10,9 +11,14 @@ use super::claims::{
     AgentClaims, ContainerClaims, OrgMembership, OrgRole, SandboxClaims, TokenKind, UserClaims,
 };
 use crate::ids::{AgentId, OrgId, RigId, TownId, UserId};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
 use jwt_compact::alg::{Hs256, Hs256Key};
-use jwt_compact::{AlgorithmExt, Claims, Header, UntrustedToken, ValidationError};
+use jwt_compact::{AlgorithmExt, Claims, Header};
 use serde::{Deserialize, Serialize};
+use serde_json::Number;
+use std::borrow::Cow;
 
 /// Clock skew allowed on every time check.
 pub const CLOCK_SKEW_SECS: i64 = 60;
@@ -62,11 +68,47 @@ impl AuthError {
     }
 }
 
+/// One secret: the HMAC state with the key already absorbed (cloned per verification, which
+/// saves hashing the key's two pad blocks on every request), and the signing key.
+#[derive(Clone)]
+struct Key {
+    mac: Hmac<sha2::Sha256>,
+    signing: Hs256Key,
+}
+
+impl Key {
+    fn new(secret: &str) -> Option<Key> {
+        Some(Key {
+            mac: Hmac::new_from_slice(secret.as_bytes()).ok()?,
+            signing: Hs256Key::new(secret),
+        })
+    }
+}
+
 /// The HMAC keys, built once per isolate from the secrets.
 #[derive(Clone)]
 pub struct Keys {
-    nextauth: Option<Hs256Key>,
-    gastown: Option<Hs256Key>,
+    nextauth: Option<Key>,
+    gastown: Option<Key>,
+}
+
+/// The JOSE header: only `alg` matters, and a `crit` header (an extension we would have to
+/// understand) is refused.
+#[derive(Deserialize)]
+struct JoseHeader<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+/// A NumericDate: seconds since the epoch, integer or not.
+fn seconds(n: &Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.is_finite() && f.abs() < 1e15)
+            .map(|f| f.floor() as i64)
+    })
 }
 
 impl std::fmt::Debug for Keys {
@@ -78,54 +120,60 @@ impl std::fmt::Debug for Keys {
 /// `aud` may be a string or an array of strings.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
+enum Audience<'a> {
+    One(#[serde(borrow)] Cow<'a, str>),
+    Many(#[serde(borrow)] Vec<Cow<'a, str>>),
 }
 
 #[derive(Deserialize)]
-struct RawMembership {
-    #[serde(rename = "orgId")]
-    org_id: String,
+struct RawMembership<'a> {
+    #[serde(rename = "orgId", borrow)]
+    org_id: Cow<'a, str>,
     role: OrgRole,
 }
 
 /// Every claim any kind uses, read in one pass; the kind is decided afterwards.
 #[derive(Deserialize)]
-struct RawClaims {
-    #[serde(rename = "kiloUserId")]
-    kilo_user_id: Option<String>,
-    #[serde(rename = "orgMemberships", default)]
-    org_memberships: Option<Vec<RawMembership>>,
+struct RawClaims<'a> {
+    #[serde(rename = "kiloUserId", borrow)]
+    kilo_user_id: Option<Cow<'a, str>>,
+    #[serde(rename = "orgMemberships", default, borrow)]
+    org_memberships: Option<Vec<RawMembership<'a>>>,
     #[serde(rename = "gastownAccess")]
     gastown_access: Option<bool>,
     #[serde(rename = "isAdmin")]
     is_admin: Option<bool>,
-    aud: Option<Audience>,
-    #[serde(rename = "townId")]
-    town_id: Option<String>,
-    #[serde(rename = "userId")]
-    user_id: Option<String>,
-    #[serde(rename = "agentId")]
-    agent_id: Option<String>,
-    #[serde(rename = "rigId")]
-    rig_id: Option<String>,
-    scope: Option<String>,
-    #[serde(rename = "type")]
-    token_type: Option<String>,
-    sub: Option<String>,
-    #[serde(rename = "town_id")]
-    sandbox_town_id: Option<String>,
+    #[serde(borrow)]
+    aud: Option<Audience<'a>>,
+    #[serde(rename = "townId", borrow)]
+    town_id: Option<Cow<'a, str>>,
+    #[serde(rename = "userId", borrow)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(rename = "agentId", borrow)]
+    agent_id: Option<Cow<'a, str>>,
+    #[serde(rename = "rigId", borrow)]
+    rig_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    scope: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    token_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sub: Option<Cow<'a, str>>,
+    #[serde(rename = "town_id", borrow)]
+    sandbox_town_id: Option<Cow<'a, str>>,
     /// `Some(None)` is an explicit `null`.
     #[serde(default, deserialize_with = "present")]
     organization_id: Option<Option<String>>,
+    exp: Option<Number>,
+    nbf: Option<Number>,
+    iat: Option<Number>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
 
-impl RawClaims {
+impl RawClaims<'_> {
     /// The single kind these claims describe, or `None` when they fit none or several.
     fn kind(&self) -> Option<TokenKind> {
         let user = self.kilo_user_id.is_some();
@@ -147,7 +195,7 @@ impl RawClaims {
 }
 
 fn required<T>(
-    value: Option<String>,
+    value: Option<Cow<'_, str>>,
     parse: impl Fn(&str) -> Result<T, crate::ids::IdError>,
 ) -> Result<T, AuthError> {
     value
@@ -156,9 +204,9 @@ fn required<T>(
         .and_then(|s| parse(s).map_err(|_| AuthError::Malformed))
 }
 
-fn non_empty(value: Option<String>) -> Result<String, AuthError> {
+fn non_empty(value: Option<Cow<'_, str>>) -> Result<String, AuthError> {
     match value {
-        Some(s) if !s.trim().is_empty() => Ok(s),
+        Some(s) if !s.trim().is_empty() => Ok(s.into_owned()),
         Some(_) => Err(AuthError::Malformed),
         None => Err(AuthError::WrongKind),
     }
@@ -167,19 +215,22 @@ fn non_empty(value: Option<String>) -> Result<String, AuthError> {
 impl Keys {
     /// Empty secrets count as missing: tokens of those kinds then never verify.
     pub fn new(nextauth_secret: Option<&str>, gastown_secret: Option<&str>) -> Self {
-        let key = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(Hs256Key::new);
+        let key = |s: Option<&str>| s.filter(|s| !s.is_empty()).and_then(Key::new);
         Self {
             nextauth: key(nextauth_secret),
             gastown: key(gastown_secret),
         }
     }
 
-    fn verify(
+    /// Checks everything but the kind-specific claims, then hands the claims (borrowing from the
+    /// decoded token, so nothing is copied that is not kept) and `exp` to `build`.
+    fn verify<T>(
         &self,
         token: &str,
         kind: TokenKind,
         now: i64,
-    ) -> Result<(RawClaims, i64), AuthError> {
+        build: impl FnOnce(RawClaims<'_>, i64) -> Result<T, AuthError>,
+    ) -> Result<T, AuthError> {
         let key = match kind {
             TokenKind::User | TokenKind::Sandbox => self.nextauth.as_ref(),
             TokenKind::Container | TokenKind::Agent => self.gastown.as_ref(),
@@ -188,37 +239,51 @@ impl Keys {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
         }
-        let untrusted = UntrustedToken::new(token).map_err(|_| AuthError::Malformed)?;
-        if untrusted.algorithm() != "HS256" {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        // The algorithm is read before any key is used: only HS256 goes further.
+        let header_json = B64.decode(header_b64).map_err(|_| AuthError::Malformed)?;
+        let header: JoseHeader<'_> =
+            serde_json::from_slice(&header_json).map_err(|_| AuthError::Malformed)?;
+        if header.alg != "HS256" {
             return Err(AuthError::BadAlgorithm);
         }
-        let token = Hs256
-            .validator::<RawClaims>(key)
-            .validate(&untrusted)
-            .map_err(|e| match e {
-                ValidationError::AlgorithmMismatch { .. } => AuthError::BadAlgorithm,
-                ValidationError::InvalidSignature | ValidationError::InvalidSignatureLen { .. } => {
-                    AuthError::BadSignature
-                }
-                _ => AuthError::Malformed,
-            })?;
-        if token.claims().custom.kind() != Some(kind) {
+        if header.crit.is_some() {
+            return Err(AuthError::Malformed);
+        }
+        let signature = B64
+            .decode(signature_b64)
+            .map_err(|_| AuthError::BadSignature)?;
+        let mut mac = key.mac.clone();
+        mac.update(&token.as_bytes()[..header_b64.len() + 1 + claims_b64.len()]);
+        // Constant-time comparison, and a signature of any other length fails.
+        mac.verify_slice(&signature)
+            .map_err(|_| AuthError::BadSignature)?;
+        let claims_json = B64.decode(claims_b64).map_err(|_| AuthError::Malformed)?;
+        let raw: RawClaims =
+            serde_json::from_slice(&claims_json).map_err(|_| AuthError::Malformed)?;
+        if raw.kind() != Some(kind) {
             return Err(AuthError::WrongKind);
         }
-        let claims = token.claims();
-        let exp = claims
-            .expiration
-            .map(|t| t.timestamp())
-            .ok_or(AuthError::Malformed)?;
+        let time = |n: &Option<Number>| -> Result<Option<i64>, AuthError> {
+            n.as_ref()
+                .map(|n| seconds(n).ok_or(AuthError::Malformed))
+                .transpose()
+        };
+        let exp = time(&raw.exp)?.ok_or(AuthError::Malformed)?;
         if now > exp.saturating_add(CLOCK_SKEW_SECS) {
             return Err(AuthError::Expired);
         }
-        if let Some(nbf) = claims.not_before.map(|t| t.timestamp()) {
+        if let Some(nbf) = time(&raw.nbf)? {
             if now.saturating_add(CLOCK_SKEW_SECS) < nbf {
                 return Err(AuthError::NotYetValid);
             }
         }
-        if let Some(iat) = claims.issued_at.map(|t| t.timestamp()) {
+        if let Some(iat) = time(&raw.iat)? {
             if iat > now.saturating_add(CLOCK_SKEW_SECS) {
                 return Err(AuthError::IssuedInFuture);
             }
@@ -226,8 +291,7 @@ impl Keys {
         if exp.saturating_sub(now) > kind.max_lifetime_secs() + CLOCK_SKEW_SECS {
             return Err(AuthError::LifetimeTooLong);
         }
-        let (_, claims) = token.into_parts();
-        Ok((claims.custom, exp))
+        build(raw, exp)
     }
 
     /// Verifies a dashboard user token. `now` is seconds since the epoch.
@@ -235,30 +299,31 @@ impl Keys {
     /// # Errors
     /// Any [`AuthError`]; `WrongKind` for a valid sandbox token.
     pub fn verify_user(&self, token: &str, now: i64) -> Result<UserClaims, AuthError> {
-        let (raw, exp) = self.verify(token, TokenKind::User, now)?;
-        match &raw.aud {
-            None => {}
-            Some(Audience::One(a)) if a == USER_AUDIENCE => {}
-            Some(Audience::Many(all)) if all.iter().any(|a| a == USER_AUDIENCE) => {}
-            Some(_) => return Err(AuthError::BadAudience),
-        }
-        let org_memberships = raw
-            .org_memberships
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| {
-                Ok(OrgMembership {
-                    org_id: OrgId::parse(&m.org_id).map_err(|_| AuthError::Malformed)?,
-                    role: m.role,
+        self.verify(token, TokenKind::User, now, |raw, exp| {
+            match &raw.aud {
+                None => {}
+                Some(Audience::One(a)) if a == USER_AUDIENCE => {}
+                Some(Audience::Many(all)) if all.iter().any(|a| a == USER_AUDIENCE) => {}
+                Some(_) => return Err(AuthError::BadAudience),
+            }
+            let org_memberships = raw
+                .org_memberships
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| {
+                    Ok(OrgMembership {
+                        org_id: OrgId::parse(&m.org_id).map_err(|_| AuthError::Malformed)?,
+                        role: m.role,
+                    })
                 })
+                .collect::<Result<Vec<_>, AuthError>>()?;
+            Ok(UserClaims {
+                user_id: required(raw.kilo_user_id, UserId::parse)?,
+                org_memberships,
+                gastown_access: raw.gastown_access,
+                is_admin: raw.is_admin.unwrap_or(false),
+                expires_at: exp,
             })
-            .collect::<Result<Vec<_>, AuthError>>()?;
-        Ok(UserClaims {
-            user_id: required(raw.kilo_user_id, UserId::parse)?,
-            org_memberships,
-            gastown_access: raw.gastown_access,
-            is_admin: raw.is_admin.unwrap_or(false),
-            expires_at: exp,
         })
     }
 
@@ -267,11 +332,12 @@ impl Keys {
     /// # Errors
     /// Any [`AuthError`]; `WrongKind` for a valid legacy agent token.
     pub fn verify_container(&self, token: &str, now: i64) -> Result<ContainerClaims, AuthError> {
-        let (raw, exp) = self.verify(token, TokenKind::Container, now)?;
-        Ok(ContainerClaims {
-            town_id: required(raw.town_id, TownId::parse)?,
-            user_id: non_empty(raw.user_id)?,
-            expires_at: exp,
+        self.verify(token, TokenKind::Container, now, |raw, exp| {
+            Ok(ContainerClaims {
+                town_id: required(raw.town_id, TownId::parse)?,
+                user_id: non_empty(raw.user_id)?,
+                expires_at: exp,
+            })
         })
     }
 
@@ -280,13 +346,14 @@ impl Keys {
     /// # Errors
     /// Any [`AuthError`]; `WrongKind` for a valid container token.
     pub fn verify_agent(&self, token: &str, now: i64) -> Result<AgentClaims, AuthError> {
-        let (raw, exp) = self.verify(token, TokenKind::Agent, now)?;
-        Ok(AgentClaims {
-            agent_id: required(raw.agent_id, AgentId::parse)?,
-            rig_id: required(raw.rig_id, RigId::parse)?,
-            town_id: required(raw.town_id, TownId::parse)?,
-            user_id: non_empty(raw.user_id)?,
-            expires_at: exp,
+        self.verify(token, TokenKind::Agent, now, |raw, exp| {
+            Ok(AgentClaims {
+                agent_id: required(raw.agent_id, AgentId::parse)?,
+                rig_id: required(raw.rig_id, RigId::parse)?,
+                town_id: required(raw.town_id, TownId::parse)?,
+                user_id: non_empty(raw.user_id)?,
+                expires_at: exp,
+            })
         })
     }
 
@@ -295,24 +362,25 @@ impl Keys {
     /// # Errors
     /// Any [`AuthError`]; `WrongKind` for a valid user token.
     pub fn verify_sandbox(&self, token: &str, now: i64) -> Result<SandboxClaims, AuthError> {
-        let (raw, exp) = self.verify(token, TokenKind::Sandbox, now)?;
-        let organization_id = raw.organization_id.ok_or(AuthError::WrongKind)?;
-        Ok(SandboxClaims {
-            user_id: non_empty(raw.sub)?,
-            town_id: required(raw.sandbox_town_id, TownId::parse)?,
-            organization_id,
-            expires_at: exp,
+        self.verify(token, TokenKind::Sandbox, now, |raw, exp| {
+            let organization_id = raw.organization_id.ok_or(AuthError::WrongKind)?;
+            Ok(SandboxClaims {
+                user_id: non_empty(raw.sub)?,
+                town_id: required(raw.sandbox_town_id, TownId::parse)?,
+                organization_id,
+                expires_at: exp,
+            })
         })
     }
 
     fn sign<T: Serialize>(
         &self,
-        key: Option<&Hs256Key>,
+        key: Option<&Key>,
         custom: T,
         now: i64,
         ttl: i64,
     ) -> Result<(String, i64), AuthError> {
-        let key = key.ok_or(AuthError::NotConfigured)?;
+        let key = &key.ok_or(AuthError::NotConfigured)?.signing;
         let at = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).ok_or(AuthError::Malformed);
         let mut claims = Claims::new(custom);
         claims.issued_at = Some(at(now)?);

@@ -233,6 +233,41 @@ fn user_token_refusals() {
             ),
             AuthError::Malformed,
         ),
+        (
+            "crit header",
+            forge(
+                &json!({"alg": "HS256", "crit": ["exp"]}),
+                &user_claims(),
+                NEXTAUTH,
+            ),
+            AuthError::Malformed,
+        ),
+        (
+            "four parts",
+            format!("{}.x", hs256(user_claims(), NEXTAUTH)),
+            AuthError::Malformed,
+        ),
+        (
+            "truncated signature",
+            {
+                let t = hs256(user_claims(), NEXTAUTH);
+                t[..t.len() - 2].to_owned()
+            },
+            AuthError::BadSignature,
+        ),
+        (
+            "empty signature",
+            {
+                let t = hs256(user_claims(), NEXTAUTH);
+                t[..=t.rfind('.').unwrap()].to_owned()
+            },
+            AuthError::BadSignature,
+        ),
+        (
+            "exp absurdly large float",
+            hs256(with(user_claims(), "exp", json!(1e300)), NEXTAUTH),
+            AuthError::Malformed,
+        ),
         ("garbage", "not.a.token".to_owned(), AuthError::Malformed),
         ("two parts", "abc.def".to_owned(), AuthError::Malformed),
         ("huge", "a".repeat(9000), AuthError::Malformed),
