@@ -1,5 +1,5 @@
 //! Native microbenchmarks (`cargo bench -p gastown-core`), std only: each figure is the median
-//! of several timed batches, and each token kind is reported as a ratio to one raw HMAC-SHA256
+//! of 31 timed batches, and each token kind is reported as a ratio to one raw HMAC-SHA256
 //! over the same signing input, the cost no verifier can avoid.
 
 use gastown_core::auth::{sign_container, sign_sandbox, Keys, OrgMembership, OrgRole, UserClaims};
