@@ -23,6 +23,8 @@ pub struct Config {
     pub internal_key: InternalKey,
     /// Seals secrets at rest (`GASTOWN_ENCRYPTION_KEY`).
     pub sealer: Sealer,
+    /// Derives each town's control-server secret (`GASTOWN_CONTROL_KEY`).
+    pub control_key: Option<Vec<u8>>,
     pub town_alarm_ms: u64,
     pub watchdog_ms: u64,
     /// Least time between two container tokens pushed by the alarm.
@@ -57,6 +59,9 @@ pub fn get(env: &Env) -> Rc<Config> {
                 ),
                 internal_key: InternalKey::new(string(env, "INTERNAL_API_KEY").as_deref()),
                 sealer: Sealer::new(string(env, "GASTOWN_ENCRYPTION_KEY").as_deref()),
+                control_key: string(env, gastown_core::control::KEY_ENV)
+                    .filter(|k| !k.is_empty())
+                    .map(String::into_bytes),
                 town_alarm_ms: millis(env, "TOWN_ALARM_INTERVAL_MS", DEFAULT_TOWN_ALARM_MS),
                 watchdog_ms: millis(env, "WATCHDOG_INTERVAL_MS", DEFAULT_WATCHDOG_MS),
                 token_refresh_ms: millis(
@@ -74,6 +79,11 @@ pub fn get(env: &Env) -> Rc<Config> {
 /// Milliseconds since the epoch, from the runtime's clock (wasm32 has no system clock).
 pub fn now_ms() -> u64 {
     worker::Date::now().as_millis()
+}
+
+/// Seconds since the epoch, for token times.
+pub fn now_s() -> i64 {
+    i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX)
 }
 
 /// A fresh lowercase UUIDv4 from the runtime's CSPRNG.

@@ -1,25 +1,30 @@
 //! HTTP plumbing shared by the router and the Durable Objects: JSON responses, the error body,
-//! reading a capped JSON body, and the typed worker → DO call.
+//! reading a capped JSON body, and list paging.
 
-use gastown_core::body::{json_error_summary, MAX_BODY_BYTES};
-use gastown_core::do_api::DO_URL;
+use gastown_core::body::MAX_BODY_BYTES;
 use gastown_core::error::ApiError;
 use gastown_core::page::Page;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
-use worker::wasm_bindgen::JsValue;
-use worker::{console_error, Method, Request, RequestInit, Response, Stub};
+use worker::{console_error, Request, Response};
 
 /// A JSON response that no cache keeps.
 pub fn json<T: Serialize>(status: u16, body: &T) -> Response {
-    match Response::from_json(body) {
-        Ok(resp) => {
-            let mut resp = resp.with_status(status);
-            let _ = resp.headers_mut().set("cache-control", "no-store");
-            resp
-        }
+    match serde_json::to_string(body) {
+        Ok(text) => json_text(status, text),
         Err(e) => error_response(&ApiError::internal(format!("serialising response: {e}"))),
     }
+}
+
+/// A response whose body is already JSON text, that no cache keeps.
+pub fn json_text(status: u16, text: String) -> Response {
+    let mut resp = match Response::ok(text) {
+        Ok(resp) => resp.with_status(status),
+        Err(e) => return error_response(&ApiError::internal(e)),
+    };
+    let headers = resp.headers_mut();
+    let _ = headers.set("content-type", "application/json");
+    let _ = headers.set("cache-control", "no-store");
+    resp
 }
 
 /// A response whose body is already JSON text.
@@ -82,57 +87,6 @@ pub async fn read_json_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
         return Err(ApiError::PayloadTooLarge);
     }
     Ok(bytes)
-}
-
-/// Sends one typed request to a Durable Object and reads its typed answer.
-///
-/// # Errors
-/// The DO's own error (404, 409, ...) rebuilt by [`ApiError::from_wire`]; anything else is
-/// internal.
-pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
-    stub: &Stub,
-    request: &Req,
-) -> Result<Resp, ApiError> {
-    let body = serde_json::to_string(request).map_err(ApiError::internal)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(JsValue::from_str(&body)));
-    let req = Request::new_with_init(DO_URL, &init).map_err(ApiError::internal)?;
-    let mut resp = stub
-        .fetch_with_request(req)
-        .await
-        .map_err(ApiError::internal)?;
-    let status = resp.status_code();
-    let text = resp.text().await.map_err(ApiError::internal)?;
-    if status == 200 {
-        serde_json::from_str(&text).map_err(|e| {
-            ApiError::internal(format!("durable object answer: {}", json_error_summary(&e)))
-        })
-    } else {
-        Err(ApiError::from_wire(status, &text))
-    }
-}
-
-/// Inside a DO: reads the typed request the worker sent.
-///
-/// # Errors
-/// Internal: only the worker calls a DO, so a bad body is our bug, not a client's.
-pub async fn read_rpc<T: DeserializeOwned>(req: &mut Request) -> Result<T, ApiError> {
-    let text = req.text().await.map_err(ApiError::internal)?;
-    serde_json::from_str(&text).map_err(|e| {
-        ApiError::internal(format!(
-            "bad durable object request: {}",
-            json_error_summary(&e)
-        ))
-    })
-}
-
-/// Inside a DO: the answer to [`call`].
-pub fn rpc_response<T: Serialize>(result: Result<T, ApiError>) -> worker::Result<Response> {
-    Ok(match result {
-        Ok(value) => json(200, &value),
-        Err(err) => error_response(&err),
-    })
 }
 
 /// The `?limit=&after=` of a list route.

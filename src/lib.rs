@@ -2,23 +2,20 @@
 //!
 //! - `router` matches the route, verifies the one principal kind it accepts, and only then calls
 //!   a handler; handlers live in `handlers/`, one module per resource.
-//! - One module per Durable Object: `user_do` (`GastownUserDO`), `org_do` (`GastownOrgDO`),
-//!   `town_do` (`TownDO`). `owner_store` is what the two owner DOs share; `owner` picks the
-//!   owner DO of a town.
-//! - Pure decisions (tokens, validation, routes, errors) live in the `gastown-core` crate.
+//! - `dos/`: the Durable Objects (`GastownUserDO`, `GastownOrgDO`, `TownDO`, `TownContainerDO`)
+//!   and the typed stub every caller uses to reach them.
+//! - `storage`: SQLite helpers the DOs share; `rig_index`: the D1 rig index; `config`: settings
+//!   and secrets read once per isolate.
+//! - Pure decisions (tokens, validation, routes, the DO protocols, the alarm's policy, errors)
+//!   live in the `gastown-core` crate.
 
 mod config;
-mod container_do;
+mod dos;
 mod handlers;
 mod http;
-mod org_do;
-mod owner;
-mod owner_store;
 mod rig_index;
 mod router;
 mod storage;
-mod town_do;
-mod user_do;
 
 use worker::{event, Context, Env, Request, Response, Result};
 

@@ -2,8 +2,8 @@
 //! id (git-token requests, webhooks) resolve it here instead of fanning out over DOs.
 
 use gastown_core::error::ApiError;
-use gastown_core::ids::RigId;
-use gastown_core::model::{Rig, Town};
+use gastown_core::ids::{RigId, TownId};
+use gastown_core::model::{OwnerType, Rig, Town};
 use serde::{Deserialize, Serialize};
 use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, Env};
@@ -12,9 +12,10 @@ pub const BINDING: &str = "DB";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RigLocation {
-    pub rig_id: String,
-    pub town_id: String,
-    pub owner_type: String,
+    pub rig_id: RigId,
+    pub town_id: TownId,
+    pub owner_type: OwnerType,
+    /// The user id of a personal town's owner, or the org id of an org town.
     pub owner_id: String,
     pub created_at: String,
 }
@@ -27,14 +28,14 @@ fn db(env: &Env) -> Result<D1Database, ApiError> {
 ///
 /// # Errors
 /// Internal, when D1 fails.
-pub async fn insert(env: &Env, rig: &Rig, town: &Town, owner_id: &str) -> Result<(), ApiError> {
+pub async fn insert(env: &Env, rig: &Rig, town: &Town) -> Result<(), ApiError> {
     db(env)?
         .prepare("INSERT OR REPLACE INTO rig_index (rig_id, town_id, owner_type, owner_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
         .bind(&[
             JsValue::from_str(rig.id.as_str()),
             JsValue::from_str(rig.town_id.as_str()),
-            JsValue::from_str(town.owner_type.as_str()),
-            JsValue::from_str(owner_id),
+            JsValue::from_str(town.owner.kind().as_str()),
+            JsValue::from_str(town.owner.id()),
             JsValue::from_str(&rig.created_at),
         ])
         .map_err(ApiError::internal)?

@@ -1,137 +1,112 @@
 //! The front door. For every request, in this order: match the route; verify the one credential
-//! kind the route accepts; hand the typed principal to the handler. No Durable Object stub is
-//! looked up before the credential has been verified.
+//! kind the route's principal accepts; hand the typed principal to the handler. No Durable
+//! Object stub is looked up before the credential has been verified.
+//!
+//! Dispatch is one exhaustive match per principal: a route without a handler does not compile.
 
 use crate::config;
 use crate::handlers::{container, internal, owned, town};
-use crate::http::{error_response, json, raw_json};
-use crate::owner::Owner;
+use crate::http::{error_response, json, json_text, raw_json};
 use gastown_core::auth::{bearer, AuthError, UserClaims};
 use gastown_core::authz::{self, ContainerCaller, ContainerScope};
 use gastown_core::error::ApiError;
-use gastown_core::ids::{AgentId, OrgId, RigId, TownId, UserId};
-use gastown_core::routes::{match_route, Method, Principal, Route, RouteError};
+use gastown_core::routes::{
+    match_route, ContainerRoute, InternalRoute, Method, OwnedAction, PublicRoute, Route,
+    RouteError, TownAction, UserRoute,
+};
 use worker::{Env, Request, Response};
-
-/// A verified caller.
-enum Caller {
-    Anyone,
-    User(UserClaims),
-    Container(ContainerCaller),
-    Internal,
-}
 
 pub async fn handle(mut req: Request, env: &Env) -> Response {
     // The raw method: workers-rs's `Method` reads any method it does not know as GET, which
     // would let `QUERY /api/...` (or `get`) act as a GET.
     let method = Method::parse(&req.inner().method());
-    let path = req.path();
-    match match_route(method, &path) {
-        Ok((route, principal)) => match dispatch(&mut req, env, route, principal).await {
-            Ok(resp) => resp,
-            Err(err) => error_response(&err),
-        },
-        Err(RouteError::NotFound) => error_response(&ApiError::NotFound("no such route".into())),
+    let route = match match_route(method, &req.path()) {
+        Ok(route) => route,
+        Err(RouteError::NotFound) => {
+            return error_response(&ApiError::NotFound("no such route".into()))
+        }
         Err(RouteError::MethodNotAllowed(allowed)) => {
             let mut resp = error_response(&ApiError::MethodNotAllowed);
             let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
             let _ = resp.headers_mut().set("allow", &allow.join(", "));
-            resp
+            return resp;
         }
-    }
+    };
+    let result = match route {
+        Route::Public(route) => public(route),
+        Route::User(route) => match user(&req, env) {
+            Ok(claims) => user_route(&mut req, env, route, &claims).await,
+            Err(e) => Err(e),
+        },
+        Route::Container(route) => match container_caller(&req, env, &route) {
+            Ok(caller) => container_route(env, route, &caller).await,
+            Err(e) => Err(e),
+        },
+        Route::Internal(route) => match internal_key(&req, env) {
+            Ok(()) => internal_route(env, route).await,
+            Err(e) => Err(e),
+        },
+    };
+    result.unwrap_or_else(|err| error_response(&err))
 }
 
-/// The town (and rig and agent, where the path names them) a container route is scoped to.
-fn container_scope(route: &Route) -> Option<(&TownId, Option<&RigId>, Option<&AgentId>)> {
-    match route {
-        Route::RefreshContainerToken { town } | Route::MayorRigs { town } => {
-            Some((town, None, None))
-        }
-        Route::AgentHeartbeat { town, rig, agent } => Some((town, Some(rig), Some(agent))),
-        _ => None,
-    }
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
 }
 
-fn authenticate(
+fn bearer_token(req: &Request) -> Result<String, ApiError> {
+    let auth = header(req, "authorization");
+    bearer(auth.as_deref())
+        .map(str::to_owned)
+        .ok_or(ApiError::Unauthorized(AuthError::Missing.message()))
+}
+
+/// A verified dashboard user token.
+fn user(req: &Request, env: &Env) -> Result<UserClaims, ApiError> {
+    let token = bearer_token(req)?;
+    config::get(env)
+        .keys
+        .verify_user(&token, config::now_s())
+        .map_err(authz::auth_error)
+}
+
+/// A verified container (or legacy agent) token of the route's town.
+fn container_caller(
     req: &Request,
-    route: &Route,
-    principal: Principal,
     env: &Env,
-) -> Result<Caller, ApiError> {
-    let header = |name: &str| req.headers().get(name).ok().flatten();
-    match principal {
-        Principal::Public => Ok(Caller::Anyone),
-        Principal::User => {
-            let auth = header("authorization");
-            let token = bearer(auth.as_deref())
-                .ok_or(ApiError::Unauthorized(AuthError::Missing.message()))?;
-            let now = i64::try_from(config::now_ms() / 1000).unwrap_or(i64::MAX);
-            config::get(env)
-                .keys
-                .verify_user(token, now)
-                .map(Caller::User)
-                .map_err(authz::auth_error)
-        }
-        Principal::Internal => {
-            if config::get(env)
-                .internal_key
-                .matches(header("x-internal-api-key").as_deref())
-            {
-                Ok(Caller::Internal)
-            } else {
-                Err(ApiError::Unauthorized(
-                    "missing or invalid internal api key",
-                ))
-            }
-        }
-        Principal::Container => {
-            let auth = header("authorization");
-            let token = bearer(auth.as_deref())
-                .ok_or(ApiError::Unauthorized(AuthError::Missing.message()))?;
-            let (town, route_rig, route_agent) = container_scope(route)
-                .ok_or_else(|| ApiError::internal("container route without a town"))?;
-            let header_rig = header("x-gastown-rig-id");
-            let header_agent = header("x-gastown-agent-id");
-            let scope = ContainerScope {
-                route_rig,
-                route_agent,
-                header_rig: header_rig.as_deref(),
-                header_agent: header_agent.as_deref(),
-            };
-            let now = i64::try_from(config::now_ms() / 1000).unwrap_or(i64::MAX);
-            authz::container(&config::get(env).keys, token, now, town, scope).map(Caller::Container)
-        }
+    route: &ContainerRoute,
+) -> Result<ContainerCaller, ApiError> {
+    let token = bearer_token(req)?;
+    let (town, route_rig, route_agent) = route.scope();
+    let header_rig = header(req, "x-gastown-rig-id");
+    let header_agent = header(req, "x-gastown-agent-id");
+    let scope = ContainerScope {
+        route_rig,
+        route_agent,
+        header_rig: header_rig.as_deref(),
+        header_agent: header_agent.as_deref(),
+    };
+    authz::container(&config::get(env).keys, &token, config::now_s(), town, scope)
+}
+
+/// The internal API key, compared in constant time.
+fn internal_key(req: &Request, env: &Env) -> Result<(), ApiError> {
+    if config::get(env)
+        .internal_key
+        .matches(header(req, "x-internal-api-key").as_deref())
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "missing or invalid internal api key",
+        ))
     }
 }
 
-async fn dispatch(
-    req: &mut Request,
-    env: &Env,
-    route: Route,
-    principal: Principal,
-) -> Result<Response, ApiError> {
-    let caller = authenticate(req, &route, principal, env)?;
-    match (route, caller) {
-        (Route::Health, _) => Ok(json(200, &serde_json::json!({"status": "ok"}))),
-        (Route::OpenApi, _) => raw_json(gastown_core::openapi::DOCUMENT),
-        (route, Caller::User(claims)) => user_route(req, env, route, &claims).await,
-        (Route::RefreshContainerToken { .. }, Caller::Container(c)) => {
-            container::refresh_token(env, &c).await
-        }
-        (Route::AgentHeartbeat { .. }, Caller::Container(c)) => container::heartbeat(env, &c).await,
-        (Route::MayorRigs { .. }, Caller::Container(c)) => container::mayor_rigs(env, &c).await,
-        (Route::InternalTownHealth { town }, Caller::Internal) => {
-            internal::town_health(env, &town).await
-        }
-        (Route::InternalRigLookup { rig }, Caller::Internal) => {
-            internal::rig_lookup(env, &rig).await
-        }
-        (Route::InternalDropTownAlarm { town }, Caller::Internal) => {
-            internal::drop_town_alarm(env, &town).await
-        }
-        (route, _) => Err(ApiError::internal(format!(
-            "route {route:?} reached dispatch with the wrong principal"
-        ))),
+fn public(route: PublicRoute) -> Result<Response, ApiError> {
+    match route {
+        PublicRoute::Health => Ok(json_text(200, r#"{"status":"ok"}"#.to_owned())),
+        PublicRoute::OpenApi => raw_json(gastown_core::openapi::DOCUMENT),
     }
 }
 
@@ -140,52 +115,58 @@ async fn dispatch(
 async fn user_route(
     req: &mut Request,
     env: &Env,
-    route: Route,
-    c: &UserClaims,
+    route: UserRoute,
+    claims: &UserClaims,
 ) -> Result<Response, ApiError> {
-    let personal = |user: &UserId| authz::personal(c, user).map(|()| Owner::User(user.clone()));
-    let member = |org: &OrgId| authz::org_member(c, org).map(|_| Owner::Org(org.clone()));
-    let org_owner = |org: &OrgId| authz::org_owner(c, org).map(|()| Owner::Org(org.clone()));
     match route {
-        Route::CreateUserTown { user } => {
-            owned::create_town(req, env, &personal(&user)?, &c.user_id).await
+        UserRoute::Owned { owner, action } => {
+            authz::owned(claims, &owner, action.destroys())?;
+            match action {
+                OwnedAction::CreateTown => {
+                    owned::create_town(req, env, &owner, &claims.user_id).await
+                }
+                OwnedAction::ListTowns => owned::list_towns(req, env, &owner).await,
+                OwnedAction::GetTown(town) => owned::get_town(env, &owner, town).await,
+                OwnedAction::DeleteTown(town) => owned::delete_town(env, &owner, town).await,
+                OwnedAction::ListTownRigs(town) => owned::list_rigs(req, env, &owner, town).await,
+                OwnedAction::CreateRig => owned::create_rig(req, env, &owner).await,
+                OwnedAction::GetRig(rig) => owned::get_rig(env, &owner, rig).await,
+                OwnedAction::DeleteRig(rig) => owned::delete_rig(env, &owner, rig).await,
+            }
         }
-        Route::ListUserTowns { user } => owned::list_towns(req, env, &personal(&user)?).await,
-        Route::GetUserTown { user, town } => owned::get_town(env, &personal(&user)?, &town).await,
-        Route::DeleteUserTown { user, town } => {
-            owned::delete_town(env, &personal(&user)?, &town).await
+        UserRoute::Town { town, action } => {
+            let (town, role) = town::access(env, claims, &town).await?;
+            match action {
+                TownAction::Get => Ok(json(200, &town)),
+                TownAction::ListRigs => town::list_rigs(req, env, &town).await,
+                TownAction::GetConfig => town::get_config(env, &town).await,
+                TownAction::PatchConfig => town::patch_config(req, env, &town, role).await,
+                TownAction::GetContainer => town::get_container(env, &town).await,
+                TownAction::StartContainer => town::start_container(env, &town).await,
+                TownAction::ForceContainerTokenRefresh => {
+                    town::force_token_refresh(env, &town, role).await
+                }
+            }
         }
-        Route::CreateUserRig { user } => owned::create_rig(req, env, &personal(&user)?).await,
-        Route::ListUserTownRigs { user, town } => {
-            owned::list_rigs(req, env, &personal(&user)?, &town).await
-        }
-        Route::GetUserRig { user, rig } => owned::get_rig(env, &personal(&user)?, &rig).await,
-        Route::DeleteUserRig { user, rig } => owned::delete_rig(env, &personal(&user)?, &rig).await,
-        Route::CreateOrgTown { org } => {
-            owned::create_town(req, env, &member(&org)?, &c.user_id).await
-        }
-        Route::ListOrgTowns { org } => owned::list_towns(req, env, &member(&org)?).await,
-        Route::GetOrgTown { org, town } => owned::get_town(env, &member(&org)?, &town).await,
-        Route::DeleteOrgTown { org, town } => {
-            owned::delete_town(env, &org_owner(&org)?, &town).await
-        }
-        Route::CreateOrgRig { org } => owned::create_rig(req, env, &member(&org)?).await,
-        Route::ListOrgTownRigs { org, town } => {
-            owned::list_rigs(req, env, &member(&org)?, &town).await
-        }
-        Route::GetOrgRig { org, rig } => owned::get_rig(env, &member(&org)?, &rig).await,
-        Route::DeleteOrgRig { org, rig } => owned::delete_rig(env, &org_owner(&org)?, &rig).await,
-        Route::GetTown { town } => town::get(env, c, &town).await,
-        Route::ListTownRigs { town } => town::list_rigs(req, env, c, &town).await,
-        Route::GetTownConfig { town } => town::get_config(env, c, &town).await,
-        Route::PatchTownConfig { town } => town::patch_config(req, env, c, &town).await,
-        Route::GetTownContainer { town } => town::get_container(env, c, &town).await,
-        Route::StartTownContainer { town } => town::start_container(env, c, &town).await,
-        Route::ForceContainerTokenRefresh { town } => {
-            town::force_token_refresh(env, c, &town).await
-        }
-        route => Err(ApiError::internal(format!(
-            "route {route:?} is not a user route"
-        ))),
+    }
+}
+
+async fn container_route(
+    env: &Env,
+    route: ContainerRoute,
+    caller: &ContainerCaller,
+) -> Result<Response, ApiError> {
+    match route {
+        ContainerRoute::RefreshToken { .. } => container::refresh_token(env, caller).await,
+        ContainerRoute::AgentHeartbeat { .. } => container::heartbeat(env, caller).await,
+        ContainerRoute::MayorRigs { .. } => container::mayor_rigs(env, caller).await,
+    }
+}
+
+async fn internal_route(env: &Env, route: InternalRoute) -> Result<Response, ApiError> {
+    match route {
+        InternalRoute::TownHealth { town } => internal::town_health(env, &town).await,
+        InternalRoute::RigLookup { rig } => internal::rig_lookup(env, &rig).await,
+        InternalRoute::DropTownAlarm { town } => internal::drop_town_alarm(env, &town).await,
     }
 }

@@ -1,10 +1,12 @@
-//! SQLite helpers for Durable Objects: the versioned migration runner and typed queries that map
-//! storage failures to internal errors.
+//! SQLite helpers for Durable Objects: the versioned migration runner, typed queries that map
+//! storage failures to internal errors, and typed `meta` counters.
 //!
-//! `SqlStorage::exec` is synchronous, and a DO's synchronous writes with no `await` between them
-//! commit together, so each handler's block of writes is atomic.
+//! `SqlStorage::exec` is synchronous. Writes with no `await` between them commit together; a
+//! handler that awaits (a call to another DO, a fetch) between two writes is not atomic across
+//! that await, and says so where it matters.
 
 use gastown_core::error::ApiError;
+use gastown_core::ids::{OrgId, UserId};
 use gastown_core::model::{Rig, Town};
 use gastown_core::schema::Migration;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -88,11 +90,16 @@ pub fn first<T: DeserializeOwned>(
     Ok(rows(sql, query, bindings)?.into_iter().next())
 }
 
+/// A key of a DO's `meta (key, value)` table: each DO names its keys as an enum.
+pub trait MetaKey: Copy {
+    fn key(self) -> &'static str;
+}
+
 /// A counter or timestamp from a `meta (key, value)` table.
 ///
 /// # Errors
 /// As [`rows`].
-pub fn meta(sql: &SqlStorage, key: &str) -> Result<Option<u64>, ApiError> {
+pub fn meta(sql: &SqlStorage, key: impl MetaKey) -> Result<Option<u64>, ApiError> {
     #[derive(Deserialize)]
     struct Row {
         value: f64,
@@ -100,7 +107,7 @@ pub fn meta(sql: &SqlStorage, key: &str) -> Result<Option<u64>, ApiError> {
     Ok(first::<Row>(
         sql,
         "SELECT value FROM meta WHERE key = ?",
-        vec![key.into()],
+        vec![key.key().into()],
     )?
     .map(|r| r.value as u64))
 }
@@ -109,12 +116,36 @@ pub fn meta(sql: &SqlStorage, key: &str) -> Result<Option<u64>, ApiError> {
 ///
 /// # Errors
 /// As [`exec`].
-pub fn set_meta(sql: &SqlStorage, key: &str, value: u64) -> Result<(), ApiError> {
+pub fn set_meta(sql: &SqlStorage, key: impl MetaKey, value: u64) -> Result<(), ApiError> {
     exec(
         sql,
         "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        vec![key.into(), int(value)],
+        vec![key.key().into(), int(value)],
     )
+}
+
+/// Adds one to a `meta` counter.
+///
+/// # Errors
+/// As [`exec`].
+pub fn bump_meta(sql: &SqlStorage, key: impl MetaKey) -> Result<(), ApiError> {
+    exec(
+        sql,
+        "INSERT INTO meta (key, value) VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET value = value + 1",
+        vec![key.key().into()],
+    )
+}
+
+/// Whether a query finds any row.
+///
+/// # Errors
+/// As [`rows`].
+pub fn exists(
+    sql: &SqlStorage,
+    query: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> Result<bool, ApiError> {
+    Ok(first::<IgnoredAny>(sql, query, bindings)?.is_some())
 }
 
 /// Columns of a town row, in the order of [`town_values`]; owner DOs and the TownDO store the
@@ -131,9 +162,9 @@ pub fn town_values(town: &Town) -> Vec<SqlStorageValue> {
     vec![
         town.id.as_str().into(),
         town.name.as_str().into(),
-        town.owner_type.as_str().into(),
-        town.owner_user_id.as_str().into(),
-        town.organization_id.as_ref().map(|o| o.as_str()).into(),
+        town.owner.kind().as_str().into(),
+        town.owner_user_id.as_ref().map(UserId::as_str).into(),
+        town.owner.org().map(OrgId::as_str).into(),
         town.created_by_user_id.as_str().into(),
         town.status.as_str().into(),
         town.created_at.as_str().into(),

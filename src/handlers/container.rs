@@ -1,12 +1,11 @@
 //! Container routes: called by a town's agents with the town's container token (or a legacy
 //! agent token), already verified and scoped to the route's town by the router.
 
-use crate::http::{call, json};
-use crate::town_do;
+use crate::dos::town;
+use crate::http::json;
 use gastown_core::authz::ContainerCaller;
-use gastown_core::do_api::{Ack, IssuedToken, TownRequest};
 use gastown_core::error::ApiError;
-use gastown_core::model::Rig;
+use gastown_core::protocol::town::{Heartbeat, IssueContainerToken, MayorRigs};
 use worker::{Env, Response};
 
 type Handled = Result<Response, ApiError>;
@@ -14,11 +13,9 @@ type Handled = Result<Response, ApiError>;
 /// A fresh container token for a container holding a valid one: the one route whose purpose is
 /// to hand a token to its rightful caller. Its identity comes from the town, not the old token.
 pub async fn refresh_token(env: &Env, caller: &ContainerCaller) -> Handled {
-    let issued: IssuedToken = call(
-        &town_do::stub(env, &caller.town_id)?,
-        &TownRequest::IssueContainerToken,
-    )
-    .await?;
+    let issued = town::stub(env, &caller.town_id)?
+        .call(IssueContainerToken {})
+        .await?;
     Ok(json(200, &issued))
 }
 
@@ -28,19 +25,13 @@ pub async fn heartbeat(env: &Env, caller: &ContainerCaller) -> Handled {
             "a heartbeat names its rig and agent".into(),
         ));
     };
-    let _: Ack = call(
-        &town_do::stub(env, &caller.town_id)?,
-        &TownRequest::Heartbeat { rig_id, agent_id },
-    )
-    .await?;
-    Ok(json(200, &Ack { ok: true }))
+    let ack = town::stub(env, &caller.town_id)?
+        .call(Heartbeat { rig_id, agent_id })
+        .await?;
+    Ok(json(200, &ack))
 }
 
 pub async fn mayor_rigs(env: &Env, caller: &ContainerCaller) -> Handled {
-    let rigs: Vec<Rig> = call(
-        &town_do::stub(env, &caller.town_id)?,
-        &TownRequest::MayorRigs,
-    )
-    .await?;
+    let rigs = town::stub(env, &caller.town_id)?.call(MayorRigs {}).await?;
     Ok(json(200, &rigs))
 }

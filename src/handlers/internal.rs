@@ -1,16 +1,17 @@
 //! Internal routes (`x-internal-api-key`): operator and service views.
 
 use crate::config;
-use crate::http::{call, json};
-use crate::{rig_index, town_do};
-use gastown_core::do_api::{Ack, TownHealth, TownRequest};
+use crate::dos::town;
+use crate::http::json;
+use crate::rig_index;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId};
+use gastown_core::protocol::town::{DropAlarm, Health};
 use worker::{Env, Response};
 
 /// The town's main-loop state: next alarm, runs so far, last run. 404 for unknown or destroyed.
-pub async fn town_health(env: &Env, town: &TownId) -> Result<Response, ApiError> {
-    let health: TownHealth = call(&town_do::stub(env, town)?, &TownRequest::Health).await?;
+pub async fn town_health(env: &Env, town_id: &TownId) -> Result<Response, ApiError> {
+    let health = town::stub(env, town_id)?.call(Health {}).await?;
     Ok(json(200, &health))
 }
 
@@ -23,10 +24,10 @@ pub async fn rig_lookup(env: &Env, rig: &RigId) -> Result<Response, ApiError> {
 }
 
 /// Test hook: drops a town's alarm. A plain 404 unless `GASTOWN_TEST_HOOKS=1`.
-pub async fn drop_town_alarm(env: &Env, town: &TownId) -> Result<Response, ApiError> {
+pub async fn drop_town_alarm(env: &Env, town_id: &TownId) -> Result<Response, ApiError> {
     if !config::get(env).test_hooks {
         return Err(ApiError::NotFound("no such route".into()));
     }
-    let ack: Ack = call(&town_do::stub(env, town)?, &TownRequest::DropAlarm).await?;
+    let ack = town::stub(env, town_id)?.call(DropAlarm {}).await?;
     Ok(json(200, &ack))
 }

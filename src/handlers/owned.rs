@@ -2,38 +2,48 @@
 //! The router has already checked that the caller may act for the owner.
 //!
 //! Steps that span DOs run so that the owner DO validates first (a town or rig of another owner
-//! is a 404 before anything is destroyed), and later failures undo earlier steps.
+//! is a 404 before anything is destroyed). A create that fails half-way removes what it had
+//! already written, logging what it could not remove.
 
 use crate::config::{self, new_id};
-use crate::http::{call, json, page, read_json_body};
-use crate::owner::Owner;
-use crate::{rig_index, town_do};
-use gastown_core::do_api::{Ack, OwnerRequest, RemovedTown, TownRequest};
+use crate::dos::owner::{self as owner_do, OwnerStub};
+use crate::dos::town;
+use crate::http::{json, page, read_json_body};
+use crate::rig_index;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId, UserId};
-use gastown_core::model::{NewRig, NewTown, Rig, Town};
+use gastown_core::model::{NewRig, NewTown, Owner, Rig, Town};
+use gastown_core::protocol::owner as o;
+use gastown_core::protocol::town as t;
 use gastown_core::time::rfc3339;
+use serde::Serialize;
 use worker::{console_error, Env, Request, Response};
 
 type Handled = Result<Response, ApiError>;
+
+/// The answer to a delete.
+#[derive(Serialize)]
+struct Deleted<'a, Id> {
+    id: &'a Id,
+    deleted: bool,
+}
+
+fn stub(env: &Env, owner: &Owner) -> Result<OwnerStub, ApiError> {
+    owner_do::stub(env, owner)
+}
 
 /// Creates a town owned by `owner`; `creator` is the calling user.
 pub async fn create_town(req: &mut Request, env: &Env, owner: &Owner, creator: &UserId) -> Handled {
     let new = NewTown::parse(&read_json_body(req).await?)?;
     let id = TownId::parse(&new_id()?).map_err(ApiError::internal)?;
-    let at = rfc3339(config::now_ms());
-    let town = match owner {
-        Owner::User(user) => Town::personal(id, new, user, at),
-        Owner::Org(org) => Town::for_org(id, new, org, creator, at),
-    };
-    let town_stub = town_do::stub(env, &town.id)?;
-    let town: Town = call(&town_stub, &TownRequest::Init { town }).await?;
-    let add = OwnerRequest::AddTown { town: town.clone() };
-    match call::<_, Town>(&owner.stub(env)?, &add).await {
+    let town = Town::new(id, new, owner, creator, rfc3339(config::now_ms()));
+    let town_stub = town::stub(env, &town.id)?;
+    let town = town_stub.call(t::Init { town }).await?;
+    match stub(env, owner)?.call(o::AddTown { town }).await {
         Ok(town) => Ok(json(201, &town)),
         Err(err) => {
-            if let Err(undo) = call::<_, Ack>(&town_stub, &TownRequest::Destroy).await {
-                console_error!("create town: could not undo town {}: {undo}", town.id);
+            if let Err(undo) = town_stub.call(t::Destroy {}).await {
+                console_error!("create town: could not remove the half-made town: {undo}");
             }
             Err(err)
         }
@@ -42,42 +52,38 @@ pub async fn create_town(req: &mut Request, env: &Env, owner: &Owner, creator: &
 
 pub async fn list_towns(req: &Request, env: &Env, owner: &Owner) -> Handled {
     let page = page(req)?;
-    let towns: Vec<Town> = call(&owner.stub(env)?, &OwnerRequest::ListTowns { page }).await?;
+    let towns = stub(env, owner)?.call(o::ListTowns { page }).await?;
     Ok(json(200, &towns))
 }
 
-pub async fn get_town(env: &Env, owner: &Owner, town: &TownId) -> Handled {
-    let town: Town = call(
-        &owner.stub(env)?,
-        &OwnerRequest::GetTown {
-            town_id: town.clone(),
-        },
-    )
-    .await?;
+pub async fn get_town(env: &Env, owner: &Owner, town_id: TownId) -> Handled {
+    let town = stub(env, owner)?.call(o::GetTown { town_id }).await?;
     Ok(json(200, &town))
 }
 
 /// Ownership is checked first; then the town's DO (state and alarm) is destroyed; then the
 /// owner's record and the rig index entries go.
-pub async fn delete_town(env: &Env, owner: &Owner, town: &TownId) -> Handled {
-    let owner_stub = owner.stub(env)?;
-    let _: Town = call(
-        &owner_stub,
-        &OwnerRequest::GetTown {
-            town_id: town.clone(),
-        },
-    )
-    .await?;
-    let _: Ack = call(&town_do::stub(env, town)?, &TownRequest::Destroy).await?;
-    let removed: RemovedTown = call(
-        &owner_stub,
-        &OwnerRequest::RemoveTown {
-            town_id: town.clone(),
-        },
-    )
-    .await?;
+pub async fn delete_town(env: &Env, owner: &Owner, town_id: TownId) -> Handled {
+    let owner_stub = stub(env, owner)?;
+    owner_stub
+        .call(o::GetTown {
+            town_id: town_id.clone(),
+        })
+        .await?;
+    town::stub(env, &town_id)?.call(t::Destroy {}).await?;
+    let removed = owner_stub
+        .call(o::RemoveTown {
+            town_id: town_id.clone(),
+        })
+        .await?;
     rig_index::remove(env, &removed.rig_ids).await?;
-    Ok(json(200, &serde_json::json!({"id": town, "deleted": true})))
+    Ok(json(
+        200,
+        &Deleted {
+            id: &town_id,
+            deleted: true,
+        },
+    ))
 }
 
 /// Creates a rig in a town of `owner`. Credential fields in the body are ignored.
@@ -85,88 +91,73 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
     let new = NewRig::parse(&read_json_body(req).await?)?;
     let id = RigId::parse(&new_id()?).map_err(ApiError::internal)?;
     let rig = Rig::new(id, new, rfc3339(config::now_ms()));
-    let owner_stub = owner.stub(env)?;
-    let town: Town = call(
-        &owner_stub,
-        &OwnerRequest::GetTown {
+    let owner_stub = stub(env, owner)?;
+    let town = owner_stub
+        .call(o::GetTown {
             town_id: rig.town_id.clone(),
-        },
-    )
-    .await?;
-    let rig: Rig = call(&owner_stub, &OwnerRequest::AddRig { rig }).await?;
-    let town_stub = town_do::stub(env, &rig.town_id)?;
-    let registered =
-        match call::<_, Ack>(&town_stub, &TownRequest::AddRig { rig: rig.clone() }).await {
-            Ok(_) => rig_index::insert(env, &rig, &town, owner.id()).await,
-            Err(e) => Err(e),
-        };
+        })
+        .await?;
+    let rig = owner_stub.call(o::AddRig { rig }).await?;
+    let town_stub = town::stub(env, &rig.town_id)?;
+    let registered = match town_stub.call(t::AddRig { rig: rig.clone() }).await {
+        Ok(_) => rig_index::insert(env, &rig, &town).await,
+        Err(e) => Err(e),
+    };
     if let Err(err) = registered {
-        let undo_town = call::<_, Ack>(
-            &town_stub,
-            &TownRequest::RemoveRig {
-                rig_id: rig.id.clone(),
-            },
-        )
-        .await;
-        let undo_owner = call::<_, Rig>(
-            &owner_stub,
-            &OwnerRequest::RemoveRig {
-                rig_id: rig.id.clone(),
-            },
-        )
-        .await;
-        if let (Err(e), _) | (_, Err(e)) = (undo_town, undo_owner) {
-            console_error!("create rig: could not undo rig {}: {e}", rig.id);
+        let rig_id = rig.id.clone();
+        let undo_town = town_stub
+            .call(t::RemoveRig {
+                rig_id: rig_id.clone(),
+            })
+            .await;
+        let undo_owner = owner_stub.call(o::RemoveRig { rig_id }).await;
+        if let (Err(e), _) | (_, Err(e)) = (undo_town.map(|_| ()), undo_owner.map(|_| ())) {
+            console_error!(
+                "create rig: could not remove the half-made rig {}: {e}",
+                rig.id
+            );
         }
         return Err(err);
     }
     Ok(json(201, &rig))
 }
 
-pub async fn list_rigs(req: &Request, env: &Env, owner: &Owner, town: &TownId) -> Handled {
+pub async fn list_rigs(req: &Request, env: &Env, owner: &Owner, town_id: TownId) -> Handled {
     let page = page(req)?;
-    let list = OwnerRequest::ListRigs {
-        town_id: town.clone(),
-        page,
-    };
-    let rigs: Vec<Rig> = call(&owner.stub(env)?, &list).await?;
+    let rigs = stub(env, owner)?
+        .call(o::ListRigs { town_id, page })
+        .await?;
     Ok(json(200, &rigs))
 }
 
-pub async fn get_rig(env: &Env, owner: &Owner, rig: &RigId) -> Handled {
-    let rig: Rig = call(
-        &owner.stub(env)?,
-        &OwnerRequest::GetRig {
-            rig_id: rig.clone(),
-        },
-    )
-    .await?;
+pub async fn get_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
+    let rig = stub(env, owner)?.call(o::GetRig { rig_id }).await?;
     Ok(json(200, &rig))
 }
 
-pub async fn delete_rig(env: &Env, owner: &Owner, rig: &RigId) -> Handled {
-    let owner_stub = owner.stub(env)?;
-    let found: Rig = call(
-        &owner_stub,
-        &OwnerRequest::GetRig {
-            rig_id: rig.clone(),
+pub async fn delete_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
+    let owner_stub = stub(env, owner)?;
+    let found = owner_stub
+        .call(o::GetRig {
+            rig_id: rig_id.clone(),
+        })
+        .await?;
+    town::stub(env, &found.town_id)?
+        .call(t::RemoveRig {
+            rig_id: rig_id.clone(),
+        })
+        .await?;
+    owner_stub
+        .call(o::RemoveRig {
+            rig_id: rig_id.clone(),
+        })
+        .await?;
+    rig_index::remove(env, std::slice::from_ref(&rig_id)).await?;
+    Ok(json(
+        200,
+        &Deleted {
+            id: &rig_id,
+            deleted: true,
         },
-    )
-    .await?;
-    let _: Ack = call(
-        &town_do::stub(env, &found.town_id)?,
-        &TownRequest::RemoveRig {
-            rig_id: rig.clone(),
-        },
-    )
-    .await?;
-    let _: Rig = call(
-        &owner_stub,
-        &OwnerRequest::RemoveRig {
-            rig_id: rig.clone(),
-        },
-    )
-    .await?;
-    rig_index::remove(env, std::slice::from_ref(rig)).await?;
-    Ok(json(200, &serde_json::json!({"id": rig, "deleted": true})))
+    ))
 }

@@ -2,19 +2,18 @@
 //! its ownership; the decision is `authz::town_role` over that record and the token's claims, so
 //! no owner DO is consulted and personal and org towns take the same path.
 
-use crate::container_do;
-use crate::http::{call, json, page, read_json_body};
-use crate::owner::Owner;
-use crate::town_do;
+use crate::dos::{container as container_do, owner, town as town_do};
+use crate::http::{json, page, read_json_body};
 use gastown_core::auth::UserClaims;
 use gastown_core::authz::{self, TownRole};
-use gastown_core::do_api::{
-    ContainerRequest, ContainerStatus, OwnerRequest, TokenPushed, TownRequest,
-};
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
-use gastown_core::model::{Rig, Town};
-use gastown_core::town_config::TownConfig;
+use gastown_core::model::Town;
+use gastown_core::protocol::container::Status;
+use gastown_core::protocol::owner::ListRigs;
+use gastown_core::protocol::town as t;
+use gastown_core::town_config::ConfigPatch;
+use serde::Serialize;
 use worker::{Env, Request, Response};
 
 type Handled = Result<Response, ApiError>;
@@ -30,97 +29,77 @@ pub async fn access(
     town: &TownId,
 ) -> Result<(Town, TownRole), ApiError> {
     authz::require_gastown_access(claims)?;
-    let town: Town = call(&town_do::stub(env, town)?, &TownRequest::Get).await?;
+    let town = town_do::stub(env, town)?.call(t::Get {}).await?;
     let role = authz::town_role(claims, &town)?;
     Ok((town, role))
 }
 
-pub async fn get(env: &Env, claims: &UserClaims, town: &TownId) -> Handled {
-    let (town, _) = access(env, claims, town).await?;
-    Ok(json(200, &town))
+fn require_manager(role: TownRole, what: &str) -> Result<(), ApiError> {
+    if role.manages_town() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "only the town's owner or creator, or an org owner, may {what}"
+        )))
+    }
 }
 
-pub async fn list_rigs(req: &Request, env: &Env, claims: &UserClaims, town: &TownId) -> Handled {
-    let (town, _) = access(env, claims, town).await?;
-    let list = OwnerRequest::ListRigs {
+pub async fn list_rigs(req: &Request, env: &Env, town: &Town) -> Handled {
+    let list = ListRigs {
         town_id: town.id.clone(),
         page: page(req)?,
     };
-    let rigs: Vec<Rig> = call(&Owner::of(&town)?.stub(env)?, &list).await?;
+    let rigs = owner::stub(env, &town.owner)?.call(list).await?;
     Ok(json(200, &rigs))
 }
 
 /// Everyone the town admits may read its config; secrets are always masked.
-pub async fn get_config(env: &Env, claims: &UserClaims, town: &TownId) -> Handled {
-    let (town, _) = access(env, claims, town).await?;
-    let config: TownConfig = call(&town_do::stub(env, &town.id)?, &TownRequest::GetConfig).await?;
-    Ok(json(200, &config.view(&town)))
+pub async fn get_config(env: &Env, town: &Town) -> Handled {
+    let config = town_do::stub(env, &town.id)?.call(t::GetConfig {}).await?;
+    Ok(json(200, &config.view(town)))
 }
 
-/// Only the personal owner, an org owner or the town's creator may change config.
-pub async fn patch_config(
-    req: &mut Request,
-    env: &Env,
-    claims: &UserClaims,
-    town: &TownId,
-) -> Handled {
-    let (town, role) = access(env, claims, town).await?;
-    if !role.manages_town() {
-        return Err(ApiError::Forbidden(
-            "only the town's owner or creator, or an org owner, may change its config".into(),
-        ));
-    }
-    let body = String::from_utf8(read_json_body(req).await?)
-        .map_err(|_| ApiError::InvalidJson("body is not UTF-8".into()))?;
-    let config: TownConfig = call(
-        &town_do::stub(env, &town.id)?,
-        &TownRequest::PatchConfig { body },
-    )
-    .await?;
-    Ok(json(200, &config.view(&town)))
+/// Only the personal owner, an org owner or the town's creator may change config. The body is
+/// validated here, so a malformed patch never reaches the town's DO.
+pub async fn patch_config(req: &mut Request, env: &Env, town: &Town, role: TownRole) -> Handled {
+    require_manager(role, "change its config")?;
+    let patch = ConfigPatch::parse(&read_json_body(req).await?)?;
+    let config = town_do::stub(env, &town.id)?
+        .call(t::PatchConfig { patch })
+        .await?;
+    Ok(json(200, &config.view(town)))
 }
 
 /// State, env var names and token expiry of the town's container; never a value or a token.
-pub async fn get_container(env: &Env, claims: &UserClaims, town: &TownId) -> Handled {
-    let (town, _) = access(env, claims, town).await?;
-    let status: ContainerStatus = call(
-        &container_do::stub(env, &town.id)?,
-        &ContainerRequest::Status,
-    )
-    .await?;
+pub async fn get_container(env: &Env, town: &Town) -> Handled {
+    let status = container_do::stub(env, &town.id)?.call(Status {}).await?;
     Ok(json(200, &status))
 }
 
 /// Starts the town's container with a fresh token and the town's env. Anyone the town admits
 /// may start it; the token carries the town owner's identity, never the caller's.
-pub async fn start_container(env: &Env, claims: &UserClaims, town: &TownId) -> Handled {
-    let (town, _) = access(env, claims, town).await?;
-    let _: TokenPushed = call(&town_do::stub(env, &town.id)?, &TownRequest::StartContainer).await?;
-    let status: ContainerStatus = call(
-        &container_do::stub(env, &town.id)?,
-        &ContainerRequest::Status,
-    )
-    .await?;
-    Ok(json(200, &status))
+pub async fn start_container(env: &Env, town: &Town) -> Handled {
+    town_do::stub(env, &town.id)?
+        .call(t::StartContainer {})
+        .await?;
+    get_container(env, town).await
 }
 
 /// Pushes a fresh container token now. For those who manage the town; answers with the new
 /// expiry only.
-pub async fn force_token_refresh(env: &Env, claims: &UserClaims, town: &TownId) -> Handled {
-    let (town, role) = access(env, claims, town).await?;
-    if !role.manages_town() {
-        return Err(ApiError::Forbidden(
-            "only the town's owner or creator, or an org owner, may rotate its container token"
-                .into(),
-        ));
+pub async fn force_token_refresh(env: &Env, town: &Town, role: TownRole) -> Handled {
+    require_manager(role, "rotate its container token")?;
+    let pushed = town_do::stub(env, &town.id)?
+        .call(t::ForceTokenRefresh {})
+        .await?;
+    #[derive(Serialize)]
+    struct Expiry {
+        token_expires_at: Option<i64>,
     }
-    let pushed: TokenPushed = call(
-        &town_do::stub(env, &town.id)?,
-        &TownRequest::ForceTokenRefresh,
-    )
-    .await?;
     Ok(json(
         200,
-        &serde_json::json!({ "token_expires_at": pushed.token_expires_at }),
+        &Expiry {
+            token_expires_at: pushed.token_expires_at,
+        },
     ))
 }

@@ -4,7 +4,7 @@
 use crate::auth::{AuthError, Keys, OrgRole, UserClaims};
 use crate::error::ApiError;
 use crate::ids::{AgentId, OrgId, RigId, TownId, UserId};
-use crate::model::{OwnerType, Town};
+use crate::model::{Owner, Town};
 
 /// Dashboard users the dashboard has switched off (`gastownAccess: false`) may use nothing.
 ///
@@ -61,6 +61,19 @@ pub fn org_owner(claims: &UserClaims, org: &OrgId) -> Result<(), ApiError> {
     }
 }
 
+/// Personal and org routes: a personal route is for that user; an org route is for owners and
+/// members of the org, and only its owners may destroy.
+///
+/// # Errors
+/// 403.
+pub fn owned(claims: &UserClaims, owner: &Owner, destroys: bool) -> Result<(), ApiError> {
+    match owner {
+        Owner::User(user) => personal(claims, user),
+        Owner::Org(org) if destroys => org_owner(claims, org),
+        Owner::Org(org) => org_member(claims, org).map(|_| ()),
+    }
+}
+
 /// What the caller is to a town, most privileged first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TownRole {
@@ -90,22 +103,17 @@ impl TownRole {
 pub fn town_role(claims: &UserClaims, town: &Town) -> Result<TownRole, ApiError> {
     require_gastown_access(claims)?;
     let refused = || ApiError::Forbidden("not allowed on this town".into());
-    match town.owner_type {
-        OwnerType::User if claims.user_id.as_str() == town.owner_user_id => {
-            Ok(TownRole::PersonalOwner)
-        }
-        OwnerType::User => Err(refused()),
-        OwnerType::Org => {
-            let org = town.organization_id.as_ref().ok_or_else(refused)?;
-            match claims.role_in(org) {
-                Some(OrgRole::Owner) => Ok(TownRole::OrgOwner),
-                Some(OrgRole::Member) if claims.user_id == town.created_by_user_id => {
-                    Ok(TownRole::Creator)
-                }
-                Some(OrgRole::Member) => Ok(TownRole::OrgMember),
-                _ => Err(refused()),
+    match &town.owner {
+        Owner::User(owner) if &claims.user_id == owner => Ok(TownRole::PersonalOwner),
+        Owner::User(_) => Err(refused()),
+        Owner::Org(org) => match claims.role_in(org) {
+            Some(OrgRole::Owner) => Ok(TownRole::OrgOwner),
+            Some(OrgRole::Member) if claims.user_id == town.created_by_user_id => {
+                Ok(TownRole::Creator)
             }
-        }
+            Some(OrgRole::Member) => Ok(TownRole::OrgMember),
+            _ => Err(refused()),
+        },
     }
 }
 

@@ -9,12 +9,14 @@
 pub mod auth;
 pub mod authz;
 pub mod body;
-pub mod do_api;
+pub mod control;
 pub mod error;
 pub mod ids;
 pub mod model;
 pub mod openapi;
 pub mod page;
+pub mod policy;
+pub mod protocol;
 pub mod routes;
 pub mod schema;
 pub mod sealed;

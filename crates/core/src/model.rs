@@ -29,6 +29,38 @@ impl OwnerType {
     }
 }
 
+/// Who owns a town: a user (personal town) or an organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    User(UserId),
+    Org(OrgId),
+}
+
+impl Owner {
+    pub fn kind(&self) -> OwnerType {
+        match self {
+            Owner::User(_) => OwnerType::User,
+            Owner::Org(_) => OwnerType::Org,
+        }
+    }
+
+    /// The owning organisation, for org towns.
+    pub fn org(&self) -> Option<&OrgId> {
+        match self {
+            Owner::User(_) => None,
+            Owner::Org(org) => Some(org),
+        }
+    }
+
+    /// The owner's id (a user id or an org id), as recorded in the rig index.
+    pub fn id(&self) -> &str {
+        match self {
+            Owner::User(user) => user.as_str(),
+            Owner::Org(org) => org.as_str(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TownStatus {
@@ -53,17 +85,75 @@ impl TownStatus {
     }
 }
 
-/// A town as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A town as the API shows it and the DOs store it. Its JSON is flat (`owner_type`,
+/// `owner_user_id`, `organization_id`: the HTTP contract); in memory the owner is an [`Owner`],
+/// checked once when a town is read, so an org town without its org cannot exist.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "TownRecord")]
 pub struct Town {
     pub id: TownId,
     pub name: String,
-    pub owner_type: OwnerType,
-    pub owner_user_id: String,
-    pub organization_id: Option<OrgId>,
+    pub owner: Owner,
+    /// The user the town's tokens act as: the personal owner, or an org town's creator. `None`
+    /// only for a record written without one.
+    pub owner_user_id: Option<UserId>,
     pub created_by_user_id: UserId,
     pub status: TownStatus,
     pub created_at: String,
+}
+
+/// The flat form of a [`Town`] (JSON and SQL rows).
+#[derive(Serialize, Deserialize)]
+struct TownRecord<Id = TownId, U = UserId, O = OrgId, S = String> {
+    id: Id,
+    name: S,
+    owner_type: OwnerType,
+    owner_user_id: Option<U>,
+    organization_id: Option<O>,
+    created_by_user_id: U,
+    status: TownStatus,
+    created_at: S,
+}
+
+impl TryFrom<TownRecord> for Town {
+    type Error = String;
+
+    fn try_from(r: TownRecord) -> Result<Self, Self::Error> {
+        let owner = match (r.owner_type, r.organization_id) {
+            (OwnerType::Org, Some(org)) => Owner::Org(org),
+            (OwnerType::Org, None) => return Err(format!("org town {} has no org", r.id)),
+            (OwnerType::User, _) => Owner::User(
+                r.owner_user_id
+                    .clone()
+                    .ok_or_else(|| format!("personal town {} has no owner", r.id))?,
+            ),
+        };
+        Ok(Town {
+            id: r.id,
+            name: r.name,
+            owner,
+            owner_user_id: r.owner_user_id,
+            created_by_user_id: r.created_by_user_id,
+            status: r.status,
+            created_at: r.created_at,
+        })
+    }
+}
+
+impl Serialize for Town {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        TownRecord {
+            id: &self.id,
+            name: self.name.as_str(),
+            owner_type: self.owner.kind(),
+            owner_user_id: self.owner_user_id.as_ref(),
+            organization_id: self.owner.org(),
+            created_by_user_id: &self.created_by_user_id,
+            status: self.status,
+            created_at: self.created_at.as_str(),
+        }
+        .serialize(serializer)
+    }
 }
 
 impl Town {
@@ -72,9 +162,8 @@ impl Town {
         Town {
             id,
             name: new.name,
-            owner_type: OwnerType::User,
-            owner_user_id: user.as_str().to_owned(),
-            organization_id: None,
+            owner: Owner::User(user.clone()),
+            owner_user_id: Some(user.clone()),
             created_by_user_id: user.clone(),
             status: TownStatus::Active,
             created_at,
@@ -93,23 +182,28 @@ impl Town {
         Town {
             id,
             name: new.name,
-            owner_type: OwnerType::Org,
-            owner_user_id: creator.as_str().to_owned(),
-            organization_id: Some(org.clone()),
+            owner: Owner::Org(org.clone()),
+            owner_user_id: Some(creator.clone()),
             created_by_user_id: creator.clone(),
             status: TownStatus::Active,
             created_at,
         }
     }
 
+    /// A new town of `owner`, created by `creator`.
+    pub fn new(id: TownId, new: NewTown, owner: &Owner, creator: &UserId, at: String) -> Self {
+        match owner {
+            Owner::User(user) => Town::personal(id, new, user, at),
+            Owner::Org(org) => Town::for_org(id, new, org, creator, at),
+        }
+    }
+
     /// The identity a container token carries: the owner (the creator, for org towns), else the
     /// town id. Never empty.
     pub fn token_user_id(&self) -> &str {
-        if self.owner_user_id.trim().is_empty() {
-            self.id.as_str()
-        } else {
-            &self.owner_user_id
-        }
+        self.owner_user_id
+            .as_ref()
+            .map_or(self.id.as_str(), UserId::as_str)
     }
 }
 
@@ -213,8 +307,12 @@ fn check_rig_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// `https://host/path`, `http://host/path`, `ssh://[user@]host/path` or `git@host:path`; never
-/// with a password or token inside: credentials come from integrations, not URLs.
+/// with a password or token inside: credentials come from integrations, not URLs. No part of
+/// the authority (user, host, port) may start with `-`: git hands `[user@]host` to ssh as one
+/// argument, and `ssh://-oProxyCommand=…/x` would make it an option that runs a command. A port
+/// is digits only.
 fn check_git_url(url: &str) -> Result<(), ApiError> {
+    const OPTION_LIKE: &str = "must not name a host, user or port starting with '-'";
     let bad = |msg: &str| Err(ApiError::invalid("git_url", msg));
     if url.chars().any(char::is_whitespace) {
         return bad("must not contain whitespace");
@@ -237,6 +335,9 @@ fn check_git_url(url: &str) -> Result<(), ApiError> {
         if host.is_empty() || path.is_empty() || host.contains(['/', '@']) {
             return bad("git@ URLs must look like git@host:owner/repo");
         }
+        if host.starts_with('-') {
+            return bad(OPTION_LIKE);
+        }
         return Ok(());
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -251,6 +352,20 @@ fn check_git_url(url: &str) -> Result<(), ApiError> {
     }
     if host.is_empty() || host.starts_with([':', '.']) {
         return bad("must name a host");
+    }
+    let port = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(_, after)| after),
+        None => host.rsplit_once(':').map(|(_, port)| port),
+    };
+    let port = port.map(|p| p.strip_prefix(':').unwrap_or(p));
+    if host.starts_with('-')
+        || userinfo.is_some_and(|u| u.starts_with('-'))
+        || port.is_some_and(|p| p.starts_with('-'))
+    {
+        return bad(OPTION_LIKE);
+    }
+    if port.is_some_and(|p| !p.bytes().all(|b| b.is_ascii_digit())) {
+        return bad("must have a numeric port");
     }
     let path = &rest[authority.len()..];
     if path.trim_matches('/').is_empty() {
@@ -330,6 +445,10 @@ mod tests {
             "ssh://git@github.com/o/r.git",
             "git@github.com:o/r.git",
             "https://gitlab.example.com/group/sub/r",
+            "ssh://git@github.com:22/o/r.git",
+            "ssh://git@[::1]:22/o/r.git",
+            "https://git-host.example/o/r",
+            "git@git-host.example:o/-r",
         ] {
             assert!(rig(&format!(r#""git_url":"{ok}""#)).is_ok(), "{ok}");
         }
@@ -344,6 +463,16 @@ mod tests {
             "git@:o/r",
             "ext::sh -c id",
             "https://github.com/o/r x",
+            "ssh://-oProxyCommand=x/y",
+            "ssh://-oProxyCommand=touch%20pwned/o/r",
+            "ssh://git@-oProxyCommand=x/o/r",
+            "ssh://-oProxyCommand=x@github.com/o/r",
+            "ssh://github.com:-oProxyCommand=x/o/r",
+            "ssh://github.com:22x/o/r",
+            "git@-oProxyCommand=x:o/r",
+            "git@-x:o/r",
+            "https://-x/o/r",
+            "http://-x:8080/o/r",
         ] {
             assert_eq!(
                 field_of(rig(&format!(r#""git_url":"{bad}""#)).unwrap_err()),
@@ -388,7 +517,7 @@ mod tests {
         let user = UserId::parse("u1").unwrap();
         let mut town = Town::personal(id, NewTown { name: "n".into() }, &user, "x".into());
         assert_eq!(town.token_user_id(), "u1");
-        town.owner_user_id = String::new();
+        town.owner_user_id = None;
         assert_eq!(town.token_user_id(), "t1");
     }
 
@@ -406,5 +535,33 @@ mod tests {
             serde_json::to_string(&town).unwrap(),
             r#"{"id":"t1","name":"Alpha","owner_type":"user","owner_user_id":"u1","organization_id":null,"created_by_user_id":"u1","status":"active","created_at":"2026-11-23T00:00:00.000Z"}"#
         );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A personal town of `user`.
+    pub fn town(id: &str, user: &str) -> Town {
+        Town::personal(
+            TownId::parse(id).unwrap(),
+            NewTown { name: "n".into() },
+            &UserId::parse(user).unwrap(),
+            "2026-11-23T00:00:00.000Z".into(),
+        )
+    }
+
+    /// A rig of town `town`.
+    pub fn rig(id: &str, town: &str) -> Rig {
+        Rig {
+            id: RigId::parse(id).unwrap(),
+            town_id: TownId::parse(town).unwrap(),
+            name: "web".into(),
+            git_url: "https://github.com/acme/web.git".into(),
+            default_branch: "main".into(),
+            platform_integration_id: None,
+            created_at: "2026-11-23T00:00:00.000Z".into(),
+        }
     }
 }

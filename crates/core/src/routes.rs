@@ -3,8 +3,12 @@
 //! The router matches a request here first; only then does it verify the credential the route's
 //! [`Principal`] names, and only after that does it touch a Durable Object. The table is also the
 //! source for the published route list, so a route cannot exist without its principal.
+//!
+//! A [`Route`] is grouped by its principal, so the router's dispatch is one exhaustive match per
+//! principal with no catch-all: a route added here without a handler does not compile.
 
 use crate::ids::{percent_decode, AgentId, IdError, OrgId, RigId, TownId, UserId};
+use crate::model::Owner;
 
 /// HTTP methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,91 +55,78 @@ pub enum Principal {
     Internal,
 }
 
-/// A matched request with its typed path parameters.
+/// A matched request with its typed path parameters, grouped by the principal it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    Public(PublicRoute),
+    User(UserRoute),
+    Container(ContainerRoute),
+    Internal(InternalRoute),
+}
+
+impl Route {
+    /// The one credential kind this route accepts.
+    pub fn principal(&self) -> Principal {
+        match self {
+            Route::Public(_) => Principal::Public,
+            Route::User(_) => Principal::User,
+            Route::Container(_) => Principal::Container,
+            Route::Internal(_) => Principal::Internal,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicRoute {
     Health,
     OpenApi,
-    CreateUserTown {
-        user: UserId,
-    },
-    ListUserTowns {
-        user: UserId,
-    },
-    GetUserTown {
-        user: UserId,
-        town: TownId,
-    },
-    DeleteUserTown {
-        user: UserId,
-        town: TownId,
-    },
-    CreateUserRig {
-        user: UserId,
-    },
-    ListUserTownRigs {
-        user: UserId,
-        town: TownId,
-    },
-    GetUserRig {
-        user: UserId,
-        rig: RigId,
-    },
-    DeleteUserRig {
-        user: UserId,
-        rig: RigId,
-    },
-    CreateOrgTown {
-        org: OrgId,
-    },
-    ListOrgTowns {
-        org: OrgId,
-    },
-    GetOrgTown {
-        org: OrgId,
-        town: TownId,
-    },
-    DeleteOrgTown {
-        org: OrgId,
-        town: TownId,
-    },
-    CreateOrgRig {
-        org: OrgId,
-    },
-    ListOrgTownRigs {
-        org: OrgId,
-        town: TownId,
-    },
-    GetOrgRig {
-        org: OrgId,
-        rig: RigId,
-    },
-    DeleteOrgRig {
-        org: OrgId,
-        rig: RigId,
-    },
-    GetTown {
-        town: TownId,
-    },
-    ListTownRigs {
-        town: TownId,
-    },
-    GetTownConfig {
-        town: TownId,
-    },
-    PatchTownConfig {
-        town: TownId,
-    },
-    GetTownContainer {
-        town: TownId,
-    },
-    StartTownContainer {
-        town: TownId,
-    },
-    ForceContainerTokenRefresh {
-        town: TownId,
-    },
-    RefreshContainerToken {
+}
+
+/// Routes for a dashboard user token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRoute {
+    /// `/api/users/:userId/...` and `/api/orgs/:orgId/...`: the same actions on either owner.
+    Owned { owner: Owner, action: OwnedAction },
+    /// `/api/towns/:townId/...`: authorised by the town's recorded ownership.
+    Town { town: TownId, action: TownAction },
+}
+
+/// What a personal or org route does with its owner's towns and rigs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedAction {
+    CreateTown,
+    ListTowns,
+    GetTown(TownId),
+    DeleteTown(TownId),
+    ListTownRigs(TownId),
+    CreateRig,
+    GetRig(RigId),
+    DeleteRig(RigId),
+}
+
+impl OwnedAction {
+    /// Destroys something: for an org, only its owners may.
+    pub fn destroys(&self) -> bool {
+        matches!(self, OwnedAction::DeleteTown(_) | OwnedAction::DeleteRig(_))
+    }
+}
+
+/// What a `/api/towns/:townId/...` route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TownAction {
+    Get,
+    ListRigs,
+    GetConfig,
+    PatchConfig,
+    GetContainer,
+    StartContainer,
+    ForceContainerTokenRefresh,
+}
+
+/// Routes for a town's container token (or a legacy agent token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerRoute {
+    RefreshToken {
         town: TownId,
     },
     AgentHeartbeat {
@@ -146,15 +137,32 @@ pub enum Route {
     MayorRigs {
         town: TownId,
     },
-    InternalTownHealth {
+}
+
+impl ContainerRoute {
+    /// The town the route belongs to, and the rig and agent where its path names them.
+    pub fn scope(&self) -> (&TownId, Option<&RigId>, Option<&AgentId>) {
+        match self {
+            ContainerRoute::RefreshToken { town } | ContainerRoute::MayorRigs { town } => {
+                (town, None, None)
+            }
+            ContainerRoute::AgentHeartbeat { town, rig, agent } => (town, Some(rig), Some(agent)),
+        }
+    }
+}
+
+/// Routes for the `x-internal-api-key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InternalRoute {
+    TownHealth {
         town: TownId,
     },
-    InternalRigLookup {
+    RigLookup {
         rig: RigId,
     },
     /// Test hook (only with `GASTOWN_TEST_HOOKS=1`): drops a town's pending alarm so tests can
     /// watch the owner's watchdog re-arm it.
-    InternalDropTownAlarm {
+    DropTownAlarm {
         town: TownId,
     },
 }
@@ -201,6 +209,18 @@ impl Params {
     fn rig(&self) -> Result<RigId, IdError> {
         RigId::parse(self.get("rigId"))
     }
+    fn personal(&self, action: OwnedAction) -> Result<Route, IdError> {
+        let owner = Owner::User(self.user()?);
+        Ok(Route::User(UserRoute::Owned { owner, action }))
+    }
+    fn org_owned(&self, action: OwnedAction) -> Result<Route, IdError> {
+        let owner = Owner::Org(self.org()?);
+        Ok(Route::User(UserRoute::Owned { owner, action }))
+    }
+    fn town_route(&self, action: TownAction) -> Result<Route, IdError> {
+        let town = self.town()?;
+        Ok(Route::User(UserRoute::Town { town, action }))
+    }
 }
 
 macro_rules! route {
@@ -214,62 +234,60 @@ macro_rules! route {
     };
 }
 
+use OwnedAction as O;
+use TownAction as T;
+
 /// Every route of the API.
 pub static ROUTES: &[RouteSpec] = &[
-    route!(Get "/health" Public => |_| Ok(Route::Health)),
-    route!(Get "/openapi.json" Public => |_| Ok(Route::OpenApi)),
-    route!(Post "/api/users/:userId/towns" User => |p| Ok(Route::CreateUserTown { user: p.user()? })),
-    route!(Get "/api/users/:userId/towns" User => |p| Ok(Route::ListUserTowns { user: p.user()? })),
-    route!(Get "/api/users/:userId/towns/:townId" User => |p| Ok(Route::GetUserTown { user: p.user()?, town: p.town()? })),
-    route!(Delete "/api/users/:userId/towns/:townId" User => |p| Ok(Route::DeleteUserTown { user: p.user()?, town: p.town()? })),
-    route!(Get "/api/users/:userId/towns/:townId/rigs" User => |p| Ok(Route::ListUserTownRigs { user: p.user()?, town: p.town()? })),
-    route!(Post "/api/users/:userId/rigs" User => |p| Ok(Route::CreateUserRig { user: p.user()? })),
-    route!(Get "/api/users/:userId/rigs/:rigId" User => |p| Ok(Route::GetUserRig { user: p.user()?, rig: p.rig()? })),
-    route!(Delete "/api/users/:userId/rigs/:rigId" User => |p| Ok(Route::DeleteUserRig { user: p.user()?, rig: p.rig()? })),
-    route!(Post "/api/orgs/:orgId/towns" User => |p| Ok(Route::CreateOrgTown { org: p.org()? })),
-    route!(Get "/api/orgs/:orgId/towns" User => |p| Ok(Route::ListOrgTowns { org: p.org()? })),
-    route!(Get "/api/orgs/:orgId/towns/:townId" User => |p| Ok(Route::GetOrgTown { org: p.org()?, town: p.town()? })),
-    route!(Delete "/api/orgs/:orgId/towns/:townId" User => |p| Ok(Route::DeleteOrgTown { org: p.org()?, town: p.town()? })),
-    route!(Get "/api/orgs/:orgId/towns/:townId/rigs" User => |p| Ok(Route::ListOrgTownRigs { org: p.org()?, town: p.town()? })),
-    route!(Post "/api/orgs/:orgId/rigs" User => |p| Ok(Route::CreateOrgRig { org: p.org()? })),
-    route!(Get "/api/orgs/:orgId/rigs/:rigId" User => |p| Ok(Route::GetOrgRig { org: p.org()?, rig: p.rig()? })),
-    route!(Delete "/api/orgs/:orgId/rigs/:rigId" User => |p| Ok(Route::DeleteOrgRig { org: p.org()?, rig: p.rig()? })),
-    route!(Get "/api/towns/:townId" User => |p| Ok(Route::GetTown { town: p.town()? })),
-    route!(Get "/api/towns/:townId/rigs" User => |p| Ok(Route::ListTownRigs { town: p.town()? })),
-    route!(Get "/api/towns/:townId/config" User => |p| Ok(Route::GetTownConfig { town: p.town()? })),
-    route!(Patch "/api/towns/:townId/config" User => |p| Ok(Route::PatchTownConfig { town: p.town()? })),
-    route!(Get "/api/towns/:townId/container" User => |p| Ok(Route::GetTownContainer { town: p.town()? })),
-    route!(Post "/api/towns/:townId/container/start" User => |p| Ok(Route::StartTownContainer { town: p.town()? })),
-    route!(Post "/api/towns/:townId/container/refresh-token" User => |p| Ok(Route::ForceContainerTokenRefresh { town: p.town()? })),
-    route!(Post "/api/towns/:townId/refresh-container-token" Container => |p| Ok(Route::RefreshContainerToken { town: p.town()? })),
-    route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/heartbeat" Container => |p| Ok(Route::AgentHeartbeat { town: p.town()?, rig: p.rig()?, agent: p.agent()? })),
-    route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| Ok(Route::MayorRigs { town: p.town()? })),
-    route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::InternalTownHealth { town: p.town()? })),
-    route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::InternalRigLookup { rig: p.rig()? })),
-    route!(Delete "/api/internal/towns/:townId/alarm" Internal => |p| Ok(Route::InternalDropTownAlarm { town: p.town()? })),
+    route!(Get "/health" Public => |_| Ok(Route::Public(PublicRoute::Health))),
+    route!(Get "/openapi.json" Public => |_| Ok(Route::Public(PublicRoute::OpenApi))),
+    route!(Post "/api/users/:userId/towns" User => |p| p.personal(O::CreateTown)),
+    route!(Get "/api/users/:userId/towns" User => |p| p.personal(O::ListTowns)),
+    route!(Get "/api/users/:userId/towns/:townId" User => |p| p.personal(O::GetTown(p.town()?))),
+    route!(Delete "/api/users/:userId/towns/:townId" User => |p| p.personal(O::DeleteTown(p.town()?))),
+    route!(Get "/api/users/:userId/towns/:townId/rigs" User => |p| p.personal(O::ListTownRigs(p.town()?))),
+    route!(Post "/api/users/:userId/rigs" User => |p| p.personal(O::CreateRig)),
+    route!(Get "/api/users/:userId/rigs/:rigId" User => |p| p.personal(O::GetRig(p.rig()?))),
+    route!(Delete "/api/users/:userId/rigs/:rigId" User => |p| p.personal(O::DeleteRig(p.rig()?))),
+    route!(Post "/api/orgs/:orgId/towns" User => |p| p.org_owned(O::CreateTown)),
+    route!(Get "/api/orgs/:orgId/towns" User => |p| p.org_owned(O::ListTowns)),
+    route!(Get "/api/orgs/:orgId/towns/:townId" User => |p| p.org_owned(O::GetTown(p.town()?))),
+    route!(Delete "/api/orgs/:orgId/towns/:townId" User => |p| p.org_owned(O::DeleteTown(p.town()?))),
+    route!(Get "/api/orgs/:orgId/towns/:townId/rigs" User => |p| p.org_owned(O::ListTownRigs(p.town()?))),
+    route!(Post "/api/orgs/:orgId/rigs" User => |p| p.org_owned(O::CreateRig)),
+    route!(Get "/api/orgs/:orgId/rigs/:rigId" User => |p| p.org_owned(O::GetRig(p.rig()?))),
+    route!(Delete "/api/orgs/:orgId/rigs/:rigId" User => |p| p.org_owned(O::DeleteRig(p.rig()?))),
+    route!(Get "/api/towns/:townId" User => |p| p.town_route(T::Get)),
+    route!(Get "/api/towns/:townId/rigs" User => |p| p.town_route(T::ListRigs)),
+    route!(Get "/api/towns/:townId/config" User => |p| p.town_route(T::GetConfig)),
+    route!(Patch "/api/towns/:townId/config" User => |p| p.town_route(T::PatchConfig)),
+    route!(Get "/api/towns/:townId/container" User => |p| p.town_route(T::GetContainer)),
+    route!(Post "/api/towns/:townId/container/start" User => |p| p.town_route(T::StartContainer)),
+    route!(Post "/api/towns/:townId/container/refresh-token" User => |p| p.town_route(T::ForceContainerTokenRefresh)),
+    route!(Post "/api/towns/:townId/refresh-container-token" Container => |p| Ok(Route::Container(ContainerRoute::RefreshToken { town: p.town()? }))),
+    route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/heartbeat" Container => |p| Ok(Route::Container(ContainerRoute::AgentHeartbeat { town: p.town()?, rig: p.rig()?, agent: p.agent()? }))),
+    route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| Ok(Route::Container(ContainerRoute::MayorRigs { town: p.town()? }))),
+    route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::Internal(InternalRoute::TownHealth { town: p.town()? }))),
+    route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::Internal(InternalRoute::RigLookup { rig: p.rig()? }))),
+    route!(Delete "/api/internal/towns/:townId/alarm" Internal => |p| Ok(Route::Internal(InternalRoute::DropTownAlarm { town: p.town()? }))),
 ];
 
-fn segments(path: &str) -> Vec<&str> {
+/// A path's segments without its leading and trailing `/`.
+fn segments(path: &str) -> impl Iterator<Item = &str> {
     let path = path.strip_prefix('/').unwrap_or(path);
     let path = path.strip_suffix('/').unwrap_or(path);
-    path.split('/').collect()
+    path.split('/')
 }
 
 fn match_path(spec: &RouteSpec, segs: &[&str]) -> Option<Params> {
-    let pattern = segments(spec.path);
-    if pattern.len() != segs.len() {
+    if segments(spec.path).count() != segs.len() {
         return None;
     }
     let mut params = Vec::new();
-    for (p, s) in pattern.iter().zip(segs) {
+    for (p, s) in segments(spec.path).zip(segs) {
         if let Some(name) = p.strip_prefix(':') {
-            let spec_name: &'static str = spec
-                .path
-                .split('/')
-                .find(|seg| seg.strip_prefix(':') == Some(name))?
-                .strip_prefix(':')?;
-            params.push((spec_name, percent_decode(s)?));
-        } else if p != s {
+            params.push((name, percent_decode(s)?));
+        } else if p != *s {
             return None;
         }
     }
@@ -281,8 +299,8 @@ fn match_path(spec: &RouteSpec, segs: &[&str]) -> Option<Params> {
 /// # Errors
 /// `NotFound` when no path matches or a parameter is not a valid id; `MethodNotAllowed` with
 /// the methods the path has.
-pub fn match_route(method: Method, path: &str) -> Result<(Route, Principal), RouteError> {
-    let segs = segments(path);
+pub fn match_route(method: Method, path: &str) -> Result<Route, RouteError> {
+    let segs: Vec<&str> = segments(path).collect();
     let mut allowed = Vec::new();
     for spec in ROUTES {
         let Some(params) = match_path(spec, &segs) else {
@@ -292,9 +310,7 @@ pub fn match_route(method: Method, path: &str) -> Result<(Route, Principal), Rou
             allowed.push(spec.method);
             continue;
         }
-        return (spec.build)(&params)
-            .map(|route| (route, spec.principal))
-            .map_err(|_| RouteError::NotFound);
+        return (spec.build)(&params).map_err(|_| RouteError::NotFound);
     }
     if allowed.is_empty() {
         Err(RouteError::NotFound)
@@ -309,29 +325,44 @@ mod tests {
 
     #[test]
     fn personal_routes_match_with_typed_ids() {
-        let (route, principal) = match_route(Method::Get, "/api/users/u1/towns/t1").unwrap();
+        let route = match_route(Method::Get, "/api/users/u1/towns/t1").unwrap();
         assert_eq!(
             route,
-            Route::GetUserTown {
-                user: UserId::parse("u1").unwrap(),
-                town: TownId::parse("t1").unwrap()
-            }
+            Route::User(UserRoute::Owned {
+                owner: Owner::User(UserId::parse("u1").unwrap()),
+                action: OwnedAction::GetTown(TownId::parse("t1").unwrap())
+            })
         );
-        assert_eq!(principal, Principal::User);
-        let (route, _) = match_route(Method::Post, "/api/users/oauth%2Fgoogle%3A1/rigs/").unwrap();
+        assert_eq!(route.principal(), Principal::User);
+        let route = match_route(Method::Post, "/api/users/oauth%2Fgoogle%3A1/rigs/").unwrap();
         assert_eq!(
             route,
-            Route::CreateUserRig {
-                user: UserId::parse("oauth/google:1").unwrap()
-            }
+            Route::User(UserRoute::Owned {
+                owner: Owner::User(UserId::parse("oauth/google:1").unwrap()),
+                action: OwnedAction::CreateRig
+            })
         );
         assert_eq!(
-            match_route(Method::Get, "/health").unwrap().1,
+            match_route(Method::Get, "/health").unwrap().principal(),
             Principal::Public
         );
         assert_eq!(
-            match_route(Method::Get, "/api/internal/rigs/r1").unwrap().1,
+            match_route(Method::Get, "/api/internal/rigs/r1")
+                .unwrap()
+                .principal(),
             Principal::Internal
+        );
+        let route = match_route(Method::Post, "/api/towns/t1/rigs/r1/agents/a1/heartbeat").unwrap();
+        let Route::Container(route) = route else {
+            panic!("a container route")
+        };
+        assert_eq!(
+            route.scope(),
+            (
+                &TownId::parse("t1").unwrap(),
+                Some(&RigId::parse("r1").unwrap()),
+                Some(&AgentId::parse("a1").unwrap())
+            )
         );
     }
 
@@ -365,6 +396,22 @@ mod tests {
             match_route(Method::Other, "/health"),
             Err(RouteError::MethodNotAllowed(vec![Method::Get]))
         );
+    }
+
+    /// The table's principal column (published in the OpenAPI document) is the principal of
+    /// the route each row builds.
+    #[test]
+    fn every_row_builds_a_route_of_its_principal() {
+        for spec in ROUTES {
+            let path: String = spec
+                .path
+                .split('/')
+                .map(|seg| if seg.starts_with(':') { "x1" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
+            let route = match_route(spec.method, &path).unwrap();
+            assert_eq!(route.principal(), spec.principal, "{}", spec.path);
+        }
     }
 
     #[test]

@@ -1,0 +1,182 @@
+//! The protocol of `TownContainerDO`. Only the town's own `TownDO` sends these.
+
+use super::Ack;
+use crate::ids::TownId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+crate::do_protocol! {
+    /// Operations of a `TownContainerDO`.
+    pub enum ContainerOp: ContainerOps {
+        /// Stores the env, starts the container if needed and hands it env and token.
+        Start(Start) -> TokenPushed => start;
+        /// Replaces the persisted env (keys not sent are deleted) and pushes it to a running
+        /// container.
+        SyncEnv(SyncEnv) -> EnvSynced => sync_env;
+        /// Pushes a fresh token to a running container.
+        PushToken(PushToken) -> TokenPushed => push_token;
+        /// What the dashboard may know of the container.
+        Status(Status) -> ContainerStatus => status;
+        /// Stops the container and wipes this DO.
+        Destroy(Destroy) -> Ack => destroy;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Start {
+    pub town_id: TownId,
+    pub token: String,
+    pub expires_at: i64,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncEnv {
+    pub town_id: TownId,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushToken {
+    pub town_id: TownId,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destroy {
+    pub town_id: TownId,
+}
+
+/// Whether the container is up, as this DO last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    Stopped,
+    Running,
+}
+
+impl ContainerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Stopped => "stopped",
+            ContainerState::Running => "running",
+        }
+    }
+}
+
+/// Whether the container took a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenPushed {
+    pub accepted: bool,
+    pub token_expires_at: Option<i64>,
+}
+
+impl TokenPushed {
+    pub const REFUSED: TokenPushed = TokenPushed {
+        accepted: false,
+        token_expires_at: None,
+    };
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvSynced {
+    /// False when the container is not running (the env waits for its start) or refused.
+    pub pushed: bool,
+    pub names: Vec<String>,
+}
+
+/// What the dashboard may know of a town's container: never a value or a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub state: ContainerState,
+    pub env_var_names: Vec<String>,
+    /// `exp` of the last token the container accepted (seconds since the epoch).
+    pub token_expires_at: Option<i64>,
+    pub token_pushed_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::pin::{covers, pinned, tag};
+
+    #[test]
+    fn every_operation_is_pinned() {
+        let town = TownId::parse("t1").unwrap();
+        let env: BTreeMap<String, String> = [("A".to_owned(), "1".to_owned())].into();
+        let cases: Vec<(ContainerOp, &str)> = vec![
+            (
+                Start {
+                    town_id: town.clone(),
+                    token: "tok".into(),
+                    expires_at: 9,
+                    env: env.clone(),
+                }
+                .into(),
+                r#"{"op":"start","town_id":"t1","token":"tok","expires_at":9,"env":{"A":"1"}}"#,
+            ),
+            (
+                SyncEnv {
+                    town_id: town.clone(),
+                    env,
+                }
+                .into(),
+                r#"{"op":"sync_env","town_id":"t1","env":{"A":"1"}}"#,
+            ),
+            (
+                PushToken {
+                    town_id: town,
+                    token: "tok".into(),
+                    expires_at: 9,
+                }
+                .into(),
+                r#"{"op":"push_token","town_id":"t1","token":"tok","expires_at":9}"#,
+            ),
+            (Status {}.into(), r#"{"op":"status"}"#),
+            (
+                Destroy {
+                    town_id: TownId::parse("t1").unwrap(),
+                }
+                .into(),
+                r#"{"op":"destroy","town_id":"t1"}"#,
+            ),
+        ];
+        for (op, json) in &cases {
+            pinned(op, json);
+        }
+        covers(
+            ContainerOp::OPS,
+            &cases.iter().map(|(op, _)| tag(op)).collect::<Vec<_>>(),
+        );
+    }
+
+    #[test]
+    fn replies_are_pinned() {
+        pinned(
+            &ContainerStatus {
+                state: ContainerState::Running,
+                env_var_names: vec!["A".into()],
+                token_expires_at: Some(9),
+                token_pushed_at: None,
+                last_error: None,
+            },
+            r#"{"state":"running","env_var_names":["A"],"token_expires_at":9,"token_pushed_at":null,"last_error":null}"#,
+        );
+        pinned(
+            &TokenPushed::REFUSED,
+            r#"{"accepted":false,"token_expires_at":null}"#,
+        );
+        pinned(
+            &EnvSynced {
+                pushed: true,
+                names: vec!["A".into()],
+            },
+            r#"{"pushed":true,"names":["A"]}"#,
+        );
+    }
+}

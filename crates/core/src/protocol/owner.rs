@@ -1,0 +1,168 @@
+//! The protocol of the owner Durable Objects (`GastownUserDO` and `GastownOrgDO` speak the same
+//! one): an owner's towns and rigs.
+
+use crate::ids::{RigId, TownId};
+use crate::model::{Rig, Town};
+use crate::page::Page;
+use serde::{Deserialize, Serialize};
+
+crate::do_protocol! {
+    /// Operations of an owner DO.
+    pub enum OwnerOp: OwnerOps {
+        /// Records a new town and arms the watchdog; 409 if the id is taken.
+        AddTown(AddTown) -> Town => add_town;
+        /// The owner's towns, oldest first.
+        ListTowns(ListTowns) -> Vec<Town> => list_towns;
+        /// 404 when this owner has no such town.
+        GetTown(GetTown) -> Town => get_town;
+        /// Forgets a town and its rigs.
+        RemoveTown(RemoveTown) -> RemovedTown => remove_town;
+        /// 404 for a town this owner lacks, 409 for a rig name taken in that town.
+        AddRig(AddRig) -> Rig => add_rig;
+        /// A town's rigs, oldest first; 404 for a town this owner lacks.
+        ListRigs(ListRigs) -> Vec<Rig> => list_rigs;
+        /// 404 when this owner has no such rig.
+        GetRig(GetRig) -> Rig => get_rig;
+        /// Forgets a rig; answers it as it was.
+        RemoveRig(RemoveRig) -> Rig => remove_rig;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddTown {
+    pub town: Town,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListTowns {
+    #[serde(default)]
+    pub page: Page,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetTown {
+    pub town_id: TownId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveTown {
+    pub town_id: TownId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddRig {
+    pub rig: Rig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRigs {
+    pub town_id: TownId,
+    #[serde(default)]
+    pub page: Page,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetRig {
+    pub rig_id: RigId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveRig {
+    pub rig_id: RigId,
+}
+
+/// What removing a town took with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedTown {
+    pub town: Town,
+    pub rig_ids: Vec<RigId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::{rig, town};
+    use crate::protocol::pin::{covers, pinned, tag};
+
+    #[test]
+    fn every_operation_is_pinned() {
+        let t = town("t1", "u1");
+        let r = rig("r1", "t1");
+        let town_json = serde_json::to_string(&t).unwrap();
+        let rig_json = serde_json::to_string(&r).unwrap();
+        let cases: Vec<(OwnerOp, String)> = vec![
+            (
+                AddTown { town: t.clone() }.into(),
+                format!(r#"{{"op":"add_town","town":{town_json}}}"#),
+            ),
+            (
+                ListTowns::default().into(),
+                r#"{"op":"list_towns","page":{"limit":500,"after":null}}"#.into(),
+            ),
+            (
+                GetTown {
+                    town_id: t.id.clone(),
+                }
+                .into(),
+                r#"{"op":"get_town","town_id":"t1"}"#.into(),
+            ),
+            (
+                RemoveTown {
+                    town_id: t.id.clone(),
+                }
+                .into(),
+                r#"{"op":"remove_town","town_id":"t1"}"#.into(),
+            ),
+            (
+                AddRig { rig: r.clone() }.into(),
+                format!(r#"{{"op":"add_rig","rig":{rig_json}}}"#),
+            ),
+            (
+                ListRigs {
+                    town_id: t.id.clone(),
+                    page: Page {
+                        limit: 50,
+                        after: Some("r0".into()),
+                    },
+                }
+                .into(),
+                r#"{"op":"list_rigs","town_id":"t1","page":{"limit":50,"after":"r0"}}"#.into(),
+            ),
+            (
+                GetRig {
+                    rig_id: r.id.clone(),
+                }
+                .into(),
+                r#"{"op":"get_rig","rig_id":"r1"}"#.into(),
+            ),
+            (
+                RemoveRig {
+                    rig_id: r.id.clone(),
+                }
+                .into(),
+                r#"{"op":"remove_rig","rig_id":"r1"}"#.into(),
+            ),
+        ];
+        for (op, json) in &cases {
+            pinned(op, json);
+        }
+        covers(
+            OwnerOp::OPS,
+            &cases.iter().map(|(op, _)| tag(op)).collect::<Vec<_>>(),
+        );
+        // A request written before `page` existed still reads.
+        let old: OwnerOp = serde_json::from_str(r#"{"op":"list_towns"}"#).unwrap();
+        assert_eq!(old, ListTowns::default().into());
+    }
+
+    #[test]
+    fn replies_are_pinned() {
+        let removed = RemovedTown {
+            town: town("t1", "u1"),
+            rig_ids: vec![RigId::parse("r1").unwrap()],
+        };
+        let json = serde_json::to_string(&removed).unwrap();
+        assert!(json.ends_with(r#","rig_ids":["r1"]}"#), "{json}");
+        pinned(&removed, &json);
+    }
+}

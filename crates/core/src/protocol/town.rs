@@ -1,0 +1,239 @@
+//! The protocol of `TownDO`: a town's identity, config, rigs registry, agents and main loop.
+
+use super::container::TokenPushed;
+use super::Ack;
+use crate::ids::{AgentId, RigId, TownId};
+use crate::model::{Rig, Town, TownStatus};
+use crate::town_config::{ConfigPatch, TownConfig};
+use serde::{Deserialize, Serialize};
+
+crate::do_protocol! {
+    /// Operations of a `TownDO`.
+    pub enum TownOp: TownOps {
+        /// Records identity and ownership and arms the alarm. Idempotent for the same town;
+        /// 409 if this DO already holds another identity.
+        Init(Init) -> Town => init;
+        /// 404 when uninitialised or destroyed.
+        Get(Get) -> Town => get;
+        /// Destroys the town's container, then wipes all storage and the alarm.
+        Destroy(Destroy) -> Ack => destroy;
+        /// Registers a rig of this town.
+        AddRig(AddRig) -> Ack => add_rig;
+        /// Forgets a rig and its config override.
+        RemoveRig(RemoveRig) -> Ack => remove_rig;
+        /// Arms the alarm if the town exists and none is pending.
+        EnsureAlarm(EnsureAlarm) -> AlarmArmed => ensure_alarm;
+        /// The main loop's state, for operators.
+        Health(Health) -> TownHealth => health;
+        /// The config as stored (the router masks it).
+        GetConfig(GetConfig) -> TownConfig => get_config;
+        /// Applies a validated patch and stores the result, or stores nothing and answers 4xx;
+        /// then hands the derived env to the container.
+        PatchConfig(PatchConfig) -> TownConfig => patch_config;
+        /// Mints a container token and hands token and env to the container, starting it;
+        /// 502 when the container does not accept.
+        StartContainer(StartContainer) -> TokenPushed => start_container;
+        /// Mints and pushes a fresh container token now, ignoring the throttle; 409 while the
+        /// container is not running, 502 when it does not accept.
+        ForceTokenRefresh(ForceTokenRefresh) -> TokenPushed => force_token_refresh;
+        /// A fresh container token for a container that holds a valid one.
+        IssueContainerToken(IssueContainerToken) -> IssuedToken => issue_container_token;
+        /// An agent reports in; 404 for a rig the town does not have.
+        Heartbeat(Heartbeat) -> Ack => heartbeat;
+        /// The town's rigs, for the mayor's tools.
+        MayorRigs(MayorRigs) -> Vec<Rig> => mayor_rigs;
+        /// Test hook: deletes the pending alarm, leaving the town otherwise intact.
+        DropAlarm(DropAlarm) -> Ack => drop_alarm;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Init {
+    pub town: Town,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Get {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destroy {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddRig {
+    pub rig: Rig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveRig {
+    pub rig_id: RigId,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnsureAlarm {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetConfig {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchConfig {
+    pub patch: ConfigPatch,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartContainer {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForceTokenRefresh {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueContainerToken {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub rig_id: RigId,
+    pub agent_id: AgentId,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MayorRigs {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropAlarm {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmArmed {
+    /// True when this call had to set a missing alarm.
+    pub rearmed: bool,
+}
+
+/// A token for its rightful caller (the container itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// Operator view of a town's main loop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TownHealth {
+    pub town_id: TownId,
+    pub status: TownStatus,
+    pub rig_count: u32,
+    /// Next alarm, ms since the epoch.
+    pub alarm_at: Option<u64>,
+    pub alarm_runs: u64,
+    /// Times an owner's watchdog found the alarm missing and set it again.
+    pub watchdog_rearms: u64,
+    /// When the container last accepted a refreshed token (the throttle).
+    #[serde(default)]
+    pub token_refreshed_at: Option<String>,
+    /// Token pushes the container accepted / refused, from the alarm and from the dashboard.
+    #[serde(default)]
+    pub token_refreshes: u64,
+    #[serde(default)]
+    pub token_refresh_failures: u64,
+    pub last_alarm_at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::{rig, town};
+    use crate::protocol::pin::{covers, pinned, tag};
+
+    #[test]
+    fn every_operation_is_pinned() {
+        let t = town("t1", "u1");
+        let r = rig("r1", "t1");
+        let town_json = serde_json::to_string(&t).unwrap();
+        let rig_json = serde_json::to_string(&r).unwrap();
+        let patch = ConfigPatch::parse(br#"{"default_model":"m1"}"#).unwrap();
+        let patch_json = serde_json::to_string(&patch).unwrap();
+        let cases: Vec<(TownOp, String)> = vec![
+            (
+                Init { town: t.clone() }.into(),
+                format!(r#"{{"op":"init","town":{town_json}}}"#),
+            ),
+            (Get {}.into(), r#"{"op":"get"}"#.into()),
+            (Destroy {}.into(), r#"{"op":"destroy"}"#.into()),
+            (
+                AddRig { rig: r.clone() }.into(),
+                format!(r#"{{"op":"add_rig","rig":{rig_json}}}"#),
+            ),
+            (
+                RemoveRig {
+                    rig_id: r.id.clone(),
+                }
+                .into(),
+                r#"{"op":"remove_rig","rig_id":"r1"}"#.into(),
+            ),
+            (EnsureAlarm {}.into(), r#"{"op":"ensure_alarm"}"#.into()),
+            (Health {}.into(), r#"{"op":"health"}"#.into()),
+            (GetConfig {}.into(), r#"{"op":"get_config"}"#.into()),
+            (
+                PatchConfig { patch }.into(),
+                format!(r#"{{"op":"patch_config","patch":{patch_json}}}"#),
+            ),
+            (
+                StartContainer {}.into(),
+                r#"{"op":"start_container"}"#.into(),
+            ),
+            (
+                ForceTokenRefresh {}.into(),
+                r#"{"op":"force_token_refresh"}"#.into(),
+            ),
+            (
+                IssueContainerToken {}.into(),
+                r#"{"op":"issue_container_token"}"#.into(),
+            ),
+            (
+                Heartbeat {
+                    rig_id: r.id.clone(),
+                    agent_id: AgentId::parse("a1").unwrap(),
+                }
+                .into(),
+                r#"{"op":"heartbeat","rig_id":"r1","agent_id":"a1"}"#.into(),
+            ),
+            (MayorRigs {}.into(), r#"{"op":"mayor_rigs"}"#.into()),
+            (DropAlarm {}.into(), r#"{"op":"drop_alarm"}"#.into()),
+        ];
+        for (op, json) in &cases {
+            pinned(op, json);
+        }
+        covers(
+            TownOp::OPS,
+            &cases.iter().map(|(op, _)| tag(op)).collect::<Vec<_>>(),
+        );
+    }
+
+    #[test]
+    fn replies_are_pinned() {
+        pinned(&AlarmArmed { rearmed: true }, r#"{"rearmed":true}"#);
+        pinned(
+            &IssuedToken {
+                token: "x.y.z".into(),
+                expires_at: 1_700_000_000,
+            },
+            r#"{"token":"x.y.z","expires_at":1700000000}"#,
+        );
+        pinned(
+            &TownHealth {
+                town_id: TownId::parse("t1").unwrap(),
+                status: TownStatus::Active,
+                rig_count: 2,
+                alarm_at: Some(5),
+                alarm_runs: 3,
+                watchdog_rearms: 1,
+                token_refreshed_at: None,
+                token_refreshes: 4,
+                token_refresh_failures: 0,
+                last_alarm_at: Some("2026-11-23T00:00:00.000Z".into()),
+            },
+            r#"{"town_id":"t1","status":"active","rig_count":2,"alarm_at":5,"alarm_runs":3,"watchdog_rearms":1,"token_refreshed_at":null,"token_refreshes":4,"token_refresh_failures":0,"last_alarm_at":"2026-11-23T00:00:00.000Z"}"#,
+        );
+        pinned(&Ack::OK, r#"{"ok":true}"#);
+    }
+}

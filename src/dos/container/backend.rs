@@ -1,0 +1,139 @@
+//! How `TownContainerDO` reaches its container's control server (DESIGN.md §7): the Cloudflare
+//! Container bound to the DO in production, or plain HTTP to `CONTAINER_CONTROL_URL` where no
+//! container is bound (local dev and tests).
+//!
+//! Every request but `/health` carries the town's control secret (`gastown_core::control`),
+//! derived from `GASTOWN_CONTROL_KEY`; a production container is started with only its own
+//! town's secret in its environment, which the control server removes before it starts agents.
+
+use crate::config;
+use gastown_core::control::{self, AUTHORIZATION_HEADER, TOWN_ID_HEADER};
+use gastown_core::ids::TownId;
+use serde::Serialize;
+use worker::wasm_bindgen::JsValue;
+use worker::{
+    console_error, Container, ContainerStartupOptions, Env, Fetch, Headers, Method, Request,
+    RequestInit, State,
+};
+
+/// The control server's port inside a Cloudflare Container.
+const CONTROL_PORT: u16 = 8080;
+
+/// Where the control server is.
+pub enum Target {
+    /// The Cloudflare Container bound to this DO (production).
+    Cloudflare(Container),
+    /// A control server at this base URL (local dev and tests).
+    Control(String),
+    /// Neither is configured.
+    Missing,
+}
+
+/// The control server of one town's container.
+pub struct Backend {
+    target: Target,
+    town: TownId,
+    /// The town's control secret; `None` when `GASTOWN_CONTROL_KEY` is not set, and then every
+    /// authenticated request fails rather than go out without it.
+    secret: Option<String>,
+}
+
+impl Backend {
+    pub fn new(state: &State, env: &Env, town: &TownId) -> Backend {
+        let target = if let Some(container) = state.container() {
+            Target::Cloudflare(container)
+        } else {
+            match env.secret("CONTAINER_CONTROL_URL").map(|s| s.to_string()) {
+                Ok(url) if !url.trim().is_empty() => {
+                    Target::Control(url.trim_end_matches('/').to_owned())
+                }
+                _ => Target::Missing,
+            }
+        };
+        let secret = config::get(env)
+            .control_key
+            .as_deref()
+            .map(|key| control::control_secret(key, town.as_str()));
+        Backend {
+            target,
+            town: town.clone(),
+            secret,
+        }
+    }
+
+    /// `GET /health`.
+    ///
+    /// # Errors
+    /// A description for the log when the server is unreachable or answers non-2xx.
+    pub async fn health(&self) -> Result<(), String> {
+        self.send(Method::Get, control::HEALTH_PATH, None).await
+    }
+
+    /// POSTs a JSON body; any non-2xx answer is an error.
+    ///
+    /// # Errors
+    /// As [`Backend::health`].
+    pub async fn post<T: Serialize>(&self, path: &str, body: &T) -> Result<(), String> {
+        let body = serde_json::to_string(body).map_err(|e| e.to_string())?;
+        self.send(Method::Post, path, Some(body)).await
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<String>) -> Result<(), String> {
+        let secret = self
+            .secret
+            .as_deref()
+            .ok_or("GASTOWN_CONTROL_KEY is not set")?;
+        let headers = Headers::new();
+        let set = |name: &str, value: &str| headers.set(name, value).map_err(|e| e.to_string());
+        set(AUTHORIZATION_HEADER, &format!("Bearer {secret}"))?;
+        set(TOWN_ID_HEADER, self.town.as_str())?;
+        let mut init = RequestInit::new();
+        init.with_method(method);
+        if let Some(body) = body {
+            set("content-type", control::CONTENT_TYPE_JSON)?;
+            init.with_body(Some(JsValue::from_str(&body)));
+        }
+        init.with_headers(headers);
+        let response = match &self.target {
+            Target::Cloudflare(container) => {
+                if !container.running() {
+                    let mut options = ContainerStartupOptions::new();
+                    options.add_env(control::SECRET_ENV, secret);
+                    options.add_env(control::TOWN_ID_ENV, self.town.as_str());
+                    container
+                        .start(Some(options))
+                        .map_err(|e| format!("container start: {e}"))?;
+                }
+                let port = container
+                    .get_tcp_port(CONTROL_PORT)
+                    .map_err(|e| e.to_string())?;
+                port.fetch(format!("http://container{path}"), Some(init))
+                    .await
+            }
+            Target::Control(base) => {
+                let req = Request::new_with_init(&format!("{base}{path}"), &init)
+                    .map_err(|e| e.to_string())?;
+                Fetch::Request(req).send().await
+            }
+            Target::Missing => {
+                return Err("no container is bound and CONTAINER_CONTROL_URL is not set".into())
+            }
+        };
+        let response = response.map_err(|e| format!("{path}: {e}"))?;
+        match response.status_code() {
+            200..=299 => Ok(()),
+            status => Err(format!("{path}: control server answered {status}")),
+        }
+    }
+
+    /// Stops a Cloudflare Container. The development backend has nothing to stop.
+    pub async fn stop(&self) {
+        if let Target::Cloudflare(container) = &self.target {
+            if container.running() {
+                if let Err(e) = container.destroy(None).await {
+                    console_error!("container stop: {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! `TownContainerDO`: one per town. Persists the env the town's container runs with (sealed),
+//! knows whether the container is running, and talks to its control server through
+//! [`Backend`].
+//!
+//! Only the town's `TownDO` calls it. It keeps no token: only the expiry of the last one the
+//! container accepted and when.
+
+mod backend;
+
+use super::{no_fetch, rpc_entry, DoStub};
+use crate::config;
+use crate::storage::{exec, first, int, rows, Schema};
+use backend::Backend;
+use gastown_core::control::{RefreshTokenBody, SyncConfigBody};
+use gastown_core::error::ApiError;
+use gastown_core::ids::TownId;
+use gastown_core::protocol::container::*;
+use gastown_core::protocol::Ack;
+use gastown_core::schema;
+use gastown_core::time::rfc3339;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use worker::{
+    console_error, durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, State,
+};
+
+pub const BINDING: &str = "TOWN_CONTAINER";
+
+/// A stub of a town's container DO.
+pub type ContainerStub = DoStub<ContainerOp>;
+
+/// The container DO of `town`.
+///
+/// # Errors
+/// Internal, when the binding is missing.
+pub fn stub(env: &Env, town: &TownId) -> std::result::Result<ContainerStub, ApiError> {
+    DoStub::get(env, BINDING, town.as_str())
+}
+
+#[durable_object]
+pub struct TownContainerDO {
+    state: State,
+    env: Env,
+    schema: Schema,
+}
+
+#[derive(Deserialize)]
+struct StateRow {
+    status: ContainerState,
+    token_expires_at: Option<f64>,
+    token_pushed_at: Option<f64>,
+    last_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EnvKey {
+    key: String,
+}
+
+type Reply<T> = std::result::Result<T, ApiError>;
+
+impl TownContainerDO {
+    fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    fn backend(&self, town: &TownId) -> Backend {
+        Backend::new(&self.state, &self.env, town)
+    }
+
+    fn row(&self) -> Reply<StateRow> {
+        first::<StateRow>(
+            &self.sql(),
+            "SELECT status, token_expires_at, token_pushed_at, last_error FROM state WHERE id = 1",
+            vec![],
+        )?
+        .ok_or_else(|| ApiError::internal("container state row missing"))
+    }
+
+    fn running(&self) -> Reply<bool> {
+        Ok(self.row()?.status == ContainerState::Running)
+    }
+
+    fn set_status(&self, status: ContainerState) -> Reply<()> {
+        exec(
+            &self.sql(),
+            "UPDATE state SET status = ? WHERE id = 1",
+            vec![status.as_str().into()],
+        )
+    }
+
+    /// Replaces the stored env: keys not in `env` are deleted. Values are sealed (they hold
+    /// tokens and PATs), each bound to its key name. Sealing happens before the first write, so
+    /// a failure leaves the stored env as it was.
+    fn store_env(&self, env: &BTreeMap<String, String>) -> Reply<()> {
+        let sql = self.sql();
+        let sealer = &config::get(&self.env).sealer;
+        let sealed = env
+            .iter()
+            .map(|(key, value)| {
+                sealer
+                    .seal(
+                        value.as_bytes(),
+                        &format!("container-env:{key}"),
+                        config::nonce()?,
+                    )
+                    .map(|v| (key, v))
+                    .map_err(ApiError::internal)
+            })
+            .collect::<std::result::Result<Vec<_>, ApiError>>()?;
+        exec(&sql, "DELETE FROM env", vec![])?;
+        for (key, value) in sealed {
+            exec(
+                &sql,
+                "INSERT INTO env (key, value) VALUES (?, ?)",
+                vec![key.as_str().into(), value.as_str().into()],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn env_names(&self) -> Reply<Vec<String>> {
+        Ok(
+            rows::<EnvKey>(&self.sql(), "SELECT key FROM env ORDER BY key", vec![])?
+                .into_iter()
+                .map(|r| r.key)
+                .collect(),
+        )
+    }
+
+    fn record_error(&self, error: Option<&str>) -> Reply<()> {
+        exec(
+            &self.sql(),
+            "UPDATE state SET last_error = ? WHERE id = 1",
+            vec![error.into()],
+        )
+    }
+
+    async fn send_token(
+        &self,
+        backend: &Backend,
+        town: &TownId,
+        token: String,
+        expires_at: i64,
+    ) -> Reply<TokenPushed> {
+        let body = RefreshTokenBody {
+            token,
+            town_id: town.as_str().to_owned(),
+        };
+        match backend.post("/refresh-token", &body).await {
+            Ok(()) => {
+                exec(
+                    &self.sql(),
+                    "UPDATE state SET token_expires_at = ?, token_pushed_at = ?, last_error = NULL WHERE id = 1",
+                    vec![expires_at.into(), int(config::now_ms())],
+                )?;
+                Ok(TokenPushed {
+                    accepted: true,
+                    token_expires_at: Some(expires_at),
+                })
+            }
+            Err(e) => {
+                console_error!("town {town}: token push failed: {e}");
+                self.record_error(Some("the container did not accept the token"))?;
+                Ok(TokenPushed::REFUSED)
+            }
+        }
+    }
+
+    async fn send_env(
+        &self,
+        backend: &Backend,
+        town: &TownId,
+        env: BTreeMap<String, String>,
+    ) -> Reply<bool> {
+        let body = SyncConfigBody {
+            env,
+            town_id: town.as_str().to_owned(),
+        };
+        match backend.post("/sync-config", &body).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                console_error!("town {town}: env push failed: {e}");
+                self.record_error(Some("the container did not accept its env"))?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+impl ContainerOps for TownContainerDO {
+    fn prepare(&self) -> Reply<()> {
+        self.schema.ensure(&self.sql(), config::now_ms())
+    }
+
+    async fn start(&self, req: Start) -> Reply<TokenPushed> {
+        let Start {
+            town_id,
+            token,
+            expires_at,
+            env,
+        } = req;
+        self.store_env(&env)?;
+        let backend = self.backend(&town_id);
+        if let Err(e) = backend.health().await {
+            console_error!("town {town_id}: container not healthy: {e}");
+            self.record_error(Some("the container is not reachable"))?;
+            return Ok(TokenPushed::REFUSED);
+        }
+        self.set_status(ContainerState::Running)?;
+        if !self.send_env(&backend, &town_id, env).await? {
+            return Ok(TokenPushed::REFUSED);
+        }
+        self.send_token(&backend, &town_id, token, expires_at).await
+    }
+
+    async fn sync_env(&self, SyncEnv { town_id, env }: SyncEnv) -> Reply<EnvSynced> {
+        self.store_env(&env)?;
+        let names = env.keys().cloned().collect();
+        let pushed = self.running()?
+            && self
+                .send_env(&self.backend(&town_id), &town_id, env)
+                .await?;
+        Ok(EnvSynced { pushed, names })
+    }
+
+    async fn push_token(&self, req: PushToken) -> Reply<TokenPushed> {
+        if !self.running()? {
+            return Ok(TokenPushed::REFUSED);
+        }
+        let backend = self.backend(&req.town_id);
+        self.send_token(&backend, &req.town_id, req.token, req.expires_at)
+            .await
+    }
+
+    async fn status(&self, _: Status) -> Reply<ContainerStatus> {
+        let row = self.row()?;
+        Ok(ContainerStatus {
+            state: row.status,
+            env_var_names: self.env_names()?,
+            token_expires_at: row.token_expires_at.map(|t| t as i64),
+            token_pushed_at: row.token_pushed_at.map(|t| rfc3339(t as u64)),
+            last_error: row.last_error,
+        })
+    }
+
+    async fn destroy(&self, Destroy { town_id }: Destroy) -> Reply<Ack> {
+        self.backend(&town_id).stop().await;
+        self.state
+            .storage()
+            .delete_all()
+            .await
+            .map_err(ApiError::internal)?;
+        self.schema.reset();
+        Ok(Ack::OK)
+    }
+}
+
+rpc_entry!(TownContainerDO, ContainerOp);
+
+impl DurableObject for TownContainerDO {
+    fn new(state: State, env: Env) -> Self {
+        Self {
+            state,
+            env,
+            schema: Schema::new(schema::CONTAINER_DO),
+        }
+    }
+
+    async fn fetch(&self, _req: Request) -> Result<Response> {
+        no_fetch()
+    }
+}

@@ -1,0 +1,234 @@
+//! An owner's towns and rigs in its DO's SQLite: plain functions over the connection.
+//!
+//! Invariants: a rig belongs to a town of this owner; rig names are unique within a town;
+//! listings come back in creation order (`seq`).
+
+use crate::storage::{
+    exec, exists, first, rig_values, rows, town_values, RIG_COLUMNS, TOWN_COLUMNS,
+};
+use gastown_core::error::ApiError;
+use gastown_core::ids::{RigId, TownId};
+use gastown_core::model::{Rig, Town};
+use gastown_core::page::Page;
+use gastown_core::protocol::owner::RemovedTown;
+use serde::Deserialize;
+use worker::SqlStorage;
+
+fn town_not_found() -> ApiError {
+    ApiError::NotFound("town not found".into())
+}
+
+fn rig_not_found() -> ApiError {
+    ApiError::NotFound("rig not found".into())
+}
+
+/// The tables that keep a creation sequence.
+#[derive(Clone, Copy)]
+enum Table {
+    Towns,
+    Rigs,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Towns => "towns",
+            Table::Rigs => "rigs",
+        }
+    }
+}
+
+fn next_seq(sql: &SqlStorage, table: Table) -> Result<i64, ApiError> {
+    #[derive(Deserialize)]
+    struct Seq {
+        s: f64,
+    }
+    let row = first::<Seq>(
+        sql,
+        &format!(
+            "SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM {}",
+            table.name()
+        ),
+        vec![],
+    )?;
+    Ok(row.map_or(1, |r| r.s as i64))
+}
+
+/// The creation sequence number of the page cursor `after` (0 for the first page).
+fn after_seq(sql: &SqlStorage, table: Table, after: Option<&str>) -> Result<i64, ApiError> {
+    let Some(id) = after else {
+        return Ok(0);
+    };
+    #[derive(Deserialize)]
+    struct Seq {
+        seq: f64,
+    }
+    first::<Seq>(
+        sql,
+        &format!("SELECT seq FROM {} WHERE id = ?", table.name()),
+        vec![id.into()],
+    )?
+    .map(|s| s.seq as i64)
+    .ok_or_else(|| ApiError::invalid("after", "does not name a row of this list"))
+}
+
+/// # Errors
+/// 409 when the id is taken.
+pub fn add_town(sql: &SqlStorage, town: Town) -> Result<Town, ApiError> {
+    if exists(
+        sql,
+        "SELECT 1 FROM towns WHERE id = ?",
+        vec![town.id.as_str().into()],
+    )? {
+        return Err(ApiError::Conflict("town already exists".into()));
+    }
+    let seq = next_seq(sql, Table::Towns)?;
+    let mut values = town_values(&town);
+    values.push(seq.into());
+    exec(
+        sql,
+        &format!("INSERT INTO towns ({TOWN_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+        values,
+    )?;
+    Ok(town)
+}
+
+/// # Errors
+/// 422 for a cursor that names no town of this owner.
+pub fn list_towns(sql: &SqlStorage, page: &Page) -> Result<Vec<Town>, ApiError> {
+    let after = after_seq(sql, Table::Towns, page.after.as_deref())?;
+    rows(
+        sql,
+        &format!("SELECT {TOWN_COLUMNS} FROM towns WHERE seq > ? ORDER BY seq LIMIT ?"),
+        vec![after.into(), i64::from(page.limit).into()],
+    )
+}
+
+/// Ids of all towns, in creation order (for the watchdog).
+///
+/// # Errors
+/// Internal only.
+pub fn all_town_ids(sql: &SqlStorage) -> Result<Vec<TownId>, ApiError> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: TownId,
+    }
+    Ok(
+        rows::<Id>(sql, "SELECT id FROM towns ORDER BY seq", vec![])?
+            .into_iter()
+            .map(|r| r.id)
+            .collect(),
+    )
+}
+
+/// # Errors
+/// 404 when this owner has no such town.
+pub fn get_town(sql: &SqlStorage, town_id: &TownId) -> Result<Town, ApiError> {
+    first(
+        sql,
+        &format!("SELECT {TOWN_COLUMNS} FROM towns WHERE id = ?"),
+        vec![town_id.as_str().into()],
+    )?
+    .ok_or_else(town_not_found)
+}
+
+/// Forgets a town and its rigs (no await between the writes: they commit together).
+///
+/// # Errors
+/// 404 when this owner has no such town.
+pub fn remove_town(sql: &SqlStorage, town_id: &TownId) -> Result<RemovedTown, ApiError> {
+    let town = get_town(sql, town_id)?;
+    #[derive(Deserialize)]
+    struct Id {
+        id: RigId,
+    }
+    let rig_ids = rows::<Id>(
+        sql,
+        "SELECT id FROM rigs WHERE town_id = ? ORDER BY seq",
+        vec![town_id.as_str().into()],
+    )?
+    .into_iter()
+    .map(|r| r.id)
+    .collect();
+    exec(
+        sql,
+        "DELETE FROM rigs WHERE town_id = ?",
+        vec![town_id.as_str().into()],
+    )?;
+    exec(
+        sql,
+        "DELETE FROM towns WHERE id = ?",
+        vec![town_id.as_str().into()],
+    )?;
+    Ok(RemovedTown { town, rig_ids })
+}
+
+/// # Errors
+/// 404 for a town this owner lacks; 409 for a rig id or name taken in that town.
+pub fn add_rig(sql: &SqlStorage, rig: Rig) -> Result<Rig, ApiError> {
+    get_town(sql, &rig.town_id)?;
+    if exists(
+        sql,
+        "SELECT 1 FROM rigs WHERE id = ? OR (town_id = ? AND name = ?)",
+        vec![
+            rig.id.as_str().into(),
+            rig.town_id.as_str().into(),
+            rig.name.as_str().into(),
+        ],
+    )? {
+        return Err(ApiError::Conflict(format!(
+            "a rig named '{}' already exists in this town",
+            rig.name
+        )));
+    }
+    let seq = next_seq(sql, Table::Rigs)?;
+    let mut values = rig_values(&rig);
+    values.push(seq.into());
+    exec(
+        sql,
+        &format!("INSERT INTO rigs ({RIG_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+        values,
+    )?;
+    Ok(rig)
+}
+
+/// # Errors
+/// 404 for a town this owner lacks; 422 for a cursor that names no rig.
+pub fn list_rigs(sql: &SqlStorage, town_id: &TownId, page: &Page) -> Result<Vec<Rig>, ApiError> {
+    get_town(sql, town_id)?;
+    let after = after_seq(sql, Table::Rigs, page.after.as_deref())?;
+    rows(
+        sql,
+        &format!(
+            "SELECT {RIG_COLUMNS} FROM rigs WHERE town_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+        ),
+        vec![
+            town_id.as_str().into(),
+            after.into(),
+            i64::from(page.limit).into(),
+        ],
+    )
+}
+
+/// # Errors
+/// 404 when this owner has no such rig.
+pub fn get_rig(sql: &SqlStorage, rig_id: &RigId) -> Result<Rig, ApiError> {
+    first(
+        sql,
+        &format!("SELECT {RIG_COLUMNS} FROM rigs WHERE id = ?"),
+        vec![rig_id.as_str().into()],
+    )?
+    .ok_or_else(rig_not_found)
+}
+
+/// # Errors
+/// 404 when this owner has no such rig.
+pub fn remove_rig(sql: &SqlStorage, rig_id: &RigId) -> Result<Rig, ApiError> {
+    let rig = get_rig(sql, rig_id)?;
+    exec(
+        sql,
+        "DELETE FROM rigs WHERE id = ?",
+        vec![rig_id.as_str().into()],
+    )?;
+    Ok(rig)
+}
