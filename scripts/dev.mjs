@@ -6,7 +6,7 @@
 // (Setup and the build ran just before, from package.json.)
 import { spawn, execFileSync } from "node:child_process";
 import { join } from "node:path";
-import { ROOT } from "./lib/jwt.mjs";
+import { ROOT, devVars } from "./lib/jwt.mjs";
 
 const port = process.env.PORT ?? "8787";
 const controlPort = process.env.CONTROL_PORT ?? String(Number(port) + 1);
@@ -20,8 +20,11 @@ execFileSync(wrangler, ["d1", "migrations", "apply", "gastown", "--local", "--pe
   stdio: ["ignore", "ignore", "inherit"],
 });
 
+// The control server authenticates the worker with secrets derived from GASTOWN_CONTROL_KEY,
+// the same key the worker reads from .dev.vars.
 const control = spawn(join(ROOT, "target", "release", "gastown-control"), ["--port", controlPort], {
   cwd: ROOT,
+  env: { ...process.env, GASTOWN_CONTROL_KEY: devVars().GASTOWN_CONTROL_KEY },
   stdio: "inherit",
 });
 const child = spawn(

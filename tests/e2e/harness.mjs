@@ -2,6 +2,7 @@
 // throwaway persist dir, driven over HTTP the way the dashboard and containers drive it.
 import { spawn, execFileSync } from "node:child_process";
 import { createServer } from "node:net";
+import { createHmac } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -39,13 +40,25 @@ export function migrateD1(persistDir) {
   });
 }
 
-/** Starts the container control server (with its /debug routes) on a free port. */
+/**
+ * Starts the container control server with its /debug routes (`gastown-control-debug`, built by
+ * scripts/build.sh) on a free port, holding the master key GASTOWN_CONTROL_KEY of the dev vars, as
+ * `npm run dev` does: one server for every town. Like every control route, the debug routes want
+ * `authorization: Bearer <control secret of the town>` and `x-gastown-town-id`; `town(id)` sends
+ * those of town `id`, `fail(modes)` those of a fixed pseudo-town (fail modes are server-wide).
+ */
 export async function startControlServer() {
+  const key = secrets.GASTOWN_CONTROL_KEY;
+  if (!key) throw new Error("GASTOWN_CONTROL_KEY is missing from .dev.vars (see .dev.vars.example)");
   const port = await freePort();
-  const child = spawn(join(ROOT, "target", "release", "gastown-control"), ["--port", String(port), "--debug"], {
+  const child = spawn(join(ROOT, "target", "release", "gastown-control-debug"), ["--port", String(port)], {
     cwd: ROOT,
+    env: { ...process.env, GASTOWN_CONTROL_KEY: key, GASTOWN_CONTROL_SECRET: "", GASTOWN_TOWN_ID: "" },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  let output = "";
+  child.stdout.on("data", (d) => (output += d));
+  child.stderr.on("data", (d) => (output += d));
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 20_000;
   for (;;) {
@@ -54,17 +67,21 @@ export async function startControlServer() {
     } catch {
       // not listening yet
     }
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error("gastown-control did not start");
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`gastown-control-debug did not start:\n${output}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  const json = async (method, path, body) => {
-    const res = await fetch(url + path, { method, body: body && JSON.stringify(body) });
+  // base64url(HMAC-SHA256(key, "gastown-control-v1:" + townId)): gastown_core::control::control_secret.
+  const secretOf = (townId) => createHmac("sha256", key).update(`gastown-control-v1:${townId}`).digest("base64url");
+  const json = async (method, path, townId, body) => {
+    const headers = { authorization: `Bearer ${secretOf(townId)}`, "x-gastown-town-id": townId };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const res = await fetch(url + path, { method, headers, body: body && JSON.stringify(body) });
     return { status: res.status, body: await res.json() };
   };
   return {
     url,
-    town: (townId) => json("GET", `/debug/towns/${townId}`),
-    fail: (modes) => json("POST", "/debug/fail", modes),
+    town: (townId) => json("GET", `/debug/towns/${townId}`, townId),
+    fail: (modes) => json("POST", "/debug/fail", "e2e-harness", modes),
     stop: () => child.kill("SIGTERM"),
   };
 }

@@ -293,3 +293,419 @@ fn rig_overrides_merge_per_rig() {
         );
     }
 }
+
+/// A name that falls in a deny-list entry: the entry itself, with `*` filled in.
+fn example(name: &str) -> String {
+    name.replace('*', "X")
+}
+
+#[test]
+fn dangerous_env_var_names_are_refused() {
+    let c = TownConfig::default();
+    let mut names: Vec<String> = DENIED_ENV_VARS
+        .iter()
+        .flat_map(|f| f.names.iter().map(|n| example(n)))
+        .collect();
+    // The issue-9 examples and more members of the prefix families.
+    names.extend(
+        [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "DYLD_INSERT_LIBRARIES",
+            "BASH_FUNC_X",
+            "GIT_SSH_COMMAND",
+            "GIT_SSH",
+            "GIT_ASKPASS",
+            "GIT_CONFIG_COUNT",
+            "GIT_CONFIG_KEY_0",
+            "GIT_CONFIG_VALUE_0",
+            "GIT_CONFIG_GLOBAL",
+            "GIT_SSL_NO_VERIFY",
+            "GIT_EXEC_PATH",
+            "GIT_PROXY_COMMAND",
+            "GIT_TERMINAL_PROMPT",
+        ]
+        .map(String::from),
+    );
+    for name in &names {
+        let err = patch(&c, json!({"env_vars": {name.as_str(): "x"}})).unwrap_err();
+        assert_eq!(field_of(err), format!("env_vars.{name}"), "{name}");
+    }
+    for name in [
+        "https_proxy",
+        "http_proxy",
+        "no_proxy",
+        "all_proxy",
+        "ld_preload",
+        "path",
+        "Path",
+        "node_options",
+        "git_ssh_command",
+    ] {
+        let err = patch(&c, json!({"env_vars": {name: "x"}})).unwrap_err();
+        assert_eq!(
+            field_of(err),
+            format!("env_vars.{name}"),
+            "lower-case {name}"
+        );
+    }
+    let message = match patch(&c, json!({"env_vars": {"LD_PRELOAD": "/tmp/x.so"}})) {
+        Err(ApiError::Invalid { message, .. }) => message,
+        other => panic!("{other:?}"),
+    };
+    assert!(message.contains("dynamic loader"), "{message}");
+    assert!(!message.contains("/tmp/x.so"), "the value is not echoed");
+}
+
+#[test]
+fn ordinary_env_var_names_are_kept() {
+    let c = TownConfig::default();
+    let long = format!("A{}", "B".repeat(MAX_ENV_KEY - 1));
+    let names = [
+        "NODE_ENV",
+        "PYTHONUNBUFFERED",
+        "ENVIRONMENT",
+        "MY_GIT_THING",
+        "LD",
+        "LDFLAGS",
+        "GITHUB_ORG",
+        "PROXY_MODE",
+        "_PRIVATE",
+        "A1",
+        long.as_str(),
+    ];
+    for name in names {
+        let next = patch(&c, json!({"env_vars": {name: "value with spaces, é"}})).unwrap();
+        assert_eq!(next.env_vars[name], "value with spaces, é", "{name}");
+    }
+    let too_long = format!("{long}C");
+    assert_eq!(
+        field_of(patch(&c, json!({"env_vars": {too_long.as_str(): "x"}})).unwrap_err()),
+        format!("env_vars.{too_long}")
+    );
+    assert!(denied_env_family("LD_PRELOAD").is_some());
+    assert!(denied_env_family("LDFLAGS").is_none());
+}
+
+#[test]
+fn env_var_values_refuse_control_characters() {
+    let c = TownConfig::default();
+    for bad in [
+        "a\nb",
+        "a\tb",
+        "a\rb",
+        "\u{1b}[31m",
+        "a\u{7f}",
+        "a\u{0}b",
+        "\n",
+    ] {
+        let err = patch(&c, json!({"env_vars": {"FEATURE": bad}})).unwrap_err();
+        assert_eq!(field_of(err), "env_vars.FEATURE", "{bad:?}");
+    }
+    let next = patch(&c, json!({"env_vars": {"EMPTY": "", "SPACES": "  a b  "}})).unwrap();
+    assert_eq!(next.env_vars["EMPTY"], "");
+    assert_eq!(
+        next.env_vars["SPACES"], "  a b  ",
+        "values are kept as sent"
+    );
+}
+
+#[test]
+fn container_env_leaves_out_variables_stored_before_the_rules() {
+    let mut config = TownConfig::default();
+    config.env_vars.insert("LD_PRELOAD".into(), "/x.so".into());
+    config
+        .env_vars
+        .insert("HTTPS_PROXY".into(), "http://evil".into());
+    config.env_vars.insert("MULTI".into(), "a\nb".into());
+    config.env_vars.insert("GOOD".into(), "ok".into());
+    let env = container_env(&config);
+    assert_eq!(env.get("GOOD").map(String::as_str), Some("ok"));
+    for gone in ["LD_PRELOAD", "HTTPS_PROXY", "MULTI"] {
+        assert!(!env.contains_key(gone), "{gone}");
+    }
+}
+
+const GL_TOKEN: &str = "glpat-owner-token-0123456789";
+const GL_URL: &str = "https://gitlab.example.com";
+
+fn with_gitlab() -> TownConfig {
+    patch(
+        &TownConfig::default(),
+        json!({"git_auth": {"gitlab_token": GL_TOKEN, "gitlab_instance_url": GL_URL}}),
+    )
+    .unwrap()
+}
+
+#[test]
+fn changing_the_gitlab_host_drops_the_token() {
+    let config = with_gitlab();
+    let moved = patch(
+        &config,
+        json!({"git_auth": {"gitlab_instance_url": "https://attacker.example"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        moved.git_auth.gitlab_instance_url.as_deref(),
+        Some("https://attacker.example")
+    );
+    assert_eq!(
+        moved.git_auth.gitlab_token, None,
+        "the token does not follow"
+    );
+    let env = container_env(&moved);
+    assert!(!env.contains_key("GITLAB_TOKEN"));
+    assert!(!env.contains_key("GIT_TOKEN"));
+    assert_eq!(env["GITLAB_INSTANCE_URL"], "https://attacker.example");
+
+    let masked = mask(GL_TOKEN);
+    let with_mask = patch(
+        &config,
+        json!({"git_auth": {"gitlab_instance_url": "https://attacker.example", "gitlab_token": masked}}),
+    )
+    .unwrap();
+    assert_eq!(
+        with_mask.git_auth.gitlab_token, None,
+        "sending the mask back does not keep it"
+    );
+
+    let resent = patch(
+        &config,
+        json!({"git_auth": {"gitlab_instance_url": "https://gitlab.other.example", "gitlab_token": "glpat-new-0123456789"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        resent.git_auth.gitlab_token.as_deref(),
+        Some("glpat-new-0123456789"),
+        "host and token set together"
+    );
+
+    let cleared = patch(&config, json!({"git_auth": {"gitlab_instance_url": null}})).unwrap();
+    assert_eq!(
+        cleared.git_auth,
+        GitAuth::default(),
+        "clearing the host clears the token"
+    );
+    let cleared_resent = patch(
+        &config,
+        json!({"git_auth": {"gitlab_instance_url": null, "gitlab_token": "glpat-new-0123456789"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        cleared_resent.git_auth.gitlab_token.as_deref(),
+        Some("glpat-new-0123456789")
+    );
+
+    let fresh_host = patch(
+        &patch(
+            &TownConfig::default(),
+            json!({"git_auth": {"gitlab_token": GL_TOKEN}}),
+        )
+        .unwrap(),
+        json!({"git_auth": {"gitlab_instance_url": "https://attacker.example"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        fresh_host.git_auth.gitlab_token, None,
+        "a token stored without a host does not follow a new host either"
+    );
+}
+
+#[test]
+fn the_gitlab_token_stays_when_its_host_does() {
+    let config = with_gitlab();
+    for body in [
+        json!({"git_auth": {"gitlab_instance_url": GL_URL}}),
+        json!({"git_auth": {"gitlab_instance_url": format!("  {GL_URL}  ")}}),
+        json!({"git_auth": {"github_token": "gho_other_0123456789"}}),
+        json!({"git_auth": {"gitlab_token": mask(GL_TOKEN), "gitlab_instance_url": GL_URL}}),
+        json!({"default_model": "m"}),
+    ] {
+        let next = patch(&config, body.clone()).unwrap();
+        assert_eq!(
+            next.git_auth.gitlab_token.as_deref(),
+            Some(GL_TOKEN),
+            "{body}"
+        );
+    }
+    // A wrong mask is still refused, host change or not.
+    let wrong = json!({"git_auth": {"gitlab_instance_url": "https://x.example", "gitlab_token": "****9999"}});
+    assert_eq!(
+        field_of(patch(&config, wrong).unwrap_err()),
+        "git_auth.gitlab_token"
+    );
+}
+
+#[test]
+fn destination_binding_over_every_combination() {
+    let config = with_gitlab();
+    let tokens = [
+        ("absent", None),
+        ("null", Some(json!(null))),
+        ("mask", Some(json!(mask(GL_TOKEN)))),
+        ("new", Some(json!("glpat-new-0123456789"))),
+    ];
+    let urls = [
+        ("absent", None),
+        ("null", Some(json!(null))),
+        ("same", Some(json!(GL_URL))),
+        ("other", Some(json!("https://attacker.example"))),
+    ];
+    for (tname, token) in &tokens {
+        for (uname, url) in &urls {
+            let mut g = Map::new();
+            if let Some(t) = token {
+                g.insert("gitlab_token".into(), t.clone());
+            }
+            if let Some(u) = url {
+                g.insert("gitlab_instance_url".into(), u.clone());
+            }
+            let next = patch(&config, json!({ "git_auth": g })).unwrap();
+            let moved = matches!(*uname, "null" | "other");
+            let want = match *tname {
+                "new" => Some("glpat-new-0123456789"),
+                "null" => None,
+                _ if moved => None,
+                _ => Some(GL_TOKEN),
+            };
+            assert_eq!(
+                next.git_auth.gitlab_token.as_deref(),
+                want,
+                "token {tname}, url {uname}"
+            );
+        }
+    }
+    assert_eq!(SECRET_DESTINATIONS.len(), BINDINGS.len());
+}
+
+#[test]
+fn config_patch_json_is_pinned_and_round_trips() {
+    assert_eq!(
+        serde_json::to_string(&ConfigPatch::default()).unwrap(),
+        "{}"
+    );
+    let body = json!({
+        "env_vars": {"API_KEY": "v", "OLD": "****ijkl"},
+        "git_auth": {"gitlab_token": null, "gitlab_instance_url": "https://g.example"},
+        "kilocode_token": "k",
+        "github_cli_pat": "****0123",
+        "default_model": null,
+        "small_model": "",
+        "role_models": {"mayor": "m"},
+        "git_author_name": " Ada ",
+        "disable_ai_coauthor": true,
+        "max_polecats_per_rig": 3,
+        "merge_strategy": "direct",
+        "rig_overrides": {"r1": {"default_model": "m1"}, "r2": null},
+        "owner_user_id": "ignored",
+    });
+    let p = ConfigPatch::parse(body.to_string().as_bytes()).unwrap();
+    let pinned = concat!(
+        r#"{"env_vars":{"set":{"API_KEY":{"value":"v"},"OLD":{"mask":"****ijkl"}}},"#,
+        r#""git_auth":{"set":{"gitlab_token":"clear","gitlab_instance_url":{"set":"https://g.example"}}},"#,
+        r#""kilocode_token":{"set":{"value":"k"}},"default_model":"clear","#,
+        r#""role_models":{"set":{"mayor":{"set":"m"}}},"small_model":"clear","#,
+        r#""github_cli_pat":{"set":{"mask":"****0123"}},"git_author_name":{"set":"Ada"},"#,
+        r#""disable_ai_coauthor":{"set":true},"max_polecats_per_rig":{"set":3},"#,
+        r#""merge_strategy":{"set":"direct"},"#,
+        r#""rig_overrides":{"set":{"r1":{"default_model":"m1","role_models":{"mayor":null,"polecat":null,"refinery":null},"max_polecats":null,"merge_strategy":null},"r2":null}}}"#,
+    );
+    assert_eq!(serde_json::to_string(&p).unwrap(), pinned);
+    let back: ConfigPatch = serde_json::from_str(pinned).unwrap();
+    assert_eq!(back, p);
+
+    // Absent, null and a value are three different things.
+    let absent = ConfigPatch::parse(b"{}").unwrap();
+    let null = ConfigPatch::parse(br#"{"default_model":null,"github_cli_pat":null}"#).unwrap();
+    let set = ConfigPatch::parse(br#"{"default_model":"m","github_cli_pat":"p"}"#).unwrap();
+    assert_eq!(absent, ConfigPatch::default());
+    assert_eq!(
+        (null.default_model, null.github_cli_pat),
+        (Change::Clear, Change::Clear)
+    );
+    assert_eq!(set.default_model, Change::Set("m".into()));
+    assert_eq!(set.github_cli_pat, Change::Set(Secret::Value("p".into())));
+
+    // What travels to the Durable Object carries no field the worker did not check.
+    assert!(serde_json::from_str::<ConfigPatch>(r#"{"owner_user_id":{"set":"x"}}"#).is_err());
+    assert!(
+        serde_json::from_str::<ConfigPatch>(r#"{"git_auth":{"set":{"host":"clear"}}}"#).is_err()
+    );
+}
+
+#[test]
+fn apply_checks_a_patch_that_did_not_come_from_parse() {
+    let c = stored();
+    let cases = [
+        (
+            r#"{"env_vars":{"set":{"LD_PRELOAD":{"value":"/x.so"}}}}"#,
+            "env_vars.LD_PRELOAD",
+        ),
+        (
+            r#"{"env_vars":{"set":{"A":{"value":"a\nb"}}}}"#,
+            "env_vars.A",
+        ),
+        (
+            r#"{"env_vars":{"set":{"A":{"value":"****ijkl"}}}}"#,
+            "env_vars.A",
+        ),
+        (
+            r#"{"github_cli_pat":{"set":{"value":"****0123"}}}"#,
+            "github_cli_pat",
+        ),
+        (
+            r#"{"github_cli_pat":{"set":{"mask":"plain"}}}"#,
+            "github_cli_pat",
+        ),
+        (r#"{"default_model":{"set":" padded "}}"#, "default_model"),
+        (r#"{"default_model":{"set":""}}"#, "default_model"),
+        (
+            r#"{"max_polecats_per_rig":{"set":0}}"#,
+            "max_polecats_per_rig",
+        ),
+        (
+            r#"{"git_auth":{"set":{"gitlab_instance_url":{"set":"http://x"}}}}"#,
+            "git_auth.gitlab_instance_url",
+        ),
+        (r#"{"git_author_email":{"set":"nope"}}"#, "git_author_email"),
+        (
+            r#"{"rig_overrides":{"set":{"bad id":null}}}"#,
+            "rig_overrides.bad id",
+        ),
+        (
+            r#"{"rig_overrides":{"set":{"r1":{"max_polecats":99}}}}"#,
+            "rig_overrides.r1.max_polecats",
+        ),
+    ];
+    for (json, field) in cases {
+        let p: ConfigPatch = serde_json::from_str(json).unwrap();
+        assert_eq!(field_of(c.apply(&p).unwrap_err()), field, "{json}");
+    }
+}
+
+#[test]
+fn apply_and_patched_agree() {
+    let config = stored();
+    let body = json!({"env_vars": {"API_KEY": "****ijkl", "NEW": "n"}, "github_cli_pat": "****0123", "git_auth": {"github_token": null}});
+    let p = ConfigPatch::parse(body.to_string().as_bytes()).unwrap();
+    let via_json: ConfigPatch = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+    let next = config.apply(&via_json).unwrap();
+    assert_eq!(next, config.patched(body.to_string().as_bytes()).unwrap());
+    assert_eq!(next.env_vars["API_KEY"], "sk-live-abcdefghijkl");
+    assert_eq!(next.github_cli_pat.as_deref(), Some(PAT));
+    assert_eq!(next.git_auth.github_token, None);
+}
+
+#[test]
+fn secrets_in_a_patch_never_reach_debug_output() {
+    let p = ConfigPatch::parse(
+        json!({"github_cli_pat": PAT, "env_vars": {"K": "sk-live-abcdefghijkl"}, "git_auth": {"gitlab_token": GL_TOKEN}})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let debug = format!("{p:?}");
+    for secret in [PAT, "sk-live-abcdefghijkl", GL_TOKEN] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+}

@@ -8,7 +8,7 @@ use gastown_core::auth::Keys;
 use gastown_core::model::{NewRig, NewTown};
 use gastown_core::page::Page;
 use gastown_core::routes::{match_route, Method};
-use gastown_core::town_config::{mask, TownConfig};
+use gastown_core::town_config::{denied_env_family, mask, ConfigPatch, TownConfig};
 use hmac::{Hmac, Mac};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -123,8 +123,12 @@ proptest! {
     }
 
     #[test]
-    fn verifiers_never_panic_on_signed_arbitrary_claims(claims in claims(), alg in prop::sample::select(vec!["HS256", "none", "HS512", "RS256"])) {
-        let token = sign(&json!({"alg": alg, "typ": "JWT"}), &claims);
+    fn verifiers_never_panic_on_signed_arbitrary_claims(claims in claims(), alg in prop::sample::select(vec!["HS256", "none", "HS512", "RS256"]), typ in prop::sample::select(vec![Some("JWT"), None, Some("at+jwt")])) {
+        let mut header = json!({"alg": alg});
+        if let Some(typ) = typ {
+            header["typ"] = json!(typ);
+        }
+        let token = sign(&header, &claims);
         let k = keys();
         let user = k.verify_user(&token, NOW);
         let container = k.verify_container(&token, NOW);
@@ -133,7 +137,7 @@ proptest! {
         // One token is never two kinds at once.
         let accepted = [user.is_ok(), container.is_ok(), agent.is_ok(), sandbox.is_ok()].iter().filter(|ok| **ok).count();
         prop_assert!(accepted <= 1, "{claims}");
-        if alg != "HS256" {
+        if alg != "HS256" || typ == Some("at+jwt") || !claims["iat"].is_number() {
             prop_assert_eq!(accepted, 0);
         }
     }
@@ -158,8 +162,32 @@ proptest! {
     }
 
     #[test]
+    fn config_patch_travels_as_json_and_applies_the_same(body in config_patch()) {
+        let base = TownConfig::default()
+            .patched(br#"{"github_cli_pat":"ghp_stored_secret_value_0000","env_vars":{"KEEP":"stored-value-12345"}}"#)
+            .unwrap();
+        if let Ok(patch) = ConfigPatch::parse(body.to_string().as_bytes()) {
+            let wire = serde_json::to_string(&patch).unwrap();
+            let back: ConfigPatch = serde_json::from_str(&wire).unwrap();
+            prop_assert_eq!(&back, &patch);
+            prop_assert_eq!(base.apply(&back), base.apply(&patch));
+            prop_assert_eq!(base.apply(&patch), base.patched(body.to_string().as_bytes()));
+            if let Ok(next) = base.apply(&patch) {
+                for (k, v) in &next.env_vars {
+                    prop_assert!(denied_env_family(k).is_none(), "{}", k);
+                    prop_assert!(!v.chars().any(|c| c.is_ascii_control()), "{}", k);
+                }
+            }
+        } else {
+            prop_assert!(base.patched(body.to_string().as_bytes()).is_err());
+        }
+    }
+
+    #[test]
     fn config_patch_never_panics_on_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let _ = TownConfig::default().patched(&bytes);
+        let _ = ConfigPatch::parse(&bytes);
+        let _ = serde_json::from_slice::<ConfigPatch>(&bytes).map(|p| TownConfig::default().apply(&p));
         let _ = NewTown::parse(&bytes);
         let _ = NewRig::parse(&bytes);
     }

@@ -16,13 +16,24 @@ pub enum TokenKind {
     Sandbox,
 }
 
+/// Longest lifetime (`exp - iat`) of a dashboard user token: 1 h.
+pub const USER_TOKEN_MAX_LIFETIME_SECS: i64 = 60 * 60;
+/// Longest lifetime (`exp - iat`) of a container token: 8 h.
+pub const CONTAINER_TOKEN_MAX_LIFETIME_SECS: i64 = 8 * 60 * 60;
+/// Longest lifetime (`exp - iat`) of a legacy agent token: 8 h.
+pub const AGENT_TOKEN_MAX_LIFETIME_SECS: i64 = 8 * 60 * 60;
+/// Longest lifetime (`exp - iat`) of a sandbox (gateway) token: 24 h.
+pub const SANDBOX_TOKEN_MAX_LIFETIME_SECS: i64 = 24 * 60 * 60;
+
 impl TokenKind {
-    /// The longest lifetime (`exp - now`) a token of this kind may claim.
+    /// The longest lifetime a token of this kind may have, measured from its `iat` (and, with
+    /// clock skew, from now): DESIGN.md §3.
     pub fn max_lifetime_secs(self) -> i64 {
         match self {
-            TokenKind::User => 60 * 60,
-            TokenKind::Container | TokenKind::Agent => 8 * 60 * 60,
-            TokenKind::Sandbox => 24 * 60 * 60,
+            TokenKind::User => USER_TOKEN_MAX_LIFETIME_SECS,
+            TokenKind::Container => CONTAINER_TOKEN_MAX_LIFETIME_SECS,
+            TokenKind::Agent => AGENT_TOKEN_MAX_LIFETIME_SECS,
+            TokenKind::Sandbox => SANDBOX_TOKEN_MAX_LIFETIME_SECS,
         }
     }
 }

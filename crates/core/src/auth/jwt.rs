@@ -1,11 +1,17 @@
 //! HS256 verification and signing, strict per RFC 8725.
 //!
 //! Verification: the header must say `HS256` (so `none`, RS*/ES*, other HS sizes and unknown
-//! algorithms fail before any key is used) and carry no `crit`, the signature must verify
-//! (constant-time), `exp` must be present and
-//! not past, `nbf` and `iat` (when present) must not be in the future, and `exp` may not lie
-//! further ahead than the kind's lifetime; each check allows [`CLOCK_SKEW_SECS`]. Then and before
-//! any time check the claims must describe exactly the kind the route accepts.
+//! algorithms fail before any key is used), carry no `crit`, and carry no `typ` other than `JWT`
+//! (see [`JoseHeader`]); the signature must verify (constant-time). Then, before any time check,
+//! the claims must describe exactly the kind the route accepts. Then the times:
+//!
+//! - `exp` and `iat` are required (a token without either is malformed);
+//! - `exp` must not be past, `nbf` (when present) and `iat` must not be in the future, each
+//!   allowing [`CLOCK_SKEW_SECS`];
+//! - the lifetime is measured from `iat`: `exp - iat` may not exceed the kind's
+//!   [`TokenKind::max_lifetime_secs`] by more than [`LIFETIME_LEEWAY_SECS`], so a token issued
+//!   10 h ago with 50 min left is refused as a user token. `exp - now` is capped too (with the
+//!   clock skew), which matters only for an `iat` slightly ahead of our clock.
 
 use super::claims::{
     AgentClaims, ContainerClaims, OrgMembership, OrgRole, SandboxClaims, TokenKind, UserClaims,
@@ -20,8 +26,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 use std::borrow::Cow;
 
-/// Clock skew allowed on every time check.
+/// Clock skew allowed on every time check against our clock.
 pub const CLOCK_SKEW_SECS: i64 = 60;
+/// How far `exp - iat` may exceed a kind's lifetime. Both instants come from the issuer's clock,
+/// so skew does not apply; this covers issuers that read their clock twice, or round `exp` up,
+/// when they compute the two.
+pub const LIFETIME_LEEWAY_SECS: i64 = 5;
 /// Lifetime of the container tokens this worker mints.
 pub const CONTAINER_TOKEN_TTL_SECS: i64 = 8 * 60 * 60;
 /// Lifetime of the sandbox (gateway) tokens this worker mints.
@@ -31,6 +41,10 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 const SANDBOX_TYPE: &str = "gastown_sandbox";
 const CONTAINER_SCOPE: &str = "container";
 const USER_AUDIENCE: &str = "gastown";
+
+// The tokens we mint must pass our own lifetime rule.
+const _: () = assert!(CONTAINER_TOKEN_TTL_SECS <= super::claims::CONTAINER_TOKEN_MAX_LIFETIME_SECS);
+const _: () = assert!(SANDBOX_TOKEN_TTL_SECS <= super::claims::SANDBOX_TOKEN_MAX_LIFETIME_SECS);
 
 /// Why a token was refused. The message is safe to show: it never repeats the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +56,11 @@ pub enum AuthError {
     Expired,
     NotYetValid,
     IssuedInFuture,
+    /// No `iat`: the lifetime cannot be measured, so the token is not accepted.
+    MissingIssuedAt,
     LifetimeTooLong,
+    /// A `typ` header other than `JWT` (an access token, a logout token, …).
+    BadType,
     /// A valid token of another kind (or claims that fit no kind, or two at once).
     WrongKind,
     BadAudience,
@@ -60,6 +78,8 @@ impl AuthError {
             AuthError::Expired => "token expired",
             AuthError::NotYetValid => "token not yet valid",
             AuthError::IssuedInFuture => "token issued in the future",
+            AuthError::MissingIssuedAt => "token has no issue time",
+            AuthError::BadType => "token type not accepted",
             AuthError::LifetimeTooLong => "token lifetime too long",
             AuthError::WrongKind => "token kind not accepted on this route",
             AuthError::BadAudience => "token audience not accepted",
@@ -92,14 +112,35 @@ pub struct Keys {
     gastown: Option<Key>,
 }
 
-/// The JOSE header: only `alg` matters, and a `crit` header (an extension we would have to
-/// understand) is refused.
+/// The JOSE header. `alg` must be `HS256`; a `crit` header (an extension we would have to
+/// understand) is refused; `typ` may be absent, and when present must name a plain JWT.
+///
+/// `typ` is a media type (RFC 7515 §4.1.9), so it is compared case-insensitively, and a value
+/// without `/` means the same as with `application/` in front: `JWT`, `jwt` and
+/// `application/jwt` are accepted; `at+jwt`, `logout+jwt`, `JOSE` and anything else are not
+/// (RFC 8725 §3.11: explicit typing keeps one kind of JWT from being used as another).
 #[derive(Deserialize)]
 struct JoseHeader<'a> {
     #[serde(borrow)]
     alg: Cow<'a, str>,
     #[serde(default)]
     crit: Option<serde::de::IgnoredAny>,
+    #[serde(default, borrow)]
+    typ: Option<Cow<'a, str>>,
+}
+
+impl JoseHeader<'_> {
+    fn typ_is_jwt(&self) -> bool {
+        const PREFIX: &str = "application/";
+        let Some(typ) = self.typ.as_deref() else {
+            return true;
+        };
+        let subtype = match typ.get(..PREFIX.len()) {
+            Some(p) if p.eq_ignore_ascii_case(PREFIX) => &typ[PREFIX.len()..],
+            _ => typ,
+        };
+        subtype.eq_ignore_ascii_case("JWT")
+    }
 }
 
 /// A NumericDate: seconds since the epoch, integer or not.
@@ -255,6 +296,9 @@ impl Keys {
         if header.crit.is_some() {
             return Err(AuthError::Malformed);
         }
+        if !header.typ_is_jwt() {
+            return Err(AuthError::BadType);
+        }
         let signature = B64
             .decode(signature_b64)
             .map_err(|_| AuthError::BadSignature)?;
@@ -283,12 +327,14 @@ impl Keys {
                 return Err(AuthError::NotYetValid);
             }
         }
-        if let Some(iat) = time(&raw.iat)? {
-            if iat > now.saturating_add(CLOCK_SKEW_SECS) {
-                return Err(AuthError::IssuedInFuture);
-            }
+        let iat = time(&raw.iat)?.ok_or(AuthError::MissingIssuedAt)?;
+        if iat > now.saturating_add(CLOCK_SKEW_SECS) {
+            return Err(AuthError::IssuedInFuture);
         }
-        if exp.saturating_sub(now) > kind.max_lifetime_secs() + CLOCK_SKEW_SECS {
+        let max = kind.max_lifetime_secs();
+        if exp.saturating_sub(iat) > max + LIFETIME_LEEWAY_SECS
+            || exp.saturating_sub(now) > max + CLOCK_SKEW_SECS
+        {
             return Err(AuthError::LifetimeTooLong);
         }
         build(raw, exp)

@@ -284,7 +284,16 @@ fn skew_is_allowed_at_the_edges() {
     assert!(k.verify_user(&t, NOW).is_ok(), "exp 60 s ago");
     let t = hs256(with(user_claims(), "nbf", json!(NOW + 60)), NEXTAUTH);
     assert!(k.verify_user(&t, NOW).is_ok(), "nbf 60 s ahead");
-    let t = hs256(with(user_claims(), "exp", json!(NOW + 3660)), NEXTAUTH);
+    // Lifetime is measured from `iat` (issue 9): an `iat` 60 s ahead keeps `exp - iat` at the
+    // cap while `exp` lies 3660 s ahead of our clock.
+    let t = hs256(
+        with(
+            with(user_claims(), "iat", json!(NOW + 60)),
+            "exp",
+            json!(NOW + 3660),
+        ),
+        NEXTAUTH,
+    );
     assert!(k.verify_user(&t, NOW).is_ok(), "lifetime at the cap");
     let t = hs256(
         with(user_claims(), "aud", json!(["x", "gastown"])),
@@ -441,4 +450,184 @@ fn minted_sandbox_token_round_trips_and_is_never_a_user_token() {
         ("user-1", Some("org-1"), exp)
     );
     assert_eq!(k.verify_user(&token, NOW), Err(AuthError::WrongKind));
+}
+
+/// One verifier per kind, with claims and secret for a valid token of that kind.
+type Verify = fn(&Keys, &str, i64) -> Result<(), AuthError>;
+
+fn kinds() -> Vec<(TokenKind, Value, &'static str, Verify)> {
+    vec![
+        (TokenKind::User, user_claims(), NEXTAUTH, |k, t, n| {
+            k.verify_user(t, n).map(drop)
+        }),
+        (
+            TokenKind::Container,
+            container_claims(),
+            GASTOWN,
+            |k, t, n| k.verify_container(t, n).map(drop),
+        ),
+        (TokenKind::Agent, agent_claims(), GASTOWN, |k, t, n| {
+            k.verify_agent(t, n).map(drop)
+        }),
+        (TokenKind::Sandbox, sandbox_claims(), NEXTAUTH, |k, t, n| {
+            k.verify_sandbox(t, n).map(drop)
+        }),
+    ]
+}
+
+/// Claims with `iat` and `exp` replaced.
+fn timed(base: &Value, iat: i64, exp: i64) -> Value {
+    with(with(base.clone(), "iat", json!(iat)), "exp", json!(exp))
+}
+
+#[test]
+fn lifetime_caps_are_the_design_values() {
+    assert_eq!(TokenKind::User.max_lifetime_secs(), 3600);
+    assert_eq!(TokenKind::Container.max_lifetime_secs(), 8 * 3600);
+    assert_eq!(TokenKind::Agent.max_lifetime_secs(), 8 * 3600);
+    assert_eq!(TokenKind::Sandbox.max_lifetime_secs(), 24 * 3600);
+    const {
+        assert!(
+            LIFETIME_LEEWAY_SECS <= 10,
+            "a few seconds, not a second skew window"
+        )
+    };
+}
+
+#[test]
+fn lifetime_is_measured_from_iat() {
+    let k = keys();
+    // The issue-9 examples: an old token with little time left is still too long-lived.
+    let user = timed(&user_claims(), NOW - 10 * 3600, NOW + 50 * 60);
+    assert_eq!(
+        k.verify_user(&hs256(user, NEXTAUTH), NOW),
+        Err(AuthError::LifetimeTooLong),
+        "user token issued 10 h ago, expiring in 50 min"
+    );
+    let container = timed(&container_claims(), NOW - 30 * 3600, NOW + 3600);
+    assert_eq!(
+        k.verify_container(&hs256(container, GASTOWN), NOW),
+        Err(AuthError::LifetimeTooLong),
+        "container token issued 30 h ago"
+    );
+    for (kind, claims, secret, verify) in kinds() {
+        let max = kind.max_lifetime_secs();
+        // Issued long ago, still unexpired: accepted exactly up to the cap plus the leeway.
+        let at_cap = timed(&claims, NOW - max + 600, NOW + 600 + LIFETIME_LEEWAY_SECS);
+        assert_eq!(
+            verify(&k, &hs256(at_cap, secret), NOW),
+            Ok(()),
+            "{kind:?} at cap"
+        );
+        let over = timed(
+            &claims,
+            NOW - max + 600,
+            NOW + 600 + LIFETIME_LEEWAY_SECS + 1,
+        );
+        assert_eq!(
+            verify(&k, &hs256(over, secret), NOW),
+            Err(AuthError::LifetimeTooLong),
+            "{kind:?} one second over"
+        );
+        // Issued now, claiming more than the cap.
+        let long = timed(&claims, NOW, NOW + max + LIFETIME_LEEWAY_SECS + 1);
+        assert_eq!(
+            verify(&k, &hs256(long, secret), NOW),
+            Err(AuthError::LifetimeTooLong),
+            "{kind:?} too long from now"
+        );
+        // `iat` in the future within the skew, `exp` measured from it: still bounded from now.
+        let ahead = timed(&claims, NOW + 60, NOW + 60 + max);
+        assert_eq!(
+            verify(&k, &hs256(ahead, secret), NOW),
+            Ok(()),
+            "{kind:?} iat ahead"
+        );
+        let beyond = timed(&claims, NOW + 61, NOW + 61 + max);
+        assert_eq!(
+            verify(&k, &hs256(beyond, secret), NOW),
+            Err(AuthError::IssuedInFuture),
+            "{kind:?} iat beyond the skew"
+        );
+    }
+}
+
+#[test]
+fn iat_is_required_on_every_kind() {
+    let k = keys();
+    for (kind, claims, secret, verify) in kinds() {
+        let token = hs256(without(claims.clone(), "iat"), secret);
+        assert_eq!(
+            verify(&k, &token, NOW),
+            Err(AuthError::MissingIssuedAt),
+            "{kind:?}"
+        );
+        for bad in [json!("now"), json!(null), json!(1e300), json!([NOW])] {
+            let token = hs256(with(claims.clone(), "iat", bad.clone()), secret);
+            assert!(verify(&k, &token, NOW).is_err(), "{kind:?} iat {bad}");
+        }
+    }
+    // A token without `iat` is refused with a 401-class error, not a configuration error.
+    assert_ne!(AuthError::MissingIssuedAt, AuthError::NotConfigured);
+}
+
+#[test]
+fn typ_header_must_name_a_jwt() {
+    let k = keys();
+    let with_typ = |typ: Value| {
+        forge(
+            &json!({"alg": "HS256", "typ": typ}),
+            &user_claims(),
+            NEXTAUTH,
+        )
+    };
+    for ok in ["JWT", "jwt", "Jwt", "application/jwt", "APPLICATION/JWT"] {
+        assert!(k.verify_user(&with_typ(json!(ok)), NOW).is_ok(), "{ok}");
+    }
+    let absent = forge(&json!({"alg": "HS256"}), &user_claims(), NEXTAUTH);
+    assert!(k.verify_user(&absent, NOW).is_ok(), "absent typ");
+    for bad in [
+        "at+jwt",
+        "application/at+jwt",
+        "logout+jwt",
+        "JOSE",
+        "JWE",
+        "",
+        "JWT ",
+        "text/jwt",
+        "application/",
+    ] {
+        assert_eq!(
+            k.verify_user(&with_typ(json!(bad)), NOW),
+            Err(AuthError::BadType),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        k.verify_user(&with_typ(json!(5)), NOW),
+        Err(AuthError::Malformed),
+        "typ not a string"
+    );
+    // Every kind applies it, and before the signature is looked at.
+    for (kind, claims, secret, verify) in kinds() {
+        let token = forge(&json!({"alg": "HS256", "typ": "at+jwt"}), &claims, secret);
+        assert_eq!(verify(&k, &token, NOW), Err(AuthError::BadType), "{kind:?}");
+    }
+}
+
+#[test]
+fn minted_tokens_carry_iat_and_a_jwt_typ() {
+    let k = keys();
+    let town = TownId::parse("town-7").unwrap();
+    let (container, _) = sign_container(&k, &town, "owner-1", NOW).unwrap();
+    let (sandbox, _) = sign_sandbox(&k, "user-1", &town, None, NOW).unwrap();
+    for token in [container, sandbox] {
+        let mut parts = token.split('.');
+        let header: Value =
+            serde_json::from_slice(&B64.decode(parts.next().unwrap()).unwrap()).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&B64.decode(parts.next().unwrap()).unwrap()).unwrap();
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(claims["iat"], NOW);
+    }
 }

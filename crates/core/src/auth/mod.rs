@@ -12,10 +12,12 @@ mod jwt;
 pub use api_key::InternalKey;
 pub use claims::{
     AgentClaims, ContainerClaims, OrgMembership, OrgRole, SandboxClaims, TokenKind, UserClaims,
+    AGENT_TOKEN_MAX_LIFETIME_SECS, CONTAINER_TOKEN_MAX_LIFETIME_SECS,
+    SANDBOX_TOKEN_MAX_LIFETIME_SECS, USER_TOKEN_MAX_LIFETIME_SECS,
 };
 pub use jwt::{
     sign_container, sign_sandbox, AuthError, Keys, CLOCK_SKEW_SECS, CONTAINER_TOKEN_TTL_SECS,
-    SANDBOX_TOKEN_TTL_SECS,
+    LIFETIME_LEEWAY_SECS, SANDBOX_TOKEN_TTL_SECS,
 };
 
 /// Takes the token out of an `Authorization: Bearer <token>` header value.

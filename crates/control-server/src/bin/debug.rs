@@ -1,0 +1,6 @@
+//! `gastown-control-debug`: the control server plus its `/debug/...` routes, for the end-to-end
+//! and integration tests only (built with `--features debug-routes`; never in the image).
+
+fn main() {
+    std::process::exit(gastown_control::cli_main(gastown_control::Build::Debug));
+}

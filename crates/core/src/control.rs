@@ -1,0 +1,171 @@
+//! The wire contract between `TownContainerDO` (the worker) and `gastown-control`, the control
+//! server in a town's container (DESIGN.md §7). Both sides use these types and this derivation,
+//! so neither can drift from the other.
+//!
+//! # Authentication
+//!
+//! Every request except `GET /health` carries
+//!
+//! ```text
+//! authorization: Bearer <control_secret(GASTOWN_CONTROL_KEY, townId)>
+//! x-gastown-town-id: <townId>
+//! content-type: application/json            (POST)
+//! ```
+//!
+//! where `control_secret(key, town) = base64url-no-pad(HMAC-SHA256(key, "gastown-control-v1:" +
+//! town))`. The worker holds the master key `GASTOWN_CONTROL_KEY`; a production container is
+//! started with only its own derived secret (`GASTOWN_CONTROL_SECRET`) and town
+//! (`GASTOWN_TOWN_ID`), so a container that leaks its secret leaks nothing about other towns.
+//! A body's `townId` must equal the `x-gastown-town-id` header.
+//!
+//! Nothing here touches the Workers runtime; it compiles for wasm32 and natively.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use subtle::ConstantTimeEq;
+
+/// Header naming the town a control request is for (also checked against the body's `townId`).
+pub const TOWN_ID_HEADER: &str = "x-gastown-town-id";
+/// Header carrying `Bearer <control_secret>`.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+/// The only content type a control POST may have.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// Master key (worker secret; also the control server's key in local dev and tests, where one
+/// server serves every town).
+pub const KEY_ENV: &str = "GASTOWN_CONTROL_KEY";
+/// The derived secret a production container's control server is started with.
+pub const SECRET_ENV: &str = "GASTOWN_CONTROL_SECRET";
+/// The one town a production container serves.
+pub const TOWN_ID_ENV: &str = "GASTOWN_TOWN_ID";
+
+/// Domain separation of the derived secret; bump the version to rotate every container at once.
+pub const SECRET_CONTEXT: &str = "gastown-control-v1:";
+
+/// Largest request body the control server reads.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+pub const HEALTH_PATH: &str = "/health";
+pub const REFRESH_TOKEN_PATH: &str = "/refresh-token";
+pub const SYNC_CONFIG_PATH: &str = "/sync-config";
+
+/// `POST /refresh-token`: the container token its processes use from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshTokenBody {
+    pub token: String,
+    #[serde(rename = "townId")]
+    pub town_id: String,
+}
+
+/// `POST /sync-config`: the town's whole env; a key not sent is removed from the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncConfigBody {
+    pub env: BTreeMap<String, String>,
+    #[serde(rename = "townId")]
+    pub town_id: String,
+}
+
+/// The per-town control secret: base64url-no-pad(HMAC-SHA256(key, "gastown-control-v1:" +
+/// town_id)), 43 characters.
+#[must_use]
+pub fn control_secret(key: &[u8], town_id: &str) -> String {
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(SECRET_CONTEXT.as_bytes());
+    mac.update(town_id.as_bytes());
+    B64.encode(mac.finalize().into_bytes())
+}
+
+/// The value of the `authorization` header for `town_id`.
+#[must_use]
+pub fn authorization_value(key: &[u8], town_id: &str) -> String {
+    format!("Bearer {}", control_secret(key, town_id))
+}
+
+/// The token of a `Bearer` authorization header (scheme case-insensitive), if any.
+#[must_use]
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Whether `presented` equals `expected`, in time independent of where they differ.
+#[must_use]
+pub fn secret_matches(expected: &str, presented: &str) -> bool {
+    !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"dev-gastown-control-key-change-me-0123456789";
+
+    #[test]
+    fn refresh_token_json_is_pinned() {
+        let body = RefreshTokenBody {
+            token: "t1".into(),
+            town_id: "town-a".into(),
+        };
+        let json = serde_json::to_string(&body).unwrap();
+        assert_eq!(json, r#"{"token":"t1","townId":"town-a"}"#);
+        assert_eq!(
+            serde_json::from_str::<RefreshTokenBody>(&json).unwrap(),
+            body
+        );
+        assert!(
+            serde_json::from_str::<RefreshTokenBody>(r#"{"token":"t1","town_id":"a"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn sync_config_json_is_pinned() {
+        let body = SyncConfigBody {
+            env: BTreeMap::from([("B".into(), "2".into()), ("A".into(), "1".into())]),
+            town_id: "town-a".into(),
+        };
+        let json = serde_json::to_string(&body).unwrap();
+        assert_eq!(json, r#"{"env":{"A":"1","B":"2"},"townId":"town-a"}"#);
+        assert_eq!(serde_json::from_str::<SyncConfigBody>(&json).unwrap(), body);
+        assert!(serde_json::from_str::<SyncConfigBody>(r#"{"townId":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn secret_derivation_is_pinned() {
+        // Computed independently: Node `createHmac("sha256", KEY).update("gastown-control-v1:town-a")
+        // .digest("base64url")` and Python's hmac give the same.
+        assert_eq!(
+            control_secret(KEY, "town-a"),
+            "u5Gz87oy3320TWluHukWQMppSQSJcreR2Ts8AdzIvcg"
+        );
+        assert_ne!(control_secret(KEY, "town-a"), control_secret(KEY, "town-b"));
+        assert_ne!(
+            control_secret(KEY, "town-a"),
+            control_secret(b"other", "town-a")
+        );
+        assert_eq!(control_secret(KEY, "x").len(), 43);
+        assert_eq!(
+            authorization_value(KEY, "town-a"),
+            "Bearer u5Gz87oy3320TWluHukWQMppSQSJcreR2Ts8AdzIvcg"
+        );
+    }
+
+    #[test]
+    fn bearer_and_comparison() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("abc"), None);
+        let s = control_secret(KEY, "t");
+        assert!(secret_matches(&s, &s.clone()));
+        assert!(!secret_matches(&s, &control_secret(KEY, "u")));
+        assert!(!secret_matches(&s, ""));
+        assert!(!secret_matches("", ""));
+    }
+}
