@@ -1,10 +1,13 @@
-//! The benchmark floor: the least a request can cost in this architecture. The worker forwards
-//! every request to one SQLite-backed Durable Object, which reads one row and answers JSON. No
-//! auth, no routing, no validation: `npm run bench` reports our routes as ratios to this.
+//! The benchmark floors: the least a request can cost in this architecture. The worker forwards
+//! every request to one SQLite-backed Durable Object, which answers JSON after one statement:
+//! `GET` reads one row (the read floor), any other method upserts one row (the write floor). No
+//! auth, no routing, no validation: `npm run bench` reports our read routes against the read
+//! floor and our write routes against the write floor.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use worker::{
-    durable_object, event, Context, DurableObject, Env, Request, Response, Result, State,
+    durable_object, event, Context, Date, DurableObject, Env, Method, Request, Response, Result,
+    State,
 };
 
 #[event(fetch)]
@@ -18,10 +21,16 @@ pub struct FloorDO {
     state: State,
 }
 
-#[derive(Deserialize, serde::Serialize)]
+#[derive(Deserialize, Serialize)]
 struct Row {
     id: f64,
     name: String,
+}
+
+#[derive(Deserialize, Serialize)]
+struct Beat {
+    id: String,
+    at: f64,
 }
 
 impl DurableObject for FloorDO {
@@ -35,16 +44,30 @@ impl DurableObject for FloorDO {
             "INSERT OR IGNORE INTO t (id, name) VALUES (1, 'floor')",
             None,
         );
+        let _ = sql.exec(
+            "CREATE TABLE IF NOT EXISTS beats (id TEXT PRIMARY KEY, at REAL NOT NULL)",
+            None,
+        );
         Self { state }
     }
 
-    async fn fetch(&self, _req: Request) -> Result<Response> {
-        let rows: Vec<Row> = self
-            .state
-            .storage()
-            .sql()
-            .exec("SELECT id, name FROM t WHERE id = ?", vec![1.into()])?
-            .to_array()?;
-        Response::from_json(&rows.first())
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        let sql = self.state.storage().sql();
+        if req.method() == Method::Get {
+            let rows: Vec<Row> = sql
+                .exec("SELECT id, name FROM t WHERE id = ?", vec![1.into()])?
+                .to_array()?;
+            return Response::from_json(&rows.first());
+        }
+        // One write, shaped like a heartbeat: upsert one row keyed by a fixed id.
+        let beat = Beat {
+            id: "floor".into(),
+            at: Date::now().as_millis() as f64,
+        };
+        sql.exec(
+            "INSERT INTO beats (id, at) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            vec![beat.id.as_str().into(), beat.at.into()],
+        )?;
+        Response::from_json(&beat)
     }
 }
