@@ -4,6 +4,7 @@
 //! so it happens on first use and the result is shared.
 
 use gastown_core::auth::{InternalKey, Keys};
+use gastown_core::policy;
 use gastown_core::sealed::Sealer;
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -15,7 +16,9 @@ const DEFAULT_TOWN_ALARM_MS: u64 = 5 * 60 * 1000;
 const DEFAULT_WATCHDOG_MS: u64 = 5 * 60 * 1000;
 /// Default least time between container token refreshes: hourly, for 8-hour tokens.
 const DEFAULT_TOKEN_REFRESH_MS: u64 = 60 * 60 * 1000;
-/// Floor for all three, so a misconfiguration cannot spin an alarm.
+/// Default grace of the container-token generation a rotation leaves.
+const DEFAULT_TOKEN_GRACE_MS: u64 = 2 * 60 * 1000;
+/// Floor for the periods, so a misconfiguration cannot spin an alarm.
 const MIN_ALARM_MS: u64 = 500;
 
 pub struct Config {
@@ -29,8 +32,11 @@ pub struct Config {
     pub watchdog_ms: u64,
     /// Least time between two container tokens pushed by the alarm.
     pub token_refresh_ms: u64,
-    /// `GASTOWN_TEST_HOOKS=1` enables routes that only tests use. Never set in production.
-    pub test_hooks: bool,
+    /// How long the token generation left by a rotation keeps working.
+    pub token_grace_ms: u64,
+    pub quotas: Quotas,
+    /// Why these settings cannot run, if they cannot: the worker then refuses every request.
+    pub refused: Option<String>,
 }
 
 thread_local! {
@@ -49,10 +55,32 @@ fn millis(env: &Env, name: &str, default: u64) -> u64 {
         .max(MIN_ALARM_MS)
 }
 
+/// Limits that keep one owner from creating Durable Objects, rows and alarms without end. Each
+/// is a `[vars]` setting of the same name; going over one answers 409 `quota_exceeded`.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    /// `MAX_TOWNS_PER_OWNER`: towns of one user or one organisation.
+    pub towns_per_owner: u64,
+    /// `MAX_RIGS_PER_TOWN`.
+    pub rigs_per_town: u64,
+    /// `MAX_AGENTS_PER_TOWN`: agents that have reported in.
+    pub agents_per_town: u64,
+}
+
+fn count(env: &Env, name: &str, default: u64) -> u64 {
+    string(env, name)
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(default)
+}
+
 pub fn get(env: &Env) -> Rc<Config> {
     CONFIG.with(|cell| {
         cell.get_or_init(|| {
+            let town_alarm_ms = millis(env, "TOWN_ALARM_INTERVAL_MS", DEFAULT_TOWN_ALARM_MS);
+            let token_refresh_ms =
+                millis(env, "CONTAINER_TOKEN_REFRESH_MS", DEFAULT_TOKEN_REFRESH_MS);
             Rc::new(Config {
+                refused: policy::check_intervals(town_alarm_ms, token_refresh_ms).err(),
                 keys: Keys::new(
                     string(env, "NEXTAUTH_SECRET").as_deref(),
                     string(env, "GASTOWN_JWT_SECRET").as_deref(),
@@ -62,14 +90,15 @@ pub fn get(env: &Env) -> Rc<Config> {
                 control_key: string(env, gastown_core::control::KEY_ENV)
                     .filter(|k| !k.is_empty())
                     .map(String::into_bytes),
-                town_alarm_ms: millis(env, "TOWN_ALARM_INTERVAL_MS", DEFAULT_TOWN_ALARM_MS),
+                town_alarm_ms,
                 watchdog_ms: millis(env, "WATCHDOG_INTERVAL_MS", DEFAULT_WATCHDOG_MS),
-                token_refresh_ms: millis(
-                    env,
-                    "CONTAINER_TOKEN_REFRESH_MS",
-                    DEFAULT_TOKEN_REFRESH_MS,
-                ),
-                test_hooks: string(env, "GASTOWN_TEST_HOOKS").as_deref() == Some("1"),
+                token_refresh_ms,
+                token_grace_ms: millis(env, "CONTAINER_TOKEN_GRACE_MS", DEFAULT_TOKEN_GRACE_MS),
+                quotas: Quotas {
+                    towns_per_owner: count(env, "MAX_TOWNS_PER_OWNER", 50),
+                    rigs_per_town: count(env, "MAX_RIGS_PER_TOWN", 100),
+                    agents_per_town: count(env, "MAX_AGENTS_PER_TOWN", 100),
+                },
             })
         })
         .clone()

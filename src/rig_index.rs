@@ -1,9 +1,14 @@
 //! The D1 rig index: which town and owner DO hold a rig. Internal services that know only a rig
 //! id (git-token requests, webhooks) resolve it here instead of fanning out over DOs.
+//!
+//! The owner DO is the truth; the index converges on it. A lookup checks the owner DO and
+//! drops a row whose rig is gone (a rig created while its town was deleted, or a delete whose
+//! index step failed), and the owner's watchdog reconciles all of the owner's rows.
 
 use gastown_core::error::ApiError;
+use gastown_core::ids::{OrgId, UserId};
 use gastown_core::ids::{RigId, TownId};
-use gastown_core::model::{OwnerType, Rig, Town};
+use gastown_core::model::{Owner, OwnerType, Rig, Town};
 use serde::{Deserialize, Serialize};
 use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, Env};
@@ -18,6 +23,20 @@ pub struct RigLocation {
     /// The user id of a personal town's owner, or the org id of an org town.
     pub owner_id: String,
     pub created_at: String,
+}
+
+impl RigLocation {
+    /// The owner DO that holds the rig.
+    ///
+    /// # Errors
+    /// Internal, for a row whose owner id does not parse (never written by this worker).
+    pub fn owner(&self) -> Result<Owner, ApiError> {
+        match self.owner_type {
+            OwnerType::User => UserId::parse(&self.owner_id).map(Owner::User),
+            OwnerType::Org => OrgId::parse(&self.owner_id).map(Owner::Org),
+        }
+        .map_err(|e| ApiError::internal(format!("rig index owner: {e}")))
+    }
 }
 
 fn db(env: &Env) -> Result<D1Database, ApiError> {
@@ -78,4 +97,28 @@ pub async fn find(env: &Env, rig: &RigId) -> Result<Option<RigLocation>, ApiErro
         .first::<RigLocation>(None)
         .await
         .map_err(ApiError::internal)
+}
+
+/// The rigs the index places with `owner`.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn rigs_of(env: &Env, owner: &Owner) -> Result<Vec<RigId>, ApiError> {
+    #[derive(Deserialize)]
+    struct Row {
+        rig_id: RigId,
+    }
+    let rows = db(env)?
+        .prepare("SELECT rig_id FROM rig_index WHERE owner_type = ?1 AND owner_id = ?2")
+        .bind(&[
+            JsValue::from_str(owner.kind().as_str()),
+            JsValue::from_str(owner.id()),
+        ])
+        .map_err(ApiError::internal)?
+        .all()
+        .await
+        .map_err(ApiError::internal)?
+        .results::<Row>()
+        .map_err(ApiError::internal)?;
+    Ok(rows.into_iter().map(|r| r.rig_id).collect())
 }

@@ -17,6 +17,13 @@ use gastown_core::routes::{
 use worker::{Env, Request, Response};
 
 pub async fn handle(mut req: Request, env: &Env) -> Response {
+    // Settings that cannot run (a refresh slower than the token lifetime, say) refuse every
+    // request, so a bad deployment is seen at once rather than when the first token lapses.
+    if let Some(problem) = &config::get(env).refused {
+        return error_response(&ApiError::internal(format!(
+            "configuration refused: {problem}"
+        )));
+    }
     // The raw method: workers-rs's `Method` reads any method it does not know as GET, which
     // would let `QUERY /api/...` (or `get`) act as a GET.
     let method = Method::parse(&req.inner().method());
@@ -167,6 +174,7 @@ async fn internal_route(env: &Env, route: InternalRoute) -> Result<Response, Api
     match route {
         InternalRoute::TownHealth { town } => internal::town_health(env, &town).await,
         InternalRoute::RigLookup { rig } => internal::rig_lookup(env, &rig).await,
+        #[cfg(feature = "test-hooks")]
         InternalRoute::DropTownAlarm { town } => internal::drop_town_alarm(env, &town).await,
     }
 }

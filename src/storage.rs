@@ -136,6 +136,22 @@ pub fn bump_meta(sql: &SqlStorage, key: impl MetaKey) -> Result<(), ApiError> {
     )
 }
 
+/// The `n` of a `SELECT COUNT(*) AS n ...` query.
+///
+/// # Errors
+/// As [`rows`].
+pub fn count(
+    sql: &SqlStorage,
+    query: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> Result<u64, ApiError> {
+    #[derive(Deserialize)]
+    struct N {
+        n: f64,
+    }
+    Ok(first::<N>(sql, query, bindings)?.map_or(0, |r| r.n as u64))
+}
+
 /// Whether a query finds any row.
 ///
 /// # Errors
@@ -206,6 +222,26 @@ impl Schema {
             self.applied.set(true);
         }
         Ok(())
+    }
+
+    /// Migrates only a DO that already has a schema, and answers whether it has one. A fresh
+    /// DO is left without a single write: reading an id nobody created must not create it.
+    ///
+    /// # Errors
+    /// As [`migrate`].
+    pub fn ensure_existing(&self, sql: &SqlStorage, now_ms: u64) -> Result<bool, ApiError> {
+        if self.applied.get() {
+            return Ok(true);
+        }
+        if !exists(
+            sql,
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_schema_migrations'",
+            vec![],
+        )? {
+            return Ok(false);
+        }
+        self.ensure(sql, now_ms)?;
+        Ok(true)
     }
 
     /// After `delete_all()`: the next request migrates again.

@@ -14,7 +14,9 @@ type Handled = Result<Response, ApiError>;
 /// to hand a token to its rightful caller. Its identity comes from the town, not the old token.
 pub async fn refresh_token(env: &Env, caller: &ContainerCaller) -> Handled {
     let issued = town::stub(env, &caller.town_id)?
-        .call(IssueContainerToken {})
+        .call(IssueContainerToken {
+            credential: caller.credential,
+        })
         .await?;
     Ok(json(200, &issued))
 }
@@ -26,12 +28,20 @@ pub async fn heartbeat(env: &Env, caller: &ContainerCaller) -> Handled {
         ));
     };
     let ack = town::stub(env, &caller.town_id)?
-        .call(Heartbeat { rig_id, agent_id })
+        .call(Heartbeat {
+            credential: caller.credential,
+            rig_id,
+            agent_id,
+        })
         .await?;
     Ok(json(200, &ack))
 }
 
 pub async fn mayor_rigs(env: &Env, caller: &ContainerCaller) -> Handled {
-    let rigs = town::stub(env, &caller.town_id)?.call(MayorRigs {}).await?;
+    let rigs = town::stub(env, &caller.town_id)?
+        .call(MayorRigs {
+            credential: caller.credential,
+        })
+        .await?;
     Ok(json(200, &rigs))
 }

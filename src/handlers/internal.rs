@@ -1,12 +1,14 @@
 //! Internal routes (`x-internal-api-key`): operator and service views.
 
-use crate::config;
-use crate::dos::town;
+use crate::dos::{owner, town};
 use crate::http::json;
 use crate::rig_index;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId};
-use gastown_core::protocol::town::{DropAlarm, Health};
+use gastown_core::protocol::owner::GetRig;
+#[cfg(feature = "test-hooks")]
+use gastown_core::protocol::town::DropAlarm;
+use gastown_core::protocol::town::Health;
 use worker::{Env, Response};
 
 /// The town's main-loop state: next alarm, runs so far, last run. 404 for unknown or destroyed.
@@ -15,19 +17,29 @@ pub async fn town_health(env: &Env, town_id: &TownId) -> Result<Response, ApiErr
     Ok(json(200, &health))
 }
 
-/// Which town and owner hold a rig.
+/// Which town and owner hold a rig. The owner DO confirms it: an index row whose rig is gone
+/// is dropped and answers 404.
 pub async fn rig_lookup(env: &Env, rig: &RigId) -> Result<Response, ApiError> {
-    match rig_index::find(env, rig).await? {
-        Some(location) => Ok(json(200, &location)),
-        None => Err(ApiError::NotFound("rig not found".into())),
+    let not_found = || ApiError::NotFound("rig not found".into());
+    let location = rig_index::find(env, rig).await?.ok_or_else(not_found)?;
+    let held = owner::stub(env, &location.owner()?)?
+        .call(GetRig {
+            rig_id: rig.clone(),
+        })
+        .await;
+    match held {
+        Ok(found) if found.town_id == location.town_id => Ok(json(200, &location)),
+        Ok(_) | Err(ApiError::NotFound(_)) => {
+            rig_index::remove(env, std::slice::from_ref(rig)).await?;
+            Err(not_found())
+        }
+        Err(e) => Err(e),
     }
 }
 
-/// Test hook: drops a town's alarm. A plain 404 unless `GASTOWN_TEST_HOOKS=1`.
+/// Test hook (the `test-hooks` build only): drops a town's alarm.
+#[cfg(feature = "test-hooks")]
 pub async fn drop_town_alarm(env: &Env, town_id: &TownId) -> Result<Response, ApiError> {
-    if !config::get(env).test_hooks {
-        return Err(ApiError::NotFound("no such route".into()));
-    }
     let ack = town::stub(env, town_id)?.call(DropAlarm {}).await?;
     Ok(json(200, &ack))
 }

@@ -10,14 +10,20 @@ import org from "./org.mjs";
 import container from "./container.mjs";
 import fuzz from "./fuzz.mjs";
 import lifecycle from "./lifecycle.mjs";
+import hardening from "./hardening.mjs";
+import security from "./security.mjs";
 
-// Alarms every second and a 2-second container-token throttle, so the tests watch the main loop,
-// the watchdog and token refresh happen in seconds instead of minutes and hours.
-const VARS = {
+// Alarms every second, a 2-second container-token throttle and a 2-second rotation grace, so
+// the tests watch the main loop, the watchdog, token refresh and revocation happen in seconds
+// instead of minutes and hours; quotas low enough to reach.
+export const VARS = {
   TOWN_ALARM_INTERVAL_MS: "1000",
   WATCHDOG_INTERVAL_MS: "1000",
   CONTAINER_TOKEN_REFRESH_MS: "2000",
-  GASTOWN_TEST_HOOKS: "1",
+  CONTAINER_TOKEN_GRACE_MS: "2000",
+  MAX_TOWNS_PER_OWNER: "20",
+  MAX_RIGS_PER_TOWN: "20",
+  MAX_AGENTS_PER_TOWN: "20",
 };
 
 const ctx = {
@@ -50,5 +56,7 @@ badInput(ctx);
 internal(ctx);
 org(ctx);
 container(ctx);
+hardening(ctx);
+security(ctx);
 fuzz(ctx);
 lifecycle(ctx);

@@ -128,7 +128,8 @@ export default function container(ctx) {
       const mint = (rigId, agentId, townId = town.id) => agentTokenFor(townId, user, { rigId, agentId });
       const ok = mint(rig.id, "polecat-2");
       assert.equal((await ctx.call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/polecat-2/heartbeat`, { token: ok })).status, 200);
-      assert.equal((await ctx.call("GET", `/api/mayor/${town.id}/tools/rigs`, { token: ok })).status, 200);
+      // Issue 9: only on their own agent's routes, never town-wide ones.
+      assert.equal((await ctx.call("GET", `/api/mayor/${town.id}/tools/rigs`, { token: ok })).status, 403);
       assert.equal((await ctx.call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/someone-else/heartbeat`, { token: ok })).status, 403);
       assert.equal((await ctx.call("GET", `/api/mayor/${town.id}/tools/rigs`, { token: mint(rig.id, "p", "other-town") })).status, 403);
     });

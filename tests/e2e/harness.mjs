@@ -3,9 +3,9 @@
 import { spawn, execFileSync } from "node:child_process";
 import { createServer } from "node:net";
 import { createHmac } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { ROOT, devVars } from "../../scripts/lib/jwt.mjs";
 
 export const secrets = devVars();
@@ -82,18 +82,51 @@ export async function startControlServer() {
     url,
     town: (townId) => json("GET", `/debug/towns/${townId}`, townId),
     fail: (modes) => json("POST", "/debug/fail", "e2e-harness", modes),
+    /** As if the town's container stopped (or restarted): its token and env are gone. */
+    stopTown: (townId) => json("POST", "/stop", townId, { townId }),
     stop: () => child.kill("SIGTERM"),
   };
 }
 
-/** Starts the built worker (or another, with `config`); resolves once `readyPath` answers 200. */
-export async function startWorker({ persistDir, vars = {}, config, readyPath = "/health" }) {
+/**
+ * Our wrangler.toml without its `[build]` section, for runs of the already built worker: with a
+ * build command, `wrangler dev` watches src/ and rebuilds (and without `npm test`'s features)
+ * whenever someone edits a file during a run. It lives in .wrangler/ (ignored by git), so its
+ * paths are rewritten, and the dev secrets are copied beside it, where wrangler reads them.
+ */
+export function builtWorkerConfig() {
+  const dir = join(ROOT, ".wrangler", "built");
+  mkdirSync(dir, { recursive: true });
+  const out = [];
+  let inBuild = false;
+  for (const line of readFileSync(join(ROOT, "wrangler.toml"), "utf8").split("\n")) {
+    if (/^\s*\[/.test(line)) inBuild = /^\s*\[build\]\s*$/.test(line);
+    if (inBuild) continue;
+    out.push(line.replace(/^(\s*(?:main|image|image_build_context|migrations_dir)\s*=\s*)"([^"]*)"/,
+      (_, key, value) => `${key}"${relative(dir, resolve(ROOT, value)) || "."}"`));
+  }
+  // Written only when it changes: a running `wrangler dev` reloads when its config is touched.
+  const writeIfChanged = (path, text) => {
+    if (!existsSync(path) || readFileSync(path, "utf8") !== text) writeFileSync(path, text);
+  };
+  const file = join(dir, "wrangler.toml");
+  writeIfChanged(file, out.join("\n"));
+  const vars = [".dev.vars", ".dev.vars.example"].map((f) => join(ROOT, f)).find(existsSync);
+  if (vars) writeIfChanged(join(dir, ".dev.vars"), readFileSync(vars, "utf8"));
+  return file;
+}
+
+/**
+ * Starts the built worker (or another, with `config`); resolves once `readyPath` answers
+ * `readyStatus`.
+ */
+export async function startWorker({ persistDir, vars = {}, config = builtWorkerConfig(), readyPath = "/health", readyStatus = 200 }) {
   const port = await freePort();
   const inspector = await freePort();
   const args = ["dev", "--local", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector),
     "--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "warn"];
   for (const [k, v] of Object.entries(vars)) args.push("--var", `${k}:${v}`);
-  if (config) args.push("--config", config);
+  args.push("--config", config);
   const child = spawn(wranglerBin, args, {
     cwd: ROOT,
     env: { ...process.env, CI: "true", WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" },
@@ -109,7 +142,7 @@ export async function startWorker({ persistDir, vars = {}, config, readyPath = "
     if (child.exitCode !== null) throw new Error(`wrangler dev exited early:\n${output}`);
     try {
       const res = await fetch(`${url}${readyPath}`);
-      if (res.status === 200) break;
+      if (res.status === readyStatus) break;
     } catch {
       // not listening yet
     }

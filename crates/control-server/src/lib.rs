@@ -44,9 +44,9 @@
 //! other routes. The production binary `gastown-control` answers 404 there.
 
 use gastown_core::control::{
-    bearer, control_secret, secret_matches, RefreshTokenBody, SyncConfigBody, AUTHORIZATION_HEADER,
-    CONTENT_TYPE_JSON, HEALTH_PATH, KEY_ENV, MAX_BODY_BYTES, REFRESH_TOKEN_PATH, SECRET_ENV,
-    SYNC_CONFIG_PATH, TOWN_ID_ENV, TOWN_ID_HEADER,
+    bearer, control_secret, secret_matches, RefreshTokenBody, RefreshTokenReply, StopBody,
+    SyncConfigBody, AUTHORIZATION_HEADER, CONTENT_TYPE_JSON, HEALTH_PATH, KEY_ENV, MAX_BODY_BYTES,
+    REFRESH_TOKEN_PATH, SECRET_ENV, STOP_PATH, SYNC_CONFIG_PATH, TOWN_ID_ENV, TOWN_ID_HEADER,
 };
 use gastown_core::ids::TownId;
 use serde::de::DeserializeOwned;
@@ -586,6 +586,7 @@ enum Route {
     Health,
     RefreshToken,
     SyncConfig,
+    Stop,
     #[cfg(feature = "debug-routes")]
     DebugTown(String),
     #[cfg(feature = "debug-routes")]
@@ -597,7 +598,7 @@ enum Route {
 impl Route {
     fn is_post(&self) -> bool {
         match self {
-            Route::RefreshToken | Route::SyncConfig => true,
+            Route::RefreshToken | Route::SyncConfig | Route::Stop => true,
             #[cfg(feature = "debug-routes")]
             Route::DebugFail => true,
             _ => false,
@@ -610,6 +611,7 @@ fn route(build: Build, method: &str, path: &str) -> Result<Route, Reply> {
         HEALTH_PATH => Some(Route::Health),
         REFRESH_TOKEN_PATH => Some(Route::RefreshToken),
         SYNC_CONFIG_PATH => Some(Route::SyncConfig),
+        STOP_PATH => Some(Route::Stop),
         _ => debug_route(build, path),
     };
     let Some(found) = found else {
@@ -771,6 +773,7 @@ fn handle(shared: &Shared, route: &Route, town: &str, body: &[u8]) -> Reply {
         Route::Health => Ok((200, json!({ "status": "ok" }))),
         Route::RefreshToken => refresh_token(shared, town, body),
         Route::SyncConfig => sync_config(shared, town, body),
+        Route::Stop => stop(shared, town, body),
         #[cfg(feature = "debug-routes")]
         Route::DebugTown(id) => debug_town(shared, town, id),
         #[cfg(feature = "debug-routes")]
@@ -798,7 +801,20 @@ fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Repl
     let entry = state.towns.entry(req.town_id).or_default();
     entry.token = Some(req.token);
     entry.token_updates += 1;
-    Ok((200, json!({ "ok": true })))
+    let reply = RefreshTokenReply {
+        ok: true,
+        had_env: entry.env_updates > 0,
+    };
+    Ok((200, json!(reply)))
+}
+
+/// The town's container stops: what it held (token, env) is gone, as it would be with the
+/// container.
+fn stop(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
+    let req: StopBody = parse(body)?;
+    same_town(&req.town_id, town)?;
+    let stopped = shared.state().towns.remove(&req.town_id).is_some();
+    Ok((200, json!({ "ok": true, "stopped": stopped })))
 }
 
 fn sync_config(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {

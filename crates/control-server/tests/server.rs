@@ -206,6 +206,22 @@ fn happy_path_stores_token_and_env_per_town() {
     // One town's credentials do not read another's state.
     let cross = req("GET", "/debug/towns/b").auth("a").send(&s);
     assert_eq!(cross.0, 403);
+
+    // Stopping a town drops what its container held, and only that town's.
+    let stop = |town: &str, as_town: &str| {
+        req("POST", "/stop")
+            .json(&json!({ "townId": town }))
+            .auth(as_town)
+            .send(&s)
+    };
+    assert_eq!(stop("b", "a").0, 403, "one town cannot stop another");
+    assert_eq!(
+        stop("a", "a"),
+        (200, json!({ "ok": true, "stopped": true }))
+    );
+    assert_eq!(town_state(&s, "a").0, 404);
+    assert_eq!(town_state(&s, "b").0, 200);
+    assert_eq!(stop("a", "a").1["stopped"], json!(false), "idempotent");
 }
 
 #[test]

@@ -125,8 +125,18 @@ pub struct ContainerCaller {
     pub user_id: String,
     pub rig_id: Option<RigId>,
     pub agent_id: Option<AgentId>,
-    /// Authenticated with a legacy per-agent token.
-    pub legacy: bool,
+    /// What the token proves, for the town's DO to check against its current generation.
+    pub credential: ContainerCredential,
+}
+
+/// The part of a container caller's token that rotation revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ContainerCredential {
+    /// A container token of this generation (`None`: minted before generations existed).
+    Container { generation: Option<u64> },
+    /// A legacy per-agent token issued at this time (seconds since the epoch).
+    Agent { issued_at: i64 },
 }
 
 /// Where a container route names its rig and agent: the path first, else the
@@ -188,7 +198,9 @@ pub fn container(
                 user_id: claims.user_id,
                 rig_id: rig,
                 agent_id: agent,
-                legacy: false,
+                credential: ContainerCredential::Container {
+                    generation: claims.generation,
+                },
             })
         }
         Err(AuthError::WrongKind) => {
@@ -196,19 +208,29 @@ pub fn container(
             if &claims.town_id != town {
                 return Err(other_town());
             }
-            if scope.route_rig.is_some_and(|r| r != &claims.rig_id)
-                || scope.route_agent.is_some_and(|a| a != &claims.agent_id)
-            {
-                return Err(ApiError::Forbidden(
-                    "this agent token belongs to another rig or agent".into(),
-                ));
+            // A legacy token speaks for its own agent only: on routes whose path names that
+            // rig and agent, never on town-wide routes (and so never to mint a container token).
+            match (scope.route_rig, scope.route_agent) {
+                (Some(rig), Some(agent)) if rig == &claims.rig_id && agent == &claims.agent_id => {}
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::Forbidden(
+                        "this agent token belongs to another rig or agent".into(),
+                    ))
+                }
+                _ => {
+                    return Err(ApiError::Forbidden(
+                        "an agent token is accepted only on its own agent's routes".into(),
+                    ))
+                }
             }
             Ok(ContainerCaller {
                 town_id: claims.town_id,
                 user_id: claims.user_id,
                 rig_id: Some(claims.rig_id),
                 agent_id: Some(claims.agent_id),
-                legacy: true,
+                credential: ContainerCredential::Agent {
+                    issued_at: claims.issued_at,
+                },
             })
         }
         Err(other) => Err(auth_error(other)),
@@ -372,9 +394,15 @@ mod tests {
         #[test]
         fn container_token_is_scoped_to_its_town() {
             let k = keys();
-            let (token, _) = sign_container(&k, &town("t1"), "owner", NOW).unwrap();
+            let (token, _) = sign_container(&k, &town("t1"), "owner", 1, NOW).unwrap();
             let ok = container(&k, &token, NOW, &town("t1"), ContainerScope::default()).unwrap();
-            assert_eq!((ok.user_id.as_str(), ok.legacy), ("owner", false));
+            assert_eq!(ok.user_id.as_str(), "owner");
+            assert_eq!(
+                ok.credential,
+                ContainerCredential::Container {
+                    generation: Some(1)
+                }
+            );
             assert_eq!(
                 container(&k, &token, NOW, &town("t2"), ContainerScope::default())
                     .unwrap_err()
@@ -386,7 +414,7 @@ mod tests {
         #[test]
         fn rig_and_agent_come_from_path_then_headers() {
             let k = keys();
-            let (token, _) = sign_container(&k, &town("t1"), "owner", NOW).unwrap();
+            let (token, _) = sign_container(&k, &town("t1"), "owner", 1, NOW).unwrap();
             let rig = RigId::parse("r-path").unwrap();
             let scope = ContainerScope {
                 route_rig: Some(&rig),
@@ -425,7 +453,7 @@ mod tests {
                     .status(),
                 401
             );
-            let (token, _) = sign_container(&k, &town("t1"), "owner", NOW).unwrap();
+            let (token, _) = sign_container(&k, &town("t1"), "owner", 1, NOW).unwrap();
             assert_eq!(
                 container(
                     &k,

@@ -52,6 +52,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub const HEALTH_PATH: &str = "/health";
 pub const REFRESH_TOKEN_PATH: &str = "/refresh-token";
 pub const SYNC_CONFIG_PATH: &str = "/sync-config";
+pub const STOP_PATH: &str = "/stop";
 
 /// `POST /refresh-token`: the container token its processes use from now on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,10 +62,27 @@ pub struct RefreshTokenBody {
     pub town_id: String,
 }
 
+/// The answer to `POST /refresh-token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshTokenReply {
+    pub ok: bool,
+    /// False when the server holds no env for the town (it started, or restarted, since the
+    /// last sync): the worker then sends it the stored env.
+    #[serde(default)]
+    pub had_env: bool,
+}
+
 /// `POST /sync-config`: the town's whole env; a key not sent is removed from the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncConfigBody {
     pub env: BTreeMap<String, String>,
+    #[serde(rename = "townId")]
+    pub town_id: String,
+}
+
+/// `POST /stop`: the town's container stops; its token and env are dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopBody {
     #[serde(rename = "townId")]
     pub town_id: String,
 }

@@ -22,8 +22,14 @@ pub enum ApiError {
     NotFound(String),
     /// The path exists but not with this method (405).
     MethodNotAllowed,
+    /// A container token of a generation the town has rotated away from, or a legacy agent
+    /// token issued before the rotation (401). A DO may answer it: it is the DO that knows the
+    /// town's current generation.
+    TokenRevoked,
     /// The request conflicts with stored state (409).
     Conflict(String),
+    /// A per-owner or per-town limit is reached (409); `limit` names the setting.
+    QuotaExceeded { limit: &'static str, max: u64 },
     /// The resource existed and is gone for good (410).
     Gone(String),
     /// The body is larger than the route accepts (413).
@@ -55,11 +61,11 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::InvalidJson(_) | ApiError::BadRequest(_) => 400,
-            ApiError::Unauthorized(_) => 401,
+            ApiError::Unauthorized(_) | ApiError::TokenRevoked => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed => 405,
-            ApiError::Conflict(_) => 409,
+            ApiError::Conflict(_) | ApiError::QuotaExceeded { .. } => 409,
             ApiError::Gone(_) => 410,
             ApiError::PayloadTooLarge => 413,
             ApiError::UnsupportedMediaType => 415,
@@ -78,6 +84,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
+            ApiError::TokenRevoked => "token_revoked",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::Gone(_) => "gone",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -97,6 +105,12 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::Gone(m) => m.clone(),
             ApiError::Unauthorized(m) => (*m).to_owned(),
+            ApiError::TokenRevoked => {
+                "this token was revoked by a rotation; the container gets a fresh one".to_owned()
+            }
+            ApiError::QuotaExceeded { limit, max } => {
+                format!("the limit {limit} ({max}) is reached")
+            }
             ApiError::MethodNotAllowed => "method not allowed on this path".to_owned(),
             ApiError::PayloadTooLarge => "request body is too large".to_owned(),
             ApiError::UnsupportedMediaType => "request body must be application/json".to_owned(),
@@ -114,6 +128,7 @@ impl ApiError {
                 message: self.message(),
                 field: match self {
                     ApiError::Invalid { field, .. } => Some(field.clone()),
+                    ApiError::QuotaExceeded { limit, .. } => Some((*limit).to_owned()),
                     _ => None,
                 },
             },
@@ -134,6 +149,18 @@ impl ApiError {
             field,
         } = parsed.error;
         match (status, code.as_str()) {
+            (401, "token_revoked") => ApiError::TokenRevoked,
+            (409, "quota_exceeded") => match field.as_deref().and_then(quota_limit) {
+                Some(limit) => ApiError::QuotaExceeded {
+                    limit,
+                    max: message
+                        .split(['(', ')'])
+                        .nth(1)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0),
+                },
+                None => ApiError::internal("durable object answered an unknown quota"),
+            },
             (400, "invalid_json") => ApiError::InvalidJson(message),
             (400, _) => ApiError::BadRequest(message),
             (403, _) => ApiError::Forbidden(message),
@@ -152,6 +179,17 @@ impl ApiError {
             _ => ApiError::internal(format!("durable object answered {status} {code}")),
         }
     }
+}
+
+/// The quota settings a DO may name (`QuotaExceeded::limit` is `'static`).
+pub const QUOTA_LIMITS: &[&str] = &[
+    "MAX_TOWNS_PER_OWNER",
+    "MAX_RIGS_PER_TOWN",
+    "MAX_AGENTS_PER_TOWN",
+];
+
+fn quota_limit(name: &str) -> Option<&'static str> {
+    QUOTA_LIMITS.iter().copied().find(|l| *l == name)
 }
 
 impl fmt::Display for ApiError {
@@ -221,6 +259,11 @@ mod tests {
             ApiError::invalid("git_url", "must be https"),
             ApiError::Forbidden("owner only".into()),
             ApiError::Gone("town destroyed".into()),
+            ApiError::TokenRevoked,
+            ApiError::QuotaExceeded {
+                limit: "MAX_RIGS_PER_TOWN",
+                max: 3,
+            },
         ] {
             let body = serde_json::to_string(&err.body()).unwrap();
             assert_eq!(ApiError::from_wire(err.status(), &body), err);

@@ -2,6 +2,9 @@
 //! alarm does on each tick, and when a container token is due. The DOs gather the inputs from
 //! storage, call these, and apply the effects in the order given.
 
+use crate::auth::CONTAINER_TOKEN_TTL_SECS;
+use crate::authz::ContainerCredential;
+
 /// What a town's DO knows when its alarm fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TickInput {
@@ -50,6 +53,71 @@ pub fn tick(input: &TickInput) -> Vec<TickEffect> {
 /// the container *accepted* one; a town that never had one accepted is due at once.
 pub fn token_refresh_due(last_accepted_ms: Option<u64>, now_ms: u64, throttle_ms: u64) -> bool {
     last_accepted_ms.is_none_or(|last| now_ms.saturating_sub(last) >= throttle_ms)
+}
+
+/// The main loop and the token refresh must both come round well within a container token's
+/// lifetime, or a running container is left holding an expired token.
+///
+/// # Errors
+/// Which setting is too long, for the operator.
+pub fn check_intervals(town_alarm_ms: u64, token_refresh_ms: u64) -> Result<(), String> {
+    let lifetime_ms = u64::try_from(CONTAINER_TOKEN_TTL_SECS).unwrap_or(0) * 1000;
+    for (name, ms) in [
+        ("TOWN_ALARM_INTERVAL_MS", town_alarm_ms),
+        ("CONTAINER_TOKEN_REFRESH_MS", token_refresh_ms),
+    ] {
+        if ms >= lifetime_ms {
+            return Err(format!(
+                "{name} ({ms}) must be below the container token lifetime ({lifetime_ms} ms)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A town's container-token generation: every container token carries the generation it was
+/// minted in. Rotation (an owner's forced refresh, a container or town stop) advances it, and
+/// from then on tokens of older generations are refused; the generation just left keeps working
+/// for `grace_ms`, so a refresh already under way when the rotation happened does not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenGeneration {
+    /// 0 until the container first starts: no container token is valid before that.
+    pub current: u64,
+    /// When `current` began (ms since the epoch); 0 if never advanced.
+    pub since_ms: u64,
+}
+
+impl TokenGeneration {
+    /// Whether a container caller's credential is still honoured.
+    pub fn admits(&self, credential: ContainerCredential, now_ms: u64, grace_ms: u64) -> bool {
+        match credential {
+            ContainerCredential::Container { generation } => {
+                let Some(generation) = generation else {
+                    return false;
+                };
+                self.current > 0
+                    && (generation == self.current
+                        || (generation + 1 == self.current
+                            && now_ms.saturating_sub(self.since_ms) < grace_ms))
+            }
+            // Legacy tokens carry no generation: those issued before the last rotation are
+            // revoked by it (the same grace applies). `iat` has whole seconds, so a token of
+            // the rotation's own second counts as issued after it.
+            ContainerCredential::Agent { issued_at } => {
+                let issued_ms = u64::try_from(issued_at).unwrap_or(0).saturating_mul(1000);
+                issued_ms.saturating_add(999) >= self.since_ms
+                    || now_ms.saturating_sub(self.since_ms) < grace_ms
+            }
+        }
+    }
+
+    /// The generation after a rotation at `now_ms`.
+    pub fn advanced(self, now_ms: u64) -> TokenGeneration {
+        TokenGeneration {
+            current: self.current + 1,
+            since_ms: now_ms,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -105,5 +173,70 @@ mod tests {
             ..input()
         };
         assert_eq!(tick(&never), [RecordRun, RefreshContainerToken]);
+    }
+
+    #[test]
+    fn intervals_stay_below_the_token_lifetime() {
+        assert!(check_intervals(300_000, 3_600_000).is_ok());
+        let eight_hours = 8 * 3_600_000;
+        assert!(check_intervals(300_000, eight_hours - 1).is_ok());
+        let e = check_intervals(300_000, eight_hours).unwrap_err();
+        assert!(e.starts_with("CONTAINER_TOKEN_REFRESH_MS"), "{e}");
+        let e = check_intervals(eight_hours, 1_000).unwrap_err();
+        assert!(e.starts_with("TOWN_ALARM_INTERVAL_MS"), "{e}");
+    }
+
+    #[test]
+    fn generations() {
+        let c = |g: Option<u64>| ContainerCredential::Container { generation: g };
+        let never = TokenGeneration {
+            current: 0,
+            since_ms: 0,
+        };
+        assert!(
+            !never.admits(c(Some(0)), 5, 1_000),
+            "no token before the first start"
+        );
+        let g1 = never.advanced(10_000);
+        assert!(g1.admits(c(Some(1)), 20_000, 1_000));
+        assert!(
+            !g1.admits(c(None), 20_000, 1_000),
+            "tokens without a generation"
+        );
+        assert!(
+            !g1.admits(c(Some(2)), 20_000, 1_000),
+            "a generation not yet minted"
+        );
+        let g2 = g1.advanced(50_000);
+        assert!(
+            g2.admits(c(Some(1)), 50_500, 1_000),
+            "the previous one, within the grace"
+        );
+        assert!(
+            !g2.admits(c(Some(1)), 51_000, 1_000),
+            "the previous one, after the grace"
+        );
+        assert!(!g2.admits(c(Some(0)), 50_001, 1_000), "older ones never");
+        assert!(g2.admits(c(Some(2)), 99_000_000, 1_000));
+    }
+
+    #[test]
+    fn legacy_tokens_are_revoked_by_rotation() {
+        let a = |iat_s: i64| ContainerCredential::Agent { issued_at: iat_s };
+        let never = TokenGeneration {
+            current: 0,
+            since_ms: 0,
+        };
+        assert!(never.admits(a(100), 200_000, 1_000));
+        let g = never.advanced(300_000);
+        assert!(g.admits(a(300), 400_000, 1_000), "issued at the rotation");
+        assert!(
+            !g.admits(a(100), 400_000, 1_000),
+            "issued before it, after the grace"
+        );
+        assert!(
+            g.admits(a(100), 300_500, 1_000),
+            "issued before it, within the grace"
+        );
     }
 }

@@ -160,8 +160,9 @@ pub enum InternalRoute {
     RigLookup {
         rig: RigId,
     },
-    /// Test hook (only with `GASTOWN_TEST_HOOKS=1`): drops a town's pending alarm so tests can
-    /// watch the owner's watchdog re-arm it.
+    /// Test hook, compiled only with the `test-hooks` feature (the end-to-end tests' build):
+    /// drops a town's pending alarm so tests can watch the owner's watchdog re-arm it.
+    #[cfg(feature = "test-hooks")]
     DropTownAlarm {
         town: TownId,
     },
@@ -269,6 +270,7 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| Ok(Route::Container(ContainerRoute::MayorRigs { town: p.town()? }))),
     route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::Internal(InternalRoute::TownHealth { town: p.town()? }))),
     route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::Internal(InternalRoute::RigLookup { rig: p.rig()? }))),
+    #[cfg(feature = "test-hooks")]
     route!(Delete "/api/internal/towns/:townId/alarm" Internal => |p| Ok(Route::Internal(InternalRoute::DropTownAlarm { town: p.town()? }))),
 ];
 
@@ -412,6 +414,15 @@ mod tests {
             let route = match_route(spec.method, &path).unwrap();
             assert_eq!(route.principal(), spec.principal, "{}", spec.path);
         }
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    #[test]
+    fn the_test_hook_exists_only_in_test_builds() {
+        assert_eq!(
+            match_route(Method::Delete, "/api/internal/towns/t1/alarm"),
+            Err(RouteError::NotFound)
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //!
 //! Format: `v1:` + base64url(nonce ‖ ciphertext ‖ tag). The caller supplies the 12-byte nonce
 //! from the runtime's CSPRNG (this crate reads no randomness, like it reads no clock).
-//! A stored value without the prefix is a legacy plaintext row: it is read as is and sealed
-//! on its next write.
+//! A stored value without the prefix is refused, never read as plaintext: a row that is not
+//! sealed was not written by this code.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -22,6 +22,8 @@ pub enum SealError {
     NoKey,
     /// Malformed, tampered with, sealed under another key or for another place.
     Corrupt,
+    /// Not a sealed value at all (no `v1:` prefix).
+    NotSealed,
 }
 
 impl std::fmt::Display for SealError {
@@ -29,6 +31,7 @@ impl std::fmt::Display for SealError {
         f.write_str(match self {
             SealError::NoKey => "GASTOWN_ENCRYPTION_KEY is not configured",
             SealError::Corrupt => "a sealed value could not be opened",
+            SealError::NotSealed => "a stored secret is not sealed",
         })
     }
 }
@@ -75,14 +78,14 @@ impl Sealer {
         Ok(format!("{PREFIX}{}", B64.encode(out)))
     }
 
-    /// Opens a stored value; a legacy plaintext value comes back as it is.
+    /// Opens a stored value.
     ///
     /// # Errors
-    /// `NoKey` for a sealed value without a configured key; `Corrupt` for anything that does
-    /// not open under this key and `aad`.
+    /// `NotSealed` for a value without the prefix; `NoKey` for a sealed value without a
+    /// configured key; `Corrupt` for anything that does not open under this key and `aad`.
     pub fn open(&self, stored: &str, aad: &str) -> Result<Vec<u8>, SealError> {
         let Some(body) = stored.strip_prefix(PREFIX) else {
-            return Ok(stored.as_bytes().to_vec());
+            return Err(SealError::NotSealed);
         };
         let cipher = self.cipher.as_ref().ok_or(SealError::NoKey)?;
         let bytes = B64.decode(body).map_err(|_| SealError::Corrupt)?;
@@ -142,9 +145,10 @@ mod tests {
     }
 
     #[test]
-    fn legacy_plaintext_reads_and_no_key_fails_closed() {
+    fn plaintext_is_refused_and_no_key_fails_closed() {
         let s = Sealer::new(Some("k"));
-        assert_eq!(s.open(r#"{"a":1}"#, "x").unwrap(), br#"{"a":1}"#);
+        assert_eq!(s.open(r#"{"a":1}"#, "x"), Err(SealError::NotSealed));
+        assert_eq!(s.open("", "x"), Err(SealError::NotSealed));
         let none = Sealer::new(None);
         assert_eq!(none.seal(b"x", "a", [0; 12]), Err(SealError::NoKey));
         let sealed = s.seal(b"x", "a", [0; 12]).unwrap();

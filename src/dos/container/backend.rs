@@ -19,6 +19,13 @@ use worker::{
 /// The control server's port inside a Cloudflare Container.
 const CONTROL_PORT: u16 = 8080;
 
+/// A control server's 2xx answer.
+pub struct Answer {
+    /// This request had to start the container first (which then had neither env nor token).
+    pub started: bool,
+    pub body: String,
+}
+
 /// Where the control server is.
 pub enum Target {
     /// The Cloudflare Container bound to this DO (production).
@@ -66,19 +73,26 @@ impl Backend {
     /// # Errors
     /// A description for the log when the server is unreachable or answers non-2xx.
     pub async fn health(&self) -> Result<(), String> {
-        self.send(Method::Get, control::HEALTH_PATH, None).await
+        self.send(Method::Get, control::HEALTH_PATH, None)
+            .await
+            .map(|_| ())
     }
 
     /// POSTs a JSON body; any non-2xx answer is an error.
     ///
     /// # Errors
     /// As [`Backend::health`].
-    pub async fn post<T: Serialize>(&self, path: &str, body: &T) -> Result<(), String> {
+    pub async fn post<T: Serialize>(&self, path: &str, body: &T) -> Result<Answer, String> {
         let body = serde_json::to_string(body).map_err(|e| e.to_string())?;
         self.send(Method::Post, path, Some(body)).await
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<String>) -> Result<(), String> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Answer, String> {
         let secret = self
             .secret
             .as_deref()
@@ -94,9 +108,11 @@ impl Backend {
             init.with_body(Some(JsValue::from_str(&body)));
         }
         init.with_headers(headers);
+        let mut started = false;
         let response = match &self.target {
             Target::Cloudflare(container) => {
                 if !container.running() {
+                    started = true;
                     let mut options = ContainerStartupOptions::new();
                     options.add_env(control::SECRET_ENV, secret);
                     options.add_env(control::TOWN_ID_ENV, self.town.as_str());
@@ -119,21 +135,33 @@ impl Backend {
                 return Err("no container is bound and CONTAINER_CONTROL_URL is not set".into())
             }
         };
-        let response = response.map_err(|e| format!("{path}: {e}"))?;
+        let mut response = response.map_err(|e| format!("{path}: {e}"))?;
         match response.status_code() {
-            200..=299 => Ok(()),
+            200..=299 => Ok(Answer {
+                started,
+                body: response.text().await.unwrap_or_default(),
+            }),
             status => Err(format!("{path}: control server answered {status}")),
         }
     }
 
-    /// Stops a Cloudflare Container. The development backend has nothing to stop.
+    /// Stops the container: a Cloudflare Container is destroyed; the development control
+    /// server drops the town's token and env, as a stopped container would.
     pub async fn stop(&self) {
-        if let Target::Cloudflare(container) = &self.target {
-            if container.running() {
-                if let Err(e) = container.destroy(None).await {
-                    console_error!("container stop: {e}");
-                }
+        let result = match &self.target {
+            Target::Cloudflare(container) if container.running() => {
+                container.destroy(None).await.map_err(|e| e.to_string())
             }
+            Target::Cloudflare(_) | Target::Missing => Ok(()),
+            Target::Control(_) => {
+                let body = control::StopBody {
+                    town_id: self.town.as_str().to_owned(),
+                };
+                self.post(control::STOP_PATH, &body).await.map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            console_error!("town {}: container stop: {e}", self.town);
         }
     }
 }

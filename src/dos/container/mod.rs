@@ -9,9 +9,9 @@ mod backend;
 
 use super::{no_fetch, rpc_entry, DoStub};
 use crate::config;
-use crate::storage::{exec, first, int, rows, Schema};
+use crate::storage::{exec, exists, first, int, rows, Schema};
 use backend::Backend;
-use gastown_core::control::{RefreshTokenBody, SyncConfigBody};
+use gastown_core::control::{self, RefreshTokenBody, RefreshTokenReply, SyncConfigBody};
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
 use gastown_core::protocol::container::*;
@@ -19,6 +19,7 @@ use gastown_core::protocol::Ack;
 use gastown_core::schema;
 use gastown_core::time::rfc3339;
 use serde::Deserialize;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use worker::{
     console_error, durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, State,
@@ -42,6 +43,10 @@ pub struct TownContainerDO {
     state: State,
     env: Env,
     schema: Schema,
+    /// Set by `destroy` before its first await. A start or push that resumes after an await
+    /// finds it, stops the container again (its request may have landed after the stop) and
+    /// answers 410, so nothing of a destroyed town survives in its container.
+    destroyed: Cell<bool>,
 }
 
 #[derive(Deserialize)]
@@ -57,7 +62,22 @@ struct EnvKey {
     key: String,
 }
 
+#[derive(Deserialize)]
+struct EnvRow {
+    key: String,
+    value: String,
+}
+
+/// What a stored env value is bound to: its town and its name.
+fn env_aad(town: &TownId, key: &str) -> String {
+    format!("container-env:{town}:{key}")
+}
+
 type Reply<T> = std::result::Result<T, ApiError>;
+
+fn gone() -> ApiError {
+    ApiError::Gone("the town was destroyed".into())
+}
 
 impl TownContainerDO {
     fn sql(&self) -> SqlStorage {
@@ -90,20 +110,16 @@ impl TownContainerDO {
     }
 
     /// Replaces the stored env: keys not in `env` are deleted. Values are sealed (they hold
-    /// tokens and PATs), each bound to its key name. Sealing happens before the first write, so
-    /// a failure leaves the stored env as it was.
-    fn store_env(&self, env: &BTreeMap<String, String>) -> Reply<()> {
+    /// tokens and PATs), each bound to its town and key name. Sealing happens before the first
+    /// write, so a failure leaves the stored env as it was.
+    fn store_env(&self, town: &TownId, env: &BTreeMap<String, String>) -> Reply<()> {
         let sql = self.sql();
         let sealer = &config::get(&self.env).sealer;
         let sealed = env
             .iter()
             .map(|(key, value)| {
                 sealer
-                    .seal(
-                        value.as_bytes(),
-                        &format!("container-env:{key}"),
-                        config::nonce()?,
-                    )
+                    .seal(value.as_bytes(), &env_aad(town, key), config::nonce()?)
                     .map(|v| (key, v))
                     .map_err(ApiError::internal)
             })
@@ -119,6 +135,22 @@ impl TownContainerDO {
         Ok(())
     }
 
+    /// The stored env, opened.
+    fn stored_env(&self, town: &TownId) -> Reply<BTreeMap<String, String>> {
+        let sealer = &config::get(&self.env).sealer;
+        rows::<EnvRow>(&self.sql(), "SELECT key, value FROM env", vec![])?
+            .into_iter()
+            .map(|row| {
+                let plain = sealer
+                    .open(&row.value, &env_aad(town, &row.key))
+                    .map_err(|e| ApiError::internal(format!("env {}: {e:?}", row.key)))?;
+                let value = String::from_utf8(plain)
+                    .map_err(|_| ApiError::internal(format!("env {}: not UTF-8", row.key)))?;
+                Ok((row.key, value))
+            })
+            .collect()
+    }
+
     fn env_names(&self) -> Reply<Vec<String>> {
         Ok(
             rows::<EnvKey>(&self.sql(), "SELECT key FROM env ORDER BY key", vec![])?
@@ -126,6 +158,16 @@ impl TownContainerDO {
                 .map(|r| r.key)
                 .collect(),
         )
+    }
+
+    /// After an await: if the town was destroyed meanwhile, stop what this call may have
+    /// started and give up.
+    async fn still_here(&self, backend: &Backend) -> Reply<()> {
+        if self.destroyed.get() {
+            backend.stop().await;
+            return Err(gone());
+        }
+        Ok(())
     }
 
     fn record_error(&self, error: Option<&str>) -> Reply<()> {
@@ -147,8 +189,18 @@ impl TownContainerDO {
             token,
             town_id: town.as_str().to_owned(),
         };
-        match backend.post("/refresh-token", &body).await {
-            Ok(()) => {
+        let sent = backend.post(control::REFRESH_TOKEN_PATH, &body).await;
+        self.still_here(backend).await?;
+        match sent {
+            Ok(answer) => {
+                let had_env = serde_json::from_str::<RefreshTokenReply>(&answer.body)
+                    .is_ok_and(|r| r.had_env);
+                if answer.started || !had_env {
+                    // A container that (re)started since its last push has a token now, but
+                    // no env: hand it the stored one.
+                    let env = self.stored_env(town)?;
+                    self.send_env(backend, town, env).await?;
+                }
                 exec(
                     &self.sql(),
                     "UPDATE state SET token_expires_at = ?, token_pushed_at = ?, last_error = NULL WHERE id = 1",
@@ -177,8 +229,10 @@ impl TownContainerDO {
             env,
             town_id: town.as_str().to_owned(),
         };
-        match backend.post("/sync-config", &body).await {
-            Ok(()) => Ok(true),
+        let sent = backend.post(control::SYNC_CONFIG_PATH, &body).await;
+        self.still_here(backend).await?;
+        match sent {
+            Ok(_) => Ok(true),
             Err(e) => {
                 console_error!("town {town}: env push failed: {e}");
                 self.record_error(Some("the container did not accept its env"))?;
@@ -189,7 +243,16 @@ impl TownContainerDO {
 }
 
 impl ContainerOps for TownContainerDO {
+    /// A destroyed town's container DO keeps only a tombstone, and answers 410 to everything:
+    /// a start that arrives after the destroy cannot bring the container back.
     fn prepare(&self) -> Reply<()> {
+        if exists(
+            &self.sql(),
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tombstone'",
+            vec![],
+        )? {
+            return Err(gone());
+        }
         self.schema.ensure(&self.sql(), config::now_ms())
     }
 
@@ -200,9 +263,11 @@ impl ContainerOps for TownContainerDO {
             expires_at,
             env,
         } = req;
-        self.store_env(&env)?;
+        self.store_env(&town_id, &env)?;
         let backend = self.backend(&town_id);
-        if let Err(e) = backend.health().await {
+        let healthy = backend.health().await;
+        self.still_here(&backend).await?;
+        if let Err(e) = healthy {
             console_error!("town {town_id}: container not healthy: {e}");
             self.record_error(Some("the container is not reachable"))?;
             return Ok(TokenPushed::REFUSED);
@@ -215,7 +280,7 @@ impl ContainerOps for TownContainerDO {
     }
 
     async fn sync_env(&self, SyncEnv { town_id, env }: SyncEnv) -> Reply<EnvSynced> {
-        self.store_env(&env)?;
+        self.store_env(&town_id, &env)?;
         let names = env.keys().cloned().collect();
         let pushed = self.running()?
             && self
@@ -245,6 +310,7 @@ impl ContainerOps for TownContainerDO {
     }
 
     async fn destroy(&self, Destroy { town_id }: Destroy) -> Reply<Ack> {
+        self.destroyed.set(true);
         self.backend(&town_id).stop().await;
         self.state
             .storage()
@@ -252,6 +318,17 @@ impl ContainerOps for TownContainerDO {
             .await
             .map_err(ApiError::internal)?;
         self.schema.reset();
+        let sql = self.sql();
+        exec(
+            &sql,
+            "CREATE TABLE tombstone (destroyed_at INTEGER NOT NULL)",
+            vec![],
+        )?;
+        exec(
+            &sql,
+            "INSERT INTO tombstone (destroyed_at) VALUES (?)",
+            vec![int(config::now_ms())],
+        )?;
         Ok(Ack::OK)
     }
 }
@@ -264,6 +341,7 @@ impl DurableObject for TownContainerDO {
             state,
             env,
             schema: Schema::new(schema::CONTAINER_DO),
+            destroyed: Cell::new(false),
         }
     }
 

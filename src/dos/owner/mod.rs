@@ -7,8 +7,10 @@ mod store;
 
 use super::{org, town, user, DoStub};
 use crate::config;
+use crate::rig_index;
 use crate::storage::{bump_meta, MetaKey, Schema};
 use gastown_core::error::ApiError;
+use gastown_core::ids::RigId;
 use gastown_core::model::{Owner, Rig, Town};
 use gastown_core::protocol::owner::*;
 use gastown_core::protocol::town::{AlarmArmed, EnsureAlarm};
@@ -97,6 +99,9 @@ impl OwnerCore {
         // Reschedule first, so a failure below cannot stop the watchdog.
         self.arm_watchdog().await?;
         bump_meta(&sql, Meta::WatchdogRuns)?;
+        if let Err(e) = self.reconcile_index().await {
+            console_error!("watchdog: rig index: {e}");
+        }
         for town in towns {
             let result = match town::stub(&self.env, &town) {
                 Ok(stub) => stub.call(EnsureAlarm {}).await,
@@ -114,6 +119,30 @@ impl OwnerCore {
     }
 }
 
+impl OwnerCore {
+    /// Makes the D1 rig index say what this DO holds: rows of rigs that are gone are dropped,
+    /// missing rows are written.
+    async fn reconcile_index(&self) -> Result<(), ApiError> {
+        let sql = self.sql();
+        let Some(any) = store::any_town(&sql)? else {
+            return Ok(());
+        };
+        let rigs = store::all_rigs(&sql)?;
+        let indexed = rig_index::rigs_of(&self.env, &any.owner).await?;
+        let gone: Vec<RigId> = indexed
+            .iter()
+            .filter(|id| !rigs.iter().any(|r| &r.id == *id))
+            .cloned()
+            .collect();
+        rig_index::remove(&self.env, &gone).await?;
+        for rig in rigs.iter().filter(|r| !indexed.contains(&r.id)) {
+            let town = store::get_town(&sql, &rig.town_id)?;
+            rig_index::insert(&self.env, rig, &town).await?;
+        }
+        Ok(())
+    }
+}
+
 type Reply<T> = Result<T, ApiError>;
 
 impl OwnerOps for OwnerCore {
@@ -122,7 +151,8 @@ impl OwnerOps for OwnerCore {
     }
 
     async fn add_town(&self, AddTown { town }: AddTown) -> Reply<Town> {
-        let town = store::add_town(&self.sql(), town)?;
+        let max = config::get(&self.env).quotas.towns_per_owner;
+        let town = store::add_town(&self.sql(), town, max)?;
         self.arm_watchdog().await?;
         Ok(town)
     }
@@ -140,7 +170,8 @@ impl OwnerOps for OwnerCore {
     }
 
     async fn add_rig(&self, AddRig { rig }: AddRig) -> Reply<Rig> {
-        store::add_rig(&self.sql(), rig)
+        let max = config::get(&self.env).quotas.rigs_per_town;
+        store::add_rig(&self.sql(), rig, max)
     }
 
     async fn list_rigs(&self, ListRigs { town_id, page }: ListRigs) -> Reply<Vec<Rig>> {

@@ -4,7 +4,7 @@
 //! listings come back in creation order (`seq`).
 
 use crate::storage::{
-    exec, exists, first, rig_values, rows, town_values, RIG_COLUMNS, TOWN_COLUMNS,
+    count, exec, exists, first, rig_values, rows, town_values, RIG_COLUMNS, TOWN_COLUMNS,
 };
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId};
@@ -73,8 +73,14 @@ fn after_seq(sql: &SqlStorage, table: Table, after: Option<&str>) -> Result<i64,
 }
 
 /// # Errors
-/// 409 when the id is taken.
-pub fn add_town(sql: &SqlStorage, town: Town) -> Result<Town, ApiError> {
+/// 409 when the id is taken or the owner has `max` towns.
+pub fn add_town(sql: &SqlStorage, town: Town, max: u64) -> Result<Town, ApiError> {
+    if count(sql, "SELECT COUNT(*) AS n FROM towns", vec![])? >= max {
+        return Err(ApiError::QuotaExceeded {
+            limit: "MAX_TOWNS_PER_OWNER",
+            max,
+        });
+    }
     if exists(
         sql,
         "SELECT 1 FROM towns WHERE id = ?",
@@ -164,9 +170,21 @@ pub fn remove_town(sql: &SqlStorage, town_id: &TownId) -> Result<RemovedTown, Ap
 }
 
 /// # Errors
-/// 404 for a town this owner lacks; 409 for a rig id or name taken in that town.
-pub fn add_rig(sql: &SqlStorage, rig: Rig) -> Result<Rig, ApiError> {
+/// 404 for a town this owner lacks; 409 for a rig id or name taken in that town, or a town
+/// that has `max` rigs.
+pub fn add_rig(sql: &SqlStorage, rig: Rig, max: u64) -> Result<Rig, ApiError> {
     get_town(sql, &rig.town_id)?;
+    let rigs = count(
+        sql,
+        "SELECT COUNT(*) AS n FROM rigs WHERE town_id = ?",
+        vec![rig.town_id.as_str().into()],
+    )?;
+    if rigs >= max {
+        return Err(ApiError::QuotaExceeded {
+            limit: "MAX_RIGS_PER_TOWN",
+            max,
+        });
+    }
     if exists(
         sql,
         "SELECT 1 FROM rigs WHERE id = ? OR (town_id = ? AND name = ?)",
@@ -231,4 +249,28 @@ pub fn remove_rig(sql: &SqlStorage, rig_id: &RigId) -> Result<Rig, ApiError> {
         vec![rig_id.as_str().into()],
     )?;
     Ok(rig)
+}
+
+/// Every rig, with its town (for the watchdog's index reconciliation).
+///
+/// # Errors
+/// Internal only.
+pub fn all_rigs(sql: &SqlStorage) -> Result<Vec<Rig>, ApiError> {
+    rows(
+        sql,
+        &format!("SELECT {RIG_COLUMNS} FROM rigs ORDER BY seq"),
+        vec![],
+    )
+}
+
+/// Any one town (all of them share the DO's owner).
+///
+/// # Errors
+/// Internal only.
+pub fn any_town(sql: &SqlStorage) -> Result<Option<Town>, ApiError> {
+    first(
+        sql,
+        &format!("SELECT {TOWN_COLUMNS} FROM towns LIMIT 1"),
+        vec![],
+    )
 }

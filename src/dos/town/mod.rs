@@ -13,16 +13,18 @@ use super::{no_fetch, rpc_entry, DoStub};
 use crate::config;
 use crate::storage::{bump_meta, first, meta, set_meta, MetaKey, Schema, TOWN_COLUMNS};
 use gastown_core::auth::sign_container;
+use gastown_core::authz::ContainerCredential;
 use gastown_core::body::json_error_summary;
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
 use gastown_core::model::Town;
-use gastown_core::policy::{self, TickEffect, TickInput};
+use gastown_core::policy::{self, TickEffect, TickInput, TokenGeneration};
 use gastown_core::protocol::container::{PushToken, TokenPushed};
 use gastown_core::protocol::town::TownOp;
 use gastown_core::schema;
 use gastown_core::town_config::TownConfig;
 use serde::Deserialize;
+use std::cell::Cell;
 use worker::{
     console_error, durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, State,
 };
@@ -52,6 +54,12 @@ enum Meta {
     TokenRefreshedAt,
     TokenRefreshes,
     TokenRefreshFailures,
+    /// The container-token generation (`policy::TokenGeneration`) and when it began.
+    TokenGeneration,
+    TokenGenerationSince,
+    /// Set when a destroy begins: from then on the town answers 404 and starts nothing, even
+    /// if this instance is evicted before the destroy finishes (a retried destroy finishes it).
+    Destroying,
 }
 
 impl MetaKey for Meta {
@@ -64,7 +72,22 @@ impl MetaKey for Meta {
             Meta::TokenRefreshedAt => "token_refreshed_at",
             Meta::TokenRefreshes => "token_refreshes",
             Meta::TokenRefreshFailures => "token_refresh_failures",
+            Meta::TokenGeneration => "token_generation",
+            Meta::TokenGenerationSince => "token_generation_since",
+            Meta::Destroying => "destroying",
         }
+    }
+}
+
+fn town_not_found() -> ApiError {
+    ApiError::NotFound("town not found".into())
+}
+
+/// A container DO that answers 410 is a destroyed town's tombstone.
+fn gone_is_not_found(e: ApiError) -> ApiError {
+    match e {
+        ApiError::Gone(_) => town_not_found(),
+        other => other,
     }
 }
 
@@ -78,6 +101,10 @@ pub struct TownDO {
     state: State,
     env: Env,
     schema: Schema,
+    /// Set by `destroy` before its first await: an operation that resumes after an await finds
+    /// the town gone instead of writing into wiped storage.
+    destroyed: Cell<bool>,
+    destroy_checked: Cell<bool>,
 }
 
 impl TownDO {
@@ -85,7 +112,31 @@ impl TownDO {
         self.state.storage().sql()
     }
 
+    /// The town, if this DO holds one and it is not being destroyed. A DO that was never
+    /// initialised has no tables, and is not given any by a read.
     fn town(&self) -> std::result::Result<Option<Town>, ApiError> {
+        if self.destroyed.get() {
+            return Ok(None);
+        }
+        let Some(town) = self.stored_town()? else {
+            return Ok(None);
+        };
+        // Once per instance: did an earlier instance begin a destroy it could not finish?
+        if !self.destroy_checked.get() {
+            self.destroy_checked.set(true);
+            if meta(&self.sql(), Meta::Destroying)?.is_some() {
+                self.destroyed.set(true);
+                return Ok(None);
+            }
+        }
+        Ok(Some(town))
+    }
+
+    /// The stored town row, even while it is being destroyed.
+    fn stored_town(&self) -> std::result::Result<Option<Town>, ApiError> {
+        if !self.schema.ensure_existing(&self.sql(), config::now_ms())? {
+            return Ok(None);
+        }
         first(
             &self.sql(),
             &format!("SELECT {TOWN_COLUMNS} FROM town LIMIT 1"),
@@ -94,8 +145,52 @@ impl TownDO {
     }
 
     fn require_town(&self) -> std::result::Result<Town, ApiError> {
-        self.town()?
-            .ok_or_else(|| ApiError::NotFound("town not found".into()))
+        self.town()?.ok_or_else(town_not_found)
+    }
+
+    /// After an await: the town may have been destroyed meanwhile.
+    fn still_here(&self) -> std::result::Result<(), ApiError> {
+        if self.destroyed.get() {
+            Err(town_not_found())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn generation(&self) -> std::result::Result<TokenGeneration, ApiError> {
+        let sql = self.sql();
+        Ok(TokenGeneration {
+            current: meta(&sql, Meta::TokenGeneration)?.unwrap_or(0),
+            since_ms: meta(&sql, Meta::TokenGenerationSince)?.unwrap_or(0),
+        })
+    }
+
+    fn set_generation(&self, generation: TokenGeneration) -> std::result::Result<(), ApiError> {
+        let sql = self.sql();
+        set_meta(&sql, Meta::TokenGeneration, generation.current)?;
+        set_meta(&sql, Meta::TokenGenerationSince, generation.since_ms)
+    }
+
+    /// Rotation: tokens of older generations stop working after the grace.
+    fn advance_generation(&self) -> std::result::Result<(), ApiError> {
+        self.set_generation(self.generation()?.advanced(config::now_ms()))
+    }
+
+    /// A container route's credential against the current generation.
+    fn admit(&self, credential: ContainerCredential) -> std::result::Result<(), ApiError> {
+        let grace = config::get(&self.env).token_grace_ms;
+        if self
+            .generation()?
+            .admits(credential, config::now_ms(), grace)
+        {
+            Ok(())
+        } else {
+            Err(ApiError::TokenRevoked)
+        }
+    }
+
+    fn container_started(&self) -> std::result::Result<bool, ApiError> {
+        Ok(meta(&self.sql(), Meta::ContainerStarted)?.unwrap_or(0) == 1)
     }
 
     fn container(&self, town: &TownId) -> std::result::Result<ContainerStub, ApiError> {
@@ -140,13 +235,14 @@ impl TownDO {
         }
     }
 
-    /// A container token for `town`, carrying its owner's identity (the creator for org towns,
-    /// the town id if none is recorded).
+    /// A container token for `town` of the current generation, carrying its owner's identity
+    /// (the creator for org towns, the town id if none is recorded).
     fn mint(&self, town: &Town) -> std::result::Result<(String, i64), ApiError> {
         sign_container(
             &config::get(&self.env).keys,
             &town.id,
             town.token_user_id(),
+            self.generation()?.current,
             config::now_s(),
         )
         .map_err(|e| ApiError::internal(format!("minting a container token: {}", e.message())))
@@ -163,7 +259,9 @@ impl TownDO {
                 token,
                 expires_at,
             })
-            .await?;
+            .await
+            .map_err(gone_is_not_found)?;
+        self.still_here()?;
         self.record_push(pushed)?;
         Ok(pushed)
     }
@@ -191,12 +289,16 @@ impl TownDO {
     /// gather the inputs, let the policy decide, and apply its effects.
     async fn tick(&self) -> std::result::Result<(), ApiError> {
         self.arm().await?;
-        self.schema.ensure(&self.sql(), config::now_ms())?;
+        if let Some(problem) = &config::get(&self.env).refused {
+            return Err(ApiError::internal(format!(
+                "configuration refused: {problem}"
+            )));
+        }
         let town = self.town()?;
         let sql = self.sql();
         let input = TickInput {
             town_exists: town.is_some(),
-            container_started: meta(&sql, Meta::ContainerStarted)?.unwrap_or(0) == 1,
+            container_started: self.container_started()?,
             token_accepted_at_ms: meta(&sql, Meta::TokenRefreshedAt)?,
             now_ms: config::now_ms(),
             token_refresh_ms: config::get(&self.env).token_refresh_ms,
@@ -238,6 +340,8 @@ impl DurableObject for TownDO {
             state,
             env,
             schema: Schema::new(schema::TOWN_DO),
+            destroyed: Cell::new(false),
+            destroy_checked: Cell::new(false),
         }
     }
 

@@ -3,8 +3,8 @@
 use super::{Meta, TownDO};
 use crate::config;
 use crate::storage::{
-    bump_meta, exec, exists, int, meta, rig_values, rows, set_meta, town_values, RIG_COLUMNS,
-    TOWN_COLUMNS,
+    bump_meta, count, exec, exists, int, meta, rig_values, rows, set_meta, town_values,
+    RIG_COLUMNS, TOWN_COLUMNS,
 };
 use gastown_core::error::ApiError;
 use gastown_core::model::{Rig, Town};
@@ -17,6 +17,10 @@ use serde::Deserialize;
 use worker::console_error;
 
 type Reply<T> = Result<T, ApiError>;
+
+fn not_running() -> ApiError {
+    ApiError::Conflict("the town's container is not running; start it first".into())
+}
 
 impl TownDO {
     /// Every rig override must name a rig of this town.
@@ -56,11 +60,11 @@ impl TownDO {
 }
 
 impl TownOps for TownDO {
-    fn prepare(&self) -> Reply<()> {
-        self.schema.ensure(&self.sql(), config::now_ms())
-    }
+    // No `prepare`: `town()` migrates a DO that has a schema and leaves a fresh one untouched,
+    // so only `init` creates storage.
 
     async fn init(&self, Init { town }: Init) -> Reply<Town> {
+        self.schema.ensure(&self.sql(), config::now_ms())?;
         if let Some(existing) = self.town()? {
             if existing.id == town.id {
                 return Ok(existing);
@@ -82,11 +86,25 @@ impl TownOps for TownDO {
         self.require_town()
     }
 
+    /// The town is marked gone before the first await, so nothing that starts meanwhile (a
+    /// container start, a token push) can proceed; the container DO is destroyed and left with
+    /// a tombstone, so a late start cannot bring it back.
     async fn destroy(&self, _: Destroy) -> Reply<Ack> {
-        if let Some(town) = self.town()? {
-            self.container(&town.id)?
+        let town = self.stored_town()?;
+        self.destroyed.set(true);
+        if town.is_some() {
+            set_meta(&self.sql(), Meta::Destroying, 1)?;
+        }
+        if let Some(town) = town {
+            let destroyed = self
+                .container(&town.id)?
                 .call(c::Destroy { town_id: town.id })
-                .await?;
+                .await;
+            match destroyed {
+                // Already a tombstone: an earlier destroy got that far.
+                Ok(_) | Err(ApiError::Gone(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         let storage = self.state.storage();
         storage.delete_alarm().await.map_err(ApiError::internal)?;
@@ -145,13 +163,8 @@ impl TownOps for TownDO {
     async fn health(&self, _: Health) -> Reply<TownHealth> {
         let town = self.require_town()?;
         let sql = self.sql();
-        #[derive(Deserialize)]
-        struct Count {
-            n: f64,
-        }
-        let rig_count = rows::<Count>(&sql, "SELECT COUNT(*) AS n FROM rigs", vec![])?
-            .first()
-            .map_or(0, |c| c.n as u32);
+        let rig_count = u32::try_from(count(&sql, "SELECT COUNT(*) AS n FROM rigs", vec![])?)
+            .unwrap_or(u32::MAX);
         let alarm_at = self
             .state
             .storage()
@@ -189,6 +202,9 @@ impl TownOps for TownDO {
 
     async fn start_container(&self, _: StartContainer) -> Reply<TokenPushed> {
         let town = self.require_town()?;
+        if self.generation()?.current == 0 {
+            self.advance_generation()?;
+        }
         let (token, expires_at) = self.mint(&town)?;
         let start = c::Start {
             town_id: town.id.clone(),
@@ -196,7 +212,12 @@ impl TownOps for TownDO {
             expires_at,
             env: container_env(&self.config(&town.id)?),
         };
-        let pushed = self.container(&town.id)?.call(start).await?;
+        let pushed = self
+            .container(&town.id)?
+            .call(start)
+            .await
+            .map_err(super::gone_is_not_found)?;
+        self.still_here()?;
         self.record_push(pushed)?;
         if !pushed.accepted {
             return Err(ApiError::Upstream("container start failed".into()));
@@ -207,11 +228,10 @@ impl TownOps for TownDO {
 
     async fn force_token_refresh(&self, _: ForceTokenRefresh) -> Reply<TokenPushed> {
         let town = self.require_town()?;
-        if meta(&self.sql(), Meta::ContainerStarted)?.unwrap_or(0) != 1 {
-            return Err(ApiError::Conflict(
-                "the town's container is not running; start it first".into(),
-            ));
+        if !self.container_started()? {
+            return Err(not_running());
         }
+        self.advance_generation()?;
         let pushed = self.refresh_token(&town).await?;
         if !pushed.accepted {
             return Err(ApiError::Upstream(
@@ -221,14 +241,24 @@ impl TownOps for TownDO {
         Ok(pushed)
     }
 
-    async fn issue_container_token(&self, _: IssueContainerToken) -> Reply<IssuedToken> {
+    async fn issue_container_token(&self, req: IssueContainerToken) -> Reply<IssuedToken> {
         let town = self.require_town()?;
+        if !self.container_started()? {
+            return Err(not_running());
+        }
+        self.admit(req.credential)?;
         let (token, expires_at) = self.mint(&town)?;
         Ok(IssuedToken { token, expires_at })
     }
 
-    async fn heartbeat(&self, Heartbeat { rig_id, agent_id }: Heartbeat) -> Reply<Ack> {
+    async fn heartbeat(&self, req: Heartbeat) -> Reply<Ack> {
+        let Heartbeat {
+            credential,
+            rig_id,
+            agent_id,
+        } = req;
         self.require_town()?;
+        self.admit(credential)?;
         let sql = self.sql();
         if !exists(
             &sql,
@@ -236,6 +266,18 @@ impl TownOps for TownDO {
             vec![rig_id.as_str().into()],
         )? {
             return Err(ApiError::NotFound("rig not found in this town".into()));
+        }
+        let known = exists(
+            &sql,
+            "SELECT 1 FROM agents WHERE id = ?",
+            vec![agent_id.as_str().into()],
+        )?;
+        let max = config::get(&self.env).quotas.agents_per_town;
+        if !known && count(&sql, "SELECT COUNT(*) AS n FROM agents", vec![])? >= max {
+            return Err(ApiError::QuotaExceeded {
+                limit: "MAX_AGENTS_PER_TOWN",
+                max,
+            });
         }
         exec(
             &sql,
@@ -245,8 +287,9 @@ impl TownOps for TownDO {
         Ok(Ack::OK)
     }
 
-    async fn mayor_rigs(&self, _: MayorRigs) -> Reply<Vec<Rig>> {
+    async fn mayor_rigs(&self, req: MayorRigs) -> Reply<Vec<Rig>> {
         self.require_town()?;
+        self.admit(req.credential)?;
         rows::<Rig>(
             &self.sql(),
             &format!("SELECT {RIG_COLUMNS} FROM rigs ORDER BY created_at, id"),

@@ -89,6 +89,10 @@ impl UserClaims {
 pub struct ContainerClaims {
     pub town_id: TownId,
     pub user_id: String,
+    /// The town's token generation when it was minted; `None` for a token minted before
+    /// generations existed, which no town honours.
+    pub generation: Option<u64>,
+    pub issued_at: i64,
     pub expires_at: i64,
 }
 
@@ -99,6 +103,7 @@ pub struct AgentClaims {
     pub rig_id: RigId,
     pub town_id: TownId,
     pub user_id: String,
+    pub issued_at: i64,
     pub expires_at: i64,
 }
 

@@ -205,6 +205,8 @@ struct RawClaims<'a> {
     /// `Some(None)` is an explicit `null`.
     #[serde(default, deserialize_with = "present")]
     organization_id: Option<Option<String>>,
+    /// The container token's generation (see `policy::token_generation`).
+    gen: Option<u64>,
     exp: Option<Number>,
     nbf: Option<Number>,
     iat: Option<Number>,
@@ -270,7 +272,7 @@ impl Keys {
         token: &str,
         kind: TokenKind,
         now: i64,
-        build: impl FnOnce(RawClaims<'_>, i64) -> Result<T, AuthError>,
+        build: impl FnOnce(RawClaims<'_>, i64, i64) -> Result<T, AuthError>,
     ) -> Result<T, AuthError> {
         let key = match kind {
             TokenKind::User | TokenKind::Sandbox => self.nextauth.as_ref(),
@@ -337,7 +339,7 @@ impl Keys {
         {
             return Err(AuthError::LifetimeTooLong);
         }
-        build(raw, exp)
+        build(raw, exp, iat)
     }
 
     /// Verifies a dashboard user token. `now` is seconds since the epoch.
@@ -345,7 +347,7 @@ impl Keys {
     /// # Errors
     /// Any [`AuthError`]; `WrongKind` for a valid sandbox token.
     pub fn verify_user(&self, token: &str, now: i64) -> Result<UserClaims, AuthError> {
-        self.verify(token, TokenKind::User, now, |raw, exp| {
+        self.verify(token, TokenKind::User, now, |raw, exp, _| {
             match &raw.aud {
                 None => {}
                 Some(Audience::One(a)) if a == USER_AUDIENCE => {}
@@ -378,10 +380,12 @@ impl Keys {
     /// # Errors
     /// Any [`AuthError`]; `WrongKind` for a valid legacy agent token.
     pub fn verify_container(&self, token: &str, now: i64) -> Result<ContainerClaims, AuthError> {
-        self.verify(token, TokenKind::Container, now, |raw, exp| {
+        self.verify(token, TokenKind::Container, now, |raw, exp, iat| {
             Ok(ContainerClaims {
                 town_id: required(raw.town_id, TownId::parse)?,
                 user_id: non_empty(raw.user_id)?,
+                generation: raw.gen,
+                issued_at: iat,
                 expires_at: exp,
             })
         })
@@ -392,12 +396,13 @@ impl Keys {
     /// # Errors
     /// Any [`AuthError`]; `WrongKind` for a valid container token.
     pub fn verify_agent(&self, token: &str, now: i64) -> Result<AgentClaims, AuthError> {
-        self.verify(token, TokenKind::Agent, now, |raw, exp| {
+        self.verify(token, TokenKind::Agent, now, |raw, exp, iat| {
             Ok(AgentClaims {
                 agent_id: required(raw.agent_id, AgentId::parse)?,
                 rig_id: required(raw.rig_id, RigId::parse)?,
                 town_id: required(raw.town_id, TownId::parse)?,
                 user_id: non_empty(raw.user_id)?,
+                issued_at: iat,
                 expires_at: exp,
             })
         })
@@ -408,7 +413,7 @@ impl Keys {
     /// # Errors
     /// Any [`AuthError`]; `WrongKind` for a valid user token.
     pub fn verify_sandbox(&self, token: &str, now: i64) -> Result<SandboxClaims, AuthError> {
-        self.verify(token, TokenKind::Sandbox, now, |raw, exp| {
+        self.verify(token, TokenKind::Sandbox, now, |raw, exp, _| {
             let organization_id = raw.organization_id.ok_or(AuthError::WrongKind)?;
             Ok(SandboxClaims {
                 user_id: non_empty(raw.sub)?,
@@ -446,6 +451,7 @@ struct ContainerOut<'a> {
     #[serde(rename = "userId")]
     user_id: &'a str,
     scope: &'static str,
+    gen: u64,
 }
 
 #[derive(Serialize)]
@@ -466,6 +472,7 @@ pub fn sign_container(
     keys: &Keys,
     town: &TownId,
     user_id: &str,
+    generation: u64,
     now: i64,
 ) -> Result<(String, i64), AuthError> {
     if user_id.trim().is_empty() {
@@ -475,6 +482,7 @@ pub fn sign_container(
         town_id: town.as_str(),
         user_id,
         scope: CONTAINER_SCOPE,
+        gen: generation,
     };
     keys.sign(keys.gastown.as_ref(), custom, now, CONTAINER_TOKEN_TTL_SECS)
 }

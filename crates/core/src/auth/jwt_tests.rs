@@ -419,7 +419,7 @@ fn missing_secret_is_not_configured() {
 fn minted_container_token_round_trips() {
     let k = keys();
     let town = TownId::parse("town-7").unwrap();
-    let (token, exp) = sign_container(&k, &town, "owner-1", NOW).unwrap();
+    let (token, exp) = sign_container(&k, &town, "owner-1", 1, NOW).unwrap();
     assert_eq!(exp, NOW + CONTAINER_TOKEN_TTL_SECS);
     let c = k.verify_container(&token, NOW).unwrap();
     assert_eq!(
@@ -429,7 +429,7 @@ fn minted_container_token_round_trips() {
     assert_eq!(k.verify_user(&token, NOW), Err(AuthError::BadSignature));
     assert_eq!(k.verify_agent(&token, NOW), Err(AuthError::WrongKind));
     assert_eq!(
-        sign_container(&k, &town, " ", NOW),
+        sign_container(&k, &town, " ", 1, NOW),
         Err(AuthError::Malformed)
     );
 }
@@ -619,7 +619,7 @@ fn typ_header_must_name_a_jwt() {
 fn minted_tokens_carry_iat_and_a_jwt_typ() {
     let k = keys();
     let town = TownId::parse("town-7").unwrap();
-    let (container, _) = sign_container(&k, &town, "owner-1", NOW).unwrap();
+    let (container, _) = sign_container(&k, &town, "owner-1", 1, NOW).unwrap();
     let (sandbox, _) = sign_sandbox(&k, "user-1", &town, None, NOW).unwrap();
     for token in [container, sandbox] {
         let mut parts = token.split('.');

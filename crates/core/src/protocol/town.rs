@@ -2,6 +2,7 @@
 
 use super::container::TokenPushed;
 use super::Ack;
+use crate::authz::ContainerCredential;
 use crate::ids::{AgentId, RigId, TownId};
 use crate::model::{Rig, Town, TownStatus};
 use crate::town_config::{ConfigPatch, TownConfig};
@@ -33,12 +34,14 @@ crate::do_protocol! {
         /// Mints a container token and hands token and env to the container, starting it;
         /// 502 when the container does not accept.
         StartContainer(StartContainer) -> TokenPushed => start_container;
-        /// Mints and pushes a fresh container token now, ignoring the throttle; 409 while the
-        /// container is not running, 502 when it does not accept.
+        /// Rotates: advances the token generation (older tokens are refused after a short
+        /// grace), then mints and pushes a fresh container token now, ignoring the throttle;
+        /// 409 while the container is not running, 502 when it does not accept.
         ForceTokenRefresh(ForceTokenRefresh) -> TokenPushed => force_token_refresh;
-        /// A fresh container token for a container that holds a valid one.
+        /// A fresh container token for a running container that holds a valid one; 409 while
+        /// the container is not running, 401 for a revoked credential.
         IssueContainerToken(IssueContainerToken) -> IssuedToken => issue_container_token;
-        /// An agent reports in; 404 for a rig the town does not have.
+        /// An agent reports in; 404 for a rig the town does not have, 409 past the agent quota.
         Heartbeat(Heartbeat) -> Ack => heartbeat;
         /// The town's rigs, for the mayor's tools.
         MayorRigs(MayorRigs) -> Vec<Rig> => mayor_rigs;
@@ -88,17 +91,24 @@ pub struct StartContainer {}
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForceTokenRefresh {}
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IssueContainerToken {}
+/// Container routes carry the caller's credential, which the town checks against its current
+/// token generation before anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueContainerToken {
+    pub credential: ContainerCredential,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
+    pub credential: ContainerCredential,
     pub rig_id: RigId,
     pub agent_id: AgentId,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MayorRigs {}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MayorRigs {
+    pub credential: ContainerCredential,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropAlarm {}
@@ -186,18 +196,31 @@ mod tests {
                 r#"{"op":"force_token_refresh"}"#.into(),
             ),
             (
-                IssueContainerToken {}.into(),
-                r#"{"op":"issue_container_token"}"#.into(),
+                IssueContainerToken {
+                    credential: ContainerCredential::Container {
+                        generation: Some(2),
+                    },
+                }
+                .into(),
+                r#"{"op":"issue_container_token","credential":{"kind":"container","generation":2}}"#
+                    .into(),
             ),
             (
                 Heartbeat {
+                    credential: ContainerCredential::Agent { issued_at: 7 },
                     rig_id: r.id.clone(),
                     agent_id: AgentId::parse("a1").unwrap(),
                 }
                 .into(),
-                r#"{"op":"heartbeat","rig_id":"r1","agent_id":"a1"}"#.into(),
+                r#"{"op":"heartbeat","credential":{"kind":"agent","issued_at":7},"rig_id":"r1","agent_id":"a1"}"#.into(),
             ),
-            (MayorRigs {}.into(), r#"{"op":"mayor_rigs"}"#.into()),
+            (
+                MayorRigs {
+                    credential: ContainerCredential::Container { generation: None },
+                }
+                .into(),
+                r#"{"op":"mayor_rigs","credential":{"kind":"container","generation":null}}"#.into(),
+            ),
             (DropAlarm {}.into(), r#"{"op":"drop_alarm"}"#.into()),
         ];
         for (op, json) in &cases {
