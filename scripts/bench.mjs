@@ -21,8 +21,8 @@ import { ROOT, userToken, containerToken } from "./lib/jwt.mjs";
 import { startWorkers } from "./lib/bench-workers.mjs";
 import { startControlServer, client, secrets } from "../tests/e2e/harness.mjs";
 
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP ?? 2);
 const ROWS = (process.env.BENCH_ROWS ?? "1000,10000").split(",").filter(Boolean).map(Number);
 const MODE = process.env.BENCH_MODE ?? "both";
@@ -56,12 +56,25 @@ function buildFloor() {
 
 const toMs = (value, unit) => Number(value) * ({ us: 0.001, ms: 1, s: 1000 }[unit] ?? 1);
 
-function wrk(url, { headers = [], script, seconds = SECONDS } = {}) {
+/** CPU time (user + system, ms) a process has used so far; null when it cannot be read. */
+function cpuMs(pid) {
+  if (!pid) return null;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * (1000 / 100); // clock ticks of 10 ms
+  } catch {
+    return null;
+  }
+}
+
+function wrk(url, { headers = [], script, seconds = SECONDS, pid } = {}) {
   const args = ["-t1", `-c${CONNECTIONS}`, `-d${seconds}s`, "--latency", "--timeout", "5s"];
   for (const h of headers) args.push("-H", h);
   if (script) args.push("-s", script);
   args.push(url);
+  const cpuBefore = cpuMs(pid);
   const out = execFileSync("wrk", args, { encoding: "utf8" });
+  const cpuAfter = cpuMs(pid);
   const pct = (p) => {
     const m = out.match(new RegExp(`\\s${p}%\\s+([\\d.]+)(us|ms|s)`));
     return m ? toMs(m[1], m[2]) : null;
@@ -69,7 +82,10 @@ function wrk(url, { headers = [], script, seconds = SECONDS } = {}) {
   const non2xx = Number(out.match(/Non-2xx or 3xx responses:\s+(\d+)/)?.[1] ?? 0);
   const errors = out.match(/Socket errors:.*$/m)?.[0] ?? null;
   const requests = Number(out.match(/(\d+) requests in/)?.[1] ?? 0);
-  return { rps: Number(out.match(/Requests\/sec:\s+([\d.]+)/)[1]), p50_ms: pct(50), p99_ms: pct(99), requests, non2xx, errors };
+  // The worker's workerd process's CPU per request (direct mode, where each worker has its
+  // own): steadier than req/s when wrk and workerd share two cores.
+  const cpu_us_per_req = cpuBefore != null && cpuAfter != null && requests ? ((cpuAfter - cpuBefore) * 1000) / requests : null;
+  return { rps: Number(out.match(/Requests\/sec:\s+([\d.]+)/)[1]), p50_ms: pct(50), p99_ms: pct(99), requests, non2xx, errors, cpu_us_per_req };
 }
 
 const scripts = [];
@@ -143,27 +159,28 @@ async function seed(workers) {
   const peerTown = await side(retrying(() => workers.peer.url));
   const rig = await expect(201, ours("POST", `/api/users/${USER}/rigs`, { token: uTok, body: { town_id: oursTown.id, name: "app", git_url: "https://github.com/acme/app" } }), "seed rig");
   await expect(200, ours("POST", `/api/towns/${oursTown.id}/container/start`, { token: uTok }), "container start");
-  const cTok = containerToken(secrets.GASTOWN_JWT_SECRET, oursTown.id, USER);
+  // Generation 1: the town's first container start (container tokens carry their generation).
+  const cTok = containerToken(secrets.GASTOWN_JWT_SECRET, oursTown.id, USER, { extra: { gen: 1 } });
 
   const paired = (key, name, kind, path, headers = []) => ({
     key, name, kind,
-    ours: { url: workers.ours.url + path(oursTown), headers },
-    peer: { url: workers.peer.url + path(peerTown), headers },
+    ours: { url: workers.ours.url + path(oursTown), headers, pid: workers.ours.pid },
+    peer: { url: workers.peer.url + path(peerTown), headers, pid: workers.peer.pid },
   });
   return [
     paired("health", "GET /health", "public", () => "/health"),
     paired("town_read", "personal town read", "read", (t) => `/api/users/${USER}/towns/${t.id}`, [auth(uTok)]),
     paired("org_list", "org towns list (member)", "read", () => `/api/orgs/${ORG}/towns`, [auth(uTok)]),
     { key: "config_patch", name: "PATCH config + container sync", kind: "write",
-      ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/config`,
+      ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/config`, pid: workers.ours.pid,
         script: luaScript("patch", "PATCH", '{"default_model":"bench-model"}', { authorization: `Bearer ${uTok}`, "content-type": "application/json" }) } },
     { key: "heartbeat", name: "container heartbeat", kind: "write",
-      ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/rigs/${rig.id}/agents/bench-agent/heartbeat`,
+      ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/rigs/${rig.id}/agents/bench-agent/heartbeat`, pid: workers.ours.pid,
         script: luaScript("heartbeat", "POST", null, { authorization: `Bearer ${cTok}` }) } },
     { key: "read_floor", name: "read floor (1 DO round trip + 1 SQLite read)", kind: "floor",
-      ours: { url: `${workers.floor.url}/` } },
+      ours: { url: `${workers.floor.url}/`, pid: workers.floor.pid } },
     { key: "write_floor", name: "write floor (1 DO round trip + 1 SQLite upsert)", kind: "floor",
-      ours: { url: `${workers.floor.url}/write`, script: luaScript("floor-write", "POST", null, {}) } },
+      ours: { url: `${workers.floor.url}/write`, script: luaScript("floor-write", "POST", null, {}), pid: workers.floor.pid } },
   ];
 }
 
@@ -183,6 +200,7 @@ async function measure(mode, workers) {
     const s = samples.get(r);
     return {
       rps: median(s.map((x) => x.rps)), p50_ms: median(s.map((x) => x.p50_ms)), p99_ms: median(s.map((x) => x.p99_ms)),
+      cpu_us_per_req: s.every((x) => x.cpu_us_per_req != null) ? median(s.map((x) => x.cpu_us_per_req)) : null,
       non2xx: s.reduce((n, x) => n + x.non2xx, 0), errors: s.map((x) => x.errors).filter(Boolean), runs: s,
     };
   };
@@ -192,7 +210,10 @@ async function measure(mode, workers) {
   });
   const row = (key) => rows.find((r) => r.key === key);
   for (const r of rows) {
-    if (r.peer) r.vs_peer = { rps: r.ours.rps / r.peer.rps, p50: r.ours.p50_ms / r.peer.p50_ms, p99: r.ours.p99_ms / r.peer.p99_ms };
+    if (r.peer) {
+      r.vs_peer = { rps: r.ours.rps / r.peer.rps, p50: r.ours.p50_ms / r.peer.p50_ms, p99: r.ours.p99_ms / r.peer.p99_ms };
+      if (r.ours.cpu_us_per_req && r.peer.cpu_us_per_req) r.vs_peer.cpu = r.ours.cpu_us_per_req / r.peer.cpu_us_per_req;
+    }
     const floor = r.kind === "write" ? row("write_floor") : r.kind === "read" ? row("read_floor") : null;
     if (floor) r.vs_floor = { floor: floor.key, rps: r.ours.rps / floor.ours.rps, p50: r.ours.p50_ms / floor.ours.p50_ms, p99: r.ours.p99_ms / floor.ours.p99_ms };
   }
@@ -233,8 +254,15 @@ async function measureLists(workers) {
       after = `&after=${take.at(-1).id}`;
     }
     const base = `${workers.ours.url}/api/users/${owner}/towns/${t.id}/rigs?limit=50`;
-    const first = wrk(base, { headers: [auth(tok)] });
-    const deep = wrk(base + after, { headers: [auth(tok)] });
+    // Median of three runs each, alternating first and deep page: one run swings by ±30 %.
+    const runs = { first: [], deep: [] };
+    for (let i = 0; i < 3; i++) {
+      runs.first.push(wrk(base, { headers: [auth(tok)] }));
+      runs.deep.push(wrk(base + after, { headers: [auth(tok)] }));
+    }
+    const mid = (rs) => [...rs].sort((a, b) => a.p50_ms - b.p50_ms)[1];
+    const first = mid(runs.first);
+    const deep = mid(runs.deep);
     lists.push({ rows, seed_seconds: seedSeconds, first_page: first, deep_page: deep });
     console.log(`  page of 50 at ${rows} rows: first p50 ${first.p50_ms} ms, deep p50 ${deep.p50_ms} ms (seeded in ${seedSeconds.toFixed(1)} s)`);
   }
@@ -300,6 +328,11 @@ for (const [mode, m] of Object.entries(results.modes)) {
   console.log(head("vs the TypeScript peer", "peer"));
   for (const r of m.rows.filter((r) => r.peer)) {
     console.log(`${r.name.padEnd(34)} ${cols(r.ours)} | ${" ".repeat(1)}${cols(r.peer)} | ${ratios(r.vs_peer)}${bad(r.ours, r.peer)}`);
+  }
+  const cpuRows = m.rows.filter((r) => r.ours.cpu_us_per_req != null);
+  if (cpuRows.length) {
+    console.log(`workerd CPU per request (µs, median; the worker's own workerd process): ` +
+      cpuRows.map((r) => `${r.key} ${fmt(r.ours.cpu_us_per_req, 0)}${r.peer?.cpu_us_per_req ? ` vs peer ${fmt(r.peer.cpu_us_per_req, 0)} (${fmt(r.vs_peer.cpu, 2)}×)` : ""}`).join("; "));
   }
   for (const [kind, floorKey] of [["write", "write_floor"], ["read", "read_floor"]]) {
     const floor = byKey(floorKey);

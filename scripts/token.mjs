@@ -3,7 +3,8 @@
 //
 //   npm run -s token -- --user u1                      dashboard user token, 1 h
 //   npm run -s token -- --user u1 --org o1:owner --org o2:member
-//   npm run -s token -- --kind container --town T --user u1
+//   npm run -s token -- --kind container --town T --user u1 [--gen N]   (N: the town's token
+//                                                     generation, 1 after its first start)
 //   npm run -s token -- --kind sandbox --town T --user u1 [--org o1]
 //
 // Prints only the token, so `TOKEN=$(npm run -s token -- --user u1)` works.
@@ -19,12 +20,13 @@ const { values } = parseArgs({
     rig: { type: "string" },
     agent: { type: "string" },
     ttl: { type: "string" },
+    gen: { type: "string", default: "1" },
     help: { type: "boolean", short: "h" },
   },
 });
 
 const fail = (msg) => {
-  console.error(`token: ${msg}\nusage: npm run -s token -- [--kind user|container|agent|sandbox] --user ID [--org ORG:ROLE]... [--town ID] [--ttl SECONDS]`);
+  console.error(`token: ${msg}\nusage: npm run -s token -- [--kind user|container|agent|sandbox] --user ID [--org ORG:ROLE]... [--town ID] [--gen N] [--ttl SECONDS]`);
   process.exit(2);
 };
 if (values.help) fail("help");
@@ -44,7 +46,7 @@ switch (values.kind) {
   }
   case "container":
     if (!values.town) fail("--town is required for a container token");
-    console.log(containerToken(vars.GASTOWN_JWT_SECRET, values.town, values.user, opt({})));
+    console.log(containerToken(vars.GASTOWN_JWT_SECRET, values.town, values.user, opt({ extra: { gen: Number(values.gen) } })));
     break;
   case "agent":
     if (!values.town || !values.rig || !values.agent) fail("--town, --rig and --agent are required for an agent token");

@@ -105,9 +105,10 @@ pub fn get(env: &Env) -> Rc<Config> {
     })
 }
 
-/// Milliseconds since the epoch, from the runtime's clock (wasm32 has no system clock).
+/// Milliseconds since the epoch, from the runtime's clock (wasm32 has no system clock). The
+/// static `Date.now()`: no `Date` object is built for it.
 pub fn now_ms() -> u64 {
-    worker::Date::now().as_millis()
+    worker::js_sys::Date::now() as u64
 }
 
 /// Seconds since the epoch, for token times.

@@ -4,6 +4,7 @@
 use gastown_core::body::MAX_BODY_BYTES;
 use gastown_core::error::ApiError;
 use gastown_core::page::Page;
+use gastown_core::protocol::Json;
 use serde::Serialize;
 use worker::{console_error, Request, Response};
 
@@ -13,6 +14,11 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Response {
         Ok(text) => json_text(status, text),
         Err(e) => error_response(&ApiError::internal(format!("serialising response: {e}"))),
     }
+}
+
+/// A Durable Object's JSON reply, passed through without decoding it.
+pub fn json_reply<T>(status: u16, reply: Json<T>) -> Response {
+    json_text(status, reply.into_string())
 }
 
 /// A response whose body is already JSON text, that no cache keeps.

@@ -164,14 +164,23 @@ pub fn exists(
     Ok(first::<IgnoredAny>(sql, query, bindings)?.is_some())
 }
 
-/// Columns of a town row, in the order of [`town_values`]; owner DOs and the TownDO store the
-/// same record.
-pub const TOWN_COLUMNS: &str =
-    "id, name, owner_type, owner_user_id, organization_id, created_by_user_id, status, created_at";
+pub use gastown_core::model::{RIG_COLUMNS, RIG_JSON, TOWN_COLUMNS, TOWN_JSON};
 
-/// Columns of a rig row, in the order of [`rig_values`].
-pub const RIG_COLUMNS: &str =
-    "id, town_id, name, git_url, default_branch, platform_integration_id, created_at";
+/// The one JSON text a query builds (a `SELECT <json expression> AS j ...`), if it has a row.
+///
+/// # Errors
+/// As [`rows`].
+pub fn json_text(
+    sql: &SqlStorage,
+    query: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> Result<Option<String>, ApiError> {
+    #[derive(Deserialize)]
+    struct J {
+        j: String,
+    }
+    Ok(first::<J>(sql, query, bindings)?.map(|r| r.j))
+}
 
 /// The bindings for [`TOWN_COLUMNS`].
 pub fn town_values(town: &Town) -> Vec<SqlStorageValue> {

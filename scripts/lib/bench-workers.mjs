@@ -61,6 +61,15 @@ export function oursWranglerConfig() {
   return { file, remove: () => rmSync(file, { force: true }) };
 }
 
+/** The pids of the running `workerd serve` processes. */
+function workerdPids() {
+  try {
+    return new Set(execFileSync("pgrep", ["-f", "workerd serve"], { encoding: "utf8" }).split("\n").filter(Boolean));
+  } catch {
+    return new Set(); // pgrep exits 1 when nothing matches
+  }
+}
+
 /** The main module, then every other module beside it (worker-build's wasm). */
 function bundleModules(mainPath) {
   const dir = dirname(mainPath);
@@ -74,7 +83,7 @@ function bundleModules(mainPath) {
  * One worker alone in workerd (Miniflare's Node API), answering on a direct socket; `config` is
  * its wrangler.toml, `mainPath` its built entry module, `bindings` its secrets and overrides.
  */
-export async function startDirect(name, config, mainPath, persistDir, bindings) {
+export async function startDirect(name, config, mainPath, persistDir, bindings, extra = {}) {
   // wrangler's own miniflare, the one its options below are written for.
   const miniflarePath = createRequire(join(ROOT, "node_modules", "wrangler", "package.json")).resolve("miniflare");
   const { Miniflare, Log, LogLevel, convertV4MiniflareOptions } = await import(pathToFileURL(miniflarePath).href);
@@ -82,12 +91,14 @@ export async function startDirect(name, config, mainPath, persistDir, bindings) 
   // wrangler gives v4-style options; this Miniflare (5.x, wrangler's own) converts them.
   const { workerOptions } = unstable_getMiniflareWorkerOptions(config, undefined, { overrides: { enableContainers: false } });
   const { modulesRules: _rules, rootPath: _root, ...options } = workerOptions;
+  const before = workerdPids();
   const mf = new Miniflare(convertV4MiniflareOptions({
     host: "127.0.0.1",
     port: 0,
     log: new Log(LogLevel.WARN),
     logRequests: false,
     cf: false, // no request.cf download (offline); the placeholder is enough
+    ...extra, // e.g. inspectorPort, to take a CPU profile
     resourcePersistencePath: join(persistDir, "v3"), // where `wrangler dev --persist-to` keeps it
     workers: [{
       ...options,
@@ -100,7 +111,9 @@ export async function startDirect(name, config, mainPath, persistDir, bindings) 
   }));
   try {
     await mf.ready;
-    return { url: (await mf.unsafeGetDirectURL(name)).origin, stop: () => mf.dispose() };
+    // This worker's own workerd process, so the bench can read its CPU time.
+    const pid = [...workerdPids()].find((p) => !before.has(p)) ?? null;
+    return { url: (await mf.unsafeGetDirectURL(name)).origin, pid, stop: () => mf.dispose() };
   } catch (e) {
     await mf.dispose().catch(() => {});
     throw e;
@@ -118,7 +131,8 @@ export async function startWorkers(mode, { controlUrl }) {
   };
   try {
     const peerVars = { NEXTAUTH_SECRET: secrets.NEXTAUTH_SECRET };
-    const oursVars = { CONTAINER_CONTROL_URL: controlUrl };
+    // Quotas out of the way: the list measurements seed 10 000 rigs in one town.
+    const oursVars = { CONTAINER_CONTROL_URL: controlUrl, MAX_RIGS_PER_TOWN: "100000", MAX_TOWNS_PER_OWNER: "1000" };
     let ours, peer, floor;
     if (mode === "wrangler") {
       const config = oursWranglerConfig();

@@ -2,7 +2,7 @@
 //! agent token), already verified and scoped to the route's town by the router.
 
 use crate::dos::town;
-use crate::http::json;
+use crate::http::{json, json_reply};
 use gastown_core::authz::ContainerCaller;
 use gastown_core::error::ApiError;
 use gastown_core::protocol::town::{Heartbeat, IssueContainerToken, MayorRigs};
@@ -43,5 +43,5 @@ pub async fn mayor_rigs(env: &Env, caller: &ContainerCaller) -> Handled {
             credential: caller.credential,
         })
         .await?;
-    Ok(json(200, &rigs))
+    Ok(json_reply(200, rigs))
 }

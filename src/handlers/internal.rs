@@ -28,7 +28,7 @@ pub async fn rig_lookup(env: &Env, rig: &RigId) -> Result<Response, ApiError> {
         })
         .await;
     match held {
-        Ok(found) if found.town_id == location.town_id => Ok(json(200, &location)),
+        Ok(found) if found.parse()?.town_id == location.town_id => Ok(json(200, &location)),
         Ok(_) | Err(ApiError::NotFound(_)) => {
             rig_index::remove(env, std::slice::from_ref(rig)).await?;
             Err(not_found())

@@ -8,7 +8,7 @@
 use crate::config::{self, new_id};
 use crate::dos::owner::{self as owner_do, OwnerStub};
 use crate::dos::town;
-use crate::http::{json, page, read_json_body};
+use crate::http::{json, json_reply, page, read_json_body};
 use crate::rig_index;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId, UserId};
@@ -53,12 +53,12 @@ pub async fn create_town(req: &mut Request, env: &Env, owner: &Owner, creator: &
 pub async fn list_towns(req: &Request, env: &Env, owner: &Owner) -> Handled {
     let page = page(req)?;
     let towns = stub(env, owner)?.call(o::ListTowns { page }).await?;
-    Ok(json(200, &towns))
+    Ok(json_reply(200, towns))
 }
 
 pub async fn get_town(env: &Env, owner: &Owner, town_id: TownId) -> Handled {
     let town = stub(env, owner)?.call(o::GetTown { town_id }).await?;
-    Ok(json(200, &town))
+    Ok(json_reply(200, town))
 }
 
 /// Ownership is checked first; then the town's DO (state and alarm) is destroyed; then the
@@ -100,7 +100,7 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
     let rig = owner_stub.call(o::AddRig { rig }).await?;
     let town_stub = town::stub(env, &rig.town_id)?;
     let registered = match town_stub.call(t::AddRig { rig: rig.clone() }).await {
-        Ok(_) => rig_index::insert(env, &rig, &town).await,
+        Ok(_) => rig_index::insert(env, &rig, &town.parse()?).await,
         Err(e) => Err(e),
     };
     if let Err(err) = registered {
@@ -127,12 +127,12 @@ pub async fn list_rigs(req: &Request, env: &Env, owner: &Owner, town_id: TownId)
     let rigs = stub(env, owner)?
         .call(o::ListRigs { town_id, page })
         .await?;
-    Ok(json(200, &rigs))
+    Ok(json_reply(200, rigs))
 }
 
 pub async fn get_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
     let rig = stub(env, owner)?.call(o::GetRig { rig_id }).await?;
-    Ok(json(200, &rig))
+    Ok(json_reply(200, rig))
 }
 
 pub async fn delete_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
@@ -142,7 +142,7 @@ pub async fn delete_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
             rig_id: rig_id.clone(),
         })
         .await?;
-    town::stub(env, &found.town_id)?
+    town::stub(env, &found.parse()?.town_id)?
         .call(t::RemoveRig {
             rig_id: rig_id.clone(),
         })

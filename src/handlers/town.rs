@@ -3,7 +3,7 @@
 //! no owner DO is consulted and personal and org towns take the same path.
 
 use crate::dos::{container as container_do, owner, town as town_do};
-use crate::http::{json, page, read_json_body};
+use crate::http::{json, json_reply, page, read_json_body};
 use gastown_core::auth::UserClaims;
 use gastown_core::authz::{self, TownRole};
 use gastown_core::error::ApiError;
@@ -50,7 +50,7 @@ pub async fn list_rigs(req: &Request, env: &Env, town: &Town) -> Handled {
         page: page(req)?,
     };
     let rigs = owner::stub(env, &town.owner)?.call(list).await?;
-    Ok(json(200, &rigs))
+    Ok(json_reply(200, rigs))
 }
 
 /// Everyone the town admits may read its config; secrets are always masked.

@@ -207,6 +207,22 @@ impl Town {
     }
 }
 
+/// Columns of a town row, in the order of the worker's `town_values`; owner DOs and the TownDO
+/// store the same record.
+pub const TOWN_COLUMNS: &str =
+    "id, name, owner_type, owner_user_id, organization_id, created_by_user_id, status, created_at";
+
+/// A SQLite expression that builds a town row's JSON, exactly as [`Town`] serialises (pinned by
+/// a test), so a DO can answer reads without decoding rows.
+pub const TOWN_JSON: &str = "json_object('id', id, 'name', name, 'owner_type', owner_type, 'owner_user_id', owner_user_id, 'organization_id', organization_id, 'created_by_user_id', created_by_user_id, 'status', status, 'created_at', created_at)";
+
+/// Columns of a rig row, in the order of the worker's `rig_values`.
+pub const RIG_COLUMNS: &str =
+    "id, town_id, name, git_url, default_branch, platform_integration_id, created_at";
+
+/// As [`TOWN_JSON`], for [`Rig`].
+pub const RIG_JSON: &str = "json_object('id', id, 'town_id', town_id, 'name', name, 'git_url', git_url, 'default_branch', default_branch, 'platform_integration_id', platform_integration_id, 'created_at', created_at)";
+
 /// A rig as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rig {
@@ -519,6 +535,53 @@ mod tests {
         assert_eq!(town.token_user_id(), "u1");
         town.owner_user_id = None;
         assert_eq!(town.token_user_id(), "t1");
+    }
+
+    /// `json_object('k1', c1, 'k2', c2, ...)` → the keys and the columns.
+    fn json_object_pairs(expr: &str) -> Vec<(String, String)> {
+        let inner = expr
+            .strip_prefix("json_object(")
+            .and_then(|e| e.strip_suffix(')'))
+            .unwrap();
+        let parts: Vec<&str> = inner.split(", ").collect();
+        parts
+            .chunks(2)
+            .map(|kv| (kv[0].trim_matches('\'').to_owned(), kv[1].to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn sqlite_json_matches_the_records() {
+        for (expr, columns, value) in [
+            (
+                TOWN_JSON,
+                TOWN_COLUMNS,
+                serde_json::to_value(fixtures::town("t1", "u1")).unwrap(),
+            ),
+            (
+                RIG_JSON,
+                RIG_COLUMNS,
+                serde_json::to_value(fixtures::rig("r1", "t1")).unwrap(),
+            ),
+        ] {
+            let pairs = json_object_pairs(expr);
+            let mut keys: Vec<&str> = value
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let json_keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+            let mut sorted = json_keys.clone();
+            sorted.sort_unstable();
+            keys.sort_unstable();
+            assert_eq!(sorted, keys, "exactly the record's fields");
+            for (k, c) in &pairs {
+                assert_eq!(k, c, "each key is its own column");
+            }
+            let cols: Vec<&str> = columns.split(", ").collect();
+            assert_eq!(json_keys, cols, "and the stored columns");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use gastown_core::ids::RigId;
 use gastown_core::model::{Owner, Rig, Town};
 use gastown_core::protocol::owner::*;
 use gastown_core::protocol::town::{AlarmArmed, EnsureAlarm};
+use gastown_core::protocol::Json;
 use gastown_core::schema;
 use worker::{console_error, console_log, Env, Response, SqlStorage, State};
 
@@ -157,12 +158,12 @@ impl OwnerOps for OwnerCore {
         Ok(town)
     }
 
-    async fn list_towns(&self, ListTowns { page }: ListTowns) -> Reply<Vec<Town>> {
+    async fn list_towns(&self, ListTowns { page }: ListTowns) -> Reply<Json<Vec<Town>>> {
         store::list_towns(&self.sql(), &page)
     }
 
-    async fn get_town(&self, GetTown { town_id }: GetTown) -> Reply<Town> {
-        store::get_town(&self.sql(), &town_id)
+    async fn get_town(&self, GetTown { town_id }: GetTown) -> Reply<Json<Town>> {
+        store::town_json(&self.sql(), &town_id)
     }
 
     async fn remove_town(&self, RemoveTown { town_id }: RemoveTown) -> Reply<RemovedTown> {
@@ -174,12 +175,12 @@ impl OwnerOps for OwnerCore {
         store::add_rig(&self.sql(), rig, max)
     }
 
-    async fn list_rigs(&self, ListRigs { town_id, page }: ListRigs) -> Reply<Vec<Rig>> {
+    async fn list_rigs(&self, ListRigs { town_id, page }: ListRigs) -> Reply<Json<Vec<Rig>>> {
         store::list_rigs(&self.sql(), &town_id, &page)
     }
 
-    async fn get_rig(&self, GetRig { rig_id }: GetRig) -> Reply<Rig> {
-        store::get_rig(&self.sql(), &rig_id)
+    async fn get_rig(&self, GetRig { rig_id }: GetRig) -> Reply<Json<Rig>> {
+        store::rig_json(&self.sql(), &rig_id)
     }
 
     async fn remove_rig(&self, RemoveRig { rig_id }: RemoveRig) -> Reply<Rig> {

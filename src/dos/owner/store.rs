@@ -4,13 +4,15 @@
 //! listings come back in creation order (`seq`).
 
 use crate::storage::{
-    count, exec, exists, first, rig_values, rows, town_values, RIG_COLUMNS, TOWN_COLUMNS,
+    count, exec, exists, first, json_text, rig_values, rows, town_values, RIG_COLUMNS, RIG_JSON,
+    TOWN_COLUMNS, TOWN_JSON,
 };
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId};
 use gastown_core::model::{Rig, Town};
 use gastown_core::page::Page;
 use gastown_core::protocol::owner::RemovedTown;
+use gastown_core::protocol::Json;
 use serde::Deserialize;
 use worker::SqlStorage;
 
@@ -99,14 +101,36 @@ pub fn add_town(sql: &SqlStorage, town: Town, max: u64) -> Result<Town, ApiError
     Ok(town)
 }
 
+/// A page of rows as one JSON array, built by SQLite: `select` picks the rows (its first
+/// bound parameter is the `seq` to start after), `json` builds each.
+fn json_page<T>(
+    sql: &SqlStorage,
+    json: &str,
+    select: &str,
+    mut bindings: Vec<worker::SqlStorageValue>,
+    limit: u32,
+) -> Result<Json<Vec<T>>, ApiError> {
+    bindings.push(i64::from(limit).into());
+    let text = json_text(
+        sql,
+        &format!(
+            "SELECT COALESCE(json_group_array({json} ORDER BY seq), '[]') AS j FROM ({select} ORDER BY seq LIMIT ?)"
+        ),
+        bindings,
+    )?;
+    Json::from_text(text.unwrap_or_else(|| "[]".to_owned()))
+}
+
 /// # Errors
 /// 422 for a cursor that names no town of this owner.
-pub fn list_towns(sql: &SqlStorage, page: &Page) -> Result<Vec<Town>, ApiError> {
+pub fn list_towns(sql: &SqlStorage, page: &Page) -> Result<Json<Vec<Town>>, ApiError> {
     let after = after_seq(sql, Table::Towns, page.after.as_deref())?;
-    rows(
+    json_page(
         sql,
-        &format!("SELECT {TOWN_COLUMNS} FROM towns WHERE seq > ? ORDER BY seq LIMIT ?"),
-        vec![after.into(), i64::from(page.limit).into()],
+        TOWN_JSON,
+        "SELECT * FROM towns WHERE seq > ?",
+        vec![after.into()],
+        page.limit,
     )
 }
 
@@ -125,6 +149,20 @@ pub fn all_town_ids(sql: &SqlStorage) -> Result<Vec<TownId>, ApiError> {
             .map(|r| r.id)
             .collect(),
     )
+}
+
+/// The town's JSON, built by SQLite.
+///
+/// # Errors
+/// 404 when this owner has no such town.
+pub fn town_json(sql: &SqlStorage, town_id: &TownId) -> Result<Json<Town>, ApiError> {
+    let text = json_text(
+        sql,
+        &format!("SELECT {TOWN_JSON} AS j FROM towns WHERE id = ?"),
+        vec![town_id.as_str().into()],
+    )?
+    .ok_or_else(town_not_found)?;
+    Json::from_text(text)
 }
 
 /// # Errors
@@ -212,20 +250,40 @@ pub fn add_rig(sql: &SqlStorage, rig: Rig, max: u64) -> Result<Rig, ApiError> {
 
 /// # Errors
 /// 404 for a town this owner lacks; 422 for a cursor that names no rig.
-pub fn list_rigs(sql: &SqlStorage, town_id: &TownId, page: &Page) -> Result<Vec<Rig>, ApiError> {
-    get_town(sql, town_id)?;
-    let after = after_seq(sql, Table::Rigs, page.after.as_deref())?;
-    rows(
+pub fn list_rigs(
+    sql: &SqlStorage,
+    town_id: &TownId,
+    page: &Page,
+) -> Result<Json<Vec<Rig>>, ApiError> {
+    if !exists(
         sql,
-        &format!(
-            "SELECT {RIG_COLUMNS} FROM rigs WHERE town_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-        ),
-        vec![
-            town_id.as_str().into(),
-            after.into(),
-            i64::from(page.limit).into(),
-        ],
+        "SELECT 1 FROM towns WHERE id = ?",
+        vec![town_id.as_str().into()],
+    )? {
+        return Err(town_not_found());
+    }
+    let after = after_seq(sql, Table::Rigs, page.after.as_deref())?;
+    json_page(
+        sql,
+        RIG_JSON,
+        "SELECT * FROM rigs WHERE seq > ? AND town_id = ?",
+        vec![after.into(), town_id.as_str().into()],
+        page.limit,
     )
+}
+
+/// The rig's JSON, built by SQLite.
+///
+/// # Errors
+/// 404 when this owner has no such rig.
+pub fn rig_json(sql: &SqlStorage, rig_id: &RigId) -> Result<Json<Rig>, ApiError> {
+    let text = json_text(
+        sql,
+        &format!("SELECT {RIG_JSON} AS j FROM rigs WHERE id = ?"),
+        vec![rig_id.as_str().into()],
+    )?
+    .ok_or_else(rig_not_found)?;
+    Json::from_text(text)
 }
 
 /// # Errors

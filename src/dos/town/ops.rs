@@ -3,14 +3,14 @@
 use super::{Meta, TownDO};
 use crate::config;
 use crate::storage::{
-    bump_meta, count, exec, exists, int, meta, rig_values, rows, set_meta, town_values,
-    RIG_COLUMNS, TOWN_COLUMNS,
+    bump_meta, count, exec, exists, int, json_text, meta, rig_values, rows, set_meta, town_values,
+    RIG_COLUMNS, RIG_JSON, TOWN_COLUMNS,
 };
 use gastown_core::error::ApiError;
 use gastown_core::model::{Rig, Town};
 use gastown_core::protocol::container::{self as c, TokenPushed};
 use gastown_core::protocol::town::*;
-use gastown_core::protocol::Ack;
+use gastown_core::protocol::{Ack, Json};
 use gastown_core::time::rfc3339;
 use gastown_core::town_config::{container_env, TownConfig};
 use serde::Deserialize;
@@ -287,14 +287,17 @@ impl TownOps for TownDO {
         Ok(Ack::OK)
     }
 
-    async fn mayor_rigs(&self, req: MayorRigs) -> Reply<Vec<Rig>> {
+    async fn mayor_rigs(&self, req: MayorRigs) -> Reply<Json<Vec<Rig>>> {
         self.require_town()?;
         self.admit(req.credential)?;
-        rows::<Rig>(
+        let text = json_text(
             &self.sql(),
-            &format!("SELECT {RIG_COLUMNS} FROM rigs ORDER BY created_at, id"),
+            &format!(
+                "SELECT COALESCE(json_group_array({RIG_JSON} ORDER BY created_at, id), '[]') AS j FROM rigs"
+            ),
             vec![],
-        )
+        )?;
+        Json::from_text(text.unwrap_or_else(|| "[]".to_owned()))
     }
 
     async fn drop_alarm(&self, _: DropAlarm) -> Reply<Ack> {

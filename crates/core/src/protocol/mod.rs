@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
+use std::marker::PhantomData;
 
 pub mod container;
 pub mod owner;
@@ -43,6 +44,81 @@ pub trait Dispatch<H>: DeserializeOwned {
 /// Internal, if the reply cannot be encoded (never expected for these types).
 pub fn encode_reply<T: Serialize>(reply: &T) -> Result<String, ApiError> {
     serde_json::to_string(reply).map_err(ApiError::internal)
+}
+
+/// JSON text known to encode a `T`: a reply the worker passes through to its client without
+/// decoding it into a `T` and encoding it again. The type still binds the operation to its
+/// reply; [`Json::parse`] gives the `T` where a caller needs its fields.
+pub struct Json<T> {
+    raw: Box<serde_json::value::RawValue>,
+    of: PhantomData<T>,
+}
+
+impl<T> Json<T> {
+    /// Text a Durable Object built itself (SQLite's `json_object`, say), trusted to encode a
+    /// `T`: tests pin each such query's shape to `T`'s.
+    ///
+    /// # Errors
+    /// Internal, when the text is not JSON at all.
+    pub fn from_text(text: String) -> Result<Self, ApiError> {
+        serde_json::value::RawValue::from_string(text)
+            .map(|raw| Json {
+                raw,
+                of: PhantomData,
+            })
+            .map_err(ApiError::internal)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.raw.get()
+    }
+
+    /// The text, for a response body.
+    pub fn into_string(self) -> String {
+        String::from(Box::<str>::from(self.raw))
+    }
+}
+
+impl<T: Serialize> Json<T> {
+    /// # Errors
+    /// Internal, if `value` cannot be encoded (never expected for these types).
+    pub fn encode(value: &T) -> Result<Self, ApiError> {
+        Self::from_text(serde_json::to_string(value).map_err(ApiError::internal)?)
+    }
+}
+
+impl<T: DeserializeOwned> Json<T> {
+    /// # Errors
+    /// Internal: a DO answered text that is not a `T`.
+    pub fn parse(&self) -> Result<T, ApiError> {
+        serde_json::from_str(self.as_str()).map_err(|e| {
+            ApiError::internal(format!(
+                "durable object reply: {}",
+                crate::body::json_error_summary(&e)
+            ))
+        })
+    }
+}
+
+impl<T> Serialize for Json<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for Json<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Json {
+            raw: Box::<serde_json::value::RawValue>::deserialize(deserializer)?,
+            of: PhantomData,
+        })
+    }
+}
+
+impl<T> std::fmt::Debug for Json<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The empty reply of operations that only act.
@@ -150,15 +226,29 @@ pub(crate) mod pin {
     }
 
     /// The `op` tag of an encoded request.
-    pub fn tag<T: Serialize>(value: &T) -> String {
+    fn tag<T: Serialize>(value: &T) -> String {
         serde_json::to_value(value).unwrap()["op"]
             .as_str()
             .unwrap()
             .to_owned()
     }
 
+    /// Each case's JSON is pinned, and the cases cover every tag in `ops` exactly once.
+    pub fn all<T: Serialize + DeserializeOwned + PartialEq + Debug>(
+        ops: &[&str],
+        cases: &[(T, impl AsRef<str>)],
+    ) {
+        for (op, json) in cases {
+            pinned(op, json.as_ref());
+        }
+        covers(
+            ops,
+            &cases.iter().map(|(op, _)| tag(op)).collect::<Vec<_>>(),
+        );
+    }
+
     /// Every tag in `ops` was pinned, and nothing else.
-    pub fn covers(ops: &[&str], pinned: &[String]) {
+    fn covers(ops: &[&str], pinned: &[String]) {
         let mut a: Vec<&str> = ops.to_vec();
         let mut b: Vec<&str> = pinned.iter().map(String::as_str).collect();
         a.sort_unstable();
