@@ -100,6 +100,11 @@ pub async fn read_json_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
 /// # Errors
 /// 422 for a malformed parameter.
 pub fn page(req: &Request) -> Result<Page, ApiError> {
-    let url = req.url().map_err(ApiError::internal)?;
-    Page::parse(url.query())
+    // The runtime's URL is already serialised (WHATWG): its query is what follows the first
+    // `?`, so there is no need to parse the whole URL again (`Request::url` would).
+    let url = req.inner().url();
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| q.split_once('#').map_or(q, |(q, _)| q));
+    Page::parse(query)
 }

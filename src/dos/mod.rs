@@ -12,7 +12,7 @@
 //! JSON text behind a three-digit status (`200{...}`, `404{"error":...}`). RPC reaches a DO
 //! without building a `Request`, headers or a `Response` on either side; `worker/entry.mjs`
 //! makes the DO classes RPC targets. Every DO answers it with [`answer`], declared once per
-//! class by [`rpc_entry!`]; `fetch` stays for nothing but compatibility.
+//! class by [`rpc_entry!`]. A DO's `fetch` answers 404: nothing reaches a DO over HTTP.
 
 pub mod container;
 pub mod org;

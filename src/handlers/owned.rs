@@ -96,11 +96,12 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
         .call(o::GetTown {
             town_id: rig.town_id.clone(),
         })
-        .await?;
+        .await?
+        .parse()?;
     let rig = owner_stub.call(o::AddRig { rig }).await?;
     let town_stub = town::stub(env, &rig.town_id)?;
     let registered = match town_stub.call(t::AddRig { rig: rig.clone() }).await {
-        Ok(_) => rig_index::insert(env, &rig, &town.parse()?).await,
+        Ok(_) => rig_index::insert(env, &rig, &town).await,
         Err(e) => Err(e),
     };
     if let Err(err) = registered {
