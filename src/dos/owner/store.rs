@@ -13,6 +13,7 @@ use gastown_core::model::{Rig, Town};
 use gastown_core::page::Page;
 use gastown_core::protocol::owner::RemovedTown;
 use gastown_core::protocol::Json;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use worker::SqlStorage;
 
@@ -38,6 +39,57 @@ impl Table {
             Table::Rigs => "rigs",
         }
     }
+
+    fn columns(self) -> &'static str {
+        match self {
+            Table::Towns => TOWN_COLUMNS,
+            Table::Rigs => RIG_COLUMNS,
+        }
+    }
+
+    /// The SQLite expression that builds a row's JSON.
+    fn json(self) -> &'static str {
+        match self {
+            Table::Towns => TOWN_JSON,
+            Table::Rigs => RIG_JSON,
+        }
+    }
+
+    fn not_found(self) -> ApiError {
+        match self {
+            Table::Towns => town_not_found(),
+            Table::Rigs => rig_not_found(),
+        }
+    }
+}
+
+/// The row with this id.
+fn by_id<T: DeserializeOwned>(sql: &SqlStorage, table: Table, id: &str) -> Result<T, ApiError> {
+    first(
+        sql,
+        &format!(
+            "SELECT {} FROM {} WHERE id = ?",
+            table.columns(),
+            table.name()
+        ),
+        vec![id.into()],
+    )?
+    .ok_or_else(|| table.not_found())
+}
+
+/// The JSON of the row with this id, built by SQLite.
+fn json_by_id<T>(sql: &SqlStorage, table: Table, id: &str) -> Result<Json<T>, ApiError> {
+    let text = json_text(
+        sql,
+        &format!(
+            "SELECT {} AS j FROM {} WHERE id = ?",
+            table.json(),
+            table.name()
+        ),
+        vec![id.into()],
+    )?
+    .ok_or_else(|| table.not_found())?;
+    Json::from_text(text)
 }
 
 fn next_seq(sql: &SqlStorage, table: Table) -> Result<i64, ApiError> {
@@ -156,24 +208,13 @@ pub fn all_town_ids(sql: &SqlStorage) -> Result<Vec<TownId>, ApiError> {
 /// # Errors
 /// 404 when this owner has no such town.
 pub fn town_json(sql: &SqlStorage, town_id: &TownId) -> Result<Json<Town>, ApiError> {
-    let text = json_text(
-        sql,
-        &format!("SELECT {TOWN_JSON} AS j FROM towns WHERE id = ?"),
-        vec![town_id.as_str().into()],
-    )?
-    .ok_or_else(town_not_found)?;
-    Json::from_text(text)
+    json_by_id(sql, Table::Towns, town_id.as_str())
 }
 
 /// # Errors
 /// 404 when this owner has no such town.
 pub fn get_town(sql: &SqlStorage, town_id: &TownId) -> Result<Town, ApiError> {
-    first(
-        sql,
-        &format!("SELECT {TOWN_COLUMNS} FROM towns WHERE id = ?"),
-        vec![town_id.as_str().into()],
-    )?
-    .ok_or_else(town_not_found)
+    by_id(sql, Table::Towns, town_id.as_str())
 }
 
 /// Forgets a town and its rigs (no await between the writes: they commit together).
@@ -277,24 +318,13 @@ pub fn list_rigs(
 /// # Errors
 /// 404 when this owner has no such rig.
 pub fn rig_json(sql: &SqlStorage, rig_id: &RigId) -> Result<Json<Rig>, ApiError> {
-    let text = json_text(
-        sql,
-        &format!("SELECT {RIG_JSON} AS j FROM rigs WHERE id = ?"),
-        vec![rig_id.as_str().into()],
-    )?
-    .ok_or_else(rig_not_found)?;
-    Json::from_text(text)
+    json_by_id(sql, Table::Rigs, rig_id.as_str())
 }
 
 /// # Errors
 /// 404 when this owner has no such rig.
 pub fn get_rig(sql: &SqlStorage, rig_id: &RigId) -> Result<Rig, ApiError> {
-    first(
-        sql,
-        &format!("SELECT {RIG_COLUMNS} FROM rigs WHERE id = ?"),
-        vec![rig_id.as_str().into()],
-    )?
-    .ok_or_else(rig_not_found)
+    by_id(sql, Table::Rigs, rig_id.as_str())
 }
 
 /// # Errors
