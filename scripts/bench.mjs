@@ -161,6 +161,8 @@ async function seed(workers) {
   await expect(200, ours("POST", `/api/towns/${oursTown.id}/container/start`, { token: uTok }), "container start");
   // Generation 1: the town's first container start (container tokens carry their generation).
   const cTok = containerToken(secrets.GASTOWN_JWT_SECRET, oursTown.id, USER, { extra: { gen: 1 } });
+  // Heartbeats are honoured only for agents the town registered: the mayor reports in.
+  const mayor = await expect(200, ours("POST", `/api/towns/${oursTown.id}/mayor/ensure`, { token: uTok }), "mayor");
 
   const paired = (key, name, kind, path, headers = []) => ({
     key, name, kind,
@@ -175,7 +177,7 @@ async function seed(workers) {
       ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/config`, pid: workers.ours.pid,
         script: luaScript("patch", "PATCH", '{"default_model":"bench-model"}', { authorization: `Bearer ${uTok}`, "content-type": "application/json" }) } },
     { key: "heartbeat", name: "container heartbeat", kind: "write",
-      ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/rigs/${rig.id}/agents/bench-agent/heartbeat`, pid: workers.ours.pid,
+      ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/rigs/${rig.id}/agents/${mayor.id}/heartbeat`, pid: workers.ours.pid,
         script: luaScript("heartbeat", "POST", null, { authorization: `Bearer ${cTok}` }) } },
     { key: "read_floor", name: "read floor (1 DO round trip + 1 SQLite read)", kind: "floor",
       ours: { url: `${workers.floor.url}/`, pid: workers.floor.pid } },

@@ -10,11 +10,11 @@ source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 stamp=build/.stamp
 features="${GASTOWN_FEATURES:-}"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$features" ] && [ -x target/release/gastown-control ] && [ -x target/release/gastown-control-debug ] && [ -z "$(find src crates migrations Cargo.toml Cargo.lock -newer "$stamp" -print -quit)" ]; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$features" ] && [ -x target/release/gastown-control ] && [ -x target/release/gastown-control-debug ] && [ -x target/release/gastown-gateway ] && [ -z "$(find src crates migrations Cargo.toml Cargo.lock -newer "$stamp" -print -quit)" ]; then
   exit 0
 fi
 log "building the container control server (native)"
-cargo build --release --quiet -p gastown-control && cargo build --release --quiet -p gastown-control --features debug-routes --bin gastown-control-debug
+cargo build --release --quiet -p gastown-control --bin gastown-control --bin gastown-gateway && cargo build --release --quiet -p gastown-control --features debug-routes --bin gastown-control-debug
 log "building the release worker (wasm32)"
 start=$(date +%s)
 if [ -n "$features" ]; then

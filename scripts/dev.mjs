@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // `npm run dev`: applies the local D1 migrations, starts the container control server (what a
-// town's container runs; here one process serves every town) and the worker under
+// town's container runs; here one process serves every town, with its work dir in
+// .wrangler/work and its own gateway-token refresh against this worker), the stand-in Kilo
+// gateway (it accepts only the towns' sandbox tokens and records whom it would bill), and the
+// worker under
 // `wrangler dev --local` with persisted state in .wrangler/state, the secrets of .dev.vars and
 // CONTAINER_CONTROL_URL pointing at that control server, and prints how to call it.
 // (Setup and the build ran just before, from package.json.)
@@ -10,6 +13,8 @@ import { ROOT, devVars } from "./lib/jwt.mjs";
 
 const port = process.env.PORT ?? "8787";
 const controlPort = process.env.CONTROL_PORT ?? String(Number(port) + 1);
+const gatewayPort = process.env.GATEWAY_PORT ?? String(Number(port) + 2);
+const workdir = join(ROOT, ".wrangler", "work");
 const persist = join(ROOT, ".wrangler", "state");
 const wrangler = join(ROOT, "node_modules", ".bin", "wrangler");
 const env = { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" };
@@ -22,26 +27,38 @@ execFileSync(wrangler, ["d1", "migrations", "apply", "gastown", "--local", "--pe
 
 // The control server authenticates the worker with secrets derived from GASTOWN_CONTROL_KEY,
 // the same key the worker reads from .dev.vars.
-const control = spawn(join(ROOT, "target", "release", "gastown-control"), ["--port", controlPort], {
+const control = spawn(
+  join(ROOT, "target", "release", "gastown-control"),
+  ["--port", controlPort, "--workdir", workdir, "--worker-url", `http://127.0.0.1:${port}`],
+  { cwd: ROOT, env: { ...process.env, GASTOWN_CONTROL_KEY: devVars().GASTOWN_CONTROL_KEY }, stdio: "inherit" },
+);
+// The stand-in gateway verifies sandbox tokens with the same NEXTAUTH_SECRET the worker signs with.
+const gateway = spawn(join(ROOT, "target", "release", "gastown-gateway"), ["--port", gatewayPort], {
   cwd: ROOT,
-  env: { ...process.env, GASTOWN_CONTROL_KEY: devVars().GASTOWN_CONTROL_KEY },
+  env: { ...process.env, NEXTAUTH_SECRET: devVars().NEXTAUTH_SECRET },
   stdio: "inherit",
 });
 const child = spawn(
   wrangler,
   ["dev", "--local", "--ip", "127.0.0.1", "--port", port, "--persist-to", persist,
-    "--var", `CONTAINER_CONTROL_URL:http://127.0.0.1:${controlPort}`, ...process.argv.slice(2)],
+    "--var", `CONTAINER_CONTROL_URL:http://127.0.0.1:${controlPort}`,
+    "--var", `KILO_GATEWAY_URL:http://127.0.0.1:${gatewayPort}`, ...process.argv.slice(2)],
   { cwd: ROOT, env, stdio: "inherit" },
 );
 for (const sig of ["SIGINT", "SIGTERM"]) {
   process.on(sig, () => {
     control.kill(sig);
+    gateway.kill(sig);
     child.kill(sig);
   });
 }
 child.on("exit", (code) => {
   control.kill("SIGTERM");
+  gateway.kill("SIGTERM");
   process.exit(code ?? 0);
+});
+gateway.on("exit", (code) => {
+  if (code) console.error(`gastown-gateway exited with ${code}`);
 });
 control.on("exit", (code) => {
   if (code) console.error(`gastown-control exited with ${code}`);
@@ -52,7 +69,9 @@ for (let i = 0; i < 240; i++) {
   try {
     if ((await fetch(`${base}/health`)).ok) {
       console.log(`
-  Gastown control plane is up at ${base} (container control server: http://127.0.0.1:${controlPort})
+  Gastown control plane is up at ${base}
+  (container control server: http://127.0.0.1:${controlPort}, work dir ${workdir};
+   stand-in gateway: http://127.0.0.1:${gatewayPort}/api/gateway/chat/completions, usage at /debug/usage)
 
     curl ${base}/health
     TOKEN=$(npm run -s token -- --user u1)

@@ -18,6 +18,8 @@ const DEFAULT_WATCHDOG_MS: u64 = 5 * 60 * 1000;
 const DEFAULT_TOKEN_REFRESH_MS: u64 = 60 * 60 * 1000;
 /// Default grace of the container-token generation a rotation leaves.
 const DEFAULT_TOKEN_GRACE_MS: u64 = 2 * 60 * 1000;
+/// Default threshold for re-minting the 24-hour gateway token: when less than 12 h remain.
+const DEFAULT_GATEWAY_REFRESH_BEFORE_MS: u64 = 12 * 60 * 60 * 1000;
 /// Floor for the periods, so a misconfiguration cannot spin an alarm.
 const MIN_ALARM_MS: u64 = 500;
 
@@ -34,6 +36,10 @@ pub struct Config {
     pub token_refresh_ms: u64,
     /// How long the token generation left by a rotation keeps working.
     pub token_grace_ms: u64,
+    /// The alarm re-mints the gateway token when less than this remains of it.
+    pub gateway_refresh_before_ms: u64,
+    /// `KILO_GATEWAY_URL`: where agents send model calls; handed to containers in their env.
+    pub gateway_url: Option<String>,
     pub quotas: Quotas,
     /// Why these settings cannot run, if they cannot: the worker then refuses every request.
     pub refused: Option<String>,
@@ -63,7 +69,8 @@ pub struct Quotas {
     pub towns_per_owner: u64,
     /// `MAX_RIGS_PER_TOWN`.
     pub rigs_per_town: u64,
-    /// `MAX_AGENTS_PER_TOWN`: agents that have reported in.
+    /// `MAX_AGENTS_PER_TOWN`: agents a town has registered (the mayor, and every agent
+    /// dispatch creates).
     pub agents_per_town: u64,
 }
 
@@ -79,8 +86,18 @@ pub fn get(env: &Env) -> Rc<Config> {
             let town_alarm_ms = millis(env, "TOWN_ALARM_INTERVAL_MS", DEFAULT_TOWN_ALARM_MS);
             let token_refresh_ms =
                 millis(env, "CONTAINER_TOKEN_REFRESH_MS", DEFAULT_TOKEN_REFRESH_MS);
+            let gateway_refresh_before_ms = millis(
+                env,
+                "GATEWAY_TOKEN_REFRESH_BEFORE_MS",
+                DEFAULT_GATEWAY_REFRESH_BEFORE_MS,
+            );
+            let refused = policy::check_intervals(town_alarm_ms, token_refresh_ms)
+                .and_then(|()| policy::check_gateway_threshold(gateway_refresh_before_ms))
+                .err();
             Rc::new(Config {
-                refused: policy::check_intervals(town_alarm_ms, token_refresh_ms).err(),
+                refused,
+                gateway_refresh_before_ms,
+                gateway_url: string(env, "KILO_GATEWAY_URL").filter(|u| !u.trim().is_empty()),
                 keys: Keys::new(
                     string(env, "NEXTAUTH_SECRET").as_deref(),
                     string(env, "GASTOWN_JWT_SECRET").as_deref(),

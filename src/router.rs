@@ -50,7 +50,7 @@ pub async fn handle(mut req: Request, env: &Env) -> Response {
             Err(e) => Err(e),
         },
         Route::Internal(route) => match internal_key(&req, env) {
-            Ok(()) => internal_route(env, route).await,
+            Ok(()) => internal_route(&mut req, env, route).await,
             Err(e) => Err(e),
         },
     };
@@ -153,6 +153,10 @@ async fn user_route(
                 TownAction::ForceContainerTokenRefresh => {
                     town::force_token_refresh(env, &town, role).await
                 }
+                TownAction::Stop => town::stop(env, &town, role).await,
+                TownAction::Start => town::start(env, &town, role).await,
+                TownAction::ListAgents => town::list_agents(env, &town).await,
+                TownAction::EnsureMayor => town::ensure_mayor(env, &town).await,
             }
         }
     }
@@ -167,11 +171,19 @@ async fn container_route(
         ContainerRoute::RefreshToken { .. } => container::refresh_token(env, caller).await,
         ContainerRoute::AgentHeartbeat { .. } => container::heartbeat(env, caller).await,
         ContainerRoute::MayorRigs { .. } => container::mayor_rigs(env, caller).await,
+        ContainerRoute::SandboxToken { .. } => container::sandbox_token(env, caller).await,
     }
 }
 
-async fn internal_route(env: &Env, route: InternalRoute) -> Result<Response, ApiError> {
+async fn internal_route(
+    #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))] req: &mut Request,
+    env: &Env,
+    route: InternalRoute,
+) -> Result<Response, ApiError> {
     match route {
+        InternalRoute::SandboxToken { town } => internal::sandbox_token(env, &town).await,
+        #[cfg(feature = "test-hooks")]
+        InternalRoute::RegisterAgent { town } => internal::register_agent(req, env, &town).await,
         InternalRoute::TownHealth { town } => internal::town_health(env, &town).await,
         InternalRoute::RigLookup { rig } => internal::rig_lookup(env, &rig).await,
         #[cfg(feature = "test-hooks")]

@@ -5,7 +5,7 @@ use crate::dos::town;
 use crate::http::{json, json_reply};
 use gastown_core::authz::ContainerCaller;
 use gastown_core::error::ApiError;
-use gastown_core::protocol::town::{Heartbeat, IssueContainerToken, MayorRigs};
+use gastown_core::protocol::town::{Heartbeat, IssueContainerToken, IssueSandboxToken, MayorRigs};
 use worker::{Env, Response};
 
 type Handled = Result<Response, ApiError>;
@@ -44,4 +44,16 @@ pub async fn mayor_rigs(env: &Env, caller: &ContainerCaller) -> Handled {
         })
         .await?;
     Ok(json_reply(200, rigs))
+}
+
+/// The container's own gateway-token refresh: a container token of the town's current
+/// generation gets a fresh 24-hour sandbox token (legacy agent tokens were refused by the
+/// router: this route names no agent).
+pub async fn sandbox_token(env: &Env, caller: &ContainerCaller) -> Handled {
+    let issued = town::stub(env, &caller.town_id)?
+        .call(IssueSandboxToken {
+            credential: Some(caller.credential),
+        })
+        .await?;
+    Ok(json(200, &issued))
 }

@@ -8,7 +8,7 @@ use gastown_core::ids::{RigId, TownId};
 use gastown_core::protocol::owner::GetRig;
 #[cfg(feature = "test-hooks")]
 use gastown_core::protocol::town::DropAlarm;
-use gastown_core::protocol::town::Health;
+use gastown_core::protocol::town::{Health, IssueSandboxToken};
 use worker::{Env, Response};
 
 /// The town's main-loop state: next alarm, runs so far, last run. 404 for unknown or destroyed.
@@ -42,4 +42,28 @@ pub async fn rig_lookup(env: &Env, rig: &RigId) -> Result<Response, ApiError> {
 pub async fn drop_town_alarm(env: &Env, town_id: &TownId) -> Result<Response, ApiError> {
     let ack = town::stub(env, town_id)?.call(DropAlarm {}).await?;
     Ok(json(200, &ack))
+}
+
+/// A fresh gateway token for an internal service (the seed's contract).
+pub async fn sandbox_token(env: &Env, town_id: &TownId) -> Result<Response, ApiError> {
+    let issued = town::stub(env, town_id)?
+        .call(IssueSandboxToken { credential: None })
+        .await?;
+    Ok(json(200, &issued))
+}
+
+/// Test hook (the `test-hooks` build only), until dispatch creates agents: registers a
+/// polecat or refinery of a rig, `{role, rig_id, name}`.
+#[cfg(feature = "test-hooks")]
+pub async fn register_agent(
+    req: &mut worker::Request,
+    env: &Env,
+    town_id: &TownId,
+) -> Result<Response, ApiError> {
+    use gastown_core::protocol::town::RegisterAgent;
+    let body = crate::http::read_json_body(req).await?;
+    let register: RegisterAgent = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidJson(gastown_core::body::json_error_summary(&e)))?;
+    let agent = town::stub(env, town_id)?.call(register).await?;
+    Ok(json(201, &agent))
 }

@@ -10,7 +10,7 @@ use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
 use gastown_core::model::Town;
 use gastown_core::protocol::container::Status;
-use gastown_core::protocol::owner::ListRigs;
+use gastown_core::protocol::owner::{ListRigs, SetTownStatus};
 use gastown_core::protocol::town as t;
 use gastown_core::town_config::ConfigPatch;
 use serde::Serialize;
@@ -102,4 +102,47 @@ pub async fn force_token_refresh(env: &Env, town: &Town, role: TownRole) -> Hand
             token_expires_at: pushed.token_expires_at,
         },
     ))
+}
+
+/// Stops the town: its container stops, its container tokens are rotated away and its alarm
+/// ends; every row stays. For those who manage the town. Idempotent.
+pub async fn stop(env: &Env, town: &Town, role: TownRole) -> Handled {
+    require_manager(role, "stop it")?;
+    let stopped = town_do::stub(env, &town.id)?.call(t::StopTown {}).await?;
+    record_status(env, &stopped).await?;
+    Ok(json(200, &stopped))
+}
+
+/// Starts a stopped town with fresh container and gateway tokens. For those who manage the
+/// town. Idempotent.
+pub async fn start(env: &Env, town: &Town, role: TownRole) -> Handled {
+    require_manager(role, "start it")?;
+    let started = town_do::stub(env, &town.id)?.call(t::StartTown {}).await?;
+    record_status(env, &started.town).await?;
+    Ok(json(200, &started))
+}
+
+/// The owner DO's copy of the status, which the town lists show. The TownDO is the authority;
+/// a failure here leaves the list stale until the next stop or start, and is reported.
+async fn record_status(env: &Env, town: &Town) -> Result<(), ApiError> {
+    owner::stub(env, &town.owner)?
+        .call(SetTownStatus {
+            town_id: town.id.clone(),
+            status: town.status,
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn list_agents(env: &Env, town: &Town) -> Handled {
+    let agents = town_do::stub(env, &town.id)?.call(t::ListAgents {}).await?;
+    Ok(json_reply(200, agents))
+}
+
+/// The town's one mayor; anyone the town admits may ensure it.
+pub async fn ensure_mayor(env: &Env, town: &Town) -> Handled {
+    let mayor = town_do::stub(env, &town.id)?
+        .call(t::EnsureMayor {})
+        .await?;
+    Ok(json(200, &mayor))
 }

@@ -12,6 +12,7 @@ import fuzz from "./fuzz.mjs";
 import lifecycle from "./lifecycle.mjs";
 import hardening from "./hardening.mjs";
 import security from "./security.mjs";
+import gateway from "./gateway.mjs";
 
 // Alarms every second, a 2-second container-token throttle and a 2-second rotation grace, so
 // the tests watch the main loop, the watchdog, token refresh and revocation happen in seconds
@@ -58,5 +59,6 @@ org(ctx);
 container(ctx);
 hardening(ctx);
 security(ctx);
+gateway(ctx);
 fuzz(ctx);
 lifecycle(ctx);

@@ -3,7 +3,7 @@
 import { describe, it, before } from "node:test";
 import assert from "node:assert/strict";
 import { sleep } from "./harness.mjs";
-import { freshUser, tokenFor, createTown, createRig, internalKey, agentTokenFor, sandboxTokenFor } from "./fixtures.mjs";
+import { freshUser, tokenFor, createTown, createRig, internalKey, agentTokenFor, sandboxTokenFor, registerAgent } from "./fixtures.mjs";
 
 const payload = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
 const PAT = "ghp_container_test_pat_0123456789WXYZ";
@@ -75,7 +75,7 @@ export default function container(ctx) {
       assert.equal(inside.env.GASTOWN_GIT_AUTHOR_NAME, "Ada");
       const names = (await dash("GET", `/api/towns/${town.id}/container`)).body.env_var_names;
       assert.ok(!names.includes("GITHUB_CLI_PAT"));
-      for (const key of ["GIT_TOKEN", "GITHUB_CLI_PAT", "GASTOWN_GIT_AUTHOR_NAME", "KILOCODE_TOKEN"]) {
+      for (const key of ["GIT_TOKEN", "GITHUB_CLI_PAT", "GASTOWN_GIT_AUTHOR_NAME", "KILOCODE_TOKEN", "KILO_JWT"]) {
         const res = await dash("PATCH", `/api/towns/${town.id}/config`, { env_vars: { [key]: "override" } });
         assert.equal(res.status, 422, key);
         assert.equal(res.body.error.field, `env_vars.${key}`);
@@ -106,8 +106,9 @@ export default function container(ctx) {
       const rigs = await as(ct, "GET", `/api/mayor/${town.id}/tools/rigs`);
       assert.equal(rigs.status, 200);
       assert.deepEqual(rigs.body.map((r) => r.id), [rig.id]);
-      assert.equal((await as(ct, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/polecat-1/heartbeat`)).status, 200);
-      assert.equal((await as(ct, "POST", `/api/towns/${town.id}/rigs/00000000-0000-4000-8000-000000000000/agents/p/heartbeat`)).status, 404);
+      const polecat = await registerAgent(ctx.call, town.id, rig.id);
+      assert.equal((await as(ct, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${polecat.id}/heartbeat`)).status, 200);
+      assert.equal((await as(ct, "POST", `/api/towns/${town.id}/rigs/00000000-0000-4000-8000-000000000000/agents/${polecat.id}/heartbeat`)).status, 404);
       assert.equal((await as(ct, "GET", `/api/mayor/${other.id}/tools/rigs`)).status, 403, "another town");
       assert.equal((await as(ct, "POST", `/api/towns/${other.id}/refresh-container-token`)).status, 403);
       assert.equal((await as(ct, "GET", `/api/users/${user}/towns`)).status, 401, "not a user token");
@@ -126,8 +127,12 @@ export default function container(ctx) {
 
     it("legacy agent tokens are still accepted, for their own rig and agent", async () => {
       const mint = (rigId, agentId, townId = town.id) => agentTokenFor(townId, user, { rigId, agentId });
-      const ok = mint(rig.id, "polecat-2");
-      assert.equal((await ctx.call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/polecat-2/heartbeat`, { token: ok })).status, 200);
+      const polecat = await registerAgent(ctx.call, town.id, rig.id, { name: "polecat-2" });
+      const ok = mint(rig.id, polecat.id);
+      assert.equal((await ctx.call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${polecat.id}/heartbeat`, { token: ok })).status, 200);
+      const stranger = mint(rig.id, "not-registered");
+      const res = await ctx.call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/not-registered/heartbeat`, { token: stranger });
+      assert.equal(res.status, 404, "the agent must exist");
       // Issue 9: only on their own agent's routes, never town-wide ones.
       assert.equal((await ctx.call("GET", `/api/mayor/${town.id}/tools/rigs`, { token: ok })).status, 403);
       assert.equal((await ctx.call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/someone-else/heartbeat`, { token: ok })).status, 403);

@@ -40,3 +40,17 @@ export async function snapshot(call, user) {
   }
   return { towns: towns.body, rigs };
 }
+
+/**
+ * Registers a polecat (or refinery) of `rigId` through the test-only internal hook (until
+ * dispatch creates agents) and returns it (asserting 201). Callbacks are honoured only for
+ * agents a town registered.
+ */
+export async function registerAgent(call, townId, rigId, { role = "polecat", name = "polecat" } = {}) {
+  const res = await call("POST", `/api/internal/towns/${townId}/agents`, {
+    headers: { "x-internal-api-key": internalKey() },
+    body: { role, rig_id: rigId, name },
+  });
+  if (res.status !== 201) throw new Error(`register agent: ${res.status} ${res.text}`);
+  return res.body;
+}

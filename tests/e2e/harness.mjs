@@ -10,7 +10,7 @@ import { ROOT, devVars } from "../../scripts/lib/jwt.mjs";
 
 export const secrets = devVars();
 
-function freePort() {
+export function freePort() {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.once("error", reject);
@@ -47,11 +47,11 @@ export function migrateD1(persistDir) {
  * `authorization: Bearer <control secret of the town>` and `x-gastown-town-id`; `town(id)` sends
  * those of town `id`, `fail(modes)` those of a fixed pseudo-town (fail modes are server-wide).
  */
-export async function startControlServer() {
+export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), "gastown-work-")), args = [] } = {}) {
   const key = secrets.GASTOWN_CONTROL_KEY;
   if (!key) throw new Error("GASTOWN_CONTROL_KEY is missing from .dev.vars (see .dev.vars.example)");
   const port = await freePort();
-  const child = spawn(join(ROOT, "target", "release", "gastown-control-debug"), ["--port", String(port)], {
+  const child = spawn(join(ROOT, "target", "release", "gastown-control-debug"), ["--port", String(port), "--workdir", workdir, ...args], {
     cwd: ROOT,
     env: { ...process.env, GASTOWN_CONTROL_KEY: key, GASTOWN_CONTROL_SECRET: "", GASTOWN_TOWN_ID: "" },
     stdio: ["ignore", "pipe", "pipe"],
@@ -80,12 +80,46 @@ export async function startControlServer() {
   };
   return {
     url,
+    /** The server's work directory: each town's files are under `<workdir>/<townId>/`. */
+    workdir,
+    output: () => output,
     town: (townId) => json("GET", `/debug/towns/${townId}`, townId),
     fail: (modes) => json("POST", "/debug/fail", "e2e-harness", modes),
     /** As if the town's container stopped (or restarted): its token and env are gone. */
     stopTown: (townId) => json("POST", "/stop", townId, { townId }),
-    stop: () => child.kill("SIGTERM"),
+    stop: () => {
+      child.kill("SIGTERM");
+      rmSync(workdir, { recursive: true, force: true });
+    },
   };
+}
+
+/**
+ * Starts the stand-in Kilo gateway (`gastown-gateway`) on a free port with the dev
+ * NEXTAUTH_SECRET: it accepts only valid sandbox tokens and records usage at /debug/usage.
+ */
+export async function startGateway() {
+  const port = await freePort();
+  const child = spawn(join(ROOT, "target", "release", "gastown-gateway"), ["--port", String(port)], {
+    cwd: ROOT,
+    env: { ...process.env, NEXTAUTH_SECRET: secrets.NEXTAUTH_SECRET },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  child.stdout.on("data", (d) => (output += d));
+  child.stderr.on("data", (d) => (output += d));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    try {
+      if ((await fetch(`${url}/health`)).ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`gastown-gateway did not start:\n${output}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { url, output: () => output, stop: () => child.kill("SIGTERM") };
 }
 
 /**
@@ -120,8 +154,8 @@ export function builtWorkerConfig() {
  * Starts the built worker (or another, with `config`); resolves once `readyPath` answers
  * `readyStatus`.
  */
-export async function startWorker({ persistDir, vars = {}, config = builtWorkerConfig(), readyPath = "/health", readyStatus = 200 }) {
-  const port = await freePort();
+export async function startWorker({ persistDir, vars = {}, config = builtWorkerConfig(), readyPath = "/health", readyStatus = 200, port }) {
+  port ??= await freePort();
   const inspector = await freePort();
   const args = ["dev", "--local", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector),
     "--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "warn"];

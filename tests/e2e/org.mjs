@@ -170,7 +170,8 @@ export default function org(ctx) {
       assert.equal(res.body.owner_user_id, people.carol.id);
       assert.equal(res.body.created_by_user_id, people.carol.id);
       const config = await as("carol", "GET", `/api/towns/${res.body.id}/config`);
-      assert.equal(config.body.kilocode_token, null, "a kilocode_token in a create body is never stored");
+      assert.match(config.body.kilocode_token, /^\*\*\*\*.{4}$/, "the town mints its own gateway token, shown masked");
+      assert.notEqual(config.body.kilocode_token, "****-123", "a kilocode_token in a create body is never stored");
       assert.equal(config.body.owner_user_id, people.carol.id);
       const rig = await as("carol", "POST", `/api/orgs/${orgA}/rigs`, { town_id: res.body.id, name: "r", git_url: "https://github.com/a/r", kilocode_token: "kilo-injected-secret-123" });
       assert.equal(rig.status, 201);

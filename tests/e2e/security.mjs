@@ -9,7 +9,7 @@ import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { containerToken } from "../../scripts/lib/jwt.mjs";
 import { secrets, startWorker, makePersistDir, removePersistDir } from "./harness.mjs";
-import { freshUser, tokenFor, createTown, createRig, agentTokenFor, internalKey } from "./fixtures.mjs";
+import { freshUser, tokenFor, createTown, createRig, agentTokenFor, internalKey, registerAgent } from "./fixtures.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const claims = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
@@ -26,14 +26,18 @@ export default function security(ctx) {
     const dash = (method, path, body) => as(tokenFor(user), method, path, body);
     let town;
     let rig;
+    let polecat;
+    let legacyAgent;
     const held = async () => (await ctx.control.town(town.id)).body.token;
     const mayor = (t) => as(t, "GET", `/api/mayor/${town.id}/tools/rigs`);
-    const heartbeat = (t, agent = "polecat-r") => as(t, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${agent}/heartbeat`);
+    const heartbeat = (t, agent = polecat.id) => as(t, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${agent}/heartbeat`);
     const refresh = (t) => as(t, "POST", `/api/towns/${town.id}/refresh-container-token`);
 
     before(async () => {
       town = await createTown(ctx.call, user, "Rotating");
       rig = await createRig(ctx.call, user, town.id, "app");
+      polecat = await registerAgent(ctx.call, town.id, rig.id, { name: "polecat-r" });
+      legacyAgent = await registerAgent(ctx.call, town.id, rig.id, { name: "legacy-1" });
     });
 
     it("before the container ever ran, no container token works and refresh answers 409", async () => {
@@ -91,8 +95,8 @@ export default function security(ctx) {
     });
 
     it("legacy agent tokens: their own agent's routes only, never a container token, revoked by rotation", async () => {
-      const legacy = agentTokenFor(town.id, user, { rigId: rig.id, agentId: "legacy-1" });
-      assert.equal((await as(legacy, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/legacy-1/heartbeat`)).status, 200);
+      const legacy = agentTokenFor(town.id, user, { rigId: rig.id, agentId: legacyAgent.id });
+      assert.equal((await as(legacy, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${legacyAgent.id}/heartbeat`)).status, 200);
       assert.equal((await as(legacy, "POST", `/api/towns/${town.id}/refresh-container-token`)).status, 403, "no exchange for a town-wide token");
       assert.equal((await as(legacy, "GET", `/api/mayor/${town.id}/tools/rigs`)).status, 403, "no town-wide route");
       const ghost = agentTokenFor(town.id, user, { rigId: NIL, agentId: "ghost" });
@@ -101,7 +105,7 @@ export default function security(ctx) {
       await sleep(1_100);
       assert.equal((await dash("POST", `/api/towns/${town.id}/container/refresh-token`)).status, 200);
       await sleep(PAST_GRACE_MS);
-      const res = await as(legacy, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/legacy-1/heartbeat`);
+      const res = await as(legacy, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${legacyAgent.id}/heartbeat`);
       assert.equal(res.status, 401, res.text);
       assert.equal(res.body.error.code, "token_revoked");
     });
@@ -153,18 +157,35 @@ export default function security(ctx) {
       assert.equal((await as(tokenFor(user), "GET", `/api/towns/${town.id}/rigs`)).body.length, 20);
     });
 
-    it("agents per town; an agent the town knows keeps reporting in", async () => {
+    it("agents per town; heartbeats only from agents the town registered, from their own rig", async () => {
       const user = freshUser("qa");
       const town = await createTown(ctx.call, user, "Agents");
       const rig = await createRig(ctx.call, user, town.id, "app");
+      const other = await createRig(ctx.call, user, town.id, "other");
       assert.equal((await as(tokenFor(user), "POST", `/api/towns/${town.id}/container/start`)).status, 200);
       const t = (await ctx.control.town(town.id)).body.token;
-      const beat = (agent) => as(t, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${agent}/heartbeat`);
-      for (let i = 0; i < 20; i++) assert.equal((await beat(`agent-${i}`)).status, 200);
-      const over = await beat("agent-20");
+      const beat = (agent, rigId = rig.id) => as(t, "POST", `/api/towns/${town.id}/rigs/${rigId}/agents/${agent}/heartbeat`);
+      for (const made_up of ["agent-0", "agent-1", crypto.randomUUID()]) {
+        const res = await beat(made_up);
+        assert.equal(res.status, 404, `${made_up}: ${res.text}`);
+      }
+      const mayor = await as(tokenFor(user), "POST", `/api/towns/${town.id}/mayor/ensure`);
+      assert.equal(mayor.status, 200, mayor.text);
+      const agents = [];
+      for (let i = 0; i < 19; i++) agents.push(await registerAgent(ctx.call, town.id, rig.id, { name: `agent-${i}` }));
+      const over = await ctx.call("POST", `/api/internal/towns/${town.id}/agents`, {
+        headers: { "x-internal-api-key": internalKey() },
+        body: { role: "polecat", rig_id: rig.id, name: "agent-20" },
+      });
       assert.equal(over.status, 409, over.text);
       assert.equal(over.body.error.field, "MAX_AGENTS_PER_TOWN");
-      assert.equal((await beat("agent-3")).status, 200);
+      const listed = await as(tokenFor(user), "GET", `/api/towns/${town.id}/agents`);
+      assert.equal(listed.body.length, 20, "nothing was written past the quota");
+      assert.equal((await beat(agents[3].id)).status, 200, "a registered agent reports in");
+      assert.equal((await beat(agents[3].id, other.id)).status, 404, "not from another rig");
+      assert.equal((await beat(mayor.body.id, other.id)).status, 200, "the mayor belongs to no rig");
+      const seen = (await as(tokenFor(user), "GET", `/api/towns/${town.id}/agents`)).body.find((a) => a.id === agents[3].id);
+      assert.ok(seen.last_activity_at, "the heartbeat is recorded");
     });
 
     it("reading towns nobody created gives their Durable Objects no storage", async () => {

@@ -30,6 +30,37 @@
 //! root): the agents must run as another, unprivileged user (`agent` in `container/Dockerfile`),
 //! never as the server's user and never as root.
 //!
+//! # The town's files
+//!
+//! Each town's files live in `<workdir>/<townId>/` (`--workdir`, or `GASTOWN_WORKDIR`, default
+//! `./gastown-work`, created at start), where every new agent session reads them; see
+//! [`workdir`] for the layout and its invariants. Every `POST /sync-config` rewrites them:
+//!
+//! * `settings/config.json` and `<rigId>/settings/config.json`: the body's `settings`, each an
+//!   [`AgentSettings`](gastown_core::agent_settings::AgentSettings) as serde writes it; the file
+//!   of a rig the body no longer names is removed. A bad rig id refuses the whole sync (400,
+//!   nothing written).
+//! * `.env.gateway`: `KILO_JWT=<token>` and a newline, mode 0600, while the synced env holds
+//!   `KILO_JWT` (non-empty); removed when it does not. A `KILO_JWT` with characters no token
+//!   has (a newline, a space, `$`, …) refuses the whole sync (400), since shells source the file.
+//!
+//! Each file is replaced atomically. No token is ever logged.
+//!
+//! # The gateway token's self-refresh
+//!
+//! The gateway token (`KILO_JWT`, a sandbox token of 24 h) must not lapse while the town runs,
+//! whether or not the worker syncs again. With `--worker-url` (or `GASTOWN_WORKER_URL`), a
+//! background thread wakes every `--gateway-refresh-ms` (12 h by default) and, for each town
+//! whose container token it holds, asks the worker for a new gateway token with that container
+//! token (`POST <worker>/api/towns/<town>/sandbox-token`), then stores it in the town's env and
+//! rewrites `.env.gateway`. A failure is logged (the status, never a token) and retried at the
+//! next wake. The private module `self_refresh` states the rules.
+//!
+//! # The stand-in gateway
+//!
+//! [`gateway`] is a stand-in for the Kilo gateway that checks sandbox tokens and records who
+//! used which model: the binary `gastown-gateway`, for local dev and tests only.
+//!
 //! # Head-of-line blocking
 //!
 //! Every connection gets its own thread (at most [`MAX_CONNECTIONS`] at once) and one request;
@@ -40,21 +71,31 @@
 //!
 //! With the cargo feature `debug-routes`, and only in the `gastown-control-debug` binary
 //! ([`Build::Debug`]), `/debug/...` routes let tests read a town's state, make the server fail on
-//! purpose and check the credential left the environment. They take the same headers as the
-//! other routes. The production binary `gastown-control` answers 404 there.
+//! purpose and check the credential left the environment. `/debug/towns/:id` shows what the
+//! server holds for the town (container token, env, update counts), its `workdir` and the
+//! self-refresh counts (`gateway_refresh_attempts`, `gateway_refreshes`,
+//! `gateway_refresh_failures`). They take the same headers as the other routes. The production
+//! binary `gastown-control` answers 404 there.
+
+pub mod gateway;
+mod http;
+mod self_refresh;
+pub mod workdir;
 
 use gastown_core::control::{
     bearer, control_secret, secret_matches, RefreshTokenBody, RefreshTokenReply, StopBody,
-    SyncConfigBody, AUTHORIZATION_HEADER, CONTENT_TYPE_JSON, HEALTH_PATH, KEY_ENV, MAX_BODY_BYTES,
-    REFRESH_TOKEN_PATH, SECRET_ENV, STOP_PATH, SYNC_CONFIG_PATH, TOWN_ID_ENV, TOWN_ID_HEADER,
+    SyncConfigBody, AUTHORIZATION_HEADER, CONTENT_TYPE_JSON, GATEWAY_TOKEN_ENV, HEALTH_PATH,
+    KEY_ENV, MAX_BODY_BYTES, REFRESH_TOKEN_PATH, SECRET_ENV, STOP_PATH, SYNC_CONFIG_PATH,
+    TOWN_ID_ENV, TOWN_ID_HEADER, WORKER_URL_ENV,
 };
 use gastown_core::ids::TownId;
+use http::{error, one_exchange, read_body, read_head, serve_each, Head, ReadFail, Reply};
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -69,8 +110,15 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// Hosts accepted when no `--allowed-host` is given (each with or without a port).
 pub const DEFAULT_ALLOWED_HOSTS: [&str; 4] = ["container", "localhost", "127.0.0.1", "[::1]"];
 
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_HEADERS: usize = 64;
+/// The work directory when neither `--workdir` nor [`WORKDIR_ENV`] names one (relative to the
+/// directory the server starts in).
+pub const DEFAULT_WORKDIR: &str = "gastown-work";
+/// Names the work directory when `--workdir` does not.
+pub const WORKDIR_ENV: &str = "GASTOWN_WORKDIR";
+/// Default interval of the gateway token's self-refresh: 12 h, half a sandbox token's life.
+pub const DEFAULT_GATEWAY_REFRESH: Duration = Duration::from_secs(12 * 60 * 60);
+/// Shortest `--gateway-refresh-ms`.
+pub const MIN_GATEWAY_REFRESH_MS: u64 = 100;
 
 /// Which binary is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +236,13 @@ pub struct Config {
     /// Deadline for reading a request's head and body.
     pub read_timeout: Duration,
     pub build: Build,
+    /// Where each town's files live (`<workdir>/<townId>/`); must exist.
+    pub workdir: PathBuf,
+    /// The worker's origin (`http://…` or `https://…`, no trailing `/`); `None` turns the
+    /// gateway token's self-refresh off.
+    pub worker_url: Option<String>,
+    /// How often the self-refresh wakes.
+    pub gateway_refresh: Duration,
 }
 
 /// Command-line options.
@@ -197,27 +252,54 @@ pub struct Options {
     pub port: u16,
     pub allowed_hosts: Vec<String>,
     pub read_timeout: Duration,
+    pub workdir: PathBuf,
+    pub worker_url: Option<String>,
+    pub gateway_refresh: Duration,
 }
 
 pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080] \
-[--allowed-host NAME]... [--read-timeout-ms 5000]
+[--allowed-host NAME]... [--read-timeout-ms 5000] [--workdir ./gastown-work] \
+[--worker-url URL] [--gateway-refresh-ms 43200000]
   credentials (read from the environment, then removed from it):
     GASTOWN_CONTROL_SECRET + GASTOWN_TOWN_ID   production: one town per container
     GASTOWN_CONTROL_KEY                        local dev and tests: the master key
-  --allowed-host replaces the default list (container, localhost, 127.0.0.1, [::1]).";
+  --allowed-host replaces the default list (container, localhost, 127.0.0.1, [::1]).
+  --workdir (or GASTOWN_WORKDIR): each town's files go to DIR/<townId>/, rewritten on every
+    sync-config: settings/config.json, <rigId>/settings/config.json and .env.gateway
+    (KILO_JWT=<token>, mode 0600). Created if missing.
+  --worker-url (or GASTOWN_WORKER_URL): the worker's origin, http:// or https://. With it,
+    every --gateway-refresh-ms (at least 100; default 12 h) each town's gateway token is
+    renewed from POST URL/api/towns/<townId>/sandbox-token with the town's container token.";
 
 impl Options {
-    /// Parses the arguments after the program name.
+    /// Parses the arguments after the program name, with no fallback from the environment.
     ///
     /// # Errors
     /// A message naming the bad argument.
     pub fn parse(args: &[String]) -> Result<Options, String> {
+        Options::parse_with_env(args, |_| None)
+    }
+
+    /// Parses the arguments after the program name; `env` gives the value of a variable
+    /// ([`WORKDIR_ENV`], [`WORKER_URL_ENV`]) an option left unset falls back to.
+    ///
+    /// # Errors
+    /// A message naming the bad argument or variable.
+    pub fn parse_with_env(
+        args: &[String],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Options, String> {
         let mut opts = Options {
             host: "127.0.0.1".to_owned(),
             port: 8080,
             allowed_hosts: Vec::new(),
             read_timeout: DEFAULT_READ_TIMEOUT,
+            workdir: PathBuf::new(),
+            worker_url: None,
+            gateway_refresh: DEFAULT_GATEWAY_REFRESH,
         };
+        let mut workdir = None;
+        let mut worker_url = None;
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let mut value = || {
@@ -248,6 +330,19 @@ impl Options {
                     }
                     opts.read_timeout = Duration::from_millis(ms);
                 }
+                "--workdir" => workdir = Some(value()?),
+                "--worker-url" => worker_url = Some(value()?),
+                "--gateway-refresh-ms" => {
+                    let ms: u64 = value()?
+                        .parse()
+                        .map_err(|_| "--gateway-refresh-ms needs milliseconds".to_owned())?;
+                    if ms < MIN_GATEWAY_REFRESH_MS {
+                        return Err(format!(
+                            "--gateway-refresh-ms must be at least {MIN_GATEWAY_REFRESH_MS}"
+                        ));
+                    }
+                    opts.gateway_refresh = Duration::from_millis(ms);
+                }
                 "--debug" => {
                     return Err(
                         "--debug: this binary has no debug routes (they exist only in \
@@ -264,8 +359,40 @@ impl Options {
                 .map(|h| (*h).to_owned())
                 .collect();
         }
+        let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+        opts.workdir = match set(workdir).or_else(|| set(env(WORKDIR_ENV))) {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from(DEFAULT_WORKDIR),
+        };
+        opts.worker_url = match (set(worker_url), set(env(WORKER_URL_ENV))) {
+            (Some(url), _) => Some(worker_origin(&url).map_err(|e| format!("--worker-url {e}"))?),
+            (None, Some(url)) => {
+                Some(worker_origin(&url).map_err(|e| format!("{WORKER_URL_ENV} {e}"))?)
+            }
+            (None, None) => None,
+        };
         Ok(opts)
     }
+}
+
+/// The worker's origin as requests are built from it: `http://` or `https://`, a host, no
+/// trailing `/`, nothing a header or a request line would choke on.
+fn worker_origin(url: &str) -> Result<String, String> {
+    let trimmed = url.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{url:?} names no host"));
+    }
+    if trimmed
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#'))
+    {
+        return Err(format!("{url:?} is not a plain origin"));
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// The whole program: takes the credential out of the environment, parses the arguments,
@@ -278,7 +405,7 @@ pub fn cli_main(build: Build) -> i32 {
         println!("{USAGE}");
         return 0;
     }
-    let opts = match Options::parse(&args) {
+    let opts = match Options::parse_with_env(&args, |name| std::env::var(name).ok()) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("gastown-control: {e}\n{USAGE}");
@@ -289,6 +416,18 @@ pub fn cli_main(build: Build) -> i32 {
         Ok(a) => a,
         Err(e) => {
             eprintln!("gastown-control: refusing to start: {e}");
+            return 1;
+        }
+    };
+    let workdir = match std::fs::create_dir_all(&opts.workdir)
+        .and_then(|()| std::fs::canonicalize(&opts.workdir))
+    {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!(
+                "gastown-control: cannot use the work directory {}: {e}",
+                opts.workdir.display()
+            );
             return 1;
         }
     };
@@ -309,11 +448,26 @@ pub fn cli_main(build: Build) -> i32 {
         .local_addr()
         .map_or_else(|_| addr.clone(), |a| a.to_string());
     println!("gastown-control listening on http://{bound} for {mode}");
+    // Nothing more goes to stdout: whoever read the line above may have closed the pipe.
+    let renewal = match &opts.worker_url {
+        Some(url) => format!(
+            "gateway tokens renewed from {url} every {} ms",
+            opts.gateway_refresh.as_millis()
+        ),
+        None => "gateway tokens not renewed (no --worker-url)".to_owned(),
+    };
+    eprintln!(
+        "gastown-control: town files in {}; {renewal}",
+        workdir.display()
+    );
     let config = Config {
         auth,
         allowed_hosts: opts.allowed_hosts,
         read_timeout: opts.read_timeout,
         build,
+        workdir,
+        worker_url: opts.worker_url,
+        gateway_refresh: opts.gateway_refresh,
     };
     match serve(listener, config) {
         Ok(()) => 0,
@@ -324,12 +478,17 @@ pub fn cli_main(build: Build) -> i32 {
     }
 }
 
+/// What the server holds for one town.
 #[derive(Default)]
 struct Town {
+    /// The container token from the last `/refresh-token`.
     token: Option<String>,
     token_updates: u64,
+    /// The env from the last `/sync-config`, with `KILO_JWT` replaced by each self-refresh.
     env: BTreeMap<String, String>,
+    /// Syncs only: the self-refresh does not count, so `had_env` stays a worker's matter.
     env_updates: u64,
+    gateway_refresh: self_refresh::Counts,
 }
 
 /// Failures injected through `/debug/fail`.
@@ -351,8 +510,9 @@ struct State {
 
 struct Shared {
     config: Config,
+    /// Also held while a town's files are written, so the files and `towns` never disagree
+    /// (the files are small; the self-refresh never holds it across a call to the worker).
     state: Mutex<State>,
-    active: AtomicUsize,
 }
 
 impl Shared {
@@ -362,193 +522,31 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// `<workdir>/<town>`.
+    fn town_dir(&self, town: &str) -> Result<PathBuf, Reply> {
+        workdir::town_dir(&self.config.workdir, town)
+            .ok_or_else(|| error(400, "town id cannot name a directory"))
+    }
 }
 
-/// Accepts connections until the listener fails, each served on its own thread.
+/// Accepts connections until the listener fails, each served on its own thread; with a
+/// worker URL, renews the towns' gateway tokens in the background.
 ///
 /// # Errors
-/// When a thread cannot be started or the listener fails for good.
+/// When the self-refresh thread cannot be started or the listener fails for good.
 pub fn serve(listener: TcpListener, config: Config) -> io::Result<()> {
     let shared = Arc::new(Shared {
         config,
         state: Mutex::new(State::default()),
-        active: AtomicUsize::new(0),
     });
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of descriptors and the like: back off instead of spinning.
-                eprintln!("gastown-control: accept: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            let mut stream = stream;
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = write_reply(&mut stream, &error(503, "too many connections"));
-            continue;
-        }
-        let shared = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("gastown-control-conn".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                connection(stream, &shared);
-                shared.active.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            eprintln!("gastown-control: cannot start a thread: {e}");
-        }
-    }
-    Ok(())
-}
-
-type Reply = (u16, Value);
-
-fn error(status: u16, message: &str) -> Reply {
-    (status, json!({ "error": message }))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        421 => "Misdirected Request",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
-}
-
-fn write_reply(stream: &mut TcpStream, &(status, ref body): &Reply) -> io::Result<()> {
-    let body = body.to_string();
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         cache-control: no-store\r\nx-content-type-options: nosniff\r\nconnection: close\r\n",
-        reason(status),
-        body.len()
-    );
-    if status == 401 {
-        head.push_str("www-authenticate: Bearer\r\n");
-    }
-    head.push_str("\r\n");
-    head.push_str(&body);
-    stream.write_all(head.as_bytes())?;
-    stream.flush()
-}
-
-/// What reading a request ran into.
-enum ReadFail {
-    /// The peer went away (or sent nothing): no answer.
-    Closed,
-    /// Answer this and close.
-    Reply(Reply),
-}
-
-/// Reads until `buf` holds at least `want` bytes, the deadline passes or the peer closes.
-fn read_until(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    deadline: Instant,
-    mut done: impl FnMut(&[u8]) -> bool,
-) -> Result<(), ReadFail> {
-    let mut chunk = [0u8; 8192];
-    while !done(buf) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ReadFail::Reply(error(408, "request not received in time")));
-        }
-        if stream.set_read_timeout(Some(left)).is_err() {
-            return Err(ReadFail::Closed);
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(ReadFail::Closed),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ReadFail::Reply(error(408, "request not received in time")))
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(ReadFail::Closed),
-        }
-    }
-    Ok(())
-}
-
-/// A parsed request head.
-struct Head {
-    method: String,
-    target: String,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Head {
-    /// The value of the header `name` if it occurs exactly once; `Err` if it repeats.
-    fn one(&self, name: &str) -> Result<Option<&str>, Reply> {
-        let mut found = self.headers.iter().filter(|(n, _)| n == name);
-        let first = found.next();
-        if found.next().is_some() {
-            return Err(error(400, &format!("{name} given more than once")));
-        }
-        match first {
-            None => Ok(None),
-            Some((_, v)) => std::str::from_utf8(v)
-                .map(|s| Some(s.trim()))
-                .map_err(|_| error(400, &format!("{name} is not UTF-8"))),
-        }
-    }
-}
-
-/// Reads the head; `buf` keeps whatever of the body came with it.
-fn read_head(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    deadline: Instant,
-) -> Result<Head, ReadFail> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let head = Head {
-                    method: req.method.unwrap_or_default().to_owned(),
-                    target: req.path.unwrap_or_default().to_owned(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-                        .collect(),
-                };
-                buf.drain(..len);
-                return Ok(head);
-            }
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-                return Err(ReadFail::Reply(error(431, "request head too large")))
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(ReadFail::Reply(error(431, "too many headers")))
-            }
-            Err(_) => return Err(ReadFail::Reply(error(400, "malformed request"))),
-        }
-        let before = buf.len();
-        read_until(stream, buf, deadline, |b| b.len() > before)?;
-    }
+    self_refresh::start(&shared)?;
+    let read_timeout = shared.config.read_timeout;
+    serve_each(listener, "gastown-control", move |stream| {
+        one_exchange(stream, read_timeout, |stream, deadline| {
+            request(stream, &shared, deadline)
+        });
+    })
 }
 
 /// Whether `host` (a `Host` header value) names one of `allowed` (lowercase, without port).
@@ -644,45 +642,6 @@ fn debug_route(_build: Build, _path: &str) -> Option<Route> {
     None
 }
 
-/// Serves one connection: one request, one answer, close.
-fn connection(mut stream: TcpStream, shared: &Shared) {
-    let deadline = Instant::now() + shared.config.read_timeout;
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let _ = stream.set_nodelay(true);
-    let reply = match request(&mut stream, shared, deadline) {
-        Ok(reply) => reply,
-        Err(ReadFail::Reply(reply)) => reply,
-        Err(ReadFail::Closed) => return,
-    };
-    if write_reply(&mut stream, &reply).is_err() {
-        return;
-    }
-    linger(&mut stream);
-}
-
-/// Closes gracefully: a request body left unread would make the kernel reset the connection
-/// and the client could lose the answer, so read (and drop) what is still coming, briefly.
-fn linger(stream: &mut TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let until = Instant::now() + Duration::from_secs(1);
-    let mut chunk = [0u8; 8192];
-    let mut drained = 0usize;
-    while drained < 2 * MAX_BODY_BYTES {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero()
-            || stream
-                .set_read_timeout(Some(left.min(Duration::from_millis(250))))
-                .is_err()
-        {
-            break;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-}
-
 /// Reads, checks and handles one request. The order of the checks is the contract: Host,
 /// route, credentials, content type, length, body; nothing is read past a refusal.
 fn request(stream: &mut TcpStream, shared: &Shared, deadline: Instant) -> Result<Reply, ReadFail> {
@@ -698,8 +657,7 @@ fn request(stream: &mut TcpStream, shared: &Shared, deadline: Instant) -> Result
     if !head.target.starts_with('/') {
         return Err(refuse(error(400, "request target must be a path")));
     }
-    let path = head.target.split('?').next().unwrap_or_default();
-    let route = route(config.build, &head.method, path).map_err(refuse)?;
+    let route = route(config.build, &head.method, head.path()).map_err(refuse)?;
     if route == Route::Health {
         return Ok((200, json!({ "status": "ok" })));
     }
@@ -715,25 +673,7 @@ fn request(stream: &mut TcpStream, shared: &Shared, deadline: Instant) -> Result
         if !media.eq_ignore_ascii_case(CONTENT_TYPE_JSON) {
             return Err(refuse(error(415, "content-type must be application/json")));
         }
-        if head.one("transfer-encoding").map_err(refuse)?.is_some() {
-            return Err(refuse(error(
-                411,
-                "send a content-length, not a transfer-encoding",
-            )));
-        }
-        let length = match head.one("content-length").map_err(refuse)? {
-            None => return Err(refuse(error(411, "content-length required"))),
-            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
-                v.parse::<usize>().unwrap_or(usize::MAX)
-            }
-            Some(_) => return Err(refuse(error(400, "bad content-length"))),
-        };
-        if length > MAX_BODY_BYTES {
-            return Err(refuse(error(413, "body too large")));
-        }
-        read_until(stream, &mut buf, deadline, |b| b.len() >= length)?;
-        buf.truncate(length);
-        buf
+        read_body(stream, &head, buf, MAX_BODY_BYTES, deadline)?
     } else {
         Vec::new()
     };
@@ -817,14 +757,34 @@ fn stop(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
     Ok((200, json!({ "ok": true, "stopped": stopped })))
 }
 
+/// Replaces the town's env and rewrites its files (see the crate docs). Everything is checked
+/// before anything is written, so a refused sync leaves the town as it was.
 fn sync_config(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
     let req: SyncConfigBody = parse(body)?;
     same_town(&req.town_id, town)?;
+    for rig in req.settings.rigs.keys() {
+        workdir::check_rig_id(rig).map_err(|e| error(400, &e))?;
+    }
+    let gateway_token = gateway_token(&req.env);
+    if gateway_token.is_some_and(|t| !workdir::is_plain_token(t)) {
+        return Err(error(
+            400,
+            &format!("{GATEWAY_TOKEN_ENV} holds characters a token does not"),
+        ));
+    }
+    let dir = shared.town_dir(town)?;
     let mut state = shared.state();
     #[cfg(feature = "debug-routes")]
     if state.fail.sync_config {
         return Err(error(503, "sync-config failing on purpose"));
     }
+    workdir::write_settings(&dir, &req.settings)
+        .and_then(|()| workdir::write_gateway_env(&dir, gateway_token))
+        .map_err(|e| {
+            // The error names a path at most, never a file's content.
+            eprintln!("gastown-control: cannot write the files of town {town}: {e}");
+            error(500, "cannot write the town's files")
+        })?;
     let entry = state.towns.entry(req.town_id).or_default();
     // The whole env is replaced: a key the worker no longer sends is gone.
     entry.env = req.env;
@@ -835,9 +795,17 @@ fn sync_config(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply>
     ))
 }
 
+/// The gateway token of a town's env; an empty one counts as none.
+fn gateway_token(env: &BTreeMap<String, String>) -> Option<&str> {
+    env.get(GATEWAY_TOKEN_ENV)
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+}
+
 #[cfg(feature = "debug-routes")]
 fn debug_town(shared: &Shared, town: &str, id: &str) -> Result<Reply, Reply> {
     same_town(id, town)?;
+    let dir = shared.town_dir(id)?;
     let state = shared.state();
     let t = state
         .towns
@@ -845,7 +813,16 @@ fn debug_town(shared: &Shared, town: &str, id: &str) -> Result<Reply, Reply> {
         .ok_or_else(|| error(404, "no such town"))?;
     Ok((
         200,
-        json!({ "token": t.token, "token_updates": t.token_updates, "env": t.env, "env_updates": t.env_updates }),
+        json!({
+            "token": t.token,
+            "token_updates": t.token_updates,
+            "env": t.env,
+            "env_updates": t.env_updates,
+            "workdir": dir,
+            "gateway_refresh_attempts": t.gateway_refresh.attempts,
+            "gateway_refreshes": t.gateway_refresh.successes,
+            "gateway_refresh_failures": t.gateway_refresh.failures,
+        }),
     ))
 }
 
@@ -983,6 +960,82 @@ mod tests {
         assert!(Options::parse(&args(&["--port"])).is_err());
         assert!(Options::parse(&args(&["--read-timeout-ms", "0"])).is_err());
         assert!(Options::parse(&args(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn workdir_and_self_refresh_options() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let o = Options::parse(&[]).unwrap();
+        assert_eq!(o.workdir, PathBuf::from("gastown-work"));
+        assert_eq!(o.worker_url, None);
+        assert_eq!(o.gateway_refresh, Duration::from_millis(43_200_000));
+
+        let o = Options::parse(&args(&[
+            "--workdir",
+            "/srv/towns",
+            "--worker-url",
+            "http://127.0.0.1:8787/",
+            "--gateway-refresh-ms",
+            "100",
+        ]))
+        .unwrap();
+        assert_eq!(o.workdir, PathBuf::from("/srv/towns"));
+        assert_eq!(o.worker_url.as_deref(), Some("http://127.0.0.1:8787"));
+        assert_eq!(o.gateway_refresh, Duration::from_millis(100));
+        let https = Options::parse(&args(&["--worker-url", "https://gastown.example"]));
+        assert_eq!(
+            https.unwrap().worker_url.as_deref(),
+            Some("https://gastown.example")
+        );
+        for bad in [
+            "ftp://x",
+            "x.example",
+            "http://",
+            "https:///path",
+            "http://a b",
+            "http://a?q",
+        ] {
+            assert!(
+                Options::parse(&args(&["--worker-url", bad])).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in ["99", "0", "x", "-1"] {
+            assert!(
+                Options::parse(&args(&["--gateway-refresh-ms", bad])).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Options::parse(&args(&["--workdir"])).is_err());
+    }
+
+    #[test]
+    fn workdir_and_worker_url_fall_back_to_the_environment() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let env = |name: &str| match name {
+            WORKDIR_ENV => Some("/from/env".to_owned()),
+            WORKER_URL_ENV => Some("https://worker.example/".to_owned()),
+            _ => None,
+        };
+        let o = Options::parse_with_env(&[], env).unwrap();
+        assert_eq!(o.workdir, PathBuf::from("/from/env"));
+        assert_eq!(o.worker_url.as_deref(), Some("https://worker.example"));
+        // The command line wins.
+        let o = Options::parse_with_env(
+            &args(&["--workdir", "w", "--worker-url", "http://localhost:1"]),
+            env,
+        )
+        .unwrap();
+        assert_eq!(o.workdir, PathBuf::from("w"));
+        assert_eq!(o.worker_url.as_deref(), Some("http://localhost:1"));
+        // Empty counts as unset; a bad value names the variable.
+        let empty = Options::parse_with_env(&[], |_| Some(String::new())).unwrap();
+        assert_eq!(
+            (empty.workdir, empty.worker_url),
+            (PathBuf::from(DEFAULT_WORKDIR), None)
+        );
+        let bad = Options::parse_with_env(&[], |n| (n == WORKER_URL_ENV).then(|| "x".into()));
+        assert!(bad.unwrap_err().contains(WORKER_URL_ENV));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! docs. It has no debug routes; `--debug` is refused.
 //!
 //! Usage: `GASTOWN_CONTROL_SECRET=… GASTOWN_TOWN_ID=… gastown-control [--host 127.0.0.1]
-//! [--port 8080] [--allowed-host NAME]... [--read-timeout-ms 5000]` (or `GASTOWN_CONTROL_KEY=…`
-//! to serve every town, as local dev does).
+//! [--port 8080] [--allowed-host NAME]... [--read-timeout-ms 5000] [--workdir ./gastown-work]
+//! [--worker-url URL] [--gateway-refresh-ms 43200000]` (or `GASTOWN_CONTROL_KEY=…` to serve
+//! every town, as local dev does; `GASTOWN_WORKDIR` and `GASTOWN_WORKER_URL` stand in for the
+//! two options).
 
 fn main() {
     std::process::exit(gastown_control::cli_main(

@@ -1,162 +1,18 @@
 //! The control server as the worker (and an attacker inside the container) meets it: each test
 //! starts a built binary on a free loopback port and talks raw HTTP/1.1 to it.
 
+mod common;
+
+use common::*;
 use gastown_core::control::{control_secret, KEY_ENV, SECRET_ENV, TOWN_ID_ENV};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KEY: &str = "dev-gastown-control-key-change-me-0123456789";
-const DEBUG_BIN: &str = env!("CARGO_BIN_EXE_gastown-control-debug");
-const PROD_BIN: &str = env!("CARGO_BIN_EXE_gastown-control");
 /// Only the debug routes hold this text (see lib.rs `refresh_token`).
 const DEBUG_MARKER: &[u8] = b"failing on purpose";
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(bin: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.args(["--port", "0"]).args(args);
-    for name in [KEY_ENV, SECRET_ENV, TOWN_ID_ENV] {
-        cmd.env_remove(name);
-    }
-    cmd.envs(env.iter().copied());
-    cmd
-}
-
-fn start(bin: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
-    let mut child = command(bin, env, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the control server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .parse()
-        .unwrap();
-    Server { child, addr }
-}
-
-/// The debug server in local-dev mode (master key), with a short read deadline.
-fn debug_server() -> Server {
-    start(DEBUG_BIN, &[(KEY_ENV, KEY)], &["--read-timeout-ms", "1500"])
-}
-
-fn secret(town: &str) -> String {
-    control_secret(KEY.as_bytes(), town)
-}
-
-/// A request under construction; `send` writes it and reads the whole answer.
-struct Req {
-    method: &'static str,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-fn req(method: &'static str, path: &str) -> Req {
-    Req {
-        method,
-        path: path.to_owned(),
-        headers: vec![("host".into(), "127.0.0.1".into())],
-        body: Vec::new(),
-    }
-}
-
-impl Req {
-    fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.retain(|(n, _)| n != name);
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-    /// Authenticated as the worker for `town`.
-    fn auth(self, town: &str) -> Self {
-        self.auth_as(town, &secret(town))
-    }
-    fn auth_as(self, town: &str, secret: &str) -> Self {
-        self.header("authorization", &format!("Bearer {secret}"))
-            .header("x-gastown-town-id", town)
-    }
-    fn json(self, body: &Value) -> Self {
-        self.raw("application/json", body.to_string().as_bytes())
-    }
-    fn raw(mut self, content_type: &str, body: &[u8]) -> Self {
-        self.body = body.to_vec();
-        self.header("content-type", content_type)
-    }
-    fn bytes(&self) -> Vec<u8> {
-        let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.path);
-        for (n, v) in &self.headers {
-            out.push_str(&format!("{n}: {v}\r\n"));
-        }
-        if self.method == "POST" {
-            out.push_str(&format!("content-length: {}\r\n", self.body.len()));
-        }
-        out.push_str("\r\n");
-        let mut out = out.into_bytes();
-        out.extend_from_slice(&self.body);
-        out
-    }
-    fn send(&self, s: &Server) -> (u16, Value) {
-        exchange(s.addr, &self.bytes())
-    }
-}
-
-/// Writes `raw`, reads until the server closes, returns status and JSON body.
-fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(raw).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    parse_answer(&answer)
-}
-
-fn parse_answer(answer: &[u8]) -> (u16, Value) {
-    let text = String::from_utf8_lossy(answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {text:?}"));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{head}"
-    );
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn refresh(town: &str, token: &str) -> Req {
-    req("POST", "/refresh-token").json(&json!({ "token": token, "townId": town }))
-}
-
-fn town_state(s: &Server, town: &str) -> (u16, Value) {
-    req("GET", &format!("/debug/towns/{town}"))
-        .auth(town)
-        .send(s)
-}
 
 #[test]
 fn health_is_open_and_says_nothing() {
@@ -194,10 +50,20 @@ fn happy_path_stores_token_and_env_per_town() {
 
     let (status, a) = town_state(&s, "a");
     assert_eq!(status, 200);
+    let held = json!({
+        "token": a["token"], "token_updates": a["token_updates"],
+        "env": a["env"], "env_updates": a["env_updates"],
+    });
     assert_eq!(
-        a,
+        held,
         json!({ "token": "t2", "token_updates": 2, "env": { "A": "1" }, "env_updates": 2 }),
         "a key no longer sent is removed"
+    );
+    assert_eq!(a["workdir"], json!(s.canonical_town_dir("a")));
+    assert_eq!(
+        (&a["gateway_refreshes"], &a["gateway_refresh_failures"]),
+        (&json!(0), &json!(0)),
+        "no worker URL, no self-refresh"
     );
     let (_, b) = town_state(&s, "b");
     assert_eq!(b["env"], json!({ "C": "3" }));

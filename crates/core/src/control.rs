@@ -20,6 +20,7 @@
 //!
 //! Nothing here touches the Workers runtime; it compiles for wasm32 and natively.
 
+use crate::agent_settings::SettingsFiles;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -54,6 +55,27 @@ pub const REFRESH_TOKEN_PATH: &str = "/refresh-token";
 pub const SYNC_CONFIG_PATH: &str = "/sync-config";
 pub const STOP_PATH: &str = "/stop";
 
+/// The worker's public origin, given to the control server so it can refresh the town's gateway
+/// token itself (`--worker-url` or this variable).
+pub const WORKER_URL_ENV: &str = "GASTOWN_WORKER_URL";
+/// The gateway token's name in the container env and in [`GATEWAY_ENV_FILE`].
+pub const GATEWAY_TOKEN_ENV: &str = "KILO_JWT";
+/// The file, in the town's work directory, that every new agent session sources: one line
+/// `KILO_JWT=<token>`, rewritten whenever the token changes.
+pub const GATEWAY_ENV_FILE: &str = ".env.gateway";
+/// The town-level settings file under the town's work directory; a rig's is
+/// `<rig id>/` + this (see `agent_settings`).
+pub const SETTINGS_FILE: &str = "settings/config.json";
+/// The stand-in gateway's one model route, as the Kilo gateway names it.
+pub const GATEWAY_CHAT_PATH: &str = "/api/gateway/chat/completions";
+
+/// The worker route where a container exchanges its container token for a fresh gateway
+/// token; answers `protocol::town::IssuedToken` (`{token, expires_at}`, seconds).
+#[must_use]
+pub fn sandbox_token_path(town_id: &str) -> String {
+    format!("/api/towns/{town_id}/sandbox-token")
+}
+
 /// `POST /refresh-token`: the container token its processes use from now on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshTokenBody {
@@ -72,10 +94,13 @@ pub struct RefreshTokenReply {
     pub had_env: bool,
 }
 
-/// `POST /sync-config`: the town's whole env; a key not sent is removed from the container.
+/// `POST /sync-config`: the town's whole env (a key not sent is removed from the container) and
+/// its agents' settings files (a file of a rig not sent is removed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncConfigBody {
     pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub settings: SettingsFiles,
     #[serde(rename = "townId")]
     pub town_id: String,
 }
@@ -145,10 +170,14 @@ mod tests {
     fn sync_config_json_is_pinned() {
         let body = SyncConfigBody {
             env: BTreeMap::from([("B".into(), "2".into()), ("A".into(), "1".into())]),
+            settings: SettingsFiles::default(),
             town_id: "town-a".into(),
         };
         let json = serde_json::to_string(&body).unwrap();
-        assert_eq!(json, r#"{"env":{"A":"1","B":"2"},"townId":"town-a"}"#);
+        assert_eq!(
+            json,
+            r#"{"env":{"A":"1","B":"2"},"settings":{"town":{"role_agents":{}},"rigs":{}},"townId":"town-a"}"#
+        );
         assert_eq!(serde_json::from_str::<SyncConfigBody>(&json).unwrap(), body);
         assert!(serde_json::from_str::<SyncConfigBody>(r#"{"townId":"a"}"#).is_err());
     }

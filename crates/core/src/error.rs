@@ -28,6 +28,8 @@ pub enum ApiError {
     TokenRevoked,
     /// The request conflicts with stored state (409).
     Conflict(String),
+    /// The town is stopped; start it first (409 `town_stopped`).
+    TownStopped,
     /// A per-owner or per-town limit is reached (409); `limit` names the setting.
     QuotaExceeded { limit: &'static str, max: u64 },
     /// The resource existed and is gone for good (410).
@@ -65,7 +67,7 @@ impl ApiError {
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed => 405,
-            ApiError::Conflict(_) | ApiError::QuotaExceeded { .. } => 409,
+            ApiError::Conflict(_) | ApiError::TownStopped | ApiError::QuotaExceeded { .. } => 409,
             ApiError::Gone(_) => 410,
             ApiError::PayloadTooLarge => 413,
             ApiError::UnsupportedMediaType => 415,
@@ -85,6 +87,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::TokenRevoked => "token_revoked",
+            ApiError::TownStopped => "town_stopped",
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::Gone(_) => "gone",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -111,6 +114,7 @@ impl ApiError {
             ApiError::QuotaExceeded { limit, max } => {
                 format!("the limit {limit} ({max}) is reached")
             }
+            ApiError::TownStopped => "the town is stopped; start it first".to_owned(),
             ApiError::MethodNotAllowed => "method not allowed on this path".to_owned(),
             ApiError::PayloadTooLarge => "request body is too large".to_owned(),
             ApiError::UnsupportedMediaType => "request body must be application/json".to_owned(),
@@ -150,6 +154,7 @@ impl ApiError {
         } = parsed.error;
         match (status, code.as_str()) {
             (401, "token_revoked") => ApiError::TokenRevoked,
+            (409, "town_stopped") => ApiError::TownStopped,
             (409, "quota_exceeded") => match field.as_deref().and_then(quota_limit) {
                 Some(limit) => ApiError::QuotaExceeded {
                     limit,
@@ -260,6 +265,7 @@ mod tests {
             ApiError::Forbidden("owner only".into()),
             ApiError::Gone("town destroyed".into()),
             ApiError::TokenRevoked,
+            ApiError::TownStopped,
             ApiError::QuotaExceeded {
                 limit: "MAX_RIGS_PER_TOWN",
                 max: 3,

@@ -6,6 +6,7 @@
 //! Nothing here touches the Workers runtime. In particular nothing reads a clock: callers pass
 //! `now` in, because wasm32 has no system clock and a hidden `SystemTime::now()` would panic there.
 
+pub mod agent_settings;
 pub mod auth;
 pub mod authz;
 pub mod body;

@@ -1,9 +1,10 @@
 //! The records the API returns and the Durable Objects store: towns and rigs, and the validated
 //! input that creates them. JSON field names here are the HTTP contract (DESIGN.md §5).
 
+use crate::agent_settings::Role;
 use crate::body::{parse_object, Fields};
 use crate::error::ApiError;
-use crate::ids::{OrgId, RigId, TownId, UserId};
+use crate::ids::{AgentId, OrgId, RigId, TownId, UserId};
 use serde::{Deserialize, Serialize};
 
 pub const MAX_TOWN_NAME: usize = 100;
@@ -215,6 +216,38 @@ pub const TOWN_COLUMNS: &str =
 /// A SQLite expression that builds a town row's JSON, exactly as [`Town`] serialises (pinned by
 /// a test), so a DO can answer reads without decoding rows.
 pub const TOWN_JSON: &str = "json_object('id', id, 'name', name, 'owner_type', owner_type, 'owner_user_id', owner_user_id, 'organization_id', organization_id, 'created_by_user_id', created_by_user_id, 'status', status, 'created_at', created_at)";
+
+/// What an agent is doing, as its town last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Idle,
+    Working,
+    Stalled,
+    Dead,
+}
+
+/// An agent a town knows: the mayor (town-wide, no rig), or a polecat or refinery of one rig.
+/// Container callbacks are honoured only for agents recorded here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: AgentId,
+    pub role: Role,
+    pub name: String,
+    pub rig_id: Option<RigId>,
+    pub status: AgentStatus,
+    pub current_bead_id: Option<String>,
+    pub dispatch_attempts: u32,
+    /// RFC 3339; the last heartbeat or callback.
+    pub last_activity_at: Option<String>,
+    pub created_at: String,
+}
+
+/// Columns of an agent row, in the order of [`Agent`]'s fields.
+pub const AGENT_COLUMNS: &str = "id, role, name, rig_id, status, current_bead_id, dispatch_attempts, last_activity_at, created_at";
+
+/// As [`TOWN_JSON`], for [`Agent`].
+pub const AGENT_JSON: &str = "json_object('id', id, 'role', role, 'name', name, 'rig_id', rig_id, 'status', status, 'current_bead_id', current_bead_id, 'dispatch_attempts', dispatch_attempts, 'last_activity_at', last_activity_at, 'created_at', created_at)";
 
 /// Columns of a rig row, in the order of the worker's `rig_values`.
 pub const RIG_COLUMNS: &str =
@@ -562,6 +595,22 @@ mod tests {
                 RIG_JSON,
                 RIG_COLUMNS,
                 serde_json::to_value(fixtures::rig("r1", "t1")).unwrap(),
+            ),
+            (
+                AGENT_JSON,
+                AGENT_COLUMNS,
+                serde_json::to_value(Agent {
+                    id: AgentId::parse("a1").unwrap(),
+                    role: Role::Mayor,
+                    name: "mayor".into(),
+                    rig_id: None,
+                    status: AgentStatus::Idle,
+                    current_bead_id: None,
+                    dispatch_attempts: 0,
+                    last_activity_at: None,
+                    created_at: "2026-12-02T00:00:00.000Z".into(),
+                })
+                .unwrap(),
             ),
         ] {
             let pairs = json_object_pairs(expr);

@@ -2,7 +2,7 @@
 //! alarm does on each tick, and when a container token is due. The DOs gather the inputs from
 //! storage, call these, and apply the effects in the order given.
 
-use crate::auth::CONTAINER_TOKEN_TTL_SECS;
+use crate::auth::{CONTAINER_TOKEN_TTL_SECS, SANDBOX_TOKEN_TTL_SECS};
 use crate::authz::ContainerCredential;
 
 /// What a town's DO knows when its alarm fires.
@@ -10,6 +10,8 @@ use crate::authz::ContainerCredential;
 pub struct TickInput {
     /// The town is initialised and not destroyed.
     pub town_exists: bool,
+    /// The town is not stopped: a stopped town's alarm does no work at all.
+    pub town_active: bool,
     /// The town's container has been started and accepted a token.
     pub container_started: bool,
     /// When the container last accepted a pushed token (ms since the epoch).
@@ -17,36 +19,75 @@ pub struct TickInput {
     pub now_ms: u64,
     /// Least time between two tokens pushed by the alarm.
     pub token_refresh_ms: u64,
+    /// `exp` (seconds) of the gateway token the container last accepted, if any.
+    pub gateway_expires_at_s: Option<i64>,
+    /// Re-mint the gateway token when less than this remains of it.
+    pub gateway_refresh_before_ms: u64,
 }
 
 /// One thing a tick does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TickEffect {
-    /// The town is gone: delete the alarm (which the DO re-armed before anything else, so that
-    /// no failure can end the loop of a live town) and do nothing else.
+    /// The town is gone or stopped: delete the alarm (which the DO re-armed before anything
+    /// else, so that no failure can end the loop of a live town) and do nothing else. Starting
+    /// a stopped town arms it again.
     DeleteAlarm,
     /// Count the run and record when it happened.
     RecordRun,
     /// Mint a container token and push it; the throttle moves only if the container accepts.
     RefreshContainerToken,
+    /// Mint a gateway token and push it in the env; its expiry is recorded only if the
+    /// container accepts, so a refused push is retried on the next tick.
+    RefreshGatewayToken,
 }
 
 /// The effects of one tick, in the order to apply them.
 pub fn tick(input: &TickInput) -> Vec<TickEffect> {
-    if !input.town_exists {
+    if !input.town_exists || !input.town_active {
         return vec![TickEffect::DeleteAlarm];
     }
     let mut effects = vec![TickEffect::RecordRun];
-    if input.container_started
-        && token_refresh_due(
-            input.token_accepted_at_ms,
-            input.now_ms,
-            input.token_refresh_ms,
-        )
-    {
+    if !input.container_started {
+        return effects;
+    }
+    if token_refresh_due(
+        input.token_accepted_at_ms,
+        input.now_ms,
+        input.token_refresh_ms,
+    ) {
         effects.push(TickEffect::RefreshContainerToken);
     }
+    if gateway_refresh_due(
+        input.gateway_expires_at_s,
+        input.now_ms,
+        input.gateway_refresh_before_ms,
+    ) {
+        effects.push(TickEffect::RefreshGatewayToken);
+    }
     effects
+}
+
+/// A gateway token is re-minted once less than `before_ms` of it remains; a container that
+/// never accepted one is due at once.
+pub fn gateway_refresh_due(expires_at_s: Option<i64>, now_ms: u64, before_ms: u64) -> bool {
+    expires_at_s.is_none_or(|exp| {
+        let exp_ms = u64::try_from(exp).unwrap_or(0).saturating_mul(1000);
+        exp_ms.saturating_sub(now_ms) < before_ms
+    })
+}
+
+/// The gateway-token threshold must leave the token some life, or every tick would re-mint it.
+///
+/// # Errors
+/// For the operator, when the threshold is not below the sandbox token's lifetime.
+pub fn check_gateway_threshold(before_ms: u64) -> Result<(), String> {
+    let lifetime_ms = u64::try_from(SANDBOX_TOKEN_TTL_SECS).unwrap_or(0) * 1000;
+    if before_ms >= lifetime_ms {
+        return Err(format!(
+            "GATEWAY_TOKEN_REFRESH_BEFORE_MS ({before_ms}) must be below the gateway token lifetime ({lifetime_ms} ms)"
+        ));
+    }
+    Ok(())
 }
 
 /// The container token is refreshed at most once per `throttle_ms`, counted from the last time
@@ -128,10 +169,14 @@ mod tests {
     fn input() -> TickInput {
         TickInput {
             town_exists: true,
+            town_active: true,
             container_started: true,
             token_accepted_at_ms: Some(1_000),
             now_ms: 1_000 + 3_600_000,
             token_refresh_ms: 3_600_000,
+            // 20 h left of the gateway token: not due with a 12 h threshold.
+            gateway_expires_at_s: Some((1_000 + 3_600_000) / 1000 + 20 * 3600),
+            gateway_refresh_before_ms: 12 * 3_600_000,
         }
     }
 
@@ -158,6 +203,30 @@ mod tests {
             ..input()
         };
         assert_eq!(tick(&gone), [DeleteAlarm]);
+        let stopped_town = TickInput {
+            town_active: false,
+            gateway_expires_at_s: None,
+            ..input()
+        };
+        assert_eq!(
+            tick(&stopped_town),
+            [DeleteAlarm],
+            "a stopped town does nothing"
+        );
+        let gateway_due = TickInput {
+            gateway_expires_at_s: Some(input().now_ms as i64 / 1000 + 11 * 3600),
+            ..input()
+        };
+        assert_eq!(
+            tick(&gateway_due),
+            [RecordRun, RefreshContainerToken, RefreshGatewayToken]
+        );
+        let no_container = TickInput {
+            container_started: false,
+            gateway_expires_at_s: None,
+            ..input()
+        };
+        assert_eq!(tick(&no_container), [RecordRun], "nothing to push to");
         let stopped = TickInput {
             container_started: false,
             ..input()
@@ -173,6 +242,23 @@ mod tests {
             ..input()
         };
         assert_eq!(tick(&never), [RecordRun, RefreshContainerToken]);
+    }
+
+    #[test]
+    fn gateway_threshold() {
+        let h = 3_600_000u64;
+        let now = 1_000_000 * 1000;
+        assert!(
+            gateway_refresh_due(None, now, 12 * h),
+            "never accepted: due"
+        );
+        let exp = |ms_left: u64| Some(((now + ms_left) / 1000) as i64);
+        assert!(!gateway_refresh_due(exp(12 * h), now, 12 * h));
+        assert!(gateway_refresh_due(exp(12 * h - 1000), now, 12 * h));
+        assert!(gateway_refresh_due(Some(0), now, 12 * h), "expired: due");
+        assert!(check_gateway_threshold(12 * h).is_ok());
+        assert!(check_gateway_threshold(24 * h - 1).is_ok());
+        assert!(check_gateway_threshold(24 * h).is_err());
     }
 
     #[test]

@@ -121,6 +121,11 @@ pub enum TownAction {
     GetContainer,
     StartContainer,
     ForceContainerTokenRefresh,
+    /// Town lifecycle: for the personal owner, an org owner or the creator.
+    Stop,
+    Start,
+    ListAgents,
+    EnsureMayor,
 }
 
 /// Routes for a town's container token (or a legacy agent token).
@@ -137,15 +142,19 @@ pub enum ContainerRoute {
     MayorRigs {
         town: TownId,
     },
+    /// The container's own gateway-token refresh.
+    SandboxToken {
+        town: TownId,
+    },
 }
 
 impl ContainerRoute {
     /// The town the route belongs to, and the rig and agent where its path names them.
     pub fn scope(&self) -> (&TownId, Option<&RigId>, Option<&AgentId>) {
         match self {
-            ContainerRoute::RefreshToken { town } | ContainerRoute::MayorRigs { town } => {
-                (town, None, None)
-            }
+            ContainerRoute::RefreshToken { town }
+            | ContainerRoute::MayorRigs { town }
+            | ContainerRoute::SandboxToken { town } => (town, None, None),
             ContainerRoute::AgentHeartbeat { town, rig, agent } => (town, Some(rig), Some(agent)),
         }
     }
@@ -159,6 +168,16 @@ pub enum InternalRoute {
     },
     RigLookup {
         rig: RigId,
+    },
+    /// A gateway token for an internal service.
+    SandboxToken {
+        town: TownId,
+    },
+    /// Test hook (`test-hooks` only), until dispatch creates agents: registers a polecat or
+    /// refinery of a rig so callbacks from it can be tested.
+    #[cfg(feature = "test-hooks")]
+    RegisterAgent {
+        town: TownId,
     },
     /// Test hook, compiled only with the `test-hooks` feature (the end-to-end tests' build):
     /// drops a town's pending alarm so tests can watch the owner's watchdog re-arm it.
@@ -265,11 +284,19 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Get "/api/towns/:townId/container" User => |p| p.town_route(T::GetContainer)),
     route!(Post "/api/towns/:townId/container/start" User => |p| p.town_route(T::StartContainer)),
     route!(Post "/api/towns/:townId/container/refresh-token" User => |p| p.town_route(T::ForceContainerTokenRefresh)),
+    route!(Post "/api/towns/:townId/stop" User => |p| p.town_route(T::Stop)),
+    route!(Post "/api/towns/:townId/start" User => |p| p.town_route(T::Start)),
+    route!(Get "/api/towns/:townId/agents" User => |p| p.town_route(T::ListAgents)),
+    route!(Post "/api/towns/:townId/mayor/ensure" User => |p| p.town_route(T::EnsureMayor)),
+    route!(Post "/api/towns/:townId/sandbox-token" Container => |p| Ok(Route::Container(ContainerRoute::SandboxToken { town: p.town()? }))),
     route!(Post "/api/towns/:townId/refresh-container-token" Container => |p| Ok(Route::Container(ContainerRoute::RefreshToken { town: p.town()? }))),
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/heartbeat" Container => |p| Ok(Route::Container(ContainerRoute::AgentHeartbeat { town: p.town()?, rig: p.rig()?, agent: p.agent()? }))),
     route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| Ok(Route::Container(ContainerRoute::MayorRigs { town: p.town()? }))),
     route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::Internal(InternalRoute::TownHealth { town: p.town()? }))),
     route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::Internal(InternalRoute::RigLookup { rig: p.rig()? }))),
+    route!(Post "/api/internal/towns/:townId/sandbox-token" Internal => |p| Ok(Route::Internal(InternalRoute::SandboxToken { town: p.town()? }))),
+    #[cfg(feature = "test-hooks")]
+    route!(Post "/api/internal/towns/:townId/agents" Internal => |p| Ok(Route::Internal(InternalRoute::RegisterAgent { town: p.town()? }))),
     #[cfg(feature = "test-hooks")]
     route!(Delete "/api/internal/towns/:townId/alarm" Internal => |p| Ok(Route::Internal(InternalRoute::DropTownAlarm { town: p.town()? }))),
 ];

@@ -33,6 +33,11 @@ pub const TOWN_DO: &[Migration] = &[
         name: "agents",
         sql: include_str!("../../../migrations/town_do/0003_agents.sql"),
     },
+    Migration {
+        version: 4,
+        name: "agent_registry",
+        sql: include_str!("../../../migrations/town_do/0004_agent_registry.sql"),
+    },
 ];
 
 pub const CONTAINER_DO: &[Migration] = &[
@@ -45,6 +50,11 @@ pub const CONTAINER_DO: &[Migration] = &[
         version: 2,
         name: "state_row",
         sql: include_str!("../../../migrations/container_do/0002_state_row.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "settings",
+        sql: include_str!("../../../migrations/container_do/0003_settings.sql"),
     },
 ];
 

@@ -337,7 +337,7 @@ impl TownConfig {
             Change::Clear => next.git_auth = GitAuth::default(),
             Change::Set(g) => next.git_auth = g.apply(&self.git_auth)?,
         }
-        next.kilocode_token = resolve_secret(
+        next.kilocode_token = minted_secret(
             "kilocode_token",
             &patch.kilocode_token,
             &self.kilocode_token,
@@ -982,6 +982,26 @@ fn resolve_secret(
     }
 }
 
+/// A secret the town mints itself (the gateway token): a PATCH may send back what it was shown
+/// (the mask, or `null` while there is none), which changes nothing, and nothing else.
+fn minted_secret(
+    field: &str,
+    change: &Change<Secret>,
+    stored: &Option<String>,
+) -> Result<Option<String>, ApiError> {
+    match change {
+        Change::Set(Secret::Mask(m)) if stored.as_deref().is_some_and(|old| *m == mask(old)) => {
+            Ok(stored.clone())
+        }
+        Change::Keep => Ok(stored.clone()),
+        Change::Clear if stored.is_none() => Ok(None),
+        _ => Err(ApiError::invalid(
+            field,
+            "is minted by the town and cannot be set or cleared",
+        )),
+    }
+}
+
 /// Env var names: `^[A-Z_][A-Z0-9_]{0,127}$`, not reserved by the platform, not in
 /// [`DENIED_ENV_VARS`].
 fn check_env_key(key: &str, field: &str) -> Result<(), ApiError> {
@@ -1068,7 +1088,10 @@ pub fn container_env(config: &TownConfig) -> BTreeMap<String, String> {
         config.git_auth.gitlab_instance_url.as_ref(),
     );
     put("GITHUB_CLI_PAT", config.github_cli_pat.as_ref());
-    put("KILOCODE_TOKEN", config.kilocode_token.as_ref());
+    put(
+        crate::control::GATEWAY_TOKEN_ENV,
+        config.kilocode_token.as_ref(),
+    );
     put("GASTOWN_GIT_AUTHOR_NAME", config.git_author_name.as_ref());
     put("GASTOWN_GIT_AUTHOR_EMAIL", config.git_author_email.as_ref());
     put("GASTOWN_DEFAULT_MODEL", config.default_model.as_ref());

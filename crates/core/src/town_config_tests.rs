@@ -15,12 +15,16 @@ fn field_of(err: ApiError) -> String {
     }
 }
 
+/// The gateway token is minted by the town, never patched: the stored config holds one.
 fn stored() -> TownConfig {
+    let minted = TownConfig {
+        kilocode_token: Some(KILO.into()),
+        ..TownConfig::default()
+    };
     patch(
-        &TownConfig::default(),
+        &minted,
         json!({
             "github_cli_pat": PAT,
-            "kilocode_token": KILO,
             "git_auth": {"github_token": "gho_0123456789abcdef", "gitlab_instance_url": "https://gitlab.example.com"},
             "env_vars": {"API_KEY": "sk-live-abcdefghijkl", "SHORT": "abc"},
             "default_model": "anthropic/claude",
@@ -63,16 +67,8 @@ fn masked_round_trip_keeps_secrets() {
 #[test]
 fn null_clears_and_values_replace() {
     let config = stored();
-    let next = patch(
-        &config,
-        json!({"github_cli_pat": null, "kilocode_token": "new-kilo-token-000000"}),
-    )
-    .unwrap();
+    let next = patch(&config, json!({"github_cli_pat": null})).unwrap();
     assert_eq!(next.github_cli_pat, None);
-    assert_eq!(
-        next.kilocode_token.as_deref(),
-        Some("new-kilo-token-000000")
-    );
     assert_eq!(next.git_auth, config.git_auth, "fields not sent stay");
     let next = patch(&config, json!({"git_auth": {"github_token": null}})).unwrap();
     assert_eq!(next.git_auth.github_token, None);
@@ -99,6 +95,24 @@ fn a_wrong_masked_value_is_refused() {
         field_of(patch(&TownConfig::default(), json!({"kilocode_token": "****"})).unwrap_err()),
         "kilocode_token"
     );
+}
+
+#[test]
+fn the_gateway_token_is_minted_never_patched() {
+    let config = stored();
+    for body in [
+        json!({"kilocode_token": "new-kilo-token-000000"}),
+        json!({"kilocode_token": null}),
+        json!({"kilocode_token": "****9999"}),
+    ] {
+        assert_eq!(
+            field_of(patch(&config, body.clone()).unwrap_err()),
+            "kilocode_token",
+            "{body}"
+        );
+    }
+    let same = patch(&config, json!({"kilocode_token": mask(KILO)})).unwrap();
+    assert_eq!(same, config, "its own mask sent back changes nothing");
 }
 
 #[test]
@@ -215,7 +229,8 @@ fn container_env_follows_config_and_drops_cleared_values() {
     let config = stored();
     let env = container_env(&config);
     assert_eq!(env["GITHUB_CLI_PAT"], PAT);
-    assert_eq!(env["KILOCODE_TOKEN"], KILO);
+    assert_eq!(env["KILO_JWT"], KILO);
+    assert!(!env.contains_key("KILOCODE_TOKEN"), "no alias nobody reads");
     assert_eq!(env["GIT_TOKEN"], "gho_0123456789abcdef");
     assert_eq!(env["API_KEY"], "sk-live-abcdefghijkl");
     assert_eq!(env["GASTOWN_DEFAULT_MODEL"], "anthropic/claude");

@@ -11,6 +11,7 @@ use super::{no_fetch, rpc_entry, DoStub};
 use crate::config;
 use crate::storage::{exec, exists, first, int, rows, Schema};
 use backend::Backend;
+use gastown_core::agent_settings::SettingsFiles;
 use gastown_core::control::{self, RefreshTokenBody, RefreshTokenReply, SyncConfigBody};
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
@@ -151,6 +152,31 @@ impl TownContainerDO {
             .collect()
     }
 
+    fn store_settings(&self, settings: &SettingsFiles) -> Reply<()> {
+        let json = serde_json::to_string(settings).map_err(ApiError::internal)?;
+        exec(
+            &self.sql(),
+            "INSERT INTO settings (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+            vec![json.into()],
+        )
+    }
+
+    fn stored_settings(&self) -> Reply<SettingsFiles> {
+        #[derive(Deserialize)]
+        struct Row {
+            json: String,
+        }
+        match first::<Row>(
+            &self.sql(),
+            "SELECT json FROM settings WHERE id = 1",
+            vec![],
+        )? {
+            Some(row) => serde_json::from_str(&row.json)
+                .map_err(|e| ApiError::internal(format!("stored settings: {e}"))),
+            None => Ok(SettingsFiles::default()),
+        }
+    }
+
     fn env_names(&self) -> Reply<Vec<String>> {
         Ok(
             rows::<EnvKey>(&self.sql(), "SELECT key FROM env ORDER BY key", vec![])?
@@ -199,7 +225,8 @@ impl TownContainerDO {
                     // A container that (re)started since its last push has a token now, but
                     // no env: hand it the stored one.
                     let env = self.stored_env(town)?;
-                    self.send_env(backend, town, env).await?;
+                    let settings = self.stored_settings()?;
+                    self.send_env(backend, town, env, settings).await?;
                 }
                 exec(
                     &self.sql(),
@@ -224,9 +251,11 @@ impl TownContainerDO {
         backend: &Backend,
         town: &TownId,
         env: BTreeMap<String, String>,
+        settings: SettingsFiles,
     ) -> Reply<bool> {
         let body = SyncConfigBody {
             env,
+            settings,
             town_id: town.as_str().to_owned(),
         };
         let sent = backend.post(control::SYNC_CONFIG_PATH, &body).await;
@@ -262,8 +291,10 @@ impl ContainerOps for TownContainerDO {
             token,
             expires_at,
             env,
+            settings,
         } = req;
         self.store_env(&town_id, &env)?;
+        self.store_settings(&settings)?;
         let backend = self.backend(&town_id);
         let healthy = backend.health().await;
         self.still_here(&backend).await?;
@@ -273,18 +304,24 @@ impl ContainerOps for TownContainerDO {
             return Ok(TokenPushed::REFUSED);
         }
         self.set_status(ContainerState::Running)?;
-        if !self.send_env(&backend, &town_id, env).await? {
+        if !self.send_env(&backend, &town_id, env, settings).await? {
             return Ok(TokenPushed::REFUSED);
         }
         self.send_token(&backend, &town_id, token, expires_at).await
     }
 
-    async fn sync_env(&self, SyncEnv { town_id, env }: SyncEnv) -> Reply<EnvSynced> {
+    async fn sync_env(&self, req: SyncEnv) -> Reply<EnvSynced> {
+        let SyncEnv {
+            town_id,
+            env,
+            settings,
+        } = req;
         self.store_env(&town_id, &env)?;
+        self.store_settings(&settings)?;
         let names = env.keys().cloned().collect();
         let pushed = self.running()?
             && self
-                .send_env(&self.backend(&town_id), &town_id, env)
+                .send_env(&self.backend(&town_id), &town_id, env, settings)
                 .await?;
         Ok(EnvSynced { pushed, names })
     }
@@ -307,6 +344,21 @@ impl ContainerOps for TownContainerDO {
             token_pushed_at: row.token_pushed_at.map(|t| rfc3339(t as u64)),
             last_error: row.last_error,
         })
+    }
+
+    /// The town was stopped: the container stops and forgets its token; the env stays stored
+    /// for the next start. Idempotent.
+    async fn stop(&self, Stop { town_id }: Stop) -> Reply<Ack> {
+        self.set_status(ContainerState::Stopped)?;
+        exec(
+            &self.sql(),
+            "UPDATE state SET token_expires_at = NULL WHERE id = 1",
+            vec![],
+        )?;
+        let backend = self.backend(&town_id);
+        backend.stop().await;
+        self.still_here(&backend).await?;
+        Ok(Ack::OK)
     }
 
     async fn destroy(&self, Destroy { town_id }: Destroy) -> Reply<Ack> {

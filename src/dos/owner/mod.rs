@@ -14,7 +14,7 @@ use gastown_core::ids::RigId;
 use gastown_core::model::{Owner, Rig, Town};
 use gastown_core::protocol::owner::*;
 use gastown_core::protocol::town::{AlarmArmed, EnsureAlarm};
-use gastown_core::protocol::Json;
+use gastown_core::protocol::{Ack, Json};
 use gastown_core::schema;
 use worker::{console_error, console_log, Env, Response, SqlStorage, State};
 
@@ -185,6 +185,14 @@ impl OwnerOps for OwnerCore {
 
     async fn remove_rig(&self, RemoveRig { rig_id }: RemoveRig) -> Reply<Rig> {
         store::remove_rig(&self.sql(), &rig_id)
+    }
+
+    async fn set_town_status(
+        &self,
+        SetTownStatus { town_id, status }: SetTownStatus,
+    ) -> Reply<Ack> {
+        store::set_town_status(&self.sql(), &town_id, status)?;
+        Ok(Ack::OK)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::storage::{
 };
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId};
-use gastown_core::model::{Rig, Town};
+use gastown_core::model::{Rig, Town, TownStatus};
 use gastown_core::page::Page;
 use gastown_core::protocol::owner::RemovedTown;
 use gastown_core::protocol::Json;
@@ -246,6 +246,23 @@ pub fn remove_town(sql: &SqlStorage, town_id: &TownId) -> Result<RemovedTown, Ap
         vec![town_id.as_str().into()],
     )?;
     Ok(RemovedTown { town, rig_ids })
+}
+
+/// Records a town's status as its TownDO now has it.
+///
+/// # Errors
+/// 404 for a town this owner lacks.
+pub fn set_town_status(
+    sql: &SqlStorage,
+    town_id: &TownId,
+    status: TownStatus,
+) -> Result<(), ApiError> {
+    get_town(sql, town_id)?;
+    exec(
+        sql,
+        "UPDATE towns SET status = ? WHERE id = ?",
+        vec![status.as_str().into(), town_id.as_str().into()],
+    )
 }
 
 /// # Errors

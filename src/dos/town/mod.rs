@@ -11,20 +11,22 @@ mod ops;
 use super::container::{self as container_do, ContainerStub};
 use super::{no_fetch, rpc_entry, DoStub};
 use crate::config;
-use crate::storage::{bump_meta, first, meta, set_meta, MetaKey, Schema, TOWN_COLUMNS};
-use gastown_core::auth::sign_container;
+use crate::storage::{bump_meta, exec, first, meta, rows, set_meta, MetaKey, Schema, TOWN_COLUMNS};
+use gastown_core::agent_settings::{settings_files, SettingsFiles};
+use gastown_core::auth::{sign_container, sign_sandbox};
 use gastown_core::authz::ContainerCredential;
 use gastown_core::body::json_error_summary;
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
-use gastown_core::model::Town;
+use gastown_core::model::{Town, TownStatus};
 use gastown_core::policy::{self, TickEffect, TickInput, TokenGeneration};
-use gastown_core::protocol::container::{PushToken, TokenPushed};
+use gastown_core::protocol::container::{self as c, PushToken, TokenPushed};
 use gastown_core::protocol::town::TownOp;
 use gastown_core::schema;
-use gastown_core::town_config::TownConfig;
+use gastown_core::town_config::{container_env, TownConfig};
 use serde::Deserialize;
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use worker::{
     console_error, durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, State,
 };
@@ -60,6 +62,13 @@ enum Meta {
     /// Set when a destroy begins: from then on the town answers 404 and starts nothing, even
     /// if this instance is evicted before the destroy finishes (a retried destroy finishes it).
     Destroying,
+    /// `exp` of the gateway token last minted (now the town's `kilocode_token`).
+    GatewayMintedExpiresAt,
+    /// `exp` of the gateway token the container holds: set only when it accepted one (or
+    /// fetched one itself), so a refused push is retried by the next tick.
+    GatewayExpiresAt,
+    GatewayRefreshes,
+    GatewayRefreshFailures,
 }
 
 impl MetaKey for Meta {
@@ -75,6 +84,10 @@ impl MetaKey for Meta {
             Meta::TokenGeneration => "token_generation",
             Meta::TokenGenerationSince => "token_generation_since",
             Meta::Destroying => "destroying",
+            Meta::GatewayMintedExpiresAt => "gateway_minted_expires_at",
+            Meta::GatewayExpiresAt => "gateway_expires_at",
+            Meta::GatewayRefreshes => "gateway_refreshes",
+            Meta::GatewayRefreshFailures => "gateway_refresh_failures",
         }
     }
 }
@@ -105,6 +118,9 @@ pub struct TownDO {
     /// the town gone instead of writing into wiped storage.
     destroyed: Cell<bool>,
     destroy_checked: Cell<bool>,
+    /// Set while a stop or start is under way: the other waits its turn (409), so the two
+    /// never interleave their container calls.
+    transition: Cell<bool>,
 }
 
 impl TownDO {
@@ -155,6 +171,182 @@ impl TownDO {
         } else {
             Ok(())
         }
+    }
+
+    /// A stopped town does no work: only stop, start, reads and config changes reach it.
+    fn require_active(&self, town: &Town) -> std::result::Result<(), ApiError> {
+        match town.status {
+            TownStatus::Active => Ok(()),
+            TownStatus::Stopped => Err(ApiError::TownStopped),
+        }
+    }
+
+    /// The status as stored now (after an await, another call may have changed it).
+    fn stored_status(&self) -> std::result::Result<TownStatus, ApiError> {
+        Ok(self
+            .stored_town()?
+            .map_or(TownStatus::Stopped, |t| t.status))
+    }
+
+    /// Runs a stop or start alone: a second one arriving meanwhile is told to retry (409).
+    fn begin_transition(&self) -> std::result::Result<TransitionGuard<'_>, ApiError> {
+        if self.transition.replace(true) {
+            return Err(ApiError::Conflict(
+                "the town is being stopped or started; try again".into(),
+            ));
+        }
+        Ok(TransitionGuard(&self.transition))
+    }
+
+    fn set_status(&self, status: TownStatus) -> std::result::Result<(), ApiError> {
+        exec(
+            &self.sql(),
+            "UPDATE town SET status = ?",
+            vec![status.as_str().into()],
+        )
+    }
+
+    fn rig_ids(&self) -> std::result::Result<Vec<String>, ApiError> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        Ok(
+            rows::<Id>(&self.sql(), "SELECT id FROM rigs ORDER BY id", vec![])?
+                .into_iter()
+                .map(|r| r.id)
+                .collect(),
+        )
+    }
+
+    /// What the container runs with: the env derived from `config`, and the agents' settings
+    /// files for the town and each of its rigs.
+    fn container_payload(
+        &self,
+        config: &TownConfig,
+    ) -> std::result::Result<(BTreeMap<String, String>, SettingsFiles), ApiError> {
+        let rigs = self.rig_ids()?;
+        let mut env = container_env(config);
+        if let Some(url) = &config::get(&self.env).gateway_url {
+            env.insert("KILO_GATEWAY_URL".to_owned(), url.clone());
+        }
+        Ok((env, settings_files(config, rigs.iter().map(String::as_str))))
+    }
+
+    /// Hands the env and settings derived from `config` to the container DO. The config is
+    /// already stored, so a failure is logged and answered `false`, not returned: the next
+    /// start pushes the stored env.
+    async fn sync_env(&self, town: &Town, config: &TownConfig) -> bool {
+        let result = match self.container_payload(config) {
+            Ok((env, settings)) => match self.container(&town.id) {
+                Ok(stub) => {
+                    stub.call(c::SyncEnv {
+                        town_id: town.id.clone(),
+                        env,
+                        settings,
+                    })
+                    .await
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(synced) => synced.pushed,
+            Err(e) => {
+                console_error!("town {}: env sync failed: {e}", town.id);
+                false
+            }
+        }
+    }
+
+    /// Mints a gateway (sandbox) token for the town's owner (the creator for org towns), with
+    /// the org for org towns, and stores it sealed as the town's `kilocode_token`.
+    fn mint_gateway(&self, town: &Town) -> std::result::Result<(String, i64), ApiError> {
+        let (token, exp) = sign_sandbox(
+            &config::get(&self.env).keys,
+            town.token_user_id(),
+            &town.id,
+            town.owner.org(),
+            config::now_s(),
+        )
+        .map_err(|e| ApiError::internal(format!("minting a gateway token: {}", e.message())))?;
+        let mut config = self.config(&town.id)?;
+        config.kilocode_token = Some(token.clone());
+        self.store_config(&town.id, &config)?;
+        set_meta(
+            &self.sql(),
+            Meta::GatewayMintedExpiresAt,
+            u64::try_from(exp).unwrap_or(0),
+        )?;
+        Ok((token, exp))
+    }
+
+    /// The alarm's gateway refresh: a fresh token into the config and out to the container in
+    /// its env. The recorded expiry moves only when the container accepted it.
+    async fn refresh_gateway(&self, town: &Town) -> std::result::Result<bool, ApiError> {
+        let (_, exp) = self.mint_gateway(town)?;
+        let config = self.config(&town.id)?;
+        let pushed = self.sync_env(town, &config).await;
+        self.still_here()?;
+        let sql = self.sql();
+        if pushed {
+            set_meta(
+                &sql,
+                Meta::GatewayExpiresAt,
+                u64::try_from(exp).unwrap_or(0),
+            )?;
+            bump_meta(&sql, Meta::GatewayRefreshes)?;
+        } else {
+            bump_meta(&sql, Meta::GatewayRefreshFailures)?;
+        }
+        Ok(pushed)
+    }
+
+    /// Starts the container with fresh gateway and container tokens, the current env and the
+    /// settings files. Nothing else of the town runs with older tokens after this.
+    async fn push_start(&self, town: &Town) -> std::result::Result<TokenPushed, ApiError> {
+        if self.generation()?.current == 0 {
+            self.advance_generation()?;
+        }
+        let (_, gateway_exp) = self.mint_gateway(town)?;
+        let (env, settings) = self.container_payload(&self.config(&town.id)?)?;
+        let (token, expires_at) = self.mint(town)?;
+        let start = c::Start {
+            town_id: town.id.clone(),
+            token,
+            expires_at,
+            env,
+            settings,
+        };
+        let pushed = self
+            .container(&town.id)?
+            .call(start)
+            .await
+            .map_err(gone_is_not_found)?;
+        self.still_here()?;
+        if self.stored_status()? == TownStatus::Stopped {
+            // The town was stopped while this start was on its way, and the stop may have
+            // reached the container first: stop it again, so nothing runs for a stopped town.
+            self.container(&town.id)?
+                .call(c::Stop {
+                    town_id: town.id.clone(),
+                })
+                .await
+                .map_err(gone_is_not_found)?;
+            return Err(ApiError::TownStopped);
+        }
+        self.record_push(pushed)?;
+        if pushed.accepted {
+            let sql = self.sql();
+            set_meta(&sql, Meta::ContainerStarted, 1)?;
+            set_meta(
+                &sql,
+                Meta::GatewayExpiresAt,
+                u64::try_from(gateway_exp).unwrap_or(0),
+            )?;
+        }
+        Ok(pushed)
     }
 
     fn generation(&self) -> std::result::Result<TokenGeneration, ApiError> {
@@ -296,12 +488,19 @@ impl TownDO {
         }
         let town = self.town()?;
         let sql = self.sql();
+        let settings = config::get(&self.env);
         let input = TickInput {
             town_exists: town.is_some(),
-            container_started: self.container_started()?,
+            town_active: town
+                .as_ref()
+                .is_some_and(|t| t.status == TownStatus::Active),
+            container_started: town.is_some() && self.container_started()?,
             token_accepted_at_ms: meta(&sql, Meta::TokenRefreshedAt)?,
             now_ms: config::now_ms(),
-            token_refresh_ms: config::get(&self.env).token_refresh_ms,
+            token_refresh_ms: settings.token_refresh_ms,
+            gateway_expires_at_s: meta(&sql, Meta::GatewayExpiresAt)?
+                .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+            gateway_refresh_before_ms: settings.gateway_refresh_before_ms,
         };
         for effect in policy::tick(&input) {
             match (effect, &town) {
@@ -325,10 +524,29 @@ impl TownDO {
                         Err(e) => console_error!("town {}: token refresh failed: {e}", town.id),
                     }
                 }
-                (TickEffect::RefreshContainerToken, None) => {}
+                (TickEffect::RefreshGatewayToken, Some(town)) => {
+                    match self.refresh_gateway(town).await {
+                        Ok(true) => {}
+                        Ok(false) => console_error!(
+                            "town {}: container refused the gateway token; retrying next tick",
+                            town.id
+                        ),
+                        Err(e) => console_error!("town {}: gateway refresh failed: {e}", town.id),
+                    }
+                }
+                (TickEffect::RefreshContainerToken | TickEffect::RefreshGatewayToken, None) => {}
             }
         }
         Ok(())
+    }
+}
+
+/// Clears the transition flag however the stop or start ends.
+struct TransitionGuard<'a>(&'a Cell<bool>);
+
+impl Drop for TransitionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 
@@ -342,6 +560,7 @@ impl DurableObject for TownDO {
             schema: Schema::new(schema::TOWN_DO),
             destroyed: Cell::new(false),
             destroy_checked: Cell::new(false),
+            transition: Cell::new(false),
         }
     }
 

@@ -3,23 +3,42 @@
 use super::{Meta, TownDO};
 use crate::config;
 use crate::storage::{
-    bump_meta, count, exec, exists, int, json_text, meta, rig_values, rows, set_meta, town_values,
+    bump_meta, count, exec, exists, json_text, meta, rig_values, rows, set_meta, town_values,
     RIG_COLUMNS, RIG_JSON, TOWN_COLUMNS,
 };
+use gastown_core::agent_settings::Role;
 use gastown_core::error::ApiError;
-use gastown_core::model::{Rig, Town};
+use gastown_core::ids::{AgentId, RigId};
+use gastown_core::model::{Agent, Rig, Town, TownStatus, AGENT_COLUMNS, AGENT_JSON};
 use gastown_core::protocol::container::{self as c, TokenPushed};
 use gastown_core::protocol::town::*;
 use gastown_core::protocol::{Ack, Json};
 use gastown_core::time::rfc3339;
-use gastown_core::town_config::{container_env, TownConfig};
+use gastown_core::town_config::TownConfig;
 use serde::Deserialize;
-use worker::console_error;
+use worker::SqlStorage;
 
 type Reply<T> = Result<T, ApiError>;
 
 fn not_running() -> ApiError {
     ApiError::Conflict("the town's container is not running; start it first".into())
+}
+
+fn agent_not_found() -> ApiError {
+    ApiError::NotFound("agent not found in this town".into())
+}
+
+/// One agent as its record, built by SQLite (`AGENT_JSON`) so the row's types need no mapping.
+fn agent(sql: &SqlStorage, id: &str) -> Reply<Option<Agent>> {
+    json_text(
+        sql,
+        &format!("SELECT {AGENT_JSON} AS j FROM agents WHERE id = ?"),
+        vec![id.into()],
+    )?
+    .map(|text| {
+        serde_json::from_str(&text).map_err(|e| ApiError::internal(format!("agent row: {e}")))
+    })
+    .transpose()
 }
 
 impl TownDO {
@@ -41,21 +60,34 @@ impl TownDO {
             None => Ok(()),
         }
     }
+}
 
-    /// Hands the env derived from `config` to the container DO. The config is already stored, so
-    /// a failure here is logged, not returned: the next start pushes the stored env.
-    async fn sync_env(&self, town: &Town, config: &TownConfig) {
-        let sync = c::SyncEnv {
-            town_id: town.id.clone(),
-            env: container_env(config),
-        };
-        let result = match self.container(&town.id) {
-            Ok(stub) => stub.call(sync).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            console_error!("town {}: env sync failed: {e}", town.id);
+impl TownDO {
+    /// Records a new idle agent, within `MAX_AGENTS_PER_TOWN`.
+    fn insert_agent(&self, role: Role, rig: Option<&RigId>, name: &str) -> Reply<Agent> {
+        let sql = self.sql();
+        let max = config::get(&self.env).quotas.agents_per_town;
+        if count(&sql, "SELECT COUNT(*) AS n FROM agents", vec![])? >= max {
+            return Err(ApiError::QuotaExceeded {
+                limit: "MAX_AGENTS_PER_TOWN",
+                max,
+            });
         }
+        let id = AgentId::parse(&config::new_id()?).map_err(ApiError::internal)?;
+        exec(
+            &sql,
+            &format!(
+                "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?, ?, ?, ?, 'idle', NULL, 0, NULL, ?)"
+            ),
+            vec![
+                id.as_str().into(),
+                role.as_str().into(),
+                name.into(),
+                rig.map(RigId::as_str).into(),
+                rfc3339(config::now_ms()).into(),
+            ],
+        )?;
+        agent(&sql, id.as_str())?.ok_or_else(|| ApiError::internal("agent row missing"))
     }
 }
 
@@ -78,6 +110,7 @@ impl TownOps for TownDO {
             &format!("INSERT INTO town ({TOWN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
             town_values(&town),
         )?;
+        self.mint_gateway(&town)?;
         self.arm().await?;
         Ok(town)
     }
@@ -123,26 +156,37 @@ impl TownOps for TownDO {
             &format!("INSERT OR REPLACE INTO rigs ({RIG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
             rig_values(&rig),
         )?;
+        // The new rig gets its settings file.
+        let config = self.config(&town.id)?;
+        self.sync_env(&town, &config).await;
         Ok(Ack::OK)
     }
 
     async fn remove_rig(&self, RemoveRig { rig_id }: RemoveRig) -> Reply<Ack> {
         let town = self.require_town()?;
         let mut config = self.config(&town.id)?;
+        let sql = self.sql();
         exec(
-            &self.sql(),
+            &sql,
             "DELETE FROM rigs WHERE id = ?",
+            vec![rig_id.as_str().into()],
+        )?;
+        exec(
+            &sql,
+            "DELETE FROM agents WHERE rig_id = ?",
             vec![rig_id.as_str().into()],
         )?;
         if config.rig_overrides.remove(rig_id.as_str()).is_some() {
             self.store_config(&town.id, &config)?;
-            self.sync_env(&town, &config).await;
         }
+        // Its override and its settings file go.
+        self.sync_env(&town, &config).await;
         Ok(Ack::OK)
     }
 
+    /// A stopped town has no alarm on purpose: its start arms it.
     async fn ensure_alarm(&self, _: EnsureAlarm) -> Reply<AlarmArmed> {
-        if self.town()?.is_none() {
+        if self.town()?.is_none_or(|t| t.status == TownStatus::Stopped) {
             return Ok(AlarmArmed { rearmed: false });
         }
         let pending = self
@@ -183,6 +227,10 @@ impl TownOps for TownDO {
             token_refreshes: meta(&sql, Meta::TokenRefreshes)?.unwrap_or(0),
             token_refresh_failures: meta(&sql, Meta::TokenRefreshFailures)?.unwrap_or(0),
             last_alarm_at: meta(&sql, Meta::LastAlarmAt)?.map(rfc3339),
+            gateway_token_expires_at: meta(&sql, Meta::GatewayExpiresAt)?
+                .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+            gateway_refreshes: meta(&sql, Meta::GatewayRefreshes)?.unwrap_or(0),
+            gateway_refresh_failures: meta(&sql, Meta::GatewayRefreshFailures)?.unwrap_or(0),
         })
     }
 
@@ -202,27 +250,11 @@ impl TownOps for TownDO {
 
     async fn start_container(&self, _: StartContainer) -> Reply<TokenPushed> {
         let town = self.require_town()?;
-        if self.generation()?.current == 0 {
-            self.advance_generation()?;
-        }
-        let (token, expires_at) = self.mint(&town)?;
-        let start = c::Start {
-            town_id: town.id.clone(),
-            token,
-            expires_at,
-            env: container_env(&self.config(&town.id)?),
-        };
-        let pushed = self
-            .container(&town.id)?
-            .call(start)
-            .await
-            .map_err(super::gone_is_not_found)?;
-        self.still_here()?;
-        self.record_push(pushed)?;
+        self.require_active(&town)?;
+        let pushed = self.push_start(&town).await?;
         if !pushed.accepted {
             return Err(ApiError::Upstream("container start failed".into()));
         }
-        set_meta(&self.sql(), Meta::ContainerStarted, 1)?;
         Ok(pushed)
     }
 
@@ -243,6 +275,7 @@ impl TownOps for TownDO {
 
     async fn issue_container_token(&self, req: IssueContainerToken) -> Reply<IssuedToken> {
         let town = self.require_town()?;
+        self.require_active(&town)?;
         if !self.container_started()? {
             return Err(not_running());
         }
@@ -251,13 +284,16 @@ impl TownOps for TownDO {
         Ok(IssuedToken { token, expires_at })
     }
 
+    /// Only for an agent this town registered; a rig-bound agent only from its own rig (the
+    /// mayor belongs to no rig and reports from any of the town's).
     async fn heartbeat(&self, req: Heartbeat) -> Reply<Ack> {
         let Heartbeat {
             credential,
             rig_id,
             agent_id,
         } = req;
-        self.require_town()?;
+        let town = self.require_town()?;
+        self.require_active(&town)?;
         self.admit(credential)?;
         let sql = self.sql();
         if !exists(
@@ -267,28 +303,21 @@ impl TownOps for TownDO {
         )? {
             return Err(ApiError::NotFound("rig not found in this town".into()));
         }
-        let known = exists(
-            &sql,
-            "SELECT 1 FROM agents WHERE id = ?",
-            vec![agent_id.as_str().into()],
-        )?;
-        let max = config::get(&self.env).quotas.agents_per_town;
-        if !known && count(&sql, "SELECT COUNT(*) AS n FROM agents", vec![])? >= max {
-            return Err(ApiError::QuotaExceeded {
-                limit: "MAX_AGENTS_PER_TOWN",
-                max,
-            });
+        let known = agent(&sql, agent_id.as_str())?.ok_or_else(agent_not_found)?;
+        if known.rig_id.as_ref().is_some_and(|r| *r != rig_id) {
+            return Err(ApiError::NotFound("agent not found in this rig".into()));
         }
         exec(
             &sql,
-            "INSERT INTO agents (id, rig_id, last_heartbeat_at, heartbeats) VALUES (?, ?, ?, 1) ON CONFLICT (id) DO UPDATE SET rig_id = excluded.rig_id, last_heartbeat_at = excluded.last_heartbeat_at, heartbeats = heartbeats + 1",
-            vec![agent_id.as_str().into(), rig_id.as_str().into(), int(config::now_ms())],
+            "UPDATE agents SET last_activity_at = ?, heartbeats = heartbeats + 1 WHERE id = ?",
+            vec![rfc3339(config::now_ms()).into(), agent_id.as_str().into()],
         )?;
         Ok(Ack::OK)
     }
 
     async fn mayor_rigs(&self, req: MayorRigs) -> Reply<Json<Vec<Rig>>> {
-        self.require_town()?;
+        let town = self.require_town()?;
+        self.require_active(&town)?;
         self.admit(req.credential)?;
         let text = json_text(
             &self.sql(),
@@ -298,6 +327,123 @@ impl TownOps for TownDO {
             vec![],
         )?;
         Json::from_text(text.unwrap_or_else(|| "[]".to_owned()))
+    }
+
+    async fn stop_town(&self, _: StopTown) -> Reply<Town> {
+        let mut town = self.require_town()?;
+        if town.status == TownStatus::Stopped {
+            return Ok(town);
+        }
+        let _alone = self.begin_transition()?;
+        // Stopped first, so nothing that runs meanwhile starts or pushes anything; then every
+        // container token is rotated away and the loop ends.
+        self.set_status(TownStatus::Stopped)?;
+        town.status = TownStatus::Stopped;
+        self.advance_generation()?;
+        set_meta(&self.sql(), Meta::ContainerStarted, 0)?;
+        self.state
+            .storage()
+            .delete_alarm()
+            .await
+            .map_err(ApiError::internal)?;
+        self.container(&town.id)?
+            .call(c::Stop {
+                town_id: town.id.clone(),
+            })
+            .await
+            .map_err(super::gone_is_not_found)?;
+        self.still_here()?;
+        Ok(town)
+    }
+
+    async fn start_town(&self, _: StartTown) -> Reply<TownStarted> {
+        let mut town = self.require_town()?;
+        if town.status == TownStatus::Active {
+            return Ok(TownStarted {
+                container_started: self.container_started()?,
+                town,
+            });
+        }
+        let _alone = self.begin_transition()?;
+        self.set_status(TownStatus::Active)?;
+        town.status = TownStatus::Active;
+        // Fresh tokens reach the container before the loop runs again.
+        let pushed = self.push_start(&town).await?;
+        self.arm().await?;
+        Ok(TownStarted {
+            town,
+            container_started: pushed.accepted,
+        })
+    }
+
+    async fn issue_sandbox_token(&self, req: IssueSandboxToken) -> Reply<IssuedToken> {
+        let town = self.require_town()?;
+        self.require_active(&town)?;
+        if let Some(credential) = req.credential {
+            self.admit(credential)?;
+        }
+        let (token, expires_at) = self.mint_gateway(&town)?;
+        if req.credential.is_some() {
+            // The container asked for it, so it holds it now: the alarm need not push one.
+            set_meta(
+                &self.sql(),
+                Meta::GatewayExpiresAt,
+                u64::try_from(expires_at).unwrap_or(0),
+            )?;
+        }
+        Ok(IssuedToken { token, expires_at })
+    }
+
+    async fn list_agents(&self, _: ListAgents) -> Reply<Json<Vec<Agent>>> {
+        self.require_town()?;
+        let text = json_text(
+            &self.sql(),
+            &format!(
+                "SELECT COALESCE(json_group_array({AGENT_JSON} ORDER BY created_at, id), '[]') AS j FROM agents"
+            ),
+            vec![],
+        )?;
+        Json::from_text(text.unwrap_or_else(|| "[]".to_owned()))
+    }
+
+    async fn ensure_mayor(&self, _: EnsureMayor) -> Reply<Agent> {
+        self.require_town()?;
+        let sql = self.sql();
+        let mayor = json_text(
+            &sql,
+            &format!("SELECT {AGENT_JSON} AS j FROM agents WHERE role = 'mayor'"),
+            vec![],
+        )?;
+        if let Some(text) = mayor {
+            return serde_json::from_str(&text)
+                .map_err(|e| ApiError::internal(format!("agent row: {e}")));
+        }
+        self.insert_agent(Role::Mayor, None, "mayor")
+    }
+
+    async fn register_agent(&self, req: RegisterAgent) -> Reply<Agent> {
+        self.require_town()?;
+        if req.role == Role::Mayor {
+            return Err(ApiError::invalid(
+                "role",
+                "a town's mayor is ensured, not registered",
+            ));
+        }
+        let name = req.name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "name",
+                "must be 1 to 64 printable characters",
+            ));
+        }
+        if !exists(
+            &self.sql(),
+            "SELECT 1 FROM rigs WHERE id = ?",
+            vec![req.rig_id.as_str().into()],
+        )? {
+            return Err(ApiError::NotFound("rig not found in this town".into()));
+        }
+        self.insert_agent(req.role, Some(&req.rig_id), name)
     }
 
     async fn drop_alarm(&self, _: DropAlarm) -> Reply<Ack> {

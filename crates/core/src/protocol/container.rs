@@ -1,6 +1,7 @@
 //! The protocol of `TownContainerDO`. Only the town's own `TownDO` sends these.
 
 use super::Ack;
+use crate::agent_settings::SettingsFiles;
 use crate::ids::TownId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,6 +20,8 @@ crate::do_protocol! {
         Status(Status) -> ContainerStatus => status;
         /// Stops the container and wipes this DO.
         Destroy(Destroy) -> Ack => destroy;
+        /// Stops the container (the town was stopped), keeping the stored env for its start.
+        Stop(Stop) -> Ack => stop;
     }
 }
 
@@ -28,12 +31,19 @@ pub struct Start {
     pub token: String,
     pub expires_at: i64,
     pub env: BTreeMap<String, String>,
+    pub settings: SettingsFiles,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncEnv {
     pub town_id: TownId,
     pub env: BTreeMap<String, String>,
+    pub settings: SettingsFiles,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    pub town_id: TownId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,17 +126,26 @@ mod tests {
                     token: "tok".into(),
                     expires_at: 9,
                     env: env.clone(),
+                    settings: SettingsFiles::default(),
                 }
                 .into(),
-                r#"{"op":"start","town_id":"t1","token":"tok","expires_at":9,"env":{"A":"1"}}"#,
+                r#"{"op":"start","town_id":"t1","token":"tok","expires_at":9,"env":{"A":"1"},"settings":{"town":{"role_agents":{}},"rigs":{}}}"#,
             ),
             (
                 SyncEnv {
                     town_id: town.clone(),
                     env,
+                    settings: SettingsFiles::default(),
                 }
                 .into(),
-                r#"{"op":"sync_env","town_id":"t1","env":{"A":"1"}}"#,
+                r#"{"op":"sync_env","town_id":"t1","env":{"A":"1"},"settings":{"town":{"role_agents":{}},"rigs":{}}}"#,
+            ),
+            (
+                Stop {
+                    town_id: town.clone(),
+                }
+                .into(),
+                r#"{"op":"stop","town_id":"t1"}"#,
             ),
             (
                 PushToken {

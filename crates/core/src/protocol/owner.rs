@@ -1,9 +1,9 @@
 //! The protocol of the owner Durable Objects (`GastownUserDO` and `GastownOrgDO` speak the same
 //! one): an owner's towns and rigs.
 
-use super::Json;
+use super::{Ack, Json};
 use crate::ids::{RigId, TownId};
-use crate::model::{Rig, Town};
+use crate::model::{Rig, Town, TownStatus};
 use crate::page::Page;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,9 @@ crate::do_protocol! {
         GetRig(GetRig) -> Json<Rig> => get_rig;
         /// Forgets a rig; answers it as it was.
         RemoveRig(RemoveRig) -> Rig => remove_rig;
+        /// Records a town's status as its TownDO now has it (after a stop or start); 404 for
+        /// a town this owner lacks.
+        SetTownStatus(SetTownStatus) -> Ack => set_town_status;
     }
 }
 
@@ -72,6 +75,12 @@ pub struct RemoveRig {
     pub rig_id: RigId,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetTownStatus {
+    pub town_id: TownId,
+    pub status: TownStatus,
+}
+
 /// What removing a town took with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovedTown {
@@ -92,6 +101,14 @@ mod tests {
         let town_json = serde_json::to_string(&t).unwrap();
         let rig_json = serde_json::to_string(&r).unwrap();
         let cases: Vec<(OwnerOp, String)> = vec![
+            (
+                SetTownStatus {
+                    town_id: t.id.clone(),
+                    status: TownStatus::Stopped,
+                }
+                .into(),
+                r#"{"op":"set_town_status","town_id":"t1","status":"stopped"}"#.into(),
+            ),
             (
                 AddTown { town: t.clone() }.into(),
                 format!(r#"{{"op":"add_town","town":{town_json}}}"#),

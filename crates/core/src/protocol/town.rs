@@ -2,9 +2,10 @@
 
 use super::container::TokenPushed;
 use super::{Ack, Json};
+use crate::agent_settings::Role;
 use crate::authz::ContainerCredential;
 use crate::ids::{AgentId, RigId, TownId};
-use crate::model::{Rig, Town, TownStatus};
+use crate::model::{Agent, Rig, Town, TownStatus};
 use crate::town_config::{ConfigPatch, TownConfig};
 use serde::{Deserialize, Serialize};
 
@@ -41,8 +42,25 @@ crate::do_protocol! {
         /// A fresh container token for a running container that holds a valid one; 409 while
         /// the container is not running, 401 for a revoked credential.
         IssueContainerToken(IssueContainerToken) -> IssuedToken => issue_container_token;
-        /// An agent reports in; 404 for a rig the town does not have, 409 past the agent quota.
+        /// An agent the town knows reports in; 404 for an agent or rig the town does not have,
+        /// or a rig-bound agent reporting from another rig.
         Heartbeat(Heartbeat) -> Ack => heartbeat;
+        /// Stops the town: container stopped, token generation advanced, alarm deleted; every
+        /// row kept. Idempotent.
+        StopTown(StopTown) -> Town => stop_town;
+        /// Resumes a stopped town: fresh gateway and container tokens are pushed to a newly
+        /// started container before the alarm is armed again. Idempotent.
+        StartTown(StartTown) -> TownStarted => start_town;
+        /// A fresh gateway (sandbox) token for the container (`credential` set, checked against
+        /// the token generation) or an internal service (`None`); 409 `town_stopped` for a
+        /// stopped town.
+        IssueSandboxToken(IssueSandboxToken) -> IssuedToken => issue_sandbox_token;
+        /// The town's agents.
+        ListAgents(ListAgents) -> Json<Vec<Agent>> => list_agents;
+        /// The town's one mayor, created on first call (409 past the agent quota).
+        EnsureMayor(EnsureMayor) -> Agent => ensure_mayor;
+        /// Test hook (until dispatch creates agents): records a polecat or refinery of a rig.
+        RegisterAgent(RegisterAgent) -> Agent => register_agent;
         /// The town's rigs, for the mayor's tools.
         MayorRigs(MayorRigs) -> Json<Vec<Rig>> => mayor_rigs;
         /// Test hook: deletes the pending alarm, leaving the town otherwise intact.
@@ -105,6 +123,39 @@ pub struct Heartbeat {
     pub agent_id: AgentId,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopTown {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartTown {}
+
+/// The started town, and whether its container took the fresh tokens (if not, the alarm and
+/// the next start retry; the town is active either way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TownStarted {
+    pub town: Town,
+    pub container_started: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueSandboxToken {
+    /// The container's credential; `None` for the internal API key.
+    pub credential: Option<ContainerCredential>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListAgents {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnsureMayor {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterAgent {
+    pub role: Role,
+    pub rig_id: RigId,
+    pub name: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MayorRigs {
     pub credential: ContainerCredential,
@@ -146,6 +197,14 @@ pub struct TownHealth {
     #[serde(default)]
     pub token_refresh_failures: u64,
     pub last_alarm_at: Option<String>,
+    /// `exp` of the gateway token the container last accepted (seconds).
+    #[serde(default)]
+    pub gateway_token_expires_at: Option<i64>,
+    /// Gateway tokens the alarm pushed and the container accepted / refused.
+    #[serde(default)]
+    pub gateway_refreshes: u64,
+    #[serde(default)]
+    pub gateway_refresh_failures: u64,
 }
 
 #[cfg(test)]
@@ -222,6 +281,23 @@ mod tests {
                 r#"{"op":"mayor_rigs","credential":{"kind":"container","generation":null}}"#.into(),
             ),
             (DropAlarm {}.into(), r#"{"op":"drop_alarm"}"#.into()),
+            (StopTown {}.into(), r#"{"op":"stop_town"}"#.into()),
+            (StartTown {}.into(), r#"{"op":"start_town"}"#.into()),
+            (
+                IssueSandboxToken { credential: None }.into(),
+                r#"{"op":"issue_sandbox_token","credential":null}"#.into(),
+            ),
+            (ListAgents {}.into(), r#"{"op":"list_agents"}"#.into()),
+            (EnsureMayor {}.into(), r#"{"op":"ensure_mayor"}"#.into()),
+            (
+                RegisterAgent {
+                    role: Role::Polecat,
+                    rig_id: r.id.clone(),
+                    name: "p1".into(),
+                }
+                .into(),
+                r#"{"op":"register_agent","role":"polecat","rig_id":"r1","name":"p1"}"#.into(),
+            ),
         ];
         all(TownOp::OPS, &cases);
     }
@@ -248,8 +324,11 @@ mod tests {
                 token_refreshes: 4,
                 token_refresh_failures: 0,
                 last_alarm_at: Some("2026-11-23T00:00:00.000Z".into()),
+                gateway_token_expires_at: Some(9),
+                gateway_refreshes: 1,
+                gateway_refresh_failures: 2,
             },
-            r#"{"town_id":"t1","status":"active","rig_count":2,"alarm_at":5,"alarm_runs":3,"watchdog_rearms":1,"token_refreshed_at":null,"token_refreshes":4,"token_refresh_failures":0,"last_alarm_at":"2026-11-23T00:00:00.000Z"}"#,
+            r#"{"town_id":"t1","status":"active","rig_count":2,"alarm_at":5,"alarm_runs":3,"watchdog_rearms":1,"token_refreshed_at":null,"token_refreshes":4,"token_refresh_failures":0,"last_alarm_at":"2026-11-23T00:00:00.000Z","gateway_token_expires_at":9,"gateway_refreshes":1,"gateway_refresh_failures":2}"#,
         );
         pinned(&Ack::OK, r#"{"ok":true}"#);
     }

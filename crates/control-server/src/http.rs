@@ -1,0 +1,296 @@
+//! The HTTP/1.1 plumbing both servers of this crate share (the control server and the stand-in
+//! gateway): a thread per connection, one request per connection, a deadline on reading the
+//! whole request, a bounded head and body, and JSON answers.
+//!
+//! What a request may contain (routes, credentials, media types) is the caller's business; this
+//! module only gets the bytes in and out. Every refusal it makes itself is a [`Reply`] built by
+//! [`error`], `{"error": "<message>"}`; a server with another error shape reshapes it.
+
+use crate::{MAX_CONNECTIONS, MAX_HEAD_BYTES};
+use serde_json::{json, Value};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_HEADERS: usize = 64;
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// A status and its JSON body.
+pub(crate) type Reply = (u16, Value);
+
+/// `{"error": message}` with `status`.
+pub(crate) fn error(status: u16, message: &str) -> Reply {
+    (status, json!({ "error": message }))
+}
+
+/// Accepts connections until the listener fails, each answered on its own thread by `answer`.
+/// Past [`MAX_CONNECTIONS`] at once, a connection is answered 503 at once. `name` prefixes the
+/// log lines and names the threads.
+///
+/// # Errors
+/// Never at present: a failed accept or thread start is logged and the loop goes on.
+pub(crate) fn serve_each(
+    listener: TcpListener,
+    name: &'static str,
+    answer: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> io::Result<()> {
+    let active = Arc::new(AtomicUsize::new(0));
+    let answer = Arc::new(answer);
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                eprintln!("{name}: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let mut stream = stream;
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = write_reply(&mut stream, &error(503, "too many connections"));
+            continue;
+        }
+        let (active, answer) = (Arc::clone(&active), Arc::clone(&answer));
+        let spawned = std::thread::Builder::new()
+            .name(format!("{name}-conn"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                answer(stream);
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            eprintln!("{name}: cannot start a thread: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Serves one connection: `request` reads and handles one request before `read_timeout`
+/// passes, its answer is written, the connection closed.
+pub(crate) fn one_exchange(
+    mut stream: TcpStream,
+    read_timeout: Duration,
+    request: impl FnOnce(&mut TcpStream, Instant) -> Result<Reply, ReadFail>,
+) {
+    let deadline = Instant::now() + read_timeout;
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let _ = stream.set_nodelay(true);
+    let reply = match request(&mut stream, deadline) {
+        Ok(reply) => reply,
+        Err(ReadFail::Reply(reply)) => reply,
+        Err(ReadFail::Closed) => return,
+    };
+    if write_reply(&mut stream, &reply).is_err() {
+        return;
+    }
+    linger(&mut stream);
+}
+
+/// Closes gracefully: a request body left unread would make the kernel reset the connection
+/// and the client could lose the answer, so read (and drop) what is still coming, briefly.
+fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let until = Instant::now() + LINGER;
+    let mut chunk = [0u8; 8192];
+    let mut drained = 0usize;
+    while drained < 2 * gastown_core::control::MAX_BODY_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero()
+            || stream
+                .set_read_timeout(Some(left.min(Duration::from_millis(250))))
+                .is_err()
+        {
+            break;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        421 => "Misdirected Request",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn write_reply(stream: &mut TcpStream, &(status, ref body): &Reply) -> io::Result<()> {
+    let body = body.to_string();
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         cache-control: no-store\r\nx-content-type-options: nosniff\r\nconnection: close\r\n",
+        reason(status),
+        body.len()
+    );
+    if status == 401 {
+        head.push_str("www-authenticate: Bearer\r\n");
+    }
+    head.push_str("\r\n");
+    head.push_str(&body);
+    stream.write_all(head.as_bytes())?;
+    stream.flush()
+}
+
+/// What reading a request ran into.
+pub(crate) enum ReadFail {
+    /// The peer went away (or sent nothing): no answer.
+    Closed,
+    /// Answer this and close.
+    Reply(Reply),
+}
+
+/// Reads until `done(buf)`, the deadline passes or the peer closes.
+fn read_until(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    mut done: impl FnMut(&[u8]) -> bool,
+) -> Result<(), ReadFail> {
+    let mut chunk = [0u8; 8192];
+    while !done(buf) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadFail::Reply(error(408, "request not received in time")));
+        }
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return Err(ReadFail::Closed);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(ReadFail::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ReadFail::Reply(error(408, "request not received in time")))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(ReadFail::Closed),
+        }
+    }
+    Ok(())
+}
+
+/// A parsed request head.
+pub(crate) struct Head {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    /// Lowercase names, raw values.
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Head {
+    /// The value of the header `name` (lowercase) if it occurs exactly once; `Err` if it
+    /// repeats.
+    pub(crate) fn one(&self, name: &str) -> Result<Option<&str>, Reply> {
+        let mut found = self.headers.iter().filter(|(n, _)| n == name);
+        let first = found.next();
+        if found.next().is_some() {
+            return Err(error(400, &format!("{name} given more than once")));
+        }
+        match first {
+            None => Ok(None),
+            Some((_, v)) => std::str::from_utf8(v)
+                .map(|s| Some(s.trim()))
+                .map_err(|_| error(400, &format!("{name} is not UTF-8"))),
+        }
+    }
+
+    /// The path of the target, without its query.
+    pub(crate) fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
+}
+
+/// Reads the head; `buf` keeps whatever of the body came with it.
+pub(crate) fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<Head, ReadFail> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let head = Head {
+                    method: req.method.unwrap_or_default().to_owned(),
+                    target: req.path.unwrap_or_default().to_owned(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                        .collect(),
+                };
+                buf.drain(..len);
+                return Ok(head);
+            }
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                return Err(ReadFail::Reply(error(431, "request head too large")))
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ReadFail::Reply(error(431, "too many headers")))
+            }
+            Err(_) => return Err(ReadFail::Reply(error(400, "malformed request"))),
+        }
+        let before = buf.len();
+        read_until(stream, buf, deadline, |b| b.len() > before)?;
+    }
+}
+
+/// Reads the body announced by `head`'s `content-length` (at most `max` bytes), `buf` holding
+/// what came with the head. A chunked body, a missing or bad length and one over `max` are
+/// refused before anything more is read.
+pub(crate) fn read_body(
+    stream: &mut TcpStream,
+    head: &Head,
+    mut buf: Vec<u8>,
+    max: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, ReadFail> {
+    let refuse = ReadFail::Reply;
+    if head.one("transfer-encoding").map_err(refuse)?.is_some() {
+        return Err(refuse(error(
+            411,
+            "send a content-length, not a transfer-encoding",
+        )));
+    }
+    let length = match head.one("content-length").map_err(refuse)? {
+        None => return Err(refuse(error(411, "content-length required"))),
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            v.parse::<usize>().unwrap_or(usize::MAX)
+        }
+        Some(_) => return Err(refuse(error(400, "bad content-length"))),
+    };
+    if length > max {
+        return Err(refuse(error(413, "body too large")));
+    }
+    read_until(stream, &mut buf, deadline, |b| b.len() >= length)?;
+    buf.truncate(length);
+    Ok(buf)
+}

@@ -1,0 +1,261 @@
+//! What every integration test of this crate shares: start a built binary on a free loopback
+//! port (each control server with its own temporary work directory), talk raw HTTP/1.1 to it,
+//! wait for something to become true.
+
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use gastown_control::WORKDIR_ENV;
+use gastown_core::control::{control_secret, KEY_ENV, SECRET_ENV, TOWN_ID_ENV, WORKER_URL_ENV};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "dev-gastown-control-key-change-me-0123456789";
+pub const DEBUG_BIN: &str = env!("CARGO_BIN_EXE_gastown-control-debug");
+pub const PROD_BIN: &str = env!("CARGO_BIN_EXE_gastown-control");
+pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_gastown-gateway");
+
+/// A running binary, killed (and its temporary work directory removed) when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    /// The control server's work directory, made for it by [`start`].
+    pub workdir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.workdir.starts_with(std::env::temp_dir()) {
+            let _ = std::fs::remove_dir_all(&self.workdir);
+        }
+    }
+}
+
+impl Server {
+    /// `<workdir>/<town>`.
+    pub fn town_dir(&self, town: &str) -> PathBuf {
+        self.workdir.join(town)
+    }
+
+    /// `<workdir>/<town>` as the server names it (it resolves its work directory at start).
+    pub fn canonical_town_dir(&self, town: &str) -> PathBuf {
+        std::fs::canonicalize(&self.workdir).unwrap().join(town)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A new, empty directory under the system's temporary directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static UNIQUE: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "gastown-control-test-{name}-{}-{nanos}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The binary with `--port 0` and `args`, and none of the control server's variables but
+/// `env`.
+pub fn command(bin: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--port", "0"]).args(args);
+    for name in [
+        KEY_ENV,
+        SECRET_ENV,
+        TOWN_ID_ENV,
+        WORKDIR_ENV,
+        WORKER_URL_ENV,
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.envs(env.iter().copied());
+    cmd
+}
+
+/// Starts a control server binary with a fresh temporary work directory (unless `args` name
+/// one) and waits for its listening line.
+pub fn start(bin: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
+    let workdir = temp_dir("workdir");
+    let workdir_arg = workdir.to_str().unwrap().to_owned();
+    let mut all: Vec<&str> = args.to_vec();
+    if !args.contains(&"--workdir") {
+        all.extend(["--workdir", &workdir_arg]);
+    }
+    spawn(command(bin, env, &all), workdir)
+}
+
+/// Starts the stand-in gateway with `secret` as `NEXTAUTH_SECRET`.
+pub fn start_gateway(secret: &str) -> Server {
+    let mut cmd = command(GATEWAY_BIN, &[("NEXTAUTH_SECRET", secret)], &[]);
+    cmd.args(["--read-timeout-ms", "1500"]);
+    spawn(cmd, PathBuf::new())
+}
+
+fn spawn(mut cmd: Command, workdir: PathBuf) -> Server {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap();
+    Server {
+        child,
+        addr,
+        workdir,
+    }
+}
+
+/// The debug server in local-dev mode (master key), with a short read deadline.
+pub fn debug_server() -> Server {
+    start(DEBUG_BIN, &[(KEY_ENV, KEY)], &["--read-timeout-ms", "1500"])
+}
+
+pub fn secret(town: &str) -> String {
+    control_secret(KEY.as_bytes(), town)
+}
+
+/// A request under construction; `send` writes it and reads the whole answer.
+pub struct Req {
+    pub method: &'static str,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+pub fn req(method: &'static str, path: &str) -> Req {
+    Req {
+        method,
+        path: path.to_owned(),
+        headers: vec![("host".into(), "127.0.0.1".into())],
+        body: Vec::new(),
+    }
+}
+
+impl Req {
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.retain(|(n, _)| n != name);
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    /// Authenticated as the worker for `town`.
+    pub fn auth(self, town: &str) -> Self {
+        self.auth_as(town, &secret(town))
+    }
+    pub fn auth_as(self, town: &str, secret: &str) -> Self {
+        self.header("authorization", &format!("Bearer {secret}"))
+            .header("x-gastown-town-id", town)
+    }
+    pub fn json(self, body: &Value) -> Self {
+        self.raw("application/json", body.to_string().as_bytes())
+    }
+    pub fn raw(mut self, content_type: &str, body: &[u8]) -> Self {
+        self.body = body.to_vec();
+        self.header("content-type", content_type)
+    }
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.path);
+        for (n, v) in &self.headers {
+            out.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if self.method == "POST" {
+            out.push_str(&format!("content-length: {}\r\n", self.body.len()));
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+    pub fn send(&self, s: &Server) -> (u16, Value) {
+        exchange(s.addr, &self.bytes())
+    }
+}
+
+/// Writes `raw`, reads until the server closes, returns status and JSON body.
+pub fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(raw).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    parse_answer(&answer)
+}
+
+pub fn parse_answer(answer: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {text:?}"));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `POST /refresh-token` with the container token `token`.
+pub fn refresh(town: &str, token: &str) -> Req {
+    req("POST", "/refresh-token").json(&json!({ "token": token, "townId": town }))
+}
+
+/// `POST /sync-config` with `env` and `settings`, authenticated for `town`.
+pub fn sync(s: &Server, town: &str, env: Value, settings: Value) -> (u16, Value) {
+    req("POST", "/sync-config")
+        .json(&json!({ "env": env, "settings": settings, "townId": town }))
+        .auth(town)
+        .send(s)
+}
+
+pub fn town_state(s: &Server, town: &str) -> (u16, Value) {
+    req("GET", &format!("/debug/towns/{town}"))
+        .auth(town)
+        .send(s)
+}
+
+/// Waits up to `limit` for `check` to hold, polling every 20 ms; whether it did.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The JSON in the file at `path`.
+pub fn read_json(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
