@@ -41,8 +41,58 @@ pub struct Config {
     /// `KILO_GATEWAY_URL`: where agents send model calls; handed to containers in their env.
     pub gateway_url: Option<String>,
     pub quotas: Quotas,
+    pub platforms: Platforms,
     /// Why these settings cannot run, if they cannot: the worker then refuses every request.
     pub refused: Option<String>,
+}
+
+/// The outside services (DESIGN.md §7a): base URLs with their real defaults, so tests point them
+/// at a local stand-in, and the App / OAuth credentials.
+#[derive(Debug, Clone)]
+pub struct Platforms {
+    pub github_api_url: String,
+    pub github_web_url: String,
+    pub gitlab_url: String,
+    pub github_app_id: Option<String>,
+    pub github_app_slug: Option<String>,
+    /// PEM (PKCS#1 as GitHub issues it, or PKCS#8).
+    pub github_app_private_key: Option<String>,
+    pub github_webhook_secret: Option<String>,
+    pub gitlab_client_id: Option<String>,
+    pub gitlab_client_secret: Option<String>,
+    /// Where the connect flows send the user back.
+    pub dashboard_url: String,
+    /// This worker's public origin (OAuth redirect URIs).
+    pub public_url: String,
+    /// Signs the connect flows' `state` (derived from `GASTOWN_ENCRYPTION_KEY`).
+    pub state_key: Option<Vec<u8>>,
+}
+
+fn url(env: &Env, name: &str, default: &str) -> String {
+    string(env, name)
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn platforms(env: &Env) -> Platforms {
+    let set = |name: &str| string(env, name).filter(|v| !v.trim().is_empty());
+    Platforms {
+        github_api_url: url(env, "GITHUB_API_URL", "https://api.github.com"),
+        github_web_url: url(env, "GITHUB_WEB_URL", "https://github.com"),
+        gitlab_url: url(env, "GITLAB_URL", "https://gitlab.com"),
+        github_app_id: set("GITHUB_APP_ID"),
+        github_app_slug: set("GITHUB_APP_SLUG"),
+        github_app_private_key: set("GITHUB_APP_PRIVATE_KEY"),
+        github_webhook_secret: set("GITHUB_WEBHOOK_SECRET"),
+        gitlab_client_id: set("GITLAB_CLIENT_ID"),
+        gitlab_client_secret: set("GITLAB_CLIENT_SECRET"),
+        dashboard_url: url(env, "DASHBOARD_URL", "http://localhost:3000"),
+        public_url: url(env, "PUBLIC_URL", "http://127.0.0.1:8787"),
+        state_key: set("GASTOWN_ENCRYPTION_KEY")
+            .map(|k| gastown_core::integrations::state_key(k.as_bytes())),
+    }
 }
 
 thread_local! {
@@ -80,6 +130,25 @@ fn count(env: &Env, name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The sealing keys: `GASTOWN_ENCRYPTION_KEY`, of version `GASTOWN_ENCRYPTION_KEY_VERSION`
+/// (default 1), and during a rotation `GASTOWN_ENCRYPTION_KEY_PREVIOUS`, of version
+/// `GASTOWN_ENCRYPTION_KEY_PREVIOUS_VERSION` (default 1).
+fn sealer(env: &Env) -> Sealer {
+    let version = |name: &str| {
+        string(env, name)
+            .and_then(|v| v.trim().parse::<u8>().ok())
+            .unwrap_or(gastown_core::sealed::DEFAULT_KEY_VERSION)
+    };
+    let previous = string(env, "GASTOWN_ENCRYPTION_KEY_PREVIOUS");
+    Sealer::with_versions(
+        string(env, "GASTOWN_ENCRYPTION_KEY").as_deref(),
+        version("GASTOWN_ENCRYPTION_KEY_VERSION"),
+        previous
+            .as_deref()
+            .map(|p| (p, version("GASTOWN_ENCRYPTION_KEY_PREVIOUS_VERSION"))),
+    )
+}
+
 pub fn get(env: &Env) -> Rc<Config> {
     CONFIG.with(|cell| {
         cell.get_or_init(|| {
@@ -103,7 +172,7 @@ pub fn get(env: &Env) -> Rc<Config> {
                     string(env, "GASTOWN_JWT_SECRET").as_deref(),
                 ),
                 internal_key: InternalKey::new(string(env, "INTERNAL_API_KEY").as_deref()),
-                sealer: Sealer::new(string(env, "GASTOWN_ENCRYPTION_KEY").as_deref()),
+                sealer: sealer(env),
                 control_key: string(env, gastown_core::control::KEY_ENV)
                     .filter(|k| !k.is_empty())
                     .map(String::into_bytes),
@@ -111,6 +180,7 @@ pub fn get(env: &Env) -> Rc<Config> {
                 watchdog_ms: millis(env, "WATCHDOG_INTERVAL_MS", DEFAULT_WATCHDOG_MS),
                 token_refresh_ms,
                 token_grace_ms: millis(env, "CONTAINER_TOKEN_GRACE_MS", DEFAULT_TOKEN_GRACE_MS),
+                platforms: platforms(env),
                 quotas: Quotas {
                     towns_per_owner: count(env, "MAX_TOWNS_PER_OWNER", 50),
                     rigs_per_town: count(env, "MAX_RIGS_PER_TOWN", 100),

@@ -13,6 +13,7 @@ mod config;
 mod dos;
 mod handlers;
 mod http;
+mod platforms;
 mod rig_index;
 mod router;
 mod storage;

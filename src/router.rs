@@ -5,14 +5,14 @@
 //! Dispatch is one exhaustive match per principal: a route without a handler does not compile.
 
 use crate::config;
-use crate::handlers::{container, internal, owned, town};
+use crate::handlers::{container, integrations, internal, owned, town};
 use crate::http::{error_response, json, json_text, raw_json};
 use gastown_core::auth::{bearer, AuthError, UserClaims};
 use gastown_core::authz::{self, ContainerCaller, ContainerScope};
 use gastown_core::error::ApiError;
 use gastown_core::routes::{
-    match_route, ContainerRoute, InternalRoute, Method, OwnedAction, PublicRoute, Route,
-    RouteError, TownAction, UserRoute,
+    match_route, ContainerRoute, IntegrationAction, InternalRoute, Method, OwnedAction,
+    PublicRoute, Route, RouteError, TownAction, UserRoute,
 };
 use worker::{Env, Request, Response};
 
@@ -40,7 +40,7 @@ pub async fn handle(mut req: Request, env: &Env) -> Response {
         }
     };
     let result = match route {
-        Route::Public(route) => public(route),
+        Route::Public(route) => public(&mut req, env, route).await,
         Route::User(route) => match user(&req, env) {
             Ok(claims) => user_route(&mut req, env, route, &claims).await,
             Err(e) => Err(e),
@@ -110,10 +110,15 @@ fn internal_key(req: &Request, env: &Env) -> Result<(), ApiError> {
     }
 }
 
-fn public(route: PublicRoute) -> Result<Response, ApiError> {
+/// Public routes. The two connect-flow redirects authenticate by their signed `state`, the
+/// webhook by its signature: each handler checks before it acts.
+async fn public(req: &mut Request, env: &Env, route: PublicRoute) -> Result<Response, ApiError> {
     match route {
         PublicRoute::Health => Ok(json_text(200, r#"{"status":"ok"}"#.to_owned())),
         PublicRoute::OpenApi => raw_json(gastown_core::openapi::DOCUMENT),
+        PublicRoute::GithubInstalled => integrations::github_installed(req, env).await,
+        PublicRoute::GitlabCallback => integrations::gitlab_callback(req, env).await,
+        PublicRoute::GithubWebhook => integrations::github_webhook(req, env).await,
     }
 }
 
@@ -139,6 +144,7 @@ async fn user_route(
                 OwnedAction::CreateRig => owned::create_rig(req, env, &owner).await,
                 OwnedAction::GetRig(rig) => owned::get_rig(env, &owner, rig).await,
                 OwnedAction::DeleteRig(rig) => owned::delete_rig(env, &owner, rig).await,
+                OwnedAction::ListIntegrations => integrations::list(env, &owner).await,
             }
         }
         UserRoute::Town { town, action } => {
@@ -159,6 +165,18 @@ async fn user_route(
                 TownAction::EnsureMayor => town::ensure_mayor(env, &town).await,
             }
         }
+        UserRoute::Integration(action) => match action {
+            IntegrationAction::GithubInstall => {
+                integrations::github_install(req, env, claims).await
+            }
+            IntegrationAction::GitlabConnect => {
+                integrations::gitlab_connect(req, env, claims).await
+            }
+            IntegrationAction::Repositories(id) => {
+                integrations::repositories(req, env, claims, &id).await
+            }
+            IntegrationAction::Delete(id) => integrations::delete(env, claims, &id).await,
+        },
     }
 }
 
@@ -172,6 +190,7 @@ async fn container_route(
         ContainerRoute::AgentHeartbeat { .. } => container::heartbeat(env, caller).await,
         ContainerRoute::MayorRigs { .. } => container::mayor_rigs(env, caller).await,
         ContainerRoute::SandboxToken { .. } => container::sandbox_token(env, caller).await,
+        ContainerRoute::GitToken { .. } => integrations::container_git_token(env, caller).await,
     }
 }
 
@@ -182,6 +201,7 @@ async fn internal_route(
 ) -> Result<Response, ApiError> {
     match route {
         InternalRoute::SandboxToken { town } => internal::sandbox_token(env, &town).await,
+        InternalRoute::RigGitToken { rig } => integrations::internal_git_token(env, &rig).await,
         #[cfg(feature = "test-hooks")]
         InternalRoute::RegisterAgent { town } => internal::register_agent(req, env, &town).await,
         InternalRoute::TownHealth { town } => internal::town_health(env, &town).await,

@@ -8,11 +8,12 @@
 use crate::config::{self, new_id};
 use crate::dos::owner::{self as owner_do, OwnerStub};
 use crate::dos::town;
+use crate::handlers::integrations;
 use crate::http::{json, json_reply, page, read_json_body};
 use crate::rig_index;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId, UserId};
-use gastown_core::model::{NewRig, NewTown, Owner, Rig, Town};
+use gastown_core::model::{NewRig, NewTown, Owner, Rig, RigSource, Town};
 use gastown_core::protocol::owner as o;
 use gastown_core::protocol::town as t;
 use gastown_core::time::rfc3339;
@@ -90,14 +91,41 @@ pub async fn delete_town(env: &Env, owner: &Owner, town_id: TownId) -> Handled {
 pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled {
     let new = NewRig::parse(&read_json_body(req).await?)?;
     let id = RigId::parse(&new_id()?).map_err(ApiError::internal)?;
-    let rig = Rig::new(id, new, rfc3339(config::now_ms()));
     let owner_stub = stub(env, owner)?;
     let town = owner_stub
         .call(o::GetTown {
-            town_id: rig.town_id.clone(),
+            town_id: new.town_id.clone(),
         })
         .await?
         .parse()?;
+    let created_at = rfc3339(config::now_ms());
+    let rig = match &new.source {
+        RigSource::Url {
+            platform_integration_id,
+            ..
+        } => {
+            if let Some(integration_id) = platform_integration_id {
+                integrations::check_rig_integration(env, owner, integration_id).await?;
+            }
+            Rig::new(id, new, created_at)?
+        }
+        RigSource::Integration {
+            integration_id,
+            repo,
+        } => {
+            // The integration must be the town owner's (the route's owner is the town's).
+            let found = integrations::repository_for_rig(env, owner, integration_id, repo).await?;
+            let integration_id = integration_id.clone();
+            Rig::from_repository(
+                id,
+                new,
+                integration_id,
+                found.git_url,
+                found.default_branch,
+                created_at,
+            )
+        }
+    };
     let rig = owner_stub.call(o::AddRig { rig }).await?;
     let town_stub = town::stub(env, &rig.town_id)?;
     let registered = match town_stub.call(t::AddRig { rig: rig.clone() }).await {
@@ -131,9 +159,23 @@ pub async fn list_rigs(req: &Request, env: &Env, owner: &Owner, town_id: TownId)
     Ok(json_reply(200, rigs))
 }
 
+/// The rig, with what it shows of its integration (`integration: null` without one).
 pub async fn get_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
-    let rig = stub(env, owner)?.call(o::GetRig { rig_id }).await?;
-    Ok(json_reply(200, rig))
+    let rig = stub(env, owner)?
+        .call(o::GetRig { rig_id })
+        .await?
+        .parse()?;
+    let integration = match rig.platform_integration_id.as_deref() {
+        Some(id) => integrations::summary(env, id).await?,
+        None => None,
+    };
+    #[derive(Serialize)]
+    struct WithIntegration {
+        #[serde(flatten)]
+        rig: Rig,
+        integration: Option<gastown_core::integrations::IntegrationSummary>,
+    }
+    Ok(json(200, &WithIntegration { rig, integration }))
 }
 
 pub async fn delete_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {

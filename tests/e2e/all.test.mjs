@@ -1,7 +1,9 @@
 // End-to-end suite: one worker for the whole run (restarted once, on the same persist dir, by
 // the persistence test at the end). Suites live beside this file and share `ctx`.
 import { before, after } from "node:test";
-import { startWorker, startControlServer, makePersistDir, removePersistDir, migrateD1, client } from "./harness.mjs";
+import { createPublicKey } from "node:crypto";
+import { startWorker, startControlServer, makePersistDir, removePersistDir, migrateD1, client, secrets } from "./harness.mjs";
+import { startGitPlatforms } from "./standins/git_platforms.mjs";
 import personal from "./personal.mjs";
 import auth from "./auth.mjs";
 import badInput from "./bad_input.mjs";
@@ -13,6 +15,7 @@ import lifecycle from "./lifecycle.mjs";
 import hardening from "./hardening.mjs";
 import security from "./security.mjs";
 import gateway from "./gateway.mjs";
+import integrations from "./integrations.mjs";
 
 // Alarms every second, a 2-second container-token throttle and a 2-second rotation grace, so
 // the tests watch the main loop, the watchdog, token refresh and revocation happen in seconds
@@ -31,7 +34,15 @@ const ctx = {
   persistDir: makePersistDir(),
   worker: null,
   control: null,
-  vars: () => ({ ...VARS, CONTAINER_CONTROL_URL: ctx.control.url }),
+  platforms: null,
+  vars: () => ({
+    ...VARS,
+    CONTAINER_CONTROL_URL: ctx.control.url,
+    // GitHub and GitLab are the stand-in (tests/e2e/standins/git_platforms.mjs).
+    GITHUB_API_URL: ctx.platforms.url,
+    GITHUB_WEB_URL: ctx.platforms.url,
+    GITLAB_URL: ctx.platforms.url,
+  }),
   async restart() {
     await ctx.worker.stop();
     ctx.worker = await startWorker({ persistDir: ctx.persistDir, vars: ctx.vars() });
@@ -42,12 +53,20 @@ ctx.call = client(() => ctx.worker.url);
 before(async () => {
   migrateD1(ctx.persistDir);
   ctx.control = await startControlServer();
+  ctx.platforms = await startGitPlatforms({
+    appId: secrets.GITHUB_APP_ID,
+    // The dev App key is one line with \n escapes; its public half verifies the App JWTs.
+    publicKeyPem: createPublicKey(secrets.GITHUB_APP_PRIVATE_KEY.replace(/\\n/g, "\n")).export({ type: "spki", format: "pem" }),
+    gitlabClientId: secrets.GITLAB_CLIENT_ID,
+    gitlabClientSecret: secrets.GITLAB_CLIENT_SECRET,
+  });
   ctx.worker = await startWorker({ persistDir: ctx.persistDir, vars: ctx.vars() });
 });
 
 after(async () => {
   await ctx.worker?.stop();
   ctx.control?.stop();
+  await ctx.platforms?.stop();
   removePersistDir(ctx.persistDir);
 });
 
@@ -60,5 +79,6 @@ container(ctx);
 hardening(ctx);
 security(ctx);
 gateway(ctx);
+integrations(ctx);
 fuzz(ctx);
 lifecycle(ctx);

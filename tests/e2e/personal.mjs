@@ -69,17 +69,23 @@ export default function personal(ctx) {
         { ...rig, id: undefined, created_at: undefined },
         { id: undefined, created_at: undefined, town_id: town.id, name: "web-app", git_url: "https://github.com/acme/web-app.git", default_branch: "main", platform_integration_id: null },
       );
+      const unknownIntegration = await ctx.call("POST", `/api/users/${user}/rigs`, {
+        token,
+        body: { town_id: town.id, name: "api", git_url: "git@github.com:acme/api.git", platform_integration_id: "pi-1" },
+      });
+      assert.equal(unknownIntegration.status, 422, "an integration id must name one of the owner's integrations");
+      assert.equal(unknownIntegration.body.error.field, "platform_integration_id");
       const other = await ctx.call("POST", `/api/users/${user}/rigs`, {
         token,
-        body: { town_id: town.id, name: "api", git_url: "git@github.com:acme/api.git", default_branch: "develop", platform_integration_id: "pi-1" },
+        body: { town_id: town.id, name: "api", git_url: "git@github.com:acme/api.git", default_branch: "develop" },
       });
       assert.equal(other.status, 201);
       assert.equal(other.body.default_branch, "develop");
-      assert.equal(other.body.platform_integration_id, "pi-1");
+      assert.equal(other.body.platform_integration_id, null);
 
       const list = await ctx.call("GET", `/api/users/${user}/towns/${town.id}/rigs`, { token });
       assert.deepEqual(list.body.map((r) => r.name), ["web-app", "api"]);
-      assert.deepEqual((await ctx.call("GET", `/api/users/${user}/rigs/${rig.id}`, { token })).body, rig);
+      assert.deepEqual((await ctx.call("GET", `/api/users/${user}/rigs/${rig.id}`, { token })).body, { ...rig, integration: null });
 
       const health = await ctx.call("GET", `/api/internal/towns/${town.id}/health`, { headers: { "x-internal-api-key": internalKey() } });
       assert.equal(health.body.rig_count, 2, "the town DO's rig registry follows the owner's");

@@ -46,6 +46,30 @@
 //!
 //! Each file is replaced atomically. No token is ever logged.
 //!
+//! # Git credentials for agents
+//!
+//! No token is ever baked into a git remote: agents' git asks a credential helper for one per
+//! operation. On every `POST /refresh-token` the server also writes, in the town's directory,
+//!
+//! * `.container-token`: the container token and a newline, mode 0600 (agents of the town
+//!   call the worker with it anyway; the helper, a child of git and not of this server, reads
+//!   it from here). A token with characters no token has is refused (400);
+//! * `gitconfig` (when missing or different): a `[credential]` section that clears the
+//!   helpers of the system's config, names `<this executable> git-credential --workdir
+//!   <workdir> --town <town> [--worker-url <worker>]` as the helper (a `!` shell command,
+//!   each word single-quoted, the whole double-quoted for git's config) and sets
+//!   `useHttpPath = true`. No token lives in it.
+//!
+//! An agent session points `GIT_CONFIG_GLOBAL` at `<workdir>/<town>/gitconfig` and sets
+//! `GASTOWN_RIG_ID` to its rig; then every `git fetch`/`git push` over HTTPS runs
+//! `gastown-control git-credential get`, which hands git the rig's token from the cache
+//! `<workdir>/<town>/.git-tokens/<rig>.json` while it has more than 5 minutes to live, and
+//! otherwise fetches a new one from the worker (`POST <worker>/api/towns/<town>/rigs/<rig>/
+//! git-token`, with the container token). `gastown-control git-token` prints the same token
+//! alone, for `GIT_TOKEN=$(gastown-control git-token)`. Both subcommands exist in both server
+//! binaries and never need or read the server's credential. [`git_credential`] states the
+//! rules. `POST /stop` removes `.container-token`, `.env.gateway` and `.git-tokens/`.
+//!
 //! # The gateway token's self-refresh
 //!
 //! The gateway token (`KILO_JWT`, a sandbox token of 24 h) must not lapse while the town runs,
@@ -78,6 +102,7 @@
 //! binary `gastown-control` answers 404 there.
 
 pub mod gateway;
+pub mod git_credential;
 mod http;
 mod self_refresh;
 pub mod workdir;
@@ -243,6 +268,9 @@ pub struct Config {
     pub worker_url: Option<String>,
     /// How often the self-refresh wakes.
     pub gateway_refresh: Duration,
+    /// The executable each town's gitconfig names as git's credential helper (this one's
+    /// `git-credential` subcommand); `None` writes no gitconfig.
+    pub credential_helper: Option<PathBuf>,
 }
 
 /// Command-line options.
@@ -266,10 +294,16 @@ pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080]
   --allowed-host replaces the default list (container, localhost, 127.0.0.1, [::1]).
   --workdir (or GASTOWN_WORKDIR): each town's files go to DIR/<townId>/, rewritten on every
     sync-config: settings/config.json, <rigId>/settings/config.json and .env.gateway
-    (KILO_JWT=<token>, mode 0600). Created if missing.
+    (KILO_JWT=<token>, mode 0600); on every refresh-token: .container-token (<token>, mode
+    0600) and gitconfig (git's credential helper for agent sessions). stop removes
+    .env.gateway, .container-token and .git-tokens/. Created if missing.
   --worker-url (or GASTOWN_WORKER_URL): the worker's origin, http:// or https://. With it,
     every --gateway-refresh-ms (at least 100; default 12 h) each town's gateway token is
-    renewed from POST URL/api/towns/<townId>/sandbox-token with the town's container token.";
+    renewed from POST URL/api/towns/<townId>/sandbox-token with the town's container token.
+subcommands (no server credential needed; see `gastown-control git-credential --help`):
+  gastown-control git-credential [--worker-url URL] [--town ID] [--rig ID] [--workdir DIR]
+    <get|store|erase>     git's credential helper for the rig's repository
+  gastown-control git-token [same options]     prints the rig's current git token";
 
 impl Options {
     /// Parses the arguments after the program name, with no fallback from the environment.
@@ -398,9 +432,16 @@ fn worker_origin(url: &str) -> Result<String, String> {
 /// The whole program: takes the credential out of the environment, parses the arguments,
 /// listens and serves until killed. Returns the exit code on failure to start.
 pub fn cli_main(build: Build) -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The git credential helper runs as a child of an agent's git, never with the server's
+    // credential, and must neither need it nor touch it.
+    if let Some(sub) = args.first().map(String::as_str).filter(|a| {
+        *a == workdir::GIT_CREDENTIAL_SUBCOMMAND || *a == git_credential::GIT_TOKEN_SUBCOMMAND
+    }) {
+        return git_credential::cli_main(sub, &args[1..]);
+    }
     // First, while this is the only thread: nothing started later inherits the credential.
     let auth = Auth::take_from_env();
-    let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return 0;
@@ -460,6 +501,13 @@ pub fn cli_main(build: Build) -> i32 {
         "gastown-control: town files in {}; {renewal}",
         workdir.display()
     );
+    let credential_helper = match std::env::current_exe() {
+        Ok(exe) => Some(exe),
+        Err(e) => {
+            eprintln!("gastown-control: no gitconfig for agents (own path unknown: {e})");
+            None
+        }
+    };
     let config = Config {
         auth,
         allowed_hosts: opts.allowed_hosts,
@@ -468,6 +516,7 @@ pub fn cli_main(build: Build) -> i32 {
         workdir,
         worker_url: opts.worker_url,
         gateway_refresh: opts.gateway_refresh,
+        credential_helper,
     };
     match serve(listener, config) {
         Ok(()) => 0,
@@ -727,17 +776,46 @@ fn handle(shared: &Shared, route: &Route, town: &str, body: &[u8]) -> Reply {
     result.unwrap_or_else(|e| e)
 }
 
+/// Takes the town's new container token: kept in memory (for the self-refresh) and written
+/// to its file (for the git credential helper), with the town's gitconfig brought up to date.
 fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
     let req: RefreshTokenBody = parse(body)?;
     same_town(&req.town_id, town)?;
     if req.token.is_empty() {
         return Err(error(400, "token is required"));
     }
+    // It becomes a line of a file and an `authorization` header.
+    if !workdir::is_plain_token(&req.token) {
+        return Err(error(400, "token holds characters a token does not"));
+    }
+    let dir = shared.town_dir(town)?;
+    let gitconfig = shared.config.credential_helper.as_deref().and_then(|exe| {
+        let text = workdir::gitconfig_text(
+            exe,
+            &shared.config.workdir,
+            town,
+            shared.config.worker_url.as_deref(),
+        );
+        if text.is_none() {
+            eprintln!("gastown-control: no gitconfig for town {town}: a path git cannot carry");
+        }
+        text
+    });
     let mut state = shared.state();
     #[cfg(feature = "debug-routes")]
     if state.fail.refresh_token {
         return Err(error(503, "refresh-token failing on purpose"));
     }
+    workdir::write_container_token(&dir, &req.token)
+        .and_then(|()| match &gitconfig {
+            Some(text) => workdir::write_gitconfig(&dir, text),
+            None => Ok(()),
+        })
+        .map_err(|e| {
+            // The error names a path at most, never a file's content.
+            eprintln!("gastown-control: cannot write the files of town {town}: {e}");
+            error(500, "cannot write the town's files")
+        })?;
     let entry = state.towns.entry(req.town_id).or_default();
     entry.token = Some(req.token);
     entry.token_updates += 1;
@@ -749,11 +827,20 @@ fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Repl
 }
 
 /// The town's container stops: what it held (token, env) is gone, as it would be with the
-/// container.
+/// container, and so are the credentials in its files (container token, gateway env, git
+/// token cache), whether or not this process knew the town (it may have restarted since).
 fn stop(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
     let req: StopBody = parse(body)?;
     same_town(&req.town_id, town)?;
-    let stopped = shared.state().towns.remove(&req.town_id).is_some();
+    let mut state = shared.state();
+    let stopped = state.towns.remove(&req.town_id).is_some();
+    // A town id that names no directory has no files.
+    if let Ok(dir) = shared.town_dir(town) {
+        workdir::remove_credentials(&dir).map_err(|e| {
+            eprintln!("gastown-control: cannot remove the credentials of town {town}: {e}");
+            error(500, "cannot remove the town's credentials")
+        })?;
+    }
     Ok((200, json!({ "ok": true, "stopped": stopped })))
 }
 

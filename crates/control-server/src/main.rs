@@ -6,6 +6,9 @@
 //! [--worker-url URL] [--gateway-refresh-ms 43200000]` (or `GASTOWN_CONTROL_KEY=…` to serve
 //! every town, as local dev does; `GASTOWN_WORKDIR` and `GASTOWN_WORKER_URL` stand in for the
 //! two options).
+//!
+//! `gastown-control git-credential <get|store|erase>` and `gastown-control git-token` are the
+//! git credential helper of agent sessions (see the library docs); they need no credential.
 
 fn main() {
     std::process::exit(gastown_control::cli_main(

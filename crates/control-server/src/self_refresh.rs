@@ -31,8 +31,9 @@ use std::time::Duration;
 const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a wake with a failure, the next comes this soon (or at the interval, if sooner).
 pub(crate) const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5 * 60);
-/// Largest answer read from the worker (an `IssuedToken` is well under 2 KiB).
-const MAX_ANSWER_BYTES: u64 = 64 * 1024;
+/// Largest answer read from the worker (an `IssuedToken` or a `GitTokenReply` is well under
+/// 2 KiB).
+pub(crate) const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
 /// One town's self-refresh so far.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +77,7 @@ fn next_wake(interval: Duration, failed: bool) -> Duration {
 
 /// The HTTP client: one deadline for the whole call, statuses as answers (not errors), and
 /// no redirect, so the container token is only ever sent to the configured worker.
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(WORKER_TIMEOUT))
         .http_status_as_error(false)

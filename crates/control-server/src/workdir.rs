@@ -4,7 +4,15 @@
 //! <workdir>/<town>/settings/config.json          the town's AgentSettings
 //! <workdir>/<town>/<rig>/settings/config.json    one per rig of the town
 //! <workdir>/<town>/.env.gateway                  KILO_JWT=<token>\n   (mode 0600)
+//! <workdir>/<town>/.container-token              <container token>\n (mode 0600)
+//! <workdir>/<town>/gitconfig                     [credential] helper = gastown-control …
+//! <workdir>/<town>/.git-tokens/<rig>.json        {"token","expires_at","source"} (0600; dir 0700)
 //! ```
+//!
+//! The server writes the first five; the git credential helper (`gastown-control
+//! git-credential`, a child of git in an agent's session) writes the git token cache.
+//! `/stop` removes the credentials (`.env.gateway`, `.container-token`, `.git-tokens/`) and
+//! leaves the rest.
 //!
 //! Invariants:
 //!
@@ -16,10 +24,14 @@
 //!   of its directory (`/`, `\`, `..`, a leading `.`) is refused, and a rig named like the
 //!   town's own `settings` directory too;
 //! * the gateway file holds one line whose value is a plain token (JWT characters only), so a
-//!   shell that sources it runs nothing else.
+//!   shell that sources it runs nothing else; so does the container token file, whose one
+//!   line goes into an `authorization` header;
+//! * the gitconfig names no token, only the helper that fetches one per git operation.
 
 use gastown_core::agent_settings::{AgentSettings, SettingsFiles};
-use gastown_core::control::{GATEWAY_ENV_FILE, GATEWAY_TOKEN_ENV, SETTINGS_FILE};
+use gastown_core::control::{
+    GitTokenReply, CONTAINER_TOKEN_FILE, GATEWAY_ENV_FILE, GATEWAY_TOKEN_ENV, SETTINGS_FILE,
+};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -34,6 +46,20 @@ pub const MAX_RIG_ID_LEN: usize = 128;
 const SETTINGS_MODE: u32 = 0o644;
 /// Mode of the gateway env file: it holds a credential.
 const GATEWAY_ENV_MODE: u32 = 0o600;
+/// Mode of every other file holding a credential (container token, git token cache).
+const SECRET_MODE: u32 = 0o600;
+/// Mode of the git token cache's directory.
+const SECRET_DIR_MODE: u32 = 0o700;
+/// Largest git token cache file read back (one is well under 1 KiB).
+const MAX_CACHE_BYTES: u64 = 64 * 1024;
+
+/// The directory, in a town's, of the git token cache: one `<rig>.json` per rig.
+pub const GIT_TOKENS_DIR: &str = ".git-tokens";
+/// The git config file, in a town's directory, that agent sessions name in
+/// `GIT_CONFIG_GLOBAL`.
+pub const GITCONFIG_FILE: &str = "gitconfig";
+/// The subcommand of `gastown-control` that git runs as its credential helper.
+pub const GIT_CREDENTIAL_SUBCOMMAND: &str = "git-credential";
 
 /// `<root>/<town>`, or `None` for a town id that could name another directory.
 #[must_use]
@@ -139,6 +165,193 @@ pub fn write_gateway_env(town_dir: &Path, token: Option<&str>) -> io::Result<()>
         ),
         None => remove_if_present(&path),
     }
+}
+
+/// Writes `<token>\n` to the town's container token file (mode 0600). The token must pass
+/// [`is_plain_token`].
+///
+/// # Errors
+/// A filesystem failure, or `InvalidInput` for a token that is not plain.
+pub fn write_container_token(town_dir: &Path, token: &str) -> io::Result<()> {
+    if !is_plain_token(token) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the container token holds characters a token does not",
+        ));
+    }
+    write_atomic(
+        &town_dir.join(CONTAINER_TOKEN_FILE),
+        format!("{token}\n").as_bytes(),
+        SECRET_MODE,
+    )
+}
+
+/// The town's container token as [`write_container_token`] left it.
+///
+/// # Errors
+/// A filesystem failure (`NotFound` when the town has none), or `InvalidData` for a file that
+/// does not hold one plain token.
+pub fn read_container_token(town_dir: &Path) -> io::Result<String> {
+    let text = fs::read_to_string(town_dir.join(CONTAINER_TOKEN_FILE))?;
+    let token = text.strip_suffix('\n').unwrap_or(&text);
+    if is_plain_token(token) {
+        Ok(token.to_owned())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the container token file does not hold a token",
+        ))
+    }
+}
+
+/// Removes what the town's directory holds of credentials: the gateway env file, the
+/// container token file and the git token cache. The settings files and the gitconfig stay.
+///
+/// # Errors
+/// The first filesystem failure other than a file already gone.
+pub fn remove_credentials(town_dir: &Path) -> io::Result<()> {
+    remove_if_present(&town_dir.join(GATEWAY_ENV_FILE))?;
+    remove_if_present(&town_dir.join(CONTAINER_TOKEN_FILE))?;
+    let cache = town_dir.join(GIT_TOKENS_DIR);
+    match fs::symlink_metadata(&cache) {
+        // `remove_dir_all` removes a symbolic link inside it, never what the link names.
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&cache),
+        Ok(_) => fs::remove_file(&cache),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `<town>/.git-tokens/<rig>.json`. The rig id must be a plain id (the caller checks it).
+#[must_use]
+pub fn git_token_cache_path(town_dir: &Path, rig: &str) -> PathBuf {
+    town_dir.join(GIT_TOKENS_DIR).join(format!("{rig}.json"))
+}
+
+/// The cached git token of a rig, `None` when there is none or the file is not one (a file
+/// that cannot be used is as good as none: the caller fetches a new token).
+#[must_use]
+pub fn read_git_token_cache(town_dir: &Path, rig: &str) -> Option<GitTokenReply> {
+    let path = git_token_cache_path(town_dir, rig);
+    let meta = fs::symlink_metadata(&path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_CACHE_BYTES {
+        return None;
+    }
+    let cached: GitTokenReply = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
+    is_plain_token(&cached.token).then_some(cached)
+}
+
+/// Caches a rig's git token: the file (mode 0600) is replaced atomically, in a directory of
+/// mode 0700. The token must pass [`is_plain_token`].
+///
+/// # Errors
+/// A filesystem failure, or `InvalidInput` for a token that is not plain.
+pub fn write_git_token_cache(town_dir: &Path, rig: &str, reply: &GitTokenReply) -> io::Result<()> {
+    if !is_plain_token(&reply.token) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the git token holds characters a token does not",
+        ));
+    }
+    private_dir(&town_dir.join(GIT_TOKENS_DIR))?;
+    let json = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    write_atomic(&git_token_cache_path(town_dir, rig), &json, SECRET_MODE)
+}
+
+/// Removes a rig's cached git token, if any.
+///
+/// # Errors
+/// A filesystem failure other than the file being gone already.
+pub fn remove_git_token_cache(town_dir: &Path, rig: &str) -> io::Result<()> {
+    remove_if_present(&git_token_cache_path(town_dir, rig))
+}
+
+/// Creates `dir` (mode 0700) if missing, replacing anything there that is not a real
+/// directory, and takes its mode down to 0700 if it is more open.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        fs::remove_file(dir)?;
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, SECRET_DIR_MODE);
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if fs::metadata(dir)?.permissions().mode() & 0o777 != SECRET_DIR_MODE {
+            fs::set_permissions(dir, fs::Permissions::from_mode(SECRET_DIR_MODE))?;
+        }
+    }
+    Ok(())
+}
+
+/// The town's gitconfig: a `[credential]` section that first clears any helper named by the
+/// system's config (so no `store` helper ever writes a token to disk), then names `exe`'s
+/// `git-credential` subcommand with the work directory, the town and (when known) the
+/// worker's origin, so an agent session needs only `GIT_CONFIG_GLOBAL` and `GASTOWN_RIG_ID`.
+/// `useHttpPath` makes git pass the repository's path too.
+///
+/// `None` when a path or id holds a character git's config or the shell cannot carry
+/// (a control character, not UTF-8).
+#[must_use]
+pub fn gitconfig_text(
+    exe: &Path,
+    workdir: &Path,
+    town: &str,
+    worker_url: Option<&str>,
+) -> Option<String> {
+    let mut words = vec![
+        exe.to_str()?,
+        GIT_CREDENTIAL_SUBCOMMAND,
+        "--workdir",
+        workdir.to_str()?,
+        "--town",
+        town,
+    ];
+    if let Some(url) = worker_url {
+        words.extend(["--worker-url", url]);
+    }
+    if words.iter().any(|w| w.chars().any(char::is_control)) {
+        return None;
+    }
+    // git runs a helper starting with `!` through the shell, with the action appended.
+    let command: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+    let helper = format!("!{}", command.join(" "));
+    Some(format!(
+        "# Written by gastown-control for town {town} (kept up to date on each token refresh).\n\
+         # No token lives here: git asks the helper for one per operation.\n\
+         [credential]\n\
+         \thelper =\n\
+         \thelper = {}\n\
+         \tuseHttpPath = true\n",
+        git_config_quote(&helper)
+    ))
+}
+
+/// `word` in single quotes for a POSIX shell.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// `value` as a double-quoted git config value.
+fn git_config_quote(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', r"\\").replace('"', r#"\""#))
+}
+
+/// Writes the town's gitconfig when it is missing or differs from `text`.
+///
+/// # Errors
+/// A filesystem failure.
+pub fn write_gitconfig(town_dir: &Path, text: &str) -> io::Result<()> {
+    let path = town_dir.join(GITCONFIG_FILE);
+    if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+        && fs::read(&path).is_ok_and(|old| old == text.as_bytes())
+    {
+        return Ok(());
+    }
+    write_atomic(&path, text.as_bytes(), SETTINGS_MODE)
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {
@@ -326,6 +539,91 @@ mod tests {
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
         fs::remove_dir_all(&dir).unwrap();
         fs::remove_dir_all(&elsewhere).unwrap();
+    }
+
+    #[test]
+    fn container_token_file_is_one_plain_line() {
+        let dir = temp_dir("ctok");
+        write_container_token(&dir, "c.t-1").unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join(CONTAINER_TOKEN_FILE)).unwrap(),
+            "c.t-1\n"
+        );
+        assert_eq!(read_container_token(&dir).unwrap(), "c.t-1");
+        let refused = write_container_token(&dir, "a\nb").unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
+        fs::write(dir.join(CONTAINER_TOKEN_FILE), "a b\n").unwrap();
+        assert_eq!(
+            read_container_token(&dir).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn removing_the_credentials_never_follows_a_link() {
+        let dir = temp_dir("creds");
+        let elsewhere = temp_dir("creds-elsewhere");
+        fs::write(elsewhere.join("keep.json"), "{}").unwrap();
+        write_container_token(&dir, "c").unwrap();
+        write_gateway_env(&dir, Some("g")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(GIT_TOKENS_DIR)).unwrap();
+        remove_credentials(&dir).unwrap();
+        assert!(!dir.join(CONTAINER_TOKEN_FILE).exists());
+        assert!(!dir.join(GATEWAY_ENV_FILE).exists());
+        assert!(fs::symlink_metadata(dir.join(GIT_TOKENS_DIR)).is_err());
+        assert!(elsewhere.join("keep.json").exists());
+        // Nothing left to remove is fine.
+        remove_credentials(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&elsewhere).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_git_token_cache_is_private_even_in_an_open_directory() {
+        use gastown_core::control::GitTokenSource;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("cache");
+        fs::create_dir_all(dir.join(GIT_TOKENS_DIR)).unwrap();
+        fs::set_permissions(dir.join(GIT_TOKENS_DIR), fs::Permissions::from_mode(0o755)).unwrap();
+        let reply = GitTokenReply {
+            token: "ghs_1".into(),
+            expires_at: 5,
+            source: GitTokenSource::TownConfig,
+        };
+        write_git_token_cache(&dir, "r", &reply).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join(GIT_TOKENS_DIR)), 0o700);
+        assert_eq!(mode(&git_token_cache_path(&dir, "r")), 0o600);
+        assert_eq!(read_git_token_cache(&dir, "r"), Some(reply));
+        assert_eq!(read_git_token_cache(&dir, "other"), None);
+        remove_git_token_cache(&dir, "r").unwrap();
+        assert_eq!(read_git_token_cache(&dir, "r"), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_gitconfig_quotes_for_git_and_the_shell() {
+        let text = gitconfig_text(
+            Path::new("/opt/it's \"here\"/gastown-control"),
+            Path::new("/w"),
+            "t",
+            None,
+        )
+        .unwrap();
+        assert!(
+            text.contains(
+                r#"helper = "!'/opt/it'\\''s \"here\"/gastown-control' 'git-credential' '--workdir' '/w' '--town' 't'""#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\thelper =\n"),
+            "the system's helpers are cleared"
+        );
+        assert!(gitconfig_text(Path::new("/a"), Path::new("/w\tx"), "t", None).is_none());
     }
 
     #[test]

@@ -69,6 +69,51 @@ pub const SETTINGS_FILE: &str = "settings/config.json";
 /// The stand-in gateway's one model route, as the Kilo gateway names it.
 pub const GATEWAY_CHAT_PATH: &str = "/api/gateway/chat/completions";
 
+/// The file, in the town's work directory, holding the container token the control server was
+/// last given (mode 0600): agent processes of the town authenticate to the worker with it, and
+/// the git credential helper reads it.
+pub const CONTAINER_TOKEN_FILE: &str = ".container-token";
+/// A git token is reused until this long before its expiry, then fetched again.
+pub const GIT_TOKEN_REUSE_MARGIN_SECS: i64 = 300;
+
+/// Where a git token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GitTokenSource {
+    /// A GitHub App installation token scoped to the rig's repository.
+    GithubApp,
+    /// A GitLab OAuth access token of the rig's integration.
+    GitlabOauth,
+    /// The town's manual `git_auth` token for the repository's host.
+    TownConfig,
+}
+
+impl GitTokenSource {
+    /// The username git sends with the token over HTTPS for this source.
+    #[must_use]
+    pub fn git_username(self) -> &'static str {
+        match self {
+            GitTokenSource::GithubApp | GitTokenSource::TownConfig => "x-access-token",
+            GitTokenSource::GitlabOauth => "oauth2",
+        }
+    }
+}
+
+/// The answer of both git-token routes: a token for one rig's repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitTokenReply {
+    pub token: String,
+    /// Seconds since the epoch.
+    pub expires_at: i64,
+    pub source: GitTokenSource,
+}
+
+/// The worker route where a town's container gets a git token for one of its rigs.
+#[must_use]
+pub fn git_token_path(town_id: &str, rig_id: &str) -> String {
+    format!("/api/towns/{town_id}/rigs/{rig_id}/git-token")
+}
+
 /// The worker route where a container exchanges its container token for a fresh gateway
 /// token; answers `protocol::town::IssuedToken` (`{token, expires_at}`, seconds).
 #[must_use]
@@ -180,6 +225,21 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<SyncConfigBody>(&json).unwrap(), body);
         assert!(serde_json::from_str::<SyncConfigBody>(r#"{"townId":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn git_token_reply_is_pinned() {
+        let reply = GitTokenReply {
+            token: "ghs_x".into(),
+            expires_at: 1_700_000_000,
+            source: GitTokenSource::GithubApp,
+        };
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            r#"{"token":"ghs_x","expires_at":1700000000,"source":"github_app"}"#
+        );
+        assert_eq!(GitTokenSource::GitlabOauth.git_username(), "oauth2");
+        assert_eq!(git_token_path("t", "r"), "/api/towns/t/rigs/r/git-token");
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub enum ApiError {
     Conflict(String),
     /// The town is stopped; start it first (409 `town_stopped`).
     TownStopped,
+    /// A rig's integration cannot serve it (409); the code says why: `integration_suspended`,
+    /// `integration_revoked` or `integration_missing`. Never a stale token, never a fallback.
+    IntegrationUnavailable(&'static str),
+    /// Neither the rig's integration nor the town's `git_auth` has a token for the repository
+    /// (404 `no_git_credentials`).
+    NoGitCredentials,
     /// A per-owner or per-town limit is reached (409); `limit` names the setting.
     QuotaExceeded { limit: &'static str, max: u64 },
     /// The resource existed and is gone for good (410).
@@ -65,9 +71,12 @@ impl ApiError {
             ApiError::InvalidJson(_) | ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized(_) | ApiError::TokenRevoked => 401,
             ApiError::Forbidden(_) => 403,
-            ApiError::NotFound(_) => 404,
+            ApiError::NotFound(_) | ApiError::NoGitCredentials => 404,
             ApiError::MethodNotAllowed => 405,
-            ApiError::Conflict(_) | ApiError::TownStopped | ApiError::QuotaExceeded { .. } => 409,
+            ApiError::Conflict(_)
+            | ApiError::TownStopped
+            | ApiError::IntegrationUnavailable(_)
+            | ApiError::QuotaExceeded { .. } => 409,
             ApiError::Gone(_) => 410,
             ApiError::PayloadTooLarge => 413,
             ApiError::UnsupportedMediaType => 415,
@@ -88,6 +97,8 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::TokenRevoked => "token_revoked",
             ApiError::TownStopped => "town_stopped",
+            ApiError::IntegrationUnavailable(code) => code,
+            ApiError::NoGitCredentials => "no_git_credentials",
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::Gone(_) => "gone",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -115,6 +126,12 @@ impl ApiError {
                 format!("the limit {limit} ({max}) is reached")
             }
             ApiError::TownStopped => "the town is stopped; start it first".to_owned(),
+            ApiError::IntegrationUnavailable(code) => format!(
+                "the rig's integration cannot give a token ({code}); reconnect it or change the rig"
+            ),
+            ApiError::NoGitCredentials => {
+                "no integration or town git_auth token covers this repository".to_owned()
+            }
             ApiError::MethodNotAllowed => "method not allowed on this path".to_owned(),
             ApiError::PayloadTooLarge => "request body is too large".to_owned(),
             ApiError::UnsupportedMediaType => "request body must be application/json".to_owned(),

@@ -102,6 +102,10 @@ id_type!(
     /// An agent running in a town's container.
     AgentId
 );
+id_type!(
+    /// A platform integration (a GitHub App installation or a GitLab connection).
+    IntegrationId
+);
 
 /// Formats 16 random bytes as a lowercase RFC 4122 version-4 UUID.
 pub fn uuid_v4(mut bytes: [u8; 16]) -> String {

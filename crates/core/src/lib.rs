@@ -13,6 +13,7 @@ pub mod body;
 pub mod control;
 pub mod error;
 pub mod ids;
+pub mod integrations;
 pub mod model;
 pub mod openapi;
 pub mod page;

@@ -269,14 +269,49 @@ pub struct Rig {
 }
 
 impl Rig {
-    pub fn new(id: RigId, new: NewRig, created_at: String) -> Self {
+    /// A rig from a body whose repository is a URL given by hand.
+    ///
+    /// # Errors
+    /// Internal, for a body whose repository comes from an integration: the worker must resolve
+    /// that first ([`Rig::from_repository`]).
+    pub fn new(id: RigId, new: NewRig, created_at: String) -> Result<Self, ApiError> {
+        match new.source {
+            RigSource::Url {
+                git_url,
+                platform_integration_id,
+            } => Ok(Rig {
+                id,
+                town_id: new.town_id,
+                name: new.name,
+                git_url,
+                default_branch: new
+                    .default_branch
+                    .unwrap_or_else(|| DEFAULT_BRANCH.to_owned()),
+                platform_integration_id,
+                created_at,
+            }),
+            RigSource::Integration { .. } => Err(ApiError::internal(
+                "a rig from an integration needs its repository resolved",
+            )),
+        }
+    }
+
+    /// A rig of an integration's repository, as the provider describes it.
+    pub fn from_repository(
+        id: RigId,
+        new: NewRig,
+        integration_id: String,
+        git_url: String,
+        default_branch: String,
+        created_at: String,
+    ) -> Self {
         Rig {
             id,
             town_id: new.town_id,
             name: new.name,
-            git_url: new.git_url,
-            default_branch: new.default_branch,
-            platform_integration_id: new.platform_integration_id,
+            git_url,
+            default_branch: new.default_branch.unwrap_or(default_branch),
+            platform_integration_id: Some(integration_id),
             created_at,
         }
     }
@@ -301,14 +336,31 @@ impl NewTown {
     }
 }
 
+/// Where a new rig's repository comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RigSource {
+    /// A `git_url` given by hand (credentials then come from the town's `git_auth`).
+    Url {
+        git_url: String,
+        /// Recorded as given (not checked against anything); the integration path does check.
+        platform_integration_id: Option<String>,
+    },
+    /// A repository (`owner/name`) of a platform integration: the worker fills `git_url` and
+    /// the default branch from the provider.
+    Integration {
+        integration_id: String,
+        repo: String,
+    },
+}
+
 /// A validated `POST .../rigs` body. Credential fields a client might add are ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRig {
     pub town_id: TownId,
     pub name: String,
-    pub git_url: String,
-    pub default_branch: String,
-    pub platform_integration_id: Option<String>,
+    pub source: RigSource,
+    /// `None`: the provider's default branch for an integration's repository, else `main`.
+    pub default_branch: Option<String>,
 }
 
 impl NewRig {
@@ -321,22 +373,76 @@ impl NewRig {
             .map_err(|e| ApiError::invalid("town_id", e.to_string()))?;
         let name = f.required_str("name", MAX_RIG_NAME)?;
         check_rig_name(name)?;
-        let git_url = f.required_str("git_url", MAX_GIT_URL)?;
-        check_git_url(git_url)?;
-        let default_branch = f
-            .optional_str("default_branch", MAX_BRANCH)?
-            .unwrap_or(DEFAULT_BRANCH);
-        check_branch(default_branch)?;
+        let default_branch = f.optional_str("default_branch", MAX_BRANCH)?;
+        if let Some(branch) = default_branch {
+            check_branch(branch)?;
+        }
         let platform_integration_id = f
             .optional_str("platform_integration_id", MAX_INTEGRATION_ID)?
             .map(str::to_owned);
+        let repo = f.optional_str("repo", MAX_REPO_NAME)?;
+        let source = match (repo, f.optional_str("git_url", MAX_GIT_URL)?) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "repo",
+                    "give either repo (with platform_integration_id) or git_url, not both",
+                ))
+            }
+            (Some(repo), None) => {
+                check_repo_name(repo)?;
+                let integration_id = platform_integration_id.ok_or_else(|| {
+                    ApiError::invalid(
+                        "platform_integration_id",
+                        "is required with repo: the integration the repository comes from",
+                    )
+                })?;
+                crate::ids::IntegrationId::parse(&integration_id)
+                    .map_err(|e| ApiError::invalid("platform_integration_id", e.to_string()))?;
+                RigSource::Integration {
+                    integration_id,
+                    repo: repo.to_owned(),
+                }
+            }
+            (None, Some(git_url)) => {
+                check_git_url(git_url)?;
+                RigSource::Url {
+                    git_url: git_url.to_owned(),
+                    platform_integration_id,
+                }
+            }
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "git_url",
+                    "is required (or repo with platform_integration_id)",
+                ))
+            }
+        };
         Ok(NewRig {
             town_id,
             name: name.to_owned(),
-            git_url: git_url.to_owned(),
-            default_branch: default_branch.to_owned(),
-            platform_integration_id,
+            source,
+            default_branch: default_branch.map(str::to_owned),
         })
+    }
+}
+
+pub const MAX_REPO_NAME: usize = 255;
+
+/// `owner/name` (GitLab: `group/sub/name`): segments of `[A-Za-z0-9._-]`, none starting with
+/// `.` or `-`.
+fn check_repo_name(repo: &str) -> Result<(), ApiError> {
+    let segments: Vec<&str> = repo.split('/').collect();
+    let ok = segments.len() >= 2
+        && segments.iter().all(|s| {
+            !s.is_empty()
+                && !s.starts_with(['.', '-'])
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("repo", "must be owner/name"))
     }
 }
 
@@ -484,10 +590,57 @@ mod tests {
     }
 
     #[test]
+    fn rig_from_an_integration_names_its_repo() {
+        let r = rig(r#""platform_integration_id":"i-1","repo":"acme/app""#).unwrap();
+        assert_eq!(
+            r.source,
+            RigSource::Integration {
+                integration_id: "i-1".into(),
+                repo: "acme/app".into()
+            }
+        );
+        assert!(
+            Rig::new(RigId::parse("r1").unwrap(), r.clone(), "now".into()).is_err(),
+            "must be resolved first"
+        );
+        let made = Rig::from_repository(
+            RigId::parse("r1").unwrap(),
+            r,
+            "i-1".into(),
+            "https://github.com/acme/app.git".into(),
+            "trunk".into(),
+            "now".into(),
+        );
+        assert_eq!(made.default_branch, "trunk");
+        assert_eq!(made.platform_integration_id.as_deref(), Some("i-1"));
+        for (fields, field) in [
+            (r#""repo":"acme/app""#, "platform_integration_id"),
+            (
+                r#""repo":"acme/app","git_url":"https://github.com/a/b","platform_integration_id":"i""#,
+                "repo",
+            ),
+            (r#""repo":"noslash","platform_integration_id":"i""#, "repo"),
+            (r#""repo":"../etc/x","platform_integration_id":"i""#, "repo"),
+            (r#""repo":"a/-b","platform_integration_id":"i""#, "repo"),
+            (r#""name2":"x""#, "git_url"),
+        ] {
+            assert_eq!(field_of(rig(fields).unwrap_err()), field, "{fields}");
+        }
+    }
+
+    #[test]
     fn rig_body_defaults_and_urls() {
         let r = rig(r#""git_url":"https://github.com/o/r.git""#).unwrap();
-        assert_eq!(r.default_branch, "main");
-        assert_eq!(r.platform_integration_id, None);
+        assert_eq!(r.default_branch, None);
+        assert_eq!(
+            r.source,
+            RigSource::Url {
+                git_url: "https://github.com/o/r.git".into(),
+                platform_integration_id: None
+            }
+        );
+        let made = Rig::new(RigId::parse("r1").unwrap(), r, "now".into()).unwrap();
+        assert_eq!(made.default_branch, "main");
         for ok in [
             "https://github.com/o/r",
             "http://git.local:8080/o/r.git",
@@ -553,8 +706,11 @@ mod tests {
             r#"{url},"default_branch":"release/1.x","platform_integration_id":"pi-1""#
         ))
         .unwrap();
-        assert_eq!(r.default_branch, "release/1.x");
-        assert_eq!(r.platform_integration_id.as_deref(), Some("pi-1"));
+        assert_eq!(r.default_branch.as_deref(), Some("release/1.x"));
+        assert!(matches!(
+            r.source,
+            RigSource::Url { platform_integration_id: Some(ref id), .. } if id == "pi-1"
+        ));
         let e =
             NewRig::parse(br#"{"town_id":5,"name":"r","git_url":"https://h/o/r"}"#).unwrap_err();
         assert_eq!(field_of(e), "town_id");

@@ -7,7 +7,7 @@
 //! A [`Route`] is grouped by its principal, so the router's dispatch is one exhaustive match per
 //! principal with no catch-all: a route added here without a handler does not compile.
 
-use crate::ids::{percent_decode, AgentId, IdError, OrgId, RigId, TownId, UserId};
+use crate::ids::{percent_decode, AgentId, IdError, IntegrationId, OrgId, RigId, TownId, UserId};
 use crate::model::Owner;
 
 /// HTTP methods the API uses.
@@ -80,6 +80,12 @@ impl Route {
 pub enum PublicRoute {
     Health,
     OpenApi,
+    /// GitHub's redirect after an App installation; authenticated by its signed `state`.
+    GithubInstalled,
+    /// GitLab's OAuth redirect; authenticated by its signed `state`.
+    GitlabCallback,
+    /// GitHub's webhook; authenticated by `X-Hub-Signature-256`.
+    GithubWebhook,
 }
 
 /// Routes for a dashboard user token.
@@ -89,6 +95,17 @@ pub enum UserRoute {
     Owned { owner: Owner, action: OwnedAction },
     /// `/api/towns/:townId/...`: authorised by the town's recorded ownership.
     Town { town: TownId, action: TownAction },
+    /// `/api/integrations/...`: authorised by the integration's (or the flow's) owner.
+    Integration(IntegrationAction),
+}
+
+/// What an `/api/integrations/...` route does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntegrationAction {
+    GithubInstall,
+    GitlabConnect,
+    Repositories(IntegrationId),
+    Delete(IntegrationId),
 }
 
 /// What a personal or org route does with its owner's towns and rigs.
@@ -102,6 +119,7 @@ pub enum OwnedAction {
     CreateRig,
     GetRig(RigId),
     DeleteRig(RigId),
+    ListIntegrations,
 }
 
 impl OwnedAction {
@@ -146,6 +164,11 @@ pub enum ContainerRoute {
     SandboxToken {
         town: TownId,
     },
+    /// A git token for one of the town's rigs.
+    GitToken {
+        town: TownId,
+        rig: RigId,
+    },
 }
 
 impl ContainerRoute {
@@ -155,6 +178,7 @@ impl ContainerRoute {
             ContainerRoute::RefreshToken { town }
             | ContainerRoute::MayorRigs { town }
             | ContainerRoute::SandboxToken { town } => (town, None, None),
+            ContainerRoute::GitToken { town, rig } => (town, Some(rig), None),
             ContainerRoute::AgentHeartbeat { town, rig, agent } => (town, Some(rig), Some(agent)),
         }
     }
@@ -172,6 +196,10 @@ pub enum InternalRoute {
     /// A gateway token for an internal service.
     SandboxToken {
         town: TownId,
+    },
+    /// A git token for a rig, for an internal service.
+    RigGitToken {
+        rig: RigId,
     },
     /// Test hook (`test-hooks` only), until dispatch creates agents: registers a polecat or
     /// refinery of a rig so callbacks from it can be tested.
@@ -229,6 +257,9 @@ impl Params {
     fn rig(&self) -> Result<RigId, IdError> {
         RigId::parse(self.get("rigId"))
     }
+    fn integration(&self) -> Result<IntegrationId, IdError> {
+        IntegrationId::parse(self.get("integrationId"))
+    }
     fn personal(&self, action: OwnedAction) -> Result<Route, IdError> {
         let owner = Owner::User(self.user()?);
         Ok(Route::User(UserRoute::Owned { owner, action }))
@@ -261,6 +292,17 @@ use TownAction as T;
 pub static ROUTES: &[RouteSpec] = &[
     route!(Get "/health" Public => |_| Ok(Route::Public(PublicRoute::Health))),
     route!(Get "/openapi.json" Public => |_| Ok(Route::Public(PublicRoute::OpenApi))),
+    route!(Get "/api/integrations/github/installed" Public => |_| Ok(Route::Public(PublicRoute::GithubInstalled))),
+    route!(Get "/api/integrations/gitlab/callback" Public => |_| Ok(Route::Public(PublicRoute::GitlabCallback))),
+    route!(Post "/api/webhooks/github" Public => |_| Ok(Route::Public(PublicRoute::GithubWebhook))),
+    route!(Post "/api/integrations/github/install" User => |_| Ok(Route::User(UserRoute::Integration(IntegrationAction::GithubInstall)))),
+    route!(Post "/api/integrations/gitlab/connect" User => |_| Ok(Route::User(UserRoute::Integration(IntegrationAction::GitlabConnect)))),
+    route!(Get "/api/integrations/:integrationId/repositories" User => |p| Ok(Route::User(UserRoute::Integration(IntegrationAction::Repositories(p.integration()?))))),
+    route!(Delete "/api/integrations/:integrationId" User => |p| Ok(Route::User(UserRoute::Integration(IntegrationAction::Delete(p.integration()?))))),
+    route!(Get "/api/users/:userId/integrations" User => |p| p.personal(O::ListIntegrations)),
+    route!(Get "/api/orgs/:orgId/integrations" User => |p| p.org_owned(O::ListIntegrations)),
+    route!(Post "/api/towns/:townId/rigs/:rigId/git-token" Container => |p| Ok(Route::Container(ContainerRoute::GitToken { town: p.town()?, rig: p.rig()? }))),
+    route!(Post "/api/internal/rigs/:rigId/git-token" Internal => |p| Ok(Route::Internal(InternalRoute::RigGitToken { rig: p.rig()? }))),
     route!(Post "/api/users/:userId/towns" User => |p| p.personal(O::CreateTown)),
     route!(Get "/api/users/:userId/towns" User => |p| p.personal(O::ListTowns)),
     route!(Get "/api/users/:userId/towns/:townId" User => |p| p.personal(O::GetTown(p.town()?))),

@@ -446,6 +446,28 @@ impl TownOps for TownDO {
         self.insert_agent(req.role, Some(&req.rig_id), name)
     }
 
+    async fn rig_credentials(&self, req: RigCredentials) -> Reply<RigCredentialsReply> {
+        let town = self.require_town()?;
+        self.require_active(&town)?;
+        if let Some(credential) = req.credential {
+            self.admit(credential)?;
+        }
+        let rig: Rig = crate::storage::first(
+            &self.sql(),
+            &format!("SELECT {RIG_COLUMNS} FROM rigs WHERE id = ?"),
+            vec![req.rig_id.as_str().into()],
+        )?
+        .ok_or_else(|| ApiError::NotFound("rig not found in this town".into()))?;
+        let config = self.config(&town.id)?;
+        let town_token = gastown_core::integrations::town_token_for(&config.git_auth, &rig.git_url)
+            .map(str::to_owned);
+        Ok(RigCredentialsReply {
+            town,
+            rig,
+            town_token,
+        })
+    }
+
     async fn drop_alarm(&self, _: DropAlarm) -> Reply<Ack> {
         self.require_town()?;
         self.state

@@ -61,6 +61,11 @@ crate::do_protocol! {
         EnsureMayor(EnsureMayor) -> Agent => ensure_mayor;
         /// Test hook (until dispatch creates agents): records a polecat or refinery of a rig.
         RegisterAgent(RegisterAgent) -> Agent => register_agent;
+        /// What a git token for one rig is made from: the rig (its repository and
+        /// integration), the town (its owner), and the town's own token for the repository's
+        /// host, if any. `credential` is the container's (checked against the generation);
+        /// `None` for the internal key.
+        RigCredentials(RigCredentials) -> RigCredentialsReply => rig_credentials;
         /// The town's rigs, for the mayor's tools.
         MayorRigs(MayorRigs) -> Json<Vec<Rig>> => mayor_rigs;
         /// Test hook: deletes the pending alarm, leaving the town otherwise intact.
@@ -154,6 +159,30 @@ pub struct RegisterAgent {
     pub role: Role,
     pub rig_id: RigId,
     pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RigCredentials {
+    pub credential: Option<ContainerCredential>,
+    pub rig_id: RigId,
+}
+
+/// Internal only (worker ↔ TownDO): `town_token` is a secret and never leaves the worker.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RigCredentialsReply {
+    pub town: Town,
+    pub rig: Rig,
+    pub town_token: Option<String>,
+}
+
+impl std::fmt::Debug for RigCredentialsReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RigCredentialsReply")
+            .field("town", &self.town.id)
+            .field("rig", &self.rig.id)
+            .field("town_token", &self.town_token.as_ref().map(|_| "****"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +317,14 @@ mod tests {
                 r#"{"op":"issue_sandbox_token","credential":null}"#.into(),
             ),
             (ListAgents {}.into(), r#"{"op":"list_agents"}"#.into()),
+            (
+                RigCredentials {
+                    credential: None,
+                    rig_id: r.id.clone(),
+                }
+                .into(),
+                r#"{"op":"rig_credentials","credential":null,"rig_id":"r1"}"#.into(),
+            ),
             (EnsureMayor {}.into(), r#"{"op":"ensure_mayor"}"#.into()),
             (
                 RegisterAgent {

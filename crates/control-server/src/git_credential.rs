@@ -1,0 +1,512 @@
+//! `gastown-control git-credential <get|store|erase>` and `gastown-control git-token`: how an
+//! agent's git gets a token for its rig's repository, one git operation at a time.
+//!
+//! No token is ever written into a git remote. Instead the town's gitconfig (see
+//! [`workdir::gitconfig_text`]) names this subcommand as git's credential helper, and each time
+//! git needs to authenticate it runs `… git-credential get`, which answers
+//!
+//! ```text
+//! username=<x-access-token | oauth2>
+//! password=<token>
+//! password_expiry_utc=<expires_at>
+//! ```
+//!
+//! Rules:
+//!
+//! * a rig's token is cached in `<workdir>/<town>/.git-tokens/<rig>.json` (mode 0600, the
+//!   directory 0700) and reused while it has more than [`GIT_TOKEN_REUSE_MARGIN_SECS`] to
+//!   live; past that it is fetched again from the worker's git-token route with the town's
+//!   container token (read from `<workdir>/<town>/.container-token`), so a session of any
+//!   length never hands git a token about to expire;
+//! * the worker is called with a 10 s deadline and without following redirects, so the
+//!   container token only ever goes to the configured worker;
+//! * only `protocol=https` is answered: a token never travels in clear text (for any other
+//!   protocol the helper prints nothing and exits 0, and git moves on);
+//! * a failure prints nothing on stdout, one line on stderr naming the status or the kind of
+//!   failure (never a token) and exits 1; git then moves on to its next helper or gives up;
+//! * `erase` (git's word that the remote refused the credential) removes the rig's cache
+//!   entry when it holds the refused token, so the next `get` fetches a fresh one; `store`
+//!   does nothing, the cache being written on `get`;
+//! * town and rig ids become paths only after [`check_id`]: 1 to 128 of `A-Z a-z 0-9 _ -`.
+//!
+//! The helper never reads or needs the server's credentials (`GASTOWN_CONTROL_KEY`,
+//! `GASTOWN_CONTROL_SECRET`): `cli_main` dispatches to it before it touches them.
+
+use crate::workdir::{self, GIT_CREDENTIAL_SUBCOMMAND};
+use crate::{self_refresh, worker_origin, DEFAULT_WORKDIR, WORKDIR_ENV};
+use gastown_core::control::{
+    git_token_path, GitTokenReply, CONTENT_TYPE_JSON, GIT_TOKEN_REUSE_MARGIN_SECS, TOWN_ID_ENV,
+    WORKER_URL_ENV,
+};
+use std::fmt;
+use std::io::{self, BufRead, Read, Write};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The subcommand that prints the current git token alone.
+pub const GIT_TOKEN_SUBCOMMAND: &str = "git-token";
+/// Names the rig whose repository git talks to (agent sessions set it).
+pub const RIG_ID_ENV: &str = "GASTOWN_RIG_ID";
+/// Longest town or rig id the helper accepts.
+pub const MAX_ID_LEN: usize = 128;
+/// Largest request git writes to the helper that is read (a real one is a few hundred bytes).
+const MAX_INPUT_BYTES: u64 = 64 * 1024;
+
+pub const USAGE: &str = "usage: gastown-control git-credential [OPTIONS] <get|store|erase>
+       gastown-control git-token [OPTIONS]
+  git's credential helper for a rig's repository (git-credential speaks git's protocol on
+  stdin/stdout; git-token prints the token alone). Options, each falling back to a variable:
+    --worker-url URL   GASTOWN_WORKER_URL   the worker's origin, http:// or https://
+    --town ID          GASTOWN_TOWN_ID      the town
+    --rig ID           GASTOWN_RIG_ID       the rig whose repository git talks to
+    --workdir DIR      GASTOWN_WORKDIR      the control server's work directory (./gastown-work)
+  A token is reused from DIR/<town>/.git-tokens/<rig>.json until 5 minutes before it expires,
+  then fetched from POST URL/api/towns/<town>/rigs/<rig>/git-token with the container token
+  in DIR/<town>/.container-token.";
+
+/// What a run of the subcommand works with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    worker_url: Option<String>,
+    town: String,
+    rig: String,
+    workdir: PathBuf,
+}
+
+/// The git credential helper's actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Get,
+    Store,
+    Erase,
+}
+
+/// Why no token could be given; shown on stderr, so it never holds a token.
+#[derive(Debug)]
+enum Failure {
+    Config(String),
+    NoContainerToken(io::Error),
+    Unreachable(String),
+    Status(u16),
+    BadAnswer,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Config(e) => f.write_str(e),
+            // The io error names a kind (or the file's content is not a token), never content.
+            Failure::NoContainerToken(e) => write!(f, "no container token for the town: {e}"),
+            Failure::Unreachable(e) => write!(f, "worker not reached: {e}"),
+            Failure::Status(status) => write!(f, "worker answered {status}"),
+            Failure::BadAnswer => f.write_str("worker's answer is not a git token"),
+        }
+    }
+}
+
+/// Runs `gastown-control <subcommand> <args>` (`args` after the subcommand) with the process's
+/// stdin, stdout, stderr and environment; the exit code.
+pub fn cli_main(subcommand: &str, args: &[String]) -> i32 {
+    let stdin = io::stdin();
+    run(
+        subcommand,
+        args,
+        &|name| std::env::var(name).ok(),
+        &mut stdin.lock(),
+        &mut io::stdout().lock(),
+        &mut io::stderr().lock(),
+    )
+}
+
+/// [`cli_main`] with its inputs and outputs given.
+fn run(
+    subcommand: &str,
+    args: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &mut dyn BufRead,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    let name = format!("gastown-control {subcommand}");
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        let _ = writeln!(stdout, "{USAGE}");
+        return 0;
+    }
+    let (target, action) = match parse_args(subcommand, args, env) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let _ = writeln!(stderr, "{name}: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    let outcome = match action {
+        None => current_token(&target, now(), stderr).map(|reply| format!("{}\n", reply.token)),
+        Some(action) => {
+            let request = read_request(stdin);
+            if request.get("protocol").is_some_and(|p| p != "https") {
+                // Not ours to answer: a token never goes over plain HTTP (or ssh, …).
+                return 0;
+            }
+            match action {
+                Action::Get => {
+                    current_token(&target, now(), stderr).map(|reply| credential_lines(&reply))
+                }
+                Action::Store => Ok(String::new()),
+                Action::Erase => erase(&target, request.get("password").map(String::as_str))
+                    .map(|()| String::new()),
+            }
+        }
+    };
+    match outcome {
+        Ok(text) => {
+            if stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return 1;
+            }
+            0
+        }
+        Err(failure) => {
+            let _ = writeln!(stderr, "{name}: {failure}");
+            1
+        }
+    }
+}
+
+/// The target and, for `git-credential`, the action.
+fn parse_args(
+    subcommand: &str,
+    args: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Target, Option<Action>), String> {
+    let (mut worker_url, mut town, mut rig, mut workdir) = (None, None, None, None);
+    let mut action = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{arg} needs a value"))
+        };
+        match arg.as_str() {
+            "--worker-url" => worker_url = Some(value()?),
+            "--town" => town = Some(value()?),
+            "--rig" => rig = Some(value()?),
+            "--workdir" => workdir = Some(value()?),
+            "get" | "store" | "erase"
+                if subcommand == GIT_CREDENTIAL_SUBCOMMAND && action.is_none() =>
+            {
+                action = Some(match arg.as_str() {
+                    "get" => Action::Get,
+                    "store" => Action::Store,
+                    _ => Action::Erase,
+                });
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    if subcommand == GIT_CREDENTIAL_SUBCOMMAND && action.is_none() {
+        return Err("which action: get, store or erase?".to_owned());
+    }
+    let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let or_env = |v: Option<String>, name: &str| set(v).or_else(|| set(env(name)));
+    let worker_url = match or_env(worker_url, WORKER_URL_ENV) {
+        Some(url) => Some(worker_origin(&url).map_err(|e| format!("the worker URL {e}"))?),
+        None => None,
+    };
+    let town =
+        or_env(town, TOWN_ID_ENV).ok_or_else(|| format!("no town: set {TOWN_ID_ENV} or --town"))?;
+    let rig =
+        or_env(rig, RIG_ID_ENV).ok_or_else(|| format!("no rig: set {RIG_ID_ENV} or --rig"))?;
+    check_id("town", &town)?;
+    check_id("rig", &rig)?;
+    let workdir =
+        PathBuf::from(or_env(workdir, WORKDIR_ENV).unwrap_or_else(|| DEFAULT_WORKDIR.to_owned()));
+    let target = Target {
+        worker_url,
+        town,
+        rig,
+        workdir,
+    };
+    Ok((target, action))
+}
+
+/// Checks that a town or rig id can name a file of the cache: 1 to [`MAX_ID_LEN`] of
+/// `A-Z a-z 0-9 _ -`.
+///
+/// # Errors
+/// Why it cannot.
+pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
+    let plain = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "the {kind} id must be 1 to {MAX_ID_LEN} of A-Z a-z 0-9 _ -"
+        ))
+    }
+}
+
+/// Seconds since the epoch.
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Git's request: `key=value` lines up to an empty line or the end of input. A key given
+/// twice keeps its last value (only single-valued keys are read).
+fn read_request(stdin: &mut dyn BufRead) -> std::collections::HashMap<String, String> {
+    let mut request = std::collections::HashMap::new();
+    let mut limited = stdin.take(MAX_INPUT_BYTES);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match limited.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.is_empty() {
+            break;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            request.insert(key.to_owned(), value.to_owned());
+        }
+    }
+    request
+}
+
+/// The rig's token: the cached one while it has more than the margin to live, else a fresh
+/// one from the worker (cached for the next call).
+fn current_token(
+    target: &Target,
+    now: i64,
+    stderr: &mut dyn Write,
+) -> Result<GitTokenReply, Failure> {
+    let town_dir = town_dir(target)?;
+    if let Some(cached) = workdir::read_git_token_cache(&town_dir, &target.rig) {
+        if cached.expires_at.saturating_sub(now) > GIT_TOKEN_REUSE_MARGIN_SECS {
+            return Ok(cached);
+        }
+    }
+    let worker = target.worker_url.as_deref().ok_or_else(|| {
+        Failure::Config(format!(
+            "no worker URL: set {WORKER_URL_ENV} or --worker-url"
+        ))
+    })?;
+    let container_token =
+        workdir::read_container_token(&town_dir).map_err(Failure::NoContainerToken)?;
+    let reply = fetch(worker, &target.town, &target.rig, &container_token)?;
+    // The town may have stopped (its credentials removed) or its container token been
+    // replaced during the call: then the token is handed out but not kept.
+    if workdir::read_container_token(&town_dir).is_ok_and(|t| t == container_token) {
+        if let Err(e) = workdir::write_git_token_cache(&town_dir, &target.rig, &reply) {
+            let _ = writeln!(stderr, "gastown-control: git token not cached: {e}");
+        }
+    }
+    Ok(reply)
+}
+
+fn town_dir(target: &Target) -> Result<PathBuf, Failure> {
+    workdir::town_dir(&target.workdir, &target.town)
+        .ok_or_else(|| Failure::Config("the town id cannot name a directory".to_owned()))
+}
+
+/// Asks the worker for a git token for `rig` with the town's container token.
+fn fetch(
+    worker: &str,
+    town: &str,
+    rig: &str,
+    container_token: &str,
+) -> Result<GitTokenReply, Failure> {
+    let url = format!("{worker}{}", git_token_path(town, rig));
+    let mut response = self_refresh::agent()
+        .post(&url)
+        .header("authorization", &format!("Bearer {container_token}"))
+        .header("content-type", CONTENT_TYPE_JSON)
+        .send("{}")
+        // ureq's message names the URL and the failure, never a header.
+        .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(Failure::Status(status));
+    }
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(self_refresh::MAX_ANSWER_BYTES)
+        .read_to_string()
+        .map_err(|_| Failure::BadAnswer)?;
+    let reply: GitTokenReply = serde_json::from_str(&body).map_err(|_| Failure::BadAnswer)?;
+    // The token goes into a line of git's protocol: nothing but token characters.
+    if workdir::is_plain_token(&reply.token) {
+        Ok(reply)
+    } else {
+        Err(Failure::BadAnswer)
+    }
+}
+
+/// The answer to git's `get`.
+fn credential_lines(reply: &GitTokenReply) -> String {
+    format!(
+        "username={}\npassword={}\npassword_expiry_utc={}\n",
+        reply.source.git_username(),
+        reply.token,
+        reply.expires_at
+    )
+}
+
+/// Removes the rig's cached token if it is the one git says was refused (or git named none);
+/// a newer token another process cached meanwhile stays.
+fn erase(target: &Target, refused: Option<&str>) -> Result<(), Failure> {
+    let town_dir = town_dir(target)?;
+    let cached = workdir::read_git_token_cache(&town_dir, &target.rig);
+    let matches = match (refused, &cached) {
+        (Some(refused), Some(cached)) => cached.token == refused,
+        _ => true,
+    };
+    if matches {
+        workdir::remove_git_token_cache(&town_dir, &target.rig)
+            .map_err(|e| Failure::Config(format!("cannot remove the cached token: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gastown_core::control::GitTokenSource;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn arguments_and_environment() {
+        let env = |name: &str| match name {
+            WORKER_URL_ENV => Some("http://127.0.0.1:1/".to_owned()),
+            TOWN_ID_ENV => Some("town-a".to_owned()),
+            RIG_ID_ENV => Some("rig_1".to_owned()),
+            _ => None,
+        };
+        let (t, a) = parse_args("git-credential", &args(&["get"]), &env).unwrap();
+        assert_eq!(a, Some(Action::Get));
+        assert_eq!(t.worker_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!((t.town.as_str(), t.rig.as_str()), ("town-a", "rig_1"));
+        assert_eq!(t.workdir, PathBuf::from(DEFAULT_WORKDIR));
+        // Flags win; git appends the action after the configured flags.
+        let (t, a) = parse_args(
+            "git-credential",
+            &args(&["--town", "t2", "--workdir", "/w", "--rig", "r2", "erase"]),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(a, Some(Action::Erase));
+        assert_eq!((t.town.as_str(), t.rig.as_str()), ("t2", "r2"));
+        assert_eq!(t.workdir, PathBuf::from("/w"));
+        let (_, a) = parse_args("git-token", &[], &env).unwrap();
+        assert_eq!(a, None);
+
+        for bad in [
+            &["fill"][..],
+            &[],
+            &["get", "get"],
+            &["--town"],
+            &["--town", "../x", "get"],
+            &["--rig", "a.b", "get"],
+            &["--worker-url", "ftp://x", "get"],
+        ] {
+            assert!(
+                parse_args("git-credential", &args(bad), &env).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(parse_args("git-token", &args(&["get"]), &env).is_err());
+        assert!(parse_args("git-credential", &args(&["get"]), &no_env).is_err());
+    }
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "Town_1-x", &"x".repeat(MAX_ID_LEN)] {
+            assert!(check_id("rig", ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        for bad in ["", ".", "..", "a/b", "a.b", "a b", "é", "a\nb", &long] {
+            assert!(check_id("rig", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn request_lines() {
+        let mut input: &[u8] =
+            b"protocol=https\nhost=github.com\npath=a/b.git\nwwwauth[]=x\n\nignored=1\n";
+        let r = read_request(&mut input);
+        assert_eq!(r["protocol"], "https");
+        assert_eq!(r["path"], "a/b.git");
+        assert!(!r.contains_key("ignored"));
+        let mut eof: &[u8] = b"host=x";
+        assert_eq!(read_request(&mut eof)["host"], "x");
+    }
+
+    #[test]
+    fn answer_lines() {
+        let reply = GitTokenReply {
+            token: "glo_x".into(),
+            expires_at: 1_900_000_000,
+            source: GitTokenSource::GitlabOauth,
+        };
+        assert_eq!(
+            credential_lines(&reply),
+            "username=oauth2\npassword=glo_x\npassword_expiry_utc=1900000000\n"
+        );
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_other_protocols_get_nothing() {
+        let run_with = |argv: &[&str], input: &[u8]| {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let env = |name: &str| match name {
+                TOWN_ID_ENV => Some("t".to_owned()),
+                RIG_ID_ENV => Some("r".to_owned()),
+                // A workdir with no town in it: any attempt to read it fails.
+                WORKDIR_ENV => Some("/nonexistent-gastown-workdir".to_owned()),
+                _ => None,
+            };
+            let mut input = input;
+            let code = run(
+                "git-credential",
+                &args(argv),
+                &env,
+                &mut input,
+                &mut out,
+                &mut err,
+            );
+            (
+                code,
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(err).unwrap(),
+            )
+        };
+        let (code, out, err) = run_with(&["fill"], b"");
+        assert_eq!((code, out.as_str()), (2, ""));
+        assert!(err.contains("usage:"), "{err}");
+        let (code, out, _) = run_with(&["get"], b"protocol=http\nhost=x\n\n");
+        assert_eq!((code, out.as_str()), (0, ""));
+        let (code, out, _) = run_with(&["store"], b"protocol=https\nhost=x\npassword=p\n\n");
+        assert_eq!((code, out.as_str()), (0, ""));
+        let (code, out, err) = run_with(&["get"], b"protocol=https\nhost=x\n\n");
+        assert_eq!((code, out.as_str()), (1, ""));
+        assert!(err.contains("no worker URL"), "{err}");
+    }
+}

@@ -1,0 +1,541 @@
+//! Platform integrations: the GitHub App install flow, the GitLab OAuth flow, listing and
+//! deleting integrations, the repository picker, git tokens for rigs, and GitHub's webhook.
+//!
+//! The two redirects back from GitHub and GitLab carry no bearer token: their signed,
+//! single-use `state` (10 minutes, bound to the user and the owner the integration will belong
+//! to) is what authenticates them. They answer with a 302 to `DASHBOARD_URL` carrying one
+//! friendly code; what the provider said goes to the log, never into the URL.
+
+use crate::config::{self, Platforms};
+use crate::dos::town as town_do;
+use crate::http::json;
+use crate::platforms::{git_token, github, gitlab, store, PlatformError};
+use crate::rig_index;
+use gastown_core::auth::UserClaims;
+use gastown_core::authz::{self, ContainerCaller};
+use gastown_core::error::ApiError;
+use gastown_core::ids::{IntegrationId, OrgId, RigId};
+use gastown_core::integrations::{
+    self, IntegrationStatus, IntegrationSummary, Platform, Repository, StateClaims, StateKind,
+    REPO_CACHE_TTL_SECS, STATE_TTL_SECS,
+};
+use gastown_core::model::Owner;
+use gastown_core::protocol::town::RigCredentials;
+use serde::{Deserialize, Serialize};
+use worker::{console_error, Env, Request, Response};
+
+type Handled = Result<Response, ApiError>;
+
+/// Largest webhook body read (GitHub's installation payloads list repositories).
+const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+
+fn query(req: &Request) -> Vec<(String, String)> {
+    let url = req.inner().url();
+    let Some((_, q)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    let q = q.split_once('#').map_or(q, |(q, _)| q);
+    q.split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| gastown_core::ids::percent_decode(&s.replace('+', " "));
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectBody {
+    #[serde(default)]
+    org_id: Option<String>,
+}
+
+/// The owner a connect flow is for: the caller, or an org the caller owns.
+async fn connect_owner(req: &mut Request, claims: &UserClaims) -> Result<Owner, ApiError> {
+    let bytes = req
+        .bytes()
+        .await
+        .map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
+    if bytes.len() > gastown_core::body::MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let body: ConnectBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ConnectBody { org_id: None }
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::InvalidJson(gastown_core::body::json_error_summary(&e)))?
+    };
+    let owner = match body.org_id {
+        Some(org) => {
+            Owner::Org(OrgId::parse(&org).map_err(|e| ApiError::invalid("org_id", e.to_string()))?)
+        }
+        None => Owner::User(claims.user_id.clone()),
+    };
+    // Connecting for an org is an owner's act, as deleting is.
+    authz::owned(claims, &owner, true)?;
+    Ok(owner)
+}
+
+fn state_key(settings: &Platforms) -> Result<&[u8], ApiError> {
+    settings
+        .state_key
+        .as_deref()
+        .ok_or_else(|| ApiError::internal("GASTOWN_ENCRYPTION_KEY is not configured"))
+}
+
+fn new_state(
+    settings: &Platforms,
+    kind: StateKind,
+    claims: &UserClaims,
+    owner: &Owner,
+) -> Result<(String, String), ApiError> {
+    let nonce = config::new_id()?;
+    let state = integrations::sign_state(
+        state_key(settings)?,
+        &StateClaims {
+            kind,
+            nonce: nonce.clone(),
+            user_id: claims.user_id.clone(),
+            org_id: owner.org().cloned(),
+            exp: config::now_s() + STATE_TTL_SECS,
+        },
+    );
+    Ok((state, nonce))
+}
+
+/// `POST /api/integrations/github/install {org_id?}` → `{install_url}`.
+pub async fn github_install(req: &mut Request, env: &Env, claims: &UserClaims) -> Handled {
+    authz::require_gastown_access(claims)?;
+    let owner = connect_owner(req, claims).await?;
+    let settings = &config::get(env).platforms;
+    let slug = settings
+        .github_app_slug
+        .as_deref()
+        .ok_or_else(|| PlatformError::NotConfigured("GITHUB_APP_SLUG").into_api())?;
+    let (state, _) = new_state(settings, StateKind::GithubInstall, claims, &owner)?;
+    #[derive(Serialize)]
+    struct Out {
+        install_url: String,
+    }
+    Ok(json(
+        200,
+        &Out {
+            install_url: format!(
+                "{}/apps/{}/installations/new?state={}",
+                settings.github_web_url,
+                crate::platforms::http::encode(slug),
+                crate::platforms::http::encode(&state)
+            ),
+        },
+    ))
+}
+
+/// `POST /api/integrations/gitlab/connect {org_id?}` → `{authorize_url}` (PKCE S256 and the
+/// client secret).
+pub async fn gitlab_connect(req: &mut Request, env: &Env, claims: &UserClaims) -> Handled {
+    authz::require_gastown_access(claims)?;
+    let owner = connect_owner(req, claims).await?;
+    let settings = &config::get(env).platforms;
+    let (state, nonce) = new_state(settings, StateKind::GitlabConnect, claims, &owner)?;
+    let verifier = integrations::pkce_verifier(state_key(settings)?, &nonce);
+    let url = gitlab::authorize_url(settings, &state, &integrations::pkce_challenge(&verifier))
+        .map_err(PlatformError::into_api)?;
+    #[derive(Serialize)]
+    struct Out {
+        authorize_url: String,
+    }
+    Ok(json(200, &Out { authorize_url: url }))
+}
+
+/// 302 to the dashboard with one friendly code.
+fn back_to_dashboard(settings: &Platforms, platform: Platform, code: &str) -> Handled {
+    let location = format!(
+        "{}/integrations?platform={}&result={code}",
+        settings.dashboard_url,
+        platform.as_str()
+    );
+    let mut resp = Response::empty()
+        .map_err(ApiError::internal)?
+        .with_status(302);
+    let headers = resp.headers_mut();
+    let _ = headers.set("location", &location);
+    let _ = headers.set("cache-control", "no-store");
+    Ok(resp)
+}
+
+/// Verifies a callback's `state`: signature, kind, expiry, and first use.
+async fn accept_state(
+    env: &Env,
+    settings: &Platforms,
+    state: Option<&str>,
+    kind: StateKind,
+) -> Result<Option<StateClaims>, ApiError> {
+    let Some(state) = state else {
+        return Ok(None);
+    };
+    let Ok(claims) = integrations::verify_state(state_key(settings)?, state, kind, config::now_s())
+    else {
+        return Ok(None);
+    };
+    if !store::use_nonce(env, &claims.nonce, claims.exp).await? {
+        return Ok(None);
+    }
+    Ok(Some(claims))
+}
+
+/// `GET /api/integrations/github/installed?installation_id&setup_action&state`.
+pub async fn github_installed(req: &Request, env: &Env) -> Handled {
+    let settings = &config::get(env).platforms;
+    let params = query(req);
+    let Some(claims) = accept_state(
+        env,
+        settings,
+        param(&params, "state"),
+        StateKind::GithubInstall,
+    )
+    .await?
+    else {
+        return back_to_dashboard(settings, Platform::Github, "invalid_state");
+    };
+    let Some(installation_id) = param(&params, "installation_id")
+        .filter(|id| id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return back_to_dashboard(settings, Platform::Github, "invalid_request");
+    };
+    let installation = match github::installation(settings, installation_id).await {
+        Ok(Some(i)) => i,
+        Ok(None) => return back_to_dashboard(settings, Platform::Github, "exchange_failed"),
+        Err(e) => {
+            console_error!("github install: {}", e.into_api());
+            return back_to_dashboard(settings, Platform::Github, "exchange_failed");
+        }
+    };
+    let recorded = store::record_github(
+        env,
+        &claims.owner(),
+        &installation.id.to_string(),
+        &installation.account.login,
+        &installation.account.kind,
+        installation.suspended_at.is_some(),
+    )
+    .await;
+    match recorded {
+        Ok(_) => back_to_dashboard(settings, Platform::Github, "success"),
+        Err(ApiError::Conflict(_)) => {
+            back_to_dashboard(settings, Platform::Github, "already_connected")
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `GET /api/integrations/gitlab/callback?code&state` (or `?error=access_denied&state`).
+pub async fn gitlab_callback(req: &Request, env: &Env) -> Handled {
+    let settings = &config::get(env).platforms;
+    let params = query(req);
+    let Some(claims) = accept_state(
+        env,
+        settings,
+        param(&params, "state"),
+        StateKind::GitlabConnect,
+    )
+    .await?
+    else {
+        return back_to_dashboard(settings, Platform::Gitlab, "invalid_state");
+    };
+    if param(&params, "error").is_some() {
+        return back_to_dashboard(settings, Platform::Gitlab, "access_denied");
+    }
+    let Some(code) = param(&params, "code") else {
+        return back_to_dashboard(settings, Platform::Gitlab, "invalid_request");
+    };
+    let verifier = integrations::pkce_verifier(state_key(settings)?, &claims.nonce);
+    let connected = async {
+        let tokens = gitlab::exchange_code(settings, code, &verifier).await?;
+        let user = gitlab::user(settings, &tokens.access_token).await?;
+        Ok::<_, PlatformError>((tokens, user))
+    }
+    .await;
+    match connected {
+        Ok((tokens, user)) => {
+            store::record_gitlab(env, &claims.owner(), &user.username, &tokens).await?;
+            back_to_dashboard(settings, Platform::Gitlab, "success")
+        }
+        Err(e) => {
+            console_error!("gitlab connect: {}", e.into_api());
+            back_to_dashboard(settings, Platform::Gitlab, "exchange_failed")
+        }
+    }
+}
+
+/// An owner's integrations (members read).
+pub async fn list(env: &Env, owner: &Owner) -> Handled {
+    Ok(json(200, &store::list(env, owner).await?))
+}
+
+/// The integration, if the caller may act on it: read as the user or an org member, change as
+/// the user or an org owner.
+async fn owned_row(
+    env: &Env,
+    claims: &UserClaims,
+    id: &IntegrationId,
+    changes: bool,
+) -> Result<store::Row, ApiError> {
+    authz::require_gastown_access(claims)?;
+    let row = store::get(env, id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("integration not found".into()))?;
+    let integration = row.public();
+    let owner = match integration.owner_type {
+        gastown_core::model::OwnerType::User => Owner::User(
+            gastown_core::ids::UserId::parse(&integration.owner_id).map_err(ApiError::internal)?,
+        ),
+        gastown_core::model::OwnerType::Org => {
+            Owner::Org(OrgId::parse(&integration.owner_id).map_err(ApiError::internal)?)
+        }
+    };
+    authz::owned(claims, &owner, changes)
+        .map_err(|_| ApiError::Forbidden("this integration belongs to another owner".into()))?;
+    Ok(row)
+}
+
+/// `DELETE /api/integrations/:id`.
+pub async fn delete(env: &Env, claims: &UserClaims, id: &IntegrationId) -> Handled {
+    let row = owned_row(env, claims, id, true).await?;
+    store::delete(env, &row.id).await?;
+    #[derive(Serialize)]
+    struct Deleted<'a> {
+        id: &'a str,
+        deleted: bool,
+    }
+    Ok(json(
+        200,
+        &Deleted {
+            id: &row.id,
+            deleted: true,
+        },
+    ))
+}
+
+/// The integration's repositories: from the cache while it is fresh, else from the provider.
+async fn repositories_of(
+    env: &Env,
+    row: store::Row,
+    refresh: bool,
+) -> Result<Vec<Repository>, ApiError> {
+    if row.status != IntegrationStatus::Active {
+        return Err(ApiError::IntegrationUnavailable(match row.status {
+            IntegrationStatus::Suspended => "integration_suspended",
+            _ => "integration_revoked",
+        }));
+    }
+    if !refresh {
+        if let Some((fetched_at, repos)) = store::cached_repositories(env, &row.id).await? {
+            if config::now_s() - fetched_at < REPO_CACHE_TTL_SECS {
+                return Ok(repos);
+            }
+        }
+    }
+    let settings = &config::get(env).platforms;
+    let id = row.id.clone();
+    let repos = match row.platform() {
+        Platform::Github => {
+            let installation = row
+                .installation_id
+                .clone()
+                .ok_or_else(|| ApiError::internal("GitHub integration without an installation"))?;
+            github::repositories(settings, &installation).await
+        }
+        Platform::Gitlab => {
+            let token = git_token::gitlab_access(env, row).await?;
+            gitlab::projects(settings, &token).await
+        }
+    }
+    .map_err(PlatformError::into_api)?;
+    store::store_repositories(env, &id, &repos).await?;
+    Ok(repos)
+}
+
+/// `GET /api/integrations/:id/repositories?q=&refresh=1`.
+pub async fn repositories(
+    req: &Request,
+    env: &Env,
+    claims: &UserClaims,
+    id: &IntegrationId,
+) -> Handled {
+    let row = owned_row(env, claims, id, false).await?;
+    let params = query(req);
+    let refresh = matches!(param(&params, "refresh"), Some("1" | "true"));
+    let q = param(&params, "q").map(str::to_lowercase);
+    let repos = repositories_of(env, row, refresh).await?;
+    let shown: Vec<&Repository> = repos
+        .iter()
+        .filter(|r| {
+            q.as_ref()
+                .is_none_or(|q| r.full_name.to_lowercase().contains(q.as_str()))
+        })
+        .collect();
+    Ok(json(200, &shown))
+}
+
+/// A rig given by URL may name an integration: it must exist and be `owner`'s.
+///
+/// # Errors
+/// 422 for an unknown integration; 403 for another owner's.
+pub async fn check_rig_integration(env: &Env, owner: &Owner, id: &str) -> Result<(), ApiError> {
+    let row = store::get(env, id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("platform_integration_id", "is not an integration"))?;
+    if row.public().belongs_to(owner) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "the integration belongs to another owner than the town".into(),
+        ))
+    }
+}
+
+/// For a new rig: the repository `repo` of integration `id`, which must be `owner`'s and active.
+///
+/// # Errors
+/// 422 for an unknown integration or repository; 403 for another owner's integration; 409 for
+/// a suspended or revoked one.
+pub async fn repository_for_rig(
+    env: &Env,
+    owner: &Owner,
+    id: &str,
+    repo: &str,
+) -> Result<Repository, ApiError> {
+    let row = store::get(env, id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("platform_integration_id", "is not an integration"))?;
+    if !row.public().belongs_to(owner) {
+        return Err(ApiError::Forbidden(
+            "the integration belongs to another owner than the town".into(),
+        ));
+    }
+    let find = |repos: Vec<Repository>| {
+        repos
+            .into_iter()
+            .find(|r| r.full_name.eq_ignore_ascii_case(repo))
+    };
+    let cached = repositories_of(env, row, false).await?;
+    if let Some(found) = find(cached) {
+        return Ok(found);
+    }
+    // Not in the cache: it may be new. Ask the provider once.
+    let row = store::get(env, id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("platform_integration_id", "is not an integration"))?;
+    find(repositories_of(env, row, true).await?)
+        .ok_or_else(|| ApiError::invalid("repo", "is not a repository of this integration"))
+}
+
+/// What a rig shows of its integration (`None` for a rig without one, or one since deleted).
+pub async fn summary(env: &Env, id: &str) -> Result<Option<IntegrationSummary>, ApiError> {
+    Ok(store::get(env, id)
+        .await?
+        .map(|row| IntegrationSummary::from(&row.public())))
+}
+
+/// `POST /api/towns/:townId/rigs/:rigId/git-token` (the town's container token).
+pub async fn container_git_token(env: &Env, caller: &ContainerCaller) -> Handled {
+    let rig_id = caller
+        .rig_id
+        .clone()
+        .ok_or_else(|| ApiError::BadRequest("the route names the rig".into()))?;
+    let creds = town_do::stub(env, &caller.town_id)?
+        .call(RigCredentials {
+            credential: Some(caller.credential),
+            rig_id,
+        })
+        .await?;
+    Ok(json(200, &git_token::for_rig(env, creds).await?))
+}
+
+/// `POST /api/internal/rigs/:rigId/git-token` (the internal key).
+pub async fn internal_git_token(env: &Env, rig: &RigId) -> Handled {
+    let location = rig_index::find(env, rig)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("rig not found".into()))?;
+    let creds = town_do::stub(env, &location.town_id)?
+        .call(RigCredentials {
+            credential: None,
+            rig_id: rig.clone(),
+        })
+        .await?;
+    Ok(json(200, &git_token::for_rig(env, creds).await?))
+}
+
+#[derive(Deserialize)]
+struct InstallationEvent {
+    action: String,
+    installation: InstallationRef,
+}
+
+#[derive(Deserialize)]
+struct InstallationRef {
+    id: u64,
+}
+
+/// `POST /api/webhooks/github`: `X-Hub-Signature-256` is checked (in constant time) before the
+/// body is read as anything; `installation` `deleted` / `suspend` / `unsuspend` set the
+/// integration's status. Other events: 204.
+pub async fn github_webhook(req: &mut Request, env: &Env) -> Handled {
+    let settings = &config::get(env).platforms;
+    let signature = req.headers().get("x-hub-signature-256").ok().flatten();
+    let event = req.headers().get("x-github-event").ok().flatten();
+    let body = req
+        .bytes()
+        .await
+        .map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
+    if body.len() > MAX_WEBHOOK_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let secret = settings
+        .github_webhook_secret
+        .as_deref()
+        .unwrap_or_default();
+    if !integrations::github_signature_ok(secret.as_bytes(), &body, signature.as_deref()) {
+        return Err(ApiError::Unauthorized(
+            "missing or invalid webhook signature",
+        ));
+    }
+    if event.as_deref() != Some("installation") {
+        return Ok(Response::empty()
+            .map_err(ApiError::internal)?
+            .with_status(204));
+    }
+    let parsed: InstallationEvent = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidJson(gastown_core::body::json_error_summary(&e)))?;
+    let (status, code) = match parsed.action.as_str() {
+        "deleted" => (IntegrationStatus::Revoked, Some("installation_deleted")),
+        "suspend" => (IntegrationStatus::Suspended, Some("suspended")),
+        "unsuspend" => (IntegrationStatus::Active, None),
+        _ => {
+            return Ok(Response::empty()
+                .map_err(ApiError::internal)?
+                .with_status(204))
+        }
+    };
+    let updated = match store::by_installation(env, &parsed.installation.id.to_string()).await? {
+        Some(row) => {
+            store::set_status(env, &row.id, status, code).await?;
+            1
+        }
+        None => 0,
+    };
+    #[derive(Serialize)]
+    struct Out {
+        updated: u32,
+    }
+    Ok(json(200, &Out { updated }))
+}

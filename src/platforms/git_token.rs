@@ -1,0 +1,197 @@
+//! A git token for one rig, always fresh: the rig's integration first (a GitHub installation
+//! token scoped to the rig's repository, or the GitLab connection's OAuth token, refreshed
+//! when near expiry), else the town's `git_auth` token for the repository's host, else 404
+//! `no_git_credentials`. A suspended, revoked or missing integration answers 409 with its code:
+//! never a stale token, never a silent fallback to another credential.
+//!
+//! Tokens are handed out per request and reused only while more than five minutes remain, so
+//! a caller (the container's git credential helper) that asks per git operation never pushes
+//! with an expired one. Nothing is ever written into a git remote.
+
+use super::store::{self, Row};
+use super::{github, gitlab, PlatformError};
+use crate::config;
+use gastown_core::control::{GitTokenReply, GitTokenSource};
+use gastown_core::error::ApiError;
+use gastown_core::integrations::{self, IntegrationStatus, Platform, TOKEN_REFRESH_MARGIN_SECS};
+use gastown_core::protocol::town::RigCredentialsReply;
+use std::time::Duration;
+use worker::{console_error, Delay, Env};
+
+/// How long a static town token is handed out for: the helper asks again after this, and so
+/// picks up a config change.
+const TOWN_TOKEN_TTL_SECS: i64 = 3600;
+/// A concurrent GitLab refresh is waited for this many times, this long each.
+const REFRESH_WAITS: u32 = 40;
+const REFRESH_WAIT: Duration = Duration::from_millis(150);
+
+fn unavailable(status: IntegrationStatus) -> ApiError {
+    ApiError::IntegrationUnavailable(match status {
+        IntegrationStatus::Suspended => "integration_suspended",
+        _ => "integration_revoked",
+    })
+}
+
+fn fresh(expires_at: i64) -> bool {
+    expires_at - config::now_s() > TOKEN_REFRESH_MARGIN_SECS
+}
+
+/// The token for `creds.rig`.
+///
+/// # Errors
+/// As the module says; 502 when the provider fails for another reason.
+pub async fn for_rig(env: &Env, creds: RigCredentialsReply) -> Result<GitTokenReply, ApiError> {
+    let RigCredentialsReply {
+        town,
+        rig,
+        town_token,
+    } = creds;
+    let Some(integration_id) = rig.platform_integration_id.as_deref() else {
+        return match town_token {
+            Some(token) => Ok(GitTokenReply {
+                token,
+                expires_at: config::now_s() + TOWN_TOKEN_TTL_SECS,
+                source: GitTokenSource::TownConfig,
+            }),
+            None => Err(ApiError::NoGitCredentials),
+        };
+    };
+    let row = store::get(env, integration_id)
+        .await?
+        .ok_or(ApiError::IntegrationUnavailable("integration_missing"))?;
+    if !row.public().belongs_to(&town.owner) {
+        return Err(ApiError::Forbidden(
+            "the rig's integration belongs to another owner".into(),
+        ));
+    }
+    if row.status != IntegrationStatus::Active {
+        return Err(unavailable(row.status));
+    }
+    let result = match row.platform() {
+        Platform::Github => github_token(env, &row, &rig.git_url).await,
+        Platform::Gitlab => gitlab_token(env, row).await,
+    };
+    result.map_err(PlatformError::into_api)
+}
+
+async fn github_token(env: &Env, row: &Row, git_url: &str) -> Result<GitTokenReply, PlatformError> {
+    let full_name = integrations::repo_full_name(git_url)
+        .ok_or_else(|| ApiError::internal("the rig's git_url names no repository"))?;
+    if let Some((token, expires_at)) = store::cached_git_token(env, &row.id, &full_name).await? {
+        if fresh(expires_at) {
+            return Ok(GitTokenReply {
+                token,
+                expires_at,
+                source: GitTokenSource::GithubApp,
+            });
+        }
+    }
+    let installation = row
+        .installation_id
+        .as_deref()
+        .ok_or_else(|| ApiError::internal("GitHub integration without an installation"))?;
+    let name = full_name.rsplit('/').next().unwrap_or(&full_name);
+    let settings = &config::get(env).platforms;
+    match github::installation_token(settings, installation, Some(name)).await {
+        Ok((token, expires_at)) => {
+            store::store_git_token(env, &row.id, &full_name, &token, expires_at).await?;
+            Ok(GitTokenReply {
+                token,
+                expires_at,
+                source: GitTokenSource::GithubApp,
+            })
+        }
+        // GitHub says the installation is suspended, or gone: record it and say so.
+        Err(PlatformError::Provider { status: 403, .. }) => {
+            store::set_status(
+                env,
+                &row.id,
+                IntegrationStatus::Suspended,
+                Some("suspended"),
+            )
+            .await?;
+            Err(unavailable(IntegrationStatus::Suspended).into())
+        }
+        Err(PlatformError::Provider { status: 404, .. }) => {
+            store::set_status(
+                env,
+                &row.id,
+                IntegrationStatus::Revoked,
+                Some("installation_removed"),
+            )
+            .await?;
+            Err(unavailable(IntegrationStatus::Revoked).into())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// GitLab rotates refresh tokens, so of concurrent refreshes exactly one may spend it: each
+/// caller tries to claim the refresh by moving `credential_version` from the (even, at-rest)
+/// value it read to the next (odd) one; the one that succeeds refreshes and stores the result,
+/// the others re-read until the new token is there. A claim is never taken from a live
+/// claimer (only after `store::REFRESH_CLAIM_TIMEOUT_SECS` of silence).
+async fn gitlab_token(env: &Env, mut row: Row) -> Result<GitTokenReply, PlatformError> {
+    let settings = &config::get(env).platforms;
+    for _ in 0..REFRESH_WAITS {
+        if row.status != IntegrationStatus::Active {
+            return Err(unavailable(row.status).into());
+        }
+        if let Some(expires_at) = row.access_expires_at().filter(|t| fresh(*t)) {
+            return Ok(GitTokenReply {
+                token: row.access_token(env)?,
+                expires_at,
+                source: GitTokenSource::GitlabOauth,
+            });
+        }
+        if let Some(claimed) = store::claim_refresh(env, &row.id, row.version()).await? {
+            let refresh_token = row.refresh_token(env)?;
+            return match gitlab::refresh(settings, &refresh_token).await {
+                Ok(tokens) => {
+                    store::store_refreshed(env, &row.id, claimed, &tokens).await?;
+                    Ok(GitTokenReply {
+                        token: tokens.access_token,
+                        expires_at: tokens.expires_at,
+                        source: GitTokenSource::GitlabOauth,
+                    })
+                }
+                Err(PlatformError::Provider {
+                    status: 400 | 401, ..
+                }) => {
+                    // GitLab refused the refresh token: the grant is gone.
+                    store::set_status(
+                        env,
+                        &row.id,
+                        IntegrationStatus::Revoked,
+                        Some("refresh_failed"),
+                    )
+                    .await?;
+                    store::release_claim(env, &row.id, claimed).await?;
+                    Err(unavailable(IntegrationStatus::Revoked).into())
+                }
+                Err(e) => {
+                    console_error!("integration {}: GitLab refresh failed", row.id);
+                    store::release_claim(env, &row.id, claimed).await?;
+                    Err(e)
+                }
+            };
+        }
+        // Another request is refreshing: wait for its result.
+        Delay::from(REFRESH_WAIT).await;
+        row = store::get(env, &row.id)
+            .await?
+            .ok_or(ApiError::IntegrationUnavailable("integration_missing"))?;
+    }
+    Err(ApiError::Upstream("a concurrent GitLab refresh did not finish".into()).into())
+}
+
+/// A GitLab integration's current access token (refreshed if due), for listing its projects.
+///
+/// # Errors
+/// As [`for_rig`].
+pub async fn gitlab_access(env: &Env, row: Row) -> Result<String, ApiError> {
+    gitlab_token(env, row)
+        .await
+        .map(|reply| reply.token)
+        .map_err(PlatformError::into_api)
+}

@@ -1,0 +1,556 @@
+//! The integrations in D1 (`migrations/d1/0002_integrations.sql`). Credentials are sealed, each
+//! bound to its row and field (`integration:<id>:<field>`), and opened only to mint a git token.
+
+use crate::config;
+use crate::rig_index::BINDING;
+use gastown_core::error::ApiError;
+use gastown_core::integrations::{Integration, IntegrationStatus, Platform, Repository};
+use gastown_core::model::{Owner, OwnerType};
+use gastown_core::time::rfc3339;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use worker::wasm_bindgen::JsValue;
+use worker::{D1Database, D1PreparedStatement, Env};
+
+fn db(env: &Env) -> Result<D1Database, ApiError> {
+    env.d1(BINDING).map_err(ApiError::internal)
+}
+
+fn s(v: &str) -> JsValue {
+    JsValue::from_str(v)
+}
+
+fn n(v: i64) -> JsValue {
+    JsValue::from_f64(v as f64)
+}
+
+fn opt(v: Option<&str>) -> JsValue {
+    v.map_or(JsValue::NULL, JsValue::from_str)
+}
+
+fn stmt(env: &Env, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, ApiError> {
+    db(env)?.prepare(sql).bind(args).map_err(ApiError::internal)
+}
+
+async fn first<T: DeserializeOwned>(
+    env: &Env,
+    sql: &str,
+    args: &[JsValue],
+) -> Result<Option<T>, ApiError> {
+    stmt(env, sql, args)?
+        .first::<T>(None)
+        .await
+        .map_err(ApiError::internal)
+}
+
+async fn all<T: DeserializeOwned>(
+    env: &Env,
+    sql: &str,
+    args: &[JsValue],
+) -> Result<Vec<T>, ApiError> {
+    stmt(env, sql, args)?
+        .all()
+        .await
+        .map_err(ApiError::internal)?
+        .results::<T>()
+        .map_err(ApiError::internal)
+}
+
+/// Runs a write; answers how many rows it changed.
+async fn run(env: &Env, sql: &str, args: &[JsValue]) -> Result<usize, ApiError> {
+    let result = stmt(env, sql, args)?
+        .run()
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(result
+        .meta()
+        .map_err(ApiError::internal)?
+        .and_then(|m| m.changes)
+        .unwrap_or(0))
+}
+
+fn seal(env: &Env, id: &str, field: &str, value: &str) -> Result<String, ApiError> {
+    config::get(env)
+        .sealer
+        .seal(
+            value.as_bytes(),
+            &format!("integration:{id}:{field}"),
+            config::nonce()?,
+        )
+        .map_err(ApiError::internal)
+}
+
+fn open(env: &Env, id: &str, field: &str, sealed: &str) -> Result<String, ApiError> {
+    let plain = config::get(env)
+        .sealer
+        .open(sealed, &format!("integration:{id}:{field}"))
+        .map_err(ApiError::internal)?;
+    String::from_utf8(plain).map_err(|_| ApiError::internal("sealed value is not UTF-8"))
+}
+
+const COLUMNS: &str = "id, platform, owner_type, owner_id, account_login, account_type, installation_id, access_token, access_expires_at, refresh_token, refresh_expires_at, credential_version, status, last_error_code, created_at, updated_at";
+
+/// One stored integration, credentials still sealed.
+#[derive(Deserialize)]
+pub struct Row {
+    pub id: String,
+    platform: Platform,
+    owner_type: OwnerType,
+    owner_id: String,
+    account_login: String,
+    account_type: String,
+    pub installation_id: Option<String>,
+    access_token: Option<String>,
+    access_expires_at: Option<f64>,
+    refresh_token: Option<String>,
+    credential_version: f64,
+    pub status: IntegrationStatus,
+    pub last_error_code: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl Row {
+    pub fn public(&self) -> Integration {
+        Integration {
+            id: self.id.clone(),
+            platform: self.platform,
+            owner_type: self.owner_type,
+            owner_id: self.owner_id.clone(),
+            account_login: self.account_login.clone(),
+            account_type: self.account_type.clone(),
+            status: self.status,
+            last_error_code: self.last_error_code.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+        }
+    }
+
+    pub fn platform(&self) -> Platform {
+        self.platform
+    }
+
+    pub fn version(&self) -> i64 {
+        self.credential_version as i64
+    }
+
+    pub fn access_expires_at(&self) -> Option<i64> {
+        self.access_expires_at.map(|t| t as i64)
+    }
+
+    /// The GitLab access token, opened.
+    ///
+    /// # Errors
+    /// Internal, when it does not open (or there is none).
+    pub fn access_token(&self, env: &Env) -> Result<String, ApiError> {
+        let sealed = self
+            .access_token
+            .as_deref()
+            .ok_or_else(|| ApiError::internal("integration has no access token"))?;
+        open(env, &self.id, "access_token", sealed)
+    }
+
+    /// The GitLab refresh token, opened.
+    ///
+    /// # Errors
+    /// Internal, when it does not open (or there is none).
+    pub fn refresh_token(&self, env: &Env) -> Result<String, ApiError> {
+        let sealed = self
+            .refresh_token
+            .as_deref()
+            .ok_or_else(|| ApiError::internal("integration has no refresh token"))?;
+        open(env, &self.id, "refresh_token", sealed)
+    }
+}
+
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn get(env: &Env, id: &str) -> Result<Option<Row>, ApiError> {
+    first(
+        env,
+        &format!("SELECT {COLUMNS} FROM platform_integrations WHERE id = ?1"),
+        &[s(id)],
+    )
+    .await
+}
+
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn by_installation(env: &Env, installation_id: &str) -> Result<Option<Row>, ApiError> {
+    first(
+        env,
+        &format!(
+            "SELECT {COLUMNS} FROM platform_integrations WHERE platform = 'github' AND installation_id = ?1"
+        ),
+        &[s(installation_id)],
+    )
+    .await
+}
+
+/// An owner's integrations, oldest first.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn list(env: &Env, owner: &Owner) -> Result<Vec<Integration>, ApiError> {
+    let rows: Vec<Row> = all(
+        env,
+        &format!(
+            "SELECT {COLUMNS} FROM platform_integrations WHERE owner_type = ?1 AND owner_id = ?2 ORDER BY created_at, id"
+        ),
+        &[s(owner.kind().as_str()), s(owner.id())],
+    )
+    .await?;
+    Ok(rows.iter().map(Row::public).collect())
+}
+
+/// Records a GitHub installation for `owner`, or refreshes the record it already has. An
+/// installation recorded for another owner is not taken over.
+///
+/// # Errors
+/// 409 when another owner holds the installation; internal when D1 fails.
+pub async fn record_github(
+    env: &Env,
+    owner: &Owner,
+    installation_id: &str,
+    login: &str,
+    account_type: &str,
+    suspended: bool,
+) -> Result<Integration, ApiError> {
+    let now = rfc3339(config::now_ms());
+    let status = if suspended { "suspended" } else { "active" };
+    if let Some(existing) = by_installation(env, installation_id).await? {
+        if !existing.public().belongs_to(owner) {
+            return Err(ApiError::Conflict(
+                "this installation is connected to another owner".into(),
+            ));
+        }
+        run(
+            env,
+            "UPDATE platform_integrations SET account_login = ?1, account_type = ?2, status = ?3, last_error_code = NULL, updated_at = ?4 WHERE id = ?5",
+            &[s(login), s(account_type), s(status), s(&now), s(&existing.id)],
+        )
+        .await?;
+        return get(env, &existing.id)
+            .await?
+            .map(|r| r.public())
+            .ok_or_else(|| ApiError::internal("integration vanished"));
+    }
+    let id = config::new_id()?;
+    run(
+        env,
+        "INSERT INTO platform_integrations (id, platform, owner_type, owner_id, account_login, account_type, installation_id, status, created_at, updated_at) VALUES (?1, 'github', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+        &[
+            s(&id),
+            s(owner.kind().as_str()),
+            s(owner.id()),
+            s(login),
+            s(account_type),
+            s(installation_id),
+            s(status),
+            s(&now),
+        ],
+    )
+    .await?;
+    get(env, &id)
+        .await?
+        .map(|r| r.public())
+        .ok_or_else(|| ApiError::internal("integration vanished"))
+}
+
+/// Records a GitLab connection with its (sealed) tokens.
+///
+/// # Errors
+/// Internal, when sealing or D1 fails.
+pub async fn record_gitlab(
+    env: &Env,
+    owner: &Owner,
+    login: &str,
+    tokens: &super::gitlab::Tokens,
+) -> Result<Integration, ApiError> {
+    let id = config::new_id()?;
+    let now = rfc3339(config::now_ms());
+    run(
+        env,
+        "INSERT INTO platform_integrations (id, platform, owner_type, owner_id, account_login, account_type, access_token, access_expires_at, refresh_token, status, created_at, updated_at) VALUES (?1, 'gitlab', ?2, ?3, ?4, 'User', ?5, ?6, ?7, 'active', ?8, ?8)",
+        &[
+            s(&id),
+            s(owner.kind().as_str()),
+            s(owner.id()),
+            s(login),
+            s(&seal(env, &id, "access_token", &tokens.access_token)?),
+            n(tokens.expires_at),
+            s(&seal(env, &id, "refresh_token", &tokens.refresh_token)?),
+            s(&now),
+        ],
+    )
+    .await?;
+    get(env, &id)
+        .await?
+        .map(|r| r.public())
+        .ok_or_else(|| ApiError::internal("integration vanished"))
+}
+
+/// A claimed refresh whose claimer is silent this long may be taken over.
+pub const REFRESH_CLAIM_TIMEOUT_SECS: i64 = 30;
+
+/// Takes the right to spend the refresh token. The version read must still be current and at
+/// rest (even), or a stale claim (odd, older than [`REFRESH_CLAIM_TIMEOUT_SECS`]): so exactly
+/// one caller holds the claim at a time. Answers the claimed (odd) version, or `None`.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn claim_refresh(env: &Env, id: &str, version: i64) -> Result<Option<i64>, ApiError> {
+    let now = config::now_s();
+    let claimed = if version % 2 == 0 {
+        version + 1
+    } else {
+        version + 2
+    };
+    let changed = run(
+        env,
+        "UPDATE platform_integrations SET credential_version = ?1, refresh_claimed_at = ?2 WHERE id = ?3 AND credential_version = ?4 AND (?4 % 2 = 0 OR COALESCE(refresh_claimed_at, 0) < ?5)",
+        &[n(claimed), n(now), s(id), n(version), n(now - REFRESH_CLAIM_TIMEOUT_SECS)],
+    )
+    .await?;
+    Ok((changed == 1).then_some(claimed))
+}
+
+/// Gives a claim back without new tokens (the refresh failed for a reason that may pass).
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn release_claim(env: &Env, id: &str, claimed: i64) -> Result<(), ApiError> {
+    run(
+        env,
+        "UPDATE platform_integrations SET credential_version = ?1, refresh_claimed_at = NULL WHERE id = ?2 AND credential_version = ?3",
+        &[n(claimed + 1), s(id), n(claimed)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores what the claimed refresh returned, and puts the version back at rest.
+///
+/// # Errors
+/// Internal, when sealing or D1 fails.
+pub async fn store_refreshed(
+    env: &Env,
+    id: &str,
+    claimed: i64,
+    tokens: &super::gitlab::Tokens,
+) -> Result<(), ApiError> {
+    run(
+        env,
+        "UPDATE platform_integrations SET access_token = ?1, access_expires_at = ?2, refresh_token = ?3, credential_version = ?4, refresh_claimed_at = NULL, last_error_code = NULL, updated_at = ?5 WHERE id = ?6 AND credential_version = ?7",
+        &[
+            s(&seal(env, id, "access_token", &tokens.access_token)?),
+            n(tokens.expires_at),
+            s(&seal(env, id, "refresh_token", &tokens.refresh_token)?),
+            n(claimed + 1),
+            s(&rfc3339(config::now_ms())),
+            s(id),
+            n(claimed),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks an integration with a status and an error code (`None` clears the code).
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn set_status(
+    env: &Env,
+    id: &str,
+    status: IntegrationStatus,
+    code: Option<&str>,
+) -> Result<(), ApiError> {
+    let status = match status {
+        IntegrationStatus::Active => "active",
+        IntegrationStatus::Suspended => "suspended",
+        IntegrationStatus::Revoked => "revoked",
+    };
+    run(
+        env,
+        "UPDATE platform_integrations SET status = ?1, last_error_code = ?2, updated_at = ?3 WHERE id = ?4",
+        &[s(status), opt(code), s(&rfc3339(config::now_ms())), s(id)],
+    )
+    .await?;
+    // A changed status invalidates every minted token.
+    run(
+        env,
+        "DELETE FROM integration_git_tokens WHERE integration_id = ?1",
+        &[s(id)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes an integration and everything cached for it.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn delete(env: &Env, id: &str) -> Result<(), ApiError> {
+    let db = db(env)?;
+    let stmts = [
+        "DELETE FROM integration_git_tokens WHERE integration_id = ?1",
+        "DELETE FROM integration_repositories WHERE integration_id = ?1",
+        "DELETE FROM integration_repo_cache WHERE integration_id = ?1",
+        "DELETE FROM platform_integrations WHERE id = ?1",
+    ]
+    .into_iter()
+    .map(|q| db.prepare(q).bind(&[s(id)]))
+    .collect::<worker::Result<Vec<_>>>()
+    .map_err(ApiError::internal)?;
+    db.batch(stmts).await.map_err(ApiError::internal)?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct CacheRow {
+    fetched_at: f64,
+}
+
+#[derive(Deserialize)]
+struct RepoRow {
+    full_name: String,
+    git_url: String,
+    default_branch: String,
+    private: f64,
+}
+
+/// The cached repository list and when it was fetched (seconds), if any.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn cached_repositories(
+    env: &Env,
+    id: &str,
+) -> Result<Option<(i64, Vec<Repository>)>, ApiError> {
+    let Some(cache) = first::<CacheRow>(
+        env,
+        "SELECT fetched_at FROM integration_repo_cache WHERE integration_id = ?1",
+        &[s(id)],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let rows: Vec<RepoRow> = all(
+        env,
+        "SELECT full_name, git_url, default_branch, private FROM integration_repositories WHERE integration_id = ?1 ORDER BY full_name",
+        &[s(id)],
+    )
+    .await?;
+    Ok(Some((
+        cache.fetched_at as i64,
+        rows.into_iter()
+            .map(|r| Repository {
+                full_name: r.full_name,
+                git_url: r.git_url,
+                default_branch: r.default_branch,
+                private: r.private != 0.0,
+            })
+            .collect(),
+    )))
+}
+
+/// Replaces the cached repository list.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn store_repositories(env: &Env, id: &str, repos: &[Repository]) -> Result<(), ApiError> {
+    let db = db(env)?;
+    let mut stmts = vec![db
+        .prepare("DELETE FROM integration_repositories WHERE integration_id = ?1")
+        .bind(&[s(id)])
+        .map_err(ApiError::internal)?];
+    for r in repos {
+        stmts.push(
+            db.prepare("INSERT OR REPLACE INTO integration_repositories (integration_id, full_name, git_url, default_branch, private) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .bind(&[s(id), s(&r.full_name), s(&r.git_url), s(&r.default_branch), n(i64::from(r.private))])
+                .map_err(ApiError::internal)?,
+        );
+    }
+    stmts.push(
+        db.prepare("INSERT OR REPLACE INTO integration_repo_cache (integration_id, fetched_at) VALUES (?1, ?2)")
+            .bind(&[s(id), n(config::now_s())])
+            .map_err(ApiError::internal)?,
+    );
+    db.batch(stmts).await.map_err(ApiError::internal)?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct TokenRow {
+    token: String,
+    expires_at: f64,
+}
+
+/// A cached installation token for `repo`, opened, with its expiry.
+///
+/// # Errors
+/// Internal, when D1 fails or the value does not open.
+pub async fn cached_git_token(
+    env: &Env,
+    id: &str,
+    repo: &str,
+) -> Result<Option<(String, i64)>, ApiError> {
+    let row = first::<TokenRow>(
+        env,
+        "SELECT token, expires_at FROM integration_git_tokens WHERE integration_id = ?1 AND repo = ?2",
+        &[s(id), s(repo)],
+    )
+    .await?;
+    row.map(|r| {
+        open(env, id, &format!("git_token:{repo}"), &r.token).map(|t| (t, r.expires_at as i64))
+    })
+    .transpose()
+}
+
+/// Caches an installation token for `repo`, sealed.
+///
+/// # Errors
+/// Internal, when sealing or D1 fails.
+pub async fn store_git_token(
+    env: &Env,
+    id: &str,
+    repo: &str,
+    token: &str,
+    expires_at: i64,
+) -> Result<(), ApiError> {
+    run(
+        env,
+        "INSERT OR REPLACE INTO integration_git_tokens (integration_id, repo, token, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        &[
+            s(id),
+            s(repo),
+            s(&seal(env, id, &format!("git_token:{repo}"), token)?),
+            n(expires_at),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records a connect flow's nonce; false if it was used before (a replayed `state`).
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn use_nonce(env: &Env, nonce: &str, expires_at: i64) -> Result<bool, ApiError> {
+    let now = config::now_s();
+    run(
+        env,
+        "DELETE FROM oauth_states_used WHERE expires_at < ?1",
+        &[n(now)],
+    )
+    .await?;
+    Ok(run(
+        env,
+        "INSERT OR IGNORE INTO oauth_states_used (nonce, expires_at) VALUES (?1, ?2)",
+        &[s(nonce), n(expires_at)],
+    )
+    .await?
+        == 1)
+}

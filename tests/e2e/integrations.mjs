@@ -1,0 +1,394 @@
+// Issue 11, end to end against the GitHub/GitLab stand-in (tests/e2e/standins/git_platforms.mjs):
+// the App install and GitLab OAuth flows with good, forged, expired and replayed state; the
+// repository picker and its cache; rigs made from a repository; git tokens from GitHub, GitLab
+// and the town's git_auth, always fresh; the GitLab refresh race; suspended and revoked
+// integrations; the webhook; the container's git credential helper in a long session; and no
+// token anywhere it should not be.
+import { describe, it, before } from "node:test";
+import assert from "node:assert/strict";
+import { createHash, createHmac } from "node:crypto";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { ROOT } from "../../scripts/lib/jwt.mjs";
+import { secrets } from "./harness.mjs";
+import { webhookPayload, signWebhook } from "./standins/git_platforms.mjs";
+import { freshUser, tokenFor, createTown, internalKey } from "./fixtures.mjs";
+
+const DASHBOARD = secrets.DASHBOARD_URL;
+
+/** The `state` format of gastown_core::integrations, written independently: for forging tests. */
+function signState(claims) {
+  const key = createHash("sha256").update("gastown-connect-state-key-v1:").update(secrets.GASTOWN_ENCRYPTION_KEY).digest();
+  const body = Buffer.from(JSON.stringify(claims)).toString("base64url");
+  const sig = createHmac("sha256", key).update("gastown-oauth-state-v1:").update(body).digest("base64url");
+  return `${body}.${sig}`;
+}
+
+export default function integrations(ctx) {
+  const p = () => ctx.platforms;
+  const seen = []; // every response body of this suite but the git-token answers
+  const as = async (token, method, path, body) => {
+    const res = await ctx.call(method, path, { token, body });
+    seen.push(res.text);
+    return res;
+  };
+  /** Follows nothing: the callback's redirect, as the browser would receive it. */
+  const land = async (path) => {
+    const res = await fetch(`${ctx.worker.url}${path}`, { redirect: "manual" });
+    const text = await res.text();
+    seen.push(text, res.headers.get("location") ?? "");
+    return { status: res.status, location: res.headers.get("location") };
+  };
+  const result = (location) => new URL(location).searchParams.get("result");
+  const gitToken = (token, townId, rigId) => ctx.call("POST", `/api/towns/${townId}/rigs/${rigId}/git-token`, { token });
+  const internalGitToken = (rigId) => ctx.call("POST", `/api/internal/rigs/${rigId}/git-token`, { headers: { "x-internal-api-key": internalKey() } });
+  const webhook = (event, payload, secret = secrets.GITHUB_WEBHOOK_SECRET) => {
+    const body = JSON.stringify(payload);
+    return fetch(`${ctx.worker.url}/api/webhooks/github`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-github-event": event, "x-hub-signature-256": signWebhook(secret, body) },
+      body,
+    });
+  };
+  let nextInstallation = 7_000 + (process.pid % 1000) * 10;
+
+  /** Installs the App for `user` (or their org), through the whole flow; returns the integration. */
+  async function install(user, { org, repos = [{ name: "app", default_branch: "trunk" }, { name: "lib" }] } = {}) {
+    const id = ++nextInstallation;
+    const token = org ? tokenFor(user, { orgs: [{ orgId: org, role: "owner" }] }) : tokenFor(user);
+    const start = await as(token, "POST", "/api/integrations/github/install", org ? { org_id: org } : {});
+    assert.equal(start.status, 200, start.text);
+    const url = new URL(start.body.install_url);
+    assert.equal(url.origin + url.pathname, `${p().url}/apps/${secrets.GITHUB_APP_SLUG}/installations/new`);
+    const login = `acct-${id}`;
+    p().addInstallation({ id, login, type: org ? "Organization" : "User", repos });
+    const back = await land(`/api/integrations/github/installed?installation_id=${id}&setup_action=install&state=${encodeURIComponent(url.searchParams.get("state"))}`);
+    assert.equal(back.status, 302);
+    assert.equal(result(back.location), "success", back.location);
+    const owner = org ? `/api/orgs/${org}` : `/api/users/${user}`;
+    const list = await as(token, "GET", `${owner}/integrations`);
+    const integration = list.body.find((i) => i.account_login === login);
+    assert.ok(integration, JSON.stringify(list.body));
+    return { integration, installationId: id, login, state: url.searchParams.get("state") };
+  }
+
+  async function startedTown(user) {
+    const town = await createTown(ctx.call, user, "Integrated");
+    assert.equal((await as(tokenFor(user), "POST", `/api/towns/${town.id}/container/start`)).status, 200);
+    return { town, containerToken: (await ctx.control.town(town.id)).body.token };
+  }
+
+  describe("GitHub App: install flow", () => {
+    it("records the installation for the user; the App JWT is RS256, from our App, under 10 minutes", async () => {
+      const user = freshUser("gh");
+      const { integration, login } = await install(user);
+      assert.deepEqual(
+        [integration.platform, integration.owner_type, integration.owner_id, integration.account_login, integration.status],
+        ["github", "user", user, login, "active"],
+      );
+      const jwt = p().lastAppJwt();
+      assert.equal(jwt.header.alg, "RS256");
+      assert.equal(String(jwt.claims.iss), secrets.GITHUB_APP_ID);
+      assert.ok(jwt.claims.exp - jwt.claims.iat <= 600);
+      assert.equal(new URL(`${DASHBOARD}/x`).origin, new URL((await land("/api/integrations/github/installed")).location).origin, "back to the dashboard");
+    });
+
+    it("a replayed, forged, expired or other-flow state lands on invalid_state and records nothing", async () => {
+      const user = freshUser("ghs");
+      const { state } = await install(user);
+      const id = ++nextInstallation;
+      p().addInstallation({ id, login: `acct-${id}`, repos: [] });
+      const now = Math.floor(Date.now() / 1000);
+      const claims = { kind: "github_install", nonce: crypto.randomUUID(), user_id: user, org_id: null, exp: now + 300 };
+      const cases = {
+        replayed: state,
+        forged: `${state.split(".")[0]}.${Buffer.from("x".repeat(32)).toString("base64url")}`,
+        expired: signState({ ...claims, exp: now - 1 }),
+        "another flow": signState({ ...claims, kind: "gitlab_connect" }),
+        "too long-lived": signState({ ...claims, exp: now + 3600 }),
+        garbage: "not-a-state",
+      };
+      for (const [name, s] of Object.entries(cases)) {
+        const back = await land(`/api/integrations/github/installed?installation_id=${id}&setup_action=install&state=${encodeURIComponent(s)}`);
+        assert.equal(back.status, 302, name);
+        assert.equal(result(back.location), "invalid_state", name);
+      }
+      const good = signState({ ...claims, nonce: crypto.randomUUID() });
+      const back = await land(`/api/integrations/github/installed?installation_id=${id}&setup_action=install&state=${encodeURIComponent(good)}`);
+      assert.equal(result(back.location), "success", "our own independently written state format is accepted");
+      const list = (await as(tokenFor(user), "GET", `/api/users/${user}/integrations`)).body;
+      assert.equal(list.length, 2, "only the two good flows recorded anything");
+      const nope = await land(`/api/integrations/github/installed?installation_id=999999999&setup_action=install&state=${encodeURIComponent(signState({ ...claims, nonce: crypto.randomUUID() }))}`);
+      assert.equal(result(nope.location), "exchange_failed", "an installation GitHub does not know");
+      assert.ok(!nope.location.includes("Not Found"), "never provider text");
+    });
+
+    it("an org integration needs an org owner to connect; members read it, others do not", async () => {
+      const org = `org-${freshUser("gho")}`;
+      const owner = freshUser("owner");
+      const member = tokenFor(freshUser("member"), { orgs: [{ orgId: org, role: "member" }] });
+      const denied = await as(member, "POST", "/api/integrations/github/install", { org_id: org });
+      assert.equal(denied.status, 403);
+      const { integration } = await install(owner, { org });
+      assert.equal(integration.owner_type, "org");
+      assert.equal((await as(member, "GET", `/api/orgs/${org}/integrations`)).body.length, 1);
+      assert.equal((await as(member, "GET", `/api/integrations/${integration.id}/repositories`)).status, 200);
+      assert.equal((await as(tokenFor(freshUser("x")), "GET", `/api/integrations/${integration.id}/repositories`)).status, 403);
+      assert.equal((await as(member, "DELETE", `/api/integrations/${integration.id}`)).status, 403, "members do not delete");
+    });
+  });
+
+  describe("GitHub App: repositories, rigs and git tokens", () => {
+    const user = freshUser("ghr");
+    let inst;
+    let town;
+    let containerToken;
+    let rig;
+
+    before(async () => {
+      inst = await install(user);
+      ({ town, containerToken } = await startedTown(user));
+    });
+
+    it("the picker lists the installation's repositories, from the cache until asked to refresh", async () => {
+      p().resetCalls();
+      const path = `/api/integrations/${inst.integration.id}/repositories`;
+      const first = await as(tokenFor(user), "GET", path);
+      assert.equal(first.status, 200, first.text);
+      const app = first.body.find((r) => r.full_name === `${inst.login}/app`);
+      assert.deepEqual([app.default_branch, app.private], ["trunk", true]);
+      assert.ok(app.git_url.endsWith(`/${inst.login}/app.git`));
+      assert.equal(p().calls("github.installation_repositories"), 1);
+      assert.equal((await as(tokenFor(user), "GET", path)).body.length, 2);
+      assert.equal(p().calls("github.installation_repositories"), 1, "the second read is the cache");
+      const filtered = await as(tokenFor(user), "GET", `${path}?q=LI`);
+      assert.deepEqual(filtered.body.map((r) => r.full_name), [`${inst.login}/lib`]);
+      await as(tokenFor(user), "GET", `${path}?refresh=1`);
+      assert.equal(p().calls("github.installation_repositories"), 2, "refresh asks GitHub");
+      assert.equal((await as(tokenFor(freshUser("x")), "GET", path)).status, 403, "another user's integration");
+    });
+
+    it("a rig made from a repository takes its URL and default branch, and shows its integration", async () => {
+      const res = await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, {
+        town_id: town.id, name: "app", platform_integration_id: inst.integration.id, repo: `${inst.login}/app`,
+      });
+      assert.equal(res.status, 201, res.text);
+      rig = res.body;
+      assert.ok(rig.git_url.endsWith(`/${inst.login}/app.git`));
+      assert.equal(rig.default_branch, "trunk");
+      const got = await as(tokenFor(user), "GET", `/api/users/${user}/rigs/${rig.id}`);
+      assert.deepEqual(got.body.integration, { platform: "github", account_login: inst.login, status: "active", last_error_code: null });
+      const unknown = await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, {
+        town_id: town.id, name: "nope", platform_integration_id: inst.integration.id, repo: `${inst.login}/missing`,
+      });
+      assert.equal(unknown.status, 422);
+      assert.equal(unknown.body.error.field, "repo");
+      const stranger = freshUser("stranger");
+      const theirTown = await createTown(ctx.call, stranger, "Theirs");
+      const theft = await as(tokenFor(stranger), "POST", `/api/users/${stranger}/rigs`, {
+        town_id: theirTown.id, name: "stolen", platform_integration_id: inst.integration.id, repo: `${inst.login}/app`,
+      });
+      assert.equal(theft.status, 403, "another owner's integration is refused");
+      const manual = await as(tokenFor(user), "GET", `/api/users/${user}/rigs/${(await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "manual", git_url: "https://github.com/acme/manual.git" })).body.id}`);
+      assert.equal(manual.body.integration, null, "the manual path still works");
+    });
+
+    it("git tokens are installation tokens scoped to the rig's repository, cached until near expiry", async () => {
+      p().resetCalls();
+      const res = await gitToken(containerToken, town.id, rig.id);
+      assert.equal(res.status, 200, res.text);
+      assert.equal(res.body.source, "github_app");
+      assert.match(res.body.token, /^ghs_/);
+      assert.ok(res.body.expires_at > Date.now() / 1000 + 3000);
+      const minted = p().tokens().github.find((t) => t.token === res.body.token);
+      assert.deepEqual(minted.repositories, ["app"], "scoped to the rig's repository");
+      const again = await gitToken(containerToken, town.id, rig.id);
+      assert.equal(again.body.token, res.body.token);
+      const internal = await internalGitToken(rig.id);
+      assert.equal(internal.status, 200);
+      assert.equal(internal.body.token, res.body.token);
+      assert.equal(p().calls("github.access_tokens"), 1, "one mint for three requests");
+      assert.equal((await gitToken(tokenFor(user), town.id, rig.id)).status, 401, "not with a user token");
+      assert.equal((await ctx.call("POST", `/api/internal/rigs/${rig.id}/git-token`)).status, 401, "not without the key");
+    });
+
+    it("the webhook suspends, unsuspends and revokes: a refused integration answers its code, never a token", async () => {
+      const payload = (action) => {
+        const body = webhookPayload("installation", action);
+        body.installation.id = inst.installationId;
+        return body;
+      };
+      const forged = await webhook("installation", payload("suspend"), "wrong-secret");
+      assert.equal(forged.status, 401);
+      assert.equal((await gitToken(containerToken, town.id, rig.id)).status, 200, "a forged webhook changed nothing");
+      const unsigned = await fetch(`${ctx.worker.url}/api/webhooks/github`, { method: "POST", headers: { "x-github-event": "installation" }, body: JSON.stringify(payload("suspend")) });
+      assert.equal(unsigned.status, 401);
+      assert.equal((await webhook("installation", payload("suspend"))).status, 200);
+      const suspended = await gitToken(containerToken, town.id, rig.id);
+      assert.equal(suspended.status, 409);
+      assert.equal(suspended.body.error.code, "integration_suspended");
+      assert.ok(!/ghs_/.test(suspended.text));
+      assert.equal((await as(tokenFor(user), "GET", `/api/users/${user}/rigs/${rig.id}`)).body.integration.status, "suspended");
+      assert.equal((await webhook("installation", payload("unsuspend"))).status, 200);
+      assert.equal((await gitToken(containerToken, town.id, rig.id)).status, 200);
+      assert.equal((await webhook("ping", { zen: "Keep it logically awesome." })).status, 204, "other events: 204");
+      assert.equal((await webhook("installation", payload("deleted"))).status, 200);
+      const revoked = await internalGitToken(rig.id);
+      assert.equal(revoked.status, 409);
+      assert.equal(revoked.body.error.code, "integration_revoked");
+    });
+  });
+
+  describe("GitHub suspension seen when minting", () => {
+    it("a 403 from GitHub marks the integration suspended and answers integration_suspended", async () => {
+      const user = freshUser("ghx");
+      const inst = await install(user);
+      const { town, containerToken } = await startedTown(user);
+      const rig = (await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "app", platform_integration_id: inst.integration.id, repo: `${inst.login}/app` })).body;
+      p().suspendInstallation(inst.installationId);
+      const res = await gitToken(containerToken, town.id, rig.id);
+      assert.equal(res.status, 409, res.text);
+      assert.equal(res.body.error.code, "integration_suspended");
+      p().unsuspendInstallation(inst.installationId);
+    });
+  });
+
+  describe("GitLab: connect, projects, tokens and the refresh race", () => {
+    const user = freshUser("gl");
+    let integration;
+    let town;
+    let containerToken;
+    let rig;
+
+    before(async () => {
+      ({ town, containerToken } = await startedTown(user));
+    });
+
+    it("connects through OAuth with PKCE; access_denied and a replayed state do not", async () => {
+      p().setTokenTtl({ gitlab: 60 }); // the first access token is already within the refresh margin
+      const start = await as(tokenFor(user), "POST", "/api/integrations/gitlab/connect", {});
+      assert.equal(start.status, 200, start.text);
+      const url = new URL(start.body.authorize_url);
+      assert.equal(url.origin + url.pathname, `${p().url}/oauth/authorize`);
+      const q = url.searchParams;
+      assert.equal(q.get("client_id"), secrets.GITLAB_CLIENT_ID);
+      assert.equal(q.get("redirect_uri"), `${secrets.PUBLIC_URL}/api/integrations/gitlab/callback`);
+      assert.equal(q.get("code_challenge_method"), "S256");
+      const code = p().issueGitlabCode({
+        user: { id: 4242, username: `gl-${user}` },
+        projects: [{ path_with_namespace: `grp-${user}/svc`, default_branch: "develop", visibility: "private" }],
+        redirect_uri: q.get("redirect_uri"),
+        code_challenge: q.get("code_challenge"),
+      });
+      const state = encodeURIComponent(q.get("state"));
+      const back = await land(`/api/integrations/gitlab/callback?code=${code}&state=${state}`);
+      assert.equal(result(back.location), "success", back.location);
+      const replay = await land(`/api/integrations/gitlab/callback?code=${code}&state=${state}`);
+      assert.equal(result(replay.location), "invalid_state");
+      const denied = (await as(tokenFor(user), "POST", "/api/integrations/gitlab/connect", {})).body.authorize_url;
+      const deniedBack = await land(`/api/integrations/gitlab/callback?error=access_denied&error_description=The+user+denied&state=${encodeURIComponent(new URL(denied).searchParams.get("state"))}`);
+      assert.equal(result(deniedBack.location), "access_denied");
+      const list = (await as(tokenFor(user), "GET", `/api/users/${user}/integrations`)).body;
+      assert.equal(list.length, 1);
+      integration = list[0];
+      assert.deepEqual([integration.platform, integration.account_login], ["gitlab", `gl-${user}`]);
+      assert.ok(!JSON.stringify(list).match(/token/i), "no token field in the list");
+    });
+
+    it("the refresh race: parallel git-token requests spend the refresh token exactly once", async () => {
+      const res = await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, {
+        town_id: town.id, name: "svc", platform_integration_id: integration.id, repo: `grp-${user}/svc`,
+      });
+      assert.equal(res.status, 201, res.text);
+      rig = res.body;
+      assert.equal(rig.default_branch, "develop");
+      // The stored token is still one of 60 s (due); the next refresh gives a long-lived one.
+      p().setTokenTtl({ gitlab: 7200 });
+      p().resetCalls();
+      p().setLatency(150);
+      const answers = await Promise.all(Array.from({ length: 6 }, () => gitToken(containerToken, town.id, rig.id)));
+      p().setLatency(0);
+      for (const a of answers) assert.equal(a.status, 200, a.text);
+      assert.equal(p().calls("gitlab.token.refresh_token"), 1, "exactly one upstream refresh");
+      assert.equal(new Set(answers.map((a) => a.body.token)).size, 1, "everyone got the new token");
+      assert.equal(answers[0].body.source, "gitlab_oauth");
+      const again = await gitToken(containerToken, town.id, rig.id);
+      assert.equal(again.body.token, answers[0].body.token, "then cached");
+      assert.equal(p().calls("gitlab.token.refresh_token"), 1);
+    });
+  });
+
+  describe("the town's git_auth as the fallback", () => {
+    it("a manual rig gets the town's token for its host, and nothing for another host", async () => {
+      const user = freshUser("fb");
+      const { town, containerToken } = await startedTown(user);
+      const mk = async (name, git_url) => (await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, { town_id: town.id, name, git_url })).body;
+      const gh = await mk("gh", "https://github.com/acme/app.git");
+      const other = await mk("other", "https://git.example.org/acme/app.git");
+      const none = await gitToken(containerToken, town.id, gh.id);
+      assert.equal(none.status, 404);
+      assert.equal(none.body.error.code, "no_git_credentials");
+      const patch = await as(tokenFor(user), "PATCH", `/api/towns/${town.id}/config`, { git_auth: { github_token: "ghp_town_fallback_token_0123456789" } });
+      assert.equal(patch.status, 200);
+      const res = await gitToken(containerToken, town.id, gh.id);
+      assert.equal(res.status, 200, res.text);
+      assert.deepEqual([res.body.token, res.body.source], ["ghp_town_fallback_token_0123456789", "town_config"]);
+      assert.equal((await gitToken(containerToken, town.id, other.id)).status, 404, "never a token for another host");
+    });
+  });
+
+  describe("the container's git credential helper", () => {
+    it("asks the worker per git operation and fetches a new token when the old one nears expiry", async () => {
+      const user = freshUser("cred");
+      const inst = await install(user);
+      const { town } = await startedTown(user);
+      const rig = (await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "app", platform_integration_id: inst.integration.id, repo: `${inst.login}/app` })).body;
+      // Asynchronous: the stand-in GitHub lives in this process and must keep answering.
+      const helper = (action, input = "protocol=https\nhost=github.com\npath=x/app.git\n\n") =>
+        new Promise((resolve) => {
+          const child = spawn(join(ROOT, "target", "release", "gastown-control"), ["git-credential", action], {
+            env: { ...process.env, GASTOWN_WORKER_URL: ctx.worker.url, GASTOWN_TOWN_ID: town.id, GASTOWN_RIG_ID: rig.id, GASTOWN_WORKDIR: ctx.control.workdir },
+          });
+          let stdout = "";
+          let stderr = "";
+          child.stdout.on("data", (d) => (stdout += d));
+          child.stderr.on("data", (d) => (stderr += d));
+          child.on("close", (status) => resolve({ status, stdout, stderr }));
+          child.stdin.end(input);
+        });
+      const password = (out) => out.stdout.match(/^password=(.*)$/m)?.[1];
+      // Tokens that live two minutes: always inside the five-minute margin.
+      p().setTokenTtl({ github: 120 });
+      p().resetCalls();
+      const first = await helper("get");
+      assert.equal(first.status, 0, first.stderr);
+      assert.match(first.stdout, /^username=x-access-token$/m);
+      const t1 = password(first);
+      assert.match(t1, /^ghs_/);
+      const second = await helper("get");
+      assert.equal(second.status, 0, second.stderr);
+      assert.notEqual(password(second), t1, "a token near expiry is never handed out again");
+      assert.equal(p().calls("github.access_tokens"), 2);
+      // Long-lived tokens are reused across operations.
+      p().setTokenTtl({ github: 3600 });
+      const third = await helper("get");
+      const fourth = await helper("get");
+      assert.equal(password(third), password(fourth));
+      assert.equal(p().calls("github.access_tokens"), 3);
+      for (const out of [first, second, third]) assert.ok(!out.stderr.includes("ghs_"), "no token on stderr");
+    });
+  });
+
+  describe("no token where it does not belong", () => {
+    it("no response but the git-token answers, and no worker log line, holds a token", async () => {
+      const issued = [...p().tokens().github.map((t) => t.token), ...p().tokens().gitlab.flatMap((t) => [t.access_token, t.refresh_token])];
+      assert.ok(issued.length > 5);
+      const log = ctx.worker.output();
+      for (const token of issued) {
+        assert.ok(!seen.some((text) => text.includes(token)), "a response leaked a provider token");
+        assert.ok(!log.includes(token), "the worker log holds a provider token");
+      }
+      assert.ok(!log.includes("BEGIN RSA PRIVATE KEY"));
+    });
+  });
+}
