@@ -60,6 +60,12 @@ pub struct Platforms {
     pub github_webhook_secret: Option<String>,
     pub gitlab_client_id: Option<String>,
     pub gitlab_client_secret: Option<String>,
+    /// The GitHub App's OAuth credentials (user-to-server tokens: commits as the user).
+    pub github_app_client_id: Option<String>,
+    pub github_app_client_secret: Option<String>,
+    /// `FEATURE_GITHUB_USER_TOKENS=true`: the user-connect routes exist and git tokens may be
+    /// the user's. Off: those routes answer 404 and git tokens ignore user tokens.
+    pub github_user_tokens: bool,
     /// Where the connect flows send the user back.
     pub dashboard_url: String,
     /// This worker's public origin (OAuth redirect URIs).
@@ -88,6 +94,10 @@ fn platforms(env: &Env) -> Platforms {
         github_webhook_secret: set("GITHUB_WEBHOOK_SECRET"),
         gitlab_client_id: set("GITLAB_CLIENT_ID"),
         gitlab_client_secret: set("GITLAB_CLIENT_SECRET"),
+        github_app_client_id: set("GITHUB_APP_CLIENT_ID"),
+        github_app_client_secret: set("GITHUB_APP_CLIENT_SECRET"),
+        github_user_tokens: set("FEATURE_GITHUB_USER_TOKENS")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
         dashboard_url: url(env, "DASHBOARD_URL", "http://localhost:3000"),
         public_url: url(env, "PUBLIC_URL", "http://127.0.0.1:8787"),
         state_key: set("GASTOWN_ENCRYPTION_KEY")

@@ -119,6 +119,9 @@ async fn public(req: &mut Request, env: &Env, route: PublicRoute) -> Result<Resp
         PublicRoute::GithubInstalled => integrations::github_installed(req, env).await,
         PublicRoute::GitlabCallback => integrations::gitlab_callback(req, env).await,
         PublicRoute::GithubWebhook => integrations::github_webhook(req, env).await,
+        PublicRoute::GithubUserConnectCallback => {
+            integrations::github_user_callback(req, env).await
+        }
     }
 }
 
@@ -176,6 +179,15 @@ async fn user_route(
                 integrations::repositories(req, env, claims, &id).await
             }
             IntegrationAction::Delete(id) => integrations::delete(env, claims, &id).await,
+            IntegrationAction::GithubUserConnect => {
+                integrations::github_user_connect(env, claims).await
+            }
+            IntegrationAction::GithubUserStatus => {
+                integrations::github_user_status(env, claims).await
+            }
+            IntegrationAction::GithubUserDisconnect => {
+                integrations::github_user_disconnect(env, claims).await
+            }
         },
     }
 }
@@ -202,6 +214,7 @@ async fn internal_route(
     match route {
         InternalRoute::SandboxToken { town } => internal::sandbox_token(env, &town).await,
         InternalRoute::RigGitToken { rig } => integrations::internal_git_token(env, &rig).await,
+        InternalRoute::DeleteUser { user } => integrations::delete_user(env, &user).await,
         #[cfg(feature = "test-hooks")]
         InternalRoute::RegisterAgent { town } => internal::register_agent(req, env, &town).await,
         InternalRoute::TownHealth { town } => internal::town_health(env, &town).await,

@@ -9,7 +9,7 @@
 use crate::config::{self, Platforms};
 use crate::dos::town as town_do;
 use crate::http::json;
-use crate::platforms::{git_token, github, gitlab, store, PlatformError};
+use crate::platforms::{git_token, github, gitlab, store, user_tokens, PlatformError};
 use crate::rig_index;
 use gastown_core::auth::UserClaims;
 use gastown_core::authz::{self, ContainerCaller};
@@ -475,6 +475,148 @@ pub async fn internal_git_token(env: &Env, rig: &RigId) -> Handled {
     Ok(json(200, &git_token::for_rig(env, creds).await?))
 }
 
+/// The user-connect routes exist only with `FEATURE_GITHUB_USER_TOKENS=true`.
+fn user_tokens_enabled(settings: &Platforms) -> Result<(), ApiError> {
+    if settings.github_user_tokens {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("no such route".into()))
+    }
+}
+
+/// `POST /api/integrations/github/user-connect` → `{authorize_url}` (the caller's own GitHub
+/// identity; a signed, single-use, 10-minute state bound to them).
+pub async fn github_user_connect(env: &Env, claims: &UserClaims) -> Handled {
+    let settings = &config::get(env).platforms;
+    user_tokens_enabled(settings)?;
+    authz::require_gastown_access(claims)?;
+    let owner = Owner::User(claims.user_id.clone());
+    let (state, _) = new_state(settings, StateKind::GithubUserConnect, claims, &owner)?;
+    let url = user_tokens::authorize_url(settings, &state).map_err(PlatformError::into_api)?;
+    #[derive(Serialize)]
+    struct Out {
+        authorize_url: String,
+    }
+    Ok(json(200, &Out { authorize_url: url }))
+}
+
+/// `GET /api/integrations/github/user-connect/callback?code&state` (or `?error=…&state`).
+pub async fn github_user_callback(req: &Request, env: &Env) -> Handled {
+    let settings = &config::get(env).platforms;
+    user_tokens_enabled(settings)?;
+    let params = query(req);
+    let back = |code| back_to_dashboard(settings, Platform::Github, code);
+    let Some(claims) = accept_state(
+        env,
+        settings,
+        param(&params, "state"),
+        StateKind::GithubUserConnect,
+    )
+    .await?
+    else {
+        return back("invalid_state");
+    };
+    if let Some(error) = param(&params, "error") {
+        console_error!("github user-connect: GitHub answered {error}");
+        return back("access_denied");
+    }
+    let Some(code) = param(&params, "code") else {
+        return back("invalid_request");
+    };
+    let tokens = match user_tokens::exchange_code(settings, code).await {
+        Ok(t) => t,
+        Err(user_tokens::Refused::Grant) => return back("exchange_failed"),
+        Err(user_tokens::Refused::Other(e)) => {
+            console_error!("github user-connect: {}", e.into_api());
+            return back("exchange_failed");
+        }
+    };
+    let who = match user_tokens::user(settings, &tokens.access_token).await {
+        Ok(u) => u,
+        Err(e) => {
+            console_error!("github user-connect: {}", e.into_api());
+            return back("exchange_failed");
+        }
+    };
+    user_tokens::upsert(env, claims.user_id.as_str(), &who, &tokens).await?;
+    back("success")
+}
+
+/// `GET /api/integrations/github/user-connect`: `not_connected`, `connected` or `revoked`.
+pub async fn github_user_status(env: &Env, claims: &UserClaims) -> Handled {
+    user_tokens_enabled(&config::get(env).platforms)?;
+    authz::require_gastown_access(claims)?;
+    Ok(json(
+        200,
+        &user_tokens::status(env, claims.user_id.as_str()).await?,
+    ))
+}
+
+/// `DELETE /api/integrations/github/user-connect`: revokes the grant at GitHub and deletes it.
+pub async fn github_user_disconnect(env: &Env, claims: &UserClaims) -> Handled {
+    user_tokens_enabled(&config::get(env).platforms)?;
+    authz::require_gastown_access(claims)?;
+    let deleted = user_tokens::disconnect(env, claims.user_id.as_str()).await?;
+    #[derive(Serialize)]
+    struct Out {
+        deleted: bool,
+    }
+    Ok(json(200, &Out { deleted }))
+}
+
+/// `DELETE /api/internal/users/:userId`: personal data deletion. The user's GitHub grants are
+/// revoked (best effort) and their token rows deleted; their personal integrations and personal
+/// towns (containers stopped, DO storage wiped) go. Idempotent.
+pub async fn delete_user(env: &Env, user: &gastown_core::ids::UserId) -> Handled {
+    user_tokens::delete_user(env, user.as_str()).await?;
+    let owner = Owner::User(user.clone());
+    let integrations = store::list(env, &owner).await?;
+    for i in &integrations {
+        store::delete(env, &i.id).await?;
+    }
+    let mut towns = 0u32;
+    loop {
+        let page = crate::dos::owner::stub(env, &owner)?
+            .call(gastown_core::protocol::owner::ListTowns::default())
+            .await?
+            .parse()?;
+        if page.is_empty() {
+            break;
+        }
+        for town in page {
+            match crate::handlers::owned::delete_town(env, &owner, town.id).await {
+                Ok(_) | Err(ApiError::NotFound(_)) => towns += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    #[derive(Serialize)]
+    struct Out {
+        deleted: bool,
+        towns: u32,
+        integrations: usize,
+    }
+    Ok(json(
+        200,
+        &Out {
+            deleted: true,
+            towns,
+            integrations: integrations.len(),
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+struct AuthorizationEvent {
+    action: String,
+    sender: Sender,
+}
+
+#[derive(Deserialize)]
+struct Sender {
+    id: u64,
+}
+
 #[derive(Deserialize)]
 struct InstallationEvent {
     action: String,
@@ -508,6 +650,22 @@ pub async fn github_webhook(req: &mut Request, env: &Env) -> Handled {
         return Err(ApiError::Unauthorized(
             "missing or invalid webhook signature",
         ));
+    }
+    if event.as_deref() == Some("github_app_authorization") {
+        let parsed: AuthorizationEvent = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::InvalidJson(gastown_core::body::json_error_summary(&e)))?;
+        if parsed.action != "revoked" {
+            return Ok(Response::empty()
+                .map_err(ApiError::internal)?
+                .with_status(204));
+        }
+        let updated =
+            user_tokens::revoke_github_user(env, parsed.sender.id, "user_revoked").await?;
+        #[derive(Serialize)]
+        struct Revoked {
+            updated: usize,
+        }
+        return Ok(json(200, &Revoked { updated }));
     }
     if event.as_deref() != Some("installation") {
         return Ok(Response::empty()

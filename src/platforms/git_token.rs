@@ -9,11 +9,13 @@
 //! with an expired one. Nothing is ever written into a git remote.
 
 use super::store::{self, Row};
-use super::{github, gitlab, PlatformError};
+use super::{github, gitlab, user_tokens, PlatformError};
 use crate::config;
 use gastown_core::control::{GitTokenReply, GitTokenSource};
 use gastown_core::error::ApiError;
-use gastown_core::integrations::{self, IntegrationStatus, Platform, TOKEN_REFRESH_MARGIN_SECS};
+use gastown_core::integrations::{
+    self, BotReason, GitIdentity, IntegrationStatus, Platform, TOKEN_REFRESH_MARGIN_SECS,
+};
 use gastown_core::protocol::town::RigCredentialsReply;
 use std::time::Duration;
 use worker::{console_error, Delay, Env};
@@ -41,10 +43,18 @@ fn fresh(expires_at: i64) -> bool {
 /// # Errors
 /// As the module says; 502 when the provider fails for another reason.
 pub async fn for_rig(env: &Env, creds: RigCredentialsReply) -> Result<GitTokenReply, ApiError> {
+    let host = integrations::git_host(&creds.rig.git_url);
+    reply_for_rig(env, creds)
+        .await
+        .map(|reply| GitTokenReply { host, ..reply })
+}
+
+async fn reply_for_rig(env: &Env, creds: RigCredentialsReply) -> Result<GitTokenReply, ApiError> {
     let RigCredentialsReply {
         town,
         rig,
         town_token,
+        commit_as_user,
     } = creds;
     let Some(integration_id) = rig.platform_integration_id.as_deref() else {
         return match town_token {
@@ -52,6 +62,8 @@ pub async fn for_rig(env: &Env, creds: RigCredentialsReply) -> Result<GitTokenRe
                 token,
                 expires_at: config::now_s() + TOWN_TOKEN_TTL_SECS,
                 source: GitTokenSource::TownConfig,
+                identity: None,
+                host: None,
             }),
             None => Err(ApiError::NoGitCredentials),
         };
@@ -68,7 +80,36 @@ pub async fn for_rig(env: &Env, creds: RigCredentialsReply) -> Result<GitTokenRe
         return Err(unavailable(row.status));
     }
     let result = match row.platform() {
-        Platform::Github => github_token(env, &row, &rig.git_url).await,
+        Platform::Github => {
+            // The owner's own identity first, when the town asks for it; the bot otherwise.
+            let reason = if commit_as_user && config::get(env).platforms.github_user_tokens {
+                let full_name = integrations::repo_full_name(&rig.git_url)
+                    .ok_or_else(|| ApiError::internal("the rig's git_url names no repository"))?;
+                match user_tokens::token_for_repo(env, town.token_user_id(), &full_name).await? {
+                    Ok(user) => {
+                        return Ok(GitTokenReply {
+                            token: user.token,
+                            expires_at: user.expires_at,
+                            source: GitTokenSource::GithubUser,
+                            identity: Some(GitIdentity::User {
+                                name: user.name,
+                                email: user.email,
+                            }),
+                            host: None,
+                        })
+                    }
+                    Err(reason) => reason,
+                }
+            } else {
+                BotReason::Disabled
+            };
+            github_token(env, &row, &rig.git_url)
+                .await
+                .map(|reply| GitTokenReply {
+                    identity: Some(GitIdentity::Bot { reason }),
+                    ..reply
+                })
+        }
         Platform::Gitlab => gitlab_token(env, row).await,
     };
     result.map_err(PlatformError::into_api)
@@ -83,6 +124,8 @@ async fn github_token(env: &Env, row: &Row, git_url: &str) -> Result<GitTokenRep
                 token,
                 expires_at,
                 source: GitTokenSource::GithubApp,
+                identity: None,
+                host: None,
             });
         }
     }
@@ -99,6 +142,8 @@ async fn github_token(env: &Env, row: &Row, git_url: &str) -> Result<GitTokenRep
                 token,
                 expires_at,
                 source: GitTokenSource::GithubApp,
+                identity: None,
+                host: None,
             })
         }
         // GitHub says the installation is suspended, or gone: record it and say so.
@@ -142,6 +187,8 @@ async fn gitlab_token(env: &Env, mut row: Row) -> Result<GitTokenReply, Platform
                 token: row.access_token(env)?,
                 expires_at,
                 source: GitTokenSource::GitlabOauth,
+                identity: None,
+                host: None,
             });
         }
         if let Some(claimed) = store::claim_refresh(env, &row.id, row.version()).await? {
@@ -153,6 +200,8 @@ async fn gitlab_token(env: &Env, mut row: Row) -> Result<GitTokenReply, Platform
                         token: tokens.access_token,
                         expires_at: tokens.expires_at,
                         source: GitTokenSource::GitlabOauth,
+                        identity: None,
+                        host: None,
                     })
                 }
                 Err(PlatformError::Provider {

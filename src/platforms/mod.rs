@@ -14,6 +14,7 @@ pub mod github;
 pub mod gitlab;
 pub mod http;
 pub mod store;
+pub mod user_tokens;
 
 use gastown_core::error::ApiError;
 

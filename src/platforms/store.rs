@@ -12,15 +12,15 @@ use serde::Deserialize;
 use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, Env};
 
-fn db(env: &Env) -> Result<D1Database, ApiError> {
+pub(super) fn db(env: &Env) -> Result<D1Database, ApiError> {
     env.d1(BINDING).map_err(ApiError::internal)
 }
 
-fn s(v: &str) -> JsValue {
+pub(super) fn s(v: &str) -> JsValue {
     JsValue::from_str(v)
 }
 
-fn n(v: i64) -> JsValue {
+pub(super) fn n(v: i64) -> JsValue {
     JsValue::from_f64(v as f64)
 }
 
@@ -57,7 +57,7 @@ async fn all<T: DeserializeOwned>(
 }
 
 /// Runs a write; answers how many rows it changed.
-async fn run(env: &Env, sql: &str, args: &[JsValue]) -> Result<usize, ApiError> {
+pub(super) async fn run(env: &Env, sql: &str, args: &[JsValue]) -> Result<usize, ApiError> {
     let result = stmt(env, sql, args)?
         .run()
         .await

@@ -16,6 +16,7 @@ import hardening from "./hardening.mjs";
 import security from "./security.mjs";
 import gateway from "./gateway.mjs";
 import integrations from "./integrations.mjs";
+import userTokens from "./user_tokens.mjs";
 
 // Alarms every second, a 2-second container-token throttle and a 2-second rotation grace, so
 // the tests watch the main loop, the watchdog, token refresh and revocation happen in seconds
@@ -57,6 +58,8 @@ before(async () => {
     appId: secrets.GITHUB_APP_ID,
     // The dev App key is one line with \n escapes; its public half verifies the App JWTs.
     publicKeyPem: createPublicKey(secrets.GITHUB_APP_PRIVATE_KEY.replace(/\\n/g, "\n")).export({ type: "spki", format: "pem" }),
+    githubClientId: secrets.GITHUB_APP_CLIENT_ID,
+    githubClientSecret: secrets.GITHUB_APP_CLIENT_SECRET,
     gitlabClientId: secrets.GITLAB_CLIENT_ID,
     gitlabClientSecret: secrets.GITLAB_CLIENT_SECRET,
   });
@@ -80,5 +83,6 @@ hardening(ctx);
 security(ctx);
 gateway(ctx);
 integrations(ctx);
+userTokens(ctx);
 fuzz(ctx);
 lifecycle(ctx);

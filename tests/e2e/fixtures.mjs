@@ -1,4 +1,5 @@
 // Tokens and builders shared by the suites.
+import { createHash, createHmac } from "node:crypto";
 import { secrets } from "./harness.mjs";
 import { userToken, containerToken, agentToken, sandboxToken } from "../../scripts/lib/jwt.mjs";
 
@@ -53,4 +54,26 @@ export async function registerAgent(call, townId, rigId, { role = "polecat", nam
   });
   if (res.status !== 201) throw new Error(`register agent: ${res.status} ${res.text}`);
   return res.body;
+}
+
+/**
+ * A connect-flow `state` in gastown_core::integrations's format, written independently of the
+ * worker (so a test can forge an expired or other-flow one that is otherwise valid).
+ */
+export function signState(claims) {
+  const key = createHash("sha256").update("gastown-connect-state-key-v1:").update(secrets.GASTOWN_ENCRYPTION_KEY).digest();
+  const body = Buffer.from(JSON.stringify(claims)).toString("base64url");
+  const sig = createHmac("sha256", key).update("gastown-oauth-state-v1:").update(body).digest("base64url");
+  return `${body}.${sig}`;
+}
+
+/** POSTs a GitHub webhook to the worker at `base`, signed with `secret`. */
+export function githubWebhook(base, event, payload, secret = secrets.GITHUB_WEBHOOK_SECRET) {
+  const body = JSON.stringify(payload);
+  const signature = `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`;
+  return fetch(`${base}/api/webhooks/github`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-github-event": event, "x-hub-signature-256": signature },
+    body,
+  });
 }

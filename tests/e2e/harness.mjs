@@ -154,7 +154,19 @@ export function builtWorkerConfig() {
  * Starts the built worker (or another, with `config`); resolves once `readyPath` answers
  * `readyStatus`.
  */
-export async function startWorker({ persistDir, vars = {}, config = builtWorkerConfig(), readyPath = "/health", readyStatus = 200, port }) {
+export async function startWorker(options) {
+  // A free port is only free until someone binds it: another process of the run may take it
+  // between our probe and wrangler's bind. That one failure is retried with fresh ports.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startWorkerOnce(options);
+    } catch (e) {
+      if (attempt >= 3 || !/Address already in use/.test(String(e.message))) throw e;
+    }
+  }
+}
+
+async function startWorkerOnce({ persistDir, vars = {}, config = builtWorkerConfig(), readyPath = "/health", readyStatus = 200, port }) {
   port ??= await freePort();
   const inspector = await freePort();
   const args = ["dev", "--local", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector),

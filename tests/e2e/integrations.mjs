@@ -6,23 +6,15 @@
 // token anywhere it should not be.
 import { describe, it, before } from "node:test";
 import assert from "node:assert/strict";
-import { createHash, createHmac } from "node:crypto";
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { ROOT } from "../../scripts/lib/jwt.mjs";
 import { secrets } from "./harness.mjs";
-import { webhookPayload, signWebhook } from "./standins/git_platforms.mjs";
-import { freshUser, tokenFor, createTown, internalKey } from "./fixtures.mjs";
+import { webhookPayload } from "./standins/git_platforms.mjs";
+import { freshUser, tokenFor, createTown, internalKey, signState, githubWebhook } from "./fixtures.mjs";
 
 const DASHBOARD = secrets.DASHBOARD_URL;
 
-/** The `state` format of gastown_core::integrations, written independently: for forging tests. */
-function signState(claims) {
-  const key = createHash("sha256").update("gastown-connect-state-key-v1:").update(secrets.GASTOWN_ENCRYPTION_KEY).digest();
-  const body = Buffer.from(JSON.stringify(claims)).toString("base64url");
-  const sig = createHmac("sha256", key).update("gastown-oauth-state-v1:").update(body).digest("base64url");
-  return `${body}.${sig}`;
-}
 
 export default function integrations(ctx) {
   const p = () => ctx.platforms;
@@ -42,14 +34,7 @@ export default function integrations(ctx) {
   const result = (location) => new URL(location).searchParams.get("result");
   const gitToken = (token, townId, rigId) => ctx.call("POST", `/api/towns/${townId}/rigs/${rigId}/git-token`, { token });
   const internalGitToken = (rigId) => ctx.call("POST", `/api/internal/rigs/${rigId}/git-token`, { headers: { "x-internal-api-key": internalKey() } });
-  const webhook = (event, payload, secret = secrets.GITHUB_WEBHOOK_SECRET) => {
-    const body = JSON.stringify(payload);
-    return fetch(`${ctx.worker.url}/api/webhooks/github`, {
-      method: "POST",
-      headers: { "content-type": "application/json", "x-github-event": event, "x-hub-signature-256": signWebhook(secret, body) },
-      body,
-    });
-  };
+  const webhook = (event, payload, secret) => githubWebhook(ctx.worker.url, event, payload, secret);
   let nextInstallation = 7_000 + (process.pid % 1000) * 10;
 
   /** Installs the App for `user` (or their org), through the whole flow; returns the integration. */
@@ -344,7 +329,8 @@ export default function integrations(ctx) {
       const { town } = await startedTown(user);
       const rig = (await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "app", platform_integration_id: inst.integration.id, repo: `${inst.login}/app` })).body;
       // Asynchronous: the stand-in GitHub lives in this process and must keep answering.
-      const helper = (action, input = "protocol=https\nhost=github.com\npath=x/app.git\n\n") =>
+      const rigHost = new URL(rig.git_url).host;
+      const helper = (action, input = `protocol=https\nhost=${rigHost}\npath=x/app.git\n\n`) =>
         new Promise((resolve) => {
           const child = spawn(join(ROOT, "target", "release", "gastown-control"), ["git-credential", action], {
             env: { ...process.env, GASTOWN_WORKER_URL: ctx.worker.url, GASTOWN_TOWN_ID: town.id, GASTOWN_RIG_ID: rig.id, GASTOWN_WORKDIR: ctx.control.workdir },
@@ -376,6 +362,12 @@ export default function integrations(ctx) {
       assert.equal(password(third), password(fourth));
       assert.equal(p().calls("github.access_tokens"), 3);
       for (const out of [first, second, third]) assert.ok(!out.stderr.includes("ghs_"), "no token on stderr");
+      // A submodule on another host never receives the rig's token.
+      const elsewhere = await helper("get", "protocol=https\nhost=evil.example\npath=x/y.git\n\n");
+      assert.notEqual(elsewhere.status, 0);
+      assert.equal(elsewhere.stdout, "", "nothing for another host");
+      const direct = await ctx.call("POST", `/api/internal/rigs/${rig.id}/git-token`, { headers: { "x-internal-api-key": internalKey() } });
+      assert.equal(direct.body.host, "127.0.0.1", "the answer names the repository's host");
     });
   });
 

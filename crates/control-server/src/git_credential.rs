@@ -89,6 +89,8 @@ enum Failure {
     Unreachable(String),
     Status(u16),
     BadAnswer,
+    /// git asked for another host than the rig's repository's.
+    OtherHost,
 }
 
 impl fmt::Display for Failure {
@@ -100,6 +102,7 @@ impl fmt::Display for Failure {
             Failure::Unreachable(e) => write!(f, "worker not reached: {e}"),
             Failure::Status(status) => write!(f, "worker answered {status}"),
             Failure::BadAnswer => f.write_str("worker's answer is not a git token"),
+            Failure::OtherHost => f.write_str("git asked for another host than the rig's"),
         }
     }
 }
@@ -148,9 +151,17 @@ fn run(
                 return 0;
             }
             match action {
-                Action::Get => {
-                    current_token(&target, now(), stderr).map(|reply| credential_lines(&reply))
-                }
+                Action::Get => current_token(&target, now(), stderr).and_then(|reply| {
+                    // The token goes to its repository's host only (never a submodule elsewhere).
+                    if gastown_core::control::host_matches(
+                        reply.host.as_deref(),
+                        request.get("host").map(String::as_str),
+                    ) {
+                        Ok(credential_lines(&reply))
+                    } else {
+                        Err(Failure::OtherHost)
+                    }
+                }),
                 Action::Store => Ok(String::new()),
                 Action::Erase => erase(&target, request.get("password").map(String::as_str))
                     .map(|()| String::new()),
@@ -465,6 +476,8 @@ mod tests {
             token: "glo_x".into(),
             expires_at: 1_900_000_000,
             source: GitTokenSource::GitlabOauth,
+            identity: None,
+            host: None,
         };
         assert_eq!(
             credential_lines(&reply),

@@ -592,6 +592,8 @@ mod tests {
             token: "ghs_1".into(),
             expires_at: 5,
             source: GitTokenSource::TownConfig,
+            identity: None,
+            host: None,
         };
         write_git_token_cache(&dir, "r", &reply).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;

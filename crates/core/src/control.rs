@@ -82,6 +82,8 @@ pub const GIT_TOKEN_REUSE_MARGIN_SECS: i64 = 300;
 pub enum GitTokenSource {
     /// A GitHub App installation token scoped to the rig's repository.
     GithubApp,
+    /// A GitHub App user-to-server token of the town's owner (commits as the user).
+    GithubUser,
     /// A GitLab OAuth access token of the rig's integration.
     GitlabOauth,
     /// The town's manual `git_auth` token for the repository's host.
@@ -93,7 +95,9 @@ impl GitTokenSource {
     #[must_use]
     pub fn git_username(self) -> &'static str {
         match self {
-            GitTokenSource::GithubApp | GitTokenSource::TownConfig => "x-access-token",
+            GitTokenSource::GithubApp | GitTokenSource::GithubUser | GitTokenSource::TownConfig => {
+                "x-access-token"
+            }
             GitTokenSource::GitlabOauth => "oauth2",
         }
     }
@@ -106,6 +110,34 @@ pub struct GitTokenReply {
     /// Seconds since the epoch.
     pub expires_at: i64,
     pub source: GitTokenSource,
+    /// For GitHub tokens: whose identity the token carries (the user's, with the git author
+    /// to commit as, or the bot's and why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::integrations::GitIdentity>,
+    /// The repository's host (lowercase, no port): a credential helper hands the token to this
+    /// host only, so a submodule elsewhere never receives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// Whether git's `host` (which may carry a `:port`) is the token's `host`. A reply without a
+/// host names none, and matches any.
+#[must_use]
+pub fn host_matches(token_host: Option<&str>, asked: Option<&str>) -> bool {
+    let bare = |h: &str| {
+        let h = h.trim().to_ascii_lowercase();
+        match h.rsplit_once(':') {
+            Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                name.to_owned()
+            }
+            _ => h,
+        }
+    };
+    match (token_host, asked) {
+        (None, _) => true,
+        (Some(t), Some(a)) => bare(t) == bare(a),
+        (Some(_), None) => false,
+    }
 }
 
 /// The worker route where a town's container gets a git token for one of its rigs.
@@ -233,12 +265,19 @@ mod tests {
             token: "ghs_x".into(),
             expires_at: 1_700_000_000,
             source: GitTokenSource::GithubApp,
+            identity: None,
+            host: None,
         };
         assert_eq!(
             serde_json::to_string(&reply).unwrap(),
             r#"{"token":"ghs_x","expires_at":1700000000,"source":"github_app"}"#
         );
         assert_eq!(GitTokenSource::GitlabOauth.git_username(), "oauth2");
+        assert!(host_matches(Some("github.com"), Some("GitHub.com")));
+        assert!(host_matches(Some("127.0.0.1"), Some("127.0.0.1:8080")));
+        assert!(!host_matches(Some("github.com"), Some("evil.example")));
+        assert!(!host_matches(Some("github.com"), None));
+        assert!(host_matches(None, Some("anything")));
         assert_eq!(git_token_path("t", "r"), "/api/towns/t/rigs/r/git-token");
     }
 

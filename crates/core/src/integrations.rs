@@ -73,6 +73,34 @@ impl Integration {
     }
 }
 
+/// GitHub's no-reply address of a user: commits authored with it are attributed to them.
+#[must_use]
+pub fn github_noreply_email(github_user_id: u64, login: &str) -> String {
+    format!("{github_user_id}+{login}@users.noreply.github.com")
+}
+
+/// Whose identity a git token carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GitIdentity {
+    /// The town owner's own GitHub identity: commits and pushes are theirs.
+    User { name: String, email: String },
+    /// The App's bot, and why not the user.
+    Bot { reason: BotReason },
+}
+
+/// Why a git token is the bot's rather than the user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BotReason {
+    /// The town's `commit_as_user` is off (or user tokens are switched off here).
+    Disabled,
+    NotConnected,
+    Revoked,
+    NoRepoAccess,
+    RefreshFailed,
+}
+
 /// What a rig shows of its integration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntegrationSummary {
@@ -108,6 +136,8 @@ pub struct Repository {
 pub enum StateKind {
     GithubInstall,
     GitlabConnect,
+    /// The user-to-server authorization of the GitHub App (commits as the user).
+    GithubUserConnect,
 }
 
 /// What a `state` carries: who started the flow, for which owner, until when, and a nonce that
@@ -443,6 +473,29 @@ mod tests {
                 "{junk}"
             );
         }
+    }
+
+    #[test]
+    fn identities_are_pinned() {
+        assert_eq!(
+            github_noreply_email(583231, "octocat"),
+            "583231+octocat@users.noreply.github.com"
+        );
+        assert_eq!(
+            serde_json::to_string(&GitIdentity::User {
+                name: "octocat".into(),
+                email: "e".into()
+            })
+            .unwrap(),
+            r#"{"kind":"user","name":"octocat","email":"e"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&GitIdentity::Bot {
+                reason: BotReason::NoRepoAccess
+            })
+            .unwrap(),
+            r#"{"kind":"bot","reason":"no_repo_access"}"#
+        );
     }
 
     #[test]

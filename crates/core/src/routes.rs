@@ -86,6 +86,8 @@ pub enum PublicRoute {
     GitlabCallback,
     /// GitHub's webhook; authenticated by `X-Hub-Signature-256`.
     GithubWebhook,
+    /// GitHub's redirect after a user authorised the App; authenticated by its signed `state`.
+    GithubUserConnectCallback,
 }
 
 /// Routes for a dashboard user token.
@@ -104,6 +106,10 @@ pub enum UserRoute {
 pub enum IntegrationAction {
     GithubInstall,
     GitlabConnect,
+    /// The caller's own GitHub identity (commits as the user): start, status, disconnect.
+    GithubUserConnect,
+    GithubUserStatus,
+    GithubUserDisconnect,
     Repositories(IntegrationId),
     Delete(IntegrationId),
 }
@@ -201,6 +207,11 @@ pub enum InternalRoute {
     RigGitToken {
         rig: RigId,
     },
+    /// Personal data deletion: the user's GitHub grants, tokens, personal integrations and
+    /// personal towns.
+    DeleteUser {
+        user: UserId,
+    },
     /// Test hook (`test-hooks` only), until dispatch creates agents: registers a polecat or
     /// refinery of a rig so callbacks from it can be tested.
     #[cfg(feature = "test-hooks")]
@@ -295,6 +306,11 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Get "/api/integrations/github/installed" Public => |_| Ok(Route::Public(PublicRoute::GithubInstalled))),
     route!(Get "/api/integrations/gitlab/callback" Public => |_| Ok(Route::Public(PublicRoute::GitlabCallback))),
     route!(Post "/api/webhooks/github" Public => |_| Ok(Route::Public(PublicRoute::GithubWebhook))),
+    route!(Get "/api/integrations/github/user-connect/callback" Public => |_| Ok(Route::Public(PublicRoute::GithubUserConnectCallback))),
+    route!(Post "/api/integrations/github/user-connect" User => |_| Ok(Route::User(UserRoute::Integration(IntegrationAction::GithubUserConnect)))),
+    route!(Get "/api/integrations/github/user-connect" User => |_| Ok(Route::User(UserRoute::Integration(IntegrationAction::GithubUserStatus)))),
+    route!(Delete "/api/integrations/github/user-connect" User => |_| Ok(Route::User(UserRoute::Integration(IntegrationAction::GithubUserDisconnect)))),
+    route!(Delete "/api/internal/users/:userId" Internal => |p| Ok(Route::Internal(InternalRoute::DeleteUser { user: p.user()? }))),
     route!(Post "/api/integrations/github/install" User => |_| Ok(Route::User(UserRoute::Integration(IntegrationAction::GithubInstall)))),
     route!(Post "/api/integrations/gitlab/connect" User => |_| Ok(Route::User(UserRoute::Integration(IntegrationAction::GitlabConnect)))),
     route!(Get "/api/integrations/:integrationId/repositories" User => |p| Ok(Route::User(UserRoute::Integration(IntegrationAction::Repositories(p.integration()?))))),

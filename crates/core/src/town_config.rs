@@ -245,6 +245,10 @@ pub struct TownConfig {
     pub git_author_email: Option<String>,
     #[serde(default)]
     pub disable_ai_coauthor: bool,
+    /// Agents commit and push as the town's owner (their GitHub App user token) when it works
+    /// for the repository; the App's bot otherwise.
+    #[serde(default)]
+    pub commit_as_user: bool,
     #[serde(default)]
     pub max_polecats_per_rig: Option<u32>,
     #[serde(default)]
@@ -360,6 +364,11 @@ impl TownConfig {
             Change::Keep => {}
             Change::Clear => next.disable_ai_coauthor = false,
             Change::Set(b) => next.disable_ai_coauthor = b,
+        }
+        match patch.commit_as_user {
+            Change::Keep => {}
+            Change::Clear => next.commit_as_user = false,
+            Change::Set(b) => next.commit_as_user = b,
         }
         next.max_polecats_per_rig = patch
             .max_polecats_per_rig
@@ -565,6 +574,8 @@ pub struct ConfigPatch {
     #[serde(default, skip_serializing_if = "Change::is_keep")]
     pub disable_ai_coauthor: Change<bool>,
     #[serde(default, skip_serializing_if = "Change::is_keep")]
+    pub commit_as_user: Change<bool>,
+    #[serde(default, skip_serializing_if = "Change::is_keep")]
     pub max_polecats_per_rig: Change<u32>,
     #[serde(default, skip_serializing_if = "Change::is_keep")]
     pub merge_strategy: Change<MergeStrategy>,
@@ -594,13 +605,8 @@ impl ConfigPatch {
                 "role_models" => p.role_models = role_models_change(key, value)?,
                 "git_author_name" => p.git_author_name = text_change(key, value)?,
                 "git_author_email" => p.git_author_email = text_change(key, value)?,
-                "disable_ai_coauthor" => {
-                    p.disable_ai_coauthor = match value {
-                        Value::Bool(b) => Change::Set(*b),
-                        Value::Null => Change::Clear,
-                        _ => return Err(ApiError::invalid(key, "must be true or false")),
-                    }
-                }
+                "disable_ai_coauthor" => p.disable_ai_coauthor = bool_change(key, value)?,
+                "commit_as_user" => p.commit_as_user = bool_change(key, value)?,
                 "max_polecats_per_rig" => p.max_polecats_per_rig = polecats_change(key, value)?,
                 "merge_strategy" => p.merge_strategy = merge_strategy_change(key, value)?,
                 "rig_overrides" => p.rig_overrides = rig_overrides_change(value)?,
@@ -979,6 +985,14 @@ fn resolve_secret(
                 "is a masked value that does not match the stored one; send the real value or null",
             )),
         },
+    }
+}
+
+fn bool_change(key: &str, value: &Value) -> Result<Change<bool>, ApiError> {
+    match value {
+        Value::Bool(b) => Ok(Change::Set(*b)),
+        Value::Null => Ok(Change::Clear),
+        _ => Err(ApiError::invalid(key, "must be true or false")),
     }
 }
 

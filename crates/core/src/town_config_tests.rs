@@ -218,7 +218,7 @@ fn valid_values_are_stored() {
 fn stored_json_is_pinned_and_old_rows_read() {
     assert_eq!(
         serde_json::to_string(&TownConfig::default()).unwrap(),
-        r#"{"env_vars":{},"git_auth":{"github_token":null,"gitlab_token":null,"gitlab_instance_url":null,"platform_integration_id":null},"kilocode_token":null,"default_model":null,"role_models":{"mayor":null,"polecat":null,"refinery":null},"small_model":null,"github_cli_pat":null,"git_author_name":null,"git_author_email":null,"disable_ai_coauthor":false,"max_polecats_per_rig":null,"merge_strategy":null,"rig_overrides":{}}"#
+        r#"{"env_vars":{},"git_auth":{"github_token":null,"gitlab_token":null,"gitlab_instance_url":null,"platform_integration_id":null},"kilocode_token":null,"default_model":null,"role_models":{"mayor":null,"polecat":null,"refinery":null},"small_model":null,"github_cli_pat":null,"git_author_name":null,"git_author_email":null,"disable_ai_coauthor":false,"commit_as_user":false,"max_polecats_per_rig":null,"merge_strategy":null,"rig_overrides":{}}"#
     );
     let old: TownConfig = serde_json::from_str(r#"{"default_model":"m"}"#).unwrap();
     assert_eq!(old.default_model.as_deref(), Some("m"));

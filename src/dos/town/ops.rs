@@ -465,6 +465,7 @@ impl TownOps for TownDO {
             town,
             rig,
             town_token,
+            commit_as_user: config.commit_as_user,
         })
     }
 

@@ -7,6 +7,12 @@
 //   GET  /app/installations/{id}                (RS256 App JWT)     -> installation object | 404
 //   POST /app/installations/{id}/access_tokens  (RS256 App JWT)     -> 201 ghs_ token | 403 | 404 | 422
 //   GET  /installation/repositories             (installation token) -> repositories + Link header | 401
+// GitHub App user-to-server OAuth ("Expire user authorization tokens" on):
+//   POST   /login/oauth/access_token  code | grant_type=refresh_token -> ghu_/ghr_ pair (refresh tokens
+//                                     rotate); errors are HTTP 200 + {error, error_description, error_uri}
+//   GET    /user                      (user token)                     -> private-user | 401 | 403
+//   GET    /repos/{owner}/{repo}      (user token, installation token or none) -> full-repository | 404
+//   DELETE /applications/{client_id}/grant  (Basic client_id:client_secret) -> 204 | 404 | 401 | 422
 // GitLab:
 //   POST /oauth/token          authorization_code | refresh_token (refresh tokens rotate)
 //   GET  /api/v4/user          (OAuth access token)
@@ -23,7 +29,22 @@ const DOCS = {
   getInstallation: "https://docs.github.com/rest/apps/apps#get-an-installation-for-the-authenticated-app",
   accessTokens: "https://docs.github.com/rest/apps/apps#create-an-installation-access-token-for-an-app",
   installationRepos: "https://docs.github.com/rest/apps/installations#list-repositories-accessible-to-the-app-installation",
+  authenticatedUser: "https://docs.github.com/rest/users/users#get-the-authenticated-user",
+  getRepo: "https://docs.github.com/rest/repos/repos#get-a-repository",
+  deleteGrant: "https://docs.github.com/rest/apps/oauth-applications#delete-an-app-authorization",
 };
+/** GitHub's OAuth token-endpoint errors (answered with HTTP 200), as GitHub words them. */
+const OAUTH_TROUBLESHOOTING = "https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors";
+const GITHUB_OAUTH_ERRORS = {
+  incorrect_client_credentials: ["The client_id and/or client_secret passed are incorrect.", `${OAUTH_TROUBLESHOOTING}/#incorrect-client-credentials`],
+  redirect_uri_mismatch: ["The redirect_uri MUST match the registered callback URL for this application.", `${OAUTH_TROUBLESHOOTING}/#redirect-uri-mismatch2`],
+  bad_verification_code: ["The code passed is incorrect or expired.", `${OAUTH_TROUBLESHOOTING}/#bad-verification-code`],
+  bad_refresh_token: ["The refresh token passed is incorrect or expired.", OAUTH_TROUBLESHOOTING],
+  unsupported_grant_type: ["The grant type is not supported.", OAUTH_TROUBLESHOOTING],
+};
+const GITHUB_CODE_TTL_S = 600; // authorization codes expire after 10 minutes
+const GITHUB_USER_TOKEN_TTL_S = 28800; // 8 h
+const GITHUB_REFRESH_TOKEN_TTL_S = 15897600; // 6 months
 const APP_SLUG = "gastown-dev";
 /** Clock skew GitHub tolerates on `iat`, and the longest App JWT lifetime (10 min) plus that skew. */
 const JWT_SKEW_S = 60;
@@ -142,21 +163,28 @@ async function readBody(req, limit = 1 << 20) {
 
 /**
  * Starts the stand-in on a free loopback port.
- * @param {{ appId?: number|string, publicKeyPem?: string, gitlabClientId?: string, gitlabClientSecret?: string }} options
+ * @param {{ appId?: number|string, publicKeyPem?: string, gitlabClientId?: string, gitlabClientSecret?: string,
+ *   githubClientId?: string, githubClientSecret?: string }} options  githubClient*: the App's OAuth
+ *   client credentials, for the user-to-server flow (/login/oauth/access_token, DELETE grant).
  */
-export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, gitlabClientSecret } = {}) {
+export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, gitlabClientSecret, githubClientId, githubClientSecret } = {}) {
   const publicKey = publicKeyPem ? createPublicKey(publicKeyPem) : null;
   const numericAppId = Number.isFinite(Number(appId)) ? Number(appId) : 0;
   let base = ""; // set once listening
 
   const state = {
     latencyMs: 0,
-    ttl: { github: 3600, gitlab: 7200 },
+    ttl: { github: 3600, gitlab: 7200, githubUser: GITHUB_USER_TOKEN_TTL_S, githubRefresh: GITHUB_REFRESH_TOKEN_TTL_S },
     counts: new Map(),
     log: [],
     lastAppJwt: null,
     installations: new Map(), // id -> installation record
     githubTokens: new Map(), // token -> record
+    githubUsers: new Map(), // user id -> { id, login, name, email, created_at, repos: Map(lower full name -> access) }
+    githubUserCodes: new Map(), // code -> { user_id, redirect_uri, used, expiresAtMs }
+    githubUserGrants: [], // user-to-server access/refresh token pairs, in issue order
+    githubRepos: new Map(), // lower "owner/name" -> repo known only from users' access lists
+    githubOwners: new Map(), // lower login -> generated account id for owners that are neither users nor installations
     gitlabUsers: new Map(), // user id -> { user, projects }
     gitlabCodes: new Map(), // code -> record
     gitlabGrants: [], // access/refresh token pairs, in issue order
@@ -310,6 +338,80 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
       suspended_by: inst.suspended_at ? account : null,
       suspended_at: inst.suspended_at,
     };
+  }
+
+  /** GET /user for a user-to-server token: GitHub's "private-user" shape (no `plan`: that needs the Plan permission). */
+  function githubUserObject(user) {
+    const owned = [...user.repos.keys()].filter((full) => full.split("/")[0] === user.login.toLowerCase());
+    const ownedPrivate = owned.filter((full) => findRepo(...full.split("/"))?.repo.private !== false).length;
+    return {
+      ...accountObject({ login: user.login, accountId: user.id, type: "User" }),
+      user_view_type: "private",
+      name: user.name,
+      company: null,
+      blog: "",
+      location: null,
+      email: user.email,
+      hireable: null,
+      bio: null,
+      twitter_username: null,
+      notification_email: user.email,
+      public_repos: owned.length - ownedPrivate,
+      public_gists: 0,
+      followers: 0,
+      following: 0,
+      created_at: user.created_at,
+      updated_at: user.created_at,
+      private_gists: 0,
+      total_private_repos: ownedPrivate,
+      owned_private_repos: ownedPrivate,
+      disk_usage: 0,
+      collaborators: 0,
+      two_factor_authentication: true,
+    };
+  }
+
+  /** The account owning `login`'s repositories: an installation's account, a registered user, or a generated organization. */
+  function ownerAccount(login) {
+    const lower = login.toLowerCase();
+    const inst = [...state.installations.values()].find((i) => i.login.toLowerCase() === lower);
+    if (inst) return { login: inst.login, accountId: inst.accountId, type: inst.type };
+    const user = [...state.githubUsers.values()].find((u) => u.login.toLowerCase() === lower);
+    if (user) return { login: user.login, accountId: user.id, type: "User" };
+    if (!state.githubOwners.has(lower)) state.githubOwners.set(lower, state.nextAccountId++);
+    return { login, accountId: state.githubOwners.get(lower), type: "Organization" };
+  }
+
+  /** A repository by owner and name (case-insensitive): `{ owner, repo, inst? }` or null. Installations win. */
+  function findRepo(owner, name) {
+    const o = owner.toLowerCase();
+    const n = name.toLowerCase();
+    for (const inst of state.installations.values()) {
+      if (inst.login.toLowerCase() !== o) continue;
+      const repo = inst.repos.find((r) => r.name.toLowerCase() === n);
+      if (repo) return { owner: { login: inst.login, accountId: inst.accountId, type: inst.type }, repo, inst };
+    }
+    const known = state.githubRepos.get(`${o}/${n}`);
+    return known ? { owner: ownerAccount(known.owner), repo: known } : null;
+  }
+
+  /** GET /repos/{owner}/{repo}: GitHub's "full-repository"; `permissions` only when given. */
+  function fullRepositoryObject(owner, repo, permissions) {
+    const out = {
+      ...repositoryObject(owner, repo),
+      network_count: 0,
+      subscribers_count: 0,
+      allow_rebase_merge: true,
+      allow_squash_merge: true,
+      allow_merge_commit: true,
+      allow_auto_merge: false,
+      delete_branch_on_merge: false,
+      allow_update_branch: false,
+    };
+    if (owner.type === "Organization") out.organization = out.owner;
+    if (permissions) out.permissions = { ...permissions };
+    else delete out.permissions;
+    return out;
   }
 
   // ---------------------------------------------------------------- GitLab objects
@@ -591,6 +693,240 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
     }, headers);
   }
 
+  // ---------------------------------------------------------------- GitHub user-to-server OAuth
+
+  /** Current state of a user token pair (expiry is evaluated, not stored). */
+  const accessState = (g, now = Date.now()) => (g.access_state === "active" && now >= g.expiresAtMs ? "expired" : g.access_state);
+  const refreshState = (g, now = Date.now()) => (g.refresh_state === "active" && now >= g.refreshExpiresAtMs ? "expired" : g.refresh_state);
+
+  /** Kills every token of `userId`'s grant (access and refresh). Returns how many pairs were touched. */
+  function revokeGrant(userId, by) {
+    let n = 0;
+    for (const g of state.githubUserGrants) {
+      if (g.user_id !== userId) continue;
+      if (g.access_state !== "active" && g.refresh_state !== "active") continue;
+      n++;
+      if (g.access_state === "active") g.access_state = "revoked";
+      if (g.refresh_state === "active") g.refresh_state = "revoked";
+      g.revoked_by = by;
+    }
+    // Codes not yet exchanged belong to the grant too.
+    for (const c of state.githubUserCodes.values()) if (c.user_id === userId) c.used = true;
+    return n;
+  }
+
+  async function githubOAuthToken(req, res, ctx, url) {
+    const text = await readBody(req);
+    const type = (req.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
+    const wantsJson = /json/i.test(req.headers.accept ?? "");
+    // GitHub answers JSON for Accept: application/json, else application/x-www-form-urlencoded.
+    const answer = (body) => {
+      if (wantsJson) return send(res, 200, body, { "cache-control": "no-store" });
+      const form = new URLSearchParams(Object.entries(body).map(([k, v]) => [k, String(v)])).toString();
+      res.writeHead(200, { "content-type": "application/x-www-form-urlencoded; charset=utf-8", "content-length": Buffer.byteLength(form), "cache-control": "no-store" });
+      res.end(form);
+    };
+    const fail = (error, reason) => {
+      ctx.key = "github.oauth.invalid";
+      ctx.reason = `${ctx.attempt}: ${error}${reason ? ` (${reason})` : ""}`;
+      const [error_description, error_uri] = GITHUB_OAUTH_ERRORS[error];
+      return answer({ error, error_description, error_uri });
+    };
+    let params = {};
+    ctx.attempt = "request";
+    if (type === "application/json") {
+      try {
+        params = JSON.parse(text || "{}");
+      } catch {
+        ctx.key = "github.oauth.invalid";
+        ctx.reason = "body is not JSON";
+        return githubError(res, 400, "Problems parsing JSON");
+      }
+      if (params === null || typeof params !== "object" || Array.isArray(params)) params = {};
+    } else {
+      params = Object.fromEntries(new URLSearchParams(text));
+    }
+    for (const [k, v] of url.searchParams) params[k] ??= v; // GitHub also takes them from the query string
+    const basic = /^Basic\s+(\S+)$/i.exec(req.headers.authorization ?? "");
+    if (basic) {
+      const decoded = Buffer.from(basic[1], "base64").toString("utf8");
+      const i = decoded.indexOf(":");
+      if (i >= 0) {
+        params.client_id ??= decoded.slice(0, i);
+        params.client_secret ??= decoded.slice(i + 1);
+      }
+    }
+    const grant = params.grant_type === undefined || params.grant_type === "" ? "authorization_code" : String(params.grant_type);
+    ctx.attempt = grant;
+    if (grant !== "authorization_code" && grant !== "refresh_token") return fail("unsupported_grant_type", `grant_type ${JSON.stringify(grant)}`);
+    if (githubClientId === undefined || String(params.client_id ?? "") !== githubClientId || String(params.client_secret ?? "") !== githubClientSecret) {
+      return fail("incorrect_client_credentials", githubClientId === undefined ? "stand-in started without githubClientId" : "client_id/client_secret do not match");
+    }
+    const now = Date.now();
+    let userId, parent = null;
+    if (grant === "authorization_code") {
+      const code = params.code === undefined ? undefined : state.githubUserCodes.get(String(params.code));
+      if (!code) return fail("bad_verification_code", params.code === undefined ? "no code" : "unknown code");
+      if (code.used) return fail("bad_verification_code", "code already used");
+      if (now >= code.expiresAtMs) return fail("bad_verification_code", "code expired");
+      if (code.redirect_uri !== undefined && params.redirect_uri !== code.redirect_uri) return fail("redirect_uri_mismatch", "redirect_uri differs from the one the code was issued for");
+      if (!state.githubUsers.has(code.user_id)) return fail("bad_verification_code", "user no longer exists");
+      code.used = true;
+      userId = code.user_id;
+    } else {
+      parent = params.refresh_token === undefined ? undefined : state.githubUserGrants.find((g) => g.refresh_token === String(params.refresh_token));
+      if (!parent) return fail("bad_refresh_token", params.refresh_token === undefined ? "no refresh_token" : "unknown refresh token");
+      const rs = refreshState(parent, now);
+      if (rs !== "active") return fail("bad_refresh_token", `refresh token ${rs}`);
+      // Rotation: the used refresh token is dead, and so is the access token issued with it.
+      parent.refresh_state = "used";
+      if (parent.access_state === "active") parent.access_state = "revoked";
+      userId = parent.user_id;
+    }
+    ctx.key = grant === "authorization_code" ? "github.oauth.code" : "github.oauth.refresh";
+    const record = {
+      access_token: `ghu_${randomAlnum(36)}`,
+      refresh_token: `ghr_${randomAlnum(76)}`,
+      user_id: userId,
+      via: grant,
+      parent_refresh_token: parent ? parent.refresh_token : null,
+      access_state: "active",
+      refresh_state: "active",
+      created_at: isoSeconds(now),
+      expires_in: state.ttl.githubUser,
+      refresh_token_expires_in: state.ttl.githubRefresh,
+      expires_at: isoSeconds(now + state.ttl.githubUser * 1000),
+      refresh_token_expires_at: isoSeconds(now + state.ttl.githubRefresh * 1000),
+      expiresAtMs: now + state.ttl.githubUser * 1000,
+      refreshExpiresAtMs: now + state.ttl.githubRefresh * 1000,
+    };
+    state.githubUserGrants.push(record);
+    if (parent) parent.replaced_by = record.refresh_token;
+    answer({
+      access_token: record.access_token,
+      expires_in: record.expires_in,
+      refresh_token: record.refresh_token,
+      refresh_token_expires_in: record.refresh_token_expires_in,
+      token_type: "bearer",
+      scope: "",
+    });
+  }
+
+  /**
+   * Who is calling the REST API: `{ kind: "user", grant, user }`, `{ kind: "installation", record, inst }`,
+   * or `{ kind: "anonymous" }`. On a bad token answers 401 (or 403 for a suspended installation) and returns null.
+   */
+  function githubCaller(req, res, ctx) {
+    if (!req.headers.authorization) return { kind: "anonymous" };
+    const token = bearer(req, ["bearer", "token"]);
+    const unauthorized = (reason) => {
+      ctx.reason = reason;
+      githubError(res, 401, "Bad credentials");
+      return null;
+    };
+    if (!token) return unauthorized("Authorization is not Bearer/token");
+    if (token.startsWith("ghu_")) {
+      const grant = state.githubUserGrants.find((g) => g.access_token === token);
+      if (!grant) return unauthorized("unknown user token");
+      const st = accessState(grant);
+      if (st !== "active") return unauthorized(`user token ${st}`);
+      const user = state.githubUsers.get(grant.user_id);
+      if (!user) return unauthorized("user no longer exists");
+      return { kind: "user", grant, user };
+    }
+    const record = state.githubTokens.get(token);
+    const inst = record && state.installations.get(record.installation_id);
+    if (!record || !inst || Date.now() >= record.expiresAtMs) {
+      return unauthorized(!record ? "unknown token" : !inst ? "installation deleted" : "token expired");
+    }
+    if (inst.suspended_at) {
+      ctx.reason = "installation suspended";
+      githubError(res, 403, "This installation has been suspended");
+      return null;
+    }
+    return { kind: "installation", record, inst };
+  }
+
+  function githubAuthenticatedUser(req, res, ctx) {
+    const caller = githubCaller(req, res, ctx);
+    if (!caller) return;
+    if (caller.kind === "anonymous") {
+      ctx.reason = "no Authorization";
+      return githubError(res, 401, "Requires authentication", DOCS.authenticatedUser);
+    }
+    if (caller.kind === "installation") {
+      ctx.reason = "installation token on /user";
+      return githubError(res, 403, "Resource not accessible by integration", DOCS.authenticatedUser);
+    }
+    send(res, 200, githubUserObject(caller.user), githubHeaders());
+  }
+
+  function githubGetRepo(req, res, ctx, owner, name) {
+    const caller = githubCaller(req, res, ctx);
+    if (!caller) return;
+    const found = findRepo(owner, name);
+    const notFound = (reason) => {
+      ctx.reason = reason;
+      return githubError(res, 404, "Not Found", DOCS.getRepo);
+    };
+    if (caller.kind === "user") {
+      const access = caller.user.repos.get(`${owner}/${name}`.toLowerCase());
+      if (!access || !found) return notFound(`user ${caller.user.login} has no access to ${owner}/${name}`);
+      return send(res, 200, fullRepositoryObject(found.owner, found.repo, access), githubHeaders());
+    }
+    if (caller.kind === "installation") {
+      const { record, inst } = caller;
+      const visible = found && found.inst === inst && (!record.repository_ids || record.repository_ids.includes(found.repo.id));
+      if (!visible) return notFound(`installation ${inst.id} token cannot see ${owner}/${name}`);
+      return send(res, 200, fullRepositoryObject(found.owner, found.repo, null), githubHeaders());
+    }
+    if (!found || found.repo.private) return notFound(`anonymous request for ${found ? "private" : "unknown"} ${owner}/${name}`);
+    send(res, 200, fullRepositoryObject(found.owner, found.repo, null), githubHeaders());
+  }
+
+  async function githubDeleteGrant(req, res, ctx, clientId) {
+    const text = await readBody(req);
+    const basic = /^Basic\s+(\S+)\s*$/i.exec(req.headers.authorization ?? "");
+    let id = null, secret = null;
+    if (basic) {
+      const decoded = Buffer.from(basic[1], "base64").toString("utf8");
+      const i = decoded.indexOf(":");
+      if (i >= 0) [id, secret] = [decoded.slice(0, i), decoded.slice(i + 1)];
+    }
+    if (!basic) {
+      ctx.reason = "no Basic client credentials";
+      return githubError(res, 401, "Requires authentication", DOCS.deleteGrant);
+    }
+    if (githubClientId === undefined || id !== githubClientId || secret !== githubClientSecret) {
+      ctx.reason = "bad Basic client credentials";
+      return githubError(res, 401, "Bad credentials", DOCS.deleteGrant);
+    }
+    if (clientId !== githubClientId) {
+      ctx.reason = "client_id in the path is not the authenticated client";
+      return githubError(res, 404, "Not Found", DOCS.deleteGrant);
+    }
+    let body;
+    try {
+      body = JSON.parse(text || "null");
+    } catch {
+      ctx.reason = "body is not JSON";
+      return githubError(res, 400, "Problems parsing JSON", DOCS.deleteGrant);
+    }
+    if (body === null || typeof body !== "object" || typeof body.access_token !== "string") {
+      ctx.reason = "access_token missing";
+      return githubError(res, 422, "Invalid request.\n\n\"access_token\" wasn't supplied.", DOCS.deleteGrant);
+    }
+    const grant = state.githubUserGrants.find((g) => g.access_token === body.access_token);
+    // Only a valid token identifies the grant: unknown, revoked or expired tokens are 404.
+    if (!grant || accessState(grant) !== "active") {
+      ctx.reason = !grant ? "unknown access token" : `access token ${accessState(grant)}`;
+      return githubError(res, 404, "Not Found", DOCS.deleteGrant);
+    }
+    revokeGrant(grant.user_id, "grant_delete");
+    res.writeHead(204, githubHeaders());
+    res.end();
+  }
+
   // ---------------------------------------------------------------- GitLab routes
 
   const oauthError = (res, status, error, error_description) =>
@@ -783,6 +1119,22 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
       ctx.key = "github.installation_repositories";
       return githubInstallationRepositories(req, res, ctx, url);
     }
+    if (req.method === "POST" && p === "/login/oauth/access_token") {
+      ctx.key = "github.oauth.invalid"; // github.oauth.code / github.oauth.refresh once a token is issued
+      return githubOAuthToken(req, res, ctx, url);
+    }
+    if (req.method === "GET" && p === "/user") {
+      ctx.key = "github.user";
+      return githubAuthenticatedUser(req, res, ctx);
+    }
+    if (req.method === "GET" && (m = /^\/repos\/([^/]+)\/([^/]+)$/.exec(p))) {
+      ctx.key = "github.repo";
+      return githubGetRepo(req, res, ctx, decodeURIComponent(m[1]), decodeURIComponent(m[2]));
+    }
+    if (req.method === "DELETE" && (m = /^\/applications\/([^/]+)\/grant$/.exec(p))) {
+      ctx.key = "github.grant_delete";
+      return githubDeleteGrant(req, res, ctx, decodeURIComponent(m[1]));
+    }
     if (req.method === "POST" && p === "/oauth/token") {
       ctx.key = "gitlab.token.invalid"; // refined to gitlab.token.<grant_type> once the body is read
       return gitlabToken(req, res, ctx, url); // counts under gitlab.token.<grant_type>
@@ -899,6 +1251,88 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
     /** Removes the installation; its tokens stop working (401). */
     deleteInstallation(id) {
       return state.installations.delete(id);
+    },
+
+    /**
+     * Adds (or replaces; tokens survive) a GitHub user for the App's user-to-server flow. `repos` maps
+     * "owner/name" to that user's access: { admin?, maintain?, push?, triage?, pull? } (a listed repo
+     * is always pullable; admin implies maintain, maintain push, push triage), plus optional repo
+     * attributes { private? (true), default_branch? ("main"), id?, description? } used when no
+     * installation holds that repository. Unlisted repositories are 404 for the user.
+     * Returns the user as GET /user shows it.
+     * @param {{ id: number, login: string, name?: string|null, email?: string|null, repos?: Record<string, object> }} user
+     */
+    addGithubUser({ id, login, name = null, email = null, repos = {} }) {
+      if (!Number.isInteger(id) || id <= 0) throw new TypeError("addGithubUser: id must be a positive integer");
+      if (!login || typeof login !== "string") throw new TypeError("addGithubUser: login is required");
+      if (repos === null || typeof repos !== "object" || Array.isArray(repos)) throw new TypeError('addGithubUser: repos must be an object like { "owner/name": { push: true } }');
+      const access = new Map();
+      for (const [full, r = {}] of Object.entries(repos)) {
+        const parts = full.split("/");
+        if (parts.length !== 2 || !parts[0] || !parts[1]) throw new TypeError(`addGithubUser: repo key ${JSON.stringify(full)} is not "owner/name"`);
+        const admin = r.admin === true;
+        const maintain = admin || r.maintain === true;
+        const push = maintain || r.push === true;
+        const triage = push || r.triage === true;
+        access.set(full.toLowerCase(), { admin, maintain, push, triage, pull: true });
+        const key = full.toLowerCase();
+        if (!state.githubRepos.has(key)) {
+          state.githubRepos.set(key, {
+            id: r.id ?? state.nextRepoId++,
+            owner: parts[0],
+            name: parts[1],
+            private: r.private ?? true,
+            default_branch: r.default_branch ?? "main",
+            description: r.description ?? null,
+            created_at: isoSeconds(Date.now()),
+          });
+        }
+      }
+      const existing = state.githubUsers.get(id);
+      const user = { id, login, name, email, created_at: existing?.created_at ?? isoSeconds(Date.now()), repos: access };
+      state.githubUsers.set(id, user);
+      return githubUserObject(user);
+    },
+    /**
+     * Registers an authorization code for `user_id` (added with addGithubUser), as GitHub's
+     * authorize step would have redirected with. Single use; expires after `expires_in` seconds
+     * (default 600). With `redirect_uri`, the token request must send the same one. Returns the code.
+     * @param {{ code?: string, user_id: number, redirect_uri?: string, expires_in?: number }} opts
+     */
+    issueGithubUserCode({ code = randomBytes(10).toString("hex"), user_id, redirect_uri, expires_in = GITHUB_CODE_TTL_S }) {
+      if (!state.githubUsers.has(user_id)) throw new TypeError(`issueGithubUserCode: no GitHub user ${user_id} (call addGithubUser first)`);
+      state.githubUserCodes.set(code, { user_id, redirect_uri, used: false, expiresAtMs: Date.now() + expires_in * 1000 });
+      return code;
+    },
+    /**
+     * Lifetime in seconds of user access tokens issued from now on (default 28800), and optionally
+     * of their refresh tokens (default 15897600).
+     */
+    setUserTokenTtl(seconds, refreshSeconds) {
+      if (seconds !== undefined) state.ttl.githubUser = seconds;
+      if (refreshSeconds !== undefined) state.ttl.githubRefresh = refreshSeconds;
+    },
+    /**
+     * As if the user revoked the App in their GitHub settings: every access and refresh token of
+     * theirs dies (and unexchanged codes). Returns how many token pairs were still alive.
+     */
+    revokeUserGrant(user_id) {
+      return revokeGrant(user_id, "user");
+    },
+    /**
+     * Issued user-to-server tokens, in issue order: [{ access_token, refresh_token, user_id,
+     * via ("authorization_code"|"refresh_token"), parent_refresh_token, replaced_by?,
+     * access_state ("active"|"revoked"|"expired"), refresh_state ("active"|"used"|"revoked"|"expired"),
+     * revoked_by? ("grant_delete"|"user"), created_at, expires_in, refresh_token_expires_in,
+     * expires_at, refresh_token_expires_at }].
+     */
+    githubUserTokens() {
+      const now = Date.now();
+      return state.githubUserGrants.map(({ expiresAtMs, refreshExpiresAtMs, ...g }) => ({
+        ...g,
+        access_state: accessState({ ...g, expiresAtMs }, now),
+        refresh_state: refreshState({ ...g, refreshExpiresAtMs }, now),
+      }));
     },
 
     /**

@@ -15,6 +15,8 @@ const require = createRequire(import.meta.url);
 const APP_ID = 424242;
 const CLIENT_ID = "gl-client-id";
 const CLIENT_SECRET = "gl-client-secret";
+const GH_CLIENT_ID = "Iv23liGastownDev0001";
+const GH_CLIENT_SECRET = "gh-app-client-secret-0123456789abcdef";
 
 // ------------------------------------------------------------------ keys and JWTs
 
@@ -123,13 +125,25 @@ const v = {
   accessToken422: responseValidator("/app/installations/{installation_id}/access_tokens", "post", 422),
   repositories: responseValidator("/installation/repositories", "get", 200),
   repositories401: responseValidator("/installation/repositories", "get", 401),
+  user: responseValidator("/user", "get", 200),
+  user401: responseValidator("/user", "get", 401),
+  user403: responseValidator("/user", "get", 403),
+  repo: responseValidator("/repos/{owner}/{repo}", "get", 200),
+  repo404: responseValidator("/repos/{owner}/{repo}", "get", 404),
 };
 
 // ------------------------------------------------------------------ server
 
 let gp;
 before(async () => {
-  gp = await startGitPlatforms({ appId: APP_ID, publicKeyPem: appKeys.publicKey, gitlabClientId: CLIENT_ID, gitlabClientSecret: CLIENT_SECRET });
+  gp = await startGitPlatforms({
+    appId: APP_ID,
+    publicKeyPem: appKeys.publicKey,
+    gitlabClientId: CLIENT_ID,
+    gitlabClientSecret: CLIENT_SECRET,
+    githubClientId: GH_CLIENT_ID,
+    githubClientSecret: GH_CLIENT_SECRET,
+  });
 });
 after(async () => {
   await gp?.stop();
@@ -137,6 +151,7 @@ after(async () => {
 beforeEach(() => {
   gp.setLatency(0);
   gp.setTokenTtl({ github: 3600, gitlab: 7200 });
+  gp.setUserTokenTtl(28800, 15897600);
 });
 
 async function call(method, path, { auth, json, form, headers = {} } = {}) {
@@ -549,4 +564,311 @@ test("webhook example payloads load, and signWebhook is GitHub's X-Hub-Signature
   assert.equal(signWebhook("Jefe", "what do ya want for nothing?"), "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
   const body = JSON.stringify(webhookPayload("installation", "suspend"));
   assert.equal(signWebhook("s3cret", body), `sha256=${createHmac("sha256", "s3cret").update(body).digest("hex")}`);
+});
+
+// ------------------------------------------------------------------ GitHub App user-to-server OAuth
+
+const GHU = /^ghu_[A-Za-z0-9]{36}$/;
+const GHR = /^ghr_[A-Za-z0-9]{76}$/;
+/** POST /login/oauth/access_token as the worker sends it (Accept: application/json). */
+const ghToken = (params, as = "form") =>
+  call("POST", "/login/oauth/access_token", { ...(as === "json" ? { json: params } : { form: params }), headers: { accept: "application/json" } });
+const ghCode = (code, extra = {}) => ghToken({ client_id: GH_CLIENT_ID, client_secret: GH_CLIENT_SECRET, code, ...extra });
+const ghRefresh = (refresh_token, extra = {}, as = "form") =>
+  ghToken({ grant_type: "refresh_token", refresh_token, client_id: GH_CLIENT_ID, client_secret: GH_CLIENT_SECRET, ...extra }, as);
+const basicAuth = (id, secret) => `Basic ${Buffer.from(`${id}:${secret}`).toString("base64")}`;
+const deleteGrant = (access_token, { id = GH_CLIENT_ID, secret = GH_CLIENT_SECRET, clientId = GH_CLIENT_ID } = {}) =>
+  call("DELETE", `/applications/${clientId}/grant`, { auth: basicAuth(id, secret), json: { access_token } });
+/** GitHub's OAuth error: HTTP 200 with error, error_description and error_uri. */
+function assertOAuthError(r, error, what) {
+  assert.equal(r.status, 200, `${what}: GitHub answers OAuth errors with 200`);
+  assert.equal(r.body.error, error, `${what}: ${JSON.stringify(r.body)}`);
+  assert.equal(typeof r.body.error_description, "string", what);
+  assert.match(r.body.error_uri, /^https:\/\/docs\.github\.com\//, what);
+  assert.equal(r.body.access_token, undefined, what);
+}
+function assertUserTokens(r, what, { refreshTtl = 15897600 } = {}) {
+  assert.equal(r.status, 200, what);
+  assert.equal(r.body.error, undefined, `${what}: ${JSON.stringify(r.body)}`);
+  assert.match(r.body.access_token, GHU, what);
+  assert.match(r.body.refresh_token, GHR, what);
+  assert.equal(r.body.token_type, "bearer", what);
+  assert.equal(r.body.scope, "", what);
+  assert.equal(r.body.refresh_token_expires_in, refreshTtl, what);
+  assert.equal(typeof r.body.expires_in, "number", what);
+}
+
+test("GitHub user OAuth: code exchange, single-use codes, client credentials, GET /user", async () => {
+  gp.resetCalls();
+  const added = gp.addGithubUser({ id: 5550001, login: "octo-dev", name: "Octo Dev", email: "octo@example.com", repos: { "octo-dev/own": { admin: true, private: false } } });
+  assertValid(v.user, added, "addGithubUser's return");
+  const code = gp.issueGithubUserCode({ code: "c0de0001", user_id: 5550001, redirect_uri: "https://gastown.example/cb/github" });
+  assert.equal(code, "c0de0001");
+  const redirect_uri = "https://gastown.example/cb/github";
+
+  assertOAuthError(await ghCode(code, { redirect_uri, client_secret: "wrong" }), "incorrect_client_credentials", "wrong client secret");
+  assertOAuthError(await ghCode(code, { redirect_uri, client_id: "Iv23liSomeoneElse" }), "incorrect_client_credentials", "wrong client id");
+  assertOAuthError(await ghCode(code, { redirect_uri: "https://evil.example/cb" }), "redirect_uri_mismatch", "wrong redirect_uri");
+
+  const ok = await ghCode(code, { redirect_uri });
+  assertUserTokens(ok, "code exchange");
+  assert.equal(ok.body.expires_in, 28800);
+  assert.deepEqual(Object.keys(ok.body).sort(), ["access_token", "expires_in", "refresh_token", "refresh_token_expires_in", "scope", "token_type"]);
+  assert.match(ok.headers.get("content-type"), /^application\/json/);
+
+  const replay = await ghCode(code, { redirect_uri });
+  assertOAuthError(replay, "bad_verification_code", "replayed code");
+  assert.equal(replay.body.error_description, "The code passed is incorrect or expired.");
+  assertOAuthError(await ghCode("never-issued"), "bad_verification_code", "unknown code");
+  assertOAuthError(await ghToken({ client_id: GH_CLIENT_ID, client_secret: GH_CLIENT_SECRET }), "bad_verification_code", "no code");
+  const stale = gp.issueGithubUserCode({ user_id: 5550001, expires_in: 0 });
+  assertOAuthError(await ghCode(stale), "bad_verification_code", "expired code");
+  assertOAuthError(await ghToken({ grant_type: "password", client_id: GH_CLIENT_ID, client_secret: GH_CLIENT_SECRET }), "unsupported_grant_type", "other grant");
+  assert.throws(() => gp.issueGithubUserCode({ user_id: 1234 }), /addGithubUser/);
+
+  // JSON bodies work, and without Accept: application/json GitHub answers form-encoded.
+  const viaJson = await ghCode(gp.issueGithubUserCode({ user_id: 5550001 }), "json");
+  assert.equal(viaJson.status, 200);
+  assertUserTokens(await ghToken({ client_id: GH_CLIENT_ID, client_secret: GH_CLIENT_SECRET, code: gp.issueGithubUserCode({ user_id: 5550001 }) }, "json"), "JSON body");
+  const formRes = await fetch(`${gp.url}/login/oauth/access_token`, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ client_id: GH_CLIENT_ID, client_secret: GH_CLIENT_SECRET, code: gp.issueGithubUserCode({ user_id: 5550001 }) }),
+  });
+  assert.match(formRes.headers.get("content-type"), /^application\/x-www-form-urlencoded/);
+  const form = new URLSearchParams(await formRes.text());
+  assert.match(form.get("access_token"), GHU);
+  assert.equal(form.get("token_type"), "bearer");
+
+  for (const auth of [`Bearer ${ok.body.access_token}`, `token ${ok.body.access_token}`]) {
+    const me = await call("GET", "/user", { auth });
+    assert.equal(me.status, 200);
+    assertValid(v.user, me.body, "GET /user");
+    assert.equal(me.body.login, "octo-dev");
+    assert.equal(me.body.id, 5550001);
+    assert.equal(me.body.type, "User");
+    assert.equal(me.body.name, "Octo Dev");
+    assert.equal(me.body.email, "octo@example.com");
+    assert.equal(me.body.public_repos, 1);
+  }
+  gp.addGithubUser({ id: 5550002, login: "no-mail", repos: {} });
+  const { body: noMail } = await ghCode(gp.issueGithubUserCode({ user_id: 5550002 }));
+  const quiet = await call("GET", "/user", { auth: `Bearer ${noMail.access_token}` });
+  assertValid(v.user, quiet.body, "GET /user (no public email)");
+  assert.equal(quiet.body.email, null);
+  assert.equal(quiet.body.name, null);
+
+  const unknown = await call("GET", "/user", { auth: "Bearer ghu_000000000000000000000000000000000000" });
+  assert.equal(unknown.status, 401);
+  assert.equal(unknown.body.message, "Bad credentials");
+  assertValid(v.user401, unknown.body, "401 body");
+  assert.equal((await call("GET", "/user")).status, 401, "no Authorization");
+
+  assert.equal(gp.calls("github.oauth.code"), 5, "successful code exchanges");
+  assert.equal(gp.calls("github.oauth.invalid"), 8, "OAuth errors are counted, under github.oauth.invalid");
+  assert.equal(gp.calls("github.user"), 5);
+  const errs = gp.log().filter((e) => e.key === "github.oauth.invalid");
+  assert.ok(errs.every((e) => e.status === 200 && /^(authorization_code|password): \w+/.test(e.reason)), JSON.stringify(errs));
+  const logText = JSON.stringify(gp.log());
+  assert.ok(!logText.includes(GH_CLIENT_SECRET) && !logText.includes(ok.body.access_token), "no secrets in the log");
+});
+
+test("GitHub user OAuth: refresh tokens rotate; old refresh is bad_refresh_token, old access is 401", async () => {
+  gp.addGithubUser({ id: 5550101, login: "rotator", repos: {} });
+  const first = await ghCode(gp.issueGithubUserCode({ user_id: 5550101 }));
+  assertUserTokens(first, "first");
+
+  assertOAuthError(await ghRefresh(first.body.refresh_token, { client_secret: "nope" }), "incorrect_client_credentials", "refresh with a wrong secret");
+  const second = await ghRefresh(first.body.refresh_token);
+  assertUserTokens(second, "refresh");
+  assert.notEqual(second.body.access_token, first.body.access_token);
+  assert.notEqual(second.body.refresh_token, first.body.refresh_token);
+
+  const reuse = await ghRefresh(first.body.refresh_token);
+  assertOAuthError(reuse, "bad_refresh_token", "used refresh token");
+  assertOAuthError(await ghRefresh("ghr_nope"), "bad_refresh_token", "unknown refresh token");
+  const old = await call("GET", "/user", { auth: `Bearer ${first.body.access_token}` });
+  assert.equal(old.status, 401, "the access token issued with the used refresh token is dead");
+  assertValid(v.user401, old.body, "401 body");
+  assert.equal((await call("GET", "/user", { auth: `Bearer ${second.body.access_token}` })).status, 200);
+
+  // An expired access token: 401, but its refresh token still works.
+  gp.setUserTokenTtl(0);
+  const short = await ghRefresh(second.body.refresh_token, {}, "json");
+  assertUserTokens(short, "short-lived");
+  assert.equal(short.body.expires_in, 0);
+  assert.equal((await call("GET", "/user", { auth: `token ${short.body.access_token}` })).status, 401);
+  gp.setUserTokenTtl(28800);
+  const fresh = await ghRefresh(short.body.refresh_token);
+  assertUserTokens(fresh, "refresh after expiry");
+  assert.equal((await call("GET", "/user", { auth: `token ${fresh.body.access_token}` })).status, 200);
+
+  // An expired refresh token is bad_refresh_token.
+  gp.setUserTokenTtl(28800, 0);
+  const dying = await ghRefresh(fresh.body.refresh_token);
+  assertUserTokens(dying, "refresh with zero refresh lifetime", { refreshTtl: 0 });
+  assertOAuthError(await ghRefresh(dying.body.refresh_token), "bad_refresh_token", "expired refresh token");
+
+  const mine = gp.githubUserTokens().filter((t) => t.user_id === 5550101);
+  assert.deepEqual(mine.map((t) => [t.via, t.access_state, t.refresh_state]), [
+    ["authorization_code", "revoked", "used"],
+    ["refresh_token", "revoked", "used"],
+    ["refresh_token", "revoked", "used"], // expired first, then revoked by its refresh
+    ["refresh_token", "revoked", "used"],
+    ["refresh_token", "active", "expired"],
+  ]);
+  assert.equal(mine[1].parent_refresh_token, first.body.refresh_token);
+  assert.equal(mine[0].replaced_by, second.body.refresh_token);
+  assert.ok(gp.calls("github.oauth.refresh") >= 4);
+});
+
+test("GitHub user OAuth: GET /repos/{owner}/{repo} permissions per user, installation tokens", async () => {
+  gp.addInstallation({ id: 6001, login: "perm-org", type: "Organization", repos: [{ name: "rig", default_branch: "trunk" }, { name: "other" }] });
+  gp.addGithubUser({ id: 5550201, login: "writer", repos: { "perm-org/rig": { push: true }, "perm-org/docs": {}, "writer/solo": { admin: true, private: false } } });
+  gp.addGithubUser({ id: 5550202, login: "reader", repos: { "perm-org/rig": { push: false } } });
+  gp.addGithubUser({ id: 5550203, login: "boss", repos: { "Perm-Org/Rig": { admin: true } } });
+  const tokenOf = async (user_id) => (await ghCode(gp.issueGithubUserCode({ user_id }))).body.access_token;
+  const [writer, reader, boss] = [await tokenOf(5550201), await tokenOf(5550202), await tokenOf(5550203)];
+  const repo = (path, auth) => call("GET", `/repos/${path}`, { auth: auth && `Bearer ${auth}` });
+
+  const w = await repo("perm-org/rig", writer);
+  assert.equal(w.status, 200);
+  assertValid(v.repo, w.body, "GET /repos (writer)");
+  assert.equal(w.body.full_name, "perm-org/rig");
+  assert.equal(w.body.default_branch, "trunk", "the installation's repository");
+  assert.equal(w.body.owner.type, "Organization");
+  assert.equal(w.body.organization.login, "perm-org");
+  assert.deepEqual(w.body.permissions, { admin: false, maintain: false, push: true, triage: true, pull: true });
+
+  const r = await repo("perm-org/rig", reader);
+  assertValid(v.repo, r.body, "GET /repos (reader)");
+  assert.equal(r.body.id, w.body.id, "same repository");
+  assert.equal(r.body.permissions.push, false);
+  assert.equal(r.body.permissions.pull, true);
+
+  const b = await repo("PERM-ORG/rig", boss);
+  assert.equal(b.status, 200, "owner and name are case-insensitive");
+  assert.deepEqual(b.body.permissions, { admin: true, maintain: true, push: true, triage: true, pull: true });
+
+  const none = await repo("perm-org/docs", reader);
+  assert.equal(none.status, 404, "no access: 404, not 403");
+  assert.equal(none.body.message, "Not Found");
+  assertValid(v.repo404, none.body, "404 body");
+  assert.equal((await repo("perm-org/other", writer)).status, 404, "in the installation but not the user's");
+
+  const docs = await repo("perm-org/docs", writer);
+  assertValid(v.repo, docs.body, "a repository known only from a user's access list");
+  assert.equal(docs.body.private, true);
+  assert.deepEqual(docs.body.permissions, { admin: false, maintain: false, push: false, triage: false, pull: true });
+  const solo = await repo("writer/solo", writer);
+  assertValid(v.repo, solo.body, "a user-owned repository");
+  assert.equal(solo.body.owner.type, "User");
+  assert.equal(solo.body.owner.id, 5550201);
+  assert.equal("organization" in solo.body, false);
+
+  // Installation tokens: the installation's repositories, no permissions block.
+  const { body: inst } = await call("POST", "/app/installations/6001/access_tokens", { auth: app() });
+  const viaInst = await call("GET", "/repos/perm-org/rig", { auth: `token ${inst.token}` });
+  assert.equal(viaInst.status, 200);
+  assertValid(v.repo, viaInst.body, "GET /repos (installation token)");
+  assert.equal(viaInst.body.permissions, undefined);
+  assert.equal((await call("GET", "/repos/perm-org/docs", { auth: `token ${inst.token}` })).status, 404, "not in the installation");
+  const { body: scoped } = await call("POST", "/app/installations/6001/access_tokens", { auth: app(), json: { repositories: ["other"] } });
+  assert.equal((await call("GET", "/repos/perm-org/rig", { auth: `token ${scoped.token}` })).status, 404, "outside the token's repositories");
+  const instOnUser = await call("GET", "/user", { auth: `token ${inst.token}` });
+  assert.equal(instOnUser.status, 403);
+  assert.equal(instOnUser.body.message, "Resource not accessible by integration");
+  assertValid(v.user403, instOnUser.body, "403 body");
+
+  assert.equal((await call("GET", "/repos/perm-org/rig", { auth: "token ghu_bad" })).status, 401);
+  assert.equal((await repo("perm-org/rig")).status, 404, "anonymous: private repositories are 404");
+  assert.equal((await repo("writer/solo")).status, 200, "anonymous: public repositories are visible");
+
+  // Access changes take effect for existing tokens.
+  gp.addGithubUser({ id: 5550202, login: "reader", repos: { "perm-org/rig": { push: true } } });
+  assert.equal((await repo("perm-org/rig", reader)).body.permissions.push, true);
+  gp.addGithubUser({ id: 5550202, login: "reader", repos: {} });
+  assert.equal((await repo("perm-org/rig", reader)).status, 404);
+});
+
+test("GitHub user OAuth: DELETE /applications/{client_id}/grant revokes every token of the grant", async () => {
+  gp.resetCalls();
+  assert.equal(spec.paths["/applications/{client_id}/grant"].delete.responses["204"].content, undefined, "the spec's 204 has no body");
+  gp.addGithubUser({ id: 5550301, login: "leaver", repos: {} });
+  gp.addGithubUser({ id: 5550302, login: "stayer", repos: {} });
+  const first = (await ghCode(gp.issueGithubUserCode({ user_id: 5550301 }))).body;
+  const second = (await ghCode(gp.issueGithubUserCode({ user_id: 5550301 }))).body; // a second pair in the same grant
+  const other = (await ghCode(gp.issueGithubUserCode({ user_id: 5550302 }))).body;
+
+  const badSecret = await deleteGrant(first.access_token, { secret: "nope" });
+  assert.equal(badSecret.status, 401);
+  assertGithub401(badSecret, "bad Basic secret");
+  assert.equal((await deleteGrant(first.access_token, { id: "Iv23liOther" })).status, 401, "bad Basic id");
+  const noBasic = await call("DELETE", `/applications/${GH_CLIENT_ID}/grant`, { auth: `Bearer ${first.access_token}`, json: { access_token: first.access_token } });
+  assert.equal(noBasic.status, 401, "no Basic auth");
+  assert.equal((await deleteGrant(first.access_token, { clientId: "Iv23liOther" })).status, 404, "path client_id is not the caller");
+  const missing = await call("DELETE", `/applications/${GH_CLIENT_ID}/grant`, { auth: basicAuth(GH_CLIENT_ID, GH_CLIENT_SECRET), json: {} });
+  assert.equal(missing.status, 422);
+  assert.equal((await call("GET", "/user", { auth: `Bearer ${first.access_token}` })).status, 200, "failed deletes change nothing");
+
+  const res = await fetch(`${gp.url}/applications/${GH_CLIENT_ID}/grant`, {
+    method: "DELETE",
+    headers: { accept: "application/vnd.github+json", authorization: basicAuth(GH_CLIENT_ID, GH_CLIENT_SECRET), "content-type": "application/json" },
+    body: JSON.stringify({ access_token: first.access_token }),
+  });
+  assert.equal(res.status, 204);
+  assert.equal(await res.text(), "", "204: no body");
+
+  for (const t of [first, second]) {
+    assert.equal((await call("GET", "/user", { auth: `Bearer ${t.access_token}` })).status, 401, "access tokens of the grant are dead");
+    assertOAuthError(await ghRefresh(t.refresh_token), "bad_refresh_token", "refresh tokens of the grant are dead");
+  }
+  assert.equal((await call("GET", "/user", { auth: `Bearer ${other.access_token}` })).status, 200, "other users keep theirs");
+
+  const again = await deleteGrant(first.access_token);
+  assert.equal(again.status, 404, "second delete");
+  assert.equal(again.body.message, "Not Found");
+  assert.equal((await deleteGrant("ghu_unknown")).status, 404, "unknown token");
+
+  const states = gp.githubUserTokens().filter((t) => t.user_id === 5550301);
+  assert.deepEqual(states.map((t) => [t.access_state, t.refresh_state, t.revoked_by]), [
+    ["revoked", "revoked", "grant_delete"],
+    ["revoked", "revoked", "grant_delete"],
+  ]);
+  assert.equal(gp.calls("github.grant_delete"), 8);
+
+  // The user can authorize the App again: a new grant.
+  const back = await ghCode(gp.issueGithubUserCode({ user_id: 5550301 }));
+  assertUserTokens(back, "re-authorization");
+  assert.equal((await call("GET", "/user", { auth: `Bearer ${back.body.access_token}` })).status, 200);
+});
+
+test("GitHub user OAuth: revokeUserGrant kills the user's tokens; github_app_authorization.revoked payload", async () => {
+  gp.addGithubUser({ id: 5550401, login: "revoker", repos: { "revoker/r": { admin: true } } });
+  gp.addGithubUser({ id: 5550402, login: "bystander", repos: {} });
+  const t = (await ghCode(gp.issueGithubUserCode({ user_id: 5550401 }))).body;
+  const rotated = (await ghRefresh(t.refresh_token)).body;
+  const pending = gp.issueGithubUserCode({ user_id: 5550401 });
+  const by = (await ghCode(gp.issueGithubUserCode({ user_id: 5550402 }))).body;
+
+  assert.equal(gp.revokeUserGrant(5550401), 1, "one live pair");
+  assert.equal(gp.revokeUserGrant(5550401), 0, "nothing left");
+  assertGithub401(await call("GET", "/user", { auth: `Bearer ${rotated.access_token}` }), "revoked access token");
+  assert.equal((await call("GET", "/repos/revoker/r", { auth: `Bearer ${rotated.access_token}` })).status, 401);
+  assertOAuthError(await ghRefresh(rotated.refresh_token), "bad_refresh_token", "revoked refresh token");
+  assertOAuthError(await ghCode(pending), "bad_verification_code", "a code issued before the revocation");
+  assert.equal((await deleteGrant(rotated.access_token)).status, 404, "already revoked");
+  assert.equal((await call("GET", "/user", { auth: `Bearer ${by.access_token}` })).status, 200);
+  const last = gp.githubUserTokens().filter((x) => x.user_id === 5550401).at(-1);
+  assert.deepEqual([last.access_state, last.refresh_state, last.revoked_by], ["revoked", "revoked", "user"]);
+
+  // The webhook GitHub sends when a user revokes the App; sender.id is the user's numeric id.
+  const hook = webhookPayload("github_app_authorization", "revoked");
+  assert.equal(hook.action, "revoked");
+  assert.equal(typeof hook.sender.id, "number");
+  assert.equal(typeof hook.sender.login, "string");
+  hook.sender.id = 5550401;
+  hook.sender.login = "revoker";
+  const body = JSON.stringify(hook);
+  assert.match(signWebhook("s3cret", body), /^sha256=[0-9a-f]{64}$/);
 });

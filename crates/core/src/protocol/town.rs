@@ -173,6 +173,9 @@ pub struct RigCredentialsReply {
     pub town: Town,
     pub rig: Rig,
     pub town_token: Option<String>,
+    /// The town's `commit_as_user`.
+    #[serde(default)]
+    pub commit_as_user: bool,
 }
 
 impl std::fmt::Debug for RigCredentialsReply {
