@@ -41,21 +41,11 @@ export function migrateD1(persistDir) {
 }
 
 /**
- * Starts the container control server with its /debug routes (`gastown-control-debug`, built by
- * scripts/build.sh) on a free port, holding the master key GASTOWN_CONTROL_KEY of the dev vars, as
- * `npm run dev` does: one server for every town. Like every control route, the debug routes want
- * `authorization: Bearer <control secret of the town>` and `x-gastown-town-id`; `town(id)` sends
- * those of town `id`, `fail(modes)` those of a fixed pseudo-town (fail modes are server-wide).
+ * Spawns one of our native binaries on `port` and waits until its `/health` answers; returns the
+ * child, its URL and a reader of everything it printed.
  */
-export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), "gastown-work-")), args = [] } = {}) {
-  const key = secrets.GASTOWN_CONTROL_KEY;
-  if (!key) throw new Error("GASTOWN_CONTROL_KEY is missing from .dev.vars (see .dev.vars.example)");
-  const port = await freePort();
-  const child = spawn(join(ROOT, "target", "release", "gastown-control-debug"), ["--port", String(port), "--workdir", workdir, ...args], {
-    cwd: ROOT,
-    env: { ...process.env, GASTOWN_CONTROL_KEY: key, GASTOWN_CONTROL_SECRET: "", GASTOWN_TOWN_ID: "" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+async function spawnServer(name, args, env, port) {
+  const child = spawn(join(ROOT, "target", "release", name), args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   child.stdout.on("data", (d) => (output += d));
   child.stderr.on("data", (d) => (output += d));
@@ -67,9 +57,25 @@ export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), 
     } catch {
       // not listening yet
     }
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`gastown-control-debug did not start:\n${output}`);
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`${name} did not start:\n${output}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+  return { child, url, output: () => output };
+}
+
+/**
+ * Starts the container control server with its /debug routes (`gastown-control-debug`, built by
+ * scripts/build.sh) on a free port, holding the master key GASTOWN_CONTROL_KEY of the dev vars, as
+ * `npm run dev` does: one server for every town. Like every control route, the debug routes want
+ * `authorization: Bearer <control secret of the town>` and `x-gastown-town-id`; `town(id)` sends
+ * those of town `id`, `fail(modes)` those of a fixed pseudo-town (fail modes are server-wide).
+ */
+export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), "gastown-work-")), args = [] } = {}) {
+  const key = secrets.GASTOWN_CONTROL_KEY;
+  if (!key) throw new Error("GASTOWN_CONTROL_KEY is missing from .dev.vars (see .dev.vars.example)");
+  const port = await freePort();
+  const { child, url, output } = await spawnServer("gastown-control-debug", ["--port", String(port), "--workdir", workdir, ...args],
+    { GASTOWN_CONTROL_KEY: key, GASTOWN_CONTROL_SECRET: "", GASTOWN_TOWN_ID: "" }, port);
   // base64url(HMAC-SHA256(key, "gastown-control-v1:" + townId)): gastown_core::control::control_secret.
   const secretOf = (townId) => createHmac("sha256", key).update(`gastown-control-v1:${townId}`).digest("base64url");
   const json = async (method, path, townId, body) => {
@@ -82,7 +88,7 @@ export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), 
     url,
     /** The server's work directory: each town's files are under `<workdir>/<townId>/`. */
     workdir,
-    output: () => output,
+    output,
     town: (townId) => json("GET", `/debug/towns/${townId}`, townId),
     fail: (modes) => json("POST", "/debug/fail", "e2e-harness", modes),
     /** As if the town's container stopped (or restarted): its token and env are gone. */
@@ -100,26 +106,8 @@ export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), 
  */
 export async function startGateway() {
   const port = await freePort();
-  const child = spawn(join(ROOT, "target", "release", "gastown-gateway"), ["--port", String(port)], {
-    cwd: ROOT,
-    env: { ...process.env, NEXTAUTH_SECRET: secrets.NEXTAUTH_SECRET },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let output = "";
-  child.stdout.on("data", (d) => (output += d));
-  child.stderr.on("data", (d) => (output += d));
-  const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    try {
-      if ((await fetch(`${url}/health`)).ok) break;
-    } catch {
-      // not listening yet
-    }
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`gastown-gateway did not start:\n${output}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { url, output: () => output, stop: () => child.kill("SIGTERM") };
+  const { child, url, output } = await spawnServer("gastown-gateway", ["--port", String(port)], { NEXTAUTH_SECRET: secrets.NEXTAUTH_SECRET }, port);
+  return { url, output, stop: () => child.kill("SIGTERM") };
 }
 
 /**

@@ -35,8 +35,7 @@
 use crate::workdir::{self, GIT_CREDENTIAL_SUBCOMMAND};
 use crate::{self_refresh, worker_origin, DEFAULT_WORKDIR, WORKDIR_ENV};
 use gastown_core::control::{
-    git_token_path, GitTokenReply, CONTENT_TYPE_JSON, GIT_TOKEN_REUSE_MARGIN_SECS, TOWN_ID_ENV,
-    WORKER_URL_ENV,
+    git_token_path, GitTokenReply, GIT_TOKEN_REUSE_MARGIN_SECS, TOWN_ID_ENV, WORKER_URL_ENV,
 };
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
@@ -338,30 +337,18 @@ fn fetch(
     container_token: &str,
 ) -> Result<GitTokenReply, Failure> {
     let url = format!("{worker}{}", git_token_path(town, rig));
-    let mut response = self_refresh::agent()
-        .post(&url)
-        .header("authorization", &format!("Bearer {container_token}"))
-        .header("content-type", CONTENT_TYPE_JSON)
-        .send("{}")
-        // ureq's message names the URL and the failure, never a header.
-        .map_err(|e| Failure::Unreachable(e.to_string()))?;
-    let status = response.status().as_u16();
-    if status != 200 {
-        return Err(Failure::Status(status));
-    }
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(self_refresh::MAX_ANSWER_BYTES)
-        .read_to_string()
-        .map_err(|_| Failure::BadAnswer)?;
-    let reply: GitTokenReply = serde_json::from_str(&body).map_err(|_| Failure::BadAnswer)?;
     // The token goes into a line of git's protocol: nothing but token characters.
-    if workdir::is_plain_token(&reply.token) {
-        Ok(reply)
-    } else {
-        Err(Failure::BadAnswer)
-    }
+    self_refresh::post_to_worker(
+        &self_refresh::agent(),
+        &url,
+        container_token,
+        |r: &GitTokenReply| &r.token,
+    )
+    .map_err(|f| match f {
+        self_refresh::CallFailure::Unreachable(e) => Failure::Unreachable(e),
+        self_refresh::CallFailure::Status(s) => Failure::Status(s),
+        self_refresh::CallFailure::BadAnswer => Failure::BadAnswer,
+    })
 }
 
 /// The answer to git's `get`.

@@ -122,6 +122,58 @@ impl fmt::Display for Failure {
     }
 }
 
+/// How one call to the worker with the container token failed; never holds a token.
+#[derive(Debug)]
+pub(crate) enum CallFailure {
+    Unreachable(String),
+    Status(u16),
+    /// Not the JSON expected, or a token with characters a file line or header cannot hold.
+    BadAnswer,
+}
+
+/// `POST {url}` with `authorization: Bearer <container token>` and `{}`; a 200 answer is read
+/// (at most [`MAX_ANSWER_BYTES`]) as `T`, whose token `token_of` names must be plain.
+pub(crate) fn post_to_worker<T: serde::de::DeserializeOwned>(
+    agent: &ureq::Agent,
+    url: &str,
+    container_token: &str,
+    token_of: impl Fn(&T) -> &str,
+) -> Result<T, CallFailure> {
+    let mut response = agent
+        .post(url)
+        .header("authorization", &format!("Bearer {container_token}"))
+        .header("content-type", CONTENT_TYPE_JSON)
+        .send("{}")
+        // ureq's message names the URL and the failure, never a header.
+        .map_err(|e| CallFailure::Unreachable(e.to_string()))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(CallFailure::Status(status));
+    }
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER_BYTES)
+        .read_to_string()
+        .map_err(|_| CallFailure::BadAnswer)?;
+    let answer: T = serde_json::from_str(&body).map_err(|_| CallFailure::BadAnswer)?;
+    if workdir::is_plain_token(token_of(&answer)) {
+        Ok(answer)
+    } else {
+        Err(CallFailure::BadAnswer)
+    }
+}
+
+impl From<CallFailure> for Failure {
+    fn from(f: CallFailure) -> Self {
+        match f {
+            CallFailure::Unreachable(e) => Failure::Unreachable(e),
+            CallFailure::Status(s) => Failure::Status(s),
+            CallFailure::BadAnswer => Failure::BadAnswer,
+        }
+    }
+}
+
 /// Asks the worker for a new gateway token for `town` with its container token.
 fn fetch(
     agent: &ureq::Agent,
@@ -130,29 +182,12 @@ fn fetch(
     container_token: &str,
 ) -> Result<IssuedToken, Failure> {
     let url = format!("{worker}{}", sandbox_token_path(town));
-    let mut response = agent
-        .post(&url)
-        .header("authorization", &format!("Bearer {container_token}"))
-        .header("content-type", CONTENT_TYPE_JSON)
-        .send("{}")
-        // ureq's message names the URL and the failure, never a header.
-        .map_err(|e| Failure::Unreachable(e.to_string()))?;
-    let status = response.status().as_u16();
-    if status != 200 {
-        return Err(Failure::Status(status));
-    }
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_ANSWER_BYTES)
-        .read_to_string()
-        .map_err(|_| Failure::BadAnswer)?;
-    let issued: IssuedToken = serde_json::from_str(&body).map_err(|_| Failure::BadAnswer)?;
-    if workdir::is_plain_token(&issued.token) {
-        Ok(issued)
-    } else {
-        Err(Failure::BadAnswer)
-    }
+    Ok(post_to_worker(
+        agent,
+        &url,
+        container_token,
+        |t: &IssuedToken| &t.token,
+    )?)
 }
 
 /// Stores the outcome of one town's refresh, unless the town was stopped meanwhile. False

@@ -13,12 +13,11 @@ use gastown_core::control::{
     WORKER_URL_ENV,
 };
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const RIG_ID_ENV: &str = "GASTOWN_RIG_ID";
 const TOWN: &str = "town-a";
@@ -37,56 +36,9 @@ fn now() -> i64 {
 }
 
 /// What the fake worker saw of one request.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    authorization: Option<String>,
-}
-
-/// A loopback listener answering every request with the status and body it is told (`{n}` in
-/// the body becomes the request's number, from 1, so each answer carries a new token).
-struct FakeWorker {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    answer: Arc<Mutex<(u16, String)>>,
-}
-
-impl FakeWorker {
-    fn start(status: u16, body: &str) -> FakeWorker {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let answer = Arc::new(Mutex::new((status, body.to_owned())));
-        let (seen2, answer2) = (Arc::clone(&seen), Arc::clone(&answer));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                serve_one(stream, &seen2, &answer2);
-            }
-        });
-        FakeWorker { addr, seen, answer }
-    }
-
-    /// Answers `git_token` for every request: a GitHub App token expiring at `expires_at`.
-    fn github(expires_at: i64) -> FakeWorker {
-        FakeWorker::start(200, &token_body("ghs_{n}.tok", expires_at, "github_app"))
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn answer(&self, status: u16, body: &str) {
-        *self.answer.lock().unwrap() = (status, body.to_owned());
-    }
-
-    fn calls(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
+/// A fake worker answering every request with a GitHub App token expiring at `expires_at`.
+fn github_worker(expires_at: i64) -> FakeWorker {
+    FakeWorker::start(200, &token_body("ghs_{n}.tok", expires_at, "github_app"))
 }
 
 fn token_body(token: &str, expires_at: i64, source: &str) -> String {
@@ -94,59 +46,6 @@ fn token_body(token: &str, expires_at: i64, source: &str) -> String {
 }
 
 /// Reads one request (head, then `content-length` bytes), records it, answers, closes.
-fn serve_one(mut stream: TcpStream, seen: &Mutex<Vec<Seen>>, answer: &Mutex<(u16, String)>) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut request_line = head.split("\r\n").next().unwrap_or_default().split(' ');
-    let method = request_line.next().unwrap_or_default().to_owned();
-    let path = request_line.next().unwrap_or_default().to_owned();
-    let header = |name: &str| {
-        head.split("\r\n").skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    };
-    let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
-    while buf.len() < head_end + length {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let n = {
-        let mut seen = seen.lock().unwrap();
-        seen.push(Seen {
-            method,
-            path,
-            authorization: header("authorization"),
-        });
-        seen.len()
-    };
-    let (status, body) = {
-        let answer = answer.lock().unwrap();
-        (answer.0, answer.1.replace("{n}", &n.to_string()))
-    };
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
-
 /// A work directory holding `town`'s container token, as the server leaves it.
 fn workdir_with_token(town: &str) -> PathBuf {
     let workdir = temp_dir("helper");
@@ -244,7 +143,7 @@ fn cache_path(workdir: &Path, town: &str, rig: &str) -> PathBuf {
 #[test]
 fn get_fetches_with_the_container_token_then_reuses_the_cached_token() {
     let expires_at = now() + 3600;
-    let worker = FakeWorker::github(expires_at);
+    let worker = github_worker(expires_at);
     let workdir = workdir_with_token(TOWN);
 
     let out = get(&worker, &workdir);
@@ -298,7 +197,7 @@ fn get_fetches_with_the_container_token_then_reuses_the_cached_token() {
 fn a_token_within_five_minutes_of_expiry_is_never_handed_out_again() {
     // The long session: whatever the worker hands out near its expiry is used once, and every
     // later operation gets a fresh one.
-    let worker = FakeWorker::github(now() + 120);
+    let worker = github_worker(now() + 120);
     let workdir = workdir_with_token(TOWN);
     for n in 1..=3 {
         assert_eq!(password(&get(&worker, &workdir)), format!("ghs_{n}.tok"));
@@ -331,7 +230,7 @@ fn a_token_within_five_minutes_of_expiry_is_never_handed_out_again() {
 
 #[test]
 fn erase_makes_the_next_get_fetch_again() {
-    let worker = FakeWorker::github(now() + 3600);
+    let worker = github_worker(now() + 3600);
     let workdir = workdir_with_token(TOWN);
     assert_eq!(password(&get(&worker, &workdir)), "ghs_1.tok");
 
@@ -462,7 +361,7 @@ fn failures_print_nothing_on_stdout_and_never_a_token() {
 
 #[test]
 fn git_token_prints_the_token_alone_and_shares_the_cache() {
-    let worker = FakeWorker::github(now() + 3600);
+    let worker = github_worker(now() + 3600);
     let workdir = workdir_with_token(TOWN);
     let url = worker.url();
     let env = helper_env(&url, &workdir, RIG);
@@ -495,7 +394,7 @@ fn git_token_prints_the_token_alone_and_shares_the_cache() {
 
 #[test]
 fn the_helper_neither_needs_nor_takes_the_server_credential() {
-    let worker = FakeWorker::github(now() + 3600);
+    let worker = github_worker(now() + 3600);
     let workdir = workdir_with_token(TOWN);
     // With a production credential in its environment it is still only the helper (a server
     // would print its listening line, or refuse the half credential).
@@ -511,7 +410,7 @@ fn the_helper_neither_needs_nor_takes_the_server_credential() {
 
 #[test]
 fn the_server_keeps_the_container_token_and_gitconfig_and_stop_removes_the_credentials() {
-    let worker = FakeWorker::github(now() + 3600);
+    let worker = github_worker(now() + 3600);
     let s = start(
         DEBUG_BIN,
         &[(KEY_ENV, KEY)],
@@ -650,7 +549,7 @@ fn git_credential_fill(gitconfig: &Path, cwd: &Path) -> Option<Output> {
 #[test]
 fn real_git_asks_the_helper_named_in_the_generated_gitconfig() {
     let expires_at = now() + 3600;
-    let worker = FakeWorker::github(expires_at);
+    let worker = github_worker(expires_at);
     let s = start(
         DEBUG_BIN,
         &[(KEY_ENV, KEY)],
@@ -683,7 +582,7 @@ fn real_git_asks_the_helper_named_in_the_generated_gitconfig() {
 #[cfg(unix)]
 #[test]
 fn odd_paths_survive_git_config_quoting_and_the_shell() {
-    let worker = FakeWorker::github(now() + 3600);
+    let worker = github_worker(now() + 3600);
     // A directory whose name holds every character the two quotings must get right.
     let root = temp_dir("quoting");
     let odd = root.join(r#"we ird'"$HOME\x;#`"#);

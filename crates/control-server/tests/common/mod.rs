@@ -8,10 +8,11 @@ use gastown_control::WORKDIR_ENV;
 use gastown_core::control::{control_secret, KEY_ENV, SECRET_ENV, TOWN_ID_ENV, WORKER_URL_ENV};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const KEY: &str = "dev-gastown-control-key-change-me-0123456789";
@@ -258,4 +259,124 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 pub fn read_json(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap()
+}
+
+/// One request the fake worker received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+/// How the fake worker answers: a status and a body; `{n}` in the body becomes the number of
+/// the request (from 1), so each answer carries a new token.
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+/// A stand-in for the worker: answers every request with one (settable) status and body, in which
+/// `{n}` becomes the request's number, and records what it received.
+pub struct FakeWorker {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    answer: Arc<Mutex<Answer>>,
+}
+
+impl FakeWorker {
+    pub fn start(status: u16, body: &str) -> FakeWorker {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(Mutex::new(Answer {
+            status,
+            body: body.to_owned(),
+        }));
+        let (seen_by_thread, answer_by_thread) = (Arc::clone(&seen), Arc::clone(&answer));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                serve_one(stream, &seen_by_thread, &answer_by_thread);
+            }
+        });
+        FakeWorker { addr, seen, answer }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn answer(&self, status: u16, body: &str) {
+        *self.answer.lock().unwrap() = Answer {
+            status,
+            body: body.to_owned(),
+        };
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// Reads one request (head, then `content-length` bytes), records it, answers, closes.
+fn serve_one(mut stream: TcpStream, seen: &Mutex<Vec<Seen>>, answer: &Mutex<Answer>) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let path = request_line.next().unwrap_or_default().to_owned();
+    let header = |name: &str| {
+        head.split("\r\n").skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
+    while buf.len() < head_end + length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let n = {
+        let mut seen = seen.lock().unwrap();
+        seen.push(Seen {
+            method,
+            path,
+            authorization: header("authorization"),
+            content_type: header("content-type"),
+            body: String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned(),
+        });
+        seen.len()
+    };
+    let (status, body) = {
+        let answer = answer.lock().unwrap();
+        (answer.status, answer.body.replace("{n}", &n.to_string()))
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
 }
