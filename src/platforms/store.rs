@@ -187,6 +187,14 @@ pub async fn by_installation(env: &Env, installation_id: &str) -> Result<Option<
     .await
 }
 
+/// The integration just written, as the API shows it.
+async fn written(env: &Env, id: &str) -> Result<Integration, ApiError> {
+    get(env, id)
+        .await?
+        .map(|r| r.public())
+        .ok_or_else(|| ApiError::internal("integration vanished"))
+}
+
 /// An owner's integrations, oldest first.
 ///
 /// # Errors
@@ -230,10 +238,7 @@ pub async fn record_github(
             &[s(login), s(account_type), s(status), s(&now), s(&existing.id)],
         )
         .await?;
-        return get(env, &existing.id)
-            .await?
-            .map(|r| r.public())
-            .ok_or_else(|| ApiError::internal("integration vanished"));
+        return written(env, &existing.id).await;
     }
     let id = config::new_id()?;
     run(
@@ -251,10 +256,7 @@ pub async fn record_github(
         ],
     )
     .await?;
-    get(env, &id)
-        .await?
-        .map(|r| r.public())
-        .ok_or_else(|| ApiError::internal("integration vanished"))
+    written(env, &id).await
 }
 
 /// Records a GitLab connection with its (sealed) tokens.
@@ -284,10 +286,7 @@ pub async fn record_gitlab(
         ],
     )
     .await?;
-    get(env, &id)
-        .await?
-        .map(|r| r.public())
-        .ok_or_else(|| ApiError::internal("integration vanished"))
+    written(env, &id).await
 }
 
 /// A claimed refresh whose claimer is silent this long may be taken over.

@@ -76,20 +76,8 @@ impl Options {
             };
             match arg.as_str() {
                 "--host" => opts.host = value()?,
-                "--port" => {
-                    opts.port = value()?
-                        .parse()
-                        .map_err(|_| "--port needs a port number".to_owned())?;
-                }
-                "--read-timeout-ms" => {
-                    let ms: u64 = value()?
-                        .parse()
-                        .map_err(|_| "--read-timeout-ms needs milliseconds".to_owned())?;
-                    if ms == 0 {
-                        return Err("--read-timeout-ms must be positive".to_owned());
-                    }
-                    opts.read_timeout = Duration::from_millis(ms);
-                }
+                "--port" => opts.port = crate::port_arg(&value()?)?,
+                "--read-timeout-ms" => opts.read_timeout = crate::read_timeout_arg(&value()?)?,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }

@@ -343,11 +343,7 @@ impl Options {
             };
             match arg.as_str() {
                 "--host" => opts.host = value()?,
-                "--port" => {
-                    opts.port = value()?
-                        .parse()
-                        .map_err(|_| "--port needs a port number".to_owned())?;
-                }
+                "--port" => opts.port = port_arg(&value()?)?,
                 "--allowed-host" => {
                     let name = value()?.to_ascii_lowercase();
                     if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/') {
@@ -355,15 +351,7 @@ impl Options {
                     }
                     opts.allowed_hosts.push(name);
                 }
-                "--read-timeout-ms" => {
-                    let ms: u64 = value()?
-                        .parse()
-                        .map_err(|_| "--read-timeout-ms needs milliseconds".to_owned())?;
-                    if ms == 0 {
-                        return Err("--read-timeout-ms must be positive".to_owned());
-                    }
-                    opts.read_timeout = Duration::from_millis(ms);
-                }
+                "--read-timeout-ms" => opts.read_timeout = read_timeout_arg(&value()?)?,
                 "--workdir" => workdir = Some(value()?),
                 "--worker-url" => worker_url = Some(value()?),
                 "--gateway-refresh-ms" => {
@@ -427,6 +415,28 @@ fn worker_origin(url: &str) -> Result<String, String> {
         return Err(format!("{url:?} is not a plain origin"));
     }
     Ok(trimmed.to_owned())
+}
+
+/// `--port`'s value (both servers take it).
+///
+/// # Errors
+/// A message for the operator.
+pub(crate) fn port_arg(value: &str) -> Result<u16, String> {
+    value
+        .parse()
+        .map_err(|_| "--port needs a port number".to_owned())
+}
+
+/// `--read-timeout-ms`'s value: positive milliseconds (both servers take it).
+///
+/// # Errors
+/// A message for the operator.
+pub(crate) fn read_timeout_arg(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Err("--read-timeout-ms must be positive".to_owned()),
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(_) => Err("--read-timeout-ms needs milliseconds".to_owned()),
+    }
 }
 
 /// The whole program: takes the credential out of the environment, parses the arguments,
