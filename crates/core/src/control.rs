@@ -182,6 +182,125 @@ pub struct SyncConfigBody {
     pub town_id: String,
 }
 
+/// `POST /agents/start`: runs one agent of the town as a child process of the control server.
+pub const AGENTS_START_PATH: &str = "/agents/start";
+
+/// `POST /agents/:id/stop`.
+#[must_use]
+pub fn agent_stop_path(agent_id: &str) -> String {
+    format!("/agents/{agent_id}/stop")
+}
+
+/// `GET /agents/:id/status`.
+#[must_use]
+pub fn agent_status_path(agent_id: &str) -> String {
+    format!("/agents/{agent_id}/status")
+}
+
+/// Set in an agent's env to `1` only where a `file://` rig is acceptable (local development):
+/// the demo agent refuses `file://` repositories without it. Production never sets it.
+pub const ALLOW_LOCAL_GIT_ENV: &str = "GASTOWN_ALLOW_LOCAL_GIT";
+
+/// The work item an agent is started on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentBead {
+    pub id: String,
+    pub title: String,
+    pub body: String,
+}
+
+/// `POST /agents/start`: everything one agent needs. The control server runs its agent command
+/// with `env` (the town's env as the worker derives it, with this dispatch's container and
+/// gateway tokens, git author and the user's env vars) plus the identity variables it sets
+/// itself; a start for an agent id that is still running replaces that process.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStartBody {
+    #[serde(rename = "townId")]
+    pub town_id: String,
+    pub agent_id: String,
+    pub role: crate::agent_settings::Role,
+    pub name: String,
+    /// `None` for the mayor.
+    pub rig_id: Option<String>,
+    pub bead: Option<AgentBead>,
+    /// The rig's repository (no credentials in it: git asks the credential helper).
+    pub git_url: Option<String>,
+    /// The rig's default branch, to start from.
+    pub default_branch: Option<String>,
+    /// The branch the agent pushes its work to.
+    pub branch: Option<String>,
+    /// The model the agent runs with (`agent_settings::effective_model`).
+    pub model: Option<String>,
+    /// The worker's origin the agent calls back; the control server's `--worker-url` is used
+    /// when this is absent.
+    #[serde(default)]
+    pub worker_url: Option<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for AgentStartBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The env holds tokens: names only.
+        f.debug_struct("AgentStartBody")
+            .field("town_id", &self.town_id)
+            .field("agent_id", &self.agent_id)
+            .field("role", &self.role)
+            .field("rig_id", &self.rig_id)
+            .field("bead", &self.bead.as_ref().map(|b| &b.id))
+            .field("branch", &self.branch)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an agent process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentProcessState {
+    Running,
+    Exited,
+}
+
+/// The answer of `POST /agents/start` and `GET /agents/:id/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentProcessStatus {
+    pub agent_id: String,
+    pub state: AgentProcessState,
+    pub pid: Option<u32>,
+    /// Set once exited (`None` when killed by a signal).
+    pub exit_code: Option<i32>,
+}
+
+/// An agent's callback route on the worker: `kind` is `heartbeat`, `status` or `done`.
+#[must_use]
+pub fn agent_callback_path(town_id: &str, rig_id: &str, agent_id: &str, kind: &str) -> String {
+    format!("/api/towns/{town_id}/rigs/{rig_id}/agents/{agent_id}/{kind}")
+}
+
+/// Longest `message`, `summary` or `branch` an agent callback may send, in characters.
+pub const MAX_CALLBACK_TEXT: usize = 4000;
+
+/// `POST .../status`: what the agent is doing now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatusCallback {
+    pub message: String,
+}
+
+/// `POST .../done`: the agent finished its bead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDoneCallback {
+    pub summary: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub pr_url: Option<String>,
+}
+
+/// `POST /agents/:id/stop` carries the town: `{"townId": ...}`.
+pub type AgentStopBody = StopBody;
+
 /// `POST /stop`: the town's container stops; its token and env are dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopBody {
