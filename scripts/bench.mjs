@@ -10,8 +10,16 @@
 //
 // BENCH_MODE picks how the workers are served: "wrangler" (wrangler dev --local, through its
 // local proxy), "direct" (workerd alone, through Miniflare's Node API) or "both" (default).
-// The page-of-50 list measurement runs once, in BENCH_LIST_MODE (default: the last mode).
-// Prints the tables and writes bench/results/<time>.json and bench/results/latest.json.
+// The page-of-50 list measurements run once, in BENCH_LIST_MODE (default: the last mode): rigs
+// at BENCH_ROWS (one town per size) and beads at BENCH_BEAD_ROWS (one town, grown to each size
+// in turn); an empty list skips one.
+//
+// Beads are ours only: the peer does not implement them. `sling` (an issue on a rig) is measured
+// against the write floor in a town of its own; its dispatch runs in that town's alarm, not in
+// the request, and the control server's agents exit at once (GASTOWN_AGENT_COMMAND), so no agent
+// works beside the measurements.
+// Prints the tables and writes <BENCH_OUT>/<time>.json and <BENCH_OUT>/latest.json (default
+// bench/results; a smoke run can write elsewhere).
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, writeFileSync, readFileSync, existsSync, statSync, rmSync } from "node:fs";
 import { gzipSync } from "node:zlib";
@@ -24,7 +32,10 @@ import { startControlServer, client, secrets } from "../tests/e2e/harness.mjs";
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP ?? 2);
-const ROWS = (process.env.BENCH_ROWS ?? "1000,10000").split(",").filter(Boolean).map(Number);
+const sizes = (name) => (process.env[name] ?? "1000,10000").split(",").filter(Boolean).map(Number);
+const ROWS = sizes("BENCH_ROWS");
+const BEAD_ROWS = sizes("BENCH_BEAD_ROWS");
+const OUT_DIR = process.env.BENCH_OUT ?? join(ROOT, "bench", "results");
 const MODE = process.env.BENCH_MODE ?? "both";
 const MODES = MODE === "both" ? ["wrangler", "direct"] : [MODE];
 const LIST_MODE = process.env.BENCH_LIST_MODE ?? MODES.at(-1);
@@ -33,6 +44,11 @@ const MODE_LABEL = { wrangler: "through wrangler dev (local proxy + workerd)", d
 
 if (!MODES.every((m) => m in MODE_LABEL)) throw new Error(`BENCH_MODE must be wrangler, direct or both (got ${MODE})`);
 if (!MODES.includes(LIST_MODE)) throw new Error(`BENCH_LIST_MODE ${LIST_MODE} is not among the modes run`);
+if (![...ROWS, ...BEAD_ROWS].every((n) => Number.isInteger(n) && n > 0)) throw new Error("BENCH_ROWS and BENCH_BEAD_ROWS are lists of positive whole numbers");
+if (BEAD_ROWS.some((n, i) => i > 0 && n <= BEAD_ROWS[i - 1])) throw new Error("BENCH_BEAD_ROWS must grow: one town is filled to each size in turn");
+
+const NO_PEER_BEADS = "the TypeScript peer does not implement beads: ours only";
+const NO_PEER_WRITES = "the TypeScript peer has no write routes: compared with the write floor";
 
 function sh(cmd) {
   return spawnSync("bash", ["-c", cmd], { cwd: ROOT, stdio: "inherit" }).status;
@@ -132,11 +148,19 @@ function retrying(base) {
   };
 }
 
+async function expect2xx(promise, what) {
+  const res = await promise;
+  if (res.status < 200 || res.status > 299) throw new Error(`${what}: ${res.status} ${res.text}`);
+  return res.body;
+}
+
 async function expect(status, promise, what) {
   const res = await promise;
   if (res.status !== status) throw new Error(`${what}: ${res.status} ${res.text}`);
   return res.body;
 }
+
+const range = (from, to) => Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
 
 // The same seed for both sides: one user who is a member of one org, a personal town, five org
 // towns. Ours also gets a rig and a started container, for its write routes.
@@ -164,30 +188,52 @@ async function seed(workers) {
   // Heartbeats are honoured only for agents the town registered: the mayor reports in.
   const mayor = await expect(200, ours("POST", `/api/towns/${oursTown.id}/mayor/ensure`, { token: uTok }), "mayor");
 
+  // The sling load gets a town of its own: the issues it piles up, and their dispatch, touch no
+  // other row's town. Dispatch runs in that town's alarm, not in the request; at most one of its
+  // agents works at a time (max_polecats_per_rig 1), and the control server's agent command
+  // exits at once. After the rounds the town is stopped, which ends its alarm work.
+  const slingTown = await expect(201, ours("POST", `/api/users/${USER}/towns`, { token: uTok, body: { name: "bench sling" } }), "seed sling town");
+  const slingRig = await expect(201, ours("POST", `/api/users/${USER}/rigs`, { token: uTok, body: { town_id: slingTown.id, name: "app", git_url: "https://github.com/acme/app" } }), "seed sling rig");
+  await expect2xx(ours("PATCH", `/api/towns/${slingTown.id}/config`, { token: uTok, body: { max_polecats_per_rig: 1 } }), "sling town config");
+  const sling = { rig_id: slingRig.id, title: "bench bead", body: "slung by npm run bench" };
+  // One sling through the client first, so a build without the route fails here, loudly.
+  await expect(201, ours("POST", `/api/towns/${slingTown.id}/sling`, { token: uTok, body: sling }), "sling");
+  const finish = async () => {
+    const health = await ours("GET", `/api/internal/towns/${slingTown.id}/health`, { headers: { "x-internal-api-key": secrets.INTERNAL_API_KEY } });
+    await expect2xx(ours("POST", `/api/towns/${slingTown.id}/stop`, { token: uTok }), "stop the sling town");
+    return { town_id: slingTown.id, health_status: health.status, health: health.body ?? health.text };
+  };
+
   const paired = (key, name, kind, path, headers = []) => ({
     key, name, kind,
     ours: { url: workers.ours.url + path(oursTown), headers, pid: workers.ours.pid },
     peer: { url: workers.peer.url + path(peerTown), headers, pid: workers.peer.pid },
   });
-  return [
+  const targets = [
     paired("health", "GET /health", "public", () => "/health"),
     paired("town_read", "personal town read", "read", (t) => `/api/users/${USER}/towns/${t.id}`, [auth(uTok)]),
     paired("org_list", "org towns list (member)", "read", () => `/api/orgs/${ORG}/towns`, [auth(uTok)]),
-    { key: "config_patch", name: "PATCH config + container sync", kind: "write",
+    { key: "config_patch", name: "PATCH config + container sync", kind: "write", no_peer: NO_PEER_WRITES,
       ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/config`, pid: workers.ours.pid,
         script: luaScript("patch", "PATCH", '{"default_model":"bench-model"}', { authorization: `Bearer ${uTok}`, "content-type": "application/json" }) } },
-    { key: "heartbeat", name: "container heartbeat", kind: "write",
+    // The agent heartbeat callback, POST /api/towns/:townId/rigs/:rigId/agents/:agentId/heartbeat
+    // with the town's container token, for the mayor.
+    { key: "heartbeat", name: "agent heartbeat callback", kind: "write", no_peer: NO_PEER_WRITES,
       ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/rigs/${rig.id}/agents/${mayor.id}/heartbeat`, pid: workers.ours.pid,
         script: luaScript("heartbeat", "POST", null, { authorization: `Bearer ${cTok}` }) } },
+    { key: "sling", name: "POST sling (issue on a rig)", kind: "write", no_peer: NO_PEER_BEADS,
+      ours: { url: `${workers.ours.url}/api/towns/${slingTown.id}/sling`, pid: workers.ours.pid,
+        script: luaScript("sling", "POST", JSON.stringify(sling), { authorization: `Bearer ${uTok}`, "content-type": "application/json" }) } },
     { key: "read_floor", name: "read floor (1 DO round trip + 1 SQLite read)", kind: "floor",
       ours: { url: `${workers.floor.url}/`, pid: workers.floor.pid } },
     { key: "write_floor", name: "write floor (1 DO round trip + 1 SQLite upsert)", kind: "floor",
       ours: { url: `${workers.floor.url}/write`, script: luaScript("floor-write", "POST", null, {}), pid: workers.floor.pid } },
   ];
+  return { targets, finish };
 }
 
 async function measure(mode, workers) {
-  const targets = await seed(workers);
+  const { targets, finish } = await seed(workers);
   const runs = targets.flatMap((t) => ["ours", "peer"].filter((side) => t[side]).map((side) => ({ t, side })));
   console.log(`${MODE_LABEL[mode]}: warm-up ${WARMUP_SECONDS} s per target, then ${ROUNDS} rounds × ${SECONDS} s`);
   for (const { t, side } of runs) wrk(t[side].url, { ...t[side], seconds: WARMUP_SECONDS });
@@ -198,6 +244,7 @@ async function measure(mode, workers) {
     for (const r of order) samples.get(r).push(wrk(r.t[r.side].url, r.t[r.side]));
     console.log(`  round ${round + 1}/${ROUNDS} done`);
   }
+  const slingTown = await finish();
   const summary = (r) => {
     const s = samples.get(r);
     return {
@@ -208,7 +255,7 @@ async function measure(mode, workers) {
   };
   const rows = targets.map((t) => {
     const [ours, peer] = ["ours", "peer"].map((side) => runs.find((r) => r.t === t && r.side === side)).map((r) => r && summary(r));
-    return { key: t.key, name: t.name, kind: t.kind, ours, peer: peer ?? null };
+    return { key: t.key, name: t.name, kind: t.kind, ours, peer: peer ?? null, ...(t.no_peer && { no_peer: t.no_peer }) };
   });
   const row = (key) => rows.find((r) => r.key === key);
   for (const r of rows) {
@@ -228,7 +275,47 @@ async function measure(mode, workers) {
     writes_rps_at_least_0_8_write_floor: writes.every((r) => r.vs_floor.rps >= 0.8),
     every_answer_2xx: rows.every((r) => r.ours.non2xx === 0 && (!r.peer || r.peer.non2xx === 0)),
   };
+  // What the sling town's alarm did meanwhile (dispatches, failures, the breaker), as the
+  // internal health route shows it, read before the town was stopped.
+  const sling = row("sling");
+  sling.note = "dispatch runs in the town's alarm, not in the request; the sling load has a town of its own, stopped after the rounds";
+  sling.beads_slung = sling.ours.runs.reduce((n, x) => n + x.requests, 0);
+  sling.town = slingTown;
   return { label: MODE_LABEL[mode], rows, targets_met };
+}
+
+/**
+ * The `&after=…` cursor of the page that starts `depth` rows into the list at `path` (oldest
+ * first), found by paging through it 500 at a time.
+ */
+async function cursorAt(call, path, token, depth) {
+  let after = "";
+  let seen = 0;
+  while (seen < depth) {
+    const page = await call("GET", `${path}?limit=500${after}`, { token });
+    if (page.status !== 200 || !Array.isArray(page.body) || !page.body.length) {
+      throw new Error(`paging ${path} at ${seen}: ${page.status} ${page.text.slice(0, 500)}`);
+    }
+    const take = page.body.slice(0, Math.min(500, depth - seen));
+    seen += take.length;
+    after = `&after=${take.at(-1).id}`;
+  }
+  return after;
+}
+
+/**
+ * Page of 50 at the start of the list at `url` and at the cursor `after`: three wrk runs each,
+ * alternating first and deep page (one run swings by ±30 %), and the run with the median p50.
+ */
+function pageOf50(url, after, token) {
+  const base = `${url}?limit=50`;
+  const runs = { first: [], deep: [] };
+  for (let i = 0; i < 3; i++) {
+    runs.first.push(wrk(base, { headers: [auth(token)] }));
+    runs.deep.push(wrk(base + after, { headers: [auth(token)] }));
+  }
+  const mid = (rs) => [...rs].sort((a, b) => a.p50_ms - b.p50_ms)[1];
+  return { first_page: mid(runs.first), deep_page: mid(runs.deep) };
 }
 
 // Page of 50 at growing table sizes: one town per size, filled with rigs.
@@ -240,33 +327,47 @@ async function measureLists(workers) {
     const tok = userToken(secrets.NEXTAUTH_SECRET, owner);
     const t = await expect(201, call("POST", `/api/users/${owner}/towns`, { token: tok, body: { name: `list ${rows}` } }), "list town");
     const started = Date.now();
-    await pool(Array.from({ length: rows }, (_, i) => i), 8, async (i) => {
+    await pool(range(0, rows), 8, async (i) => {
       const res = await call("POST", `/api/users/${owner}/rigs`, { token: tok, body: { town_id: t.id, name: `r${i}`, git_url: "https://github.com/acme/r" } });
       // A retried create whose first attempt landed finds its name taken.
       if (res.status !== 201 && res.status !== 409) throw new Error(`seed rig ${i}: ${res.status} ${res.text}`);
     });
     const seedSeconds = (Date.now() - started) / 1000;
+    const path = `/api/users/${owner}/towns/${t.id}/rigs`;
     // The cursor of a page 90 % of the way through the table.
-    let after = "";
-    let seen = 0;
-    while (seen < Math.floor(rows * 0.9)) {
-      const page = await call("GET", `/api/users/${owner}/towns/${t.id}/rigs?limit=500${after}`, { token: tok });
-      const take = page.body.slice(0, Math.min(500, Math.floor(rows * 0.9) - seen));
-      seen += take.length;
-      after = `&after=${take.at(-1).id}`;
-    }
-    const base = `${workers.ours.url}/api/users/${owner}/towns/${t.id}/rigs?limit=50`;
-    // Median of three runs each, alternating first and deep page: one run swings by ±30 %.
-    const runs = { first: [], deep: [] };
-    for (let i = 0; i < 3; i++) {
-      runs.first.push(wrk(base, { headers: [auth(tok)] }));
-      runs.deep.push(wrk(base + after, { headers: [auth(tok)] }));
-    }
-    const mid = (rs) => [...rs].sort((a, b) => a.p50_ms - b.p50_ms)[1];
-    const first = mid(runs.first);
-    const deep = mid(runs.deep);
+    const after = await cursorAt(call, path, tok, Math.floor(rows * 0.9));
+    const { first_page: first, deep_page: deep } = pageOf50(workers.ours.url + path, after, tok);
     lists.push({ rows, seed_seconds: seedSeconds, first_page: first, deep_page: deep });
     console.log(`  page of 50 at ${rows} rows: first p50 ${first.p50_ms} ms, deep p50 ${deep.p50_ms} ms (seeded in ${seedSeconds.toFixed(1)} s)`);
+  }
+  return lists;
+}
+
+// Page of 50 beads (GET /api/towns/:t/beads) at growing table sizes: one town, filled with
+// message beads (no rig, so nothing to dispatch) up to each size in turn, the way the rig
+// lists are measured. A retried create may have landed twice: a size may be a few rows over.
+async function measureBeadLists(workers) {
+  const lists = [];
+  const call = retrying(() => workers.ours.url);
+  const owner = "bench-beads";
+  const tok = userToken(secrets.NEXTAUTH_SECRET, owner);
+  const t = await expect(201, call("POST", `/api/users/${owner}/towns`, { token: tok, body: { name: "bead list" } }), "bead list town");
+  const path = `/api/towns/${t.id}/beads`;
+  let seeded = 0;
+  for (const rows of BEAD_ROWS) {
+    const started = Date.now();
+    await pool(range(seeded, rows), 8, async (i) => {
+      const res = await call("POST", path, { token: tok, body: { type: "message", title: `bench message ${i}` } });
+      if (res.status !== 201) throw new Error(`seed bead ${i}: ${res.status} ${res.text}`);
+    });
+    const seedSeconds = (Date.now() - started) / 1000;
+    const added = rows - seeded;
+    seeded = rows;
+    // The cursor of a page 90 % of the way through the table.
+    const after = await cursorAt(call, path, tok, Math.floor(rows * 0.9));
+    const { first_page: first, deep_page: deep } = pageOf50(workers.ours.url + path, after, tok);
+    lists.push({ rows, added, seed_seconds: seedSeconds, first_page: first, deep_page: deep });
+    console.log(`  page of 50 beads at ${rows} beads: first p50 ${first.p50_ms} ms, deep p50 ${deep.p50_ms} ms (${added} seeded in ${seedSeconds.toFixed(1)} s)`);
   }
   return lists;
 }
@@ -274,7 +375,11 @@ async function measureLists(workers) {
 ensureWrk();
 buildFloor();
 const began = Date.now();
-const results = { modes: {}, lists: [] };
+const results = { modes: {}, lists: [], bead_lists: [] };
+// Dispatch in the sling town starts agents through this control server; here they exit at once
+// (an older control server, without agents, ignores the variable).
+const agentCommand = spawnSync("bash", ["-c", "type -P false"], { encoding: "utf8" }).stdout.trim() || "/bin/false";
+process.env.GASTOWN_AGENT_COMMAND = agentCommand;
 const control = await startControlServer();
 try {
   for (const mode of MODES) {
@@ -295,6 +400,17 @@ try {
           process.exitCode = 1;
         }
       }
+      if (mode === LIST_MODE && BEAD_ROWS.length) {
+        results.bead_lists_mode = mode;
+        results.bead_lists_note = NO_PEER_BEADS;
+        try {
+          results.bead_lists = await measureBeadLists(workers);
+        } catch (e) {
+          console.error(`page-of-50 beads measurement failed: ${e.stack ?? e}`);
+          results.bead_lists_error = String(e);
+          process.exitCode = 1;
+        }
+      }
     } finally {
       await workers.stop();
     }
@@ -311,6 +427,7 @@ results.machine = { cpus: cpus().length, cpu: cpus()[0]?.model, memory_gib: Math
 const version = (pkg) => JSON.parse(readFileSync(join(ROOT, "node_modules", pkg, "package.json"), "utf8")).version;
 results.settings = {
   seconds_per_run: SECONDS, rounds: ROUNDS, warmup_seconds: WARMUP_SECONDS, connections: CONNECTIONS, tool: "wrk -t1",
+  list_rows: ROWS, bead_list_rows: BEAD_ROWS, agent_command: agentCommand,
   modes: Object.fromEntries(MODES.map((m) => [m, MODE_LABEL[m]])),
   wrangler: version("wrangler"), miniflare: version("miniflare"), workerd: version("workerd"),
   peer: { hono: version("hono"), jsonwebtoken: version("jsonwebtoken"), zod: version("zod") },
@@ -344,6 +461,11 @@ for (const [mode, m] of Object.entries(results.modes)) {
     }
   }
   console.log(`floors: ${m.rows.filter((r) => r.kind === "floor").map((r) => r.name).join("; ")}`);
+  console.log(`not compared with the peer: ${m.rows.filter((r) => r.no_peer).map((r) => `${r.name} (${r.no_peer})`).join("; ")}`);
+  const sling = byKey("sling");
+  const h = sling.town.health;
+  const dispatch = typeof h === "object" && h ? `; its alarm meanwhile: ${h.dispatches} dispatches, ${h.dispatch_failures} failed, ${h.stalls} stalls` : "";
+  console.log(`sling: ${sling.beads_slung} issues slung in the measured runs${dispatch}; ${sling.note}`);
   console.log(`targets (${mode}): ${JSON.stringify(m.targets_met)}`);
 }
 const [small, large] = results.lists;
@@ -352,16 +474,24 @@ if (small && large) {
   results.list_ratio_deep_page = large.deep_page.p50_ms / small.deep_page.p50_ms;
   console.log(`\npage of 50 (${MODE_LABEL[results.lists_mode]}), p50 at ${large.rows} rows / at ${small.rows} rows: first page ${fmt(results.list_ratio_first_page, 2)}, deep page ${fmt(results.list_ratio_deep_page, 2)}`);
 }
+// Beads: the smallest size against the largest (by default 1 000 and 10 000).
+const [fewBeads, manyBeads] = results.bead_lists.length >= 2 ? [results.bead_lists[0], results.bead_lists.at(-1)] : [];
+if (fewBeads && manyBeads) {
+  results.bead_list_ratio_first_page = manyBeads.first_page.p50_ms / fewBeads.first_page.p50_ms;
+  results.bead_list_ratio_deep_page = manyBeads.deep_page.p50_ms / fewBeads.deep_page.p50_ms;
+  console.log(`page of 50 beads (${MODE_LABEL[results.bead_lists_mode]}, ours only), p50 at ${manyBeads.rows} beads / at ${fewBeads.rows} beads: first page ${fmt(results.bead_list_ratio_first_page, 2)}, deep page ${fmt(results.bead_list_ratio_deep_page, 2)} (target ≤ 1.3)`);
+}
 console.log(`release wasm: ${results.wasm.raw_bytes} bytes raw, ${results.wasm.gzip_bytes} bytes gzip`);
 
 results.targets_met = {
   ...Object.fromEntries(Object.entries(results.modes).map(([mode, m]) => [mode, m.targets_met])),
   wasm_gzip_at_most_1_mib: results.wasm.gzip_bytes <= 1024 * 1024,
   page_of_50_at_10k_at_most_1_3_of_1k: small && large ? results.list_ratio_first_page <= 1.3 && results.list_ratio_deep_page <= 1.3 : null,
+  bead_page_of_50_at_10k_at_most_1_3_of_1k: fewBeads && manyBeads ? results.bead_list_ratio_first_page <= 1.3 && results.bead_list_ratio_deep_page <= 1.3 : null,
 };
 console.log("targets:", JSON.stringify(results.targets_met));
 console.log(`run time ${results.run_seconds} s`);
-mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
+mkdirSync(OUT_DIR, { recursive: true });
 const json = JSON.stringify(results, null, 2) + "\n";
-writeFileSync(join(ROOT, "bench", "results", `${results.at.replace(/[:.]/g, "-")}.json`), json);
-writeFileSync(join(ROOT, "bench", "results", "latest.json"), json);
+writeFileSync(join(OUT_DIR, `${results.at.replace(/[:.]/g, "-")}.json`), json);
+writeFileSync(join(OUT_DIR, "latest.json"), json);

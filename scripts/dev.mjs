@@ -42,7 +42,9 @@ const child = spawn(
   wrangler,
   ["dev", "--local", "--ip", "127.0.0.1", "--port", port, "--persist-to", persist,
     "--var", `CONTAINER_CONTROL_URL:http://127.0.0.1:${controlPort}`,
-    "--var", `KILO_GATEWAY_URL:http://127.0.0.1:${gatewayPort}`, ...process.argv.slice(2)],
+    "--var", `KILO_GATEWAY_URL:http://127.0.0.1:${gatewayPort}`,
+    // Agents the control server starts call this worker back here.
+    "--var", `AGENT_CALLBACK_URL:http://127.0.0.1:${port}`, ...process.argv.slice(2)],
   { cwd: ROOT, env, stdio: "inherit" },
 );
 for (const sig of ["SIGINT", "SIGTERM"]) {

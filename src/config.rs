@@ -23,6 +23,30 @@ const DEFAULT_GATEWAY_REFRESH_BEFORE_MS: u64 = 12 * 60 * 60 * 1000;
 /// Floor for the periods, so a misconfiguration cannot spin an alarm.
 const MIN_ALARM_MS: u64 = 500;
 
+/// The work loop's settings (`[vars]` of these names, milliseconds).
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// `TOWN_ALARM_ACTIVE_MS`: the main loop's period while the town has work (default 5 s).
+    pub active_alarm_ms: u64,
+    /// `AGENT_STALL_MS`: a working agent without a heartbeat this long is stalled (5 min).
+    pub stall_ms: u64,
+    /// `CONTAINER_IDLE_STOP_MS`: an idle town's container is stopped after this long (30 min).
+    pub idle_stop_ms: u64,
+    /// `DISPATCH_RETRY_BASE_MS` / `DISPATCH_RETRY_MAX_MS`: a failed dispatch is retried after
+    /// the base, doubled per attempt, capped (10 s, 5 min).
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// `DISPATCH_BREAKER_MS`: how long the town's breaker holds dispatch once open (60 s).
+    pub breaker_ms: u64,
+    /// `DEFAULT_MAX_POLECATS_PER_RIG`: when neither the town nor the rig sets one (3).
+    pub default_max_polecats: u32,
+    /// `AGENT_CALLBACK_URL`: the origin agents call back (default `PUBLIC_URL`).
+    pub callback_url: String,
+    /// `GASTOWN_ALLOW_LOCAL_GIT=1`: rigs may be `file://` repositories, and agents are told
+    /// they may clone them. Development only; never set in production.
+    pub allow_local_git: bool,
+}
+
 pub struct Config {
     pub keys: Keys,
     pub internal_key: InternalKey,
@@ -42,6 +66,7 @@ pub struct Config {
     pub gateway_url: Option<String>,
     pub quotas: Quotas,
     pub platforms: Platforms,
+    pub work: Work,
     /// Why these settings cannot run, if they cannot: the worker then refuses every request.
     pub refused: Option<String>,
 }
@@ -173,6 +198,7 @@ pub fn get(env: &Env) -> Rc<Config> {
             let refused = policy::check_intervals(town_alarm_ms, token_refresh_ms)
                 .and_then(|()| policy::check_gateway_threshold(gateway_refresh_before_ms))
                 .err();
+            let platforms = platforms(env);
             Rc::new(Config {
                 refused,
                 gateway_refresh_before_ms,
@@ -190,7 +216,25 @@ pub fn get(env: &Env) -> Rc<Config> {
                 watchdog_ms: millis(env, "WATCHDOG_INTERVAL_MS", DEFAULT_WATCHDOG_MS),
                 token_refresh_ms,
                 token_grace_ms: millis(env, "CONTAINER_TOKEN_GRACE_MS", DEFAULT_TOKEN_GRACE_MS),
-                platforms: platforms(env),
+                work: Work {
+                    callback_url: url(env, "AGENT_CALLBACK_URL", &platforms.public_url),
+                    active_alarm_ms: millis(env, "TOWN_ALARM_ACTIVE_MS", 5_000),
+                    stall_ms: millis(env, "AGENT_STALL_MS", 5 * 60 * 1000),
+                    idle_stop_ms: millis(env, "CONTAINER_IDLE_STOP_MS", 30 * 60 * 1000),
+                    retry_base_ms: millis(env, "DISPATCH_RETRY_BASE_MS", 10_000),
+                    retry_max_ms: millis(env, "DISPATCH_RETRY_MAX_MS", 5 * 60 * 1000),
+                    breaker_ms: millis(env, "DISPATCH_BREAKER_MS", 60_000),
+                    default_max_polecats: u32::try_from(count(
+                        env,
+                        "DEFAULT_MAX_POLECATS_PER_RIG",
+                        3,
+                    ))
+                    .unwrap_or(3)
+                    .max(1),
+                    allow_local_git: string(env, gastown_core::control::ALLOW_LOCAL_GIT_ENV)
+                        .is_some_and(|v| v.trim() == "1"),
+                },
+                platforms,
                 quotas: Quotas {
                     towns_per_owner: count(env, "MAX_TOWNS_PER_OWNER", 50),
                     rigs_per_town: count(env, "MAX_RIGS_PER_TOWN", 100),

@@ -46,7 +46,7 @@ pub async fn handle(mut req: Request, env: &Env) -> Response {
             Err(e) => Err(e),
         },
         Route::Container(route) => match container_caller(&req, env, &route) {
-            Ok(caller) => container_route(env, route, &caller).await,
+            Ok(caller) => container_route(&mut req, env, route, &caller).await,
             Err(e) => Err(e),
         },
         Route::Internal(route) => match internal_key(&req, env) {
@@ -166,6 +166,14 @@ async fn user_route(
                 TownAction::Start => town::start(env, &town, role).await,
                 TownAction::ListAgents => town::list_agents(env, &town).await,
                 TownAction::EnsureMayor => town::ensure_mayor(env, &town).await,
+                TownAction::ListBeads => town::list_beads(req, env, &town).await,
+                TownAction::CreateBead => town::create_bead(req, env, &town, claims, false).await,
+                TownAction::Sling => town::create_bead(req, env, &town, claims, true).await,
+                TownAction::GetBead(bead) => town::get_bead(env, &town, bead).await,
+                TownAction::PatchBead(bead) => {
+                    town::patch_bead(req, env, &town, claims, bead).await
+                }
+                TownAction::DeleteBead(bead) => town::delete_bead(env, &town, bead).await,
             }
         }
         UserRoute::Integration(action) => match action {
@@ -193,6 +201,7 @@ async fn user_route(
 }
 
 async fn container_route(
+    req: &mut Request,
     env: &Env,
     route: ContainerRoute,
     caller: &ContainerCaller,
@@ -200,6 +209,8 @@ async fn container_route(
     match route {
         ContainerRoute::RefreshToken { .. } => container::refresh_token(env, caller).await,
         ContainerRoute::AgentHeartbeat { .. } => container::heartbeat(env, caller).await,
+        ContainerRoute::AgentStatus { .. } => container::agent_status(req, env, caller).await,
+        ContainerRoute::AgentDone { .. } => container::agent_done(req, env, caller).await,
         ContainerRoute::MayorRigs { .. } => container::mayor_rigs(env, caller).await,
         ContainerRoute::SandboxToken { .. } => container::sandbox_token(env, caller).await,
         ContainerRoute::GitToken { .. } => integrations::container_git_token(env, caller).await,

@@ -2,11 +2,17 @@
 //! agent token), already verified and scoped to the route's town by the router.
 
 use crate::dos::town;
+use crate::http::read_json_body;
 use crate::http::{json, json_reply};
 use gastown_core::authz::ContainerCaller;
+use gastown_core::body::{only_fields, parse_object, Fields};
+use gastown_core::control::{AgentDoneCallback, AgentStatusCallback, MAX_CALLBACK_TEXT};
 use gastown_core::error::ApiError;
-use gastown_core::protocol::town::{Heartbeat, IssueContainerToken, IssueSandboxToken, MayorRigs};
-use worker::{Env, Response};
+use gastown_core::ids::{AgentId, RigId};
+use gastown_core::protocol::town::{
+    AgentDone, AgentStatus, Heartbeat, IssueContainerToken, IssueSandboxToken, MayorRigs,
+};
+use worker::{Env, Request, Response};
 
 type Handled = Result<Response, ApiError>;
 
@@ -21,12 +27,18 @@ pub async fn refresh_token(env: &Env, caller: &ContainerCaller) -> Handled {
     Ok(json(200, &issued))
 }
 
+/// The rig and agent a callback speaks for.
+fn agent_scope(caller: &ContainerCaller) -> Result<(RigId, AgentId), ApiError> {
+    match (caller.rig_id.clone(), caller.agent_id.clone()) {
+        (Some(rig), Some(agent)) => Ok((rig, agent)),
+        _ => Err(ApiError::BadRequest(
+            "an agent callback names its rig and agent".into(),
+        )),
+    }
+}
+
 pub async fn heartbeat(env: &Env, caller: &ContainerCaller) -> Handled {
-    let (Some(rig_id), Some(agent_id)) = (caller.rig_id.clone(), caller.agent_id.clone()) else {
-        return Err(ApiError::BadRequest(
-            "a heartbeat names its rig and agent".into(),
-        ));
-    };
+    let (rig_id, agent_id) = agent_scope(caller)?;
     let ack = town::stub(env, &caller.town_id)?
         .call(Heartbeat {
             credential: caller.credential,
@@ -35,6 +47,48 @@ pub async fn heartbeat(env: &Env, caller: &ContainerCaller) -> Handled {
         })
         .await?;
     Ok(json(200, &ack))
+}
+
+/// `POST .../status {message}`: recorded on the agent's bead.
+pub async fn agent_status(req: &mut Request, env: &Env, caller: &ContainerCaller) -> Handled {
+    let (rig_id, agent_id) = agent_scope(caller)?;
+    let body = parse_object(&read_json_body(req).await?)?;
+    only_fields(&body, &["message"])?;
+    let message = Fields(&body)
+        .required_str("message", MAX_CALLBACK_TEXT)?
+        .to_owned();
+    let ack = town::stub(env, &caller.town_id)?
+        .call(AgentStatus {
+            credential: caller.credential,
+            rig_id,
+            agent_id,
+            status: AgentStatusCallback { message },
+        })
+        .await?;
+    Ok(json(200, &ack))
+}
+
+/// `POST .../done {summary, branch?, pr_url?}`: the agent's bead is closed (or in review) and
+/// the agent freed.
+pub async fn agent_done(req: &mut Request, env: &Env, caller: &ContainerCaller) -> Handled {
+    let (rig_id, agent_id) = agent_scope(caller)?;
+    let body = parse_object(&read_json_body(req).await?)?;
+    only_fields(&body, &["summary", "branch", "pr_url"])?;
+    let f = Fields(&body);
+    let done = AgentDoneCallback {
+        summary: f.required_str("summary", MAX_CALLBACK_TEXT)?.to_owned(),
+        branch: f.optional_str("branch", 255)?.map(str::to_owned),
+        pr_url: f.optional_str("pr_url", 2000)?.map(str::to_owned),
+    };
+    let bead = town::stub(env, &caller.town_id)?
+        .call(AgentDone {
+            credential: caller.credential,
+            rig_id,
+            agent_id,
+            done,
+        })
+        .await?;
+    Ok(json(200, &bead))
 }
 
 pub async fn mayor_rigs(env: &Env, caller: &ContainerCaller) -> Handled {

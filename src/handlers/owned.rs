@@ -89,7 +89,10 @@ pub async fn delete_town(env: &Env, owner: &Owner, town_id: TownId) -> Handled {
 
 /// Creates a rig in a town of `owner`. Credential fields in the body are ignored.
 pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled {
-    let new = NewRig::parse(&read_json_body(req).await?)?;
+    let new = NewRig::parse_with(
+        &read_json_body(req).await?,
+        crate::config::get(env).work.allow_local_git,
+    )?;
     let id = RigId::parse(&new_id()?).map_err(ApiError::internal)?;
     let owner_stub = stub(env, owner)?;
     let town = owner_stub

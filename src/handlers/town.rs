@@ -6,8 +6,9 @@ use crate::dos::{container as container_do, owner, town as town_do};
 use crate::http::{json, json_reply, page, read_json_body};
 use gastown_core::auth::UserClaims;
 use gastown_core::authz::{self, TownRole};
+use gastown_core::beads::{BeadFilter, BeadPatch, NewBead};
 use gastown_core::error::ApiError;
-use gastown_core::ids::TownId;
+use gastown_core::ids::{BeadId, TownId};
 use gastown_core::model::Town;
 use gastown_core::protocol::container::Status;
 use gastown_core::protocol::owner::{ListRigs, SetTownStatus};
@@ -145,4 +146,74 @@ pub async fn ensure_mayor(env: &Env, town: &Town) -> Handled {
         .call(t::EnsureMayor {})
         .await?;
     Ok(json(200, &mayor))
+}
+
+/// `GET /api/towns/:townId/beads?status=&rig=&type=&limit=&after=`: oldest first.
+pub async fn list_beads(req: &Request, env: &Env, town: &Town) -> Handled {
+    let url = req.inner().url();
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| q.split_once('#').map_or(q, |(q, _)| q));
+    let list = t::ListBeads {
+        filter: BeadFilter::parse(query)?,
+        page: page(req)?,
+    };
+    let beads = town_do::stub(env, &town.id)?.call(list).await?;
+    Ok(json_reply(200, beads))
+}
+
+/// `POST /api/towns/:townId/beads`, and `POST /api/towns/:townId/sling` (an issue on a rig,
+/// for dispatch). The body is checked here; the town checks the rig is its own.
+pub async fn create_bead(
+    req: &mut Request,
+    env: &Env,
+    town: &Town,
+    claims: &UserClaims,
+    sling: bool,
+) -> Handled {
+    let body = read_json_body(req).await?;
+    let bead = if sling {
+        NewBead::parse_sling(&body)?
+    } else {
+        NewBead::parse(&body)?
+    };
+    let created = town_do::stub(env, &town.id)?
+        .call(t::CreateBead {
+            bead,
+            created_by: claims.user_id.as_str().to_owned(),
+        })
+        .await?;
+    Ok(json(201, &created))
+}
+
+pub async fn get_bead(env: &Env, town: &Town, bead_id: BeadId) -> Handled {
+    let bead = town_do::stub(env, &town.id)?
+        .call(t::GetBead { bead_id })
+        .await?;
+    Ok(json_reply(200, bead))
+}
+
+pub async fn patch_bead(
+    req: &mut Request,
+    env: &Env,
+    town: &Town,
+    claims: &UserClaims,
+    bead_id: BeadId,
+) -> Handled {
+    let patch = BeadPatch::parse(&read_json_body(req).await?)?;
+    let bead = town_do::stub(env, &town.id)?
+        .call(t::PatchBead {
+            bead_id,
+            patch,
+            user_id: claims.user_id.as_str().to_owned(),
+        })
+        .await?;
+    Ok(json(200, &bead))
+}
+
+pub async fn delete_bead(env: &Env, town: &Town, bead_id: BeadId) -> Handled {
+    let ack = town_do::stub(env, &town.id)?
+        .call(t::DeleteBead { bead_id })
+        .await?;
+    Ok(json(200, &ack))
 }

@@ -17,6 +17,7 @@ import security from "./security.mjs";
 import gateway from "./gateway.mjs";
 import integrations from "./integrations.mjs";
 import userTokens from "./user_tokens.mjs";
+import work from "./work.mjs";
 
 // Alarms every second, a 2-second container-token throttle and a 2-second rotation grace, so
 // the tests watch the main loop, the watchdog, token refresh and revocation happen in seconds
@@ -29,6 +30,8 @@ export const VARS = {
   MAX_TOWNS_PER_OWNER: "20",
   MAX_RIGS_PER_TOWN: "20",
   MAX_AGENTS_PER_TOWN: "20",
+  // A busy town's loop every second, as before the work loop had two cadences.
+  TOWN_ALARM_ACTIVE_MS: "1000",
 };
 
 const ctx = {
@@ -84,5 +87,6 @@ security(ctx);
 gateway(ctx);
 integrations(ctx);
 userTokens(ctx);
+work(ctx);
 fuzz(ctx);
 lifecycle(ctx);

@@ -3,7 +3,7 @@
 import { describe, it, before } from "node:test";
 import assert from "node:assert/strict";
 import { sleep } from "./harness.mjs";
-import { freshUser, tokenFor, createTown, createRig, internalKey, agentTokenFor, sandboxTokenFor, registerAgent } from "./fixtures.mjs";
+import { freshUser, tokenFor, createTown, createRig, internalKey, agentTokenFor, sandboxTokenFor, registerAgent, keepBusy } from "./fixtures.mjs";
 
 const payload = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
 const PAT = "ghp_container_test_pat_0123456789WXYZ";
@@ -139,7 +139,9 @@ export default function container(ctx) {
       assert.equal((await ctx.call("GET", `/api/mayor/${town.id}/tools/rigs`, { token: mint(rig.id, "p", "other-town") })).status, 403);
     });
 
-    it("the alarm refreshes the token behind the throttle and pushes it to the container", async () => {
+    it("the alarm refreshes the token behind the throttle and pushes it to the container", async (t) => {
+      // Only a busy town's alarm pushes (an idle one pushes nothing: work.mjs).
+      t.after(await keepBusy(ctx.call, town.id, user, rig.id));
       const start = await health(town.id);
       const tokenBefore = (await ctx.control.town(town.id)).body.token;
       const deadline = Date.now() + 20_000;
@@ -158,7 +160,8 @@ export default function container(ctx) {
       assert.ok(h.token_refreshes - start.token_refreshes <= Math.floor(elapsed / 2) + 1, "the throttle holds");
     });
 
-    it("a container that refuses the token leaves the throttle where it was, and the next tick retries", async () => {
+    it("a container that refuses the token leaves the throttle where it was, and the next tick retries", async (t) => {
+      t.after(await keepBusy(ctx.call, town.id, user, rig.id));
       await ctx.control.fail({ refresh_token: true });
       try {
         const first = await health(town.id);

@@ -47,10 +47,10 @@ export async function snapshot(call, user) {
  * dispatch creates agents) and returns it (asserting 201). Callbacks are honoured only for
  * agents a town registered.
  */
-export async function registerAgent(call, townId, rigId, { role = "polecat", name = "polecat" } = {}) {
+export async function registerAgent(call, townId, rigId, { role = "polecat", name = "polecat", working = false } = {}) {
   const res = await call("POST", `/api/internal/towns/${townId}/agents`, {
     headers: { "x-internal-api-key": internalKey() },
-    body: { role, rig_id: rigId, name },
+    body: { role, rig_id: rigId, name, working },
   });
   if (res.status !== 201) throw new Error(`register agent: ${res.status} ${res.text}`);
   return res.body;
@@ -76,4 +76,20 @@ export function githubWebhook(base, event, payload, secret = secrets.GITHUB_WEBH
     headers: { "content-type": "application/json", "x-github-event": event, "x-hub-signature-256": signature },
     body,
   });
+}
+
+/**
+ * Keeps a town busy: an idle town's alarm pushes no token and no env (issue 13), so tests of
+ * the alarm's pushes give the town a working agent that heartbeats every second (with a fresh
+ * legacy agent token each time, which no rotation revokes). Returns the function that stops it.
+ */
+export async function keepBusy(call, townId, userId, rigId) {
+  const agent = await registerAgent(call, townId, rigId, { name: "busy", working: true });
+  const beat = () =>
+    call("POST", `/api/towns/${townId}/rigs/${rigId}/agents/${agent.id}/heartbeat`, {
+      token: agentTokenFor(townId, userId, { rigId, agentId: agent.id }),
+    }).catch(() => {});
+  await beat();
+  const timer = setInterval(beat, 1_000);
+  return () => clearInterval(timer);
 }

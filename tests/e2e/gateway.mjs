@@ -8,7 +8,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { sign, containerToken } from "../../scripts/lib/jwt.mjs";
 import { secrets, sleep, startWorker, startControlServer, startGateway, makePersistDir, removePersistDir, migrateD1, client, freePort } from "./harness.mjs";
-import { freshUser, tokenFor, createTown, createRig, internalKey, sandboxTokenFor, containerTokenFor } from "./fixtures.mjs";
+import { freshUser, tokenFor, createTown, createRig, internalKey, sandboxTokenFor, containerTokenFor, keepBusy } from "./fixtures.mjs";
 
 const claims = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
 const DAY = 24 * 3600;
@@ -326,11 +326,13 @@ export default function gateway(ctx) {
       return { call: client(() => worker.url), control };
     }
 
-    it("(a) the town's alarm re-mints the gateway token near expiry, and retries after a refused push", async () => {
+    it("(a) the town's alarm re-mints the gateway token near expiry, and retries after a refused push", async (t) => {
       // Re-mint when less than 24 h - 4 s remain: every few seconds.
       const { call } = await side({ vars: { GATEWAY_TOKEN_REFRESH_BEFORE_MS: String(DAY * 1000 - 4_000) } });
       const user = freshUser("alarm");
       const town = await createTown(call, user, "Alarm gateway");
+      // Only a busy town's alarm pushes (an idle one pushes nothing: work.mjs).
+      t.after(await keepBusy(call, town.id, user, (await createRig(call, user, town.id, "busy")).id));
       assert.equal((await call("POST", `/api/towns/${town.id}/container/start`, { token: tokenFor(user) })).status, 200);
       const first = (await ctx.control.town(town.id)).body.env.KILO_JWT;
       const second = await until("a re-minted gateway token", async () => {

@@ -9,7 +9,7 @@ import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { containerToken } from "../../scripts/lib/jwt.mjs";
 import { secrets, startWorker, makePersistDir, removePersistDir } from "./harness.mjs";
-import { freshUser, tokenFor, createTown, createRig, agentTokenFor, internalKey, registerAgent } from "./fixtures.mjs";
+import { freshUser, tokenFor, createTown, createRig, agentTokenFor, internalKey, registerAgent, keepBusy } from "./fixtures.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const claims = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
@@ -247,9 +247,10 @@ export default function security(ctx) {
   });
 
   describe("a restarted container gets its env back", () => {
-    it("the next token push re-sends the stored env", async () => {
+    it("the next token push of a busy town re-sends the stored env", async (t) => {
       const user = freshUser("restart");
       const town = await createTown(ctx.call, user, "Restarting");
+      t.after(await keepBusy(ctx.call, town.id, user, (await createRig(ctx.call, user, town.id, "busy")).id));
       const patch = await as(tokenFor(user), "PATCH", `/api/towns/${town.id}/config`, { env_vars: { RESTART_PROBE: "still-here" } });
       assert.equal(patch.status, 200, patch.text);
       assert.equal((await as(tokenFor(user), "POST", `/api/towns/${town.id}/container/start`)).status, 200);

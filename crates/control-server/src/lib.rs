@@ -3,6 +3,18 @@
 //! processes it will run read both from here, so a refresh reaches them without a restart.
 //! The wire contract (bodies, headers, secret derivation) is [`gastown_core::control`].
 //!
+//! # Routes
+//!
+//! * `GET /health` → `{"status":"ok"}`, the only route open to anyone;
+//! * `POST /refresh-token` `{token, townId}`: the town's container token (see below);
+//! * `POST /sync-config` `{env, settings, townId}`: the town's env and settings files;
+//! * `POST /stop` `{townId}`: the town's container stops: token, env and credential files
+//!   dropped, its agents killed;
+//! * `POST /agents/start` (`AgentStartBody`) → `AgentProcessStatus`: runs one agent;
+//! * `POST /agents/:id/stop` `{townId}` → `{"ok":true,"stopped":<was running>}`;
+//! * `GET /agents/:id/status` → `AgentProcessStatus` (404 for an agent never started);
+//! * with the debug routes only: `GET /debug/towns/:id`, `POST /debug/fail`, `GET /debug/env`.
+//!
 //! # Who may call it
 //!
 //! The coding agents run in the same container and can reach this port, so nothing but
@@ -80,6 +92,25 @@
 //! rewrites `.env.gateway`. A failure is logged (the status, never a token) and retried at the
 //! next wake. The private module `self_refresh` states the rules.
 //!
+//! # Agents
+//!
+//! `POST /agents/start` runs one of the town's agents as a child process of this server: the
+//! agent command (`--agent-command PATH [ARGS]`, or `GASTOWN_AGENT_COMMAND`, split on
+//! whitespace, no shell; by default `gastown-demo-agent` beside this executable) in
+//! `<workdir>/<town>/agents/<agentId>/` (emptied on each start; also its `HOME`), stdout and
+//! stderr appended to `<workdir>/<town>/agents/<agentId>.log`. Its environment starts empty:
+//! `PATH`, the body's `env`, then the server's own variables (which win): `GASTOWN_TOWN_ID`,
+//! `GASTOWN_AGENT_ID`, `GASTOWN_AGENT_ROLE`, `GASTOWN_AGENT_NAME`, `GASTOWN_RIG_ID`,
+//! `GASTOWN_BEAD_ID`, `GASTOWN_BEAD_TITLE`, `GASTOWN_BEAD_BODY`, `GASTOWN_GIT_URL`,
+//! `GASTOWN_DEFAULT_BRANCH`, `GASTOWN_BRANCH`, `GASTOWN_MODEL` (each when known),
+//! `GASTOWN_WORKER_URL` (the body's `worker_url`, else `--worker-url`; 400 with neither),
+//! `GASTOWN_CONTAINER_TOKEN_FILE`, `GASTOWN_GATEWAY_ENV_FILE`, `GIT_CONFIG_GLOBAL` (when the
+//! town has a gitconfig), `HOME` and `GASTOWN_WORK_DIR`. An agent reads the container token
+//! from its file on every call, so a `/refresh-token` reaches running agents. A start needs the
+//! town's container token (409 `town not started` otherwise); one for a running agent id kills
+//! that process first; at most 32 agents run at once (503). `POST /stop` kills the town's
+//! agents. The public module [`agents`] states the rules; [`demo_agent`] is the stand-in agent.
+//!
 //! # The stand-in gateway
 //!
 //! [`gateway`] is a stand-in for the Kilo gateway that checks sandbox tokens and records who
@@ -98,20 +129,29 @@
 //! purpose and check the credential left the environment. `/debug/towns/:id` shows what the
 //! server holds for the town (container token, env, update counts), its `workdir` and the
 //! self-refresh counts (`gateway_refresh_attempts`, `gateway_refreshes`,
-//! `gateway_refresh_failures`). They take the same headers as the other routes. The production
-//! binary `gastown-control` answers 404 there.
+//! `gateway_refresh_failures`), its `agents` (`[{agent_id, state, pid, exit_code, starts}]`)
+//! and `agents_start_attempts` (every `/agents/start` for the town past authentication,
+//! refused or not); it answers 404 only for a town the server holds nothing of (neither token
+//! nor env nor an agent start). `POST /debug/fail` takes `{"refresh_token", "sync_config",
+//! "agents_start"}` (booleans, each false when absent; the last makes every `/agents/start`
+//! answer 503). They take the same headers as the other routes. The production binary
+//! `gastown-control` answers 404 there.
 
+pub mod agents;
+pub mod demo_agent;
 pub mod gateway;
 pub mod git_credential;
 mod http;
 mod self_refresh;
 pub mod workdir;
 
+pub use agents::AgentCommand;
+use agents::AGENT_COMMAND_ENV;
 use gastown_core::control::{
     bearer, control_secret, secret_matches, RefreshTokenBody, RefreshTokenReply, StopBody,
-    SyncConfigBody, AUTHORIZATION_HEADER, CONTENT_TYPE_JSON, GATEWAY_TOKEN_ENV, HEALTH_PATH,
-    KEY_ENV, MAX_BODY_BYTES, REFRESH_TOKEN_PATH, SECRET_ENV, STOP_PATH, SYNC_CONFIG_PATH,
-    TOWN_ID_ENV, TOWN_ID_HEADER, WORKER_URL_ENV,
+    SyncConfigBody, AGENTS_START_PATH, AUTHORIZATION_HEADER, CONTENT_TYPE_JSON, GATEWAY_TOKEN_ENV,
+    HEALTH_PATH, KEY_ENV, MAX_BODY_BYTES, REFRESH_TOKEN_PATH, SECRET_ENV, STOP_PATH,
+    SYNC_CONFIG_PATH, TOWN_ID_ENV, TOWN_ID_HEADER, WORKER_URL_ENV,
 };
 use gastown_core::ids::TownId;
 use http::{error, one_exchange, read_body, read_head, serve_each, Head, ReadFail, Reply};
@@ -271,6 +311,8 @@ pub struct Config {
     /// The executable each town's gitconfig names as git's credential helper (this one's
     /// `git-credential` subcommand); `None` writes no gitconfig.
     pub credential_helper: Option<PathBuf>,
+    /// What each agent runs; `None` refuses every `/agents/start` (500).
+    pub agent_command: Option<AgentCommand>,
 }
 
 /// Command-line options.
@@ -283,11 +325,13 @@ pub struct Options {
     pub workdir: PathBuf,
     pub worker_url: Option<String>,
     pub gateway_refresh: Duration,
+    /// `None`: the default, [`agents::DEMO_AGENT_BIN`] beside this executable.
+    pub agent_command: Option<AgentCommand>,
 }
 
 pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080] \
 [--allowed-host NAME]... [--read-timeout-ms 5000] [--workdir ./gastown-work] \
-[--worker-url URL] [--gateway-refresh-ms 43200000]
+[--worker-url URL] [--gateway-refresh-ms 43200000] [--agent-command PATH]
   credentials (read from the environment, then removed from it):
     GASTOWN_CONTROL_SECRET + GASTOWN_TOWN_ID   production: one town per container
     GASTOWN_CONTROL_KEY                        local dev and tests: the master key
@@ -300,6 +344,13 @@ pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080]
   --worker-url (or GASTOWN_WORKER_URL): the worker's origin, http:// or https://. With it,
     every --gateway-refresh-ms (at least 100; default 12 h) each town's gateway token is
     renewed from POST URL/api/towns/<townId>/sandbox-token with the town's container token.
+    Agents call back URL unless their start names another.
+  --agent-command (or GASTOWN_AGENT_COMMAND): what POST /agents/start runs, an executable
+    path then arguments, split on whitespace (no shell). Default: gastown-demo-agent beside
+    this executable. Each agent runs in DIR/<townId>/agents/<agentId>/ (emptied on each
+    start) with an environment of PATH, the start's env and the GASTOWN_* variables the
+    server sets (nothing else of the server's), output appended to
+    DIR/<townId>/agents/<agentId>.log; at most 32 at once. stop kills the town's agents.
 subcommands (no server credential needed; see `gastown-control git-credential --help`):
   gastown-control git-credential [--worker-url URL] [--town ID] [--rig ID] [--workdir DIR]
     <get|store|erase>     git's credential helper for the rig's repository
@@ -315,7 +366,8 @@ impl Options {
     }
 
     /// Parses the arguments after the program name; `env` gives the value of a variable
-    /// ([`WORKDIR_ENV`], [`WORKER_URL_ENV`]) an option left unset falls back to.
+    /// ([`WORKDIR_ENV`], [`WORKER_URL_ENV`], [`agents::AGENT_COMMAND_ENV`]) an option left
+    /// unset falls back to.
     ///
     /// # Errors
     /// A message naming the bad argument or variable.
@@ -331,9 +383,11 @@ impl Options {
             workdir: PathBuf::new(),
             worker_url: None,
             gateway_refresh: DEFAULT_GATEWAY_REFRESH,
+            agent_command: None,
         };
         let mut workdir = None;
         let mut worker_url = None;
+        let mut agent_command = None;
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let mut value = || {
@@ -354,6 +408,7 @@ impl Options {
                 "--read-timeout-ms" => opts.read_timeout = read_timeout_arg(&value()?)?,
                 "--workdir" => workdir = Some(value()?),
                 "--worker-url" => worker_url = Some(value()?),
+                "--agent-command" => agent_command = Some(value()?),
                 "--gateway-refresh-ms" => {
                     let ms: u64 = value()?
                         .parse()
@@ -390,6 +445,15 @@ impl Options {
             (Some(url), _) => Some(worker_origin(&url).map_err(|e| format!("--worker-url {e}"))?),
             (None, Some(url)) => {
                 Some(worker_origin(&url).map_err(|e| format!("{WORKER_URL_ENV} {e}"))?)
+            }
+            (None, None) => None,
+        };
+        opts.agent_command = match (set(agent_command), set(env(AGENT_COMMAND_ENV))) {
+            (Some(text), _) => {
+                Some(AgentCommand::parse(&text).map_err(|e| format!("--agent-command: {e}"))?)
+            }
+            (None, Some(text)) => {
+                Some(AgentCommand::parse(&text).map_err(|e| format!("{AGENT_COMMAND_ENV}: {e}"))?)
             }
             (None, None) => None,
         };
@@ -518,6 +582,13 @@ pub fn cli_main(build: Build) -> i32 {
             None
         }
     };
+    let agent_command = opts
+        .agent_command
+        .or_else(|| credential_helper.as_deref().and_then(AgentCommand::beside));
+    match &agent_command {
+        Some(c) => eprintln!("gastown-control: agents run {}", c.program.display()),
+        None => eprintln!("gastown-control: no agent command: /agents/start will fail"),
+    }
     let config = Config {
         auth,
         allowed_hosts: opts.allowed_hosts,
@@ -527,6 +598,7 @@ pub fn cli_main(build: Build) -> i32 {
         worker_url: opts.worker_url,
         gateway_refresh: opts.gateway_refresh,
         credential_helper,
+        agent_command,
     };
     match serve(listener, config) {
         Ok(()) => 0,
@@ -558,6 +630,8 @@ struct FailModes {
     refresh_token: bool,
     #[serde(default)]
     sync_config: bool,
+    #[serde(default)]
+    agents_start: bool,
 }
 
 #[derive(Default)]
@@ -572,6 +646,8 @@ struct Shared {
     /// Also held while a town's files are written, so the files and `towns` never disagree
     /// (the files are small; the self-refresh never holds it across a call to the worker).
     state: Mutex<State>,
+    /// The towns' agent processes (locked before `state` when both are needed).
+    agents: agents::Registry,
 }
 
 impl Shared {
@@ -598,6 +674,7 @@ pub fn serve(listener: TcpListener, config: Config) -> io::Result<()> {
     let shared = Arc::new(Shared {
         config,
         state: Mutex::new(State::default()),
+        agents: agents::Registry::default(),
     });
     self_refresh::start(&shared)?;
     let read_timeout = shared.config.read_timeout;
@@ -644,6 +721,10 @@ enum Route {
     RefreshToken,
     SyncConfig,
     Stop,
+    AgentsStart,
+    /// The path's agent id, unchecked.
+    AgentStop(String),
+    AgentStatus(String),
     #[cfg(feature = "debug-routes")]
     DebugTown(String),
     #[cfg(feature = "debug-routes")]
@@ -655,7 +736,11 @@ enum Route {
 impl Route {
     fn is_post(&self) -> bool {
         match self {
-            Route::RefreshToken | Route::SyncConfig | Route::Stop => true,
+            Route::RefreshToken
+            | Route::SyncConfig
+            | Route::Stop
+            | Route::AgentsStart
+            | Route::AgentStop(_) => true,
             #[cfg(feature = "debug-routes")]
             Route::DebugFail => true,
             _ => false,
@@ -669,7 +754,8 @@ fn route(build: Build, method: &str, path: &str) -> Result<Route, Reply> {
         REFRESH_TOKEN_PATH => Some(Route::RefreshToken),
         SYNC_CONFIG_PATH => Some(Route::SyncConfig),
         STOP_PATH => Some(Route::Stop),
-        _ => debug_route(build, path),
+        AGENTS_START_PATH => Some(Route::AgentsStart),
+        _ => agent_route(path).or_else(|| debug_route(build, path)),
     };
     let Some(found) = found else {
         return Err(error(404, "no such route"));
@@ -679,6 +765,16 @@ fn route(build: Build, method: &str, path: &str) -> Result<Route, Reply> {
         Ok(found)
     } else {
         Err(error(405, "method not allowed"))
+    }
+}
+
+/// `/agents/:id/stop` and `/agents/:id/status`; the id is checked once authenticated.
+fn agent_route(path: &str) -> Option<Route> {
+    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    match segments.as_slice() {
+        ["agents", id, "stop"] if !id.is_empty() => Some(Route::AgentStop((*id).to_owned())),
+        ["agents", id, "status"] if !id.is_empty() => Some(Route::AgentStatus((*id).to_owned())),
+        _ => None,
     }
 }
 
@@ -773,6 +869,9 @@ fn handle(shared: &Shared, route: &Route, town: &str, body: &[u8]) -> Reply {
         Route::RefreshToken => refresh_token(shared, town, body),
         Route::SyncConfig => sync_config(shared, town, body),
         Route::Stop => stop(shared, town, body),
+        Route::AgentsStart => agents::start(shared, town, body),
+        Route::AgentStop(id) => agents::stop(shared, town, id, body),
+        Route::AgentStatus(id) => agents::status(shared, town, id),
         #[cfg(feature = "debug-routes")]
         Route::DebugTown(id) => debug_town(shared, town, id),
         #[cfg(feature = "debug-routes")]
@@ -838,20 +937,27 @@ fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Repl
 
 /// The town's container stops: what it held (token, env) is gone, as it would be with the
 /// container, and so are the credentials in its files (container token, gateway env, git
-/// token cache), whether or not this process knew the town (it may have restarted since).
+/// token cache), whether or not this process knew the town (it may have restarted since),
+/// and its agents are killed.
 fn stop(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
     let req: StopBody = parse(body)?;
     same_town(&req.town_id, town)?;
-    let mut state = shared.state();
-    let stopped = state.towns.remove(&req.town_id).is_some();
-    // A town id that names no directory has no files.
-    if let Ok(dir) = shared.town_dir(town) {
-        workdir::remove_credentials(&dir).map_err(|e| {
-            eprintln!("gastown-control: cannot remove the credentials of town {town}: {e}");
-            error(500, "cannot remove the town's credentials")
-        })?;
-    }
-    Ok((200, json!({ "ok": true, "stopped": stopped })))
+    let held = {
+        let mut state = shared.state();
+        let held = state.towns.remove(&req.town_id).is_some();
+        // A town id that names no directory has no files.
+        if let Ok(dir) = shared.town_dir(town) {
+            workdir::remove_credentials(&dir).map_err(|e| {
+                eprintln!("gastown-control: cannot remove the credentials of town {town}: {e}");
+                error(500, "cannot remove the town's credentials")
+            })?;
+        }
+        held
+    };
+    // After the token is gone (and the state lock released: the registry's comes first), so
+    // no agent of the town starts after this.
+    let killed = shared.agents.stop_town(town);
+    Ok((200, json!({ "ok": true, "stopped": held || killed > 0 })))
 }
 
 /// Replaces the town's env and rewrites its files (see the crate docs). Everything is checked
@@ -903,11 +1009,15 @@ fn gateway_token(env: &BTreeMap<String, String>) -> Option<&str> {
 fn debug_town(shared: &Shared, town: &str, id: &str) -> Result<Reply, Reply> {
     same_town(id, town)?;
     let dir = shared.town_dir(id)?;
+    // The registry's lock is taken (and released) before the state's.
+    let agents = shared.agents.debug_view(id);
     let state = shared.state();
-    let t = state
-        .towns
-        .get(id)
-        .ok_or_else(|| error(404, "no such town"))?;
+    let (agents, agents_start_attempts) = match (state.towns.get(id), agents) {
+        (None, None) => return Err(error(404, "no such town")),
+        (_, agents) => agents.unwrap_or_default(),
+    };
+    let empty = Town::default();
+    let t = state.towns.get(id).unwrap_or(&empty);
     Ok((
         200,
         json!({
@@ -919,6 +1029,8 @@ fn debug_town(shared: &Shared, town: &str, id: &str) -> Result<Reply, Reply> {
             "gateway_refresh_attempts": t.gateway_refresh.attempts,
             "gateway_refreshes": t.gateway_refresh.successes,
             "gateway_refresh_failures": t.gateway_refresh.failures,
+            "agents": agents,
+            "agents_start_attempts": agents_start_attempts,
         }),
     ))
 }
@@ -1133,6 +1245,61 @@ mod tests {
         );
         let bad = Options::parse_with_env(&[], |n| (n == WORKER_URL_ENV).then(|| "x".into()));
         assert!(bad.unwrap_err().contains(WORKER_URL_ENV));
+    }
+
+    #[test]
+    fn agent_routes() {
+        let r = |method: &str, path: &str| route(Build::Production, method, path);
+        assert_eq!(r("POST", "/agents/start").unwrap(), Route::AgentsStart);
+        assert_eq!(
+            r("POST", "/agents/a1/stop").unwrap(),
+            Route::AgentStop("a1".into())
+        );
+        assert_eq!(
+            r("GET", "/agents/a1/status").unwrap(),
+            Route::AgentStatus("a1".into())
+        );
+        assert_eq!(r("GET", "/agents/start").unwrap_err().0, 405);
+        assert_eq!(r("GET", "/agents/a1/stop").unwrap_err().0, 405);
+        assert_eq!(r("POST", "/agents/a1/status").unwrap_err().0, 405);
+        for bad in [
+            "/agents",
+            "/agents/",
+            "/agents//stop",
+            "/agents/a1",
+            "/agents/a/b/stop",
+            "/agents/a1/stop/",
+            "agents/a1/stop",
+        ] {
+            assert_eq!(r("POST", bad).unwrap_err().0, 404, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_agent_command_comes_from_the_option_or_the_environment() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(Options::parse(&[]).unwrap().agent_command, None);
+        let o = Options::parse(&args(&["--agent-command", "/bin/sh /x/a.sh"])).unwrap();
+        assert_eq!(
+            o.agent_command,
+            Some(AgentCommand {
+                program: "/bin/sh".into(),
+                args: vec!["/x/a.sh".into()],
+            })
+        );
+        let env = |name: &str| (name == AGENT_COMMAND_ENV).then(|| "/opt/agent".to_owned());
+        let o = Options::parse_with_env(&[], env).unwrap();
+        assert_eq!(
+            o.agent_command.unwrap().program,
+            PathBuf::from("/opt/agent")
+        );
+        let o = Options::parse_with_env(&args(&["--agent-command", "/a"]), env).unwrap();
+        assert_eq!(o.agent_command.unwrap().program, PathBuf::from("/a"));
+        assert!(Options::parse(&args(&["--agent-command"])).is_err());
+        assert!(Options::parse(&args(&["--agent-command", " "])).is_err());
+        // An empty value counts as unset.
+        let empty = Options::parse(&args(&["--agent-command", ""])).unwrap();
+        assert_eq!(empty.agent_command, None);
     }
 
     #[test]

@@ -45,6 +45,18 @@ pub fn json_error_summary(e: &serde_json::Error) -> String {
     )
 }
 
+/// Refuses a field the route does not know (422 naming it): a misspelt field is an error, not
+/// silently ignored.
+///
+/// # Errors
+/// 422 naming the first unknown field.
+pub fn only_fields(map: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::invalid(unknown.clone(), "is not a known field")),
+        None => Ok(()),
+    }
+}
+
 /// Typed, length-capped access to the fields of a JSON object.
 pub struct Fields<'a>(pub &'a Map<String, Value>);
 

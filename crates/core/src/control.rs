@@ -277,7 +277,8 @@ pub fn agent_callback_path(town_id: &str, rig_id: &str, agent_id: &str, kind: &s
     format!("/api/towns/{town_id}/rigs/{rig_id}/agents/{agent_id}/{kind}")
 }
 
-/// Longest `message`, `summary` or `branch` an agent callback may send, in characters.
+/// Longest `message` or `summary` an agent callback may send, in characters (a `branch` is at
+/// most 255).
 pub const MAX_CALLBACK_TEXT: usize = 4000;
 
 /// `POST .../status`: what the agent is doing now.

@@ -103,6 +103,10 @@ id_type!(
     AgentId
 );
 id_type!(
+    /// A bead: one work item of a town.
+    BeadId
+);
+id_type!(
     /// A platform integration (a GitHub App installation or a GitLab connection).
     IntegrationId
 );

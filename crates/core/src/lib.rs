@@ -9,6 +9,7 @@
 pub mod agent_settings;
 pub mod auth;
 pub mod authz;
+pub mod beads;
 pub mod body;
 pub mod control;
 pub mod error;

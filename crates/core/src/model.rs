@@ -367,6 +367,15 @@ impl NewRig {
     /// # Errors
     /// 400 for a body that is not a JSON object; 422 naming the bad field.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        Self::parse_with(body, false)
+    }
+
+    /// As [`NewRig::parse`]; with `allow_local_git` (development only, `GASTOWN_ALLOW_LOCAL_GIT`)
+    /// a `git_url` may also be a local repository, `file:///absolute/path`.
+    ///
+    /// # Errors
+    /// As [`NewRig::parse`].
+    pub fn parse_with(body: &[u8], allow_local_git: bool) -> Result<Self, ApiError> {
         let map = parse_object(body)?;
         let f = Fields(&map);
         let town_id = TownId::parse(f.required_str("town_id", crate::ids::MAX_ID_LEN)?)
@@ -404,7 +413,9 @@ impl NewRig {
                 }
             }
             (None, Some(git_url)) => {
-                check_git_url(git_url)?;
+                if !(allow_local_git && is_local_git_url(git_url)?) {
+                    check_git_url(git_url)?;
+                }
                 RigSource::Url {
                     git_url: git_url.to_owned(),
                     platform_integration_id,
@@ -466,6 +477,25 @@ fn check_rig_name(name: &str) -> Result<(), ApiError> {
 /// the authority (user, host, port) may start with `-`: git hands `[user@]host` to ssh as one
 /// argument, and `ssh://-oProxyCommand=…/x` would make it an option that runs a command. A port
 /// is digits only.
+/// Whether `url` is a `file://` URL (then: an absolute path without `..` segments, whitespace
+/// or control characters, or 422).
+fn is_local_git_url(url: &str) -> Result<bool, ApiError> {
+    let Some(path) = url.strip_prefix("file://") else {
+        return Ok(false);
+    };
+    let ok = path.starts_with('/')
+        && !path.split('/').any(|seg| seg == "..")
+        && !path.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(true)
+    } else {
+        Err(ApiError::invalid(
+            "git_url",
+            "a file:// URL must name an absolute path without '..'",
+        ))
+    }
+}
+
 fn check_git_url(url: &str) -> Result<(), ApiError> {
     const OPTION_LIKE: &str = "must not name a host, user or port starting with '-'";
     let bad = |msg: &str| Err(ApiError::invalid("git_url", msg));
@@ -558,6 +588,31 @@ mod tests {
             ApiError::Invalid { field, .. } => field,
             other => panic!("expected 422, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn local_repositories_only_when_allowed() {
+        let body = br#"{"town_id":"t1","name":"app","git_url":"file:///srv/git/app.git"}"#;
+        assert!(
+            matches!(NewRig::parse(body), Err(ApiError::Invalid { .. })),
+            "never by default"
+        );
+        let rig = NewRig::parse_with(body, true).unwrap();
+        assert!(
+            matches!(rig.source, RigSource::Url { ref git_url, .. } if git_url == "file:///srv/git/app.git")
+        );
+        for bad in ["file://relative/x", "file:///a/../etc", "file:///a b"] {
+            let body = format!(r#"{{"town_id":"t1","name":"app","git_url":"{bad}"}}"#);
+            assert!(
+                matches!(
+                    NewRig::parse_with(body.as_bytes(), true),
+                    Err(ApiError::Invalid { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let https = br#"{"town_id":"t1","name":"app","git_url":"https://github.com/a/b"}"#;
+        assert!(NewRig::parse_with(https, true).is_ok());
     }
 
     #[test]

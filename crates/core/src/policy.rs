@@ -23,6 +23,13 @@ pub struct TickInput {
     pub gateway_expires_at_s: Option<i64>,
     /// Re-mint the gateway token when less than this remains of it.
     pub gateway_refresh_before_ms: u64,
+    /// The town has work: an open issue bead awaiting dispatch, a bead in progress, or a
+    /// working agent. A town without work is idle: it pushes nothing and pings nothing.
+    pub has_work: bool,
+    /// When the town last had work (or its container last started), ms since the epoch.
+    pub work_seen_at_ms: Option<u64>,
+    /// An idle town's running container is stopped after this long without work.
+    pub idle_stop_ms: u64,
 }
 
 /// One thing a tick does.
@@ -39,6 +46,15 @@ pub enum TickEffect {
     /// Mint a gateway token and push it in the env; its expiry is recorded only if the
     /// container accepts, so a refused push is retried on the next tick.
     RefreshGatewayToken,
+    /// Find working agents without a recent heartbeat: they are stalled, their beads reopen
+    /// (or fail into an escalation when they crash-loop).
+    Patrol,
+    /// Hand open issue beads to idle polecats in the container.
+    Dispatch,
+    /// The town has been idle past the idle timeout: stop its container.
+    StopIdleContainer,
+    /// Run again soon (the fast cadence): there is work.
+    ArmFast,
 }
 
 /// The effects of one tick, in the order to apply them.
@@ -47,9 +63,28 @@ pub fn tick(input: &TickInput) -> Vec<TickEffect> {
         return vec![TickEffect::DeleteAlarm];
     }
     let mut effects = vec![TickEffect::RecordRun];
-    if !input.container_started {
+    if !input.has_work {
+        // Idle: no token, no env, no ping; only the idle timeout, once.
+        let idle_for = input
+            .work_seen_at_ms
+            .map_or(u64::MAX, |seen| input.now_ms.saturating_sub(seen));
+        if input.container_started && idle_for >= input.idle_stop_ms {
+            effects.push(TickEffect::StopIdleContainer);
+        }
         return effects;
     }
+    effects.push(TickEffect::ArmFast);
+    effects.push(TickEffect::Patrol);
+    if input.container_started {
+        effects.extend(refreshes(input));
+    }
+    effects.push(TickEffect::Dispatch);
+    effects
+}
+
+/// The token pushes a busy town's running container is due.
+fn refreshes(input: &TickInput) -> Vec<TickEffect> {
+    let mut effects = Vec::new();
     if token_refresh_due(
         input.token_accepted_at_ms,
         input.now_ms,
@@ -161,6 +196,97 @@ impl TokenGeneration {
     }
 }
 
+/// Dispatches of one bead before it fails with a readable reason.
+pub const MAX_DISPATCH_ATTEMPTS: u32 = 5;
+/// Consecutive failed dispatches (of any bead) that open the town's breaker.
+pub const BREAKER_THRESHOLD: u32 = 3;
+/// Agent failures (stalls) of one bead within [`CRASH_LOOP_WINDOW_MS`] that make a crash loop.
+pub const CRASH_LOOP_FAILURES: u64 = 3;
+pub const CRASH_LOOP_WINDOW_MS: u64 = 30 * 60 * 1000;
+
+/// When a bead whose dispatch just failed for the `attempts`-th time may be tried again:
+/// `base_ms` doubled per earlier attempt, capped at `max_ms`.
+pub fn retry_at(now_ms: u64, attempts: u32, base_ms: u64, max_ms: u64) -> u64 {
+    let exp = attempts.saturating_sub(1).min(20);
+    now_ms.saturating_add(base_ms.saturating_mul(1 << exp).min(max_ms))
+}
+
+/// The town-level breaker over dispatches into its container: after [`BREAKER_THRESHOLD`]
+/// failures in a row it opens for `breaker_ms`, and nothing is dispatched until then; then one
+/// dispatch probes (half-open): success closes it, failure opens it again. A container that is
+/// down costs one request per `breaker_ms`, whatever the number of beads waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Breaker {
+    /// Failed dispatches in a row.
+    pub failures: u32,
+    /// Dispatch is refused until then (ms since the epoch; 0 when closed).
+    pub open_until_ms: u64,
+}
+
+impl Breaker {
+    /// How many dispatches this tick may make: none while open, one to probe once it has been
+    /// open, all otherwise.
+    pub fn allowance(&self, now_ms: u64) -> Option<usize> {
+        if self.failures < BREAKER_THRESHOLD {
+            None
+        } else if now_ms < self.open_until_ms {
+            Some(0)
+        } else {
+            Some(1)
+        }
+    }
+
+    #[must_use]
+    pub fn failed(self, now_ms: u64, breaker_ms: u64) -> Breaker {
+        let failures = self.failures.saturating_add(1);
+        Breaker {
+            failures,
+            open_until_ms: if failures >= BREAKER_THRESHOLD {
+                now_ms.saturating_add(breaker_ms)
+            } else {
+                0
+            },
+        }
+    }
+
+    #[must_use]
+    pub fn succeeded(self) -> Breaker {
+        Breaker::default()
+    }
+}
+
+/// What becomes of a bead whose dispatch failed for the `attempts`-th time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispatchRetry {
+    /// Open again, not to be tried before this time (ms).
+    RetryAt(u64),
+    /// Failed for good, with this reason.
+    Fail(String),
+}
+
+pub fn after_dispatch_failure(
+    attempts: u32,
+    now_ms: u64,
+    base_ms: u64,
+    max_ms: u64,
+    error: &str,
+) -> DispatchRetry {
+    if attempts >= MAX_DISPATCH_ATTEMPTS {
+        DispatchRetry::Fail(format!(
+            "dispatch failed {attempts} times; the last error: {error}. Reopen the bead to try again."
+        ))
+    } else {
+        DispatchRetry::RetryAt(retry_at(now_ms, attempts, base_ms, max_ms))
+    }
+}
+
+/// Whether a bead whose agent just failed, with `failures` agent failures inside the crash-loop
+/// window (this one included), is in a crash loop: then it fails into an escalation instead of
+/// being restarted.
+pub fn is_crash_loop(failures_in_window: u64) -> bool {
+    failures_in_window >= CRASH_LOOP_FAILURES
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +303,9 @@ mod tests {
             // 20 h left of the gateway token: not due with a 12 h threshold.
             gateway_expires_at_s: Some((1_000 + 3_600_000) / 1000 + 20 * 3600),
             gateway_refresh_before_ms: 12 * 3_600_000,
+            has_work: true,
+            work_seen_at_ms: Some(1_000 + 3_600_000),
+            idle_stop_ms: 600_000,
         }
     }
 
@@ -197,7 +326,14 @@ mod tests {
 
     #[test]
     fn ticks() {
-        assert_eq!(tick(&input()), [RecordRun, RefreshContainerToken]);
+        const BUSY: [TickEffect; 3] = [RecordRun, ArmFast, Patrol];
+        let with = |extra: &[TickEffect]| {
+            let mut v = BUSY.to_vec();
+            v.extend_from_slice(extra);
+            v.push(Dispatch);
+            v
+        };
+        assert_eq!(tick(&input()), with(&[RefreshContainerToken]));
         let gone = TickInput {
             town_exists: false,
             ..input()
@@ -219,29 +355,85 @@ mod tests {
         };
         assert_eq!(
             tick(&gateway_due),
-            [RecordRun, RefreshContainerToken, RefreshGatewayToken]
+            with(&[RefreshContainerToken, RefreshGatewayToken])
         );
         let no_container = TickInput {
             container_started: false,
             gateway_expires_at_s: None,
             ..input()
         };
-        assert_eq!(tick(&no_container), [RecordRun], "nothing to push to");
-        let stopped = TickInput {
-            container_started: false,
-            ..input()
-        };
-        assert_eq!(tick(&stopped), [RecordRun]);
+        assert_eq!(tick(&no_container), with(&[]), "nothing to push to");
         let fresh = TickInput {
             now_ms: 2_000,
             ..input()
         };
-        assert_eq!(tick(&fresh), [RecordRun]);
+        assert_eq!(tick(&fresh), with(&[]));
         let never = TickInput {
             token_accepted_at_ms: None,
             ..input()
         };
-        assert_eq!(tick(&never), [RecordRun, RefreshContainerToken]);
+        assert_eq!(tick(&never), with(&[RefreshContainerToken]));
+    }
+
+    #[test]
+    fn an_idle_town_pushes_nothing_and_stops_its_container_once_idle_long_enough() {
+        let idle = TickInput {
+            has_work: false,
+            token_accepted_at_ms: None,
+            gateway_expires_at_s: None,
+            work_seen_at_ms: Some(input().now_ms - 1_000),
+            ..input()
+        };
+        assert_eq!(tick(&idle), [RecordRun], "every push is due, none is made");
+        let long_idle = TickInput {
+            work_seen_at_ms: Some(input().now_ms - 600_000),
+            ..idle
+        };
+        assert_eq!(tick(&long_idle), [RecordRun, StopIdleContainer]);
+        let never_busy = TickInput {
+            work_seen_at_ms: None,
+            ..idle
+        };
+        assert_eq!(tick(&never_busy), [RecordRun, StopIdleContainer]);
+        let stopped_container = TickInput {
+            container_started: false,
+            ..long_idle
+        };
+        assert_eq!(tick(&stopped_container), [RecordRun], "already stopped");
+    }
+
+    #[test]
+    fn retries_back_off_and_end() {
+        assert_eq!(retry_at(1_000, 1, 100, 10_000), 1_100);
+        assert_eq!(retry_at(1_000, 2, 100, 10_000), 1_200);
+        assert_eq!(retry_at(1_000, 4, 100, 10_000), 1_800);
+        assert_eq!(retry_at(1_000, 30, 100, 10_000), 11_000, "capped");
+        assert_eq!(
+            after_dispatch_failure(4, 0, 100, 10_000, "x"),
+            DispatchRetry::RetryAt(800)
+        );
+        match after_dispatch_failure(MAX_DISPATCH_ATTEMPTS, 0, 100, 10_000, "503") {
+            DispatchRetry::Fail(reason) => {
+                assert!(reason.contains("5 times") && reason.contains("503"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!is_crash_loop(2));
+        assert!(is_crash_loop(3));
+    }
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_probes_once() {
+        let b = Breaker::default();
+        assert_eq!(b.allowance(0), None);
+        let b = b.failed(0, 1_000).failed(10, 1_000);
+        assert_eq!(b.allowance(20), None, "two failures: still closed");
+        let b = b.failed(20, 1_000);
+        assert_eq!(b.allowance(500), Some(0), "open: nothing");
+        assert_eq!(b.allowance(1_020), Some(1), "then one probe");
+        let b = b.failed(1_020, 1_000);
+        assert_eq!(b.allowance(1_500), Some(0), "a failed probe opens it again");
+        assert_eq!(b.succeeded().allowance(1_500), None);
     }
 
     #[test]

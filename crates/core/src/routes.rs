@@ -7,7 +7,9 @@
 //! A [`Route`] is grouped by its principal, so the router's dispatch is one exhaustive match per
 //! principal with no catch-all: a route added here without a handler does not compile.
 
-use crate::ids::{percent_decode, AgentId, IdError, IntegrationId, OrgId, RigId, TownId, UserId};
+use crate::ids::{
+    percent_decode, AgentId, BeadId, IdError, IntegrationId, OrgId, RigId, TownId, UserId,
+};
 use crate::model::Owner;
 
 /// HTTP methods the API uses.
@@ -136,7 +138,7 @@ impl OwnedAction {
 }
 
 /// What a `/api/towns/:townId/...` route does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TownAction {
     Get,
     ListRigs,
@@ -150,6 +152,13 @@ pub enum TownAction {
     Start,
     ListAgents,
     EnsureMayor,
+    ListBeads,
+    CreateBead,
+    GetBead(BeadId),
+    PatchBead(BeadId),
+    DeleteBead(BeadId),
+    /// An issue bead on a rig, for dispatch.
+    Sling,
 }
 
 /// Routes for a town's container token (or a legacy agent token).
@@ -159,6 +168,18 @@ pub enum ContainerRoute {
         town: TownId,
     },
     AgentHeartbeat {
+        town: TownId,
+        rig: RigId,
+        agent: AgentId,
+    },
+    /// What the agent is doing now.
+    AgentStatus {
+        town: TownId,
+        rig: RigId,
+        agent: AgentId,
+    },
+    /// The agent finished its bead.
+    AgentDone {
         town: TownId,
         rig: RigId,
         agent: AgentId,
@@ -185,7 +206,9 @@ impl ContainerRoute {
             | ContainerRoute::MayorRigs { town }
             | ContainerRoute::SandboxToken { town } => (town, None, None),
             ContainerRoute::GitToken { town, rig } => (town, Some(rig), None),
-            ContainerRoute::AgentHeartbeat { town, rig, agent } => (town, Some(rig), Some(agent)),
+            ContainerRoute::AgentHeartbeat { town, rig, agent }
+            | ContainerRoute::AgentStatus { town, rig, agent }
+            | ContainerRoute::AgentDone { town, rig, agent } => (town, Some(rig), Some(agent)),
         }
     }
 }
@@ -268,6 +291,19 @@ impl Params {
     fn rig(&self) -> Result<RigId, IdError> {
         RigId::parse(self.get("rigId"))
     }
+    fn bead(&self) -> Result<BeadId, IdError> {
+        BeadId::parse(self.get("beadId"))
+    }
+    fn agent_route(
+        &self,
+        make: fn(TownId, RigId, AgentId) -> ContainerRoute,
+    ) -> Result<Route, IdError> {
+        Ok(Route::Container(make(
+            self.town()?,
+            self.rig()?,
+            self.agent()?,
+        )))
+    }
     fn integration(&self) -> Result<IntegrationId, IdError> {
         IntegrationId::parse(self.get("integrationId"))
     }
@@ -346,9 +382,17 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Post "/api/towns/:townId/start" User => |p| p.town_route(T::Start)),
     route!(Get "/api/towns/:townId/agents" User => |p| p.town_route(T::ListAgents)),
     route!(Post "/api/towns/:townId/mayor/ensure" User => |p| p.town_route(T::EnsureMayor)),
+    route!(Get "/api/towns/:townId/beads" User => |p| p.town_route(T::ListBeads)),
+    route!(Post "/api/towns/:townId/beads" User => |p| p.town_route(T::CreateBead)),
+    route!(Get "/api/towns/:townId/beads/:beadId" User => |p| p.town_route(T::GetBead(p.bead()?))),
+    route!(Patch "/api/towns/:townId/beads/:beadId" User => |p| p.town_route(T::PatchBead(p.bead()?))),
+    route!(Delete "/api/towns/:townId/beads/:beadId" User => |p| p.town_route(T::DeleteBead(p.bead()?))),
+    route!(Post "/api/towns/:townId/sling" User => |p| p.town_route(T::Sling)),
     route!(Post "/api/towns/:townId/sandbox-token" Container => |p| Ok(Route::Container(ContainerRoute::SandboxToken { town: p.town()? }))),
     route!(Post "/api/towns/:townId/refresh-container-token" Container => |p| Ok(Route::Container(ContainerRoute::RefreshToken { town: p.town()? }))),
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/heartbeat" Container => |p| Ok(Route::Container(ContainerRoute::AgentHeartbeat { town: p.town()?, rig: p.rig()?, agent: p.agent()? }))),
+    route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/status" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentStatus { town, rig, agent })),
+    route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/done" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentDone { town, rig, agent })),
     route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| Ok(Route::Container(ContainerRoute::MayorRigs { town: p.town()? }))),
     route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::Internal(InternalRoute::TownHealth { town: p.town()? }))),
     route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::Internal(InternalRoute::RigLookup { rig: p.rig()? }))),

@@ -38,6 +38,11 @@ pub const TOWN_DO: &[Migration] = &[
         name: "agent_registry",
         sql: include_str!("../../../migrations/town_do/0004_agent_registry.sql"),
     },
+    Migration {
+        version: 5,
+        name: "beads",
+        sql: include_str!("../../../migrations/town_do/0005_beads.sql"),
+    },
 ];
 
 pub const CONTAINER_DO: &[Migration] = &[

@@ -87,12 +87,37 @@ impl Backend {
         self.send(Method::Post, path, Some(body)).await
     }
 
+    /// POSTs a JSON body and answers with the status, whatever it is.
+    ///
+    /// # Errors
+    /// When the server is unreachable.
+    pub async fn post_any<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<(u16, Answer), String> {
+        let body = serde_json::to_string(body).map_err(|e| e.to_string())?;
+        self.exchange(Method::Post, path, Some(body)).await
+    }
+
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<String>,
     ) -> Result<Answer, String> {
+        match self.exchange(method, path, body).await? {
+            (200..=299, answer) => Ok(answer),
+            (status, _) => Err(format!("{path}: control server answered {status}")),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(u16, Answer), String> {
         let secret = self
             .secret
             .as_deref()
@@ -136,13 +161,13 @@ impl Backend {
             }
         };
         let mut response = response.map_err(|e| format!("{path}: {e}"))?;
-        match response.status_code() {
-            200..=299 => Ok(Answer {
+        Ok((
+            response.status_code(),
+            Answer {
                 started,
                 body: response.text().await.unwrap_or_default(),
-            }),
-            status => Err(format!("{path}: control server answered {status}")),
-        }
+            },
+        ))
     }
 
     /// Stops the container: a Cloudflare Container is destroyed; the development control

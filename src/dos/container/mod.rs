@@ -361,6 +361,47 @@ impl ContainerOps for TownContainerDO {
         Ok(Ack::OK)
     }
 
+    /// Only into a running container: the town starts it (fresh tokens and env) first.
+    async fn start_agent(&self, StartAgent { town_id, agent }: StartAgent) -> Reply<AgentStarted> {
+        if !self.running()? {
+            return Ok(AgentStarted::TownUnknown);
+        }
+        let backend = self.backend(&town_id);
+        let sent = backend.post_any(control::AGENTS_START_PATH, &agent).await;
+        self.still_here(&backend).await?;
+        Ok(match sent {
+            Ok((200..=299, _)) => AgentStarted::Started,
+            Ok((409, _)) => AgentStarted::TownUnknown,
+            Ok((status, _)) => AgentStarted::Failed {
+                error: format!("the container answered {status} to the agent start"),
+            },
+            Err(e) => {
+                console_error!("town {town_id}: agent start failed: {e}");
+                AgentStarted::Failed {
+                    error: "the container could not be reached".into(),
+                }
+            }
+        })
+    }
+
+    async fn stop_agent(&self, StopAgent { town_id, agent_id }: StopAgent) -> Reply<Ack> {
+        if !self.running()? {
+            return Ok(Ack::OK);
+        }
+        let backend = self.backend(&town_id);
+        let body = control::AgentStopBody {
+            town_id: town_id.as_str().to_owned(),
+        };
+        if let Err(e) = backend
+            .post(&control::agent_stop_path(&agent_id), &body)
+            .await
+        {
+            console_error!("town {town_id}: agent stop failed: {e}");
+        }
+        self.still_here(&backend).await?;
+        Ok(Ack::OK)
+    }
+
     async fn destroy(&self, Destroy { town_id }: Destroy) -> Reply<Ack> {
         self.destroyed.set(true);
         self.backend(&town_id).stop().await;

@@ -7,6 +7,7 @@
 //! The operations themselves are in `ops.rs`.
 
 mod ops;
+mod work;
 
 use super::container::{self as container_do, ContainerStub};
 use super::{no_fetch, rpc_entry, DoStub};
@@ -69,6 +70,16 @@ enum Meta {
     GatewayExpiresAt,
     GatewayRefreshes,
     GatewayRefreshFailures,
+    /// When the town last had work (or its container last started): the idle timeout counts
+    /// from here.
+    WorkSeenAt,
+    Dispatches,
+    DispatchFailures,
+    /// The dispatch breaker (`policy::Breaker`).
+    BreakerFailures,
+    BreakerOpenUntil,
+    Stalls,
+    IdleStops,
 }
 
 impl MetaKey for Meta {
@@ -88,6 +99,13 @@ impl MetaKey for Meta {
             Meta::GatewayExpiresAt => "gateway_expires_at",
             Meta::GatewayRefreshes => "gateway_refreshes",
             Meta::GatewayRefreshFailures => "gateway_refresh_failures",
+            Meta::WorkSeenAt => "work_seen_at",
+            Meta::Dispatches => "dispatches",
+            Meta::DispatchFailures => "dispatch_failures",
+            Meta::BreakerFailures => "breaker_failures",
+            Meta::BreakerOpenUntil => "breaker_open_until",
+            Meta::Stalls => "stalls",
+            Meta::IdleStops => "idle_stops",
         }
     }
 }
@@ -340,6 +358,7 @@ impl TownDO {
         if pushed.accepted {
             let sql = self.sql();
             set_meta(&sql, Meta::ContainerStarted, 1)?;
+            set_meta(&sql, Meta::WorkSeenAt, config::now_ms())?;
             set_meta(
                 &sql,
                 Meta::GatewayExpiresAt,
@@ -489,11 +508,16 @@ impl TownDO {
         let town = self.town()?;
         let sql = self.sql();
         let settings = config::get(&self.env);
+        let active = town
+            .as_ref()
+            .is_some_and(|t| t.status == TownStatus::Active);
+        let has_work = active && self.has_work()?;
+        if has_work {
+            set_meta(&sql, Meta::WorkSeenAt, config::now_ms())?;
+        }
         let input = TickInput {
             town_exists: town.is_some(),
-            town_active: town
-                .as_ref()
-                .is_some_and(|t| t.status == TownStatus::Active),
+            town_active: active,
             container_started: town.is_some() && self.container_started()?,
             token_accepted_at_ms: meta(&sql, Meta::TokenRefreshedAt)?,
             now_ms: config::now_ms(),
@@ -501,6 +525,9 @@ impl TownDO {
             gateway_expires_at_s: meta(&sql, Meta::GatewayExpiresAt)?
                 .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
             gateway_refresh_before_ms: settings.gateway_refresh_before_ms,
+            has_work,
+            work_seen_at_ms: meta(&sql, Meta::WorkSeenAt)?,
+            idle_stop_ms: settings.work.idle_stop_ms,
         };
         for effect in policy::tick(&input) {
             match (effect, &town) {
@@ -534,7 +561,35 @@ impl TownDO {
                         Err(e) => console_error!("town {}: gateway refresh failed: {e}", town.id),
                     }
                 }
-                (TickEffect::RefreshContainerToken | TickEffect::RefreshGatewayToken, None) => {}
+                (TickEffect::ArmFast, _) => self
+                    .state
+                    .storage()
+                    .set_alarm(i64::try_from(settings.work.active_alarm_ms).unwrap_or(i64::MAX))
+                    .await
+                    .map_err(ApiError::internal)?,
+                (TickEffect::Patrol, Some(town)) => {
+                    if let Err(e) = self.patrol(town).await {
+                        console_error!("town {}: patrol failed: {e}", town.id);
+                    }
+                }
+                (TickEffect::Dispatch, Some(town)) => {
+                    if let Err(e) = self.dispatch(town).await {
+                        console_error!("town {}: dispatch failed: {e}", town.id);
+                    }
+                }
+                (TickEffect::StopIdleContainer, Some(town)) => {
+                    if let Err(e) = self.stop_idle_container(town).await {
+                        console_error!("town {}: idle stop failed: {e}", town.id);
+                    }
+                }
+                (
+                    TickEffect::RefreshContainerToken
+                    | TickEffect::RefreshGatewayToken
+                    | TickEffect::Patrol
+                    | TickEffect::Dispatch
+                    | TickEffect::StopIdleContainer,
+                    None,
+                ) => {}
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ use crate::storage::{
     RIG_COLUMNS, RIG_JSON, TOWN_COLUMNS,
 };
 use gastown_core::agent_settings::Role;
+use gastown_core::beads::{Bead, BeadDetail};
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId};
 use gastown_core::model::{Agent, Rig, Town, TownStatus, AGENT_COLUMNS, AGENT_JSON};
@@ -24,12 +25,8 @@ fn not_running() -> ApiError {
     ApiError::Conflict("the town's container is not running; start it first".into())
 }
 
-fn agent_not_found() -> ApiError {
-    ApiError::NotFound("agent not found in this town".into())
-}
-
 /// One agent as its record, built by SQLite (`AGENT_JSON`) so the row's types need no mapping.
-fn agent(sql: &SqlStorage, id: &str) -> Reply<Option<Agent>> {
+pub(super) fn agent(sql: &SqlStorage, id: &str) -> Reply<Option<Agent>> {
     json_text(
         sql,
         &format!("SELECT {AGENT_JSON} AS j FROM agents WHERE id = ?"),
@@ -64,7 +61,7 @@ impl TownDO {
 
 impl TownDO {
     /// Records a new idle agent, within `MAX_AGENTS_PER_TOWN`.
-    fn insert_agent(&self, role: Role, rig: Option<&RigId>, name: &str) -> Reply<Agent> {
+    pub(super) fn insert_agent(&self, role: Role, rig: Option<&RigId>, name: &str) -> Reply<Agent> {
         let sql = self.sql();
         let max = config::get(&self.env).quotas.agents_per_town;
         if count(&sql, "SELECT COUNT(*) AS n FROM agents", vec![])? >= max {
@@ -176,6 +173,9 @@ impl TownOps for TownDO {
             "DELETE FROM agents WHERE rig_id = ?",
             vec![rig_id.as_str().into()],
         )?;
+        // Its waiting and running work cannot go on: it fails (and says why), so nothing is
+        // left in progress for an agent that no longer exists.
+        self.fail_rig_work(&rig_id)?;
         if config.rig_overrides.remove(rig_id.as_str()).is_some() {
             self.store_config(&town.id, &config)?;
         }
@@ -231,6 +231,13 @@ impl TownOps for TownDO {
                 .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
             gateway_refreshes: meta(&sql, Meta::GatewayRefreshes)?.unwrap_or(0),
             gateway_refresh_failures: meta(&sql, Meta::GatewayRefreshFailures)?.unwrap_or(0),
+            busy: self.has_work()?,
+            dispatches: meta(&sql, Meta::Dispatches)?.unwrap_or(0),
+            dispatch_failures: meta(&sql, Meta::DispatchFailures)?.unwrap_or(0),
+            breaker_failures: meta(&sql, Meta::BreakerFailures)?.unwrap_or(0),
+            breaker_open_until: meta(&sql, Meta::BreakerOpenUntil)?.filter(|t| *t > 0),
+            stalls: meta(&sql, Meta::Stalls)?.unwrap_or(0),
+            idle_stops: meta(&sql, Meta::IdleStops)?.unwrap_or(0),
         })
     }
 
@@ -287,31 +294,41 @@ impl TownOps for TownDO {
     /// Only for an agent this town registered; a rig-bound agent only from its own rig (the
     /// mayor belongs to no rig and reports from any of the town's).
     async fn heartbeat(&self, req: Heartbeat) -> Reply<Ack> {
-        let Heartbeat {
-            credential,
-            rig_id,
-            agent_id,
-        } = req;
-        let town = self.require_town()?;
-        self.require_active(&town)?;
-        self.admit(credential)?;
-        let sql = self.sql();
-        if !exists(
-            &sql,
-            "SELECT 1 FROM rigs WHERE id = ?",
-            vec![rig_id.as_str().into()],
-        )? {
-            return Err(ApiError::NotFound("rig not found in this town".into()));
-        }
-        let known = agent(&sql, agent_id.as_str())?.ok_or_else(agent_not_found)?;
-        if known.rig_id.as_ref().is_some_and(|r| *r != rig_id) {
-            return Err(ApiError::NotFound("agent not found in this rig".into()));
-        }
-        exec(
-            &sql,
-            "UPDATE agents SET last_activity_at = ?, heartbeats = heartbeats + 1 WHERE id = ?",
-            vec![rfc3339(config::now_ms()).into(), agent_id.as_str().into()],
-        )?;
+        let agent = self.callback_agent(req.credential, &req.rig_id, &req.agent_id)?;
+        self.touch_agent(&agent.id)?;
+        Ok(Ack::OK)
+    }
+
+    async fn agent_status(&self, req: AgentStatus) -> Reply<Ack> {
+        let agent = self.callback_agent(req.credential, &req.rig_id, &req.agent_id)?;
+        self.record_status(&agent, &req.status.message)?;
+        Ok(Ack::OK)
+    }
+
+    async fn agent_done(&self, req: AgentDone) -> Reply<Bead> {
+        let agent = self.callback_agent(req.credential, &req.rig_id, &req.agent_id)?;
+        self.finish(&agent, &req.done)
+    }
+
+    async fn list_beads(&self, req: ListBeads) -> Reply<Json<Vec<Bead>>> {
+        self.list_beads_page(&req.filter, &req.page).await
+    }
+
+    async fn create_bead(&self, req: CreateBead) -> Reply<Bead> {
+        self.create_bead_row(req.bead, &req.created_by).await
+    }
+
+    async fn get_bead(&self, req: GetBead) -> Reply<Json<BeadDetail>> {
+        self.bead_detail(&req.bead_id)
+    }
+
+    async fn patch_bead(&self, req: PatchBead) -> Reply<Bead> {
+        self.patch_bead_row(&req.bead_id, req.patch, &req.user_id)
+            .await
+    }
+
+    async fn delete_bead(&self, req: DeleteBead) -> Reply<Ack> {
+        self.delete_bead_row(&req.bead_id).await?;
         Ok(Ack::OK)
     }
 
@@ -443,7 +460,18 @@ impl TownOps for TownDO {
         )? {
             return Err(ApiError::NotFound("rig not found in this town".into()));
         }
-        self.insert_agent(req.role, Some(&req.rig_id), name)
+        let registered = self.insert_agent(req.role, Some(&req.rig_id), name)?;
+        if !req.working {
+            return Ok(registered);
+        }
+        exec(
+            &self.sql(),
+            "UPDATE agents SET status = 'working' WHERE id = ?",
+            vec![registered.id.as_str().into()],
+        )?;
+        self.touch_agent(&registered.id)?;
+        agent(&self.sql(), registered.id.as_str())?
+            .ok_or_else(|| ApiError::internal("agent row missing"))
     }
 
     async fn rig_credentials(&self, req: RigCredentials) -> Reply<RigCredentialsReply> {

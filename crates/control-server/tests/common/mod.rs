@@ -284,6 +284,8 @@ pub struct FakeWorker {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     answer: Arc<Mutex<Answer>>,
+    /// How long the answer to the first request waits once the request is recorded.
+    first_delay: Arc<Mutex<Duration>>,
 }
 
 impl FakeWorker {
@@ -295,13 +297,30 @@ impl FakeWorker {
             status,
             body: body.to_owned(),
         }));
-        let (seen_by_thread, answer_by_thread) = (Arc::clone(&seen), Arc::clone(&answer));
+        let first_delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (seen_by_thread, answer_by_thread, delay_by_thread) = (
+            Arc::clone(&seen),
+            Arc::clone(&answer),
+            Arc::clone(&first_delay),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                serve_one(stream, &seen_by_thread, &answer_by_thread);
+                serve_one(stream, &seen_by_thread, &answer_by_thread, &delay_by_thread);
             }
         });
-        FakeWorker { addr, seen, answer }
+        FakeWorker {
+            addr,
+            seen,
+            answer,
+            first_delay,
+        }
+    }
+
+    /// Holds the answer to the first request for `delay` after recording it (requests are
+    /// answered one at a time, so every later one waits too): a test can change something
+    /// between a client's first call and its next.
+    pub fn delay_first(&self, delay: Duration) {
+        *self.first_delay.lock().unwrap() = delay;
     }
 
     pub fn url(&self) -> String {
@@ -325,7 +344,12 @@ impl FakeWorker {
 }
 
 /// Reads one request (head, then `content-length` bytes), records it, answers, closes.
-fn serve_one(mut stream: TcpStream, seen: &Mutex<Vec<Seen>>, answer: &Mutex<Answer>) {
+fn serve_one(
+    mut stream: TcpStream,
+    seen: &Mutex<Vec<Seen>>,
+    answer: &Mutex<Answer>,
+    first_delay: &Mutex<Duration>,
+) {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -369,6 +393,10 @@ fn serve_one(mut stream: TcpStream, seen: &Mutex<Vec<Seen>>, answer: &Mutex<Answ
         });
         seen.len()
     };
+    if n == 1 {
+        let delay = *first_delay.lock().unwrap();
+        std::thread::sleep(delay);
+    }
     let (status, body) = {
         let answer = answer.lock().unwrap();
         (answer.status, answer.body.replace("{n}", &n.to_string()))

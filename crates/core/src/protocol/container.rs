@@ -22,6 +22,10 @@ crate::do_protocol! {
         Destroy(Destroy) -> Ack => destroy;
         /// Stops the container (the town was stopped), keeping the stored env for its start.
         Stop(Stop) -> Ack => stop;
+        /// Starts one agent in the running container.
+        StartAgent(StartAgent) -> AgentStarted => start_agent;
+        /// Stops one agent; idempotent, and a container that is not running has none.
+        StopAgent(StopAgent) -> Ack => stop_agent;
     }
 }
 
@@ -39,6 +43,32 @@ pub struct SyncEnv {
     pub town_id: TownId,
     pub env: BTreeMap<String, String>,
     pub settings: SettingsFiles,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartAgent {
+    pub town_id: TownId,
+    pub agent: crate::control::AgentStartBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopAgent {
+    pub town_id: TownId,
+    pub agent_id: String,
+}
+
+/// How an agent start went. Not an error either way: a failed start is the town's dispatch
+/// failure to count, retry and, in the end, report on the bead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AgentStarted {
+    Started,
+    /// The container holds no token or env for the town (it restarted): start it, then retry.
+    TownUnknown,
+    /// Unreachable, or refused; the reason is for the bead's log (no secrets in it).
+    Failed {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,8 +194,49 @@ mod tests {
                 .into(),
                 r#"{"op":"destroy","town_id":"t1"}"#,
             ),
+            (
+                StopAgent {
+                    town_id: TownId::parse("t1").unwrap(),
+                    agent_id: "a1".into(),
+                }
+                .into(),
+                r#"{"op":"stop_agent","town_id":"t1","agent_id":"a1"}"#,
+            ),
+            (
+                StartAgent {
+                    town_id: TownId::parse("t1").unwrap(),
+                    agent: crate::control::AgentStartBody {
+                        town_id: "t1".into(),
+                        agent_id: "a1".into(),
+                        role: crate::agent_settings::Role::Polecat,
+                        name: "p".into(),
+                        rig_id: Some("r1".into()),
+                        bead: None,
+                        git_url: None,
+                        default_branch: None,
+                        branch: None,
+                        model: None,
+                        worker_url: None,
+                        env: BTreeMap::new(),
+                    },
+                }
+                .into(),
+                r#"{"op":"start_agent","town_id":"t1","agent":{"townId":"t1","agent_id":"a1","role":"polecat","name":"p","rig_id":"r1","bead":null,"git_url":null,"default_branch":null,"branch":null,"model":null,"worker_url":null,"env":{}}}"#,
+            ),
         ];
         all(ContainerOp::OPS, &cases);
+    }
+
+    #[test]
+    fn agent_start_outcomes_are_pinned() {
+        pinned(&AgentStarted::Started, r#"{"outcome":"started"}"#);
+        pinned(&AgentStarted::TownUnknown, r#"{"outcome":"town_unknown"}"#);
+        pinned(
+            &AgentStarted::Failed {
+                error: "503".into(),
+            },
+            r#"{"outcome":"failed","error":"503"}"#,
+        );
     }
 
     #[test]

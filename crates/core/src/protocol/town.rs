@@ -4,8 +4,11 @@ use super::container::TokenPushed;
 use super::{Ack, Json};
 use crate::agent_settings::Role;
 use crate::authz::ContainerCredential;
-use crate::ids::{AgentId, RigId, TownId};
+use crate::beads::{Bead, BeadDetail, BeadFilter, BeadPatch, NewBead};
+use crate::control::{AgentDoneCallback, AgentStatusCallback};
+use crate::ids::{AgentId, BeadId, RigId, TownId};
 use crate::model::{Agent, Rig, Town, TownStatus};
+use crate::page::Page;
 use crate::town_config::{ConfigPatch, TownConfig};
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +73,20 @@ crate::do_protocol! {
         MayorRigs(MayorRigs) -> Json<Vec<Rig>> => mayor_rigs;
         /// Test hook: deletes the pending alarm, leaving the town otherwise intact.
         DropAlarm(DropAlarm) -> Ack => drop_alarm;
+        /// A page of the town's beads, oldest first, filtered.
+        ListBeads(ListBeads) -> Json<Vec<Bead>> => list_beads;
+        /// Records a bead; an issue is dispatched by the next tick, which comes at once.
+        CreateBead(CreateBead) -> Bead => create_bead;
+        /// A bead with its event log.
+        GetBead(GetBead) -> Json<BeadDetail> => get_bead;
+        /// A user's change: fields, close, reopen (a reopened bead's attempts start again).
+        PatchBead(PatchBead) -> Bead => patch_bead;
+        /// Deletes a bead and its events; its agent, if any, is stopped and freed.
+        DeleteBead(DeleteBead) -> Ack => delete_bead;
+        /// An agent's status message, recorded on its bead.
+        AgentStatus(AgentStatus) -> Ack => agent_status;
+        /// An agent finished its bead: closed (or in review with a PR), the agent freed.
+        AgentDone(AgentDone) -> Bead => agent_done;
     }
 }
 
@@ -159,6 +176,56 @@ pub struct RegisterAgent {
     pub role: Role,
     pub rig_id: RigId,
     pub name: String,
+    /// Recorded as working (with no bead): the town has work while it heartbeats.
+    #[serde(default)]
+    pub working: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListBeads {
+    pub filter: BeadFilter,
+    pub page: Page,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateBead {
+    pub bead: NewBead,
+    /// The creating user's id.
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetBead {
+    pub bead_id: BeadId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchBead {
+    pub bead_id: BeadId,
+    pub patch: BeadPatch,
+    /// The user making the change.
+    pub user_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteBead {
+    pub bead_id: BeadId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub credential: ContainerCredential,
+    pub rig_id: RigId,
+    pub agent_id: AgentId,
+    pub status: AgentStatusCallback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentDone {
+    pub credential: ContainerCredential,
+    pub rig_id: RigId,
+    pub agent_id: AgentId,
+    pub done: AgentDoneCallback,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +304,25 @@ pub struct TownHealth {
     pub gateway_refreshes: u64,
     #[serde(default)]
     pub gateway_refresh_failures: u64,
+    /// The town has work now (else the alarm runs at the idle cadence and pushes nothing).
+    #[serde(default)]
+    pub busy: bool,
+    /// Agents started in the container / starts that failed.
+    #[serde(default)]
+    pub dispatches: u64,
+    #[serde(default)]
+    pub dispatch_failures: u64,
+    /// Failed dispatches in a row, and until when the breaker holds dispatch (ms).
+    #[serde(default)]
+    pub breaker_failures: u64,
+    #[serde(default)]
+    pub breaker_open_until: Option<u64>,
+    /// Agents patrol found without a heartbeat.
+    #[serde(default)]
+    pub stalls: u64,
+    /// Containers stopped for idleness.
+    #[serde(default)]
+    pub idle_stops: u64,
 }
 
 #[cfg(test)]
@@ -334,9 +420,69 @@ mod tests {
                     role: Role::Polecat,
                     rig_id: r.id.clone(),
                     name: "p1".into(),
+                    working: false,
                 }
                 .into(),
-                r#"{"op":"register_agent","role":"polecat","rig_id":"r1","name":"p1"}"#.into(),
+                r#"{"op":"register_agent","role":"polecat","rig_id":"r1","name":"p1","working":false}"#.into(),
+            ),
+            (
+                ListBeads {
+                    filter: BeadFilter::default(),
+                    page: Page::default(),
+                }
+                .into(),
+                r#"{"op":"list_beads","filter":{"status":null,"rig_id":null,"bead_type":null},"page":{"limit":500,"after":null}}"#.into(),
+            ),
+            (
+                CreateBead {
+                    bead: NewBead::parse_sling(br#"{"rig_id":"r1","title":"t"}"#).unwrap(),
+                    created_by: "u1".into(),
+                }
+                .into(),
+                r#"{"op":"create_bead","bead":{"bead_type":"issue","title":"t","body":"","rig_id":"r1","priority":2,"labels":[],"metadata":"{}"},"created_by":"u1"}"#.into(),
+            ),
+            (
+                GetBead {
+                    bead_id: BeadId::parse("b1").unwrap(),
+                }
+                .into(),
+                r#"{"op":"get_bead","bead_id":"b1"}"#.into(),
+            ),
+            (
+                PatchBead {
+                    bead_id: BeadId::parse("b1").unwrap(),
+                    patch: BeadPatch::parse(br#"{"status":"open"}"#).unwrap(),
+                    user_id: "u1".into(),
+                }
+                .into(),
+                r#"{"op":"patch_bead","bead_id":"b1","patch":{"title":null,"body":null,"priority":null,"labels":null,"status":"open"},"user_id":"u1"}"#.into(),
+            ),
+            (
+                DeleteBead {
+                    bead_id: BeadId::parse("b1").unwrap(),
+                }
+                .into(),
+                r#"{"op":"delete_bead","bead_id":"b1"}"#.into(),
+            ),
+            (
+                AgentStatus {
+                    credential: ContainerCredential::Container { generation: Some(1) },
+                    rig_id: r.id.clone(),
+                    agent_id: AgentId::parse("a1").unwrap(),
+                    status: AgentStatusCallback { message: "m".into() },
+                }
+                .into(),
+                r#"{"op":"agent_status","credential":{"kind":"container","generation":1},"rig_id":"r1","agent_id":"a1","status":{"message":"m"}}"#.into(),
+            ),
+            (
+                AgentDone {
+                    credential: ContainerCredential::Container { generation: Some(1) },
+                    rig_id: r.id.clone(),
+                    agent_id: AgentId::parse("a1").unwrap(),
+                    done: AgentDoneCallback { summary: "s".into(), branch: Some("b".into()), pr_url: None },
+                }
+                .into(),
+                r#"{"op":"agent_done","credential":{"kind":"container","generation":1},"rig_id":"r1","agent_id":"a1","done":{"summary":"s","branch":"b","pr_url":null}}"#.into(),
             ),
         ];
         all(TownOp::OPS, &cases);
@@ -367,8 +513,15 @@ mod tests {
                 gateway_token_expires_at: Some(9),
                 gateway_refreshes: 1,
                 gateway_refresh_failures: 2,
+                busy: true,
+                dispatches: 3,
+                dispatch_failures: 1,
+                breaker_failures: 0,
+                breaker_open_until: None,
+                stalls: 0,
+                idle_stops: 1,
             },
-            r#"{"town_id":"t1","status":"active","rig_count":2,"alarm_at":5,"alarm_runs":3,"watchdog_rearms":1,"token_refreshed_at":null,"token_refreshes":4,"token_refresh_failures":0,"last_alarm_at":"2026-11-23T00:00:00.000Z","gateway_token_expires_at":9,"gateway_refreshes":1,"gateway_refresh_failures":2}"#,
+            r#"{"town_id":"t1","status":"active","rig_count":2,"alarm_at":5,"alarm_runs":3,"watchdog_rearms":1,"token_refreshed_at":null,"token_refreshes":4,"token_refresh_failures":0,"last_alarm_at":"2026-11-23T00:00:00.000Z","gateway_token_expires_at":9,"gateway_refreshes":1,"gateway_refresh_failures":2,"busy":true,"dispatches":3,"dispatch_failures":1,"breaker_failures":0,"breaker_open_until":null,"stalls":0,"idle_stops":1}"#,
         );
         pinned(&Ack::OK, r#"{"ok":true}"#);
     }

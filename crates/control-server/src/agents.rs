@@ -1,0 +1,752 @@
+//! A town's agents: each a child process of this server, started, stopped and watched on the
+//! worker's word (`POST /agents/start`, `POST /agents/:id/stop`, `GET /agents/:id/status`; the
+//! bodies are [`gastown_core::control`]'s).
+//!
+//! An agent runs the agent command ([`AgentCommand`]: `--agent-command`, else
+//! [`DEMO_AGENT_BIN`] beside this server's executable) with no shell, in
+//!
+//! ```text
+//! <workdir>/<town>/agents/<agent>/       its work dir (and HOME), emptied on every start
+//! <workdir>/<town>/agents/<agent>.log    its stdout and stderr, appended (mode 0600)
+//! ```
+//!
+//! The log lives outside the work dir so that a fresh clone there never sees it.
+//!
+//! Rules:
+//!
+//! * an agent starts only in a town whose container token the server holds (409 otherwise:
+//!   the worker then starts the container, pushing token and env, and tries again);
+//! * its environment starts empty: `PATH` (the server's), then the body's `env`, then the
+//!   variables this module sets, which win (the private `agent_env`); nothing else of the
+//!   server's environment reaches it, and no value is ever logged;
+//! * ids become paths only after [`check_agent_id`] (1 to 128 of `A-Z a-z 0-9 _ -`, and not
+//!   the town's `settings`); a rig id must pass [`workdir::check_rig_id`];
+//! * the worker is the authority: a start for an agent id still running kills that process
+//!   first; at most [`MAX_AGENTS`] run at once in the whole server (503 beyond), so a run of
+//!   starts cannot fork without bound;
+//! * each child has a thread that waits for it (polling every 50 ms) and records its exit
+//!   code, `None` when a signal ended it; a stop kills with `SIGKILL` (no grace period: std
+//!   sends no other signal) and waits, so the status right after a stop is `exited`. A child
+//!   the agent started itself (git, say) is not killed with it, nor are agents when the server
+//!   itself dies: the container's end takes them;
+//! * a token refresh needs nothing from here: an agent reads the town's current container
+//!   token from `GASTOWN_CONTAINER_TOKEN_FILE` on every call, and `/refresh-token` rewrites
+//!   that file. The gateway token in `GASTOWN_GATEWAY_ENV_FILE` is likewise kept current by
+//!   `/sync-config` and the self-refresh;
+//! * `POST /stop` of the town kills all its agents; their records stay (state `exited`), so a
+//!   status asked afterwards says so.
+//!
+//! Lock order: this registry's lock, then the server's state lock (to see the token), never
+//! the other way round.
+
+use crate::http::{error, Reply};
+use crate::{parse, same_town, workdir, worker_origin, Shared};
+use gastown_core::control::{
+    AgentProcessState, AgentProcessStatus, AgentStartBody, AgentStopBody, CONTAINER_TOKEN_FILE,
+    GATEWAY_ENV_FILE, TOWN_ID_ENV, WORKER_URL_ENV,
+};
+use gastown_core::ids::{AgentId, RigId};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Names the agent command when `--agent-command` does not.
+pub const AGENT_COMMAND_ENV: &str = "GASTOWN_AGENT_COMMAND";
+/// The default agent command: this executable, beside the server's own.
+pub const DEMO_AGENT_BIN: &str = "gastown-demo-agent";
+/// Agents running at once in one server.
+pub const MAX_AGENTS: usize = 32;
+/// The directory, in a town's, of its agents' work dirs and logs.
+pub const AGENTS_DIR: &str = "agents";
+/// Longest agent id accepted as a directory name.
+pub const MAX_AGENT_ID_LEN: usize = 128;
+
+/// The variables the server sets for every agent (they win over the body's `env`).
+pub const AGENT_ID_ENV: &str = "GASTOWN_AGENT_ID";
+pub const AGENT_ROLE_ENV: &str = "GASTOWN_AGENT_ROLE";
+pub const AGENT_NAME_ENV: &str = "GASTOWN_AGENT_NAME";
+pub const RIG_ID_ENV: &str = crate::git_credential::RIG_ID_ENV;
+pub const BEAD_ID_ENV: &str = "GASTOWN_BEAD_ID";
+pub const BEAD_TITLE_ENV: &str = "GASTOWN_BEAD_TITLE";
+pub const BEAD_BODY_ENV: &str = "GASTOWN_BEAD_BODY";
+pub const GIT_URL_ENV: &str = "GASTOWN_GIT_URL";
+pub const DEFAULT_BRANCH_ENV: &str = "GASTOWN_DEFAULT_BRANCH";
+pub const BRANCH_ENV: &str = "GASTOWN_BRANCH";
+pub const MODEL_ENV: &str = "GASTOWN_MODEL";
+pub const CONTAINER_TOKEN_FILE_ENV: &str = "GASTOWN_CONTAINER_TOKEN_FILE";
+pub const GATEWAY_ENV_FILE_ENV: &str = "GASTOWN_GATEWAY_ENV_FILE";
+pub const WORK_DIR_ENV: &str = "GASTOWN_WORK_DIR";
+pub const GIT_CONFIG_GLOBAL_ENV: &str = "GIT_CONFIG_GLOBAL";
+
+/// How often a child's thread looks whether it exited.
+const REAP_POLL: Duration = Duration::from_millis(50);
+/// Records (running or not) kept before those of exited agents are dropped.
+const MAX_RECORDS: usize = 1024;
+/// Mode of an agent's log: what it prints may be private.
+const LOG_MODE: u32 = 0o600;
+
+/// The program each agent runs, and its first arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl AgentCommand {
+    /// An executable path, then arguments, split on whitespace (no shell, no quoting: a
+    /// path with a space cannot be named here).
+    ///
+    /// # Errors
+    /// When `text` names no program.
+    pub fn parse(text: &str) -> Result<AgentCommand, String> {
+        let mut words = text.split_whitespace();
+        let program = words
+            .next()
+            .ok_or_else(|| "the agent command names no program".to_owned())?;
+        Ok(AgentCommand {
+            program: PathBuf::from(program),
+            args: words.map(str::to_owned).collect(),
+        })
+    }
+
+    /// [`DEMO_AGENT_BIN`] in the directory of `exe` (the server's own executable).
+    #[must_use]
+    pub fn beside(exe: &Path) -> Option<AgentCommand> {
+        Some(AgentCommand {
+            program: exe.parent()?.join(DEMO_AGENT_BIN),
+            args: Vec::new(),
+        })
+    }
+}
+
+/// Checks that `id` is an agent id that can name a directory of the town's.
+///
+/// # Errors
+/// Why it cannot, for the caller's 400.
+pub fn check_agent_id(id: &str) -> Result<(), String> {
+    AgentId::parse(id).map_err(|e| format!("agent id {e}"))?;
+    if id.len() > MAX_AGENT_ID_LEN
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!("agent id {id:?} may hold only A-Z a-z 0-9 _ -"));
+    }
+    // A rig named `agents` keeps its settings in `agents/settings/`.
+    if id == workdir::SETTINGS_DIR {
+        return Err(format!("agent id {id:?} names a settings directory"));
+    }
+    Ok(())
+}
+
+/// Whether `name` can be an environment variable's name: `[A-Za-z_][A-Za-z0-9_]*`.
+#[must_use]
+pub fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The files of the town an agent is pointed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TownFiles {
+    pub(crate) container_token: PathBuf,
+    pub(crate) gateway_env: PathBuf,
+    /// `None` when the town has no gitconfig (the server knows no credential helper).
+    pub(crate) gitconfig: Option<PathBuf>,
+}
+
+impl TownFiles {
+    fn of(town_dir: &Path) -> TownFiles {
+        let gitconfig = town_dir.join(workdir::GITCONFIG_FILE);
+        let present = fs::symlink_metadata(&gitconfig).is_ok_and(|m| m.is_file());
+        TownFiles {
+            container_token: town_dir.join(CONTAINER_TOKEN_FILE),
+            gateway_env: town_dir.join(GATEWAY_ENV_FILE),
+            gitconfig: present.then_some(gitconfig),
+        }
+    }
+}
+
+/// An agent's whole environment: `PATH` (`server_path`), then the body's `env`, then the
+/// variables the server sets. Checks every name and value first.
+///
+/// # Errors
+/// A message for the caller's 400, naming a variable but never a value.
+pub(crate) fn agent_env(
+    body: &AgentStartBody,
+    worker_url: &str,
+    files: &TownFiles,
+    work_dir: &Path,
+    server_path: Option<&str>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut env = BTreeMap::new();
+    if let Some(path) = server_path {
+        env.insert("PATH".to_owned(), path.to_owned());
+    }
+    for (name, value) in &body.env {
+        if !is_env_name(name) {
+            return Err(format!("env name {name:?} is not [A-Za-z_][A-Za-z0-9_]*"));
+        }
+        env.insert(name.clone(), value.clone());
+    }
+    let path_text = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "the work directory's path is not UTF-8".to_owned())
+    };
+    let mut set = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            env.insert(name.to_owned(), value);
+        }
+    };
+    set(TOWN_ID_ENV, Some(body.town_id.clone()));
+    set(AGENT_ID_ENV, Some(body.agent_id.clone()));
+    set(AGENT_ROLE_ENV, Some(body.role.as_str().to_owned()));
+    set(AGENT_NAME_ENV, Some(body.name.clone()));
+    set(RIG_ID_ENV, body.rig_id.clone());
+    if let Some(bead) = &body.bead {
+        set(BEAD_ID_ENV, Some(bead.id.clone()));
+        set(BEAD_TITLE_ENV, Some(bead.title.clone()));
+        set(BEAD_BODY_ENV, Some(bead.body.clone()));
+    }
+    set(GIT_URL_ENV, body.git_url.clone());
+    set(DEFAULT_BRANCH_ENV, body.default_branch.clone());
+    set(BRANCH_ENV, body.branch.clone());
+    set(MODEL_ENV, body.model.clone());
+    set(WORKER_URL_ENV, Some(worker_url.to_owned()));
+    set(
+        CONTAINER_TOKEN_FILE_ENV,
+        Some(path_text(&files.container_token)?),
+    );
+    set(GATEWAY_ENV_FILE_ENV, Some(path_text(&files.gateway_env)?));
+    if let Some(gitconfig) = &files.gitconfig {
+        set(GIT_CONFIG_GLOBAL_ENV, Some(path_text(gitconfig)?));
+    }
+    let work = path_text(work_dir)?;
+    set("HOME", Some(work.clone()));
+    set(WORK_DIR_ENV, Some(work));
+    // The system refuses a NUL in the environment; refuse it here, by name.
+    if let Some((name, _)) = env.iter().find(|(_, v)| v.contains('\0')) {
+        return Err(format!("the value of {name} holds a NUL character"));
+    }
+    Ok(env)
+}
+
+/// One child process and how it ended.
+struct Process {
+    pid: u32,
+    child: Mutex<Child>,
+    /// Set once it exited: its exit code, `None` when a signal ended it.
+    exit: OnceLock<Option<i32>>,
+}
+
+impl Process {
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether it has exited, looking now.
+    fn has_exited(&self) -> bool {
+        if self.exit.get().is_some() {
+            return true;
+        }
+        let mut child = self.child();
+        self.look(&mut child)
+    }
+
+    fn look(&self, child: &mut Child) -> bool {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let _ = self.exit.set(status.code());
+                true
+            }
+            Ok(None) => false,
+            // Not ours to wait for any more (cannot happen with a `Child` we own): gone.
+            Err(_) => {
+                let _ = self.exit.set(None);
+                true
+            }
+        }
+    }
+
+    /// Kills it (`SIGKILL`) and waits for it; whether it was still running.
+    fn kill(&self) -> bool {
+        let mut child = self.child();
+        if self.exit.get().is_some() || self.look(&mut child) {
+            return false;
+        }
+        let _ = child.kill();
+        let code = child.wait().ok().and_then(|s| s.code());
+        let _ = self.exit.set(code);
+        true
+    }
+
+    fn status(&self, agent_id: &str) -> AgentProcessStatus {
+        self.has_exited();
+        let exit = self.exit.get().copied();
+        AgentProcessStatus {
+            agent_id: agent_id.to_owned(),
+            state: match exit {
+                None => AgentProcessState::Running,
+                Some(_) => AgentProcessState::Exited,
+            },
+            pid: Some(self.pid),
+            exit_code: exit.flatten(),
+        }
+    }
+}
+
+/// The last process started for one agent id.
+struct Record {
+    process: Arc<Process>,
+    /// Starts of this agent id so far.
+    starts: u64,
+}
+
+/// What the server knows of one town's agents.
+#[derive(Default)]
+struct TownAgents {
+    agents: BTreeMap<String, Record>,
+    /// Every `/agents/start` for the town that got past authentication, refused or not.
+    start_attempts: u64,
+}
+
+/// Every town's agents.
+#[derive(Default)]
+pub(crate) struct Registry {
+    towns: Mutex<HashMap<String, TownAgents>>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, TownAgents>> {
+        // Every update is a few assignments: a panic never leaves one half-done.
+        self.towns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Processes running, `except` one.
+    fn running(towns: &HashMap<String, TownAgents>, except: Option<&Arc<Process>>) -> usize {
+        towns
+            .values()
+            .flat_map(|t| t.agents.values())
+            .filter(|r| except.is_none_or(|e| !Arc::ptr_eq(e, &r.process)))
+            .filter(|r| !r.process.has_exited())
+            .count()
+    }
+
+    /// Kills every agent of `town`; how many were running.
+    pub(crate) fn stop_town(&self, town: &str) -> usize {
+        let towns = self.lock();
+        towns.get(town).map_or(0, |t| {
+            t.agents.values().filter(|r| r.process.kill()).count()
+        })
+    }
+
+    /// `/debug/towns/:id`'s view: each agent, and the start attempts; `None` when the town
+    /// never asked for an agent.
+    #[cfg(feature = "debug-routes")]
+    pub(crate) fn debug_view(&self, town: &str) -> Option<(Vec<serde_json::Value>, u64)> {
+        let towns = self.lock();
+        let t = towns.get(town)?;
+        let agents = t
+            .agents
+            .iter()
+            .map(|(id, r)| {
+                let s = r.process.status(id);
+                json!({
+                    "agent_id": s.agent_id,
+                    "state": s.state,
+                    "pid": s.pid,
+                    "exit_code": s.exit_code,
+                    "starts": r.starts,
+                })
+            })
+            .collect();
+        Some((agents, t.start_attempts))
+    }
+
+    /// Drops the records of exited agents once there are too many.
+    fn prune(towns: &mut HashMap<String, TownAgents>) {
+        let records: usize = towns.values().map(|t| t.agents.len()).sum();
+        if records > MAX_RECORDS {
+            for t in towns.values_mut() {
+                t.agents.retain(|_, r| !r.process.has_exited());
+            }
+        }
+    }
+}
+
+/// `POST /agents/start`.
+pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
+    let req: AgentStartBody = parse(body)?;
+    same_town(&req.town_id, town)?;
+    shared
+        .agents
+        .lock()
+        .entry(town.to_owned())
+        .or_default()
+        .start_attempts += 1;
+    #[cfg(feature = "debug-routes")]
+    if shared.state().fail.agents_start {
+        return Err(error(503, "agents/start failing on purpose"));
+    }
+    let bad = |e: String| error(400, &e);
+    check_agent_id(&req.agent_id).map_err(bad)?;
+    if let Some(rig) = &req.rig_id {
+        RigId::parse(rig).map_err(|e| bad(format!("rig id {e}")))?;
+        workdir::check_rig_id(rig).map_err(bad)?;
+    }
+    let worker_url = match req.worker_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => worker_origin(url).map_err(|e| bad(format!("worker_url {e}")))?,
+        None => shared
+            .config
+            .worker_url
+            .clone()
+            .ok_or_else(|| error(400, "no worker url to call back"))?,
+    };
+    let town_dir = shared.town_dir(town)?;
+    let work_dir = town_dir.join(AGENTS_DIR).join(&req.agent_id);
+    let server_path = std::env::var("PATH").ok();
+    let env = agent_env(
+        &req,
+        &worker_url,
+        &TownFiles::of(&town_dir),
+        &work_dir,
+        server_path.as_deref(),
+    )
+    .map_err(bad)?;
+    let command = shared
+        .config
+        .agent_command
+        .as_ref()
+        .ok_or_else(|| error(500, "no agent command is configured"))?;
+
+    let mut towns = shared.agents.lock();
+    // Under the registry's lock: a `/stop` that took the token away kills, after it, every
+    // agent started before; none starts after it.
+    let has_token = shared
+        .state()
+        .towns
+        .get(town)
+        .is_some_and(|t| t.token.is_some());
+    if !has_token {
+        return Err(error(409, "town not started"));
+    }
+    let old = towns
+        .get(town)
+        .and_then(|t| t.agents.get(&req.agent_id))
+        .map(|r| Arc::clone(&r.process));
+    // The process this start replaces does not count.
+    if Registry::running(&towns, old.as_ref()) >= MAX_AGENTS {
+        return Err(error(503, "too many agents running"));
+    }
+    if let Some(old) = &old {
+        old.kill();
+    }
+    let starts = towns
+        .get(town)
+        .and_then(|t| t.agents.get(&req.agent_id))
+        .map_or(0, |r| r.starts)
+        + 1;
+    let process =
+        spawn(command, &env, &town_dir, &req.agent_id, &work_dir, starts).map_err(|e| {
+            // The error names a path or the command at most, never the env.
+            eprintln!(
+                "gastown-control: cannot start agent {} of town {town}: {e}",
+                req.agent_id
+            );
+            error(500, "cannot start the agent")
+        })?;
+    // As started: a quick child may be gone already, which its status will say.
+    let status = AgentProcessStatus {
+        agent_id: req.agent_id.clone(),
+        state: AgentProcessState::Running,
+        pid: Some(process.pid),
+        exit_code: None,
+    };
+    watch(&process, town, &req.agent_id);
+    let entry = towns.entry(town.to_owned()).or_default();
+    entry
+        .agents
+        .insert(req.agent_id.clone(), Record { process, starts });
+    Registry::prune(&mut towns);
+    eprintln!(
+        "gastown-control: agent {} of town {town} started (pid {}, start {starts})",
+        req.agent_id,
+        status.pid.unwrap_or_default()
+    );
+    Ok((200, json!(status)))
+}
+
+/// `POST /agents/:id/stop`: idempotent; `stopped` says whether it was running.
+pub(crate) fn stop(shared: &Shared, town: &str, id: &str, body: &[u8]) -> Result<Reply, Reply> {
+    let req: AgentStopBody = parse(body)?;
+    same_town(&req.town_id, town)?;
+    check_agent_id(id).map_err(|e| error(400, &e))?;
+    let towns = shared.agents.lock();
+    let stopped = towns
+        .get(town)
+        .and_then(|t| t.agents.get(id))
+        .is_some_and(|r| r.process.kill());
+    Ok((200, json!({ "ok": true, "stopped": stopped })))
+}
+
+/// `GET /agents/:id/status`: 404 for an agent never started in the town.
+pub(crate) fn status(shared: &Shared, town: &str, id: &str) -> Result<Reply, Reply> {
+    check_agent_id(id).map_err(|e| error(400, &e))?;
+    let towns = shared.agents.lock();
+    let record = towns
+        .get(town)
+        .and_then(|t| t.agents.get(id))
+        .ok_or_else(|| error(404, "no such agent"))?;
+    Ok((200, json!(record.process.status(id))))
+}
+
+/// Empties the agent's work dir, opens its log and starts the command there.
+fn spawn(
+    command: &AgentCommand,
+    env: &BTreeMap<String, String>,
+    town_dir: &Path,
+    agent: &str,
+    work_dir: &Path,
+    starts: u64,
+) -> io::Result<Arc<Process>> {
+    let agents_dir = town_dir.join(AGENTS_DIR);
+    real_dir(&agents_dir)?;
+    match fs::symlink_metadata(work_dir) {
+        // `remove_dir_all` removes a symbolic link inside, never what it names.
+        Ok(m) if m.is_dir() => fs::remove_dir_all(work_dir)?,
+        Ok(_) => fs::remove_file(work_dir)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::create_dir(work_dir)?;
+    let mut log = open_log(&agents_dir.join(format!("{agent}.log")))?;
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    writeln!(
+        log,
+        "--- gastown-control: start {starts} of agent {agent} at {since_epoch} (unix seconds)"
+    )?;
+    let child = Command::new(&command.program)
+        .args(&command.args)
+        .env_clear()
+        .envs(env)
+        .current_dir(work_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: {e}", command.program.to_string_lossy()),
+            )
+        })?;
+    Ok(Arc::new(Process {
+        pid: child.id(),
+        child: Mutex::new(child),
+        exit: OnceLock::new(),
+    }))
+}
+
+/// Starts the thread that waits for the process and records its exit.
+fn watch(process: &Arc<Process>, town: &str, agent: &str) {
+    let (process, town, agent) = (Arc::clone(process), town.to_owned(), agent.to_owned());
+    let watcher = move || {
+        while !process.has_exited() {
+            std::thread::sleep(REAP_POLL);
+        }
+        let how = match process.exit.get().copied().flatten() {
+            Some(code) => format!("with code {code}"),
+            None => "on a signal".to_owned(),
+        };
+        eprintln!("gastown-control: agent {agent} of town {town} exited {how}");
+    };
+    let spawned = std::thread::Builder::new()
+        .name("gastown-control-agent".into())
+        .stack_size(64 * 1024)
+        .spawn(watcher);
+    if let Err(e) = spawned {
+        // The status still looks at the child whenever it is asked.
+        eprintln!("gastown-control: cannot watch an agent: {e}");
+    }
+}
+
+/// Creates `dir` if missing, replacing anything there that is not a real directory (a link
+/// would send the agents elsewhere).
+fn real_dir(dir: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        fs::remove_file(dir)?;
+    }
+    fs::create_dir_all(dir)
+}
+
+/// Opens the log for appending (mode 0600), replacing a link or anything else that is not a
+/// plain file.
+fn open_log(path: &Path) -> io::Result<File> {
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => fs::remove_dir_all(path)?,
+            _ => {}
+        }
+    }
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, LOG_MODE);
+    #[cfg(not(unix))]
+    let _ = LOG_MODE;
+    options.open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gastown_core::agent_settings::Role;
+    use gastown_core::control::AgentBead;
+
+    fn body() -> AgentStartBody {
+        AgentStartBody {
+            town_id: "town-a".into(),
+            agent_id: "agent-1".into(),
+            role: Role::Polecat,
+            name: "toast".into(),
+            rig_id: Some("rig-1".into()),
+            bead: Some(AgentBead {
+                id: "bead-1".into(),
+                title: "Fix it".into(),
+                body: "All of it.".into(),
+            }),
+            git_url: Some("https://example.com/r.git".into()),
+            default_branch: Some("main".into()),
+            branch: None,
+            model: Some("kilo/auto".into()),
+            worker_url: None,
+            env: BTreeMap::from([
+                ("FROM_TOWN".into(), "1".into()),
+                ("GASTOWN_AGENT_ID".into(), "forged".into()),
+                ("PATH".into(), "/town/bin".into()),
+            ]),
+        }
+    }
+
+    fn files() -> TownFiles {
+        TownFiles {
+            container_token: "/w/town-a/.container-token".into(),
+            gateway_env: "/w/town-a/.env.gateway".into(),
+            gitconfig: Some("/w/town-a/gitconfig".into()),
+        }
+    }
+
+    #[test]
+    fn the_env_is_path_then_the_body_then_ours() {
+        let work = Path::new("/w/town-a/agents/agent-1");
+        let env = agent_env(&body(), "http://w", &files(), work, Some("/usr/bin:/bin")).unwrap();
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("PATH"), Some("/town/bin"), "the body may set PATH");
+        assert_eq!(get("FROM_TOWN"), Some("1"));
+        assert_eq!(get(AGENT_ID_ENV), Some("agent-1"), "ours win");
+        assert_eq!(get(TOWN_ID_ENV), Some("town-a"));
+        assert_eq!(get(AGENT_ROLE_ENV), Some("polecat"));
+        assert_eq!(get(AGENT_NAME_ENV), Some("toast"));
+        assert_eq!(get(RIG_ID_ENV), Some("rig-1"));
+        assert_eq!(get(BEAD_ID_ENV), Some("bead-1"));
+        assert_eq!(get(BEAD_TITLE_ENV), Some("Fix it"));
+        assert_eq!(get(BEAD_BODY_ENV), Some("All of it."));
+        assert_eq!(get(GIT_URL_ENV), Some("https://example.com/r.git"));
+        assert_eq!(get(DEFAULT_BRANCH_ENV), Some("main"));
+        assert_eq!(get(BRANCH_ENV), None);
+        assert_eq!(get(MODEL_ENV), Some("kilo/auto"));
+        assert_eq!(get(WORKER_URL_ENV), Some("http://w"));
+        assert_eq!(
+            get(CONTAINER_TOKEN_FILE_ENV),
+            Some("/w/town-a/.container-token")
+        );
+        assert_eq!(get(GATEWAY_ENV_FILE_ENV), Some("/w/town-a/.env.gateway"));
+        assert_eq!(get(GIT_CONFIG_GLOBAL_ENV), Some("/w/town-a/gitconfig"));
+        assert_eq!(get("HOME"), Some("/w/town-a/agents/agent-1"));
+        assert_eq!(get(WORK_DIR_ENV), Some("/w/town-a/agents/agent-1"));
+
+        let mut mayor = body();
+        mayor.rig_id = None;
+        mayor.bead = None;
+        mayor.env.clear();
+        let no_gitconfig = TownFiles {
+            gitconfig: None,
+            ..files()
+        };
+        let env = agent_env(&mayor, "http://w", &no_gitconfig, work, Some("/bin")).unwrap();
+        for absent in [
+            RIG_ID_ENV,
+            BEAD_ID_ENV,
+            BEAD_BODY_ENV,
+            GIT_CONFIG_GLOBAL_ENV,
+        ] {
+            assert!(!env.contains_key(absent), "{absent}");
+        }
+        assert_eq!(env["PATH"], "/bin");
+    }
+
+    #[test]
+    fn bad_env_names_and_nul_values_are_refused_by_name() {
+        let work = Path::new("/w");
+        for name in ["", "1A", "A-B", "A B", "A=B", "É"] {
+            let mut b = body();
+            b.env.insert(name.into(), "v".into());
+            assert!(
+                agent_env(&b, "http://w", &files(), work, None).is_err(),
+                "{name:?}"
+            );
+        }
+        let mut b = body();
+        b.env.insert("SECRET".into(), "a\0b".into());
+        let e = agent_env(&b, "http://w", &files(), work, None).unwrap_err();
+        assert!(e.contains("SECRET") && !e.contains("a\0b"), "{e}");
+        let mut b = body();
+        b.bead.as_mut().unwrap().body = "x\0".into();
+        assert!(agent_env(&b, "http://w", &files(), work, None).is_err());
+        for ok in ["A", "_", "a_1", "PATH"] {
+            assert!(is_env_name(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn agent_ids_name_one_directory() {
+        for ok in ["a", "agent-1", "A_b", &"x".repeat(MAX_AGENT_ID_LEN)] {
+            assert!(check_agent_id(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(MAX_AGENT_ID_LEN + 1);
+        for bad in [
+            "", ".", "..", "a/b", "a\\b", ".a", "a.b", "a b", "a%2F", "settings", "é", &long,
+        ] {
+            assert!(check_agent_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_agent_command_is_split_on_whitespace() {
+        assert_eq!(
+            AgentCommand::parse(" /bin/sh  /x/agent.sh -v ").unwrap(),
+            AgentCommand {
+                program: "/bin/sh".into(),
+                args: vec!["/x/agent.sh".into(), "-v".into()],
+            }
+        );
+        assert!(AgentCommand::parse("  ").is_err());
+        assert_eq!(
+            AgentCommand::beside(Path::new("/opt/bin/gastown-control"))
+                .unwrap()
+                .program,
+            PathBuf::from("/opt/bin/gastown-demo-agent")
+        );
+    }
+}

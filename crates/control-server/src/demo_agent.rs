@@ -1,0 +1,818 @@
+//! `gastown-demo-agent`: a stand-in coding agent for local dev and tests, and the control
+//! server's default agent command. It does around one bead what a real agent's session must
+//! do, in the smallest way, with the environment [`crate::agents`] gives it:
+//!
+//! 1. a heartbeat (`POST <worker><agent_callback_path(town, rig, agent, "heartbeat")>`, `{}`),
+//!    then one every `GASTOWN_HEARTBEAT_MS` (default 5000) from a thread, until it exits;
+//! 2. a status `cloning <url>`, then `git clone` of `GASTOWN_GIT_URL` into
+//!    `<GASTOWN_WORK_DIR>/repo`;
+//! 3. the branch `GASTOWN_BRANCH` (default `gastown/<agent name>/<bead id>`) from
+//!    `origin/<GASTOWN_DEFAULT_BRANCH>` (default `main`), or an orphan branch in an empty
+//!    repository;
+//! 4. one commit adding `gastown/<bead id>.md` (the bead's title and body), author and
+//!    committer `GASTOWN_GIT_AUTHOR_NAME` <`GASTOWN_GIT_AUTHOR_EMAIL`> (default
+//!    `Gastown Agent <agent@gastown.invalid>`), with a [`COAUTHOR_TRAILER`] unless
+//!    `GASTOWN_DISABLE_AI_COAUTHOR` is `1` or `true`; pushed to `origin <branch>`;
+//! 5. one model call to `POST <KILO_GATEWAY_URL>/api/gateway/chat/completions` with the
+//!    gateway token of `GASTOWN_GATEWAY_ENV_FILE` (its `KILO_JWT=` line; env `KILO_JWT` when
+//!    there is no file), model `GASTOWN_MODEL` (default `kilo/auto`), the bead's title as the
+//!    user's message. Skipped without `KILO_GATEWAY_URL`; its outcome is a status either way
+//!    and never fails the work;
+//! 6. `done` ([`AgentDoneCallback`] naming the branch), and exit 0.
+//!
+//! Rules:
+//!
+//! * every call to the worker reads the container token afresh from
+//!   `GASTOWN_CONTAINER_TOKEN_FILE` (whitespace trimmed; env `GASTOWN_CONTAINER_TOKEN` only
+//!   while that file does not exist), so a `/refresh-token` reaches a running agent; it sends
+//!   `authorization: Bearer <token>` and `content-type: application/json`, follows no
+//!   redirect, and tries a failed call [`TRIES`] times;
+//! * no token is printed, put in a URL or sent in a status: a failure shows a status code, a
+//!   kind of failure or git's last line of error;
+//! * git runs without a shell, never prompts (`GIT_TERMINAL_PROMPT=0`) and speaks only the
+//!   protocols allowed (`GIT_ALLOW_PROTOCOL`): `https`, plus `http` and `file` (a `file://`
+//!   URL or a local path) with `GASTOWN_ALLOW_LOCAL_GIT=1`. A URL with credentials in it is
+//!   refused: over HTTPS git asks the credential helper that `GIT_CONFIG_GLOBAL` names;
+//! * a failure before `done` is posted as a status (the reason, no secret) and the exit code
+//!   is not 0: [`EXIT_FAILED`] (git, the worker), [`EXIT_REFUSED`] (missing or refused
+//!   settings; also when the worker cannot be called at all, with nothing posted);
+//! * directives in the bead's body, for tests: [`HANG_DIRECTIVE`] sends no heartbeat at all,
+//!   sleeps [`HANG_TIME`] and exits 1 (a stalled agent); [`CRASH_DIRECTIVE`] prints a line and
+//!   exits [`EXIT_CRASHED`] at once, with no callback.
+
+use crate::agents::{
+    AGENT_ID_ENV, AGENT_NAME_ENV, BEAD_BODY_ENV, BEAD_ID_ENV, BEAD_TITLE_ENV, BRANCH_ENV,
+    CONTAINER_TOKEN_FILE_ENV, DEFAULT_BRANCH_ENV, GATEWAY_ENV_FILE_ENV, GIT_URL_ENV, MODEL_ENV,
+    RIG_ID_ENV, WORK_DIR_ENV,
+};
+use crate::workdir::is_plain_token;
+use gastown_core::control::{
+    agent_callback_path, AgentDoneCallback, AgentStatusCallback, ALLOW_LOCAL_GIT_ENV,
+    CONTENT_TYPE_JSON, GATEWAY_CHAT_PATH, GATEWAY_TOKEN_ENV, MAX_CALLBACK_TEXT, TOWN_ID_ENV,
+    WORKER_URL_ENV,
+};
+use serde_json::{json, Value};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Milliseconds between heartbeats.
+pub const HEARTBEAT_MS_ENV: &str = "GASTOWN_HEARTBEAT_MS";
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Shortest heartbeat interval taken from [`HEARTBEAT_MS_ENV`].
+const MIN_HEARTBEAT_MS: u64 = 10;
+/// The container token of the dispatch, used only while the token file does not exist.
+pub const CONTAINER_TOKEN_ENV: &str = "GASTOWN_CONTAINER_TOKEN";
+pub const GIT_AUTHOR_NAME_ENV: &str = "GASTOWN_GIT_AUTHOR_NAME";
+pub const GIT_AUTHOR_EMAIL_ENV: &str = "GASTOWN_GIT_AUTHOR_EMAIL";
+pub const DISABLE_AI_COAUTHOR_ENV: &str = "GASTOWN_DISABLE_AI_COAUTHOR";
+/// The Kilo gateway's origin.
+pub const GATEWAY_URL_ENV: &str = "KILO_GATEWAY_URL";
+pub const DEFAULT_AUTHOR_NAME: &str = "Gastown Agent";
+pub const DEFAULT_AUTHOR_EMAIL: &str = "agent@gastown.invalid";
+pub const DEFAULT_MODEL: &str = "kilo/auto";
+pub const DEFAULT_BRANCH: &str = "main";
+/// The last paragraph of each commit message unless [`DISABLE_AI_COAUTHOR_ENV`] says no.
+pub const COAUTHOR_TRAILER: &str = "Co-authored-by: Kilo <kilo@gastown.invalid>";
+/// In a bead's body: behave as a stalled agent.
+pub const HANG_DIRECTIVE: &str = "[demo:hang]";
+/// In a bead's body: exit [`EXIT_CRASHED`] at once.
+pub const CRASH_DIRECTIVE: &str = "[demo:crash]";
+pub const HANG_TIME: Duration = Duration::from_secs(600);
+/// The clone, in the work dir.
+pub const REPO_DIR: &str = "repo";
+/// The directory, in the repository, of the file each bead adds.
+pub const BEAD_FILES_DIR: &str = "gastown";
+
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_REFUSED: i32 = 2;
+pub const EXIT_CRASHED: i32 = 3;
+
+/// Times a call to the worker is tried.
+pub const TRIES: u32 = 3;
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest answer read from the gateway.
+const MAX_GATEWAY_ANSWER: u64 = 1024 * 1024;
+/// Characters of the model's answer quoted in the status.
+const QUOTED_ANSWER_CHARS: usize = 200;
+
+/// The whole program with the process's environment (an empty variable counts as unset).
+/// Returns the exit code.
+pub fn cli_main() -> i32 {
+    run(&|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+/// The whole program with `env` as its environment. Returns the exit code.
+pub fn run(env: &dyn Fn(&str) -> Option<String>) -> i32 {
+    let bead_body = env(BEAD_BODY_ENV).unwrap_or_default();
+    if bead_body.contains(HANG_DIRECTIVE) {
+        say(&format!("{HANG_DIRECTIVE}: hanging without a heartbeat"));
+        std::thread::sleep(HANG_TIME);
+        return EXIT_FAILED;
+    }
+    if bead_body.contains(CRASH_DIRECTIVE) {
+        say(&format!("{CRASH_DIRECTIVE}: crashing on purpose"));
+        return EXIT_CRASHED;
+    }
+    let worker = match Worker::from_env(env) {
+        Ok(w) => Arc::new(w),
+        Err(e) => {
+            say(&format!("cannot call the worker back: {e}"));
+            return EXIT_REFUSED;
+        }
+    };
+    // A failed heartbeat is logged; the next one may get through.
+    let _ = worker.call("heartbeat", "{}");
+    let heartbeats = Heartbeats::start(Arc::clone(&worker), heartbeat_interval(env));
+    let outcome = Job::from_env(env).and_then(|job| job.run(&worker));
+    let code = match outcome {
+        Ok(done) => {
+            let body = serde_json::to_string(&done).unwrap_or_default();
+            match worker.call("done", &body) {
+                Ok(()) => {
+                    say(&done.summary);
+                    0
+                }
+                Err(_) => EXIT_FAILED,
+            }
+        }
+        Err(failure) => {
+            worker.status(&failure.message);
+            failure.code
+        }
+    };
+    heartbeats.stop();
+    code
+}
+
+/// A line on stderr (the agent's log).
+fn say(line: &str) {
+    eprintln!("gastown-demo-agent: {line}");
+}
+
+fn heartbeat_interval(env: &dyn Fn(&str) -> Option<String>) -> Duration {
+    env(HEARTBEAT_MS_ENV)
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_HEARTBEAT, |ms| {
+            Duration::from_millis(ms.max(MIN_HEARTBEAT_MS))
+        })
+}
+
+/// Why the work stopped before `done`: the status to post, and the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub code: i32,
+}
+
+fn refused(message: impl Into<String>) -> Failure {
+    Failure {
+        message: message.into(),
+        code: EXIT_REFUSED,
+    }
+}
+
+fn failed(message: impl Into<String>) -> Failure {
+    Failure {
+        message: message.into(),
+        code: EXIT_FAILED,
+    }
+}
+
+/// `text` cut to [`MAX_CALLBACK_TEXT`] characters, as the worker takes it.
+#[must_use]
+pub fn callback_text(text: &str) -> String {
+    text.chars().take(MAX_CALLBACK_TEXT).collect()
+}
+
+/// Whether `s` can be a segment of a callback's path as it is.
+fn plain_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+        && s != "."
+        && s != ".."
+}
+
+/// The agent's calls to the worker.
+struct Worker {
+    http: ureq::Agent,
+    /// The worker's origin.
+    origin: String,
+    town: String,
+    rig: String,
+    agent: String,
+    token_file: Option<PathBuf>,
+    /// The dispatch's token, for while the token file does not exist.
+    fallback_token: Option<String>,
+}
+
+impl Worker {
+    fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Worker, String> {
+        let need = |name: &str| env(name).ok_or_else(|| format!("{name} is not set"));
+        let origin = crate::worker_origin(&need(WORKER_URL_ENV)?)
+            .map_err(|e| format!("{WORKER_URL_ENV} {e}"))?;
+        let (town, rig, agent) = (need(TOWN_ID_ENV)?, need(RIG_ID_ENV)?, need(AGENT_ID_ENV)?);
+        for (name, id) in [
+            (TOWN_ID_ENV, &town),
+            (RIG_ID_ENV, &rig),
+            (AGENT_ID_ENV, &agent),
+        ] {
+            if !plain_segment(id) {
+                return Err(format!("{name} cannot be part of a URL path"));
+            }
+        }
+        let token_file = env(CONTAINER_TOKEN_FILE_ENV).map(PathBuf::from);
+        let fallback_token = env(CONTAINER_TOKEN_ENV);
+        if token_file.is_none() && fallback_token.is_none() {
+            return Err(format!("{CONTAINER_TOKEN_FILE_ENV} is not set"));
+        }
+        Ok(Worker {
+            http: http_agent(WORKER_TIMEOUT),
+            origin,
+            town,
+            rig,
+            agent,
+            token_file,
+            fallback_token,
+        })
+    }
+
+    /// The container token as it is now: never kept between calls.
+    fn container_token(&self) -> Result<String, String> {
+        if let Some(file) = &self.token_file {
+            match fs::read_to_string(file) {
+                Ok(text) if is_plain_token(text.trim()) => return Ok(text.trim().to_owned()),
+                Ok(_) => return Err("the container token file holds no token".to_owned()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.fallback_token.is_some() => {}
+                Err(e) => return Err(format!("cannot read the container token file: {e}")),
+            }
+        }
+        self.fallback_token
+            .clone()
+            .filter(|t| is_plain_token(t))
+            .ok_or_else(|| "no container token".to_owned())
+    }
+
+    /// `POST` of `body` to the callback `kind`, tried up to [`TRIES`] times; each failure is
+    /// logged (a status or a kind, never the token).
+    fn call(&self, kind: &str, body: &str) -> Result<(), String> {
+        let url = format!(
+            "{}{}",
+            self.origin,
+            agent_callback_path(&self.town, &self.rig, &self.agent, kind)
+        );
+        let mut last = String::new();
+        for attempt in 1..=TRIES {
+            if attempt > 1 {
+                std::thread::sleep(RETRY_PAUSE);
+            }
+            match self.try_call(&url, body) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    say(&format!("{kind} (try {attempt} of {TRIES}): {e}"));
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn try_call(&self, url: &str, body: &str) -> Result<(), String> {
+        let token = self.container_token()?;
+        let response = self
+            .http
+            .post(url)
+            .header("authorization", &format!("Bearer {token}"))
+            .header("content-type", CONTENT_TYPE_JSON)
+            .send(body)
+            // ureq's message names the URL and the failure, never a header.
+            .map_err(|e| format!("worker not reached: {e}"))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("worker answered {status}"))
+        }
+    }
+
+    /// Posts a status (and logs it); a failure is logged only.
+    fn status(&self, message: &str) {
+        say(message);
+        let body = AgentStatusCallback {
+            message: callback_text(message),
+        };
+        let _ = self.call("status", &serde_json::to_string(&body).unwrap_or_default());
+    }
+}
+
+/// The HTTP client: one deadline per call, statuses as answers, no redirect (a token goes
+/// only where it was meant to).
+fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// The heartbeat thread; [`Heartbeats::stop`] ends it.
+struct Heartbeats {
+    stop: mpsc::Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeats {
+    fn start(worker: Arc<Worker>, every: Duration) -> Heartbeats {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(every) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        let _ = worker.call("heartbeat", "{}");
+                    }
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+            })
+            .map_err(|e| say(&format!("no heartbeat thread: {e}")))
+            .ok();
+        Heartbeats { stop, thread }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        if let Some(thread) = self.thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Which kind of remote a git URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remote {
+    Https,
+    Http,
+    /// `file://` or a path.
+    Local,
+}
+
+/// The kind of remote `url` names, if it may be cloned: `https://` always; `http://`,
+/// `file://` and local paths only with `allow_local`.
+///
+/// # Errors
+/// Why not, readable, naming the URL only when it holds no credentials.
+pub fn check_git_url(url: &str, allow_local: bool) -> Result<Remote, String> {
+    if url.is_empty() {
+        return Err("the git url is empty".to_owned());
+    }
+    if url.starts_with('-') || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("the git url is not one git can be given".to_owned());
+    }
+    let local_only = |what: &str| {
+        format!(
+            "{what} is refused: only https:// repositories are cloned (set \
+             {ALLOW_LOCAL_GIT_ENV}=1 for local development)"
+        )
+    };
+    let remote = if let Some(rest) = url.strip_prefix("https://") {
+        no_credentials(rest)?;
+        Remote::Https
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        no_credentials(rest)?;
+        Remote::Http
+    } else if url.starts_with("file://") {
+        Remote::Local
+    } else if let Some((scheme, _)) = url.split_once("://") {
+        return Err(format!("the git url's scheme {scheme:?} is not supported"));
+    } else if url
+        .split('/')
+        .next()
+        .is_some_and(|first| first.contains(':'))
+    {
+        return Err("ssh remotes (host:path) are not supported: use https://".to_owned());
+    } else {
+        Remote::Local
+    };
+    match remote {
+        Remote::Https => Ok(remote),
+        Remote::Http if !allow_local => Err(local_only(&format!("the http:// git url {url}"))),
+        Remote::Local if !allow_local => Err(local_only(&format!("the local git url {url}"))),
+        _ => Ok(remote),
+    }
+}
+
+fn no_credentials(after_scheme: &str) -> Result<(), String> {
+    let authority = after_scheme.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        Err(
+            "the git url holds credentials: git gets its token from the credential helper, \
+             never from the url"
+                .to_owned(),
+        )
+    } else {
+        Ok(())
+    }
+}
+
+/// The first line of a commit message, then the bead, then (unless disabled) the co-author
+/// trailer as the last paragraph.
+#[must_use]
+pub fn commit_message(bead_id: &str, title: &str, coauthor: bool) -> String {
+    let subject = title
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map_or_else(|| format!("Bead {bead_id}"), str::to_owned);
+    let mut message = format!("{subject}\n\nGastown bead {bead_id}.\n");
+    if coauthor {
+        message.push('\n');
+        message.push_str(COAUTHOR_TRAILER);
+        message.push('\n');
+    }
+    message
+}
+
+/// The gateway token of a gateway env file's text: its `KILO_JWT=` line, if plain.
+#[must_use]
+pub fn gateway_token_of(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{GATEWAY_TOKEN_ENV}=")))
+        .map(str::trim)
+        .filter(|t| is_plain_token(t))
+        .map(str::to_owned)
+}
+
+/// Whether `id` can name the bead's file.
+fn plain_file_name(id: &str) -> bool {
+    plain_segment(id) && !id.starts_with('.')
+}
+
+/// One bead's work, as the environment describes it.
+struct Job {
+    bead_id: String,
+    title: String,
+    body: String,
+    git_url: String,
+    default_branch: String,
+    branch: String,
+    model: String,
+    work_dir: PathBuf,
+    allow_local_git: bool,
+    author: (String, String),
+    coauthor: bool,
+    gateway_url: Option<String>,
+    gateway_env_file: Option<PathBuf>,
+    gateway_env_token: Option<String>,
+}
+
+impl Job {
+    fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Job, Failure> {
+        let bead_id = env(BEAD_ID_ENV).ok_or_else(|| refused("no bead to work on"))?;
+        if !plain_file_name(&bead_id) {
+            return Err(refused("the bead id cannot name a file"));
+        }
+        let name = env(AGENT_NAME_ENV).unwrap_or_else(|| "agent".to_owned());
+        let work_dir = match env(WORK_DIR_ENV) {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                std::env::current_dir().map_err(|e| refused(format!("no work directory: {e}")))?
+            }
+        };
+        let gateway_url = match env(GATEWAY_URL_ENV) {
+            None => None,
+            Some(url) => Some(
+                crate::worker_origin(&url)
+                    .map_err(|e| refused(format!("{GATEWAY_URL_ENV} {e}")))?,
+            ),
+        };
+        Ok(Job {
+            branch: env(BRANCH_ENV).unwrap_or_else(|| format!("gastown/{name}/{bead_id}")),
+            bead_id,
+            title: env(BEAD_TITLE_ENV).unwrap_or_default(),
+            body: env(BEAD_BODY_ENV).unwrap_or_default(),
+            git_url: env(GIT_URL_ENV).ok_or_else(|| refused("no git url to clone"))?,
+            default_branch: env(DEFAULT_BRANCH_ENV).unwrap_or_else(|| DEFAULT_BRANCH.to_owned()),
+            model: env(MODEL_ENV).unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
+            work_dir,
+            allow_local_git: env(ALLOW_LOCAL_GIT_ENV).as_deref() == Some("1"),
+            author: (
+                env(GIT_AUTHOR_NAME_ENV).unwrap_or_else(|| DEFAULT_AUTHOR_NAME.to_owned()),
+                env(GIT_AUTHOR_EMAIL_ENV).unwrap_or_else(|| DEFAULT_AUTHOR_EMAIL.to_owned()),
+            ),
+            coauthor: !matches!(
+                env(DISABLE_AI_COAUTHOR_ENV).as_deref().map(str::trim),
+                Some("1" | "true")
+            ),
+            gateway_url,
+            gateway_env_file: env(GATEWAY_ENV_FILE_ENV).map(PathBuf::from),
+            gateway_env_token: env(GATEWAY_TOKEN_ENV),
+        })
+    }
+
+    /// Clone, branch, commit, push, ask the model; the `done` to post.
+    fn run(&self, worker: &Worker) -> Result<AgentDoneCallback, Failure> {
+        check_git_url(&self.git_url, self.allow_local_git).map_err(refused)?;
+        let git = Git {
+            allow_local: self.allow_local_git,
+            author: &self.author,
+        };
+        git.run(
+            &self.work_dir,
+            &["check-ref-format", "--branch", &self.branch],
+        )
+        .map_err(|_| refused(format!("{:?} cannot be a branch", self.branch)))?;
+        worker.status(&format!("cloning {}", self.git_url));
+        let repo = self.work_dir.join(REPO_DIR);
+        if repo.exists() {
+            fs::remove_dir_all(&repo)
+                .map_err(|e| failed(format!("cannot empty {}: {e}", repo.display())))?;
+        }
+        let repo_arg = repo.to_string_lossy().into_owned();
+        git.run(
+            &self.work_dir,
+            &["clone", "--quiet", "--", &self.git_url, &repo_arg],
+        )?;
+
+        let upstream = format!("refs/remotes/origin/{}", self.default_branch);
+        let has_upstream = git
+            .run(
+                &repo,
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("{upstream}^{{commit}}"),
+                ],
+            )
+            .is_ok();
+        let any_branch = !git
+            .run(&repo, &["for-each-ref", "--count=1", "refs/remotes/origin"])?
+            .trim()
+            .is_empty();
+        if has_upstream {
+            git.run(
+                &repo,
+                &[
+                    "checkout",
+                    "--quiet",
+                    "--no-track",
+                    "-B",
+                    &self.branch,
+                    &upstream,
+                ],
+            )?;
+        } else if !any_branch {
+            // An empty repository: the work starts its history.
+            git.run(&repo, &["checkout", "--quiet", "--orphan", &self.branch])?;
+        } else {
+            return Err(failed(format!(
+                "the default branch {} is not in the repository",
+                self.default_branch
+            )));
+        }
+
+        let relative = format!("{BEAD_FILES_DIR}/{}.md", self.bead_id);
+        let file = repo.join(&relative);
+        let written = fs::create_dir_all(repo.join(BEAD_FILES_DIR))
+            .and_then(|()| fs::write(&file, format!("# {}\n\n{}\n", self.title, self.body)));
+        written.map_err(|e| failed(format!("cannot write {relative}: {e}")))?;
+        git.run(&repo, &["add", "--", &relative])?;
+        let message = commit_message(&self.bead_id, &self.title, self.coauthor);
+        git.run(
+            &repo,
+            &[
+                "-c",
+                "commit.gpgsign=false",
+                "commit",
+                "--quiet",
+                "-m",
+                &message,
+            ],
+        )?;
+        git.run(
+            &repo,
+            &[
+                "push",
+                "--quiet",
+                "origin",
+                &format!("HEAD:refs/heads/{}", self.branch),
+            ],
+        )?;
+
+        worker.status(&self.ask_model());
+        Ok(AgentDoneCallback {
+            summary: callback_text(&format!("committed {relative} on {}", self.branch)),
+            branch: Some(self.branch.clone()),
+            pr_url: None,
+        })
+    }
+
+    /// The gateway token as it is now: the file's, else the environment's.
+    fn gateway_token(&self) -> Option<String> {
+        self.gateway_env_file
+            .as_deref()
+            .and_then(|f| fs::read_to_string(f).ok())
+            .and_then(|text| gateway_token_of(&text))
+            .or_else(|| self.gateway_env_token.clone().filter(|t| is_plain_token(t)))
+    }
+
+    /// One model call; what came of it, as a status (never a failure of the work).
+    fn ask_model(&self) -> String {
+        let Some(gateway) = &self.gateway_url else {
+            return format!("no {GATEWAY_URL_ENV}: the model call is skipped");
+        };
+        let Some(token) = self.gateway_token() else {
+            return "no gateway token: the model call is skipped".to_owned();
+        };
+        let body = json!({
+            "model": self.model,
+            "messages": [{ "role": "user", "content": self.title }],
+        });
+        let sent = http_agent(GATEWAY_TIMEOUT)
+            .post(&format!("{gateway}{GATEWAY_CHAT_PATH}"))
+            .header("authorization", &format!("Bearer {token}"))
+            .header("content-type", CONTENT_TYPE_JSON)
+            .send(body.to_string());
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => return format!("the gateway was not reached: {e}"),
+        };
+        let status = response.status().as_u16();
+        if status != 200 {
+            return format!("the gateway answered {status}");
+        }
+        let answer: Option<Value> = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_GATEWAY_ANSWER)
+            .read_to_string()
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        let content = answer
+            .as_ref()
+            .and_then(|a| a.pointer("/choices/0/message/content"))
+            .and_then(Value::as_str);
+        match content {
+            Some(text) => format!(
+                "model {} answered: {}",
+                self.model,
+                text.chars().take(QUOTED_ANSWER_CHARS).collect::<String>()
+            ),
+            None => "the gateway's answer holds no message".to_owned(),
+        }
+    }
+}
+
+/// How git is run: no shell, no prompt, the protocols allowed, the agent's identity.
+struct Git<'a> {
+    allow_local: bool,
+    author: &'a (String, String),
+}
+
+impl Git<'_> {
+    /// Runs `git args` in `dir`; its stdout on success. Its output goes to the log; a failure
+    /// names the subcommand and git's last line of error.
+    fn run(&self, dir: &Path, args: &[&str]) -> Result<String, Failure> {
+        let protocols = if self.allow_local {
+            "https:http:file"
+        } else {
+            "https"
+        };
+        let (name, email) = self.author;
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ALLOW_PROTOCOL", protocols)
+            .env("GIT_AUTHOR_NAME", name)
+            .env("GIT_AUTHOR_EMAIL", email)
+            .env("GIT_COMMITTER_NAME", name)
+            .env("GIT_COMMITTER_EMAIL", email)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| failed(format!("cannot run git: {e}")))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !stderr.trim().is_empty() {
+            eprint!("{stderr}");
+        }
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message");
+        let code = out
+            .status
+            .code()
+            .map_or_else(|| "a signal".to_owned(), |c| format!("code {c}"));
+        Err(failed(format!(
+            "git {} failed ({code}): {last}",
+            args.iter()
+                .find(|a| !a.starts_with('-') && !a.contains('='))
+                .unwrap_or(&"")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_urls() {
+        let ok = |url: &str, local: bool| check_git_url(url, local);
+        assert_eq!(ok("https://github.com/a/b.git", false), Ok(Remote::Https));
+        assert_eq!(ok("https://github.com/a/b.git", true), Ok(Remote::Https));
+        assert_eq!(ok("http://127.0.0.1:9/r.git", true), Ok(Remote::Http));
+        assert_eq!(ok("file:///tmp/r.git", true), Ok(Remote::Local));
+        assert_eq!(ok("/tmp/r.git", true), Ok(Remote::Local));
+        assert_eq!(ok("./r.git", true), Ok(Remote::Local));
+        for local in [
+            "http://127.0.0.1:9/r.git",
+            "file:///tmp/r.git",
+            "/tmp/r.git",
+        ] {
+            let e = ok(local, false).unwrap_err();
+            assert!(e.contains(ALLOW_LOCAL_GIT_ENV), "{e}");
+        }
+        for bad in [
+            "",
+            "-uhttps://x",
+            "ssh://git@github.com/a/b",
+            "git@github.com:a/b.git",
+            "ext::sh -c x",
+            "https://x/a b",
+            "https://x/a\nb",
+        ] {
+            assert!(ok(bad, true).is_err(), "{bad:?}");
+        }
+        let e = ok("https://x-access-token:ghs_secret@github.com/a/b", true).unwrap_err();
+        assert!(!e.contains("ghs_secret"), "{e}");
+        assert!(
+            ok("https://github.com/a@b/c", false).is_ok(),
+            "@ in the path"
+        );
+    }
+
+    #[test]
+    fn commit_messages_end_with_the_trailer_unless_disabled() {
+        let with = commit_message("b1", "Fix the thing\nmore", true);
+        assert_eq!(
+            with,
+            format!("Fix the thing\n\nGastown bead b1.\n\n{COAUTHOR_TRAILER}\n")
+        );
+        let without = commit_message("b1", "  ", false);
+        assert_eq!(without, "Bead b1\n\nGastown bead b1.\n");
+    }
+
+    #[test]
+    fn gateway_tokens_come_from_the_kilo_jwt_line() {
+        assert_eq!(
+            gateway_token_of("X=1\nKILO_JWT=a.b.c\n").as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(gateway_token_of("KILO_JWT=a b\n"), None);
+        assert_eq!(gateway_token_of("OTHER=x\n"), None);
+        assert_eq!(gateway_token_of(""), None);
+    }
+
+    #[test]
+    fn callback_texts_and_names() {
+        let long = "é".repeat(MAX_CALLBACK_TEXT + 10);
+        assert_eq!(callback_text(&long).chars().count(), MAX_CALLBACK_TEXT);
+        for ok in ["a", "bead-1", "b_2.x", "0f6c"] {
+            assert!(plain_file_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", ".x", "a/b", "a b", "a?b", "a%2f"] {
+            assert!(!plain_file_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_heartbeat_interval_has_a_default_and_a_floor() {
+        let env = |v: &'static str| move |n: &str| (n == HEARTBEAT_MS_ENV).then(|| v.to_owned());
+        assert_eq!(heartbeat_interval(&env("250")), Duration::from_millis(250));
+        assert_eq!(heartbeat_interval(&env("1")), Duration::from_millis(10));
+        assert_eq!(heartbeat_interval(&env("x")), DEFAULT_HEARTBEAT);
+        assert_eq!(heartbeat_interval(&|_: &str| None), DEFAULT_HEARTBEAT);
+    }
+
+    #[test]
+    fn without_a_worker_nothing_is_called_and_the_exit_says_refused() {
+        let env = |n: &str| (n == BEAD_ID_ENV).then(|| "b1".to_owned());
+        assert_eq!(run(&env), EXIT_REFUSED);
+        let crash = |n: &str| (n == BEAD_BODY_ENV).then(|| format!("x {CRASH_DIRECTIVE}"));
+        assert_eq!(run(&crash), EXIT_CRASHED);
+    }
+}

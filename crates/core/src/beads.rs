@@ -1,0 +1,534 @@
+//! Beads: a town's work items, their append-only event log, and the bodies of the routes that
+//! create and change them. Every body is checked here, in full, before a Durable Object is
+//! called, so a bad request writes nothing.
+
+use crate::body::{only_fields, parse_object, Fields};
+use crate::error::ApiError;
+use crate::ids::{AgentId, RigId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest title, in characters.
+pub const MAX_TITLE: usize = 200;
+/// Longest body, in characters.
+pub const MAX_BODY: usize = 20_000;
+/// Most labels on one bead, and the longest label.
+pub const MAX_LABELS: usize = 20;
+pub const MAX_LABEL: usize = 50;
+/// Largest `metadata` object, as JSON text.
+pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+/// Priorities run from 0 (most urgent) to this; 2 when not given.
+pub const MAX_PRIORITY: u8 = 4;
+pub const DEFAULT_PRIORITY: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BeadType {
+    Issue,
+    Message,
+    Escalation,
+    MergeRequest,
+}
+
+impl BeadType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BeadType::Issue => "issue",
+            BeadType::Message => "message",
+            BeadType::Escalation => "escalation",
+            BeadType::MergeRequest => "merge_request",
+        }
+    }
+
+    fn parse(field: &str, s: &str) -> Result<Self, ApiError> {
+        match s {
+            "issue" => Ok(BeadType::Issue),
+            "message" => Ok(BeadType::Message),
+            "escalation" => Ok(BeadType::Escalation),
+            "merge_request" => Ok(BeadType::MergeRequest),
+            _ => Err(ApiError::invalid(
+                field,
+                "must be one of issue, message, escalation, merge_request",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BeadStatus {
+    Open,
+    InProgress,
+    InReview,
+    Closed,
+    Failed,
+}
+
+impl BeadStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BeadStatus::Open => "open",
+            BeadStatus::InProgress => "in_progress",
+            BeadStatus::InReview => "in_review",
+            BeadStatus::Closed => "closed",
+            BeadStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(field: &str, s: &str) -> Result<Self, ApiError> {
+        match s {
+            "open" => Ok(BeadStatus::Open),
+            "in_progress" => Ok(BeadStatus::InProgress),
+            "in_review" => Ok(BeadStatus::InReview),
+            "closed" => Ok(BeadStatus::Closed),
+            "failed" => Ok(BeadStatus::Failed),
+            _ => Err(ApiError::invalid(
+                field,
+                "must be one of open, in_progress, in_review, closed, failed",
+            )),
+        }
+    }
+}
+
+/// A bead as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bead {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub bead_type: BeadType,
+    pub status: BeadStatus,
+    pub title: String,
+    pub body: String,
+    pub rig_id: Option<RigId>,
+    pub assignee_agent_id: Option<AgentId>,
+    pub priority: u8,
+    pub labels: Vec<String>,
+    pub metadata: Map<String, Value>,
+    /// The user id of its creator, or `town` for beads the town made itself (escalations).
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub closed_at: Option<String>,
+    pub failure_reason: Option<String>,
+    /// Dispatches tried since the bead was last opened.
+    pub dispatch_attempts: u32,
+}
+
+/// A SQLite expression that builds a bead row's JSON exactly as [`Bead`] serialises (pinned by
+/// a test in the worker's storage), so reads pass through without decoding.
+pub const BEAD_JSON: &str = "json_object('id', id, 'type', type, 'status', status, 'title', title, 'body', body, 'rig_id', rig_id, 'assignee_agent_id', assignee_agent_id, 'priority', priority, 'labels', json(labels), 'metadata', json(metadata), 'created_by', created_by, 'created_at', created_at, 'updated_at', updated_at, 'closed_at', closed_at, 'failure_reason', failure_reason, 'dispatch_attempts', dispatch_attempts)";
+
+/// One entry of a bead's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeadEvent {
+    pub id: i64,
+    pub kind: String,
+    /// `user:<id>`, `agent:<id>` or `town`.
+    pub actor: String,
+    pub message: Option<String>,
+    pub created_at: String,
+}
+
+pub const BEAD_EVENT_JSON: &str = "json_object('id', id, 'kind', kind, 'actor', actor, 'message', message, 'created_at', created_at)";
+
+/// A bead with its whole event log, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeadDetail {
+    #[serde(flatten)]
+    pub bead: Bead,
+    pub events: Vec<BeadEvent>,
+}
+
+/// A new bead, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewBead {
+    pub bead_type: BeadType,
+    pub title: String,
+    pub body: String,
+    pub rig_id: Option<RigId>,
+    pub priority: u8,
+    pub labels: Vec<String>,
+    /// JSON text of an object.
+    pub metadata: String,
+}
+
+/// A body text: may be empty, at most [`MAX_BODY`] characters, no control characters but
+/// newlines and tabs.
+fn body_text(f: &Fields<'_>, name: &str) -> Result<Option<String>, ApiError> {
+    match f.0.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            if s.chars().count() > MAX_BODY {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("must be at most {MAX_BODY} characters"),
+                ));
+            }
+            if s.chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+            {
+                return Err(ApiError::invalid(
+                    name,
+                    "must not contain control characters",
+                ));
+            }
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(ApiError::invalid(name, "must be a string")),
+    }
+}
+
+fn priority(f: &Fields<'_>) -> Result<Option<u8>, ApiError> {
+    match f.0.get("priority") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .filter(|n| *n <= MAX_PRIORITY)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "priority",
+                    format!("must be a whole number from 0 to {MAX_PRIORITY}"),
+                )
+            }),
+        Some(_) => Err(ApiError::invalid(
+            "priority",
+            format!("must be a whole number from 0 to {MAX_PRIORITY}"),
+        )),
+    }
+}
+
+fn labels(f: &Fields<'_>) -> Result<Option<Vec<String>>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "labels",
+            format!(
+                "must be an array of at most {MAX_LABELS} distinct labels of 1 to {MAX_LABEL} printable characters"
+            ),
+        )
+    };
+    match f.0.get("labels") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_LABELS {
+                return Err(bad());
+            }
+            let mut out: Vec<String> = Vec::with_capacity(items.len());
+            for item in items {
+                let Value::String(s) = item else {
+                    return Err(bad());
+                };
+                let s = s.trim();
+                if s.is_empty()
+                    || s.chars().count() > MAX_LABEL
+                    || s.chars().any(char::is_control)
+                    || out.iter().any(|l| l == s)
+                {
+                    return Err(bad());
+                }
+                out.push(s.to_owned());
+            }
+            Ok(Some(out))
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+fn metadata(f: &Fields<'_>) -> Result<Option<String>, ApiError> {
+    match f.0.get("metadata") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => {
+            let text = serde_json::to_string(v).map_err(ApiError::internal)?;
+            if text.len() > MAX_METADATA_BYTES {
+                return Err(ApiError::invalid(
+                    "metadata",
+                    format!("must be at most {MAX_METADATA_BYTES} bytes of JSON"),
+                ));
+            }
+            Ok(Some(text))
+        }
+        Some(_) => Err(ApiError::invalid("metadata", "must be a JSON object")),
+    }
+}
+
+fn rig(f: &Fields<'_>) -> Result<Option<RigId>, ApiError> {
+    f.optional_str("rig_id", crate::ids::MAX_ID_LEN)?
+        .map(|r| RigId::parse(r).map_err(|e| ApiError::invalid("rig_id", e.to_string())))
+        .transpose()
+}
+
+impl NewBead {
+    /// `POST /api/towns/:townId/beads`: `{title, body?, type?, rig_id?, priority?, labels?,
+    /// metadata?}`. An issue needs a rig: it is the rig's work.
+    ///
+    /// # Errors
+    /// 400 for a body that is not a JSON object; 422 naming the bad field.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = parse_object(body)?;
+        only_fields(
+            &map,
+            &[
+                "title", "body", "type", "rig_id", "priority", "labels", "metadata",
+            ],
+        )?;
+        let f = Fields(&map);
+        let bead_type = match f.optional_str("type", 20)? {
+            Some(t) => BeadType::parse("type", t)?,
+            None => BeadType::Issue,
+        };
+        let rig_id = rig(&f)?;
+        if bead_type == BeadType::Issue && rig_id.is_none() {
+            return Err(ApiError::invalid("rig_id", "is required for an issue"));
+        }
+        Ok(NewBead {
+            bead_type,
+            title: f.required_str("title", MAX_TITLE)?.to_owned(),
+            body: body_text(&f, "body")?.unwrap_or_default(),
+            rig_id,
+            priority: priority(&f)?.unwrap_or(DEFAULT_PRIORITY),
+            labels: labels(&f)?.unwrap_or_default(),
+            metadata: metadata(&f)?.unwrap_or_else(|| "{}".to_owned()),
+        })
+    }
+
+    /// `POST /api/towns/:townId/sling`: `{rig_id, title, body?}`, an issue for dispatch.
+    ///
+    /// # Errors
+    /// As [`NewBead::parse`].
+    pub fn parse_sling(body: &[u8]) -> Result<Self, ApiError> {
+        let map = parse_object(body)?;
+        only_fields(&map, &["rig_id", "title", "body"])?;
+        let f = Fields(&map);
+        let rig_id = rig(&f)?.ok_or_else(|| ApiError::invalid("rig_id", "is required"))?;
+        Ok(NewBead {
+            bead_type: BeadType::Issue,
+            title: f.required_str("title", MAX_TITLE)?.to_owned(),
+            body: body_text(&f, "body")?.unwrap_or_default(),
+            rig_id: Some(rig_id),
+            priority: DEFAULT_PRIORITY,
+            labels: Vec::new(),
+            metadata: "{}".to_owned(),
+        })
+    }
+}
+
+/// What a user may change of a bead. Status only closes or reopens: everything between is the
+/// town's to decide.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeadPatch {
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub priority: Option<u8>,
+    pub labels: Option<Vec<String>>,
+    pub status: Option<UserStatus>,
+}
+
+/// The two status changes a user makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    /// Closes the bead (its agent, if any, is freed).
+    Closed,
+    /// Reopens a closed or failed bead for dispatch, with its attempts reset.
+    Open,
+}
+
+impl BeadPatch {
+    /// # Errors
+    /// 400 for a body that is not a JSON object; 422 naming the bad field, including a status
+    /// other than `open` or `closed` and an empty patch.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = parse_object(body)?;
+        only_fields(&map, &["title", "body", "priority", "labels", "status"])?;
+        let f = Fields(&map);
+        let status = match f.optional_str("status", 20)? {
+            None => None,
+            Some(s) => match BeadStatus::parse("status", s)? {
+                BeadStatus::Open => Some(UserStatus::Open),
+                BeadStatus::Closed => Some(UserStatus::Closed),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "status",
+                        "may only be set to open (reopen) or closed",
+                    ))
+                }
+            },
+        };
+        let patch = BeadPatch {
+            title: f.optional_str("title", MAX_TITLE)?.map(str::to_owned),
+            body: body_text(&f, "body")?,
+            priority: priority(&f)?,
+            labels: labels(&f)?,
+            status,
+        };
+        if patch == BeadPatch::default() {
+            return Err(ApiError::invalid("body", "names nothing to change"));
+        }
+        Ok(patch)
+    }
+}
+
+/// Filters of `GET /api/towns/:townId/beads`: `status`, `rig_id` (or `rig`), `type`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeadFilter {
+    pub status: Option<BeadStatus>,
+    pub rig_id: Option<RigId>,
+    pub bead_type: Option<BeadType>,
+}
+
+impl BeadFilter {
+    /// Parses the query string (without `?`); `limit` and `after` are the page's
+    /// ([`crate::page::Page`]), other unknown parameters are ignored.
+    ///
+    /// # Errors
+    /// 422 naming the malformed filter.
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut filter = BeadFilter::default();
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = crate::ids::percent_decode(value).unwrap_or_default();
+            match key {
+                "status" => filter.status = Some(BeadStatus::parse("status", &value)?),
+                "type" => filter.bead_type = Some(BeadType::parse("type", &value)?),
+                "rig" | "rig_id" => {
+                    filter.rig_id = Some(
+                        RigId::parse(&value).map_err(|e| ApiError::invalid(key, e.to_string()))?,
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(filter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: ApiError) -> String {
+        match e {
+            ApiError::Invalid { field, .. } => field,
+            other => panic!("not a 422: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_beads() {
+        let b = NewBead::parse(br#"{"title":" Fix it ","rig_id":"r1","labels":["a","b"],"metadata":{"k":1},"priority":0}"#).unwrap();
+        assert_eq!(b.title, "Fix it");
+        assert_eq!(b.bead_type, BeadType::Issue);
+        assert_eq!(b.labels, ["a", "b"]);
+        assert_eq!(b.metadata, r#"{"k":1}"#);
+        assert_eq!(b.priority, 0);
+        let m = NewBead::parse(br#"{"title":"hi","type":"message","body":"line\nline"}"#).unwrap();
+        assert_eq!(
+            (m.bead_type, m.rig_id, m.priority),
+            (BeadType::Message, None, 2)
+        );
+        for (body, bad) in [
+            (r#"{"title":"x"}"#, "rig_id"),
+            (r#"{"title":"","rig_id":"r"}"#, "title"),
+            (r#"{"title":"x","rig_id":"r","type":"epic"}"#, "type"),
+            (r#"{"title":"x","rig_id":"r","priority":5}"#, "priority"),
+            (r#"{"title":"x","rig_id":"r","priority":-1}"#, "priority"),
+            (r#"{"title":"x","rig_id":"r","priority":1.5}"#, "priority"),
+            (r#"{"title":"x","rig_id":"r","labels":"a"}"#, "labels"),
+            (r#"{"title":"x","rig_id":"r","labels":["a","a"]}"#, "labels"),
+            (r#"{"title":"x","rig_id":"r","metadata":[]}"#, "metadata"),
+            (r#"{"title":"x","rig_id":"r","status":"closed"}"#, "status"),
+            (r#"{"title":"x","rig_id":"bad id"}"#, "rig_id"),
+            (r#"{"title":"x","rig_id":"r","body":"\u0000"}"#, "body"),
+        ] {
+            assert_eq!(
+                field(NewBead::parse(body.as_bytes()).unwrap_err()),
+                bad,
+                "{body}"
+            );
+        }
+        let long = format!(
+            r#"{{"title":"x","rig_id":"r","body":"{}"}}"#,
+            "b".repeat(MAX_BODY + 1)
+        );
+        assert_eq!(field(NewBead::parse(long.as_bytes()).unwrap_err()), "body");
+        let meta = format!(
+            r#"{{"title":"x","rig_id":"r","metadata":{{"k":"{}"}}}}"#,
+            "m".repeat(MAX_METADATA_BYTES)
+        );
+        assert_eq!(
+            field(NewBead::parse(meta.as_bytes()).unwrap_err()),
+            "metadata"
+        );
+        assert!(matches!(
+            NewBead::parse(b"[]"),
+            Err(ApiError::InvalidJson(_))
+        ));
+    }
+
+    #[test]
+    fn sling_is_an_issue_on_a_rig() {
+        let s = NewBead::parse_sling(br#"{"rig_id":"r1","title":"t","body":"b"}"#).unwrap();
+        assert_eq!(
+            (s.bead_type, s.rig_id.unwrap().as_str()),
+            (BeadType::Issue, "r1")
+        );
+        assert_eq!(
+            field(NewBead::parse_sling(br#"{"title":"t"}"#).unwrap_err()),
+            "rig_id"
+        );
+        assert_eq!(
+            field(
+                NewBead::parse_sling(br#"{"rig_id":"r","title":"t","type":"message"}"#)
+                    .unwrap_err()
+            ),
+            "type"
+        );
+    }
+
+    #[test]
+    fn patches_close_or_reopen_only() {
+        let p = BeadPatch::parse(br#"{"status":"closed","priority":1}"#).unwrap();
+        assert_eq!((p.status, p.priority), (Some(UserStatus::Closed), Some(1)));
+        assert_eq!(
+            BeadPatch::parse(br#"{"status":"open"}"#).unwrap().status,
+            Some(UserStatus::Open)
+        );
+        for (body, bad) in [
+            (r#"{"status":"in_progress"}"#, "status"),
+            (r#"{"status":"failed"}"#, "status"),
+            (r#"{"status":"done"}"#, "status"),
+            (r#"{}"#, "body"),
+            (r#"{"assignee_agent_id":"a"}"#, "assignee_agent_id"),
+            (r#"{"title":null}"#, "body"),
+        ] {
+            assert_eq!(
+                field(BeadPatch::parse(body.as_bytes()).unwrap_err()),
+                bad,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let f = BeadFilter::parse(Some("status=in_progress&rig=r1&type=issue&limit=5")).unwrap();
+        assert_eq!(f.status, Some(BeadStatus::InProgress));
+        assert_eq!(f.rig_id.unwrap().as_str(), "r1");
+        assert_eq!(f.bead_type, Some(BeadType::Issue));
+        assert_eq!(BeadFilter::parse(None).unwrap(), BeadFilter::default());
+        assert_eq!(
+            field(BeadFilter::parse(Some("status=nope")).unwrap_err()),
+            "status"
+        );
+        assert_eq!(field(BeadFilter::parse(Some("type=")).unwrap_err()), "type");
+        assert_eq!(
+            field(BeadFilter::parse(Some("rig_id=a%20b")).unwrap_err()),
+            "rig_id"
+        );
+    }
+}
