@@ -5,6 +5,7 @@
 //! handler that awaits (a call to another DO, a fetch) between two writes is not atomic across
 //! that await, and says so where it matters.
 
+use gastown_core::body::json_error_summary;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{OrgId, UserId};
 use gastown_core::model::{Rig, Town};
@@ -180,6 +181,29 @@ pub fn json_text(
         j: String,
     }
     Ok(first::<J>(sql, query, bindings)?.map(|r| r.j))
+}
+
+/// The row of `table` with this `id`, as the record `json` (a SQLite `json_object` of the
+/// record's fields, pinned to its type by a test) builds it.
+///
+/// # Errors
+/// As [`rows`]; internal when the JSON does not decode.
+pub fn json_record<T: DeserializeOwned>(
+    sql: &SqlStorage,
+    json: &str,
+    table: &str,
+    id: &str,
+) -> Result<Option<T>, ApiError> {
+    json_text(
+        sql,
+        &format!("SELECT {json} AS j FROM {table} WHERE id = ?"),
+        vec![id.into()],
+    )?
+    .map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|e| ApiError::internal(format!("{table} row: {}", json_error_summary(&e))))
+    })
+    .transpose()
 }
 
 /// The bindings for [`TOWN_COLUMNS`].

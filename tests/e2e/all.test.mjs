@@ -32,6 +32,9 @@ export const VARS = {
   MAX_AGENTS_PER_TOWN: "20",
   // A busy town's loop every second, as before the work loop had two cadences.
   TOWN_ALARM_ACTIVE_MS: "1000",
+  // As in production: no file:// rigs (.dev.vars allows them for development; work.mjs's own
+  // worker allows them for its local repositories).
+  GASTOWN_ALLOW_LOCAL_GIT: "0",
 };
 
 const ctx = {

@@ -28,7 +28,7 @@ async function until(what, probe, ms = 45_000) {
 }
 const not = (value) => ({ __not: value ?? null });
 
-const git = (...args) => execFileSync("git", args, { encoding: "utf8", env: { ...process.env, GIT_TERMINAL_PROMPT: "0" } }).trim();
+const git = (...args) => execFileSync("git", args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, GIT_TERMINAL_PROMPT: "0" } }).trim();
 
 /** A bare repository with one commit on `main`, as a user would make for a local rig. */
 function bareRepo(dir) {
@@ -173,6 +173,27 @@ export default function work(ctx) {
         assert.equal(res.status, 422, `${kind} ${JSON.stringify(body)}: ${res.text}`);
         assert.equal(res.body.error.field, field);
       }
+    });
+
+    it("done with a pull request under the pull_request merge strategy puts the bead in review and frees the agent", async () => {
+      const { town, rig } = await townWithRig("Review");
+      assert.equal((await as("PATCH", `/api/towns/${town.id}/config`, { merge_strategy: "pull_request" })).status, 200);
+      // An agent that never calls back: the test speaks for it with the town's container token.
+      const slung = await as("POST", `/api/towns/${town.id}/sling`, { rig_id: rig.id, title: "Open a PR", body: "[demo:hang]" });
+      const working = await until("the dispatch", async () => {
+        const b = await bead(town.id, slung.body.id);
+        return b.status === "in_progress" ? b : not(b.status);
+      });
+      const ct = (await control.town(town.id)).body.token;
+      const path = `/api/towns/${town.id}/rigs/${rig.id}/agents/${working.assignee_agent_id}`;
+      assert.equal((await call("POST", `${path}/heartbeat`, { token: ct, body: {} })).status, 200);
+      const done = await call("POST", `${path}/done`, { token: ct, body: { summary: "opened #7", branch: "gastown/x", pr_url: "https://github.example/acme/app/pull/7" } });
+      assert.equal(done.status, 200, done.text);
+      assert.deepEqual([done.body.status, done.body.closed_at, done.body.metadata.pr_url, done.body.metadata.branch], ["in_review", null, "https://github.example/acme/app/pull/7", "gastown/x"]);
+      const agent = (await as("GET", `/api/towns/${town.id}/agents`)).body.find((a) => a.id === working.assignee_agent_id);
+      assert.deepEqual([agent.status, agent.current_bead_id], ["idle", null]);
+      assert.equal((await call("POST", `${path}/done`, { token: ct, body: { summary: "again" } })).status, 409, "done once");
+      assert.ok(kinds(await bead(town.id, slung.body.id)).includes("in_review"));
     });
 
     it("a dead container: attempts back off and stop at 5, the breaker holds dispatch (no storm), the bead fails with a reason, reopen works", async () => {

@@ -114,7 +114,7 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>) -> i32 {
     let bead_body = env(BEAD_BODY_ENV).unwrap_or_default();
     if bead_body.contains(HANG_DIRECTIVE) {
         say(&format!("{HANG_DIRECTIVE}: hanging without a heartbeat"));
-        std::thread::sleep(HANG_TIME);
+        hang();
         return EXIT_FAILED;
     }
     if bead_body.contains(CRASH_DIRECTIVE) {
@@ -150,6 +150,16 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>) -> i32 {
     };
     heartbeats.stop();
     code
+}
+
+/// Sleeps [`HANG_TIME`], or less if the control server that started it goes away (the agent
+/// is then a child of another process): a hung demo agent never outlives its server for long.
+fn hang() {
+    let parent = std::os::unix::process::parent_id();
+    let until = std::time::Instant::now() + HANG_TIME;
+    while std::time::Instant::now() < until && std::os::unix::process::parent_id() == parent {
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A line on stderr (the agent's log).
@@ -316,12 +326,7 @@ impl Worker {
 /// The HTTP client: one deadline per call, statuses as answers, no redirect (a token goes
 /// only where it was meant to).
 fn http_agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
+    crate::self_refresh::agent_with(timeout)
 }
 
 /// The heartbeat thread; [`Heartbeats::stop`] ends it.

@@ -78,8 +78,13 @@ fn next_wake(interval: Duration, failed: bool) -> Duration {
 /// The HTTP client: one deadline for the whole call, statuses as answers (not errors), and
 /// no redirect, so the container token is only ever sent to the configured worker.
 pub(crate) fn agent() -> ureq::Agent {
+    agent_with(WORKER_TIMEOUT)
+}
+
+/// As [`agent`], with the deadline `timeout` (the demo agent's calls use it too).
+pub(crate) fn agent_with(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
-        .timeout_global(Some(WORKER_TIMEOUT))
+        .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .max_redirects(0)
         .build()
@@ -206,7 +211,8 @@ fn store(shared: &Shared, town: &str, synced: u64, answer: Result<IssuedToken, F
             // A sync came in during the call: its env (with or without a token) stands.
             return Ok(());
         }
-        workdir::write_gateway_env(&dir, Some(&issued.token)).map_err(Failure::Write)?;
+        workdir::write_gateway_env(&dir, Some(&issued.token), shared.config.agent_user)
+            .map_err(Failure::Write)?;
         entry.env.insert(GATEWAY_TOKEN_ENV.to_owned(), issued.token);
         Ok(())
     });

@@ -514,6 +514,64 @@ mod tests {
         }
     }
 
+    /// `BEAD_JSON` and `BEAD_EVENT_JSON` build exactly the fields the records serialise, in
+    /// their order.
+    #[test]
+    fn sqlite_json_matches_the_records() {
+        let keys = |expr: &str| -> Vec<String> {
+            let inner = expr
+                .strip_prefix("json_object(")
+                .and_then(|e| e.strip_suffix(')'))
+                .unwrap();
+            inner
+                .split(", ")
+                .step_by(2)
+                .map(|k| k.trim_matches('\'').to_owned())
+                .collect()
+        };
+        let bead = Bead {
+            id: "b1".into(),
+            bead_type: BeadType::Issue,
+            status: BeadStatus::Open,
+            title: "t".into(),
+            body: String::new(),
+            rig_id: None,
+            assignee_agent_id: None,
+            priority: 2,
+            labels: vec![],
+            metadata: Map::new(),
+            created_by: "u1".into(),
+            created_at: "x".into(),
+            updated_at: "x".into(),
+            closed_at: None,
+            failure_reason: None,
+            dispatch_attempts: 0,
+        };
+        let fields = |v: Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+        let mut want = fields(serde_json::to_value(&bead).unwrap());
+        let mut got = keys(BEAD_JSON);
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        let event = BeadEvent {
+            id: 1,
+            kind: "created".into(),
+            actor: "town".into(),
+            message: None,
+            created_at: "x".into(),
+        };
+        let mut want = fields(serde_json::to_value(&event).unwrap());
+        let mut got = keys(BEAD_EVENT_JSON);
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        // The JSON columns are embedded as JSON, not as strings.
+        assert!(
+            BEAD_JSON.contains("'labels', json(labels)")
+                && BEAD_JSON.contains("'metadata', json(metadata)")
+        );
+    }
+
     #[test]
     fn filters() {
         let f = BeadFilter::parse(Some("status=in_progress&rig=r1&type=issue&limit=5")).unwrap();

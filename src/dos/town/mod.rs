@@ -1,10 +1,16 @@
 //! `TownDO`: one per town id. Holds the town's identity and ownership, its config (sealed), its
-//! rigs registry (kept in step with the owner DO by the handlers), agents' heartbeats, and runs
+//! rigs registry (kept in step with the owner DO by the handlers), its agents and beads, and runs
 //! the town's main loop as an alarm whose decisions come from `gastown_core::policy`.
+//!
+//! The loop has two cadences: while the town has work (an open or running issue, a working
+//! agent) it runs every `TOWN_ALARM_ACTIVE_MS`, patrols, refreshes the container's tokens and
+//! dispatches; an idle town's loop runs every `TOWN_ALARM_INTERVAL_MS`, pushes and pings
+//! nothing, and stops the container after `CONTAINER_IDLE_STOP_MS`.
 //!
 //! Lifecycle: `init` records identity and arms the alarm; `destroy` deletes the alarm and all
 //! storage, after which the town answers 404 and an alarm that still fires deletes itself.
-//! The operations themselves are in `ops.rs`.
+//! The operations themselves are in `ops.rs`; the work loop (beads, dispatch, callbacks,
+//! patrol) in `work.rs`.
 
 mod ops;
 mod work;

@@ -27,15 +27,7 @@ fn not_running() -> ApiError {
 
 /// One agent as its record, built by SQLite (`AGENT_JSON`) so the row's types need no mapping.
 pub(super) fn agent(sql: &SqlStorage, id: &str) -> Reply<Option<Agent>> {
-    json_text(
-        sql,
-        &format!("SELECT {AGENT_JSON} AS j FROM agents WHERE id = ?"),
-        vec![id.into()],
-    )?
-    .map(|text| {
-        serde_json::from_str(&text).map_err(|e| ApiError::internal(format!("agent row: {e}")))
-    })
-    .transpose()
+    crate::storage::json_record(sql, AGENT_JSON, "agents", id)
 }
 
 impl TownDO {

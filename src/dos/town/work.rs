@@ -60,15 +60,7 @@ fn now_text() -> String {
 
 /// One bead, decoded (the few places that need its fields).
 fn bead(sql: &SqlStorage, id: &str) -> Reply<Option<Bead>> {
-    json_text(
-        sql,
-        &format!("SELECT {BEAD_JSON} AS j FROM beads WHERE id = ?"),
-        vec![id.into()],
-    )?
-    .map(|text| {
-        serde_json::from_str(&text).map_err(|e| ApiError::internal(format!("bead row: {e}")))
-    })
-    .transpose()
+    crate::storage::json_record(sql, BEAD_JSON, "beads", id)
 }
 
 /// Appends to a bead's event log.
@@ -354,35 +346,23 @@ impl TownDO {
         let actor = Actor::User(user_id);
         let now = now_text();
         let mut stop_agent = None;
-        if let Some(title) = &patch.title {
-            exec(
-                &sql,
-                "UPDATE beads SET title = ? WHERE id = ?",
-                vec![title.as_str().into(), bead_id.as_str().into()],
-            )?;
-        }
-        if let Some(body) = &patch.body {
-            exec(
-                &sql,
-                "UPDATE beads SET body = ? WHERE id = ?",
-                vec![body.as_str().into(), bead_id.as_str().into()],
-            )?;
-        }
-        if let Some(priority) = patch.priority {
-            exec(
-                &sql,
-                "UPDATE beads SET priority = ? WHERE id = ?",
-                vec![i64::from(priority).into(), bead_id.as_str().into()],
-            )?;
-        }
-        if let Some(labels) = &patch.labels {
-            let labels = serde_json::to_string(labels).map_err(ApiError::internal)?;
-            exec(
-                &sql,
-                "UPDATE beads SET labels = ? WHERE id = ?",
-                vec![labels.into(), bead_id.as_str().into()],
-            )?;
-        }
+        let labels = patch
+            .labels
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(ApiError::internal)?;
+        exec(
+            &sql,
+            "UPDATE beads SET title = COALESCE(?, title), body = COALESCE(?, body), priority = COALESCE(?, priority), labels = COALESCE(?, labels) WHERE id = ?",
+            vec![
+                patch.title.as_deref().into(),
+                patch.body.as_deref().into(),
+                patch.priority.map(i64::from).into(),
+                labels.into(),
+                bead_id.as_str().into(),
+            ],
+        )?;
         if patch.title.is_some()
             || patch.body.is_some()
             || patch.priority.is_some()
