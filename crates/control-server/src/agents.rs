@@ -12,6 +12,13 @@
 //!
 //! The log lives outside the work dir so that a fresh clone there never sees it.
 //!
+//! With an agent user ([`crate::agent_user`]) the process runs as its uid and gid with no
+//! supplementary group, and before each start the town's directory and `agents/` are made the
+//! server's, group the agent's, mode 0710, while the work dir (created anew) and the town's
+//! `.git-tokens/` are handed to the agent (mode 0700), so that the git credential helper, run
+//! by the agent's git as the agent, can cache tokens there. The log stays the server's (0600):
+//! the agent writes it only through the stdout and stderr it inherits.
+//!
 //! Rules:
 //!
 //! * an agent starts only in a town whose container token the server holds (409 otherwise:
@@ -39,6 +46,7 @@
 //! Lock order: this registry's lock, then the server's state lock (to see the token), never
 //! the other way round.
 
+use crate::agent_user::AgentUser;
 use crate::http::{error, Reply};
 use crate::{parse, same_town, workdir, worker_origin, Shared};
 use gastown_core::control::{
@@ -455,15 +463,20 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         .and_then(|t| t.agents.get(&req.agent_id))
         .map_or(0, |r| r.starts)
         + 1;
-    let process =
-        spawn(command, &env, &town_dir, &req.agent_id, &work_dir, starts).map_err(|e| {
-            // The error names a path or the command at most, never the env.
-            eprintln!(
-                "gastown-control: cannot start agent {} of town {town}: {e}",
-                req.agent_id
-            );
-            error(500, "cannot start the agent")
-        })?;
+    let place = Place {
+        town_dir: &town_dir,
+        agent: &req.agent_id,
+        work_dir: &work_dir,
+        user: shared.config.agent_user,
+    };
+    let process = spawn(command, &env, &place, starts).map_err(|e| {
+        // The error names a path or the command at most, never the env.
+        eprintln!(
+            "gastown-control: cannot start agent {} of town {town}: {e}",
+            req.agent_id
+        );
+        error(500, "cannot start the agent")
+    })?;
     // As started: a quick child may be gone already, which its status will say.
     let status = AgentProcessStatus {
         agent_id: req.agent_id.clone(),
@@ -509,17 +522,38 @@ pub(crate) fn status(shared: &Shared, town: &str, id: &str) -> Result<Reply, Rep
     Ok((200, json!(record.process.status(id))))
 }
 
-/// Empties the agent's work dir, opens its log and starts the command there.
+/// Where an agent runs, and as whom.
+struct Place<'a> {
+    town_dir: &'a Path,
+    agent: &'a str,
+    work_dir: &'a Path,
+    /// `None`: as the server's own user.
+    user: Option<AgentUser>,
+}
+
+/// Empties the agent's work dir, opens its log and starts the command there (as the agent
+/// user, when there is one, with its directories laid out for it first).
 fn spawn(
     command: &AgentCommand,
     env: &BTreeMap<String, String>,
-    town_dir: &Path,
-    agent: &str,
-    work_dir: &Path,
+    place: &Place<'_>,
     starts: u64,
 ) -> io::Result<Arc<Process>> {
+    let Place {
+        town_dir,
+        agent,
+        work_dir,
+        user,
+    } = *place;
     let agents_dir = town_dir.join(AGENTS_DIR);
-    real_dir(&agents_dir)?;
+    match user {
+        Some(user) => {
+            workdir::pass_dir(town_dir, user)?;
+            workdir::pass_dir(&agents_dir, user)?;
+            workdir::agent_dir(&town_dir.join(workdir::GIT_TOKENS_DIR), user)?;
+        }
+        None => real_dir(&agents_dir)?,
+    }
     match fs::symlink_metadata(work_dir) {
         // `remove_dir_all` removes a symbolic link inside, never what it names.
         Ok(m) if m.is_dir() => fs::remove_dir_all(work_dir)?,
@@ -528,6 +562,9 @@ fn spawn(
         Err(e) => return Err(e),
     }
     fs::create_dir(work_dir)?;
+    if let Some(user) = user {
+        workdir::agent_dir(work_dir, user)?;
+    }
     let mut log = open_log(&agents_dir.join(format!("{agent}.log")))?;
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -536,21 +573,31 @@ fn spawn(
         log,
         "--- gastown-control: start {starts} of agent {agent} at {since_epoch} (unix seconds)"
     )?;
-    let child = Command::new(&command.program)
-        .args(&command.args)
+    let mut cmd = Command::new(&command.program);
+    cmd.args(&command.args)
         .env_clear()
         .envs(env)
         .current_dir(work_dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("{}: {e}", command.program.to_string_lossy()),
-            )
-        })?;
+        .stderr(log);
+    if let Some(user) = user {
+        // std sets the gid, drops the supplementary groups (the parent being root), then sets
+        // the uid, all before the working directory is entered and the program run.
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(user.uid()).gid(user.gid());
+        }
+        #[cfg(not(unix))]
+        let _ = user;
+    }
+    let child = cmd.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{}: {e}", command.program.to_string_lossy()),
+        )
+    })?;
     Ok(Arc::new(Process {
         pid: child.id(),
         child: Mutex::new(child),

@@ -14,7 +14,9 @@
 //! Rules:
 //!
 //! * a rig's token is cached in `<workdir>/<town>/.git-tokens/<rig>.json` (mode 0600, the
-//!   directory 0700) and reused while it has more than [`GIT_TOKEN_REUSE_MARGIN_SECS`] to
+//!   directory 0700; with an agent user the server hands that directory to the agent before
+//!   each agent start, since the helper runs as the agent and the town's directory is not its
+//!   to write in) and reused while it has more than [`GIT_TOKEN_REUSE_MARGIN_SECS`] to
 //!   live; past that it is fetched again from the worker's git-token route with the town's
 //!   container token (read from `<workdir>/<town>/.container-token`), so a session of any
 //!   length never hands git a token about to expire;

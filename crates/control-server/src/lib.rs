@@ -42,6 +42,20 @@
 //! root): the agents must run as another, unprivileged user (`agent` in `container/Dockerfile`),
 //! never as the server's user and never as root.
 //!
+//! # The agent user
+//!
+//! `--agent-uid N --agent-gid N` (or `GASTOWN_AGENT_UID` and `GASTOWN_AGENT_GID`; both or
+//! neither, numeric, never 0) make the server, which must then run as root, start every agent
+//! with that uid and gid and no supplementary group. The town's files are laid out so that the
+//! agent reaches what it reads and nothing else: directories on its way are the server's,
+//! group N, mode 0710 (pass through, never list); the files it reads (`.container-token`,
+//! `.env.gateway`, `gitconfig`, the settings files) are the server's, group N, mode 0640; it
+//! owns its work dir and the git token cache `.git-tokens/` (mode 0700), nothing else. A work
+//! directory the server creates is made the server's, group N, mode 0710; an existing one is
+//! left as it is, but the server refuses to start unless the agent can pass through every
+//! directory from `/` down to it. [`workdir`] has the whole layout; [`agent_user`] the rules.
+//! Without the options nothing changes hands and the modes are those below.
+//!
 //! # The town's files
 //!
 //! Each town's files live in `<workdir>/<townId>/` (`--workdir`, or `GASTOWN_WORKDIR`, default
@@ -52,9 +66,10 @@
 //!   [`AgentSettings`](gastown_core::agent_settings::AgentSettings) as serde writes it; the file
 //!   of a rig the body no longer names is removed. A bad rig id refuses the whole sync (400,
 //!   nothing written).
-//! * `.env.gateway`: `KILO_JWT=<token>` and a newline, mode 0600, while the synced env holds
-//!   `KILO_JWT` (non-empty); removed when it does not. A `KILO_JWT` with characters no token
-//!   has (a newline, a space, `$`, …) refuses the whole sync (400), since shells source the file.
+//! * `.env.gateway`: `KILO_JWT=<token>` and a newline, mode 0600 (0640, group the agent's,
+//!   with an agent user), while the synced env holds `KILO_JWT` (non-empty); removed when it
+//!   does not. A `KILO_JWT` with characters no token has (a newline, a space, `$`, …) refuses
+//!   the whole sync (400), since shells source the file.
 //!
 //! Each file is replaced atomically. No token is ever logged.
 //!
@@ -63,9 +78,10 @@
 //! No token is ever baked into a git remote: agents' git asks a credential helper for one per
 //! operation. On every `POST /refresh-token` the server also writes, in the town's directory,
 //!
-//! * `.container-token`: the container token and a newline, mode 0600 (agents of the town
-//!   call the worker with it anyway; the helper, a child of git and not of this server, reads
-//!   it from here). A token with characters no token has is refused (400);
+//! * `.container-token`: the container token and a newline, mode 0600 (0640, group the
+//!   agent's, with an agent user: agents of the town call the worker with it anyway; the
+//!   helper, a child of git and not of this server, reads it from here). A token with
+//!   characters no token has is refused (400);
 //! * `gitconfig` (when missing or different): a `[credential]` section that clears the
 //!   helpers of the system's config, names `<this executable> git-credential --workdir
 //!   <workdir> --town <town> [--worker-url <worker>]` as the helper (a `!` shell command,
@@ -94,9 +110,10 @@
 //!
 //! # Agents
 //!
-//! `POST /agents/start` runs one of the town's agents as a child process of this server: the
-//! agent command (`--agent-command PATH [ARGS]`, or `GASTOWN_AGENT_COMMAND`, split on
-//! whitespace, no shell; by default `gastown-demo-agent` beside this executable) in
+//! `POST /agents/start` runs one of the town's agents as a child process of this server (as
+//! the agent user when one is configured, see above): the agent command (`--agent-command
+//! PATH [ARGS]`, or `GASTOWN_AGENT_COMMAND`, split on whitespace, no shell; by default
+//! `gastown-demo-agent` beside this executable) in
 //! `<workdir>/<town>/agents/<agentId>/` (emptied on each start; also its `HOME`), stdout and
 //! stderr appended to `<workdir>/<town>/agents/<agentId>.log`. Its environment starts empty:
 //! `PATH`, the body's `env`, then the server's own variables (which win): `GASTOWN_TOWN_ID`,
@@ -137,6 +154,7 @@
 //! answer 503). They take the same headers as the other routes. The production binary
 //! `gastown-control` answers 404 there.
 
+pub mod agent_user;
 pub mod agents;
 pub mod demo_agent;
 pub mod gateway;
@@ -145,6 +163,8 @@ mod http;
 mod self_refresh;
 pub mod workdir;
 
+pub use agent_user::AgentUser;
+use agent_user::{AGENT_GID_ENV, AGENT_UID_ENV};
 pub use agents::AgentCommand;
 use agents::AGENT_COMMAND_ENV;
 use gastown_core::control::{
@@ -313,6 +333,9 @@ pub struct Config {
     pub credential_helper: Option<PathBuf>,
     /// What each agent runs; `None` refuses every `/agents/start` (500).
     pub agent_command: Option<AgentCommand>,
+    /// Whom the agents run as; `None`: the server's own user, as the server's files are laid
+    /// out without one.
+    pub agent_user: Option<AgentUser>,
 }
 
 /// Command-line options.
@@ -327,11 +350,14 @@ pub struct Options {
     pub gateway_refresh: Duration,
     /// `None`: the default, [`agents::DEMO_AGENT_BIN`] beside this executable.
     pub agent_command: Option<AgentCommand>,
+    /// `--agent-uid` and `--agent-gid`.
+    pub agent_user: Option<AgentUser>,
 }
 
 pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080] \
 [--allowed-host NAME]... [--read-timeout-ms 5000] [--workdir ./gastown-work] \
-[--worker-url URL] [--gateway-refresh-ms 43200000] [--agent-command PATH]
+[--worker-url URL] [--gateway-refresh-ms 43200000] [--agent-command PATH] \
+[--agent-uid N --agent-gid N]
   credentials (read from the environment, then removed from it):
     GASTOWN_CONTROL_SECRET + GASTOWN_TOWN_ID   production: one town per container
     GASTOWN_CONTROL_KEY                        local dev and tests: the master key
@@ -351,6 +377,14 @@ pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080]
     start) with an environment of PATH, the start's env and the GASTOWN_* variables the
     server sets (nothing else of the server's), output appended to
     DIR/<townId>/agents/<agentId>.log; at most 32 at once. stop kills the town's agents.
+  --agent-uid and --agent-gid (or GASTOWN_AGENT_UID and GASTOWN_AGENT_GID): numeric ids, both
+    or neither, not 0. Agents then run as that uid and gid (no other group); the server must
+    run as root. The agent's group passes through DIR (0710 when the server creates it; an
+    existing DIR and every directory above it must let the agent pass, or the server refuses
+    to start), DIR/<townId>/ and its agents/ and settings directories (group N, 0710) and
+    reads .container-token, .env.gateway, gitconfig and the settings files (group N, 0640);
+    the agent owns its work dir and DIR/<townId>/.git-tokens/ (0700). Without them agents run
+    as the server's user and nothing changes hands.
 subcommands (no server credential needed; see `gastown-control git-credential --help`):
   gastown-control git-credential [--worker-url URL] [--town ID] [--rig ID] [--workdir DIR]
     <get|store|erase>     git's credential helper for the rig's repository
@@ -384,10 +418,12 @@ impl Options {
             worker_url: None,
             gateway_refresh: DEFAULT_GATEWAY_REFRESH,
             agent_command: None,
+            agent_user: None,
         };
         let mut workdir = None;
         let mut worker_url = None;
         let mut agent_command = None;
+        let (mut agent_uid, mut agent_gid) = (None, None);
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let mut value = || {
@@ -409,6 +445,8 @@ impl Options {
                 "--workdir" => workdir = Some(value()?),
                 "--worker-url" => worker_url = Some(value()?),
                 "--agent-command" => agent_command = Some(value()?),
+                "--agent-uid" => agent_uid = Some(value()?),
+                "--agent-gid" => agent_gid = Some(value()?),
                 "--gateway-refresh-ms" => {
                     let ms: u64 = value()?
                         .parse()
@@ -457,6 +495,17 @@ impl Options {
             }
             (None, None) => None,
         };
+        let id = |flag: &'static str, value: Option<String>, name: &'static str| {
+            set(value)
+                .map(|v| (flag, v))
+                .or_else(|| set(env(name)).map(|v| (name, v)))
+        };
+        let uid = id("--agent-uid", agent_uid, AGENT_UID_ENV);
+        let gid = id("--agent-gid", agent_gid, AGENT_GID_ENV);
+        opts.agent_user = AgentUser::from_values(
+            uid.as_ref().map(|(from, text)| (*from, text.as_str())),
+            gid.as_ref().map(|(from, text)| (*from, text.as_str())),
+        )?;
         Ok(opts)
     }
 }
@@ -534,7 +583,13 @@ pub fn cli_main(build: Build) -> i32 {
             return 1;
         }
     };
-    let workdir = match std::fs::create_dir_all(&opts.workdir)
+    if opts.agent_user.is_some() {
+        if let Err(e) = agent_user::check_server() {
+            eprintln!("gastown-control: refusing to start: {e}");
+            return 1;
+        }
+    }
+    let workdir = match workdir::create_root(&opts.workdir, opts.agent_user)
         .and_then(|()| std::fs::canonicalize(&opts.workdir))
     {
         Ok(dir) => dir,
@@ -546,6 +601,12 @@ pub fn cli_main(build: Build) -> i32 {
             return 1;
         }
     };
+    if let Some(agent) = opts.agent_user {
+        if let Err(e) = agent_user::check_workdir(agent, &workdir) {
+            eprintln!("gastown-control: refusing to start: {e}");
+            return 1;
+        }
+    }
     let addr = format!("{}:{}", opts.host, opts.port);
     let listener = match TcpListener::bind(&addr) {
         Ok(l) => l,
@@ -585,8 +646,15 @@ pub fn cli_main(build: Build) -> i32 {
     let agent_command = opts
         .agent_command
         .or_else(|| credential_helper.as_deref().and_then(AgentCommand::beside));
+    let as_whom = match opts.agent_user {
+        Some(a) => format!("as uid {} gid {}", a.uid(), a.gid()),
+        None => "as the server's own user (no --agent-uid)".to_owned(),
+    };
     match &agent_command {
-        Some(c) => eprintln!("gastown-control: agents run {}", c.program.display()),
+        Some(c) => eprintln!(
+            "gastown-control: agents run {} {as_whom}",
+            c.program.display()
+        ),
         None => eprintln!("gastown-control: no agent command: /agents/start will fail"),
     }
     let config = Config {
@@ -599,6 +667,7 @@ pub fn cli_main(build: Build) -> i32 {
         gateway_refresh: opts.gateway_refresh,
         credential_helper,
         agent_command,
+        agent_user: opts.agent_user,
     };
     match serve(listener, config) {
         Ok(()) => 0,
@@ -915,9 +984,10 @@ fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Repl
     if state.fail.refresh_token {
         return Err(error(503, "refresh-token failing on purpose"));
     }
-    workdir::write_container_token(&dir, &req.token)
+    let agent = shared.config.agent_user;
+    workdir::write_container_token(&dir, &req.token, agent)
         .and_then(|()| match &gitconfig {
-            Some(text) => workdir::write_gitconfig(&dir, text),
+            Some(text) => workdir::write_gitconfig(&dir, text, agent),
             None => Ok(()),
         })
         .map_err(|e| {
@@ -981,8 +1051,9 @@ fn sync_config(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply>
     if state.fail.sync_config {
         return Err(error(503, "sync-config failing on purpose"));
     }
-    workdir::write_settings(&dir, &req.settings)
-        .and_then(|()| workdir::write_gateway_env(&dir, gateway_token))
+    let agent = shared.config.agent_user;
+    workdir::write_settings(&dir, &req.settings, agent)
+        .and_then(|()| workdir::write_gateway_env(&dir, gateway_token, agent))
         .map_err(|e| {
             // The error names a path at most, never a file's content.
             eprintln!("gastown-control: cannot write the files of town {town}: {e}");
@@ -1300,6 +1371,40 @@ mod tests {
         // An empty value counts as unset.
         let empty = Options::parse(&args(&["--agent-command", ""])).unwrap();
         assert_eq!(empty.agent_command, None);
+    }
+
+    #[test]
+    fn the_agent_user_comes_in_pairs_from_options_or_the_environment() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(Options::parse(&[]).unwrap().agent_user, None);
+        let o = Options::parse(&args(&["--agent-uid", "10001", "--agent-gid", "10002"])).unwrap();
+        assert_eq!(o.agent_user, Some(AgentUser::new(10001, 10002).unwrap()));
+        let env = |name: &str| match name {
+            AGENT_UID_ENV => Some("20001".to_owned()),
+            AGENT_GID_ENV => Some("20002".to_owned()),
+            _ => None,
+        };
+        let o = Options::parse_with_env(&[], env).unwrap();
+        assert_eq!(o.agent_user, Some(AgentUser::new(20001, 20002).unwrap()));
+        // An option wins over its own variable only.
+        let o = Options::parse_with_env(&args(&["--agent-uid", "3"]), env).unwrap();
+        assert_eq!(o.agent_user, Some(AgentUser::new(3, 20002).unwrap()));
+        for bad in [
+            &["--agent-uid", "10001"][..],
+            &["--agent-gid", "10001"],
+            &["--agent-uid", "0", "--agent-gid", "10001"],
+            &["--agent-uid", "10001", "--agent-gid", "0"],
+            &["--agent-uid", "agent", "--agent-gid", "10001"],
+            &["--agent-uid", "-1", "--agent-gid", "10001"],
+            &["--agent-uid"],
+        ] {
+            assert!(Options::parse(&args(bad)).is_err(), "{bad:?}");
+        }
+        let half = Options::parse_with_env(&[], |n| (n == AGENT_UID_ENV).then(|| "5".into()));
+        assert!(half.unwrap_err().contains(AGENT_UID_ENV));
+        // Empty counts as unset.
+        let empty = Options::parse_with_env(&[], |_| Some(String::new())).unwrap();
+        assert_eq!(empty.agent_user, None);
     }
 
     #[test]

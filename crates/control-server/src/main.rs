@@ -3,9 +3,11 @@
 //!
 //! Usage: `GASTOWN_CONTROL_SECRET=… GASTOWN_TOWN_ID=… gastown-control [--host 127.0.0.1]
 //! [--port 8080] [--allowed-host NAME]... [--read-timeout-ms 5000] [--workdir ./gastown-work]
-//! [--worker-url URL] [--gateway-refresh-ms 43200000] [--agent-command PATH]` (or
-//! `GASTOWN_CONTROL_KEY=…` to serve every town, as local dev does; `GASTOWN_WORKDIR`,
-//! `GASTOWN_WORKER_URL` and `GASTOWN_AGENT_COMMAND` stand in for the three options).
+//! [--worker-url URL] [--gateway-refresh-ms 43200000] [--agent-command PATH]
+//! [--agent-uid N --agent-gid N]` (or `GASTOWN_CONTROL_KEY=…` to serve every town, as local dev
+//! does; `GASTOWN_WORKDIR`, `GASTOWN_WORKER_URL`, `GASTOWN_AGENT_COMMAND`, `GASTOWN_AGENT_UID`
+//! and `GASTOWN_AGENT_GID` stand in for the options). In the image it runs as root with
+//! `--agent-uid 10001 --agent-gid 10001`, so that agents run as the unprivileged `agent`.
 //!
 //! `gastown-control git-credential <get|store|erase>` and `gastown-control git-token` are the
 //! git credential helper of agent sessions (see the library docs); they need no credential.

@@ -14,6 +14,30 @@
 //! `/stop` removes the credentials (`.env.gateway`, `.container-token`, `.git-tokens/`) and
 //! leaves the rest.
 //!
+//! # With an agent user
+//!
+//! Without one (`--agent-uid` unset) the agents run as the server's user and the modes are
+//! those above (files before the umask). With one ([`AgentUser`], uid A, gid G), agents run
+//! as A:G and must reach what they read without reaching anything else of the server's:
+//!
+//! ```text
+//! <workdir>/                        server:G 0710 when the server creates it (an existing one
+//!                                   is left, but must let A pass: checked at start)
+//! <workdir>/<town>/                 server:G 0710   )
+//! <town>/settings/, <rig>/,         server:G 0710   ) made so on every write into them
+//!   <rig>/settings/, <town>/agents/                 )
+//! every file above but the cache    server:G 0640   (written so before the rename)
+//! <town>/.git-tokens/               A:G      0700   (made so before every agent start)
+//! <town>/agents/<agent>/            A:G      0700   (the agent's work dir, made on each start)
+//! <town>/agents/<agent>.log         server   0600   (the agent writes it through its stdout)
+//! ```
+//!
+//! Directories are 0710, not 0750: an agent opens every file by a name it is given (its env,
+//! the gitconfig, this layout) and never lists one, so passing through (`x`) is all it needs;
+//! the others (`o`) get nothing. A is given exactly two directories, which it needs to write in
+//! and nothing of the server's lives in; it can replace neither, since their parents are the
+//! server's.
+//!
 //! Invariants:
 //!
 //! * every file is replaced atomically (a temporary file in the same directory, then a
@@ -28,6 +52,7 @@
 //!   line goes into an `authorization` header;
 //! * the gitconfig names no token, only the helper that fetches one per git operation.
 
+use crate::agent_user::AgentUser;
 use gastown_core::agent_settings::{AgentSettings, SettingsFiles};
 use gastown_core::control::{
     GitTokenReply, CONTAINER_TOKEN_FILE, GATEWAY_ENV_FILE, GATEWAY_TOKEN_ENV, SETTINGS_FILE,
@@ -48,8 +73,14 @@ const SETTINGS_MODE: u32 = 0o644;
 const GATEWAY_ENV_MODE: u32 = 0o600;
 /// Mode of every other file holding a credential (container token, git token cache).
 const SECRET_MODE: u32 = 0o600;
-/// Mode of the git token cache's directory.
+/// Mode of the git token cache's directory, and of any directory the agent user owns.
 const SECRET_DIR_MODE: u32 = 0o700;
+/// With an agent user: mode of every file the server writes for the agents (the agent's
+/// group reads it).
+const AGENT_READ_MODE: u32 = 0o640;
+/// With an agent user: mode of every directory on the agent's way to those files (the agent's
+/// group passes through, lists nothing).
+const AGENT_PASS_MODE: u32 = 0o710;
 /// Largest git token cache file read back (one is well under 1 KiB).
 const MAX_CACHE_BYTES: u64 = 64 * 1024;
 
@@ -102,21 +133,41 @@ pub fn is_plain_token(token: &str) -> bool {
 }
 
 /// Writes the town's settings file and one per rig of `files`, and removes the file of every
-/// other rig directory that has one. Rig ids must have passed [`check_rig_id`].
+/// other rig directory that has one. Rig ids must have passed [`check_rig_id`]. With an agent
+/// user, laid out for it (see the module docs).
 ///
 /// # Errors
 /// The first filesystem failure; files written before it stay written.
-pub fn write_settings(town_dir: &Path, files: &SettingsFiles) -> io::Result<()> {
-    write_settings_file(&town_dir.join(SETTINGS_FILE), &files.town)?;
+pub fn write_settings(
+    town_dir: &Path,
+    files: &SettingsFiles,
+    agent: Option<AgentUser>,
+) -> io::Result<()> {
+    write_settings_file(town_dir, &[], &files.town, agent)?;
     for (rig, settings) in &files.rigs {
-        write_settings_file(&town_dir.join(rig).join(SETTINGS_FILE), settings)?;
+        write_settings_file(town_dir, &[rig], settings, agent)?;
     }
     remove_stale_rig_settings(town_dir, |rig| files.rigs.contains_key(rig))
 }
 
-fn write_settings_file(path: &Path, settings: &AgentSettings) -> io::Result<()> {
+/// `<town>/<under…>/settings/config.json`.
+fn write_settings_file(
+    town_dir: &Path,
+    under: &[&str],
+    settings: &AgentSettings,
+    agent: Option<AgentUser>,
+) -> io::Result<()> {
+    let dir = under.iter().fold(town_dir.to_path_buf(), |d, p| d.join(p));
+    if let Some(agent) = agent {
+        let mut on_the_way = town_dir.to_path_buf();
+        pass_dir(&on_the_way, agent)?;
+        for part in under.iter().copied().chain([SETTINGS_DIR]) {
+            on_the_way.push(part);
+            pass_dir(&on_the_way, agent)?;
+        }
+    }
     let json = serde_json::to_vec_pretty(settings).map_err(io::Error::other)?;
-    write_atomic(path, &json, SETTINGS_MODE)
+    write_atomic(&dir.join(SETTINGS_FILE), &json, SETTINGS_MODE, agent)
 }
 
 /// Removes `<town>/<rig>/settings/config.json` of every rig directory `keep` refuses.
@@ -146,43 +197,61 @@ fn remove_stale_rig_settings(town_dir: &Path, keep: impl Fn(&str) -> bool) -> io
     Ok(())
 }
 
-/// Writes `KILO_JWT=<token>\n` (mode 0600) for `Some`, removes the file for `None`. The token
-/// must pass [`is_plain_token`].
+/// Writes `KILO_JWT=<token>\n` (mode 0600; with an agent user 0640, group the agent's) for
+/// `Some`, removes the file for `None`. The token must pass [`is_plain_token`].
 ///
 /// # Errors
 /// A filesystem failure, or `InvalidInput` for a token that is not plain.
-pub fn write_gateway_env(town_dir: &Path, token: Option<&str>) -> io::Result<()> {
+pub fn write_gateway_env(
+    town_dir: &Path,
+    token: Option<&str>,
+    agent: Option<AgentUser>,
+) -> io::Result<()> {
     let path = town_dir.join(GATEWAY_ENV_FILE);
     match token {
         Some(token) if !is_plain_token(token) => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "the gateway token holds characters a token does not",
         )),
-        Some(token) => write_atomic(
-            &path,
-            format!("{GATEWAY_TOKEN_ENV}={token}\n").as_bytes(),
-            GATEWAY_ENV_MODE,
-        ),
+        Some(token) => {
+            if let Some(agent) = agent {
+                pass_dir(town_dir, agent)?;
+            }
+            write_atomic(
+                &path,
+                format!("{GATEWAY_TOKEN_ENV}={token}\n").as_bytes(),
+                GATEWAY_ENV_MODE,
+                agent,
+            )
+        }
         None => remove_if_present(&path),
     }
 }
 
-/// Writes `<token>\n` to the town's container token file (mode 0600). The token must pass
-/// [`is_plain_token`].
+/// Writes `<token>\n` to the town's container token file (mode 0600; with an agent user 0640,
+/// group the agent's). The token must pass [`is_plain_token`].
 ///
 /// # Errors
 /// A filesystem failure, or `InvalidInput` for a token that is not plain.
-pub fn write_container_token(town_dir: &Path, token: &str) -> io::Result<()> {
+pub fn write_container_token(
+    town_dir: &Path,
+    token: &str,
+    agent: Option<AgentUser>,
+) -> io::Result<()> {
     if !is_plain_token(token) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "the container token holds characters a token does not",
         ));
     }
+    if let Some(agent) = agent {
+        pass_dir(town_dir, agent)?;
+    }
     write_atomic(
         &town_dir.join(CONTAINER_TOKEN_FILE),
         format!("{token}\n").as_bytes(),
         SECRET_MODE,
+        agent,
     )
 }
 
@@ -255,7 +324,13 @@ pub fn write_git_token_cache(town_dir: &Path, rig: &str, reply: &GitTokenReply) 
     }
     private_dir(&town_dir.join(GIT_TOKENS_DIR))?;
     let json = serde_json::to_vec(reply).map_err(io::Error::other)?;
-    write_atomic(&git_token_cache_path(town_dir, rig), &json, SECRET_MODE)
+    // Written by whoever runs the helper (the agent user, when there is one): no chown.
+    write_atomic(
+        &git_token_cache_path(town_dir, rig),
+        &json,
+        SECRET_MODE,
+        None,
+    )
 }
 
 /// Removes a rig's cached git token, if any.
@@ -267,7 +342,9 @@ pub fn remove_git_token_cache(town_dir: &Path, rig: &str) -> io::Result<()> {
 }
 
 /// Creates `dir` (mode 0700) if missing, replacing anything there that is not a real
-/// directory, and takes its mode down to 0700 if it is more open.
+/// directory, and takes its mode down to 0700 if it is more open. Run by the helper as the
+/// agent user, it finds the cache directory the server gave that user (0700 already) and
+/// changes nothing.
 fn private_dir(dir: &Path) -> io::Result<()> {
     if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
         fs::remove_file(dir)?;
@@ -340,18 +417,126 @@ fn git_config_quote(value: &str) -> String {
     format!("\"{}\"", value.replace('\\', r"\\").replace('"', r#"\""#))
 }
 
-/// Writes the town's gitconfig when it is missing or differs from `text`.
+/// Writes the town's gitconfig when it is missing or differs from `text` (with an agent user:
+/// or is not yet readable by the agent's group as the module docs say).
 ///
 /// # Errors
 /// A filesystem failure.
-pub fn write_gitconfig(town_dir: &Path, text: &str) -> io::Result<()> {
+pub fn write_gitconfig(town_dir: &Path, text: &str, agent: Option<AgentUser>) -> io::Result<()> {
     let path = town_dir.join(GITCONFIG_FILE);
-    if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+    if let Some(agent) = agent {
+        pass_dir(town_dir, agent)?;
+    }
+    if fs::symlink_metadata(&path)
+        .is_ok_and(|m| m.is_file() && agent.is_none_or(|a| has_group_mode(&m, a, AGENT_READ_MODE)))
         && fs::read(&path).is_ok_and(|old| old == text.as_bytes())
     {
         return Ok(());
     }
-    write_atomic(&path, text.as_bytes(), SETTINGS_MODE)
+    write_atomic(&path, text.as_bytes(), SETTINGS_MODE, agent)
+}
+
+/// Creates the work directory (and its parents) if missing; with an agent user, a work
+/// directory it creates is the server's, group the agent's, mode 0710. An existing one is
+/// left as it is.
+///
+/// # Errors
+/// A filesystem failure.
+pub fn create_root(dir: &Path, agent: Option<AgentUser>) -> io::Result<()> {
+    let missing = fs::symlink_metadata(dir).is_err();
+    fs::create_dir_all(dir)?;
+    match agent {
+        Some(agent) if missing => set_group_mode(dir, agent.gid(), AGENT_PASS_MODE),
+        _ => Ok(()),
+    }
+}
+
+/// Makes `dir` a directory the agent passes through: a real directory (anything else there is
+/// replaced), created if missing, group the agent's, mode 0710.
+///
+/// # Errors
+/// A filesystem failure.
+pub fn pass_dir(dir: &Path, agent: AgentUser) -> io::Result<()> {
+    let meta = real_dir_meta(dir)?;
+    if has_group_mode(&meta, agent, AGENT_PASS_MODE) {
+        return Ok(());
+    }
+    set_group_mode(dir, agent.gid(), AGENT_PASS_MODE)
+}
+
+/// Makes `dir` the agent's own: a real directory (anything else there is replaced), created if
+/// missing, owned by the agent's uid and gid, mode 0700. Only the directory itself changes
+/// hands, not what it holds.
+///
+/// # Errors
+/// A filesystem failure.
+pub fn agent_dir(dir: &Path, agent: AgentUser) -> io::Result<()> {
+    let meta = real_dir_meta(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if meta.uid() != agent.uid() || meta.gid() != agent.gid() {
+            // `lchown`: should `dir` have been swapped for a link meanwhile, the link changes
+            // hands, never what it names.
+            std::os::unix::fs::lchown(dir, Some(agent.uid()), Some(agent.gid()))?;
+        }
+        if meta.mode() & 0o7777 != SECRET_DIR_MODE {
+            fs::set_permissions(dir, fs::Permissions::from_mode(SECRET_DIR_MODE))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (meta, agent);
+    Ok(())
+}
+
+/// The metadata of `dir` once it is a real directory: anything else there is removed, and
+/// the directory (with its parents) created if missing.
+fn real_dir_meta(dir: &Path) -> io::Result<fs::Metadata> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(m),
+        Ok(_) => fs::remove_file(dir)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::create_dir_all(dir)?;
+    let meta = fs::symlink_metadata(dir)?;
+    if meta.is_dir() {
+        Ok(meta)
+    } else {
+        Err(io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )))
+    }
+}
+
+/// Whether `meta` has the agent's group and exactly `mode`.
+fn has_group_mode(meta: &fs::Metadata, agent: AgentUser, mode: u32) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.gid() == agent.gid() && meta.mode() & 0o7777 == mode
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (meta, agent, mode);
+        true
+    }
+}
+
+/// Gives `path` the group `gid` (its owner unchanged) and exactly `mode`.
+fn set_group_mode(path: &Path, gid: u32, mode: u32) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, gid, mode);
+        Ok(())
+    }
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {
@@ -368,8 +553,9 @@ fn is_real_dir(path: &Path) -> bool {
 /// Replaces `path` with `bytes` at once: a new file beside it (created exclusively, with
 /// `mode`), synced, renamed over it. The parent directory is created if missing; one that is
 /// not a real directory (a symbolic link, a file) is replaced, so the write cannot be sent
-/// elsewhere.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+/// elsewhere. With an agent user the new file gets the agent's group and mode 0640 before the
+/// rename, so a reader never meets the file with another mode.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32, agent: Option<AgentUser>) -> io::Result<()> {
     static UNIQUE: AtomicU64 = AtomicU64::new(0);
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
@@ -395,6 +581,14 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         #[cfg(not(unix))]
         let _ = mode;
         let mut file = options.open(&temp)?;
+        #[cfg(unix)]
+        if let Some(agent) = agent {
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::fchown(&file, None, Some(agent.gid()))?;
+            file.set_permissions(fs::Permissions::from_mode(AGENT_READ_MODE))?;
+        }
+        #[cfg(not(unix))]
+        let _ = agent;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&temp, path)
@@ -482,7 +676,7 @@ mod tests {
             town: settings("t"),
             rigs: [("r1".into(), settings("a")), ("r2".into(), settings("b"))].into(),
         };
-        write_settings(&dir, &files).unwrap();
+        write_settings(&dir, &files, None).unwrap();
         assert_eq!(
             read_json(&dir.join("settings/config.json")),
             serde_json::to_value(&files.town).unwrap()
@@ -501,7 +695,7 @@ mod tests {
             town: AgentSettings::default(),
             rigs: [("r2".into(), settings("c"))].into(),
         };
-        write_settings(&dir, &only_r2).unwrap();
+        write_settings(&dir, &only_r2, None).unwrap();
         assert!(!dir.join("r1/settings/config.json").exists());
         assert!(!dir.join("r1/settings").exists());
         assert!(dir.join("r1/notes.txt").exists());
@@ -534,7 +728,7 @@ mod tests {
             town: AgentSettings::default(),
             rigs: [("r1".into(), settings("a"))].into(),
         };
-        write_settings(&dir, &files).unwrap();
+        write_settings(&dir, &files, None).unwrap();
         assert!(is_real_dir(&dir.join("r1/settings")));
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
         fs::remove_dir_all(&dir).unwrap();
@@ -544,13 +738,13 @@ mod tests {
     #[test]
     fn container_token_file_is_one_plain_line() {
         let dir = temp_dir("ctok");
-        write_container_token(&dir, "c.t-1").unwrap();
+        write_container_token(&dir, "c.t-1", None).unwrap();
         assert_eq!(
             fs::read_to_string(dir.join(CONTAINER_TOKEN_FILE)).unwrap(),
             "c.t-1\n"
         );
         assert_eq!(read_container_token(&dir).unwrap(), "c.t-1");
-        let refused = write_container_token(&dir, "a\nb").unwrap_err();
+        let refused = write_container_token(&dir, "a\nb", None).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
         fs::write(dir.join(CONTAINER_TOKEN_FILE), "a b\n").unwrap();
         assert_eq!(
@@ -566,8 +760,8 @@ mod tests {
         let dir = temp_dir("creds");
         let elsewhere = temp_dir("creds-elsewhere");
         fs::write(elsewhere.join("keep.json"), "{}").unwrap();
-        write_container_token(&dir, "c").unwrap();
-        write_gateway_env(&dir, Some("g")).unwrap();
+        write_container_token(&dir, "c", None).unwrap();
+        write_gateway_env(&dir, Some("g"), None).unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.join(GIT_TOKENS_DIR)).unwrap();
         remove_credentials(&dir).unwrap();
         assert!(!dir.join(CONTAINER_TOKEN_FILE).exists());
@@ -606,6 +800,86 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `nobody`'s ids: changing a file's group to them needs root.
+    #[cfg(unix)]
+    fn nobody() -> Option<AgentUser> {
+        if crate::agent_user::server_uid() != Some(0) {
+            eprintln!("skipped: changing owners needs root");
+            return None;
+        }
+        Some(AgentUser::new(65534, 65534).unwrap())
+    }
+
+    #[cfg(unix)]
+    fn owner_mode(path: &Path) -> (u32, u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(path).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn with_an_agent_user_its_group_passes_through_and_reads() {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(agent) = nobody() else { return };
+        let root = temp_dir("agent-root");
+        let workdir = root.join("work");
+        create_root(&workdir, Some(agent)).unwrap();
+        assert_eq!(owner_mode(&workdir), (0, 65534, 0o710));
+        // An existing work directory is left as it is.
+        fs::set_permissions(&workdir, fs::Permissions::from_mode(0o755)).unwrap();
+        create_root(&workdir, Some(agent)).unwrap();
+        assert_eq!(owner_mode(&workdir).2, 0o755);
+
+        let town = workdir.join("town-a");
+        let files = SettingsFiles {
+            town: settings("t"),
+            rigs: [("r1".into(), settings("a"))].into(),
+        };
+        write_settings(&town, &files, Some(agent)).unwrap();
+        write_container_token(&town, "c.t", Some(agent)).unwrap();
+        write_gateway_env(&town, Some("g.t"), Some(agent)).unwrap();
+        write_gitconfig(&town, "[credential]\n", Some(agent)).unwrap();
+        for dir in ["", "settings", "r1", "r1/settings"] {
+            assert_eq!(owner_mode(&town.join(dir)), (0, 65534, 0o710), "{dir:?}");
+        }
+        for file in [
+            SETTINGS_FILE,
+            "r1/settings/config.json",
+            CONTAINER_TOKEN_FILE,
+            GATEWAY_ENV_FILE,
+            GITCONFIG_FILE,
+        ] {
+            assert_eq!(owner_mode(&town.join(file)), (0, 65534, 0o640), "{file}");
+        }
+
+        // A gitconfig of the right content but left by a run without an agent user is
+        // rewritten; a town dir opened up meanwhile is closed again on the next write.
+        fs::remove_file(town.join(GITCONFIG_FILE)).unwrap();
+        write_gitconfig(&town, "[credential]\n", None).unwrap();
+        fs::set_permissions(&town, fs::Permissions::from_mode(0o755)).unwrap();
+        write_gitconfig(&town, "[credential]\n", Some(agent)).unwrap();
+        assert_eq!(owner_mode(&town.join(GITCONFIG_FILE)), (0, 65534, 0o640));
+        assert_eq!(owner_mode(&town), (0, 65534, 0o710));
+
+        // The agent's own directory: taken over from whoever had it, not its content.
+        let cache = town.join(GIT_TOKENS_DIR);
+        fs::create_dir(&cache).unwrap();
+        fs::write(cache.join("old.json"), "{}").unwrap();
+        agent_dir(&cache, agent).unwrap();
+        assert_eq!(owner_mode(&cache), (65534, 65534, 0o700));
+        assert_eq!(owner_mode(&cache.join("old.json")).0, 0);
+        // A link there is replaced, never followed.
+        let elsewhere = temp_dir("agent-elsewhere");
+        let link = town.join("agents");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        pass_dir(&link, agent).unwrap();
+        assert_eq!(owner_mode(&link), (0, 65534, 0o710));
+        assert_eq!(owner_mode(&elsewhere).1, 0);
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&elsewhere).unwrap();
+    }
+
     #[test]
     fn the_gitconfig_quotes_for_git_and_the_shell() {
         let text = gitconfig_text(
@@ -631,7 +905,7 @@ mod tests {
     #[test]
     fn gateway_env_is_one_line_private_and_removable() {
         let dir = temp_dir("gateway");
-        write_gateway_env(&dir, Some("a.b.c")).unwrap();
+        write_gateway_env(&dir, Some("a.b.c"), None).unwrap();
         let path = dir.join(GATEWAY_ENV_FILE);
         assert_eq!(fs::read_to_string(&path).unwrap(), "KILO_JWT=a.b.c\n");
         #[cfg(unix)]
@@ -642,12 +916,12 @@ mod tests {
                 0o600
             );
         }
-        let refused = write_gateway_env(&dir, Some("x\nrm -rf /")).unwrap_err();
+        let refused = write_gateway_env(&dir, Some("x\nrm -rf /"), None).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
         assert_eq!(fs::read_to_string(&path).unwrap(), "KILO_JWT=a.b.c\n");
-        write_gateway_env(&dir, None).unwrap();
+        write_gateway_env(&dir, None, None).unwrap();
         assert!(!path.exists());
-        write_gateway_env(&dir, None).unwrap();
+        write_gateway_env(&dir, None, None).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 }

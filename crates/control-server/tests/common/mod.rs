@@ -49,6 +49,11 @@ impl Server {
         std::fs::canonicalize(&self.workdir).unwrap().join(town)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
