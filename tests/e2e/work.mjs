@@ -196,6 +196,30 @@ export default function work(ctx) {
       assert.ok(kinds(await bead(town.id, slung.body.id)).includes("in_review"));
     });
 
+    it("stopping the town hands its running work back (open, no failure counted); starting it dispatches again", async () => {
+      const { town, rig } = await townWithRig("Stop");
+      const slung = await as("POST", `/api/towns/${town.id}/sling`, { rig_id: rig.id, title: "Interrupted", body: "[demo:hang]" });
+      await until("the dispatch", async () => ((await bead(town.id, slung.body.id)).status === "in_progress" ? true : not("open")));
+      assert.equal((await as("POST", `/api/towns/${town.id}/stop`)).status, 200);
+      const released = await bead(town.id, slung.body.id);
+      assert.deepEqual([released.status, released.assignee_agent_id], ["open", null]);
+      assert.equal(released.events.at(-1).message, "the town was stopped");
+      assert.ok(!kinds(released).includes("stalled"), "not an agent failure");
+      const agents = (await as("GET", `/api/towns/${town.id}/agents`)).body;
+      assert.ok(agents.every((a) => a.status === "idle"), JSON.stringify(agents));
+      await sleep(1_500);
+      assert.equal((await bead(town.id, slung.body.id)).status, "open", "a stopped town dispatches nothing");
+      assert.equal((await as("POST", `/api/towns/${town.id}/start`)).status, 200);
+      const again = await until("the dispatch after the start", async () => {
+        const b = await bead(town.id, slung.body.id);
+        return b.status === "in_progress" ? b : not(b.status);
+      });
+      assert.equal(again.dispatch_attempts, 2);
+      assert.equal((await as("PATCH", `/api/towns/${town.id}/beads/${slung.body.id}`, { status: "closed" })).status, 200);
+      const closed = (await as("GET", `/api/towns/${town.id}/agents`)).body;
+      assert.ok(closed.every((a) => a.status === "idle"), "closing the bead frees its agent");
+    });
+
     it("a dead container: attempts back off and stop at 5, the breaker holds dispatch (no storm), the bead fails with a reason, reopen works", async () => {
       const { town, rig } = await townWithRig("Storm");
       await control.fail({ agents_start: true });

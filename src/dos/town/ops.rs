@@ -348,6 +348,7 @@ impl TownOps for TownDO {
         // container token is rotated away and the loop ends.
         self.set_status(TownStatus::Stopped)?;
         town.status = TownStatus::Stopped;
+        self.release_work("the town was stopped")?;
         self.advance_generation()?;
         set_meta(&self.sql(), Meta::ContainerStarted, 0)?;
         self.state

@@ -21,7 +21,7 @@ use gastown_core::control::{
 };
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, BeadId, RigId};
-use gastown_core::model::{Agent, Rig, Town};
+use gastown_core::model::{Agent, Rig, Town, TownStatus};
 use gastown_core::page::Page;
 use gastown_core::policy::{self, Breaker, DispatchRetry};
 use gastown_core::protocol::container::{self as c, AgentStarted};
@@ -616,6 +616,34 @@ impl TownDO {
         self.still_here()
     }
 
+    /// The town stops: its agents stop with the container, so their beads go back to open
+    /// (no agent failed: this counts toward no crash loop) and the agents are idle.
+    pub(super) fn release_work(&self, reason: &str) -> Reply<()> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let sql = self.sql();
+        let running = rows::<Id>(
+            &sql,
+            "SELECT id FROM beads WHERE status = 'in_progress'",
+            vec![],
+        )?;
+        for bead in running {
+            exec(
+                &sql,
+                "UPDATE beads SET status = 'open', assignee_agent_id = NULL, updated_at = ? WHERE id = ?",
+                vec![now_text().into(), bead.id.as_str().into()],
+            )?;
+            event(&sql, &bead.id, "reopened", &Actor::Town, Some(reason))?;
+        }
+        exec(
+            &sql,
+            "UPDATE agents SET status = 'idle', current_bead_id = NULL WHERE status IN ('working', 'stalled')",
+            vec![],
+        )
+    }
+
     /// The rig was removed: its open and in-progress beads fail.
     pub(super) fn fail_rig_work(&self, rig_id: &RigId) -> Reply<()> {
         #[derive(Deserialize)]
@@ -736,6 +764,11 @@ impl TownDO {
                     bump_meta(&self.sql(), Meta::Dispatches)?;
                 }
                 Err(error) => self.dispatch_failed(&candidate.id, &agent.id, attempts, &error)?,
+            }
+            // The town may have been stopped while the container was called: dispatch no more
+            // (its start re-arms the loop, and patrol reopens what the stop cut short).
+            if self.stored_status()? == TownStatus::Stopped {
+                break;
             }
         }
         Ok(())
