@@ -95,16 +95,19 @@ pub async fn read_json_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
     Ok(bytes)
 }
 
+/// The query string of a request (without `?` and any fragment), if it has one.
+pub fn query(req: &Request) -> Option<String> {
+    // The runtime's URL is already serialised (WHATWG): its query is what follows the first
+    // `?`, so there is no need to parse the whole URL again (`Request::url` would).
+    let url = req.inner().url();
+    url.split_once('?')
+        .map(|(_, q)| q.split_once('#').map_or(q, |(q, _)| q).to_owned())
+}
+
 /// The `?limit=&after=` of a list route.
 ///
 /// # Errors
 /// 422 for a malformed parameter.
 pub fn page(req: &Request) -> Result<Page, ApiError> {
-    // The runtime's URL is already serialised (WHATWG): its query is what follows the first
-    // `?`, so there is no need to parse the whole URL again (`Request::url` would).
-    let url = req.inner().url();
-    let query = url
-        .split_once('?')
-        .map(|(_, q)| q.split_once('#').map_or(q, |(q, _)| q));
-    Page::parse(query)
+    Page::parse(query(req).as_deref())
 }

@@ -3,7 +3,7 @@
 //! no owner DO is consulted and personal and org towns take the same path.
 
 use crate::dos::{container as container_do, owner, town as town_do};
-use crate::http::{json, json_reply, page, read_json_body};
+use crate::http::{json, json_reply, page, query, read_json_body};
 use gastown_core::auth::UserClaims;
 use gastown_core::authz::{self, TownRole};
 use gastown_core::beads::{BeadFilter, BeadPatch, NewBead};
@@ -150,12 +150,8 @@ pub async fn ensure_mayor(env: &Env, town: &Town) -> Handled {
 
 /// `GET /api/towns/:townId/beads?status=&rig=&type=&limit=&after=`: oldest first.
 pub async fn list_beads(req: &Request, env: &Env, town: &Town) -> Handled {
-    let url = req.inner().url();
-    let query = url
-        .split_once('?')
-        .map(|(_, q)| q.split_once('#').map_or(q, |(q, _)| q));
     let list = t::ListBeads {
-        filter: BeadFilter::parse(query)?,
+        filter: BeadFilter::parse(query(req).as_deref())?,
         page: page(req)?,
     };
     let beads = town_do::stub(env, &town.id)?.call(list).await?;

@@ -385,12 +385,7 @@ impl BeadFilter {
     /// 422 naming the malformed filter.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut filter = BeadFilter::default();
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (key, value) in crate::page::query_pairs(query) {
             let value = crate::ids::percent_decode(value).unwrap_or_default();
             match key {
                 "status" => filter.status = Some(BeadStatus::parse("status", &value)?),

@@ -25,6 +25,16 @@ impl Default for Page {
     }
 }
 
+/// The `key=value` pairs of a query string (without `?`), values still percent-encoded; a
+/// pair without `=` has an empty value, empty pairs are skipped.
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
 impl Page {
     /// Parses the query string (without `?`). Unknown parameters are ignored.
     ///
@@ -32,12 +42,7 @@ impl Page {
     /// 422 naming `limit` or `after` when either is malformed.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut page = Page::default();
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (key, value) in query_pairs(query) {
             match key {
                 "limit" => {
                     page.limit = value
