@@ -646,13 +646,7 @@ fn open_log(path: &Path) -> io::Result<File> {
             _ => {}
         }
     }
-    let mut options = OpenOptions::new();
-    options.append(true).create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, LOG_MODE);
-    #[cfg(not(unix))]
-    let _ = LOG_MODE;
-    options.open(path)
+    workdir::open_with_mode(OpenOptions::new().append(true).create(true), LOG_MODE, path)
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ use gastown_core::agent_settings::{AgentSettings, SettingsFiles};
 use gastown_core::control::{
     GitTokenReply, CONTAINER_TOKEN_FILE, GATEWAY_ENV_FILE, GATEWAY_TOKEN_ENV, SETTINGS_FILE,
 };
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -576,11 +576,7 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32, agent: Option<AgentUser>) 
     let written = (|| {
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-        #[cfg(not(unix))]
-        let _ = mode;
-        let mut file = options.open(&temp)?;
+        let mut file = open_with_mode(&mut options, mode, &temp)?;
         #[cfg(unix)]
         if let Some(agent) = agent {
             use std::os::unix::fs::PermissionsExt;
@@ -597,6 +593,20 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32, agent: Option<AgentUser>) 
         let _ = fs::remove_file(&temp);
     }
     written
+}
+
+/// Opens `path` with `options`, a file it creates getting `mode` (on Unix; elsewhere the
+/// system's default).
+pub(crate) fn open_with_mode(
+    options: &mut OpenOptions,
+    mode: u32,
+    path: &Path,
+) -> io::Result<File> {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    options.open(path)
 }
 
 #[cfg(test)]

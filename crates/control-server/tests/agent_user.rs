@@ -124,34 +124,57 @@ fn run_probe(s: &Server, work: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A debug server whose agent command is the probe, with `agent_args` (the agent user, or
+/// none) and a fake worker that hands out git tokens; the probe run to its end.
+struct Probed {
+    /// Kept for its drop: the directory goes with the test.
+    _base: TempDir,
+    workdir: PathBuf,
+    worker: FakeWorker,
+    s: Server,
+    town: PathBuf,
+    work: PathBuf,
+    report: BTreeMap<String, String>,
+}
+
+fn probed(agent_args: &[&str]) -> Probed {
+    let base = base();
+    let workdir = base.0.join("work");
+    let worker = git_token_worker();
+    let command = format!("/bin/sh {}", base.0.join("probe.sh").display());
+    let url = worker.url();
+    let mut args = vec!["--workdir", workdir.to_str().unwrap()];
+    args.extend_from_slice(agent_args);
+    args.extend_from_slice(&["--agent-command", &command, "--worker-url", &url]);
+    let s = start(DEBUG_BIN, &[(KEY_ENV, KEY)], &args);
+    let town = workdir.join(TOWN);
+    let work = town.join("agents").join(AGENT);
+    let report = run_probe(&s, &work);
+    Probed {
+        _base: base,
+        workdir,
+        worker,
+        s,
+        town,
+        work,
+        report,
+    }
+}
+
 #[test]
 fn an_agent_runs_as_the_agent_user_and_reaches_only_what_it_is_given() {
     if !is_root() {
         return;
     }
-    let base = base();
-    let workdir = base.0.join("work");
-    let worker = git_token_worker();
-    let command = format!("/bin/sh {}", base.0.join("probe.sh").display());
-    let s = start(
-        DEBUG_BIN,
-        &[(KEY_ENV, KEY)],
-        &[
-            "--workdir",
-            workdir.to_str().unwrap(),
-            "--agent-uid",
-            "65534",
-            "--agent-gid",
-            "65534",
-            "--agent-command",
-            &command,
-            "--worker-url",
-            &worker.url(),
-        ],
-    );
-    let town = workdir.join(TOWN);
-    let work = town.join("agents").join(AGENT);
-    let report = run_probe(&s, &work);
+    let Probed {
+        workdir,
+        worker,
+        s,
+        town,
+        work,
+        report,
+        _base,
+    } = probed(&["--agent-uid", "65534", "--agent-gid", "65534"]);
     let get = |k: &str| report.get(k).map(String::as_str);
 
     // Who it is: nobody, with no other group.
@@ -236,25 +259,16 @@ fn without_an_agent_user_agents_run_as_the_server_and_the_modes_are_unchanged() 
     if !is_root() {
         return;
     }
-    let base = base();
-    let workdir = base.0.join("work");
-    let worker = git_token_worker();
-    let command = format!("/bin/sh {}", base.0.join("probe.sh").display());
-    let s = start(
-        DEBUG_BIN,
-        &[(KEY_ENV, KEY)],
-        &[
-            "--workdir",
-            workdir.to_str().unwrap(),
-            "--agent-command",
-            &command,
-            "--worker-url",
-            &worker.url(),
-        ],
-    );
-    let town = workdir.join(TOWN);
-    let work = town.join("agents").join(AGENT);
-    let report = run_probe(&s, &work);
+    let Probed {
+        workdir,
+        town,
+        work,
+        report,
+        // Bound, not `..`: the server and the directory must live to the test's end.
+        _base,
+        worker: _worker,
+        s: _s,
+    } = probed(&[]);
     assert_eq!(
         report.get("uid").map(String::as_str),
         Some("0"),

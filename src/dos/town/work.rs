@@ -755,7 +755,9 @@ impl TownDO {
             let attempts = candidate.dispatch_attempts as u32 + 1;
             self.claim(&candidate.id, &agent, attempts)?;
             let started = self
-                .start_agent(town, &config, &rig, &agent, &candidate)
+                .start_agent(town, || {
+                    self.agent_body(town, &config, &rig, &agent, &candidate)
+                })
                 .await;
             self.still_here()?;
             match started {
@@ -863,14 +865,12 @@ impl TownDO {
     }
 
     /// Starts the agent in the container, starting the container first (fresh tokens, current
-    /// env) if it is not running, or no longer knows the town.
+    /// env) if it is not running, or no longer knows the town. `body` builds the start's body
+    /// once the container runs, so it carries the tokens that start minted.
     async fn start_agent(
         &self,
         town: &Town,
-        config: &TownConfig,
-        rig: &Rig,
-        agent: &AgentRow,
-        bead: &Candidate,
+        body: impl Fn() -> Reply<AgentStartBody>,
     ) -> Result<(), String> {
         let internal = |e: ApiError| {
             console_error!("town {}: dispatch: {e}", town.id);
@@ -880,9 +880,7 @@ impl TownDO {
             self.start_for_dispatch(town).await?;
         }
         for attempt in 0..2 {
-            let body = self
-                .agent_body(town, config, rig, agent, bead)
-                .map_err(internal)?;
+            let body = body().map_err(internal)?;
             let started = self
                 .container(&town.id)
                 .map_err(internal)?
