@@ -99,6 +99,18 @@ pub struct Platforms {
     pub state_key: Option<Vec<u8>>,
 }
 
+impl Platforms {
+    /// The host a platform's repositories are cloned from: `GITHUB_WEB_URL`'s, or `GITLAB_URL`'s.
+    /// An integration's tokens are only ever handed out for this host.
+    pub fn git_host(&self, platform: gastown_core::integrations::Platform) -> Option<String> {
+        use gastown_core::integrations::{git_host, Platform};
+        match platform {
+            Platform::Github => git_host(&self.github_web_url),
+            Platform::Gitlab => git_host(&self.gitlab_url),
+        }
+    }
+}
+
 fn url(env: &Env, name: &str, default: &str) -> String {
     string(env, name)
         .filter(|u| !u.trim().is_empty())

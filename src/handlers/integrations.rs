@@ -16,8 +16,8 @@ use gastown_core::authz::{self, ContainerCaller};
 use gastown_core::error::ApiError;
 use gastown_core::ids::{IntegrationId, OrgId, RigId};
 use gastown_core::integrations::{
-    self, IntegrationStatus, IntegrationSummary, Platform, Repository, StateClaims, StateKind,
-    REPO_CACHE_TTL_SECS, STATE_TTL_SECS,
+    self, DashboardCode, IntegrationStatus, IntegrationSummary, Platform, Repository, StateClaims,
+    StateKind, REPO_CACHE_TTL_SECS, STATE_TTL_SECS,
 };
 use gastown_core::model::Owner;
 use gastown_core::protocol::town::RigCredentials;
@@ -157,11 +157,12 @@ pub async fn gitlab_connect(req: &mut Request, env: &Env, claims: &UserClaims) -
 }
 
 /// 302 to the dashboard with one friendly code.
-fn back_to_dashboard(settings: &Platforms, platform: Platform, code: &str) -> Handled {
+fn back_to_dashboard(settings: &Platforms, platform: Platform, code: DashboardCode) -> Handled {
     let location = format!(
-        "{}/integrations?platform={}&result={code}",
+        "{}/integrations?platform={}&result={}",
         settings.dashboard_url,
-        platform.as_str()
+        platform.as_str(),
+        code.as_str()
     );
     let mut resp = Response::empty()
         .map_err(ApiError::internal)?
@@ -192,10 +193,19 @@ async fn accept_state(
     Ok(Some(claims))
 }
 
-/// `GET /api/integrations/github/installed?installation_id&setup_action&state`.
+/// `GET /api/integrations/github/installed?installation_id&setup_action&code&state`.
+///
+/// GitHub documents that `installation_id` on this redirect can be spoofed, so an installation
+/// is connected only when the user who comes back proves they may access it: the App requests
+/// user authorization during installation, the redirect carries a `code`, and the installation
+/// must be among the user's own (`GET /user/installations` with the token that code gives);
+/// for an org, it must also be installed on an organization account. Without that proof the
+/// user lands on `authorization_required` or `installation_forbidden`, and nothing is stored.
+/// A deleted integration is re-connected the same way.
 pub async fn github_installed(req: &Request, env: &Env) -> Handled {
     let settings = &config::get(env).platforms;
     let params = query(req);
+    let back = |code| back_to_dashboard(settings, Platform::Github, code);
     let Some(claims) = accept_state(
         env,
         settings,
@@ -204,19 +214,45 @@ pub async fn github_installed(req: &Request, env: &Env) -> Handled {
     )
     .await?
     else {
-        return back_to_dashboard(settings, Platform::Github, "invalid_state");
+        return back(DashboardCode::InvalidState);
     };
     let Some(installation_id) = param(&params, "installation_id")
         .filter(|id| id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()))
     else {
-        return back_to_dashboard(settings, Platform::Github, "invalid_request");
+        return back(DashboardCode::InvalidRequest);
     };
-    let installation = match github::installation(settings, installation_id).await {
-        Ok(Some(i)) => i,
-        Ok(None) => return back_to_dashboard(settings, Platform::Github, "exchange_failed"),
+    let Some(code) = param(&params, "code") else {
+        return back(DashboardCode::AuthorizationRequired);
+    };
+    let redirect = user_tokens::install_redirect_uri(settings);
+    let tokens = match user_tokens::exchange_code(settings, code, &redirect).await {
+        Ok(t) => t,
+        Err(user_tokens::Refused::Grant) => return back(DashboardCode::ExchangeFailed),
+        Err(user_tokens::Refused::Other(e)) => {
+            console_error!("github install: {}", e.into_api());
+            return back(DashboardCode::ExchangeFailed);
+        }
+    };
+    let theirs = match github::user_installations(settings, &tokens.access_token).await {
+        Ok(list) => list,
         Err(e) => {
             console_error!("github install: {}", e.into_api());
-            return back_to_dashboard(settings, Platform::Github, "exchange_failed");
+            return back(DashboardCode::ExchangeFailed);
+        }
+    };
+    let proven = theirs.iter().any(|i| {
+        i.id.to_string() == installation_id
+            && (claims.org_id.is_none() || i.account.kind == "Organization")
+    });
+    if !proven {
+        return back(DashboardCode::InstallationForbidden);
+    }
+    let installation = match github::installation(settings, installation_id).await {
+        Ok(Some(i)) => i,
+        Ok(None) => return back(DashboardCode::ExchangeFailed),
+        Err(e) => {
+            console_error!("github install: {}", e.into_api());
+            return back(DashboardCode::ExchangeFailed);
         }
     };
     let recorded = store::record_github(
@@ -229,10 +265,8 @@ pub async fn github_installed(req: &Request, env: &Env) -> Handled {
     )
     .await;
     match recorded {
-        Ok(_) => back_to_dashboard(settings, Platform::Github, "success"),
-        Err(ApiError::Conflict(_)) => {
-            back_to_dashboard(settings, Platform::Github, "already_connected")
-        }
+        Ok(_) => back(DashboardCode::Success),
+        Err(ApiError::Conflict(_)) => back(DashboardCode::AlreadyConnected),
         Err(e) => Err(e),
     }
 }
@@ -249,13 +283,13 @@ pub async fn gitlab_callback(req: &Request, env: &Env) -> Handled {
     )
     .await?
     else {
-        return back_to_dashboard(settings, Platform::Gitlab, "invalid_state");
+        return back_to_dashboard(settings, Platform::Gitlab, DashboardCode::InvalidState);
     };
     if param(&params, "error").is_some() {
-        return back_to_dashboard(settings, Platform::Gitlab, "access_denied");
+        return back_to_dashboard(settings, Platform::Gitlab, DashboardCode::AccessDenied);
     }
     let Some(code) = param(&params, "code") else {
-        return back_to_dashboard(settings, Platform::Gitlab, "invalid_request");
+        return back_to_dashboard(settings, Platform::Gitlab, DashboardCode::InvalidRequest);
     };
     let verifier = integrations::pkce_verifier(state_key(settings)?, &claims.nonce);
     let connected = async {
@@ -267,11 +301,11 @@ pub async fn gitlab_callback(req: &Request, env: &Env) -> Handled {
     match connected {
         Ok((tokens, user)) => {
             store::record_gitlab(env, &claims.owner(), &user.username, &tokens).await?;
-            back_to_dashboard(settings, Platform::Gitlab, "success")
+            back_to_dashboard(settings, Platform::Gitlab, DashboardCode::Success)
         }
         Err(e) => {
             console_error!("gitlab connect: {}", e.into_api());
-            back_to_dashboard(settings, Platform::Gitlab, "exchange_failed")
+            back_to_dashboard(settings, Platform::Gitlab, DashboardCode::ExchangeFailed)
         }
     }
 }
@@ -386,23 +420,6 @@ pub async fn repositories(
     Ok(json(200, &shown))
 }
 
-/// A rig given by URL may name an integration: it must exist and be `owner`'s.
-///
-/// # Errors
-/// 422 for an unknown integration; 403 for another owner's.
-pub async fn check_rig_integration(env: &Env, owner: &Owner, id: &str) -> Result<(), ApiError> {
-    let row = store::get(env, id)
-        .await?
-        .ok_or_else(|| ApiError::invalid("platform_integration_id", "is not an integration"))?;
-    if row.public().belongs_to(owner) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "the integration belongs to another owner than the town".into(),
-        ))
-    }
-}
-
 /// For a new rig: the repository `repo` of integration `id`, which must be `owner`'s and active.
 ///
 /// # Errors
@@ -514,32 +531,33 @@ pub async fn github_user_callback(req: &Request, env: &Env) -> Handled {
     )
     .await?
     else {
-        return back("invalid_state");
+        return back(DashboardCode::InvalidState);
     };
     if let Some(error) = param(&params, "error") {
         console_error!("github user-connect: GitHub answered {error}");
-        return back("access_denied");
+        return back(DashboardCode::AccessDenied);
     }
     let Some(code) = param(&params, "code") else {
-        return back("invalid_request");
+        return back(DashboardCode::InvalidRequest);
     };
-    let tokens = match user_tokens::exchange_code(settings, code).await {
+    let redirect = user_tokens::redirect_uri(settings);
+    let tokens = match user_tokens::exchange_code(settings, code, &redirect).await {
         Ok(t) => t,
-        Err(user_tokens::Refused::Grant) => return back("exchange_failed"),
+        Err(user_tokens::Refused::Grant) => return back(DashboardCode::ExchangeFailed),
         Err(user_tokens::Refused::Other(e)) => {
             console_error!("github user-connect: {}", e.into_api());
-            return back("exchange_failed");
+            return back(DashboardCode::ExchangeFailed);
         }
     };
     let who = match user_tokens::user(settings, &tokens.access_token).await {
         Ok(u) => u,
         Err(e) => {
             console_error!("github user-connect: {}", e.into_api());
-            return back("exchange_failed");
+            return back(DashboardCode::ExchangeFailed);
         }
     };
     user_tokens::upsert(env, claims.user_id.as_str(), &who, &tokens).await?;
-    back("success")
+    back(DashboardCode::Success)
 }
 
 /// `GET /api/integrations/github/user-connect`: `not_connected`, `connected` or `revoked`.
@@ -631,10 +649,17 @@ struct InstallationRef {
 /// `POST /api/webhooks/github`: `X-Hub-Signature-256` is checked (in constant time) before the
 /// body is read as anything; `installation` `deleted` / `suspend` / `unsuspend` set the
 /// integration's status. Other events: 204.
+///
+/// Replays change nothing. A delivery (`X-GitHub-Delivery`) is applied once: a redelivery or a
+/// byte-for-byte replay of a captured one answers 200 `{"duplicate": true}`. And because the
+/// signature covers the body but not that header, an installation event is never taken at its
+/// word: it only prompts a read of the installation from GitHub, and the state GitHub reports
+/// now is what is recorded, so no replayed `unsuspend` can undo a later `suspend`.
 pub async fn github_webhook(req: &mut Request, env: &Env) -> Handled {
     let settings = &config::get(env).platforms;
     let signature = req.headers().get("x-hub-signature-256").ok().flatten();
     let event = req.headers().get("x-github-event").ok().flatten();
+    let delivery = req.headers().get("x-github-delivery").ok().flatten();
     let body = req
         .bytes()
         .await
@@ -650,6 +675,23 @@ pub async fn github_webhook(req: &mut Request, env: &Env) -> Handled {
         return Err(ApiError::Unauthorized(
             "missing or invalid webhook signature",
         ));
+    }
+    let delivery = delivery
+        .as_deref()
+        .and_then(|id| integrations::delivery_key(Platform::Github, id))
+        .ok_or_else(|| ApiError::BadRequest("missing or malformed X-GitHub-Delivery".into()))?;
+    if !store::use_nonce(
+        env,
+        &delivery,
+        config::now_s() + integrations::WEBHOOK_DELIVERY_TTL_SECS,
+    )
+    .await?
+    {
+        #[derive(Serialize)]
+        struct Duplicate {
+            duplicate: bool,
+        }
+        return Ok(json(200, &Duplicate { duplicate: true }));
     }
     if event.as_deref() == Some("github_app_authorization") {
         let parsed: AuthorizationEvent = serde_json::from_slice(&body)
@@ -674,26 +716,40 @@ pub async fn github_webhook(req: &mut Request, env: &Env) -> Handled {
     }
     let parsed: InstallationEvent = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidJson(gastown_core::body::json_error_summary(&e)))?;
-    let (status, code) = match parsed.action.as_str() {
-        "deleted" => (IntegrationStatus::Revoked, Some("installation_deleted")),
-        "suspend" => (IntegrationStatus::Suspended, Some("suspended")),
-        "unsuspend" => (IntegrationStatus::Active, None),
-        _ => {
-            return Ok(Response::empty()
-                .map_err(ApiError::internal)?
-                .with_status(204))
-        }
-    };
-    let updated = match store::by_installation(env, &parsed.installation.id.to_string()).await? {
-        Some(row) => {
-            store::set_status(env, &row.id, status, code).await?;
-            1
-        }
-        None => 0,
-    };
-    #[derive(Serialize)]
-    struct Out {
-        updated: u32,
+    if !matches!(parsed.action.as_str(), "deleted" | "suspend" | "unsuspend") {
+        return Ok(Response::empty()
+            .map_err(ApiError::internal)?
+            .with_status(204));
     }
-    Ok(json(200, &Out { updated }))
+    let installation_id = parsed.installation.id.to_string();
+    let Some(row) = store::by_installation(env, &installation_id).await? else {
+        return Ok(json(200, &Updated { updated: 0 }));
+    };
+    // What GitHub says of the installation now, whatever the event claimed.
+    let (status, code) = match github::installation(settings, &installation_id).await {
+        Ok(None) => (IntegrationStatus::Revoked, Some("installation_deleted")),
+        Ok(Some(i)) if i.suspended_at.is_some() => {
+            (IntegrationStatus::Suspended, Some("suspended"))
+        }
+        Ok(Some(_)) => (IntegrationStatus::Active, None),
+        Err(e) => {
+            // Nothing was applied: a redelivery of this delivery must not count as a replay.
+            store::forget_nonce(env, &delivery).await?;
+            let e = e.into_api();
+            console_error!("github webhook: reading the installation: {e}");
+            return Err(e);
+        }
+    };
+    let updated = if row.status == status {
+        0
+    } else {
+        store::set_status(env, &row.id, status, code).await?;
+        1
+    };
+    Ok(json(200, &Updated { updated }))
+}
+
+#[derive(Serialize)]
+struct Updated {
+    updated: u32,
 }

@@ -104,13 +104,40 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
     let created_at = rfc3339(config::now_ms());
     let rig = match &new.source {
         RigSource::Url {
-            platform_integration_id,
+            platform_integration_id: None,
             ..
+        } => Rig::new(id, new, created_at)?,
+        // A rig that names an integration takes its clone URL (and so the host its tokens go
+        // to) from the integration's repository; a `git_url` that names another is refused.
+        RigSource::Url {
+            git_url,
+            platform_integration_id: Some(integration_id),
         } => {
-            if let Some(integration_id) = platform_integration_id {
-                integrations::check_rig_integration(env, owner, integration_id).await?;
+            let repo = gastown_core::integrations::repo_full_name(git_url)
+                .ok_or_else(|| ApiError::invalid("git_url", "names no owner/repository"))?;
+            let found = integrations::repository_for_rig(env, owner, integration_id, &repo)
+                .await
+                .map_err(|e| match e {
+                    ApiError::Invalid { field, message } if field == "repo" => {
+                        ApiError::invalid("git_url", message)
+                    }
+                    e => e,
+                })?;
+            if !gastown_core::integrations::same_repository(git_url, &found.git_url) {
+                return Err(ApiError::invalid(
+                    "git_url",
+                    "is not the integration's repository: leave it out, or give the repository's own URL",
+                ));
             }
-            Rig::new(id, new, created_at)?
+            let integration_id = integration_id.clone();
+            Rig::from_repository(
+                id,
+                new,
+                integration_id,
+                found.git_url,
+                found.default_branch,
+                created_at,
+            )
         }
         RigSource::Integration {
             integration_id,

@@ -76,6 +76,14 @@ async fn reply_for_rig(env: &Env, creds: RigCredentialsReply) -> Result<GitToken
             "the rig's integration belongs to another owner".into(),
         ));
     }
+    // Rigs take their URL from the integration, but a rig recorded before that rule (or a
+    // provider URL on another host) must still never carry the integration's token elsewhere.
+    let platform_host = config::get(env).platforms.git_host(row.platform());
+    if platform_host.is_none() || integrations::git_host(&rig.git_url) != platform_host {
+        return Err(ApiError::Forbidden(
+            "the rig's git_url is not on its integration's host".into(),
+        ));
+    }
     if row.status != IntegrationStatus::Active {
         return Err(unavailable(row.status));
     }

@@ -153,6 +153,49 @@ pub async fn installation(
 }
 
 #[derive(Deserialize)]
+struct UserInstallations {
+    installations: Vec<Installation>,
+}
+
+/// The App's installations that the user of a user-to-server `token` may access
+/// (`GET /user/installations`, 100 a page, at most 10 pages): the proof that a user who comes
+/// back from an install may connect the installation the redirect names, since GitHub
+/// documents that `installation_id` on that redirect can be spoofed.
+///
+/// # Errors
+/// As [`PlatformError`].
+pub async fn user_installations(
+    settings: &Platforms,
+    token: &str,
+) -> Result<Vec<Installation>, PlatformError> {
+    let auth = format!("Bearer {token}");
+    let mut out = Vec::new();
+    for page in 1..=10 {
+        let parsed: UserInstallations = http::send(
+            Method::Get,
+            &format!(
+                "{}/user/installations?per_page=100&page={page}",
+                settings.github_api_url
+            ),
+            &[
+                ("authorization", &auth),
+                ("x-github-api-version", "2022-11-28"),
+            ],
+            Body::None,
+            "listing the user's installations",
+        )
+        .await?
+        .parsed(&[200], "listing the user's installations")?;
+        let n = parsed.installations.len();
+        out.extend(parsed.installations);
+        if n < 100 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
 struct AccessToken {
     token: String,
     expires_at: String,

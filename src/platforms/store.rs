@@ -533,7 +533,9 @@ pub async fn store_git_token(
     Ok(())
 }
 
-/// Records a connect flow's nonce; false if it was used before (a replayed `state`).
+/// Records a single-use id until `expires_at`: a connect flow's nonce, or a webhook delivery's
+/// id (`webhook:<platform>:<id>`); false if it was used before (a replayed `state`, a replayed
+/// or redelivered webhook).
 ///
 /// # Errors
 /// Internal, when D1 fails.
@@ -552,4 +554,18 @@ pub async fn use_nonce(env: &Env, nonce: &str, expires_at: i64) -> Result<bool, 
     )
     .await?
         == 1)
+}
+
+/// Forgets a single-use id recorded by [`use_nonce`], when what it guarded was not done.
+///
+/// # Errors
+/// Internal, when D1 fails.
+pub async fn forget_nonce(env: &Env, nonce: &str) -> Result<(), ApiError> {
+    run(
+        env,
+        "DELETE FROM oauth_states_used WHERE nonce = ?1",
+        &[s(nonce)],
+    )
+    .await?;
+    Ok(())
 }

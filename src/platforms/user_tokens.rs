@@ -96,6 +96,13 @@ fn client(settings: &Platforms) -> Result<(&str, &str), PlatformError> {
     }
 }
 
+/// The App's callback for installations: with "Request user authorization (OAuth) during
+/// installation" GitHub sends the installing user here with a `code` (it must be the App's
+/// first callback URL).
+pub fn install_redirect_uri(settings: &Platforms) -> String {
+    format!("{}/api/integrations/github/installed", settings.public_url)
+}
+
 /// The callback URL registered with the App.
 pub fn redirect_uri(settings: &Platforms) -> String {
     format!(
@@ -163,13 +170,16 @@ async fn oauth(settings: &Platforms, grant: &[(&str, &str)]) -> Result<Tokens, R
     }
 }
 
-/// Exchanges a callback's code.
+/// Exchanges a callback's code; `redirect` is the callback it was sent to.
 ///
 /// # Errors
 /// As [`Refused`].
-pub async fn exchange_code(settings: &Platforms, code: &str) -> Result<Tokens, Refused> {
-    let redirect = redirect_uri(settings);
-    oauth(settings, &[("code", code), ("redirect_uri", &redirect)]).await
+pub async fn exchange_code(
+    settings: &Platforms,
+    code: &str,
+    redirect: &str,
+) -> Result<Tokens, Refused> {
+    oauth(settings, &[("code", code), ("redirect_uri", redirect)]).await
 }
 
 #[derive(Deserialize)]

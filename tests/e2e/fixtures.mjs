@@ -68,12 +68,12 @@ export function signState(claims) {
 }
 
 /** POSTs a GitHub webhook to the worker at `base`, signed with `secret`. */
-export function githubWebhook(base, event, payload, secret = secrets.GITHUB_WEBHOOK_SECRET) {
-  const body = JSON.stringify(payload);
+export function githubWebhook(base, event, payload, secret = secrets.GITHUB_WEBHOOK_SECRET, { delivery = crypto.randomUUID() } = {}) {
+  const body = typeof payload === "string" ? payload : JSON.stringify(payload);
   const signature = `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`;
   return fetch(`${base}/api/webhooks/github`, {
     method: "POST",
-    headers: { "content-type": "application/json", "x-github-event": event, "x-hub-signature-256": signature },
+    headers: { "content-type": "application/json", "x-github-event": event, "x-hub-signature-256": signature, "x-github-delivery": delivery },
     body,
   });
 }

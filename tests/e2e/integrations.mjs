@@ -6,11 +6,13 @@
 // token anywhere it should not be.
 import { describe, it, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ROOT } from "../../scripts/lib/jwt.mjs";
 import { secrets } from "./harness.mjs";
-import { webhookPayload } from "./standins/git_platforms.mjs";
+import { webhookPayload, signWebhook } from "./standins/git_platforms.mjs";
 import { freshUser, tokenFor, createTown, internalKey, signState, githubWebhook } from "./fixtures.mjs";
 
 const DASHBOARD = secrets.DASHBOARD_URL;
@@ -36,6 +38,17 @@ export default function integrations(ctx) {
   const internalGitToken = (rigId) => ctx.call("POST", `/api/internal/rigs/${rigId}/git-token`, { headers: { "x-internal-api-key": internalKey() } });
   const webhook = (event, payload, secret) => githubWebhook(ctx.worker.url, event, payload, secret);
   let nextInstallation = 7_000 + (process.pid % 1000) * 10;
+  let nextGithubUser = 8_100_000 + (process.pid % 1000) * 100;
+  const INSTALLED = `${secrets.PUBLIC_URL}/api/integrations/github/installed`;
+
+  /** A GitHub user of the stand-in; `code()` is what GitHub's install-time authorization hands back. */
+  function githubUser(login = `gh-user-${nextGithubUser + 1}`) {
+    const id = ++nextGithubUser;
+    p().addGithubUser({ id, login });
+    return { id, login, code: () => p().issueGithubUserCode({ user_id: id, redirect_uri: INSTALLED }) };
+  }
+  const installedPath = (id, state, code) =>
+    `/api/integrations/github/installed?installation_id=${id}&setup_action=install${code ? `&code=${code}` : ""}&state=${encodeURIComponent(state)}`;
 
   /** Installs the App for `user` (or their org), through the whole flow; returns the integration. */
   async function install(user, { org, repos = [{ name: "app", default_branch: "trunk" }, { name: "lib" }] } = {}) {
@@ -46,15 +59,17 @@ export default function integrations(ctx) {
     const url = new URL(start.body.install_url);
     assert.equal(url.origin + url.pathname, `${p().url}/apps/${secrets.GITHUB_APP_SLUG}/installations/new`);
     const login = `acct-${id}`;
-    p().addInstallation({ id, login, type: org ? "Organization" : "User", repos });
-    const back = await land(`/api/integrations/github/installed?installation_id=${id}&setup_action=install&state=${encodeURIComponent(url.searchParams.get("state"))}`);
+    // A personal account's installation is its own user's; an org's, its admin's.
+    const installer = githubUser(org ? undefined : login);
+    p().addInstallation({ id, login, type: org ? "Organization" : "User", repos, users: org ? [installer.id] : [] });
+    const back = await land(installedPath(id, url.searchParams.get("state"), installer.code()));
     assert.equal(back.status, 302);
     assert.equal(result(back.location), "success", back.location);
     const owner = org ? `/api/orgs/${org}` : `/api/users/${user}`;
     const list = await as(token, "GET", `${owner}/integrations`);
     const integration = list.body.find((i) => i.account_login === login);
     assert.ok(integration, JSON.stringify(list.body));
-    return { integration, installationId: id, login, state: url.searchParams.get("state") };
+    return { integration, installationId: id, login, state: url.searchParams.get("state"), installer };
   }
 
   async function startedTown(user) {
@@ -82,6 +97,7 @@ export default function integrations(ctx) {
       const user = freshUser("ghs");
       const { state } = await install(user);
       const id = ++nextInstallation;
+      const owner = githubUser(`acct-${id}`);
       p().addInstallation({ id, login: `acct-${id}`, repos: [] });
       const now = Math.floor(Date.now() / 1000);
       const claims = { kind: "github_install", nonce: crypto.randomUUID(), user_id: user, org_id: null, exp: now + 300 };
@@ -94,17 +110,17 @@ export default function integrations(ctx) {
         garbage: "not-a-state",
       };
       for (const [name, s] of Object.entries(cases)) {
-        const back = await land(`/api/integrations/github/installed?installation_id=${id}&setup_action=install&state=${encodeURIComponent(s)}`);
+        const back = await land(installedPath(id, s, owner.code()));
         assert.equal(back.status, 302, name);
         assert.equal(result(back.location), "invalid_state", name);
       }
       const good = signState({ ...claims, nonce: crypto.randomUUID() });
-      const back = await land(`/api/integrations/github/installed?installation_id=${id}&setup_action=install&state=${encodeURIComponent(good)}`);
+      const back = await land(installedPath(id, good, owner.code()));
       assert.equal(result(back.location), "success", "our own independently written state format is accepted");
       const list = (await as(tokenFor(user), "GET", `/api/users/${user}/integrations`)).body;
       assert.equal(list.length, 2, "only the two good flows recorded anything");
-      const nope = await land(`/api/integrations/github/installed?installation_id=999999999&setup_action=install&state=${encodeURIComponent(signState({ ...claims, nonce: crypto.randomUUID() }))}`);
-      assert.equal(result(nope.location), "exchange_failed", "an installation GitHub does not know");
+      const nope = await land(installedPath(999999999, signState({ ...claims, nonce: crypto.randomUUID() }), owner.code()));
+      assert.equal(result(nope.location), "installation_forbidden", "an installation that is not the user's");
       assert.ok(!nope.location.includes("Not Found"), "never provider text");
     });
 
@@ -208,19 +224,233 @@ export default function integrations(ctx) {
       assert.equal((await gitToken(containerToken, town.id, rig.id)).status, 200, "a forged webhook changed nothing");
       const unsigned = await fetch(`${ctx.worker.url}/api/webhooks/github`, { method: "POST", headers: { "x-github-event": "installation" }, body: JSON.stringify(payload("suspend")) });
       assert.equal(unsigned.status, 401);
-      assert.equal((await webhook("installation", payload("suspend"))).status, 200);
+      p().suspendInstallation(inst.installationId);
+      const applied = await webhook("installation", payload("suspend"));
+      assert.equal(applied.status, 200);
+      assert.deepEqual(await applied.json(), { updated: 1 }, "the webhook itself recorded the suspension");
       const suspended = await gitToken(containerToken, town.id, rig.id);
       assert.equal(suspended.status, 409);
       assert.equal(suspended.body.error.code, "integration_suspended");
       assert.ok(!/ghs_/.test(suspended.text));
       assert.equal((await as(tokenFor(user), "GET", `/api/users/${user}/rigs/${rig.id}`)).body.integration.status, "suspended");
+      p().unsuspendInstallation(inst.installationId);
       assert.equal((await webhook("installation", payload("unsuspend"))).status, 200);
       assert.equal((await gitToken(containerToken, town.id, rig.id)).status, 200);
       assert.equal((await webhook("ping", { zen: "Keep it logically awesome." })).status, 204, "other events: 204");
+      p().deleteInstallation(inst.installationId);
       assert.equal((await webhook("installation", payload("deleted"))).status, 200);
       const revoked = await internalGitToken(rig.id);
       assert.equal(revoked.status, 409);
       assert.equal(revoked.body.error.code, "integration_revoked");
+    });
+  });
+
+  describe("attacks replayed (issue 18): refused, and nothing left behind", () => {
+    const connected = async (user) => (await as(tokenFor(user), "GET", `/api/users/${user}/integrations`)).body;
+    const startInstall = async (token, body = {}) =>
+      new URL((await as(token, "POST", "/api/integrations/github/install", body)).body.install_url).searchParams.get("state");
+
+    it("another account's installation cannot be connected with one's own state; its owner still can", async () => {
+      const victim = freshUser("victim");
+      const attacker = freshUser("attacker");
+      const id = ++nextInstallation;
+      const victimGithub = githubUser(`acct-${id}`);
+      p().addInstallation({ id, login: `acct-${id}`, repos: [{ name: "secret" }] });
+      const attackerGithub = githubUser();
+      p().resetCalls();
+      const noCode = await land(installedPath(id, await startInstall(tokenFor(attacker))));
+      assert.equal(result(noCode.location), "authorization_required", "no proof, no connection");
+      const ownCode = await land(installedPath(id, await startInstall(tokenFor(attacker)), attackerGithub.code()));
+      assert.equal(result(ownCode.location), "installation_forbidden", "the attacker's GitHub identity cannot access it");
+      const forgedCode = await land(installedPath(id, await startInstall(tokenFor(attacker)), "not-a-code"));
+      assert.equal(result(forgedCode.location), "exchange_failed");
+      assert.deepEqual(await connected(attacker), [], "no integration row for the attacker");
+      assert.equal(p().calls("github.access_tokens"), 0, "no installation token was minted");
+      // The real owner connects it; then deletes the integration while the App stays installed.
+      const back = await land(installedPath(id, await startInstall(tokenFor(victim)), victimGithub.code()));
+      assert.equal(result(back.location), "success");
+      const [integration] = await connected(victim);
+      assert.equal((await as(tokenFor(victim), "DELETE", `/api/integrations/${integration.id}`)).status, 200);
+      const retake = await land(installedPath(id, await startInstall(tokenFor(attacker)), attackerGithub.code()));
+      assert.equal(result(retake.location), "installation_forbidden", "a deleted integration needs the same proof");
+      assert.deepEqual(await connected(attacker), []);
+      const reconnect = await land(installedPath(id, await startInstall(tokenFor(victim)), victimGithub.code()));
+      assert.equal(result(reconnect.location), "success", "its owner reconnects it");
+    });
+
+    it("an org owner connects an org installation they administer, never a personal one", async () => {
+      const org = `org-${freshUser("ghorg")}`;
+      const owner = freshUser("orgowner");
+      const token = tokenFor(owner, { orgs: [{ orgId: org, role: "owner" }] });
+      const admin = githubUser();
+      const orgInst = ++nextInstallation;
+      p().addInstallation({ id: orgInst, login: `acct-${orgInst}`, type: "Organization", users: [admin.id] });
+      const personal = ++nextInstallation;
+      const personalGithub = githubUser(`acct-${personal}`);
+      p().addInstallation({ id: personal, login: `acct-${personal}`, type: "User" });
+      const wrong = await land(installedPath(personal, await startInstall(token, { org_id: org }), personalGithub.code()));
+      assert.equal(result(wrong.location), "installation_forbidden", "an org's integration is an organization's installation");
+      const notAdmin = await land(installedPath(orgInst, await startInstall(token, { org_id: org }), personalGithub.code()));
+      assert.equal(result(notAdmin.location), "installation_forbidden");
+      assert.deepEqual((await as(token, "GET", `/api/orgs/${org}/integrations`)).body, []);
+      const ok = await land(installedPath(orgInst, await startInstall(token, { org_id: org }), admin.code()));
+      assert.equal(result(ok.location), "success");
+      assert.equal((await as(token, "GET", `/api/orgs/${org}/integrations`)).body[0].account_login, `acct-${orgInst}`);
+    });
+
+    it("a rig that names an integration takes its URL from it: a git_url on another host is 422 and writes nothing", async () => {
+      const user = freshUser("exfil");
+      const inst = await install(user);
+      const town = await createTown(ctx.call, user, "Exfil");
+      const rigs = async () => (await as(tokenFor(user), "GET", `/api/users/${user}/towns/${town.id}/rigs`)).body;
+      for (const git_url of [
+        `https://attacker.example/${inst.login}/app.git`,
+        `https://${new URL(p().url).host}@attacker.example/${inst.login}/app.git`,
+        `${p().gitUrl}/${inst.login}/not-in-the-installation.git`,
+      ]) {
+        const res = await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "web", platform_integration_id: inst.integration.id, git_url });
+        assert.equal(res.status, 422, `${git_url}: ${res.text}`);
+        assert.equal(res.body.error.field, "git_url");
+      }
+      assert.deepEqual(await rigs(), [], "no rig was written");
+      const ok = await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, {
+        town_id: town.id, name: "web", platform_integration_id: inst.integration.id, git_url: `${p().gitUrl}/${inst.login.toUpperCase()}/APP`,
+      });
+      assert.equal(ok.status, 201, ok.text);
+      assert.equal(ok.body.git_url, `${p().gitUrl}/${inst.login}/app.git`, "the provider's URL, not the one given");
+      assert.equal(ok.body.default_branch, "trunk");
+      const token = await internalGitToken(ok.body.id);
+      assert.equal(token.status, 200, token.text);
+      assert.equal(token.body.host, new URL(p().url).hostname, "the token is labelled with the integration's host");
+    });
+
+    it("a rig from an integration clones and pushes through the container's credential helper", async () => {
+      const user = freshUser("push");
+      const inst = await install(user);
+      const { town } = await startedTown(user);
+      const rig = (await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "app", platform_integration_id: inst.integration.id, repo: `${inst.login}/app` })).body;
+      const dir = mkdtempSync(join(tmpdir(), "gastown-push-"));
+      const gitconfig = join(ctx.control.workdir, town.id, "gitconfig");
+      assert.ok(existsSync(gitconfig), "the control server wrote the town's gitconfig");
+      // As an agent session runs git: the town's gitconfig and the rig; the stand-in's CA.
+      const env = {
+        ...process.env, GIT_CONFIG_GLOBAL: gitconfig, GIT_CONFIG_NOSYSTEM: "1", GIT_TERMINAL_PROMPT: "0",
+        GASTOWN_RIG_ID: rig.id, GASTOWN_WORKER_URL: ctx.worker.url, GIT_SSL_CAINFO: p().gitCaFile,
+        GIT_AUTHOR_NAME: "Agent", GIT_AUTHOR_EMAIL: "agent@example.com", GIT_COMMITTER_NAME: "Agent", GIT_COMMITTER_EMAIL: "agent@example.com",
+      };
+      // Asynchronous: the stand-in lives in this process and must keep answering.
+      const git = (args, cwd = dir, extra = {}) => new Promise((resolve) => {
+        const child = spawn("git", args, { cwd, env: { ...env, ...extra } });
+        let out = "";
+        child.stdout.on("data", (d) => (out += d));
+        child.stderr.on("data", (d) => (out += d));
+        child.on("close", (status) => resolve({ status, out }));
+      });
+      try {
+        const clone = await git(["clone", rig.git_url, "work"]);
+        assert.equal(clone.status, 0, clone.out);
+        const work = join(dir, "work");
+        assert.equal((await git(["commit", "--allow-empty", "-m", "work from the rig"], work)).status, 0);
+        const push = await git(["push", "origin", "HEAD:refs/heads/gastown/pushed"], work);
+        assert.equal(push.status, 0, push.out);
+        const bare = p().gitRepoPath(inst.login, "app");
+        assert.equal(execFileSync("git", ["--git-dir", bare, "log", "-1", "--format=%s", "gastown/pushed"], { encoding: "utf8" }).trim(), "work from the rig");
+        assert.equal(execFileSync("git", ["--git-dir", bare, "symbolic-ref", "HEAD"], { encoding: "utf8" }).trim(), "refs/heads/trunk");
+        const config = readFileSync(join(work, ".git", "config"), "utf8");
+        assert.ok(!/ghs_|x-access-token/.test(config), "no token in the remote");
+        assert.ok(!/ghs_/.test(clone.out + push.out), "no token in git's output");
+        const pushes = p().gitLog().filter((e) => e.service === "git-receive-pack" && e.repo === "app" && e.owner === inst.login);
+        assert.ok(pushes.some((e) => e.status === "ok" && e.username === "x-access-token"), JSON.stringify(pushes));
+        // Without the helper, the host wants a token.
+        const anonymous = await git(["clone", rig.git_url, "anon"], dir, { GIT_CONFIG_GLOBAL: "/dev/null" });
+        assert.notEqual(anonymous.status, 0, "the repository is not public");
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it("a GitLab connection's token goes only to its own instance", async () => {
+      const user = freshUser("glx");
+      const start = await as(tokenFor(user), "POST", "/api/integrations/gitlab/connect", {});
+      const q = new URL(start.body.authorize_url).searchParams;
+      const code = p().issueGitlabCode({
+        user: { id: 4300 + (process.pid % 100), username: `glx-${user}` },
+        projects: [{ path_with_namespace: `grp-${user}/web` }],
+        redirect_uri: q.get("redirect_uri"),
+        code_challenge: q.get("code_challenge"),
+      });
+      assert.equal(result((await land(`/api/integrations/gitlab/callback?code=${code}&state=${encodeURIComponent(q.get("state"))}`)).location), "success");
+      const integration = (await as(tokenFor(user), "GET", `/api/users/${user}/integrations`)).body[0];
+      const town = await createTown(ctx.call, user, "GitLabExfil");
+      const res = await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, {
+        town_id: town.id, name: "web", platform_integration_id: integration.id, git_url: `https://attacker.example/grp-${user}/web.git`,
+      });
+      assert.equal(res.status, 422, res.text);
+      assert.deepEqual((await as(tokenFor(user), "GET", `/api/users/${user}/towns/${town.id}/rigs`)).body, []);
+    });
+
+    it("a leaked container token cannot outlive a rotation: inside the grace it calls back but never mints", async () => {
+      const user = freshUser("leak");
+      const { town } = await startedTown(user);
+      const leaked = (await ctx.control.town(town.id)).body.token;
+      const claims = (t) => JSON.parse(Buffer.from(t.split(".")[1], "base64url").toString());
+      assert.equal((await as(tokenFor(user), "POST", `/api/towns/${town.id}/container/refresh-token`)).status, 200);
+      // Inside the grace (2 s here): the leaked token still calls back, but mints nothing.
+      assert.equal((await as(leaked, "GET", `/api/mayor/${town.id}/tools/rigs`)).status, 200, "callbacks still work within the grace");
+      for (const path of [`/api/towns/${town.id}/refresh-container-token`, `/api/towns/${town.id}/sandbox-token`]) {
+        const res = await as(leaked, "POST", path);
+        assert.equal(res.status, 401, `${path}: ${res.text}`);
+        assert.equal(res.body.error.code, "token_revoked", path);
+        assert.ok(!/eyJ/.test(res.text), "no token in the answer");
+      }
+      const current = (await ctx.control.town(town.id)).body.token;
+      assert.equal(claims(current).gen, claims(leaked).gen + 1, "the rotation pushed the new generation");
+      const renewed = await as(current, "POST", `/api/towns/${town.id}/refresh-container-token`);
+      assert.equal(renewed.status, 200, "the container that really rotated keeps working");
+      assert.equal(claims(renewed.body.token).gen, claims(current).gen);
+      assert.equal((await as(current, "POST", `/api/towns/${town.id}/sandbox-token`)).status, 200);
+    });
+
+    it("webhooks: a replayed delivery is applied once, and no replay moves an installation away from GitHub's state", async () => {
+      const user = freshUser("replay");
+      const inst = await install(user);
+      const status = async () => (await as(tokenFor(user), "GET", `/api/users/${user}/integrations`)).body[0].status;
+      const payload = (action) => {
+        const body = webhookPayload("installation", action);
+        body.installation.id = inst.installationId;
+        return JSON.stringify(body);
+      };
+      const send = async (action, delivery) => {
+        const res = await githubWebhook(ctx.worker.url, "installation", payload(action), undefined, { delivery });
+        return { status: res.status, body: await res.json() };
+      };
+      const suspendDelivery = crypto.randomUUID();
+      p().suspendInstallation(inst.installationId);
+      assert.deepEqual(await send("suspend", suspendDelivery), { status: 200, body: { updated: 1 } });
+      assert.equal(await status(), "suspended");
+      const unsuspendDelivery = crypto.randomUUID();
+      p().unsuspendInstallation(inst.installationId);
+      assert.deepEqual(await send("unsuspend", unsuspendDelivery), { status: 200, body: { updated: 1 } });
+      assert.equal(await status(), "active");
+      // GitHub suspends it again; a captured unsuspend, replayed, must not lift that.
+      p().suspendInstallation(inst.installationId);
+      assert.deepEqual(await send("suspend", crypto.randomUUID()), { status: 200, body: { updated: 1 } });
+      assert.deepEqual(await send("unsuspend", unsuspendDelivery), { status: 200, body: { duplicate: true } }, "the same delivery");
+      assert.deepEqual(await send("unsuspend", crypto.randomUUID()), { status: 200, body: { updated: 0 } }, "a new delivery id on a captured body");
+      assert.equal(await status(), "suspended");
+      // And once GitHub lifts it, captured suspend and deleted deliveries change nothing.
+      p().unsuspendInstallation(inst.installationId);
+      assert.deepEqual(await send("unsuspend", crypto.randomUUID()), { status: 200, body: { updated: 1 } });
+      assert.deepEqual(await send("suspend", suspendDelivery), { status: 200, body: { duplicate: true } });
+      assert.deepEqual(await send("deleted", crypto.randomUUID()), { status: 200, body: { updated: 0 } });
+      assert.equal(await status(), "active");
+      const missing = await fetch(`${ctx.worker.url}/api/webhooks/github`, {
+        method: "POST",
+        headers: { "x-github-event": "installation", "x-hub-signature-256": signWebhook(secrets.GITHUB_WEBHOOK_SECRET, payload("suspend")) },
+        body: payload("suspend"),
+      });
+      assert.equal(missing.status, 400, "a delivery without its id is refused");
+      assert.equal(await status(), "active");
     });
   });
 

@@ -35,10 +35,14 @@ export default function userTokens(ctx) {
     const installationId = ++nextInstallation;
     const login = `acct-${installationId}`;
     p().addInstallation({ id: installationId, login, repos: [{ name: "app" }] });
+    // The account that installs the App proves it at GitHub's install-time authorization.
+    const installer = ++nextGithubId;
+    p().addGithubUser({ id: installer, login });
+    const code = p().issueGithubUserCode({ user_id: installer, redirect_uri: `${secrets.PUBLIC_URL}/api/integrations/github/installed` });
     const start = await call("POST", "/api/integrations/github/install", { token: tokenFor(user), body: {} });
     const state = new URL(start.body.install_url).searchParams.get("state");
     const base = call === ctx.call ? ctx.worker.url : call.base;
-    const back = await land(`/api/integrations/github/installed?installation_id=${installationId}&setup_action=install&state=${encodeURIComponent(state)}`, base);
+    const back = await land(`/api/integrations/github/installed?installation_id=${installationId}&setup_action=install&code=${code}&state=${encodeURIComponent(state)}`, base);
     assert.equal(result(back.location), "success");
     const integration = (await call("GET", `/api/users/${user}/integrations`, { token: tokenFor(user) })).body[0];
     const town = await createTown(call, user, "As the user");
@@ -176,11 +180,19 @@ export default function userTokens(ctx) {
       payload.sender.id = w.githubId;
       assert.equal((await webhook("github_app_authorization", payload, "not-the-secret")).status, 401);
       assert.equal((await w.gitToken()).body.source, "github_user", "unchanged");
-      const res = await webhook("github_app_authorization", payload);
+      const delivery = crypto.randomUUID();
+      const res = await githubWebhook(ctx.worker.url, "github_app_authorization", payload, undefined, { delivery });
       assert.equal(res.status, 200);
       assert.deepEqual(await res.json(), { updated: 1 });
       assert.equal((await status(w)).status, "revoked");
       assert.deepEqual((await w.gitToken()).body.identity, { kind: "bot", reason: "revoked" });
+      // The user connects again; the captured delivery, replayed byte for byte, revokes nothing.
+      assert.equal(result((await connect(w)).location), "success");
+      const replay = await githubWebhook(ctx.worker.url, "github_app_authorization", payload, undefined, { delivery });
+      assert.equal(replay.status, 200);
+      assert.deepEqual(await replay.json(), { duplicate: true });
+      assert.equal((await status(w)).status, "connected", "the replay changed nothing");
+      assert.equal((await w.gitToken()).body.source, "github_user");
     });
 
     it("disconnect revokes the grant at GitHub and forgets it", async () => {

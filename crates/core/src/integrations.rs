@@ -21,6 +21,61 @@ pub const STATE_TTL_SECS: i64 = 10 * 60;
 pub const TOKEN_REFRESH_MARGIN_SECS: i64 = 5 * 60;
 /// How long a repository list is served from the cache.
 pub const REPO_CACHE_TTL_SECS: i64 = 10 * 60;
+/// The one word a connect flow's redirect back to the dashboard carries (`?result=`): never
+/// the provider's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DashboardCode {
+    Success,
+    /// The user declined at the provider.
+    AccessDenied,
+    /// The `state` was missing, forged, expired, of another flow, or used before.
+    InvalidState,
+    /// The redirect lacked what the flow needs (an installation id, a code).
+    InvalidRequest,
+    /// The provider refused the code, or could not be asked.
+    ExchangeFailed,
+    /// The installation is already connected to another owner.
+    AlreadyConnected,
+    /// An install came back without the user's authorization code, so nothing proves the user
+    /// may access the installation it names (the App must request user authorization during
+    /// installation).
+    AuthorizationRequired,
+    /// The user who came back cannot access the installation named (or, for an org, it is not
+    /// installed on an organization account).
+    InstallationForbidden,
+}
+
+impl DashboardCode {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DashboardCode::Success => "success",
+            DashboardCode::AccessDenied => "access_denied",
+            DashboardCode::InvalidState => "invalid_state",
+            DashboardCode::InvalidRequest => "invalid_request",
+            DashboardCode::ExchangeFailed => "exchange_failed",
+            DashboardCode::AlreadyConnected => "already_connected",
+            DashboardCode::AuthorizationRequired => "authorization_required",
+            DashboardCode::InstallationForbidden => "installation_forbidden",
+        }
+    }
+}
+
+/// How long a webhook delivery's id is remembered: GitHub lets an App redeliver deliveries of
+/// the past three days, so a week covers every redelivery and every replay of a captured one.
+pub const WEBHOOK_DELIVERY_TTL_SECS: i64 = 7 * 24 * 3600;
+
+/// The single-use key of a webhook delivery (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`): an
+/// id of at most 100 characters of letters, digits and `-`, or `None` for anything else.
+#[must_use]
+pub fn delivery_key(platform: Platform, delivery_id: &str) -> Option<String> {
+    let ok = !delivery_id.is_empty()
+        && delivery_id.len() <= 100
+        && delivery_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    ok.then(|| format!("webhook:{}:{delivery_id}", platform.as_str()))
+}
 /// A GitHub App JWT: `iat` this far in the past (clock drift), `exp` this far ahead (≤ 10 min).
 pub const APP_JWT_BACKDATE_SECS: i64 = 60;
 pub const APP_JWT_TTL_SECS: i64 = 9 * 60;
@@ -389,6 +444,23 @@ pub fn repo_full_name(git_url: &str) -> Option<String> {
     (path.contains('/') && !path.starts_with('/')).then(|| path.to_owned())
 }
 
+/// Whether a `git_url` given by hand names the provider's repository `clone_url`: the same host
+/// and the same `owner/name` (case-insensitively, as GitHub and GitLab compare them). A rig that
+/// names an integration takes its URL from the provider, so a token minted for the integration
+/// can only ever be sent to the integration's own host.
+#[must_use]
+pub fn same_repository(given: &str, clone_url: &str) -> bool {
+    match (
+        git_host(given),
+        git_host(clone_url),
+        repo_full_name(given),
+        repo_full_name(clone_url),
+    ) {
+        (Some(h1), Some(h2), Some(r1), Some(r2)) => h1 == h2 && r1.eq_ignore_ascii_case(&r2),
+        _ => false,
+    }
+}
+
 /// The town's manual token for a repository: the GitHub token for `github.com`, the GitLab
 /// token for the GitLab instance's host (`gitlab.com` unless `gitlab_instance_url` names
 /// another). Never a token for a host it was not given for.
@@ -578,6 +650,21 @@ mod tests {
     }
 
     #[test]
+    fn delivery_keys() {
+        assert_eq!(
+            delivery_key(Platform::Github, "72d3162e-cc78-11e3-81ab-4c9367dc0958").as_deref(),
+            Some("webhook:github:72d3162e-cc78-11e3-81ab-4c9367dc0958")
+        );
+        assert_eq!(
+            delivery_key(Platform::Gitlab, "abc").as_deref(),
+            Some("webhook:gitlab:abc")
+        );
+        for bad in ["", "a:b", "a b", &"x".repeat(101)] {
+            assert_eq!(delivery_key(Platform::Github, bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn hosts_names_and_town_tokens() {
         assert_eq!(
             git_host("https://github.com/acme/app.git").as_deref(),
@@ -604,6 +691,19 @@ mod tests {
             Some("g/sub/p")
         );
         assert_eq!(repo_full_name("https://github.com/acme").as_deref(), None);
+        let clone = "https://github.com/Acme/App.git";
+        assert!(same_repository("https://github.com/acme/app", clone));
+        assert!(same_repository("git@github.com:acme/app.git", clone));
+        assert!(
+            !same_repository("https://attacker.example/Acme/App.git", clone),
+            "another host"
+        );
+        assert!(
+            !same_repository("https://github.com@attacker.example/Acme/App.git", clone),
+            "userinfo that looks like the host"
+        );
+        assert!(!same_repository("https://github.com/acme/other.git", clone));
+        assert!(!same_repository("not a url", clone));
         let auth = GitAuth {
             github_token: Some("gh".into()),
             gitlab_token: Some("gl".into()),

@@ -342,7 +342,8 @@ pub enum RigSource {
     /// A `git_url` given by hand (credentials then come from the town's `git_auth`).
     Url {
         git_url: String,
-        /// Recorded as given (not checked against anything); the integration path does check.
+        /// With an integration, `git_url` must name one of its repositories, and the rig takes
+        /// the provider's URL for it (the worker checks both against the provider).
         platform_integration_id: Option<String>,
     },
     /// A repository (`owner/name`) of a platform integration: the worker fills `git_url` and

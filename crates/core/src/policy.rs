@@ -16,6 +16,10 @@ pub struct TickInput {
     pub container_started: bool,
     /// When the container last accepted a pushed token (ms since the epoch).
     pub token_accepted_at_ms: Option<u64>,
+    /// The container's last accepted token is of an older generation than the current one (a
+    /// rotation's push was refused): it is due at once, whatever the throttle says, because
+    /// an older generation can never mint the current one itself.
+    pub token_generation_behind: bool,
     pub now_ms: u64,
     /// Least time between two tokens pushed by the alarm.
     pub token_refresh_ms: u64,
@@ -85,11 +89,13 @@ pub fn tick(input: &TickInput) -> Vec<TickEffect> {
 /// The token pushes a busy town's running container is due.
 fn refreshes(input: &TickInput) -> Vec<TickEffect> {
     let mut effects = Vec::new();
-    if token_refresh_due(
-        input.token_accepted_at_ms,
-        input.now_ms,
-        input.token_refresh_ms,
-    ) {
+    if input.token_generation_behind
+        || token_refresh_due(
+            input.token_accepted_at_ms,
+            input.now_ms,
+            input.token_refresh_ms,
+        )
+    {
         effects.push(TickEffect::RefreshContainerToken);
     }
     if gateway_refresh_due(
@@ -183,6 +189,24 @@ impl TokenGeneration {
                 let issued_ms = u64::try_from(issued_at).unwrap_or(0).saturating_mul(1000);
                 issued_ms.saturating_add(999) >= self.since_ms
                     || now_ms.saturating_sub(self.since_ms) < grace_ms
+            }
+        }
+    }
+
+    /// Whether a container caller's credential may mint new tokens (a container token, a
+    /// gateway token). Stricter than [`TokenGeneration::admits`]: the grace lets a previous
+    /// generation finish its callbacks, but never mint, because a minted token carries the
+    /// current generation and would outlive the rotation that was meant to evict a leaked
+    /// one. The rotation has already pushed the new token to the container, and a container
+    /// that missed the push is started again with fresh tokens.
+    pub fn may_mint(&self, credential: ContainerCredential) -> bool {
+        match credential {
+            ContainerCredential::Container { generation } => {
+                self.current > 0 && generation == Some(self.current)
+            }
+            ContainerCredential::Agent { issued_at } => {
+                let issued_ms = u64::try_from(issued_at).unwrap_or(0).saturating_mul(1000);
+                issued_ms.saturating_add(999) >= self.since_ms
             }
         }
     }
@@ -298,6 +322,7 @@ mod tests {
             town_active: true,
             container_started: true,
             token_accepted_at_ms: Some(1_000),
+            token_generation_behind: false,
             now_ms: 1_000 + 3_600_000,
             token_refresh_ms: 3_600_000,
             // 20 h left of the gateway token: not due with a 12 h threshold.
@@ -368,6 +393,15 @@ mod tests {
             ..input()
         };
         assert_eq!(tick(&fresh), with(&[]));
+        let rotated_unpushed = TickInput {
+            token_generation_behind: true,
+            ..fresh
+        };
+        assert_eq!(
+            tick(&rotated_unpushed),
+            with(&[RefreshContainerToken]),
+            "a container behind the current generation is due whatever the throttle says"
+        );
         let never = TickInput {
             token_accepted_at_ms: None,
             ..input()
@@ -496,6 +530,35 @@ mod tests {
         );
         assert!(!g2.admits(c(Some(0)), 50_001, 1_000), "older ones never");
         assert!(g2.admits(c(Some(2)), 99_000_000, 1_000));
+    }
+
+    #[test]
+    fn only_the_current_generation_mints() {
+        let c = |g: Option<u64>| ContainerCredential::Container { generation: g };
+        let never = TokenGeneration {
+            current: 0,
+            since_ms: 0,
+        };
+        assert!(
+            !never.may_mint(c(Some(0))),
+            "nothing before the first start"
+        );
+        let g1 = never.advanced(10_000);
+        assert!(g1.may_mint(c(Some(1))));
+        assert!(!g1.may_mint(c(None)));
+        assert!(!g1.may_mint(c(Some(2))), "a generation not yet minted");
+        let g2 = g1.advanced(50_000);
+        assert!(
+            g2.admits(c(Some(1)), 50_001, 1_000) && !g2.may_mint(c(Some(1))),
+            "the previous generation calls back within the grace, but never mints"
+        );
+        assert!(g2.may_mint(c(Some(2))));
+        let a = |iat_s: i64| ContainerCredential::Agent { issued_at: iat_s };
+        assert!(g2.may_mint(a(50)), "issued in the rotation's second");
+        assert!(
+            g2.admits(a(10), 50_001, 1_000) && !g2.may_mint(a(10)),
+            "a legacy token from before the rotation calls back within the grace, never mints"
+        );
     }
 
     #[test]

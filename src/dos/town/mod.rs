@@ -66,6 +66,9 @@ enum Meta {
     /// The container-token generation (`policy::TokenGeneration`) and when it began.
     TokenGeneration,
     TokenGenerationSince,
+    /// The generation of the token the container last accepted: behind the current one after
+    /// a rotation whose push was refused, and then the next tick pushes at once.
+    TokenAcceptedGeneration,
     /// Set when a destroy begins: from then on the town answers 404 and starts nothing, even
     /// if this instance is evicted before the destroy finishes (a retried destroy finishes it).
     Destroying,
@@ -100,6 +103,7 @@ impl MetaKey for Meta {
             Meta::TokenRefreshFailures => "token_refresh_failures",
             Meta::TokenGeneration => "token_generation",
             Meta::TokenGenerationSince => "token_generation_since",
+            Meta::TokenAcceptedGeneration => "token_accepted_generation",
             Meta::Destroying => "destroying",
             Meta::GatewayMintedExpiresAt => "gateway_minted_expires_at",
             Meta::GatewayExpiresAt => "gateway_expires_at",
@@ -335,6 +339,7 @@ impl TownDO {
         }
         let (_, gateway_exp) = self.mint_gateway(town)?;
         let (env, settings) = self.container_payload(&self.config(&town.id)?)?;
+        let generation = self.generation()?.current;
         let (token, expires_at) = self.mint(town)?;
         let start = c::Start {
             town_id: town.id.clone(),
@@ -360,7 +365,7 @@ impl TownDO {
                 .map_err(gone_is_not_found)?;
             return Err(ApiError::TownStopped);
         }
-        self.record_push(pushed)?;
+        self.record_push(pushed, generation)?;
         if pushed.accepted {
             let sql = self.sql();
             set_meta(&sql, Meta::ContainerStarted, 1)?;
@@ -400,6 +405,16 @@ impl TownDO {
             .generation()?
             .admits(credential, config::now_ms(), grace)
         {
+            Ok(())
+        } else {
+            Err(ApiError::TokenRevoked)
+        }
+    }
+
+    /// A credential that asks to mint a token: only the current generation (see
+    /// `TokenGeneration::may_mint`); a token the grace still admits gets `token_revoked` too.
+    fn admit_minting(&self, credential: ContainerCredential) -> std::result::Result<(), ApiError> {
+        if self.generation()?.may_mint(credential) {
             Ok(())
         } else {
             Err(ApiError::TokenRevoked)
@@ -468,6 +483,7 @@ impl TownDO {
     /// Mints a token and pushes it to the running container. The throttle moves only when the
     /// container accepted it.
     async fn refresh_token(&self, town: &Town) -> std::result::Result<TokenPushed, ApiError> {
+        let generation = self.generation()?.current;
         let (token, expires_at) = self.mint(town)?;
         let pushed = self
             .container(&town.id)?
@@ -479,13 +495,19 @@ impl TownDO {
             .await
             .map_err(gone_is_not_found)?;
         self.still_here()?;
-        self.record_push(pushed)?;
+        self.record_push(pushed, generation)?;
         Ok(pushed)
     }
 
-    fn record_push(&self, pushed: TokenPushed) -> std::result::Result<(), ApiError> {
+    /// Records a push of a token of `generation`.
+    fn record_push(
+        &self,
+        pushed: TokenPushed,
+        generation: u64,
+    ) -> std::result::Result<(), ApiError> {
         let sql = self.sql();
         if pushed.accepted {
+            set_meta(&sql, Meta::TokenAcceptedGeneration, generation)?;
             set_meta(&sql, Meta::TokenRefreshedAt, config::now_ms())?;
             bump_meta(&sql, Meta::TokenRefreshes)
         } else {
@@ -521,11 +543,14 @@ impl TownDO {
         if has_work {
             set_meta(&sql, Meta::WorkSeenAt, config::now_ms())?;
         }
+        let current_generation = self.generation()?.current;
         let input = TickInput {
             town_exists: town.is_some(),
             town_active: active,
             container_started: town.is_some() && self.container_started()?,
             token_accepted_at_ms: meta(&sql, Meta::TokenRefreshedAt)?,
+            token_generation_behind: meta(&sql, Meta::TokenAcceptedGeneration)?
+                .is_some_and(|accepted| accepted < current_generation),
             now_ms: config::now_ms(),
             token_refresh_ms: settings.token_refresh_ms,
             gateway_expires_at_s: meta(&sql, Meta::GatewayExpiresAt)?

@@ -263,6 +263,8 @@ impl TownOps for TownDO {
             return Err(not_running());
         }
         self.advance_generation()?;
+        // A container that misses this push cannot mint the new generation with its old token:
+        // the alarm pushes a freshly minted one on every tick until it is accepted.
         let pushed = self.refresh_token(&town).await?;
         if !pushed.accepted {
             return Err(ApiError::Upstream(
@@ -278,7 +280,7 @@ impl TownOps for TownDO {
         if !self.container_started()? {
             return Err(not_running());
         }
-        self.admit(req.credential)?;
+        self.admit_minting(req.credential)?;
         let (token, expires_at) = self.mint(&town)?;
         Ok(IssuedToken { token, expires_at })
     }
@@ -390,7 +392,7 @@ impl TownOps for TownDO {
         let town = self.require_town()?;
         self.require_active(&town)?;
         if let Some(credential) = req.credential {
-            self.admit(credential)?;
+            self.admit_minting(credential)?;
         }
         let (token, expires_at) = self.mint_gateway(&town)?;
         if req.credential.is_some() {

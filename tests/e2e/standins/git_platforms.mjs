@@ -11,6 +11,8 @@
 //   POST   /login/oauth/access_token  code | grant_type=refresh_token -> ghu_/ghr_ pair (refresh tokens
 //                                     rotate); errors are HTTP 200 + {error, error_description, error_uri}
 //   GET    /user                      (user token)                     -> private-user | 401 | 403
+//   GET    /user/installations        (user token)                     -> the App's installations the user
+//                                     may access (+ Link header) | 401 | 403 for other tokens
 //   GET    /repos/{owner}/{repo}      (user token, installation token or none) -> full-repository | 404
 //   DELETE /applications/{client_id}/grant  (Basic client_id:client_secret) -> 204 | 404 | 401 | 422
 // GitLab:
@@ -18,11 +20,17 @@
 //   GET  /api/v4/user          (OAuth access token)
 //   GET  /api/v4/projects      (OAuth access token) + X-Page/X-Total/... and Link headers
 //
-// Runtime dependencies: node:http and node:crypto only. `webhookPayload` loads the npm package
-// @octokit/webhooks-examples (a devDependency) lazily, on first use.
+// Git (tests/e2e/standins/git_host.mjs): every repository's `clone_url` is on an HTTPS git host
+// (smart HTTP, `git http-backend`, a self-signed certificate git trusts through `gitCaFile`) that
+// wants `x-access-token` and a live installation token that can see the repository (contents:
+// write to push), or a user token of a user with access (push to push), as GitHub does.
+//
+// Runtime dependencies: node:http and node:crypto, and git_host.mjs (git, openssl).
+// `webhookPayload` loads the npm package @octokit/webhooks-examples (a devDependency) lazily.
 import { createServer } from "node:http";
 import { createHash, createHmac, createPublicKey, randomBytes, randomInt, verify as verifySignature } from "node:crypto";
 import { createRequire } from "node:module";
+import { startGitHost } from "./git_host.mjs";
 
 const GITHUB_DOCS = "https://docs.github.com/rest";
 const DOCS = {
@@ -31,6 +39,7 @@ const DOCS = {
   installationRepos: "https://docs.github.com/rest/apps/installations#list-repositories-accessible-to-the-app-installation",
   authenticatedUser: "https://docs.github.com/rest/users/users#get-the-authenticated-user",
   getRepo: "https://docs.github.com/rest/repos/repos#get-a-repository",
+  userInstallations: "https://docs.github.com/rest/apps/installations#list-app-installations-accessible-to-the-user-access-token",
   deleteGrant: "https://docs.github.com/rest/apps/oauth-applications#delete-an-app-authorization",
 };
 /** GitHub's OAuth token-endpoint errors (answered with HTTP 200), as GitHub words them. */
@@ -279,7 +288,7 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
       pushed_at: repo.created_at,
       git_url: `git://${host}/${full}.git`,
       ssh_url: `git@${host}:${full}.git`,
-      clone_url: `${base}/${full}.git`,
+      clone_url: `${gitHost.url}/${full}.git`,
       svn_url: `${base}/${full}`,
       homepage: null,
       size: 0,
@@ -861,6 +870,36 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
     send(res, 200, githubUserObject(caller.user), githubHeaders());
   }
 
+  /**
+   * Whether GitHub user `user` may access installation `inst`: the account's own user for a
+   * User installation, and whoever the installation was given to (`users`, `grantInstallationAccess`).
+   */
+  const canAccess = (user, inst) =>
+    inst.users.has(user.id) || (inst.type === "User" && inst.login.toLowerCase() === user.login.toLowerCase());
+
+  function githubUserInstallations(req, res, ctx, url) {
+    const caller = githubCaller(req, res, ctx);
+    if (!caller) return;
+    if (caller.kind === "anonymous") {
+      ctx.reason = "no Authorization";
+      return githubError(res, 401, "Requires authentication", DOCS.userInstallations);
+    }
+    if (caller.kind === "installation") {
+      ctx.reason = "installation token on /user/installations";
+      return githubError(res, 403, "Resource not accessible by integration", DOCS.userInstallations);
+    }
+    const visible = [...state.installations.values()].filter((inst) => canAccess(caller.user, inst)).sort((a, b) => a.id - b.id);
+    const { perPage, page } = pageParams(url.searchParams, { defaultPerPage: 30, maxPerPage: 100 });
+    const pages = Math.ceil(visible.length / perPage);
+    const headers = githubHeaders();
+    const link = linkHeader(base, url.pathname, url.searchParams, page, pages, ["prev", "next", "last", "first"]);
+    if (link) headers.link = link;
+    send(res, 200, {
+      total_count: visible.length,
+      installations: visible.slice((page - 1) * perPage, page * perPage).map(installationObject),
+    }, headers);
+  }
+
   function githubGetRepo(req, res, ctx, owner, name) {
     const caller = githubCaller(req, res, ctx);
     if (!caller) return;
@@ -1127,6 +1166,10 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
       ctx.key = "github.user";
       return githubAuthenticatedUser(req, res, ctx);
     }
+    if (req.method === "GET" && p === "/user/installations") {
+      ctx.key = "github.user_installations";
+      return githubUserInstallations(req, res, ctx, url);
+    }
     if (req.method === "GET" && (m = /^\/repos\/([^/]+)\/([^/]+)$/.exec(p))) {
       ctx.key = "github.repo";
       return githubGetRepo(req, res, ctx, decodeURIComponent(m[1]), decodeURIComponent(m[2]));
@@ -1151,6 +1194,30 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
     if (p.startsWith("/api/v4/") || p.startsWith("/oauth/")) return send(res, 404, { error: "404 Not Found" });
     return githubError(res, 404, "Not Found");
   }
+
+  /** The git host's verdict on a request: GitHub's rules for installation and user tokens. */
+  function authorizeGit({ owner, repo, service, username, password }) {
+    const found = findRepo(owner, repo);
+    if (!found || !password) return false;
+    const push = service === "git-receive-pack";
+    if (password.startsWith("ghu_")) {
+      const grant = state.githubUserGrants.find((g) => g.access_token === password);
+      const user = grant && accessState(grant) === "active" && state.githubUsers.get(grant.user_id);
+      const access = user && user.repos.get(`${owner}/${repo}`.toLowerCase());
+      if (!access) return false;
+      return !push || access.push ? true : "forbidden";
+    }
+    const record = state.githubTokens.get(password);
+    const inst = record && state.installations.get(record.installation_id);
+    if (username !== "x-access-token" || !record || !inst || Date.now() >= record.expiresAtMs) return false;
+    if (inst.suspended_at) return "forbidden";
+    if (found.inst !== inst || (record.repository_ids && !record.repository_ids.includes(found.repo.id))) return false;
+    return !push || record.permissions.contents === "write" ? true : "forbidden";
+  }
+  const gitHost = await startGitHost({
+    authorize: authorizeGit,
+    defaultBranch: (owner, repo) => findRepo(owner, repo)?.repo.default_branch ?? null,
+  });
 
   const server = createServer(async (req, res) => {
     const started = Date.now();
@@ -1185,9 +1252,16 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
 
   return {
     url: base,
+    /** The git host's origin (`https://127.0.0.1:<port>`), its certificate, and its log. */
+    gitUrl: gitHost.url,
+    gitCaFile: gitHost.caFile,
+    gitLog: () => gitHost.log(),
+    /** The bare repository of owner/name on the git host (made on first use). */
+    gitRepoPath: (owner, name) => gitHost.ensureRepo(owner, name, findRepo(owner, name)?.repo.default_branch ?? "main"),
     async stop() {
       server.closeAllConnections?.();
       await new Promise((r) => server.close(() => r()));
+      await gitHost.stop();
     },
 
     /** Calls per route key (one number with `key`, else an object of all counts). */
@@ -1206,9 +1280,11 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
     /**
      * Adds (or replaces) an installation of the App. Repositories get GitHub-like ids.
      * @param {{ id: number, login: string, type?: "User"|"Organization", repos?: {name: string, private?: boolean, default_branch?: string, id?: number, description?: string}[],
-     *   repository_selection?: "all"|"selected", permissions?: object, events?: string[], account_id?: number }} inst
+     *   repository_selection?: "all"|"selected", permissions?: object, events?: string[], account_id?: number,
+     *   users?: number[] }} inst  users: GitHub user ids (addGithubUser) that may access it, as an org's
+     *   admins may; a User installation is always accessible to the user whose login it carries.
      */
-    addInstallation({ id, login, type = "User", repos = [], repository_selection = "selected", permissions = DEFAULT_PERMISSIONS, events = DEFAULT_EVENTS, account_id }) {
+    addInstallation({ id, login, type = "User", repos = [], repository_selection = "selected", permissions = DEFAULT_PERMISSIONS, events = DEFAULT_EVENTS, account_id, users = [] }) {
       if (!Number.isInteger(id) || id <= 0) throw new TypeError("addInstallation: id must be a positive integer");
       if (!login) throw new TypeError("addInstallation: login is required");
       if (type !== "User" && type !== "Organization") throw new TypeError('addInstallation: type must be "User" or "Organization"');
@@ -1224,6 +1300,7 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
         created_at: created,
         updated_at: created,
         suspended_at: null,
+        users: new Set(users),
         repos: repos.map((r) => ({
           id: r.id ?? state.nextRepoId++,
           name: r.name,
@@ -1235,6 +1312,12 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
       };
       state.installations.set(id, record);
       return installationObject(record);
+    },
+    /** Lets GitHub user `userId` access installation `id` (it then shows in their GET /user/installations). */
+    grantInstallationAccess(id, userId) {
+      const inst = state.installations.get(id);
+      if (!inst) throw new Error(`no installation ${id}`);
+      inst.users.add(userId);
     },
     suspendInstallation(id) {
       const inst = state.installations.get(id);

@@ -128,6 +128,9 @@ const v = {
   user: responseValidator("/user", "get", 200),
   user401: responseValidator("/user", "get", 401),
   user403: responseValidator("/user", "get", 403),
+  userInstallations: responseValidator("/user/installations", "get", 200),
+  userInstallations401: responseValidator("/user/installations", "get", 401),
+  userInstallations403: responseValidator("/user/installations", "get", 403),
   repo: responseValidator("/repos/{owner}/{repo}", "get", 200),
   repo404: responseValidator("/repos/{owner}/{repo}", "get", 404),
 };
@@ -237,7 +240,7 @@ test("GitHub answers match the OpenAPI response schemas", async () => {
   assertValid(v.repositories, all.body, "GET /installation/repositories");
   assert.equal(all.body.total_count, 2);
   assert.deepEqual(all.body.repositories.map((r) => [r.full_name, r.private, r.default_branch]), [["acme/rig", true, "main"], ["acme/docs", false, "trunk"]]);
-  assert.equal(all.body.repositories[0].clone_url, `${gp.url}/acme/rig.git`);
+  assert.equal(all.body.repositories[0].clone_url, `${gp.gitUrl}/acme/rig.git`);
 
   const only = await call("GET", "/installation/repositories", { auth: `Bearer ${scoped.body.token}` });
   assertValid(v.repositories, only.body, "GET /installation/repositories (scoped token)");
@@ -671,6 +674,74 @@ test("GitHub user OAuth: code exchange, single-use codes, client credentials, GE
   assert.ok(errs.every((e) => e.status === 200 && /^(authorization_code|password): \w+/.test(e.reason)), JSON.stringify(errs));
   const logText = JSON.stringify(gp.log());
   assert.ok(!logText.includes(GH_CLIENT_SECRET) && !logText.includes(ok.body.access_token), "no secrets in the log");
+});
+
+test("git over HTTPS: installation tokens that see the repository fetch and push; others are refused", async () => {
+  const { execFile } = await import("node:child_process");
+  const { mkdtempSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  gp.addInstallation({ id: 4001, login: "githost", repos: [{ name: "code", default_branch: "trunk" }, { name: "other" }], permissions: { contents: "write", metadata: "read" } });
+  gp.addInstallation({ id: 4002, login: "reader", repos: [{ name: "ro" }], permissions: { contents: "read", metadata: "read" } });
+  const mint = async (id, body) => (await call("POST", `/app/installations/${id}/access_tokens`, { auth: app(), json: body })).body.token;
+  const dir = mkdtempSync(join(tmpdir(), "git-host-test-"));
+  // Asynchronous: the stand-in answers from this process.
+  const git = (args, password) => new Promise((resolve) => {
+    const env = { ...process.env, GIT_CONFIG_GLOBAL: "/dev/null", GIT_CONFIG_NOSYSTEM: "1", GIT_TERMINAL_PROMPT: "0", GIT_SSL_CAINFO: gp.gitCaFile,
+      GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.com", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.com" };
+    const auth = password ? ["-c", `http.extraHeader=Authorization: Basic ${Buffer.from(`x-access-token:${password}`).toString("base64")}`] : [];
+    execFile("git", [...auth, ...args], { cwd: dir, env }, (error, stdout, stderr) => resolve({ code: error ? error.code ?? 1 : 0, out: stdout + stderr }));
+  });
+  try {
+    const scoped = await mint(4001, { repositories: ["code"] });
+    const url = `${gp.gitUrl}/githost/code.git`;
+    const clone = await git(["clone", url, "code"], scoped);
+    assert.equal(clone.code, 0, clone.out);
+    assert.equal((await git(["-C", "code", "rev-parse", "--abbrev-ref", "HEAD"])).out.trim(), "trunk", "the repository's default branch");
+    assert.equal((await git(["-C", "code", "commit", "--allow-empty", "-m", "x"])).code, 0);
+    const push = await git(["-C", "code", "push", "origin", "HEAD:refs/heads/feature"], scoped);
+    assert.equal(push.code, 0, push.out);
+    assert.notEqual((await git(["clone", url, "anon"])).code, 0, "no token: refused");
+    assert.notEqual((await git(["clone", `${gp.gitUrl}/githost/other.git`, "o"], scoped)).code, 0, "a token scoped to another repository");
+    assert.notEqual((await git(["clone", url, "bad"], "ghs_not-a-token")).code, 0, "an unknown token");
+    const readOnly = await mint(4002);
+    assert.equal((await git(["clone", `${gp.gitUrl}/reader/ro.git`, "ro"], readOnly)).code, 0);
+    assert.equal((await git(["-C", "ro", "commit", "--allow-empty", "-m", "x"])).code, 0);
+    assert.notEqual((await git(["-C", "ro", "push", "origin", "HEAD:refs/heads/x"], readOnly)).code, 0, "contents: read cannot push");
+    gp.suspendInstallation(4001);
+    assert.notEqual((await git(["clone", url, "suspended"], scoped)).code, 0, "a suspended installation");
+    gp.unsuspendInstallation(4001);
+    const statuses = gp.gitLog().filter((e) => e.owner === "githost").map((e) => e.status);
+    assert.ok(statuses.includes(401) && statuses.includes(403) && statuses.includes("ok"), JSON.stringify(statuses));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("GitHub user OAuth: GET /user/installations lists only the installations the user may access", async () => {
+  gp.addGithubUser({ id: 5550201, login: "inst-owner" });
+  gp.addGithubUser({ id: 5550202, login: "org-admin" });
+  gp.addInstallation({ id: 3001, login: "inst-owner", type: "User" });
+  gp.addInstallation({ id: 3002, login: "inst-org", type: "Organization", users: [5550202] });
+  gp.addInstallation({ id: 3003, login: "someone-else", type: "User" });
+  const token = async (user_id) => (await ghCode(gp.issueGithubUserCode({ user_id }))).body.access_token;
+  const list = async (auth) => call("GET", "/user/installations?per_page=100", { auth });
+  const owner = await list(`Bearer ${await token(5550201)}`);
+  assert.equal(owner.status, 200);
+  assertValid(v.userInstallations, owner.body, "GET /user/installations");
+  assert.deepEqual(owner.body.installations.map((i) => i.id), [3001], "the user's own installation only");
+  const admin = await list(`token ${await token(5550202)}`);
+  assert.deepEqual(admin.body.installations.map((i) => i.id), [3002]);
+  gp.grantInstallationAccess(3003, 5550202);
+  assert.deepEqual((await list(`Bearer ${await token(5550202)}`)).body.installations.map((i) => i.id), [3002, 3003]);
+  const anonymous = await call("GET", "/user/installations");
+  assertGithub401(anonymous, "no token");
+  assertValid(v.userInstallations401, anonymous.body, "401");
+  const installationToken = (await call("POST", "/app/installations/3001/access_tokens", { auth: app() })).body.token;
+  const wrongKind = await list(`Bearer ${installationToken}`);
+  assert.equal(wrongKind.status, 403);
+  assertValid(v.userInstallations403, wrongKind.body, "403");
+  assert.ok(gp.calls("github.user_installations") >= 5);
 });
 
 test("GitHub user OAuth: refresh tokens rotate; old refresh is bad_refresh_token, old access is 401", async () => {
