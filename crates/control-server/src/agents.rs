@@ -47,8 +47,11 @@
 //! the other way round.
 
 use crate::agent_user::AgentUser;
+use crate::client;
 use crate::http::{error, Reply};
-use crate::{parse, same_town, workdir, worker_origin, Shared};
+use crate::routes::{parse, same_town};
+use crate::state::Shared;
+use crate::workdir;
 use gastown_core::control::{
     AgentProcessState, AgentProcessStatus, AgentStartBody, AgentStopBody, CONTAINER_TOKEN_FILE,
     GATEWAY_ENV_FILE, TOWN_ID_ENV, WORKER_URL_ENV,
@@ -65,7 +68,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Names the agent command when `--agent-command` does not.
 pub const AGENT_COMMAND_ENV: &str = "GASTOWN_AGENT_COMMAND";
-/// The default agent command: this executable, beside the server's own.
+/// The default agent command: this executable, beside the server's own (the demo agent of
+/// `gastown-standins`, built into the same target directory).
 pub const DEMO_AGENT_BIN: &str = "gastown-demo-agent";
 /// Agents running at once in one server.
 pub const MAX_AGENTS: usize = 32;
@@ -412,7 +416,7 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         workdir::check_rig_id(rig).map_err(bad)?;
     }
     let worker_url = match req.worker_url.as_deref().filter(|u| !u.is_empty()) {
-        Some(url) => worker_origin(url).map_err(|e| bad(format!("worker_url {e}")))?,
+        Some(url) => client::origin(url).map_err(|e| bad(format!("worker_url {e}")))?,
         None => shared
             .config
             .worker_url

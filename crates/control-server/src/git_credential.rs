@@ -32,10 +32,12 @@
 //! * town and rig ids become paths only after [`check_id`]: 1 to 128 of `A-Z a-z 0-9 _ -`.
 //!
 //! The helper never reads or needs the server's credentials (`GASTOWN_CONTROL_KEY`,
-//! `GASTOWN_CONTROL_SECRET`): `cli_main` dispatches to it before it touches them.
+//! `GASTOWN_CONTROL_SECRET`): [`crate::server::cli_main`] dispatches to it before it touches
+//! them.
 
-use crate::workdir::{self, GIT_CREDENTIAL_SUBCOMMAND};
-use crate::{self_refresh, worker_origin, DEFAULT_WORKDIR, WORKDIR_ENV};
+use crate::cli::{self, Args};
+use crate::client::{self, CallFailure};
+use crate::workdir::{self, DEFAULT_WORKDIR, GIT_CREDENTIAL_SUBCOMMAND, WORKDIR_ENV};
 use gastown_core::control::{
     git_token_path, GitTokenReply, GIT_TOKEN_REUSE_MARGIN_SECS, TOWN_ID_ENV, WORKER_URL_ENV,
 };
@@ -132,16 +134,10 @@ fn run(
     stderr: &mut dyn Write,
 ) -> i32 {
     let name = format!("gastown-control {subcommand}");
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        let _ = writeln!(stdout, "{USAGE}");
-        return 0;
-    }
-    let (target, action) = match parse_args(subcommand, args, env) {
+    let parse = |args: &[String]| parse_args(subcommand, args, env);
+    let (target, action) = match cli::read_to(&name, USAGE, args, parse, stdout, stderr) {
         Ok(parsed) => parsed,
-        Err(e) => {
-            let _ = writeln!(stderr, "{name}: {e}\n{USAGE}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let outcome = match action {
         None => current_token(&target, now(), stderr).map(|reply| format!("{}\n", reply.token)),
@@ -195,22 +191,17 @@ fn parse_args(
 ) -> Result<(Target, Option<Action>), String> {
     let (mut worker_url, mut town, mut rig, mut workdir) = (None, None, None, None);
     let mut action = None;
-    let mut it = args.iter();
+    let mut it = Args::new(args);
     while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{arg} needs a value"))
-        };
-        match arg.as_str() {
-            "--worker-url" => worker_url = Some(value()?),
-            "--town" => town = Some(value()?),
-            "--rig" => rig = Some(value()?),
-            "--workdir" => workdir = Some(value()?),
+        match arg {
+            "--worker-url" => worker_url = Some(it.value(arg)?),
+            "--town" => town = Some(it.value(arg)?),
+            "--rig" => rig = Some(it.value(arg)?),
+            "--workdir" => workdir = Some(it.value(arg)?),
             "get" | "store" | "erase"
                 if subcommand == GIT_CREDENTIAL_SUBCOMMAND && action.is_none() =>
             {
-                action = Some(match arg.as_str() {
+                action = Some(match arg {
                     "get" => Action::Get,
                     "store" => Action::Store,
                     _ => Action::Erase,
@@ -222,20 +213,20 @@ fn parse_args(
     if subcommand == GIT_CREDENTIAL_SUBCOMMAND && action.is_none() {
         return Err("which action: get, store or erase?".to_owned());
     }
-    let set = |v: Option<String>| v.filter(|s| !s.is_empty());
-    let or_env = |v: Option<String>, name: &str| set(v).or_else(|| set(env(name)));
-    let worker_url = match or_env(worker_url, WORKER_URL_ENV) {
-        Some(url) => Some(worker_origin(&url).map_err(|e| format!("the worker URL {e}"))?),
+    let or_env = |flag, value, var| cli::or_env(flag, value, var, env).map(|(_, v)| v);
+    let worker_url = match or_env("--worker-url", worker_url, WORKER_URL_ENV) {
+        Some(url) => Some(client::origin(&url).map_err(|e| format!("the worker URL {e}"))?),
         None => None,
     };
-    let town =
-        or_env(town, TOWN_ID_ENV).ok_or_else(|| format!("no town: set {TOWN_ID_ENV} or --town"))?;
-    let rig =
-        or_env(rig, RIG_ID_ENV).ok_or_else(|| format!("no rig: set {RIG_ID_ENV} or --rig"))?;
+    let town = or_env("--town", town, TOWN_ID_ENV)
+        .ok_or_else(|| format!("no town: set {TOWN_ID_ENV} or --town"))?;
+    let rig = or_env("--rig", rig, RIG_ID_ENV)
+        .ok_or_else(|| format!("no rig: set {RIG_ID_ENV} or --rig"))?;
     check_id("town", &town)?;
     check_id("rig", &rig)?;
-    let workdir =
-        PathBuf::from(or_env(workdir, WORKDIR_ENV).unwrap_or_else(|| DEFAULT_WORKDIR.to_owned()));
+    let workdir = PathBuf::from(
+        or_env("--workdir", workdir, WORKDIR_ENV).unwrap_or_else(|| DEFAULT_WORKDIR.to_owned()),
+    );
     let target = Target {
         worker_url,
         town,
@@ -340,16 +331,16 @@ fn fetch(
 ) -> Result<GitTokenReply, Failure> {
     let url = format!("{worker}{}", git_token_path(town, rig));
     // The token goes into a line of git's protocol: nothing but token characters.
-    self_refresh::post_to_worker(
-        &self_refresh::agent(),
+    client::post_to_worker(
+        &client::agent(),
         &url,
         container_token,
         |r: &GitTokenReply| &r.token,
     )
     .map_err(|f| match f {
-        self_refresh::CallFailure::Unreachable(e) => Failure::Unreachable(e),
-        self_refresh::CallFailure::Status(s) => Failure::Status(s),
-        self_refresh::CallFailure::BadAnswer => Failure::BadAnswer,
+        CallFailure::Unreachable(e) => Failure::Unreachable(e),
+        CallFailure::Status(s) => Failure::Status(s),
+        CallFailure::BadAnswer => Failure::BadAnswer,
     })
 }
 

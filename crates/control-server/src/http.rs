@@ -1,12 +1,13 @@
-//! The HTTP/1.1 plumbing both servers of this crate share (the control server and the stand-in
-//! gateway): a thread per connection, one request per connection, a deadline on reading the
-//! whole request, a bounded head and body, and JSON answers.
+//! The HTTP/1.1 plumbing of the control server, shared with the stand-in gateway of
+//! `gastown-standins`: a thread per connection (at most [`MAX_CONNECTIONS`] at once), one
+//! request per connection, a deadline on reading the whole request, a bounded head and body,
+//! and JSON answers. A stalled upload thus holds only its own thread: its connection is answered
+//! 408 and closed when the deadline passes.
 //!
 //! What a request may contain (routes, credentials, media types) is the caller's business; this
 //! module only gets the bytes in and out. Every refusal it makes itself is a [`Reply`] built by
 //! [`error`], `{"error": "<message>"}`; a server with another error shape reshapes it.
 
-use crate::{MAX_CONNECTIONS, MAX_HEAD_BYTES};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -14,17 +15,41 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Connections served at once; more are answered 503 at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// Longest request head (request line and headers).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Default deadline for reading a whole request.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HEADERS: usize = 64;
 /// How long a closing connection keeps reading what the client still sends.
 const LINGER: Duration = Duration::from_secs(1);
 
 /// A status and its JSON body.
-pub(crate) type Reply = (u16, Value);
+pub type Reply = (u16, Value);
 
 /// `{"error": message}` with `status`.
-pub(crate) fn error(status: u16, message: &str) -> Reply {
+pub fn error(status: u16, message: &str) -> Reply {
     (status, json!({ "error": message }))
+}
+
+/// Binds `host:port` for `program`; with the listener, the address bound (with port 0, the
+/// port the system chose) for the line that says where it listens, which tests read.
+///
+/// # Errors
+/// The exit code, 1, the failure logged as `<program>: cannot listen on <addr>: <why>`.
+pub fn listen(program: &str, host: &str, port: u16) -> Result<(TcpListener, String), i32> {
+    let addr = format!("{host}:{port}");
+    let listener = TcpListener::bind(&addr).map_err(|e| {
+        eprintln!("{program}: cannot listen on {addr}: {e}");
+        1
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| addr.clone(), |a| a.to_string());
+    Ok((listener, bound))
 }
 
 /// Accepts connections until the listener fails, each answered on its own thread by `answer`.
@@ -33,7 +58,7 @@ pub(crate) fn error(status: u16, message: &str) -> Reply {
 ///
 /// # Errors
 /// Never at present: a failed accept or thread start is logged and the loop goes on.
-pub(crate) fn serve_each(
+pub fn serve_each(
     listener: TcpListener,
     name: &'static str,
     answer: impl Fn(TcpStream) + Send + Sync + 'static,
@@ -74,7 +99,7 @@ pub(crate) fn serve_each(
 
 /// Serves one connection: `request` reads and handles one request before `read_timeout`
 /// passes, its answer is written, the connection closed.
-pub(crate) fn one_exchange(
+pub fn one_exchange(
     mut stream: TcpStream,
     read_timeout: Duration,
     request: impl FnOnce(&mut TcpStream, Instant) -> Result<Reply, ReadFail>,
@@ -155,7 +180,7 @@ fn write_reply(stream: &mut TcpStream, &(status, ref body): &Reply) -> io::Resul
 }
 
 /// What reading a request ran into.
-pub(crate) enum ReadFail {
+pub enum ReadFail {
     /// The peer went away (or sent nothing): no answer.
     Closed,
     /// Answer this and close.
@@ -197,17 +222,19 @@ fn read_until(
 }
 
 /// A parsed request head.
-pub(crate) struct Head {
-    pub(crate) method: String,
-    pub(crate) target: String,
+pub struct Head {
+    pub method: String,
+    pub target: String,
     /// Lowercase names, raw values.
     headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Head {
-    /// The value of the header `name` (lowercase) if it occurs exactly once; `Err` if it
-    /// repeats.
-    pub(crate) fn one(&self, name: &str) -> Result<Option<&str>, Reply> {
+    /// The value of the header `name` (lowercase) if it occurs exactly once.
+    ///
+    /// # Errors
+    /// A 400 when it repeats or is not UTF-8.
+    pub fn one(&self, name: &str) -> Result<Option<&str>, Reply> {
         let mut found = self.headers.iter().filter(|(n, _)| n == name);
         let first = found.next();
         if found.next().is_some() {
@@ -222,13 +249,16 @@ impl Head {
     }
 
     /// The path of the target, without its query.
-    pub(crate) fn path(&self) -> &str {
+    pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or_default()
     }
 }
 
 /// Reads the head; `buf` keeps whatever of the body came with it.
-pub(crate) fn read_head(
+///
+/// # Errors
+/// The refusal to answer (400, 408, 431), or the peer gone.
+pub fn read_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     deadline: Instant,
@@ -267,7 +297,10 @@ pub(crate) fn read_head(
 /// Reads the body announced by `head`'s `content-length` (at most `max` bytes), `buf` holding
 /// what came with the head. A chunked body, a missing or bad length and one over `max` are
 /// refused before anything more is read.
-pub(crate) fn read_body(
+///
+/// # Errors
+/// The refusal to answer (400, 408, 411, 413), or the peer gone.
+pub fn read_body(
     stream: &mut TcpStream,
     head: &Head,
     mut buf: Vec<u8>,

@@ -19,21 +19,18 @@
 //!   server;
 //! * attempts, successes and failures are counted per town (`/debug/towns/:id` shows them).
 
-use crate::{workdir, Shared};
-use gastown_core::control::{sandbox_token_path, CONTENT_TYPE_JSON, GATEWAY_TOKEN_ENV};
+use crate::client::{self, post_to_worker, CallFailure};
+use crate::state::Shared;
+use crate::workdir;
+use gastown_core::control::{sandbox_token_path, GATEWAY_TOKEN_ENV};
 use gastown_core::protocol::town::IssuedToken;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Deadline of one call to the worker, from connecting to the end of its answer.
-const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a wake with a failure, the next comes this soon (or at the interval, if sooner).
 pub(crate) const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5 * 60);
-/// Largest answer read from the worker (an `IssuedToken` or a `GitTokenReply` is well under
-/// 2 KiB).
-pub(crate) const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
 /// One town's self-refresh so far.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +49,7 @@ pub(crate) fn start(shared: &Arc<Shared>) -> io::Result<()> {
         return Ok(());
     };
     let shared = Arc::clone(shared);
-    let agent = agent();
+    let agent = client::agent();
     std::thread::Builder::new()
         .name("gastown-control-gateway-refresh".into())
         .spawn(move || {
@@ -73,22 +70,6 @@ fn next_wake(interval: Duration, failed: bool) -> Duration {
     } else {
         interval
     }
-}
-
-/// The HTTP client: one deadline for the whole call, statuses as answers (not errors), and
-/// no redirect, so the container token is only ever sent to the configured worker.
-pub(crate) fn agent() -> ureq::Agent {
-    agent_with(WORKER_TIMEOUT)
-}
-
-/// As [`agent`], with the deadline `timeout` (the demo agent's calls use it too).
-pub(crate) fn agent_with(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
 }
 
 /// One wake: every town holding a container token, one after the other. True if any failed.
@@ -124,48 +105,6 @@ impl fmt::Display for Failure {
             Failure::BadAnswer => f.write_str("worker's answer is not a token"),
             Failure::Write(e) => write!(f, "cannot write the gateway env file: {e}"),
         }
-    }
-}
-
-/// How one call to the worker with the container token failed; never holds a token.
-#[derive(Debug)]
-pub(crate) enum CallFailure {
-    Unreachable(String),
-    Status(u16),
-    /// Not the JSON expected, or a token with characters a file line or header cannot hold.
-    BadAnswer,
-}
-
-/// `POST {url}` with `authorization: Bearer <container token>` and `{}`; a 200 answer is read
-/// (at most [`MAX_ANSWER_BYTES`]) as `T`, whose token `token_of` names must be plain.
-pub(crate) fn post_to_worker<T: serde::de::DeserializeOwned>(
-    agent: &ureq::Agent,
-    url: &str,
-    container_token: &str,
-    token_of: impl Fn(&T) -> &str,
-) -> Result<T, CallFailure> {
-    let mut response = agent
-        .post(url)
-        .header("authorization", &format!("Bearer {container_token}"))
-        .header("content-type", CONTENT_TYPE_JSON)
-        .send("{}")
-        // ureq's message names the URL and the failure, never a header.
-        .map_err(|e| CallFailure::Unreachable(e.to_string()))?;
-    let status = response.status().as_u16();
-    if status != 200 {
-        return Err(CallFailure::Status(status));
-    }
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_ANSWER_BYTES)
-        .read_to_string()
-        .map_err(|_| CallFailure::BadAnswer)?;
-    let answer: T = serde_json::from_str(&body).map_err(|_| CallFailure::BadAnswer)?;
-    if workdir::is_plain_token(token_of(&answer)) {
-        Ok(answer)
-    } else {
-        Err(CallFailure::BadAnswer)
     }
 }
 
@@ -264,7 +203,7 @@ mod tests {
             .unwrap()
             .port();
         let worker = format!("http://127.0.0.1:{port}");
-        let failure = fetch(&agent(), &worker, "town-a", "ctok").unwrap_err();
+        let failure = fetch(&client::agent(), &worker, "town-a", "ctok").unwrap_err();
         assert!(matches!(failure, Failure::Unreachable(_)), "{failure:?}");
         assert!(!failure.to_string().contains("ctok"));
     }

@@ -62,6 +62,11 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The work directory when neither `--workdir` nor [`WORKDIR_ENV`] names one (relative to the
+/// directory the server starts in).
+pub const DEFAULT_WORKDIR: &str = "gastown-work";
+/// Names the work directory when `--workdir` does not.
+pub const WORKDIR_ENV: &str = "GASTOWN_WORKDIR";
 /// The directory of a settings file, under a town's or a rig's directory.
 pub const SETTINGS_DIR: &str = "settings";
 /// Longest rig id accepted as a directory name.

@@ -6,8 +6,7 @@
 mod common;
 
 use common::*;
-use gastown_control::workdir::{gitconfig_text, GITCONFIG_FILE, GIT_TOKENS_DIR};
-use gastown_control::WORKDIR_ENV;
+use gastown_control::workdir::{gitconfig_text, GITCONFIG_FILE, GIT_TOKENS_DIR, WORKDIR_ENV};
 use gastown_core::control::{
     git_token_path, CONTAINER_TOKEN_FILE, GATEWAY_ENV_FILE, KEY_ENV, SECRET_ENV, TOWN_ID_ENV,
     WORKER_URL_ENV,

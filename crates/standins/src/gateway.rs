@@ -15,11 +15,14 @@
 //!   this binary holds nothing worth hiding.
 //!
 //! Refusals are `{"error":{"code":"…","message":"…"}}`. Requests are read as the control
-//! server reads them (the private `http` module): one per connection, a thread each, a read deadline, a
-//! bounded head and body.
+//! server reads them ([`gastown_control::http`]): one per connection, a thread each, a read
+//! deadline, a bounded head and body.
 
-use crate::http::{error, one_exchange, read_body, read_head, serve_each, ReadFail, Reply};
-use crate::DEFAULT_READ_TIMEOUT;
+use gastown_control::cli::{self, Args};
+use gastown_control::http::{
+    error, listen, one_exchange, read_body, read_head, serve_each, ReadFail, Reply,
+    DEFAULT_READ_TIMEOUT,
+};
 use gastown_core::auth::{Keys, SandboxClaims};
 use gastown_core::control::{bearer, AUTHORIZATION_HEADER, GATEWAY_CHAT_PATH, HEALTH_PATH};
 use serde::Serialize;
@@ -42,6 +45,7 @@ pub const COMPLETION_TOKENS: u64 = 5;
 /// Characters counted as one prompt token.
 const CHARS_PER_TOKEN: u64 = 4;
 
+/// What `--help` prints, and a bad argument after its error.
 pub const USAGE: &str =
     "usage: NEXTAUTH_SECRET=… gastown-gateway [--host 127.0.0.1] [--port 8787] \
 [--read-timeout-ms 5000]
@@ -67,18 +71,13 @@ impl Options {
             port: 8787,
             read_timeout: DEFAULT_READ_TIMEOUT,
         };
-        let mut it = args.iter();
+        let mut it = Args::new(args);
         while let Some(arg) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{arg} needs a value"))
-            };
-            match arg.as_str() {
-                "--host" => opts.host = value()?,
-                "--port" => opts.port = crate::port_arg(&value()?)?,
-                "--read-timeout-ms" => opts.read_timeout = crate::read_timeout_arg(&value()?)?,
-                other => return Err(format!("unknown argument {other:?}")),
+            match arg {
+                "--host" => opts.host = it.value(arg)?,
+                "--port" => opts.port = cli::port(&it.value(arg)?)?,
+                "--read-timeout-ms" => opts.read_timeout = cli::read_timeout(&it.value(arg)?)?,
+                other => return Err(cli::unknown(other)),
             }
         }
         Ok(opts)
@@ -100,17 +99,9 @@ pub struct UsageRecord {
 /// The whole program: reads the secret, parses the arguments, listens and serves until killed.
 /// Returns the exit code on failure to start.
 pub fn cli_main() -> i32 {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return 0;
-    }
-    let opts = match Options::parse(&args) {
+    let opts = match cli::read("gastown-gateway", USAGE, &cli::args(), Options::parse) {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("gastown-gateway: {e}\n{USAGE}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let secret = match std::env::var(SECRET_ENV) {
         Ok(s) if !s.is_empty() => s,
@@ -119,18 +110,11 @@ pub fn cli_main() -> i32 {
             return 1;
         }
     };
-    let addr = format!("{}:{}", opts.host, opts.port);
-    let listener = match TcpListener::bind(&addr) {
+    let (listener, bound) = match listen("gastown-gateway", &opts.host, opts.port) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("gastown-gateway: cannot listen on {addr}: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
-    // The bound address (with `--port 0`, the port the system chose); tests read this line.
-    let bound = listener
-        .local_addr()
-        .map_or_else(|_| addr.clone(), |a| a.to_string());
+    // Tests read the address from this line.
     println!("gastown-gateway listening on http://{bound}");
     match serve(listener, &secret, opts.read_timeout) {
         Ok(()) => 0,

@@ -1,6 +1,6 @@
 //! `gastown-demo-agent`: a stand-in coding agent for local dev and tests, and the control
 //! server's default agent command. It does around one bead what a real agent's session must
-//! do, in the smallest way, with the environment [`crate::agents`] gives it:
+//! do, in the smallest way, with the environment [`gastown_control::agents`] gives it:
 //!
 //! 1. a heartbeat (`POST <worker><agent_callback_path(town, rig, agent, "heartbeat")>`, `{}`),
 //!    then one every `GASTOWN_HEARTBEAT_MS` (default 5000) from a thread, until it exits;
@@ -40,12 +40,13 @@
 //!   sleeps [`HANG_TIME`] and exits 1 (a stalled agent); [`CRASH_DIRECTIVE`] prints a line and
 //!   exits [`EXIT_CRASHED`] at once, with no callback.
 
-use crate::agents::{
+use gastown_control::agents::{
     AGENT_ID_ENV, AGENT_NAME_ENV, BEAD_BODY_ENV, BEAD_ID_ENV, BEAD_TITLE_ENV, BRANCH_ENV,
     CONTAINER_TOKEN_FILE_ENV, DEFAULT_BRANCH_ENV, GATEWAY_ENV_FILE_ENV, GIT_URL_ENV, MODEL_ENV,
     RIG_ID_ENV, WORK_DIR_ENV,
 };
-use crate::workdir::is_plain_token;
+use gastown_control::workdir::is_plain_token;
+use gastown_control::{cli, client};
 use gastown_core::control::{
     agent_callback_path, AgentDoneCallback, AgentStatusCallback, ALLOW_LOCAL_GIT_ENV,
     CONTENT_TYPE_JSON, GATEWAY_CHAT_PATH, GATEWAY_TOKEN_ENV, MAX_CALLBACK_TEXT, TOWN_ID_ENV,
@@ -103,10 +104,27 @@ const MAX_GATEWAY_ANSWER: u64 = 1024 * 1024;
 /// Characters of the model's answer quoted in the status.
 const QUOTED_ANSWER_CHARS: usize = 200;
 
+/// What `--help` prints, and a bad argument after its error.
+pub const USAGE: &str = "usage: gastown-demo-agent
+  The stand-in coding agent POST /agents/start runs by default. It takes no arguments: the
+  control server gives it everything in its environment (GASTOWN_WORKER_URL, GASTOWN_TOWN_ID,
+  GASTOWN_RIG_ID, GASTOWN_AGENT_ID, GASTOWN_BEAD_ID, GASTOWN_GIT_URL,
+  GASTOWN_CONTAINER_TOKEN_FILE, ...). It clones, commits one file for the bead, pushes, asks the
+  model through KILO_GATEWAY_URL and reports to the worker. In the bead's body, [demo:hang]
+  makes it hang without a heartbeat and [demo:crash] makes it exit 3 at once.";
+
 /// The whole program with the process's environment (an empty variable counts as unset).
 /// Returns the exit code.
 pub fn cli_main() -> i32 {
+    if let Err(code) = cli::read("gastown-demo-agent", USAGE, &cli::args(), no_arguments) {
+        return code;
+    }
     run(&|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+/// The demo agent's command line: empty.
+fn no_arguments(args: &[String]) -> Result<(), String> {
+    args.first().map_or(Ok(()), |arg| Err(cli::unknown(arg)))
 }
 
 /// The whole program with `env` as its environment. Returns the exit code.
@@ -227,8 +245,8 @@ struct Worker {
 impl Worker {
     fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Worker, String> {
         let need = |name: &str| env(name).ok_or_else(|| format!("{name} is not set"));
-        let origin = crate::worker_origin(&need(WORKER_URL_ENV)?)
-            .map_err(|e| format!("{WORKER_URL_ENV} {e}"))?;
+        let origin =
+            client::origin(&need(WORKER_URL_ENV)?).map_err(|e| format!("{WORKER_URL_ENV} {e}"))?;
         let (town, rig, agent) = (need(TOWN_ID_ENV)?, need(RIG_ID_ENV)?, need(AGENT_ID_ENV)?);
         for (name, id) in [
             (TOWN_ID_ENV, &town),
@@ -245,7 +263,7 @@ impl Worker {
             return Err(format!("{CONTAINER_TOKEN_FILE_ENV} is not set"));
         }
         Ok(Worker {
-            http: http_agent(WORKER_TIMEOUT),
+            http: client::agent_with(WORKER_TIMEOUT),
             origin,
             town,
             rig,
@@ -321,12 +339,6 @@ impl Worker {
         };
         let _ = self.call("status", &serde_json::to_string(&body).unwrap_or_default());
     }
-}
-
-/// The HTTP client: one deadline per call, statuses as answers, no redirect (a token goes
-/// only where it was meant to).
-fn http_agent(timeout: Duration) -> ureq::Agent {
-    crate::self_refresh::agent_with(timeout)
 }
 
 /// The heartbeat thread; [`Heartbeats::stop`] ends it.
@@ -494,10 +506,9 @@ impl Job {
         };
         let gateway_url = match env(GATEWAY_URL_ENV) {
             None => None,
-            Some(url) => Some(
-                crate::worker_origin(&url)
-                    .map_err(|e| refused(format!("{GATEWAY_URL_ENV} {e}")))?,
-            ),
+            Some(url) => {
+                Some(client::origin(&url).map_err(|e| refused(format!("{GATEWAY_URL_ENV} {e}")))?)
+            }
         };
         Ok(Job {
             branch: env(BRANCH_ENV).unwrap_or_else(|| format!("gastown/{name}/{bead_id}")),
@@ -642,7 +653,7 @@ impl Job {
             "model": self.model,
             "messages": [{ "role": "user", "content": self.title }],
         });
-        let sent = http_agent(GATEWAY_TIMEOUT)
+        let sent = client::agent_with(GATEWAY_TIMEOUT)
             .post(&format!("{gateway}{GATEWAY_CHAT_PATH}"))
             .header("authorization", &format!("Bearer {token}"))
             .header("content-type", CONTENT_TYPE_JSON)
