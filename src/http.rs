@@ -1,9 +1,10 @@
 //! HTTP plumbing shared by the router and the Durable Objects: JSON responses, the error body,
-//! reading a capped JSON body, and list paging.
+//! reading a capped JSON body, the query string (list paging, named parameters).
 
 use gastown_core::body::MAX_BODY_BYTES;
 use gastown_core::error::ApiError;
-use gastown_core::page::Page;
+use gastown_core::ids::percent_decode;
+use gastown_core::page::{query_pairs, Page};
 use gastown_core::protocol::Json;
 use serde::Serialize;
 use worker::{console_error, Request, Response};
@@ -102,6 +103,31 @@ pub fn query(req: &Request) -> Option<String> {
     let url = req.inner().url();
     url.split_once('?')
         .map(|(_, q)| q.split_once('#').map_or(q, |(q, _)| q).to_owned())
+}
+
+/// The decoded parameters of a request's query string (`+` is a space), for routes that read
+/// named values; a pair that does not percent-decode is left out.
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn of(req: &Request) -> Self {
+        let decode = |s: &str| percent_decode(&s.replace('+', " "));
+        let q = query(req);
+        Params(
+            query_pairs(q.as_deref())
+                .filter_map(|(k, v)| Some((decode(k)?, decode(v)?)))
+                .collect(),
+        )
+    }
+
+    /// The first value given for `name`, unless it is empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
 }
 
 /// The `?limit=&after=` of a list route.

@@ -6,13 +6,13 @@
 
 use crate::config;
 use crate::handlers::{container, integrations, internal, owned, town};
-use crate::http::{error_response, json, json_text, raw_json};
+use crate::http::{error_response, json_text, raw_json};
 use gastown_core::auth::{bearer, AuthError, UserClaims};
 use gastown_core::authz::{self, ContainerCaller, ContainerScope};
 use gastown_core::error::ApiError;
 use gastown_core::routes::{
     match_route, ContainerRoute, IntegrationAction, InternalRoute, Method, OwnedAction,
-    PublicRoute, Route, RouteError, TownAction, UserRoute,
+    PublicRoute, Route, RouteError, UserRoute,
 };
 use worker::{Env, Request, Response};
 
@@ -150,32 +150,7 @@ async fn user_route(
                 OwnedAction::ListIntegrations => integrations::list(env, &owner).await,
             }
         }
-        UserRoute::Town { town, action } => {
-            let (town, role) = town::access(env, claims, &town).await?;
-            match action {
-                TownAction::Get => Ok(json(200, &town)),
-                TownAction::ListRigs => town::list_rigs(req, env, &town).await,
-                TownAction::GetConfig => town::get_config(env, &town).await,
-                TownAction::PatchConfig => town::patch_config(req, env, &town, role).await,
-                TownAction::GetContainer => town::get_container(env, &town).await,
-                TownAction::StartContainer => town::start_container(env, &town).await,
-                TownAction::ForceContainerTokenRefresh => {
-                    town::force_token_refresh(env, &town, role).await
-                }
-                TownAction::Stop => town::stop(env, &town, role).await,
-                TownAction::Start => town::start(env, &town, role).await,
-                TownAction::ListAgents => town::list_agents(env, &town).await,
-                TownAction::EnsureMayor => town::ensure_mayor(env, &town).await,
-                TownAction::ListBeads => town::list_beads(req, env, &town).await,
-                TownAction::CreateBead => town::create_bead(req, env, &town, claims, false).await,
-                TownAction::Sling => town::create_bead(req, env, &town, claims, true).await,
-                TownAction::GetBead(bead) => town::get_bead(env, &town, bead).await,
-                TownAction::PatchBead(bead) => {
-                    town::patch_bead(req, env, &town, claims, bead).await
-                }
-                TownAction::DeleteBead(bead) => town::delete_bead(env, &town, bead).await,
-            }
-        }
+        UserRoute::Town { town, action } => town::route(req, env, claims, town, action).await,
         UserRoute::Integration(action) => match action {
             IntegrationAction::GithubInstall => {
                 integrations::github_install(req, env, claims).await

@@ -1,24 +1,23 @@
 //! Towns and rigs through their owner DO: `/api/users/:userId/...` and `/api/orgs/:orgId/...`.
 //! The router has already checked that the caller may act for the owner.
 //!
-//! Steps that span DOs run so that the owner DO validates first (a town or rig of another owner
-//! is a 404 before anything is destroyed). A create that fails half-way removes what it had
-//! already written, logging what it could not remove.
+//! Each route is one call to the owner's DO. Creating and deleting towns and rigs span the
+//! owner's record, the town's DO and the rig index: the owner's DO runs those steps itself,
+//! validating first (a town or rig of another owner is a 404 before anything is destroyed)
+//! and undoing a create that fails half-way. A rig from an integration has its repository
+//! resolved with the provider first (`platforms::repositories`), before any DO is called.
 
 use crate::config::{self, new_id};
 use crate::dos::owner::{self as owner_do, OwnerStub};
-use crate::dos::town;
-use crate::handlers::integrations;
 use crate::http::{json, json_reply, page, read_json_body};
-use crate::rig_index;
+use crate::platforms::repositories;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId, UserId};
 use gastown_core::model::{NewRig, NewTown, Owner, Rig, RigSource, Town};
 use gastown_core::protocol::owner as o;
-use gastown_core::protocol::town as t;
 use gastown_core::time::rfc3339;
 use serde::Serialize;
-use worker::{console_error, Env, Request, Response};
+use worker::{Env, Request, Response};
 
 type Handled = Result<Response, ApiError>;
 
@@ -38,17 +37,8 @@ pub async fn create_town(req: &mut Request, env: &Env, owner: &Owner, creator: &
     let new = NewTown::parse(&read_json_body(req).await?)?;
     let id = TownId::parse(&new_id()?).map_err(ApiError::internal)?;
     let town = Town::new(id, new, owner, creator, rfc3339(config::now_ms()));
-    let town_stub = town::stub(env, &town.id)?;
-    let town = town_stub.call(t::Init { town }).await?;
-    match stub(env, owner)?.call(o::AddTown { town }).await {
-        Ok(town) => Ok(json(201, &town)),
-        Err(err) => {
-            if let Err(undo) = town_stub.call(t::Destroy {}).await {
-                console_error!("create town: could not remove the half-made town: {undo}");
-            }
-            Err(err)
-        }
-    }
+    let town = stub(env, owner)?.call(o::CreateTown { town }).await?;
+    Ok(json(201, &town))
 }
 
 pub async fn list_towns(req: &Request, env: &Env, owner: &Owner) -> Handled {
@@ -63,21 +53,13 @@ pub async fn get_town(env: &Env, owner: &Owner, town_id: TownId) -> Handled {
 }
 
 /// Ownership is checked first; then the town's DO (state and alarm) is destroyed; then the
-/// owner's record and the rig index entries go.
+/// owner's record and the rig index entries go (`o::DeleteTown`).
 pub async fn delete_town(env: &Env, owner: &Owner, town_id: TownId) -> Handled {
-    let owner_stub = stub(env, owner)?;
-    owner_stub
-        .call(o::GetTown {
+    stub(env, owner)?
+        .call(o::DeleteTown {
             town_id: town_id.clone(),
         })
         .await?;
-    town::stub(env, &town_id)?.call(t::Destroy {}).await?;
-    let removed = owner_stub
-        .call(o::RemoveTown {
-            town_id: town_id.clone(),
-        })
-        .await?;
-    rig_index::remove(env, &removed.rig_ids).await?;
     Ok(json(
         200,
         &Deleted {
@@ -94,13 +76,6 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
         crate::config::get(env).work.allow_local_git,
     )?;
     let id = RigId::parse(&new_id()?).map_err(ApiError::internal)?;
-    let owner_stub = stub(env, owner)?;
-    let town = owner_stub
-        .call(o::GetTown {
-            town_id: new.town_id.clone(),
-        })
-        .await?
-        .parse()?;
     let created_at = rfc3339(config::now_ms());
     let rig = match &new.source {
         RigSource::Url {
@@ -115,7 +90,7 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
         } => {
             let repo = gastown_core::integrations::repo_full_name(git_url)
                 .ok_or_else(|| ApiError::invalid("git_url", "names no owner/repository"))?;
-            let found = integrations::repository_for_rig(env, owner, integration_id, &repo)
+            let found = repositories::repository_for_rig(env, owner, integration_id, &repo)
                 .await
                 .map_err(|e| match e {
                     ApiError::Invalid { field, message } if field == "repo" => {
@@ -144,7 +119,7 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
             repo,
         } => {
             // The integration must be the town owner's (the route's owner is the town's).
-            let found = integrations::repository_for_rig(env, owner, integration_id, repo).await?;
+            let found = repositories::repository_for_rig(env, owner, integration_id, repo).await?;
             let integration_id = integration_id.clone();
             Rig::from_repository(
                 id,
@@ -156,28 +131,7 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
             )
         }
     };
-    let rig = owner_stub.call(o::AddRig { rig }).await?;
-    let town_stub = town::stub(env, &rig.town_id)?;
-    let registered = match town_stub.call(t::AddRig { rig: rig.clone() }).await {
-        Ok(_) => rig_index::insert(env, &rig, &town).await,
-        Err(e) => Err(e),
-    };
-    if let Err(err) = registered {
-        let rig_id = rig.id.clone();
-        let undo_town = town_stub
-            .call(t::RemoveRig {
-                rig_id: rig_id.clone(),
-            })
-            .await;
-        let undo_owner = owner_stub.call(o::RemoveRig { rig_id }).await;
-        if let (Err(e), _) | (_, Err(e)) = (undo_town.map(|_| ()), undo_owner.map(|_| ())) {
-            console_error!(
-                "create rig: could not remove the half-made rig {}: {e}",
-                rig.id
-            );
-        }
-        return Err(err);
-    }
+    let rig = stub(env, owner)?.call(o::CreateRig { rig }).await?;
     Ok(json(201, &rig))
 }
 
@@ -196,7 +150,7 @@ pub async fn get_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
         .await?
         .parse()?;
     let integration = match rig.platform_integration_id.as_deref() {
-        Some(id) => integrations::summary(env, id).await?,
+        Some(id) => repositories::summary(env, id).await?,
         None => None,
     };
     #[derive(Serialize)]
@@ -209,23 +163,11 @@ pub async fn get_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
 }
 
 pub async fn delete_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
-    let owner_stub = stub(env, owner)?;
-    let found = owner_stub
-        .call(o::GetRig {
+    stub(env, owner)?
+        .call(o::DeleteRig {
             rig_id: rig_id.clone(),
         })
         .await?;
-    town::stub(env, &found.parse()?.town_id)?
-        .call(t::RemoveRig {
-            rig_id: rig_id.clone(),
-        })
-        .await?;
-    owner_stub
-        .call(o::RemoveRig {
-            rig_id: rig_id.clone(),
-        })
-        .await?;
-    rig_index::remove(env, std::slice::from_ref(&rig_id)).await?;
     Ok(json(
         200,
         &Deleted {

@@ -9,7 +9,7 @@
 //! with an expired one. Nothing is ever written into a git remote.
 
 use super::store::{self, Row};
-use super::{github, gitlab, user_tokens, PlatformError};
+use super::{github, gitlab, lease, user_tokens, PlatformError};
 use crate::config;
 use gastown_core::control::{GitTokenReply, GitTokenSource};
 use gastown_core::error::ApiError;
@@ -17,15 +17,11 @@ use gastown_core::integrations::{
     self, BotReason, GitIdentity, IntegrationStatus, Platform, TOKEN_REFRESH_MARGIN_SECS,
 };
 use gastown_core::protocol::town::RigCredentialsReply;
-use std::time::Duration;
-use worker::{console_error, Delay, Env};
+use worker::{console_error, Env};
 
 /// How long a static town token is handed out for: the helper asks again after this, and so
 /// picks up a config change.
 const TOWN_TOKEN_TTL_SECS: i64 = 3600;
-/// A concurrent GitLab refresh is waited for this many times, this long each.
-const REFRESH_WAITS: u32 = 40;
-const REFRESH_WAIT: Duration = Duration::from_millis(150);
 
 fn unavailable(status: IntegrationStatus) -> ApiError {
     ApiError::IntegrationUnavailable(match status {
@@ -179,14 +175,15 @@ async fn github_token(env: &Env, row: &Row, git_url: &str) -> Result<GitTokenRep
     }
 }
 
-/// GitLab rotates refresh tokens, so of concurrent refreshes exactly one may spend it: each
-/// caller tries to claim the refresh by moving `credential_version` from the (even, at-rest)
-/// value it read to the next (odd) one; the one that succeeds refreshes and stores the result,
-/// the others re-read until the new token is there. A claim is never taken from a live
-/// claimer (only after `store::REFRESH_CLAIM_TIMEOUT_SECS` of silence).
+/// GitLab rotates refresh tokens, so of concurrent refreshes exactly one may spend it: the
+/// caller that takes the row's [`lease`](super::lease) refreshes and stores the result, the
+/// others re-read until the new token is there (at most [`lease::WAITS`] reads).
 async fn gitlab_token(env: &Env, mut row: Row) -> Result<GitTokenReply, PlatformError> {
     let settings = &config::get(env).platforms;
-    for _ in 0..REFRESH_WAITS {
+    // The row is re-read while waiting; its id stays.
+    let id = row.id.clone();
+    let refresh = store::lease(&id);
+    for _ in 0..lease::WAITS {
         if row.status != IntegrationStatus::Active {
             return Err(unavailable(row.status).into());
         }
@@ -199,7 +196,7 @@ async fn gitlab_token(env: &Env, mut row: Row) -> Result<GitTokenReply, Platform
                 host: None,
             });
         }
-        if let Some(claimed) = store::claim_refresh(env, &row.id, row.version()).await? {
+        if let Some(claimed) = refresh.claim(env, row.version()).await? {
             let refresh_token = row.refresh_token(env)?;
             return match gitlab::refresh(settings, &refresh_token).await {
                 Ok(tokens) => {
@@ -223,19 +220,19 @@ async fn gitlab_token(env: &Env, mut row: Row) -> Result<GitTokenReply, Platform
                         Some("refresh_failed"),
                     )
                     .await?;
-                    store::release_claim(env, &row.id, claimed).await?;
+                    refresh.release(env, claimed).await?;
                     Err(unavailable(IntegrationStatus::Revoked).into())
                 }
                 Err(e) => {
                     console_error!("integration {}: GitLab refresh failed", row.id);
-                    store::release_claim(env, &row.id, claimed).await?;
+                    refresh.release(env, claimed).await?;
                     Err(e)
                 }
             };
         }
         // Another request is refreshing: wait for its result.
-        Delay::from(REFRESH_WAIT).await;
-        row = store::get(env, &row.id)
+        lease::wait().await;
+        row = store::get(env, &id)
             .await?
             .ok_or(ApiError::IntegrationUnavailable("integration_missing"))?;
     }

@@ -6,13 +6,22 @@
 //! - `github`: the App JWT (RS256 through the runtime's WebCrypto), installations, installation
 //!   tokens scoped to one repository, installation repositories;
 //! - `gitlab`: the OAuth code exchange, token refresh, the user and their projects;
-//! - `store`: the D1 rows (tokens sealed, bound to the row and field);
-//! - `git_token`: which credential serves a rig, minted or refreshed as needed.
+//! - `store`: the D1 rows of integrations (tokens sealed, bound to the row and field);
+//! - `sealed_field`: sealing a D1 field under associated data naming its row and field;
+//! - `lease`: the even/odd `credential_version` claim that lets exactly one caller spend a
+//!   rotating refresh token;
+//! - `repositories`: an integration's repositories (cached, else the provider's) and the one a
+//!   new rig names;
+//! - `git_token`: which credential serves a rig, minted or refreshed as needed;
+//! - `user_tokens`: GitHub user-to-server tokens, to commit as the town's owner.
 
 pub mod git_token;
 pub mod github;
 pub mod gitlab;
 pub mod http;
+pub mod lease;
+pub mod repositories;
+pub mod sealed_field;
 pub mod store;
 pub mod user_tokens;
 

@@ -1,6 +1,9 @@
 //! The integrations in D1 (`migrations/d1/0002_integrations.sql`). Credentials are sealed, each
-//! bound to its row and field (`integration:<id>:<field>`), and opened only to mint a git token.
+//! bound to its row and field (`integration:<id>:<field>`), and opened only to mint a git token;
+//! a GitLab connection's tokens are refreshed under the row's [`lease`].
 
+use super::lease::Lease;
+use super::sealed_field::SealedRow;
 use crate::config;
 use crate::rig_index::BINDING;
 use gastown_core::error::ApiError;
@@ -69,23 +72,14 @@ pub(super) async fn run(env: &Env, sql: &str, args: &[JsValue]) -> Result<usize,
         .unwrap_or(0))
 }
 
-fn seal(env: &Env, id: &str, field: &str, value: &str) -> Result<String, ApiError> {
-    config::get(env)
-        .sealer
-        .seal(
-            value.as_bytes(),
-            &format!("integration:{id}:{field}"),
-            config::nonce()?,
-        )
-        .map_err(ApiError::internal)
+/// The sealed fields of integration `id` (`integration:<id>:<field>`).
+fn sealed(id: &str) -> SealedRow {
+    SealedRow::new(format!("integration:{id}"))
 }
 
-fn open(env: &Env, id: &str, field: &str, sealed: &str) -> Result<String, ApiError> {
-    let plain = config::get(env)
-        .sealer
-        .open(sealed, &format!("integration:{id}:{field}"))
-        .map_err(ApiError::internal)?;
-    String::from_utf8(plain).map_err(|_| ApiError::internal("sealed value is not UTF-8"))
+/// The refresh lease on integration `id`'s GitLab tokens.
+pub fn lease(id: &str) -> Lease<'_> {
+    Lease::new("platform_integrations", vec![("id", id)])
 }
 
 const COLUMNS: &str = "id, platform, owner_type, owner_id, account_login, account_type, installation_id, access_token, access_expires_at, refresh_token, refresh_expires_at, credential_version, status, last_error_code, created_at, updated_at";
@@ -143,11 +137,11 @@ impl Row {
     /// # Errors
     /// Internal, when it does not open (or there is none).
     pub fn access_token(&self, env: &Env) -> Result<String, ApiError> {
-        let sealed = self
+        let value = self
             .access_token
             .as_deref()
             .ok_or_else(|| ApiError::internal("integration has no access token"))?;
-        open(env, &self.id, "access_token", sealed)
+        sealed(&self.id).open(env, "access_token", value)
     }
 
     /// The GitLab refresh token, opened.
@@ -155,11 +149,11 @@ impl Row {
     /// # Errors
     /// Internal, when it does not open (or there is none).
     pub fn refresh_token(&self, env: &Env) -> Result<String, ApiError> {
-        let sealed = self
+        let value = self
             .refresh_token
             .as_deref()
             .ok_or_else(|| ApiError::internal("integration has no refresh token"))?;
-        open(env, &self.id, "refresh_token", sealed)
+        sealed(&self.id).open(env, "refresh_token", value)
     }
 }
 
@@ -279,9 +273,9 @@ pub async fn record_gitlab(
             s(owner.kind().as_str()),
             s(owner.id()),
             s(login),
-            s(&seal(env, &id, "access_token", &tokens.access_token)?),
+            s(&sealed(&id).seal(env, "access_token", &tokens.access_token)?),
             n(tokens.expires_at),
-            s(&seal(env, &id, "refresh_token", &tokens.refresh_token)?),
+            s(&sealed(&id).seal(env, "refresh_token", &tokens.refresh_token)?),
             s(&now),
         ],
     )
@@ -289,46 +283,8 @@ pub async fn record_gitlab(
     written(env, &id).await
 }
 
-/// A claimed refresh whose claimer is silent this long may be taken over.
-pub const REFRESH_CLAIM_TIMEOUT_SECS: i64 = 30;
-
-/// Takes the right to spend the refresh token. The version read must still be current and at
-/// rest (even), or a stale claim (odd, older than [`REFRESH_CLAIM_TIMEOUT_SECS`]): so exactly
-/// one caller holds the claim at a time. Answers the claimed (odd) version, or `None`.
-///
-/// # Errors
-/// Internal, when D1 fails.
-pub async fn claim_refresh(env: &Env, id: &str, version: i64) -> Result<Option<i64>, ApiError> {
-    let now = config::now_s();
-    let claimed = if version % 2 == 0 {
-        version + 1
-    } else {
-        version + 2
-    };
-    let changed = run(
-        env,
-        "UPDATE platform_integrations SET credential_version = ?1, refresh_claimed_at = ?2 WHERE id = ?3 AND credential_version = ?4 AND (?4 % 2 = 0 OR COALESCE(refresh_claimed_at, 0) < ?5)",
-        &[n(claimed), n(now), s(id), n(version), n(now - REFRESH_CLAIM_TIMEOUT_SECS)],
-    )
-    .await?;
-    Ok((changed == 1).then_some(claimed))
-}
-
-/// Gives a claim back without new tokens (the refresh failed for a reason that may pass).
-///
-/// # Errors
-/// Internal, when D1 fails.
-pub async fn release_claim(env: &Env, id: &str, claimed: i64) -> Result<(), ApiError> {
-    run(
-        env,
-        "UPDATE platform_integrations SET credential_version = ?1, refresh_claimed_at = NULL WHERE id = ?2 AND credential_version = ?3",
-        &[n(claimed + 1), s(id), n(claimed)],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Stores what the claimed refresh returned, and puts the version back at rest.
+/// Stores what the claimed refresh (see [`lease`]) returned, and puts the version back at rest;
+/// a refresh also clears the integration's last error.
 ///
 /// # Errors
 /// Internal, when sealing or D1 fails.
@@ -338,21 +294,19 @@ pub async fn store_refreshed(
     claimed: i64,
     tokens: &super::gitlab::Tokens,
 ) -> Result<(), ApiError> {
-    run(
-        env,
-        "UPDATE platform_integrations SET access_token = ?1, access_expires_at = ?2, refresh_token = ?3, credential_version = ?4, refresh_claimed_at = NULL, last_error_code = NULL, updated_at = ?5 WHERE id = ?6 AND credential_version = ?7",
-        &[
-            s(&seal(env, id, "access_token", &tokens.access_token)?),
-            n(tokens.expires_at),
-            s(&seal(env, id, "refresh_token", &tokens.refresh_token)?),
-            n(claimed + 1),
-            s(&rfc3339(config::now_ms())),
-            s(id),
-            n(claimed),
-        ],
-    )
-    .await?;
-    Ok(())
+    let fields = sealed(id);
+    lease(id)
+        .commit(
+            env,
+            claimed,
+            vec![
+                fields.column(env, "access_token", &tokens.access_token)?,
+                ("access_expires_at", n(tokens.expires_at)),
+                fields.column(env, "refresh_token", &tokens.refresh_token)?,
+                ("last_error_code", JsValue::NULL),
+            ],
+        )
+        .await
 }
 
 /// Marks an integration with a status and an error code (`None` clears the code).
@@ -503,7 +457,9 @@ pub async fn cached_git_token(
     )
     .await?;
     row.map(|r| {
-        open(env, id, &format!("git_token:{repo}"), &r.token).map(|t| (t, r.expires_at as i64))
+        sealed(id)
+            .open(env, &format!("git_token:{repo}"), &r.token)
+            .map(|t| (t, r.expires_at as i64))
     })
     .transpose()
 }
@@ -525,7 +481,7 @@ pub async fn store_git_token(
         &[
             s(id),
             s(repo),
-            s(&seal(env, id, &format!("git_token:{repo}"), token)?),
+            s(&sealed(id).seal(env, &format!("git_token:{repo}"), token)?),
             n(expires_at),
         ],
     )

@@ -4,11 +4,14 @@
 //!
 //! [`token_for_repo`] is the one answer to "a user token for this repository": the token, or a
 //! typed reason it cannot be (`not_connected`, `revoked`, `no_repo_access`, `refresh_failed`).
-//! It refreshes within five minutes of expiry under the same even/odd version claim as GitLab,
-//! so a refresh token (GitHub rotates them) is never spent twice; a refresh GitHub rejects
-//! marks the row revoked; push permission is checked with the user's own token.
+//! It refreshes within five minutes of expiry under the row's [lease](super::lease), as GitLab
+//! does, so a refresh token (GitHub rotates them) is never spent twice; a refresh GitHub
+//! rejects marks the row revoked (its claim is left: only a reconnect puts the version back at
+//! rest); push permission is checked with the user's own token.
 
 use super::http::{self, Body};
+use super::lease::{self, Lease};
+use super::sealed_field::SealedRow;
 use super::store::{db, n, run, s};
 use super::PlatformError;
 use crate::config::{self, Platforms};
@@ -16,32 +19,22 @@ use gastown_core::error::ApiError;
 use gastown_core::integrations::{github_noreply_email, BotReason, TOKEN_REFRESH_MARGIN_SECS};
 use gastown_core::time::rfc3339;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
-use worker::{console_error, Delay, Env, Method};
+use worker::{console_error, Env, Method};
 
 /// The App these tokens belong to (one App per deployment today).
 const APP_TYPE: &str = "standard";
-const REFRESH_WAITS: u32 = 40;
-const REFRESH_WAIT: Duration = Duration::from_millis(150);
-const CLAIM_TIMEOUT_SECS: i64 = 30;
 
-fn aad(user: &str, field: &str) -> String {
-    format!("user-github-token:{user}:{APP_TYPE}:{field}")
+/// The sealed fields of `user`'s row (`user-github-token:<user>:<app type>:<field>`).
+fn sealed(user: &str) -> SealedRow {
+    SealedRow::new(format!("user-github-token:{user}:{APP_TYPE}"))
 }
 
-fn seal(env: &Env, user: &str, field: &str, value: &str) -> Result<String, ApiError> {
-    config::get(env)
-        .sealer
-        .seal(value.as_bytes(), &aad(user, field), config::nonce()?)
-        .map_err(ApiError::internal)
-}
-
-fn open(env: &Env, user: &str, field: &str, sealed: &str) -> Result<String, ApiError> {
-    let plain = config::get(env)
-        .sealer
-        .open(sealed, &aad(user, field))
-        .map_err(ApiError::internal)?;
-    String::from_utf8(plain).map_err(|_| ApiError::internal("sealed value is not UTF-8"))
+/// The refresh lease on `user`'s row.
+fn refresh_lease(user: &str) -> Lease<'_> {
+    Lease::new(
+        "user_github_tokens",
+        vec![("user_id", user), ("app_type", APP_TYPE)],
+    )
 }
 
 #[derive(Deserialize)]
@@ -220,6 +213,7 @@ pub async fn upsert(
 ) -> Result<(), ApiError> {
     let now = rfc3339(config::now_ms());
     let github_id = i64::try_from(who.id).map_err(ApiError::internal)?;
+    let fields = sealed(user_id);
     run(
         env,
         "INSERT INTO user_github_tokens (user_id, app_type, github_user_id, github_login, noreply_email, access_token, access_expires_at, refresh_token, refresh_expires_at, credential_version, refresh_claimed_at, revoked_at, revocation_reason, created_at, updated_at) \
@@ -233,9 +227,9 @@ pub async fn upsert(
             n(github_id),
             s(&who.login),
             s(&github_noreply_email(who.id, &who.login)),
-            s(&seal(env, user_id, "access_token", &tokens.access_token)?),
+            s(&fields.seal(env, "access_token", &tokens.access_token)?),
             n(tokens.access_expires_at),
-            s(&seal(env, user_id, "refresh_token", &tokens.refresh_token)?),
+            s(&fields.seal(env, "refresh_token", &tokens.refresh_token)?),
             n(tokens.refresh_expires_at),
             s(&now),
         ],
@@ -284,7 +278,7 @@ pub async fn disconnect(env: &Env, user: &str) -> Result<bool, ApiError> {
         return Ok(false);
     };
     let settings = &config::get(env).platforms;
-    if let Ok(token) = open(env, user, "access_token", &r.access_token) {
+    if let Ok(token) = sealed(user).open(env, "access_token", &r.access_token) {
         revoke_grant(settings, &token).await;
     }
     run(
@@ -396,6 +390,8 @@ pub async fn token_for_repo(
     full_name: &str,
 ) -> Result<Result<UserToken, BotReason>, ApiError> {
     let settings = &config::get(env).platforms;
+    let fields = sealed(user);
+    let refresh = refresh_lease(user);
     let mut current = row(env, user).await?;
     let mut waits = 0;
     let (token, expires_at, r) = loop {
@@ -408,27 +404,13 @@ pub async fn token_for_repo(
         let expires_at = r.access_expires_at as i64;
         if expires_at - config::now_s() > TOKEN_REFRESH_MARGIN_SECS {
             break (
-                open(env, user, "access_token", &r.access_token)?,
+                fields.open(env, "access_token", &r.access_token)?,
                 expires_at,
                 r,
             );
         }
-        let version = r.credential_version as i64;
-        let claimed = if version % 2 == 0 {
-            version + 1
-        } else {
-            version + 2
-        };
-        let now = config::now_s();
-        let won = run(
-            env,
-            "UPDATE user_github_tokens SET credential_version = ?1, refresh_claimed_at = ?2 WHERE user_id = ?3 AND app_type = ?4 AND credential_version = ?5 AND (?5 % 2 = 0 OR COALESCE(refresh_claimed_at, 0) < ?6)",
-            &[n(claimed), n(now), s(user), s(APP_TYPE), n(version), n(now - CLAIM_TIMEOUT_SECS)],
-        )
-        .await?
-            == 1;
-        if won {
-            let refresh_token = open(env, user, "refresh_token", &r.refresh_token)?;
+        if let Some(claimed) = refresh.claim(env, r.credential_version as i64).await? {
+            let refresh_token = fields.open(env, "refresh_token", &r.refresh_token)?;
             match oauth(
                 settings,
                 &[
@@ -439,22 +421,18 @@ pub async fn token_for_repo(
             .await
             {
                 Ok(t) => {
-                    run(
-                        env,
-                        "UPDATE user_github_tokens SET access_token = ?1, access_expires_at = ?2, refresh_token = ?3, refresh_expires_at = ?4, credential_version = ?5, refresh_claimed_at = NULL, updated_at = ?6 WHERE user_id = ?7 AND app_type = ?8 AND credential_version = ?9",
-                        &[
-                            s(&seal(env, user, "access_token", &t.access_token)?),
-                            n(t.access_expires_at),
-                            s(&seal(env, user, "refresh_token", &t.refresh_token)?),
-                            n(t.refresh_expires_at),
-                            n(claimed + 1),
-                            s(&rfc3339(config::now_ms())),
-                            s(user),
-                            s(APP_TYPE),
-                            n(claimed),
-                        ],
-                    )
-                    .await?;
+                    refresh
+                        .commit(
+                            env,
+                            claimed,
+                            vec![
+                                fields.column(env, "access_token", &t.access_token)?,
+                                ("access_expires_at", n(t.access_expires_at)),
+                                fields.column(env, "refresh_token", &t.refresh_token)?,
+                                ("refresh_expires_at", n(t.refresh_expires_at)),
+                            ],
+                        )
+                        .await?;
                     break (t.access_token, t.access_expires_at, r);
                 }
                 Err(Refused::Grant) => {
@@ -463,21 +441,16 @@ pub async fn token_for_repo(
                 }
                 Err(Refused::Other(e)) => {
                     console_error!("user token refresh: {}", e.into_api());
-                    run(
-                        env,
-                        "UPDATE user_github_tokens SET credential_version = ?1, refresh_claimed_at = NULL WHERE user_id = ?2 AND app_type = ?3 AND credential_version = ?4",
-                        &[n(claimed + 1), s(user), s(APP_TYPE), n(claimed)],
-                    )
-                    .await?;
+                    refresh.release(env, claimed).await?;
                     return Ok(Err(BotReason::RefreshFailed));
                 }
             }
         }
         waits += 1;
-        if waits > REFRESH_WAITS {
+        if waits > lease::WAITS {
             return Ok(Err(BotReason::RefreshFailed));
         }
-        Delay::from(REFRESH_WAIT).await;
+        lease::wait().await;
         current = row(env, user).await?;
     };
     // Push permission, asked with the user's own token.

@@ -20,31 +20,11 @@
 //! [`AgentSettings`]: `{"role_agents": {"mayor": {"model": "…"}, …}, "small_model": "…"}`.
 //! They are rewritten on every config change and read by each new agent session.
 
-use crate::town_config::TownConfig;
+use crate::town_config::{RoleModels, TownConfig};
+// Defined in `vocab` so that `model` need not import this module; the old path stays.
+pub use crate::vocab::Role;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// An agent's role in a town.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Mayor,
-    Polecat,
-    Refinery,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Mayor, Role::Polecat, Role::Refinery];
-
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Mayor => "mayor",
-            Role::Polecat => "polecat",
-            Role::Refinery => "refinery",
-        }
-    }
-}
 
 /// The model `role` runs with in `rig` (or town-wide for `None`), per the precedence above.
 #[must_use]
@@ -53,7 +33,7 @@ pub fn effective_model<'a>(
     role: Role,
     rig: Option<&str>,
 ) -> Option<&'a str> {
-    let pick = |models: &'a crate::town_config::RoleModels| match role {
+    let pick = |models: &'a RoleModels| match role {
         Role::Mayor => models.mayor.as_deref(),
         Role::Polecat => models.polecat.as_deref(),
         Role::Refinery => models.refinery.as_deref(),
@@ -124,7 +104,7 @@ pub fn settings_files<'r>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::town_config::{RigOverride, RoleModels};
+    use crate::town_config::RigOverride;
 
     fn models(mayor: Option<&str>, polecat: Option<&str>, refinery: Option<&str>) -> RoleModels {
         RoleModels {

@@ -1,10 +1,12 @@
 //! Authorization decisions over verified claims: plain functions, so every rule has a native
-//! test. The router calls these before it touches any Durable Object.
+//! test. The router calls these before it touches any Durable Object; a town route's role is
+//! decided inside the town's DO over the [`TownCaller`] the router hands it.
 
 use crate::auth::{AuthError, Keys, OrgRole, UserClaims};
 use crate::error::ApiError;
 use crate::ids::{AgentId, OrgId, RigId, TownId, UserId};
 use crate::model::{Owner, Town};
+use serde::{Deserialize, Serialize};
 
 /// Dashboard users the dashboard has switched off (`gastownAccess: false`) may use nothing.
 ///
@@ -101,19 +103,67 @@ impl TownRole {
 /// # Errors
 /// 403 for anyone else.
 pub fn town_role(claims: &UserClaims, town: &Town) -> Result<TownRole, ApiError> {
-    require_gastown_access(claims)?;
-    let refused = || ApiError::Forbidden("not allowed on this town".into());
-    match &town.owner {
-        Owner::User(owner) if &claims.user_id == owner => Ok(TownRole::PersonalOwner),
-        Owner::User(_) => Err(refused()),
-        Owner::Org(org) => match claims.role_in(org) {
-            Some(OrgRole::Owner) => Ok(TownRole::OrgOwner),
-            Some(OrgRole::Member) if claims.user_id == town.created_by_user_id => {
-                Ok(TownRole::Creator)
-            }
-            Some(OrgRole::Member) => Ok(TownRole::OrgMember),
-            _ => Err(refused()),
-        },
+    TownCaller::of(claims)?.role_in(town)
+}
+
+/// A verified user as a town route's Durable Object operation receives it: who they are and
+/// the org roles their token states. The router builds it from claims it has verified (and
+/// refuses users without Gastown access first), so the town's DO decides access from its own
+/// record in the same call that does the work: one round trip per town route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TownCaller {
+    pub user_id: UserId,
+    pub orgs: Vec<(OrgId, OrgRole)>,
+}
+
+impl TownCaller {
+    /// # Errors
+    /// 403 for a user without Gastown access.
+    pub fn of(claims: &UserClaims) -> Result<TownCaller, ApiError> {
+        require_gastown_access(claims)?;
+        Ok(TownCaller {
+            user_id: claims.user_id.clone(),
+            orgs: claims
+                .org_memberships
+                .iter()
+                .map(|m| (m.org_id.clone(), m.role))
+                .collect(),
+        })
+    }
+
+    /// What the caller is to `town`.
+    ///
+    /// # Errors
+    /// 403 for anyone the town's ownership does not admit.
+    pub fn role_in(&self, town: &Town) -> Result<TownRole, ApiError> {
+        let refused = || ApiError::Forbidden("not allowed on this town".into());
+        match &town.owner {
+            Owner::User(owner) if &self.user_id == owner => Ok(TownRole::PersonalOwner),
+            Owner::User(_) => Err(refused()),
+            Owner::Org(org) => match self.orgs.iter().find(|(id, _)| id == org).map(|m| m.1) {
+                Some(OrgRole::Owner) => Ok(TownRole::OrgOwner),
+                Some(OrgRole::Member) if self.user_id == town.created_by_user_id => {
+                    Ok(TownRole::Creator)
+                }
+                Some(OrgRole::Member) => Ok(TownRole::OrgMember),
+                _ => Err(refused()),
+            },
+        }
+    }
+}
+
+/// Changing a town's config, rotating its tokens, stopping and starting it are for those who
+/// manage it.
+///
+/// # Errors
+/// 403 naming `what` for org members who did not create the town.
+pub fn require_manager(role: TownRole, what: &str) -> Result<(), ApiError> {
+    if role.manages_town() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "only the town's owner or creator, or an org owner, may {what}"
+        )))
     }
 }
 

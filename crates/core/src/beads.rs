@@ -5,6 +5,7 @@
 use crate::body::{only_fields, parse_object, Fields};
 use crate::error::ApiError;
 use crate::ids::{AgentId, RigId};
+use crate::text::{check_text, Lines};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -118,11 +119,53 @@ pub struct Bead {
 /// a test in the worker's storage), so reads pass through without decoding.
 pub const BEAD_JSON: &str = "json_object('id', id, 'type', type, 'status', status, 'title', title, 'body', body, 'rig_id', rig_id, 'assignee_agent_id', assignee_agent_id, 'priority', priority, 'labels', json(labels), 'metadata', json(metadata), 'created_by', created_by, 'created_at', created_at, 'updated_at', updated_at, 'closed_at', closed_at, 'failure_reason', failure_reason, 'dispatch_attempts', dispatch_attempts)";
 
+/// What happened to a bead, in its event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BeadEventKind {
+    Created,
+    Updated,
+    Dispatched,
+    DispatchFailed,
+    /// An agent's status message.
+    Status,
+    /// Its agent finished it: closed.
+    Done,
+    /// Its agent finished it with a pull request to review.
+    InReview,
+    Stalled,
+    Reopened,
+    Closed,
+    Failed,
+    Escalated,
+}
+
+impl BeadEventKind {
+    /// The stored value (bound into queries, never written in them).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BeadEventKind::Created => "created",
+            BeadEventKind::Updated => "updated",
+            BeadEventKind::Dispatched => "dispatched",
+            BeadEventKind::DispatchFailed => "dispatch_failed",
+            BeadEventKind::Status => "status",
+            BeadEventKind::Done => "done",
+            BeadEventKind::InReview => "in_review",
+            BeadEventKind::Stalled => "stalled",
+            BeadEventKind::Reopened => "reopened",
+            BeadEventKind::Closed => "closed",
+            BeadEventKind::Failed => "failed",
+            BeadEventKind::Escalated => "escalated",
+        }
+    }
+}
+
 /// One entry of a bead's event log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BeadEvent {
     pub id: i64,
-    pub kind: String,
+    pub kind: BeadEventKind,
     /// `user:<id>`, `agent:<id>` or `town`.
     pub actor: String,
     pub message: Option<String>,
@@ -158,20 +201,7 @@ fn body_text(f: &Fields<'_>, name: &str) -> Result<Option<String>, ApiError> {
     match f.0.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
-            if s.chars().count() > MAX_BODY {
-                return Err(ApiError::invalid(
-                    name,
-                    format!("must be at most {MAX_BODY} characters"),
-                ));
-            }
-            if s.chars()
-                .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
-            {
-                return Err(ApiError::invalid(
-                    name,
-                    "must not contain control characters",
-                ));
-            }
+            check_text(name, s, MAX_BODY, Lines::Many)?;
             Ok(Some(s.clone()))
         }
         Some(_) => Err(ApiError::invalid(name, "must be a string")),
@@ -550,7 +580,7 @@ mod tests {
         assert_eq!(got, want);
         let event = BeadEvent {
             id: 1,
-            kind: "created".into(),
+            kind: BeadEventKind::Created,
             actor: "town".into(),
             message: None,
             created_at: "x".into(),

@@ -2,6 +2,7 @@
 //! in every 422. Nothing is written before a body has passed all of this.
 
 use crate::error::ApiError;
+use crate::text::{check_text, Lines};
 use serde_json::{Map, Value};
 
 /// Largest request body any route accepts.
@@ -82,18 +83,7 @@ impl<'a> Fields<'a> {
                 if s.is_empty() {
                     return Err(ApiError::invalid(name, "must not be blank"));
                 }
-                if s.chars().count() > max {
-                    return Err(ApiError::invalid(
-                        name,
-                        format!("must be at most {max} characters"),
-                    ));
-                }
-                if s.chars().any(char::is_control) {
-                    return Err(ApiError::invalid(
-                        name,
-                        "must not contain control characters",
-                    ));
-                }
+                check_text(name, s, max, Lines::One)?;
                 Ok(Some(s))
             }
             Some(_) => Err(ApiError::invalid(name, "must be a string")),

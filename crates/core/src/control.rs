@@ -21,6 +21,7 @@
 //! Nothing here touches the Workers runtime; it compiles for wasm32 and natively.
 
 use crate::agent_settings::SettingsFiles;
+use crate::vocab::Role;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -58,8 +59,8 @@ pub const STOP_PATH: &str = "/stop";
 /// The worker's public origin, given to the control server so it can refresh the town's gateway
 /// token itself (`--worker-url` or this variable).
 pub const WORKER_URL_ENV: &str = "GASTOWN_WORKER_URL";
-/// The gateway token's name in the container env and in [`GATEWAY_ENV_FILE`].
-pub const GATEWAY_TOKEN_ENV: &str = "KILO_JWT";
+// Defined in `vocab` because the town config derives it too; the old path stays.
+pub use crate::vocab::GATEWAY_TOKEN_ENV;
 /// The file, in the town's work directory, that every new agent session sources: one line
 /// `KILO_JWT=<token>`, rewritten whenever the token changes.
 pub const GATEWAY_ENV_FILE: &str = ".env.gateway";
@@ -191,12 +192,6 @@ pub fn agent_stop_path(agent_id: &str) -> String {
     format!("/agents/{agent_id}/stop")
 }
 
-/// `GET /agents/:id/status`.
-#[must_use]
-pub fn agent_status_path(agent_id: &str) -> String {
-    format!("/agents/{agent_id}/status")
-}
-
 /// Set in an agent's env to `1` only where a `file://` rig is acceptable (local development):
 /// the demo agent refuses `file://` repositories without it. Production never sets it.
 pub const ALLOW_LOCAL_GIT_ENV: &str = "GASTOWN_ALLOW_LOCAL_GIT";
@@ -218,7 +213,7 @@ pub struct AgentStartBody {
     #[serde(rename = "townId")]
     pub town_id: String,
     pub agent_id: String,
-    pub role: crate::agent_settings::Role,
+    pub role: Role,
     pub name: String,
     /// `None` for the mayor.
     pub rig_id: Option<String>,

@@ -5,6 +5,7 @@
 use crate::ids::{OrgId, UserId};
 use crate::model::{Owner, OwnerType};
 use crate::town_config::GitAuth;
+pub use crate::vocab::{BotReason, GitIdentity};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -132,28 +133,6 @@ impl Integration {
 #[must_use]
 pub fn github_noreply_email(github_user_id: u64, login: &str) -> String {
     format!("{github_user_id}+{login}@users.noreply.github.com")
-}
-
-/// Whose identity a git token carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum GitIdentity {
-    /// The town owner's own GitHub identity: commits and pushes are theirs.
-    User { name: String, email: String },
-    /// The App's bot, and why not the user.
-    Bot { reason: BotReason },
-}
-
-/// Why a git token is the bot's rather than the user's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BotReason {
-    /// The town's `commit_as_user` is off (or user tokens are switched off here).
-    Disabled,
-    NotConnected,
-    Revoked,
-    NoRepoAccess,
-    RefreshFailed,
 }
 
 /// What a rig shows of its integration.

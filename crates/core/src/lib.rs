@@ -23,7 +23,10 @@ pub mod protocol;
 pub mod routes;
 pub mod schema;
 pub mod sealed;
+pub mod text;
 pub mod time;
 pub mod town_config;
+pub mod transitions;
+pub mod vocab;
 
 pub use error::ApiError;

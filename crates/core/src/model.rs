@@ -1,10 +1,10 @@
 //! The records the API returns and the Durable Objects store: towns and rigs, and the validated
 //! input that creates them. JSON field names here are the HTTP contract (DESIGN.md §5).
 
-use crate::agent_settings::Role;
 use crate::body::{parse_object, Fields};
 use crate::error::ApiError;
 use crate::ids::{AgentId, OrgId, RigId, TownId, UserId};
+use crate::vocab::Role;
 use serde::{Deserialize, Serialize};
 
 pub const MAX_TOWN_NAME: usize = 100;
@@ -224,7 +224,18 @@ pub enum AgentStatus {
     Idle,
     Working,
     Stalled,
-    Dead,
+}
+
+impl AgentStatus {
+    /// The stored value (bound into queries, never written in them).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Idle => "idle",
+            AgentStatus::Working => "working",
+            AgentStatus::Stalled => "stalled",
+        }
+    }
 }
 
 /// An agent a town knows: the mayor (town-wide, no rig), or a polecat or refinery of one rig.

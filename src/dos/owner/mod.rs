@@ -13,7 +13,7 @@ use gastown_core::error::ApiError;
 use gastown_core::ids::RigId;
 use gastown_core::model::{Owner, Rig, Town};
 use gastown_core::protocol::owner::*;
-use gastown_core::protocol::town::{AlarmArmed, EnsureAlarm};
+use gastown_core::protocol::town::{self as t, AlarmArmed, EnsureAlarm};
 use gastown_core::protocol::{Ack, Json};
 use gastown_core::schema;
 use worker::{console_error, console_log, Env, Response, SqlStorage, State};
@@ -151,9 +151,24 @@ impl OwnerOps for OwnerCore {
         self.schema.ensure(&self.sql(), config::now_ms())
     }
 
-    async fn add_town(&self, AddTown { town }: AddTown) -> Reply<Town> {
+    /// The owner's record first (the quota), then the town's DO; a failed init takes the
+    /// record back.
+    async fn create_town(&self, CreateTown { town }: CreateTown) -> Reply<Town> {
         let max = config::get(&self.env).quotas.towns_per_owner;
         let town = store::add_town(&self.sql(), town, max)?;
+        let town_stub = town::stub(&self.env, &town.id)?;
+        let inited = town_stub.call(t::Init { town: town.clone() }).await;
+        let town = match inited {
+            Ok(town) => town,
+            Err(err) => {
+                // The town's DO may hold part of it: destroy that too.
+                if let Err(undo) = town_stub.call(t::Destroy {}).await {
+                    console_error!("create town: could not remove the half-made town: {undo}");
+                }
+                store::remove_town(&self.sql(), &town.id)?;
+                return Err(err);
+            }
+        };
         self.arm_watchdog().await?;
         Ok(town)
     }
@@ -166,13 +181,44 @@ impl OwnerOps for OwnerCore {
         store::town_json(&self.sql(), &town_id)
     }
 
-    async fn remove_town(&self, RemoveTown { town_id }: RemoveTown) -> Reply<RemovedTown> {
-        store::remove_town(&self.sql(), &town_id)
+    /// Ownership is checked first (404 before anything is destroyed); then the town's DO
+    /// (state, alarm, container) is destroyed, then the record and the index rows go.
+    async fn delete_town(&self, DeleteTown { town_id }: DeleteTown) -> Reply<RemovedTown> {
+        store::get_town(&self.sql(), &town_id)?;
+        town::stub(&self.env, &town_id)?.call(t::Destroy {}).await?;
+        let removed = store::remove_town(&self.sql(), &town_id)?;
+        rig_index::remove(&self.env, &removed.rig_ids).await?;
+        Ok(removed)
     }
 
-    async fn add_rig(&self, AddRig { rig }: AddRig) -> Reply<Rig> {
+    /// The record first (404 for another owner's town, the name and quota checks), then the
+    /// town's DO, then the index; a failed step takes back what was written.
+    async fn create_rig(&self, CreateRig { rig }: CreateRig) -> Reply<Rig> {
         let max = config::get(&self.env).quotas.rigs_per_town;
-        store::add_rig(&self.sql(), rig, max)
+        let rig = store::add_rig(&self.sql(), rig, max)?;
+        let town = store::get_town(&self.sql(), &rig.town_id)?;
+        let town_stub = town::stub(&self.env, &rig.town_id)?;
+        let registered = match town_stub.call(t::AddRig { rig: rig.clone() }).await {
+            Ok(_) => rig_index::insert(&self.env, &rig, &town).await,
+            Err(e) => Err(e),
+        };
+        if let Err(err) = registered {
+            let undo_town = town_stub
+                .call(t::RemoveRig {
+                    rig_id: rig.id.clone(),
+                })
+                .await
+                .map(|_| ());
+            let undo_owner = store::remove_rig(&self.sql(), &rig.id).map(|_| ());
+            if let (Err(e), _) | (_, Err(e)) = (undo_town, undo_owner) {
+                console_error!(
+                    "create rig: could not remove the half-made rig {}: {e}",
+                    rig.id
+                );
+            }
+            return Err(err);
+        }
+        Ok(rig)
     }
 
     async fn list_rigs(&self, ListRigs { town_id, page }: ListRigs) -> Reply<Json<Vec<Rig>>> {
@@ -183,8 +229,18 @@ impl OwnerOps for OwnerCore {
         store::rig_json(&self.sql(), &rig_id)
     }
 
-    async fn remove_rig(&self, RemoveRig { rig_id }: RemoveRig) -> Reply<Rig> {
-        store::remove_rig(&self.sql(), &rig_id)
+    /// 404 for another owner's rig before anything changes; then the town's DO lets it go
+    /// (its waiting work fails), then the record and the index row.
+    async fn delete_rig(&self, DeleteRig { rig_id }: DeleteRig) -> Reply<Rig> {
+        let rig = store::get_rig(&self.sql(), &rig_id)?;
+        town::stub(&self.env, &rig.town_id)?
+            .call(t::RemoveRig {
+                rig_id: rig_id.clone(),
+            })
+            .await?;
+        let rig = store::remove_rig(&self.sql(), &rig_id)?;
+        rig_index::remove(&self.env, std::slice::from_ref(&rig_id)).await?;
+        Ok(rig)
     }
 
     async fn set_town_status(

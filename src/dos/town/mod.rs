@@ -1,6 +1,7 @@
 //! `TownDO`: one per town id. Holds the town's identity and ownership, its config (sealed), its
-//! rigs registry (kept in step with the owner DO by the handlers), its agents and beads, and runs
-//! the town's main loop as an alarm whose decisions come from `gastown_core::policy`.
+//! rigs registry, its agents and beads, and runs the town's main loop as an alarm whose
+//! decisions come from `gastown_core::policy` and `gastown_core::transitions`. It is the one
+//! writer of the town's status: a stop or start tells the owner's DO itself.
 //!
 //! The loop has two cadences: while the town has work (an open or running issue, a working
 //! agent) it runs every `TOWN_ALARM_ACTIVE_MS`, patrols, refreshes the container's tokens and
@@ -9,31 +10,36 @@
 //!
 //! Lifecycle: `init` records identity and arms the alarm; `destroy` deletes the alarm and all
 //! storage, after which the town answers 404 and an alarm that still fires deletes itself.
-//! The operations themselves are in `ops.rs`; the work loop (beads, dispatch, callbacks,
-//! patrol) in `work.rs`.
+//!
+//! Where things are: this file holds the struct, the access checks of town routes (inside the
+//! operation, so a town route is one round trip), the config at rest and the alarm. Each
+//! operation is a short function in `ops.rs` that calls into its concern: `beads.rs`,
+//! `dispatch.rs`, `patrol.rs`, `callbacks.rs` and `tokens.rs`; every query is in `store.rs`.
 
+mod beads;
+mod callbacks;
+mod dispatch;
 mod ops;
-mod work;
+mod patrol;
+mod store;
+mod tokens;
 
 use super::container::{self as container_do, ContainerStub};
 use super::{no_fetch, rpc_entry, DoStub};
 use crate::config;
-use crate::storage::{bump_meta, exec, first, meta, rows, set_meta, MetaKey, Schema, TOWN_COLUMNS};
-use gastown_core::agent_settings::{settings_files, SettingsFiles};
-use gastown_core::auth::{sign_container, sign_sandbox};
-use gastown_core::authz::ContainerCredential;
+use crate::storage::{bump_meta, meta, set_meta, MetaKey, Schema};
+use gastown_core::authz::{self, TownCaller, TownRole};
 use gastown_core::body::json_error_summary;
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
 use gastown_core::model::{Town, TownStatus};
-use gastown_core::policy::{self, TickEffect, TickInput, TokenGeneration};
-use gastown_core::protocol::container::{self as c, PushToken, TokenPushed};
+use gastown_core::policy::{self, TickEffect, TickInput};
+use gastown_core::protocol::container::TokenPushed;
+use gastown_core::protocol::owner::SetTownStatus;
 use gastown_core::protocol::town::TownOp;
 use gastown_core::schema;
-use gastown_core::town_config::{container_env, TownConfig};
-use serde::Deserialize;
+use gastown_core::town_config::TownConfig;
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use worker::{
     console_error, durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, State,
 };
@@ -181,11 +187,7 @@ impl TownDO {
         if !self.schema.ensure_existing(&self.sql(), config::now_ms())? {
             return Ok(None);
         }
-        first(
-            &self.sql(),
-            &format!("SELECT {TOWN_COLUMNS} FROM town LIMIT 1"),
-            vec![],
-        )
+        store::town(&self.sql())
     }
 
     fn require_town(&self) -> std::result::Result<Town, ApiError> {
@@ -199,6 +201,38 @@ impl TownDO {
         } else {
             Ok(())
         }
+    }
+
+    /// The town and what a town route's caller is to it: 404 for an unknown or destroyed town,
+    /// 403 for a caller its ownership does not admit. Decided here, from the town's own record,
+    /// in the same call as the operation.
+    fn admit_user(&self, caller: &TownCaller) -> std::result::Result<(Town, TownRole), ApiError> {
+        let town = self.require_town()?;
+        let role = caller.role_in(&town)?;
+        Ok((town, role))
+    }
+
+    /// As [`TownDO::admit_user`], for what only those who manage the town may do (`what`).
+    fn admit_manager(
+        &self,
+        caller: &TownCaller,
+        what: &str,
+    ) -> std::result::Result<Town, ApiError> {
+        let (town, role) = self.admit_user(caller)?;
+        authz::require_manager(role, what)?;
+        Ok(town)
+    }
+
+    /// The owner's DO keeps a copy of the town's status for its lists; this DO is the one
+    /// writer of that fact and tells it after every stop and start.
+    async fn tell_owner_status(&self, town: &Town) -> std::result::Result<(), ApiError> {
+        super::owner::stub(&self.env, &town.owner)?
+            .call(SetTownStatus {
+                town_id: town.id.clone(),
+                status: town.status,
+            })
+            .await?;
+        Ok(())
     }
 
     /// A stopped town does no work: only stop, start, reads and config changes reach it.
@@ -227,202 +261,7 @@ impl TownDO {
     }
 
     fn set_status(&self, status: TownStatus) -> std::result::Result<(), ApiError> {
-        exec(
-            &self.sql(),
-            "UPDATE town SET status = ?",
-            vec![status.as_str().into()],
-        )
-    }
-
-    fn rig_ids(&self) -> std::result::Result<Vec<String>, ApiError> {
-        #[derive(Deserialize)]
-        struct Id {
-            id: String,
-        }
-        Ok(
-            rows::<Id>(&self.sql(), "SELECT id FROM rigs ORDER BY id", vec![])?
-                .into_iter()
-                .map(|r| r.id)
-                .collect(),
-        )
-    }
-
-    /// What the container runs with: the env derived from `config`, and the agents' settings
-    /// files for the town and each of its rigs.
-    fn container_payload(
-        &self,
-        config: &TownConfig,
-    ) -> std::result::Result<(BTreeMap<String, String>, SettingsFiles), ApiError> {
-        let rigs = self.rig_ids()?;
-        let mut env = container_env(config);
-        if let Some(url) = &config::get(&self.env).gateway_url {
-            env.insert("KILO_GATEWAY_URL".to_owned(), url.clone());
-        }
-        Ok((env, settings_files(config, rigs.iter().map(String::as_str))))
-    }
-
-    /// Hands the env and settings derived from `config` to the container DO. The config is
-    /// already stored, so a failure is logged and answered `false`, not returned: the next
-    /// start pushes the stored env.
-    async fn sync_env(&self, town: &Town, config: &TownConfig) -> bool {
-        let result = match self.container_payload(config) {
-            Ok((env, settings)) => match self.container(&town.id) {
-                Ok(stub) => {
-                    stub.call(c::SyncEnv {
-                        town_id: town.id.clone(),
-                        env,
-                        settings,
-                    })
-                    .await
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(synced) => synced.pushed,
-            Err(e) => {
-                console_error!("town {}: env sync failed: {e}", town.id);
-                false
-            }
-        }
-    }
-
-    /// Mints a gateway (sandbox) token for the town's owner (the creator for org towns), with
-    /// the org for org towns, and stores it sealed as the town's `kilocode_token`.
-    fn mint_gateway(&self, town: &Town) -> std::result::Result<(String, i64), ApiError> {
-        let (token, exp) = sign_sandbox(
-            &config::get(&self.env).keys,
-            town.token_user_id(),
-            &town.id,
-            town.owner.org(),
-            config::now_s(),
-        )
-        .map_err(|e| ApiError::internal(format!("minting a gateway token: {}", e.message())))?;
-        let mut config = self.config(&town.id)?;
-        config.kilocode_token = Some(token.clone());
-        self.store_config(&town.id, &config)?;
-        set_meta(
-            &self.sql(),
-            Meta::GatewayMintedExpiresAt,
-            u64::try_from(exp).unwrap_or(0),
-        )?;
-        Ok((token, exp))
-    }
-
-    /// The alarm's gateway refresh: a fresh token into the config and out to the container in
-    /// its env. The recorded expiry moves only when the container accepted it.
-    async fn refresh_gateway(&self, town: &Town) -> std::result::Result<bool, ApiError> {
-        let (_, exp) = self.mint_gateway(town)?;
-        let config = self.config(&town.id)?;
-        let pushed = self.sync_env(town, &config).await;
-        self.still_here()?;
-        let sql = self.sql();
-        if pushed {
-            set_meta(
-                &sql,
-                Meta::GatewayExpiresAt,
-                u64::try_from(exp).unwrap_or(0),
-            )?;
-            bump_meta(&sql, Meta::GatewayRefreshes)?;
-        } else {
-            bump_meta(&sql, Meta::GatewayRefreshFailures)?;
-        }
-        Ok(pushed)
-    }
-
-    /// Starts the container with fresh gateway and container tokens, the current env and the
-    /// settings files. Nothing else of the town runs with older tokens after this.
-    async fn push_start(&self, town: &Town) -> std::result::Result<TokenPushed, ApiError> {
-        if self.generation()?.current == 0 {
-            self.advance_generation()?;
-        }
-        let (_, gateway_exp) = self.mint_gateway(town)?;
-        let (env, settings) = self.container_payload(&self.config(&town.id)?)?;
-        let generation = self.generation()?.current;
-        let (token, expires_at) = self.mint(town)?;
-        let start = c::Start {
-            town_id: town.id.clone(),
-            token,
-            expires_at,
-            env,
-            settings,
-        };
-        let pushed = self
-            .container(&town.id)?
-            .call(start)
-            .await
-            .map_err(gone_is_not_found)?;
-        self.still_here()?;
-        if self.stored_status()? == TownStatus::Stopped {
-            // The town was stopped while this start was on its way, and the stop may have
-            // reached the container first: stop it again, so nothing runs for a stopped town.
-            self.container(&town.id)?
-                .call(c::Stop {
-                    town_id: town.id.clone(),
-                })
-                .await
-                .map_err(gone_is_not_found)?;
-            return Err(ApiError::TownStopped);
-        }
-        self.record_push(pushed, generation)?;
-        if pushed.accepted {
-            let sql = self.sql();
-            set_meta(&sql, Meta::ContainerStarted, 1)?;
-            set_meta(&sql, Meta::WorkSeenAt, config::now_ms())?;
-            set_meta(
-                &sql,
-                Meta::GatewayExpiresAt,
-                u64::try_from(gateway_exp).unwrap_or(0),
-            )?;
-        }
-        Ok(pushed)
-    }
-
-    fn generation(&self) -> std::result::Result<TokenGeneration, ApiError> {
-        let sql = self.sql();
-        Ok(TokenGeneration {
-            current: meta(&sql, Meta::TokenGeneration)?.unwrap_or(0),
-            since_ms: meta(&sql, Meta::TokenGenerationSince)?.unwrap_or(0),
-        })
-    }
-
-    fn set_generation(&self, generation: TokenGeneration) -> std::result::Result<(), ApiError> {
-        let sql = self.sql();
-        set_meta(&sql, Meta::TokenGeneration, generation.current)?;
-        set_meta(&sql, Meta::TokenGenerationSince, generation.since_ms)
-    }
-
-    /// Rotation: tokens of older generations stop working after the grace.
-    fn advance_generation(&self) -> std::result::Result<(), ApiError> {
-        self.set_generation(self.generation()?.advanced(config::now_ms()))
-    }
-
-    /// A container route's credential against the current generation.
-    fn admit(&self, credential: ContainerCredential) -> std::result::Result<(), ApiError> {
-        let grace = config::get(&self.env).token_grace_ms;
-        if self
-            .generation()?
-            .admits(credential, config::now_ms(), grace)
-        {
-            Ok(())
-        } else {
-            Err(ApiError::TokenRevoked)
-        }
-    }
-
-    /// A credential that asks to mint a token: only the current generation (see
-    /// `TokenGeneration::may_mint`); a token the grace still admits gets `token_revoked` too.
-    fn admit_minting(&self, credential: ContainerCredential) -> std::result::Result<(), ApiError> {
-        if self.generation()?.may_mint(credential) {
-            Ok(())
-        } else {
-            Err(ApiError::TokenRevoked)
-        }
-    }
-
-    fn container_started(&self) -> std::result::Result<bool, ApiError> {
-        Ok(meta(&self.sql(), Meta::ContainerStarted)?.unwrap_or(0) == 1)
+        store::set_town_status(&self.sql(), status)
     }
 
     fn container(&self, town: &TownId) -> std::result::Result<ContainerStub, ApiError> {
@@ -440,78 +279,22 @@ impl TownDO {
             .sealer
             .seal(&plain, &config_aad(town), config::nonce()?)
             .map_err(ApiError::internal)?;
-        crate::storage::exec(
-            &self.sql(),
-            "INSERT INTO config (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-            vec![stored.into()],
-        )
+        store::store_sealed_config(&self.sql(), stored)
     }
 
     /// The stored config, or the default for a town that never set one.
     fn config(&self, town: &TownId) -> std::result::Result<TownConfig, ApiError> {
-        #[derive(Deserialize)]
-        struct Row {
-            json: String,
-        }
-        match first::<Row>(&self.sql(), "SELECT json FROM config WHERE id = 1", vec![])? {
-            Some(row) => {
+        match store::sealed_config(&self.sql())? {
+            Some(sealed) => {
                 let plain = config::get(&self.env)
                     .sealer
-                    .open(&row.json, &config_aad(town))
+                    .open(&sealed, &config_aad(town))
                     .map_err(ApiError::internal)?;
                 serde_json::from_slice(&plain).map_err(|e| {
                     ApiError::internal(format!("stored config: {}", json_error_summary(&e)))
                 })
             }
             None => Ok(TownConfig::default()),
-        }
-    }
-
-    /// A container token for `town` of the current generation, carrying its owner's identity
-    /// (the creator for org towns, the town id if none is recorded).
-    fn mint(&self, town: &Town) -> std::result::Result<(String, i64), ApiError> {
-        sign_container(
-            &config::get(&self.env).keys,
-            &town.id,
-            town.token_user_id(),
-            self.generation()?.current,
-            config::now_s(),
-        )
-        .map_err(|e| ApiError::internal(format!("minting a container token: {}", e.message())))
-    }
-
-    /// Mints a token and pushes it to the running container. The throttle moves only when the
-    /// container accepted it.
-    async fn refresh_token(&self, town: &Town) -> std::result::Result<TokenPushed, ApiError> {
-        let generation = self.generation()?.current;
-        let (token, expires_at) = self.mint(town)?;
-        let pushed = self
-            .container(&town.id)?
-            .call(PushToken {
-                town_id: town.id.clone(),
-                token,
-                expires_at,
-            })
-            .await
-            .map_err(gone_is_not_found)?;
-        self.still_here()?;
-        self.record_push(pushed, generation)?;
-        Ok(pushed)
-    }
-
-    /// Records a push of a token of `generation`.
-    fn record_push(
-        &self,
-        pushed: TokenPushed,
-        generation: u64,
-    ) -> std::result::Result<(), ApiError> {
-        let sql = self.sql();
-        if pushed.accepted {
-            set_meta(&sql, Meta::TokenAcceptedGeneration, generation)?;
-            set_meta(&sql, Meta::TokenRefreshedAt, config::now_ms())?;
-            bump_meta(&sql, Meta::TokenRefreshes)
-        } else {
-            bump_meta(&sql, Meta::TokenRefreshFailures)
         }
     }
 

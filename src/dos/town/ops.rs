@@ -1,23 +1,20 @@
-//! The operations of `TownDO`, one function each (`gastown_core::protocol::town`).
+//! The operations of `TownDO` (`gastown_core::protocol::town`), one short function each: the
+//! access check of a town route's caller, then the call into the concern that does the work
+//! (`beads`, `dispatch`, `patrol`, `callbacks`, `tokens`) or a query of `store`.
 
+use super::store;
 use super::{Meta, TownDO};
 use crate::config;
-use crate::storage::{
-    bump_meta, count, exec, exists, json_text, meta, rig_values, rows, set_meta, town_values,
-    RIG_COLUMNS, RIG_JSON, TOWN_COLUMNS,
-};
-use gastown_core::agent_settings::Role;
+use crate::storage::{bump_meta, meta, set_meta};
 use gastown_core::beads::{Bead, BeadDetail};
 use gastown_core::error::ApiError;
-use gastown_core::ids::{AgentId, RigId};
-use gastown_core::model::{Agent, Rig, Town, TownStatus, AGENT_COLUMNS, AGENT_JSON};
+use gastown_core::model::{Agent, Rig, Town, TownStatus};
 use gastown_core::protocol::container::{self as c, TokenPushed};
 use gastown_core::protocol::town::*;
 use gastown_core::protocol::{Ack, Json};
 use gastown_core::time::rfc3339;
-use gastown_core::town_config::TownConfig;
-use serde::Deserialize;
-use worker::SqlStorage;
+use gastown_core::town_config::{ConfigView, TownConfig};
+use gastown_core::vocab::Role;
 
 type Reply<T> = Result<T, ApiError>;
 
@@ -25,22 +22,10 @@ fn not_running() -> ApiError {
     ApiError::Conflict("the town's container is not running; start it first".into())
 }
 
-/// One agent as its record, built by SQLite (`AGENT_JSON`) so the row's types need no mapping.
-pub(super) fn agent(sql: &SqlStorage, id: &str) -> Reply<Option<Agent>> {
-    crate::storage::json_record(sql, AGENT_JSON, "agents", id)
-}
-
 impl TownDO {
     /// Every rig override must name a rig of this town.
     fn check_override_rigs(&self, config: &TownConfig) -> Reply<()> {
-        #[derive(Deserialize)]
-        struct Id {
-            id: String,
-        }
-        let rigs: Vec<String> = rows::<Id>(&self.sql(), "SELECT id FROM rigs", vec![])?
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        let rigs = store::rig_ids(&self.sql())?;
         match config.rig_overrides.keys().find(|k| !rigs.contains(k)) {
             Some(unknown) => Err(ApiError::invalid(
                 format!("rig_overrides.{unknown}"),
@@ -48,35 +33,6 @@ impl TownDO {
             )),
             None => Ok(()),
         }
-    }
-}
-
-impl TownDO {
-    /// Records a new idle agent, within `MAX_AGENTS_PER_TOWN`.
-    pub(super) fn insert_agent(&self, role: Role, rig: Option<&RigId>, name: &str) -> Reply<Agent> {
-        let sql = self.sql();
-        let max = config::get(&self.env).quotas.agents_per_town;
-        if count(&sql, "SELECT COUNT(*) AS n FROM agents", vec![])? >= max {
-            return Err(ApiError::QuotaExceeded {
-                limit: "MAX_AGENTS_PER_TOWN",
-                max,
-            });
-        }
-        let id = AgentId::parse(&config::new_id()?).map_err(ApiError::internal)?;
-        exec(
-            &sql,
-            &format!(
-                "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?, ?, ?, ?, 'idle', NULL, 0, NULL, ?)"
-            ),
-            vec![
-                id.as_str().into(),
-                role.as_str().into(),
-                name.into(),
-                rig.map(RigId::as_str).into(),
-                rfc3339(config::now_ms()).into(),
-            ],
-        )?;
-        agent(&sql, id.as_str())?.ok_or_else(|| ApiError::internal("agent row missing"))
     }
 }
 
@@ -94,18 +50,27 @@ impl TownOps for TownDO {
                 "this town already has another identity".into(),
             ));
         }
-        exec(
-            &self.sql(),
-            &format!("INSERT INTO town ({TOWN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-            town_values(&town),
-        )?;
+        store::insert_town(&self.sql(), &town)?;
         self.mint_gateway(&town)?;
         self.arm().await?;
         Ok(town)
     }
 
-    async fn get(&self, _: Get) -> Reply<Town> {
-        self.require_town()
+    async fn get(&self, req: Get) -> Reply<Town> {
+        self.admit_user(&req.caller).map(|(town, _)| town)
+    }
+
+    async fn list_rigs(&self, req: ListRigs) -> Reply<Json<Vec<Rig>>> {
+        self.admit_user(&req.caller)?;
+        super::store::rigs_page(&self.sql(), &req.page)
+    }
+
+    async fn container_status(&self, req: ContainerStatus) -> Reply<c::ContainerStatus> {
+        let (town, _) = self.admit_user(&req.caller)?;
+        self.container(&town.id)?
+            .call(c::Status {})
+            .await
+            .map_err(super::gone_is_not_found)
     }
 
     /// The town is marked gone before the first await, so nothing that starts meanwhile (a
@@ -140,11 +105,7 @@ impl TownOps for TownDO {
         if rig.town_id != town.id {
             return Err(ApiError::internal("rig registered with the wrong town"));
         }
-        exec(
-            &self.sql(),
-            &format!("INSERT OR REPLACE INTO rigs ({RIG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
-            rig_values(&rig),
-        )?;
+        store::put_rig(&self.sql(), &rig)?;
         // The new rig gets its settings file.
         let config = self.config(&town.id)?;
         self.sync_env(&town, &config).await;
@@ -154,17 +115,7 @@ impl TownOps for TownDO {
     async fn remove_rig(&self, RemoveRig { rig_id }: RemoveRig) -> Reply<Ack> {
         let town = self.require_town()?;
         let mut config = self.config(&town.id)?;
-        let sql = self.sql();
-        exec(
-            &sql,
-            "DELETE FROM rigs WHERE id = ?",
-            vec![rig_id.as_str().into()],
-        )?;
-        exec(
-            &sql,
-            "DELETE FROM agents WHERE rig_id = ?",
-            vec![rig_id.as_str().into()],
-        )?;
+        store::delete_rig(&self.sql(), &rig_id)?;
         // Its waiting and running work cannot go on: it fails (and says why), so nothing is
         // left in progress for an agent that no longer exists.
         self.fail_rig_work(&rig_id)?;
@@ -199,8 +150,7 @@ impl TownOps for TownDO {
     async fn health(&self, _: Health) -> Reply<TownHealth> {
         let town = self.require_town()?;
         let sql = self.sql();
-        let rig_count = u32::try_from(count(&sql, "SELECT COUNT(*) AS n FROM rigs", vec![])?)
-            .unwrap_or(u32::MAX);
+        let rig_count = u32::try_from(store::rig_count(&sql)?).unwrap_or(u32::MAX);
         let alarm_at = self
             .state
             .storage()
@@ -233,32 +183,37 @@ impl TownOps for TownDO {
         })
     }
 
-    async fn get_config(&self, _: GetConfig) -> Reply<TownConfig> {
-        let town = self.require_town()?;
-        self.config(&town.id)
+    async fn get_config(&self, req: GetConfig) -> Reply<Json<ConfigView>> {
+        let (town, _) = self.admit_user(&req.caller)?;
+        Json::encode(&self.config(&town.id)?.view(&town))
     }
 
-    async fn patch_config(&self, PatchConfig { patch }: PatchConfig) -> Reply<TownConfig> {
-        let town = self.require_town()?;
-        let next = self.config(&town.id)?.apply(&patch)?;
+    async fn patch_config(&self, req: PatchConfig) -> Reply<Json<ConfigView>> {
+        let town = self.admit_manager(&req.caller, "change its config")?;
+        let next = self.config(&town.id)?.apply(&req.patch)?;
         self.check_override_rigs(&next)?;
         self.store_config(&town.id, &next)?;
         self.sync_env(&town, &next).await;
-        Ok(next)
+        Json::encode(&next.view(&town))
     }
 
-    async fn start_container(&self, _: StartContainer) -> Reply<TokenPushed> {
-        let town = self.require_town()?;
+    /// Anyone the town admits may start its container; the token carries the town owner's
+    /// identity, never the caller's.
+    async fn start_container(&self, req: StartContainer) -> Reply<c::ContainerStatus> {
+        let (town, _) = self.admit_user(&req.caller)?;
         self.require_active(&town)?;
         let pushed = self.push_start(&town).await?;
         if !pushed.accepted {
             return Err(ApiError::Upstream("container start failed".into()));
         }
-        Ok(pushed)
+        self.container(&town.id)?
+            .call(c::Status {})
+            .await
+            .map_err(super::gone_is_not_found)
     }
 
-    async fn force_token_refresh(&self, _: ForceTokenRefresh) -> Reply<TokenPushed> {
-        let town = self.require_town()?;
+    async fn force_token_refresh(&self, req: ForceTokenRefresh) -> Reply<TokenPushed> {
+        let town = self.admit_manager(&req.caller, "rotate its container token")?;
         if !self.container_started()? {
             return Err(not_running());
         }
@@ -305,24 +260,30 @@ impl TownOps for TownDO {
     }
 
     async fn list_beads(&self, req: ListBeads) -> Reply<Json<Vec<Bead>>> {
-        self.list_beads_page(&req.filter, &req.page).await
+        self.admit_user(&req.caller)?;
+        self.list_beads_page(&req.filter, &req.page)
     }
 
     async fn create_bead(&self, req: CreateBead) -> Reply<Bead> {
-        self.create_bead_row(req.bead, &req.created_by).await
+        self.admit_user(&req.caller)?;
+        self.create_bead_row(req.bead, req.caller.user_id.as_str())
+            .await
     }
 
     async fn get_bead(&self, req: GetBead) -> Reply<Json<BeadDetail>> {
+        self.admit_user(&req.caller)?;
         self.bead_detail(&req.bead_id)
     }
 
     async fn patch_bead(&self, req: PatchBead) -> Reply<Bead> {
-        self.patch_bead_row(&req.bead_id, req.patch, &req.user_id)
+        let (town, _) = self.admit_user(&req.caller)?;
+        self.patch_bead_row(&town, &req.bead_id, req.patch, req.caller.user_id.as_str())
             .await
     }
 
     async fn delete_bead(&self, req: DeleteBead) -> Reply<Ack> {
-        self.delete_bead_row(&req.bead_id).await?;
+        let (town, _) = self.admit_user(&req.caller)?;
+        self.delete_bead_row(&town, &req.bead_id).await?;
         Ok(Ack::OK)
     }
 
@@ -330,19 +291,13 @@ impl TownOps for TownDO {
         let town = self.require_town()?;
         self.require_active(&town)?;
         self.admit(req.credential)?;
-        let text = json_text(
-            &self.sql(),
-            &format!(
-                "SELECT COALESCE(json_group_array({RIG_JSON} ORDER BY created_at, id), '[]') AS j FROM rigs"
-            ),
-            vec![],
-        )?;
-        Json::from_text(text.unwrap_or_else(|| "[]".to_owned()))
+        store::rigs(&self.sql())
     }
 
-    async fn stop_town(&self, _: StopTown) -> Reply<Town> {
-        let mut town = self.require_town()?;
+    async fn stop_town(&self, req: StopTown) -> Reply<Town> {
+        let mut town = self.admit_manager(&req.caller, "stop it")?;
         if town.status == TownStatus::Stopped {
+            self.tell_owner_status(&town).await?;
             return Ok(town);
         }
         let _alone = self.begin_transition()?;
@@ -365,12 +320,14 @@ impl TownOps for TownDO {
             .await
             .map_err(super::gone_is_not_found)?;
         self.still_here()?;
+        self.tell_owner_status(&town).await?;
         Ok(town)
     }
 
-    async fn start_town(&self, _: StartTown) -> Reply<TownStarted> {
-        let mut town = self.require_town()?;
+    async fn start_town(&self, req: StartTown) -> Reply<TownStarted> {
+        let mut town = self.admit_manager(&req.caller, "start it")?;
         if town.status == TownStatus::Active {
+            self.tell_owner_status(&town).await?;
             return Ok(TownStarted {
                 container_started: self.container_started()?,
                 town,
@@ -382,6 +339,7 @@ impl TownOps for TownDO {
         // Fresh tokens reach the container before the loop runs again.
         let pushed = self.push_start(&town).await?;
         self.arm().await?;
+        self.tell_owner_status(&town).await?;
         Ok(TownStarted {
             town,
             container_started: pushed.accepted,
@@ -406,33 +364,20 @@ impl TownOps for TownDO {
         Ok(IssuedToken { token, expires_at })
     }
 
-    async fn list_agents(&self, _: ListAgents) -> Reply<Json<Vec<Agent>>> {
-        self.require_town()?;
-        let text = json_text(
-            &self.sql(),
-            &format!(
-                "SELECT COALESCE(json_group_array({AGENT_JSON} ORDER BY created_at, id), '[]') AS j FROM agents"
-            ),
-            vec![],
-        )?;
-        Json::from_text(text.unwrap_or_else(|| "[]".to_owned()))
+    async fn list_agents(&self, req: ListAgents) -> Reply<Json<Vec<Agent>>> {
+        self.admit_user(&req.caller)?;
+        store::agents(&self.sql())
     }
 
-    async fn ensure_mayor(&self, _: EnsureMayor) -> Reply<Agent> {
-        self.require_town()?;
-        let sql = self.sql();
-        let mayor = json_text(
-            &sql,
-            &format!("SELECT {AGENT_JSON} AS j FROM agents WHERE role = 'mayor'"),
-            vec![],
-        )?;
-        if let Some(text) = mayor {
-            return serde_json::from_str(&text)
-                .map_err(|e| ApiError::internal(format!("agent row: {e}")));
+    async fn ensure_mayor(&self, req: EnsureMayor) -> Reply<Agent> {
+        self.admit_user(&req.caller)?;
+        match store::mayor(&self.sql())? {
+            Some(mayor) => Ok(mayor),
+            None => self.insert_agent(Role::Mayor, None, "mayor"),
         }
-        self.insert_agent(Role::Mayor, None, "mayor")
     }
 
+    #[cfg(feature = "test-hooks")]
     async fn register_agent(&self, req: RegisterAgent) -> Reply<Agent> {
         self.require_town()?;
         if req.role == Role::Mayor {
@@ -448,24 +393,20 @@ impl TownOps for TownDO {
                 "must be 1 to 64 printable characters",
             ));
         }
-        if !exists(
-            &self.sql(),
-            "SELECT 1 FROM rigs WHERE id = ?",
-            vec![req.rig_id.as_str().into()],
-        )? {
+        if !store::rig_exists(&self.sql(), req.rig_id.as_str())? {
             return Err(ApiError::NotFound("rig not found in this town".into()));
         }
         let registered = self.insert_agent(req.role, Some(&req.rig_id), name)?;
         if !req.working {
             return Ok(registered);
         }
-        exec(
+        store::set_agent_status(
             &self.sql(),
-            "UPDATE agents SET status = 'working' WHERE id = ?",
-            vec![registered.id.as_str().into()],
+            registered.id.as_str(),
+            gastown_core::model::AgentStatus::Working,
         )?;
         self.touch_agent(&registered.id)?;
-        agent(&self.sql(), registered.id.as_str())?
+        store::agent(&self.sql(), registered.id.as_str())?
             .ok_or_else(|| ApiError::internal("agent row missing"))
     }
 
@@ -475,12 +416,8 @@ impl TownOps for TownDO {
         if let Some(credential) = req.credential {
             self.admit(credential)?;
         }
-        let rig: Rig = crate::storage::first(
-            &self.sql(),
-            &format!("SELECT {RIG_COLUMNS} FROM rigs WHERE id = ?"),
-            vec![req.rig_id.as_str().into()],
-        )?
-        .ok_or_else(|| ApiError::NotFound("rig not found in this town".into()))?;
+        let rig = store::rig(&self.sql(), req.rig_id.as_str())?
+            .ok_or_else(|| ApiError::NotFound("rig not found in this town".into()))?;
         let config = self.config(&town.id)?;
         let town_token = gastown_core::integrations::town_token_for(&config.git_auth, &rig.git_url)
             .map(str::to_owned);
@@ -492,6 +429,7 @@ impl TownOps for TownDO {
         })
     }
 
+    #[cfg(feature = "test-hooks")]
     async fn drop_alarm(&self, _: DropAlarm) -> Reply<Ack> {
         self.require_town()?;
         self.state

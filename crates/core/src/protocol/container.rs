@@ -208,7 +208,7 @@ mod tests {
                     agent: crate::control::AgentStartBody {
                         town_id: "t1".into(),
                         agent_id: "a1".into(),
-                        role: crate::agent_settings::Role::Polecat,
+                        role: crate::vocab::Role::Polecat,
                         name: "p".into(),
                         rig_id: Some("r1".into()),
                         bead: None,
@@ -224,7 +224,7 @@ mod tests {
                 r#"{"op":"start_agent","town_id":"t1","agent":{"townId":"t1","agent_id":"a1","role":"polecat","name":"p","rig_id":"r1","bead":null,"git_url":null,"default_branch":null,"branch":null,"model":null,"worker_url":null,"env":{}}}"#,
             ),
         ];
-        all(ContainerOp::OPS, &cases);
+        all(&ContainerOp::ops(), &cases);
     }
 
     #[test]

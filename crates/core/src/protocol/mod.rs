@@ -165,16 +165,25 @@ macro_rules! do_protocol {
         }
 
         impl $Enum {
-            /// Every operation's tag, in declaration order.
-            pub const OPS: &'static [&'static str] = &[$(stringify!($method)),*];
+            /// Every operation's tag, in declaration order (those compiled in).
+            // Statements, not a `vec![]`, so an operation's `#[cfg]` can leave its tag out.
+            #[allow(unused_doc_comments, clippy::vec_init_then_push)]
+            #[must_use]
+            pub fn ops() -> Vec<&'static str> {
+                let mut ops = Vec::new();
+                $( $(#[$vmeta])* ops.push(stringify!($method)); )*
+                ops
+            }
         }
 
         $(
+            $(#[$vmeta])*
             impl $crate::protocol::Op for $Req {
                 type Protocol = $Enum;
                 type Reply = $Reply;
             }
 
+            $(#[$vmeta])*
             impl From<$Req> for $Enum {
                 fn from(req: $Req) -> Self {
                     $Enum::$Variant(req)
@@ -200,10 +209,11 @@ macro_rules! do_protocol {
         }
 
         impl<H: $Handler> $crate::protocol::Dispatch<H> for $Enum {
+            #[allow(unused_doc_comments)]
             async fn dispatch(self, handler: &H) -> Result<String, $crate::ApiError> {
                 handler.prepare()?;
                 match self {
-                    $( $Enum::$Variant(req) => {
+                    $( $(#[$vmeta])* $Enum::$Variant(req) => {
                         $crate::protocol::encode_reply(&handler.$method(req).await?)
                     } )*
                 }

@@ -1,5 +1,7 @@
 //! The protocol of the owner Durable Objects (`GastownUserDO` and `GastownOrgDO` speak the same
-//! one): an owner's towns and rigs.
+//! one): an owner's towns and rigs. Creating and deleting a town or a rig is one operation of
+//! the owner's DO, which writes its own record, the town's DO and the D1 rig index in order and
+//! undoes what it wrote when a later step fails: a handler makes one call.
 
 use super::{Ack, Json};
 use crate::ids::{RigId, TownId};
@@ -10,22 +12,26 @@ use serde::{Deserialize, Serialize};
 crate::do_protocol! {
     /// Operations of an owner DO.
     pub enum OwnerOp: OwnerOps {
-        /// Records a new town and arms the watchdog; 409 if the id is taken.
-        AddTown(AddTown) -> Town => add_town;
+        /// Records a new town (409 if the id is taken, or at the owner's town quota), gives the
+        /// town's DO its identity, and arms the watchdog.
+        CreateTown(CreateTown) -> Town => create_town;
         /// The owner's towns, oldest first.
         ListTowns(ListTowns) -> Json<Vec<Town>> => list_towns;
         /// 404 when this owner has no such town.
         GetTown(GetTown) -> Json<Town> => get_town;
-        /// Forgets a town and its rigs.
-        RemoveTown(RemoveTown) -> RemovedTown => remove_town;
-        /// 404 for a town this owner lacks, 409 for a rig name taken in that town.
-        AddRig(AddRig) -> Rig => add_rig;
+        /// 404 for a town this owner lacks; else destroys the town's DO (its state, alarm and
+        /// container), then forgets the town, its rigs and their index rows.
+        DeleteTown(DeleteTown) -> RemovedTown => delete_town;
+        /// 404 for a town this owner lacks, 409 for a rig name taken in that town or at the
+        /// rig quota; else records the rig, registers it with the town's DO and indexes it.
+        CreateRig(CreateRig) -> Rig => create_rig;
         /// A town's rigs, oldest first; 404 for a town this owner lacks.
         ListRigs(ListRigs) -> Json<Vec<Rig>> => list_rigs;
         /// 404 when this owner has no such rig.
         GetRig(GetRig) -> Json<Rig> => get_rig;
-        /// Forgets a rig; answers it as it was.
-        RemoveRig(RemoveRig) -> Rig => remove_rig;
+        /// 404 for a rig this owner lacks; else removes it from the town's DO (its work fails),
+        /// forgets it and its index row; answers it as it was.
+        DeleteRig(DeleteRig) -> Rig => delete_rig;
         /// Records a town's status as its TownDO now has it (after a stop or start); 404 for
         /// a town this owner lacks.
         SetTownStatus(SetTownStatus) -> Ack => set_town_status;
@@ -33,7 +39,7 @@ crate::do_protocol! {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddTown {
+pub struct CreateTown {
     pub town: Town,
 }
 
@@ -49,12 +55,12 @@ pub struct GetTown {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoveTown {
+pub struct DeleteTown {
     pub town_id: TownId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddRig {
+pub struct CreateRig {
     pub rig: Rig,
 }
 
@@ -71,7 +77,7 @@ pub struct GetRig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoveRig {
+pub struct DeleteRig {
     pub rig_id: RigId,
 }
 
@@ -110,8 +116,8 @@ mod tests {
                 r#"{"op":"set_town_status","town_id":"t1","status":"stopped"}"#.into(),
             ),
             (
-                AddTown { town: t.clone() }.into(),
-                format!(r#"{{"op":"add_town","town":{town_json}}}"#),
+                CreateTown { town: t.clone() }.into(),
+                format!(r#"{{"op":"create_town","town":{town_json}}}"#),
             ),
             (
                 ListTowns::default().into(),
@@ -125,15 +131,15 @@ mod tests {
                 r#"{"op":"get_town","town_id":"t1"}"#.into(),
             ),
             (
-                RemoveTown {
+                DeleteTown {
                     town_id: t.id.clone(),
                 }
                 .into(),
-                r#"{"op":"remove_town","town_id":"t1"}"#.into(),
+                r#"{"op":"delete_town","town_id":"t1"}"#.into(),
             ),
             (
-                AddRig { rig: r.clone() }.into(),
-                format!(r#"{{"op":"add_rig","rig":{rig_json}}}"#),
+                CreateRig { rig: r.clone() }.into(),
+                format!(r#"{{"op":"create_rig","rig":{rig_json}}}"#),
             ),
             (
                 ListRigs {
@@ -154,14 +160,14 @@ mod tests {
                 r#"{"op":"get_rig","rig_id":"r1"}"#.into(),
             ),
             (
-                RemoveRig {
+                DeleteRig {
                     rig_id: r.id.clone(),
                 }
                 .into(),
-                r#"{"op":"remove_rig","rig_id":"r1"}"#.into(),
+                r#"{"op":"delete_rig","rig_id":"r1"}"#.into(),
             ),
         ];
-        all(OwnerOp::OPS, &cases);
+        all(&OwnerOp::ops(), &cases);
         // A request written before `page` existed still reads.
         let old: OwnerOp = serde_json::from_str(r#"{"op":"list_towns"}"#).unwrap();
         assert_eq!(old, ListTowns::default().into());

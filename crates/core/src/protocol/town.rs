@@ -1,15 +1,15 @@
 //! The protocol of `TownDO`: a town's identity, config, rigs registry, agents and main loop.
 
-use super::container::TokenPushed;
+use super::container::{self, TokenPushed};
 use super::{Ack, Json};
-use crate::agent_settings::Role;
-use crate::authz::ContainerCredential;
+use crate::authz::{ContainerCredential, TownCaller};
 use crate::beads::{Bead, BeadDetail, BeadFilter, BeadPatch, NewBead};
 use crate::control::{AgentDoneCallback, AgentStatusCallback};
 use crate::ids::{AgentId, BeadId, RigId, TownId};
 use crate::model::{Agent, Rig, Town, TownStatus};
 use crate::page::Page;
-use crate::town_config::{ConfigPatch, TownConfig};
+use crate::town_config::{ConfigPatch, ConfigView};
+use crate::vocab::Role;
 use serde::{Deserialize, Serialize};
 
 crate::do_protocol! {
@@ -18,8 +18,12 @@ crate::do_protocol! {
         /// Records identity and ownership and arms the alarm. Idempotent for the same town;
         /// 409 if this DO already holds another identity.
         Init(Init) -> Town => init;
-        /// 404 when uninitialised or destroyed.
+        /// 404 when uninitialised or destroyed, 403 for a caller the town does not admit.
         Get(Get) -> Town => get;
+        /// A page of the town's rigs, oldest first (the town's own registry).
+        ListRigs(ListRigs) -> Json<Vec<Rig>> => list_rigs;
+        /// The town's container as its DO last saw it: state, env var names, token expiry.
+        ContainerStatus(ContainerStatus) -> container::ContainerStatus => container_status;
         /// Destroys the town's container, then wipes all storage and the alarm.
         Destroy(Destroy) -> Ack => destroy;
         /// Registers a rig of this town.
@@ -30,14 +34,14 @@ crate::do_protocol! {
         EnsureAlarm(EnsureAlarm) -> AlarmArmed => ensure_alarm;
         /// The main loop's state, for operators.
         Health(Health) -> TownHealth => health;
-        /// The config as stored (the router masks it).
-        GetConfig(GetConfig) -> TownConfig => get_config;
-        /// Applies a validated patch and stores the result, or stores nothing and answers 4xx;
-        /// then hands the derived env to the container.
-        PatchConfig(PatchConfig) -> TownConfig => patch_config;
+        /// The config as the API shows it: secrets masked.
+        GetConfig(GetConfig) -> Json<ConfigView> => get_config;
+        /// For those who manage the town: applies a validated patch and stores the result, or
+        /// stores nothing and answers 4xx; then hands the derived env to the container.
+        PatchConfig(PatchConfig) -> Json<ConfigView> => patch_config;
         /// Mints a container token and hands token and env to the container, starting it;
-        /// 502 when the container does not accept.
-        StartContainer(StartContainer) -> TokenPushed => start_container;
+        /// answers the container's status; 502 when the container does not accept.
+        StartContainer(StartContainer) -> container::ContainerStatus => start_container;
         /// Rotates: advances the token generation (older tokens are refused after a short
         /// grace), then mints and pushes a fresh container token now, ignoring the throttle;
         /// 409 while the container is not running, 502 when it does not accept.
@@ -48,11 +52,12 @@ crate::do_protocol! {
         /// An agent the town knows reports in; 404 for an agent or rig the town does not have,
         /// or a rig-bound agent reporting from another rig.
         Heartbeat(Heartbeat) -> Ack => heartbeat;
-        /// Stops the town: container stopped, token generation advanced, alarm deleted; every
-        /// row kept. Idempotent.
+        /// For those who manage the town: stops it (container stopped, token generation
+        /// advanced, alarm deleted, running work handed back); tells the owner's DO. Idempotent.
         StopTown(StopTown) -> Town => stop_town;
-        /// Resumes a stopped town: fresh gateway and container tokens are pushed to a newly
-        /// started container before the alarm is armed again. Idempotent.
+        /// For those who manage the town: resumes it (fresh gateway and container tokens are
+        /// pushed to a newly started container before the alarm is armed again); tells the
+        /// owner's DO. Idempotent.
         StartTown(StartTown) -> TownStarted => start_town;
         /// A fresh gateway (sandbox) token for the container (`credential` set, checked against
         /// the token generation) or an internal service (`None`); 409 `town_stopped` for a
@@ -62,7 +67,9 @@ crate::do_protocol! {
         ListAgents(ListAgents) -> Json<Vec<Agent>> => list_agents;
         /// The town's one mayor, created on first call (409 past the agent quota).
         EnsureMayor(EnsureMayor) -> Agent => ensure_mayor;
-        /// Test hook (until dispatch creates agents): records a polecat or refinery of a rig.
+        /// Test hook (the `test-hooks` feature, as its route): records a polecat or refinery
+        /// of a rig, optionally working.
+        #[cfg(feature = "test-hooks")]
         RegisterAgent(RegisterAgent) -> Agent => register_agent;
         /// What a git token for one rig is made from: the rig (its repository and
         /// integration), the town (its owner), and the town's own token for the repository's
@@ -71,7 +78,9 @@ crate::do_protocol! {
         RigCredentials(RigCredentials) -> RigCredentialsReply => rig_credentials;
         /// The town's rigs, for the mayor's tools.
         MayorRigs(MayorRigs) -> Json<Vec<Rig>> => mayor_rigs;
-        /// Test hook: deletes the pending alarm, leaving the town otherwise intact.
+        /// Test hook (the `test-hooks` feature, as its route): deletes the pending alarm,
+        /// leaving the town otherwise intact.
+        #[cfg(feature = "test-hooks")]
         DropAlarm(DropAlarm) -> Ack => drop_alarm;
         /// A page of the town's beads, oldest first, filtered.
         ListBeads(ListBeads) -> Json<Vec<Bead>> => list_beads;
@@ -95,8 +104,23 @@ pub struct Init {
     pub town: Town,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Get {}
+/// Every operation of a town route carries its caller: the town decides access from its own
+/// record, in the same call (`authz::TownCaller::role_in`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Get {
+    pub caller: TownCaller,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRigs {
+    pub caller: TownCaller,
+    pub page: Page,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub caller: TownCaller,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Destroy {}
@@ -117,19 +141,26 @@ pub struct EnsureAlarm {}
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {}
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GetConfig {}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetConfig {
+    pub caller: TownCaller,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatchConfig {
+    pub caller: TownCaller,
     pub patch: ConfigPatch,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StartContainer {}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartContainer {
+    pub caller: TownCaller,
+}
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ForceTokenRefresh {}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForceTokenRefresh {
+    pub caller: TownCaller,
+}
 
 /// Container routes carry the caller's credential, which the town checks against its current
 /// token generation before anything else.
@@ -145,11 +176,15 @@ pub struct Heartbeat {
     pub agent_id: AgentId,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StopTown {}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopTown {
+    pub caller: TownCaller,
+}
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StartTown {}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartTown {
+    pub caller: TownCaller,
+}
 
 /// The started town, and whether its container took the fresh tokens (if not, the alarm and
 /// the next start retry; the town is active either way).
@@ -165,11 +200,15 @@ pub struct IssueSandboxToken {
     pub credential: Option<ContainerCredential>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListAgents {}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListAgents {
+    pub caller: TownCaller,
+}
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnsureMayor {}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnsureMayor {
+    pub caller: TownCaller,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterAgent {
@@ -183,32 +222,35 @@ pub struct RegisterAgent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListBeads {
+    pub caller: TownCaller,
     pub filter: BeadFilter,
     pub page: Page,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateBead {
+    /// Also who created the bead.
+    pub caller: TownCaller,
     pub bead: NewBead,
-    /// The creating user's id.
-    pub created_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetBead {
+    pub caller: TownCaller,
     pub bead_id: BeadId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatchBead {
+    /// Also who made the change.
+    pub caller: TownCaller,
     pub bead_id: BeadId,
     pub patch: BeadPatch,
-    /// The user making the change.
-    pub user_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteBead {
+    pub caller: TownCaller,
     pub bead_id: BeadId,
 }
 
@@ -339,12 +381,34 @@ mod tests {
         let rig_json = serde_json::to_string(&r).unwrap();
         let patch = ConfigPatch::parse(br#"{"default_model":"m1"}"#).unwrap();
         let patch_json = serde_json::to_string(&patch).unwrap();
-        let cases: Vec<(TownOp, String)> = vec![
+        let caller = TownCaller {
+            user_id: crate::ids::UserId::parse("u1").unwrap(),
+            orgs: vec![(
+                crate::ids::OrgId::parse("o1").unwrap(),
+                crate::auth::OrgRole::Member,
+            )],
+        };
+        let c = || caller.clone();
+        const C: &str = r#"{"user_id":"u1","orgs":[["o1","member"]]}"#;
+        #[allow(unused_mut)]
+        let mut cases: Vec<(TownOp, String)> = vec![
             (
                 Init { town: t.clone() }.into(),
                 format!(r#"{{"op":"init","town":{town_json}}}"#),
             ),
-            (Get {}.into(), r#"{"op":"get"}"#.into()),
+            (Get { caller: c() }.into(), format!(r#"{{"op":"get","caller":{C}}}"#)),
+            (
+                ListRigs {
+                    caller: c(),
+                    page: Page::default(),
+                }
+                .into(),
+                format!(r#"{{"op":"list_rigs","caller":{C},"page":{{"limit":500,"after":null}}}}"#),
+            ),
+            (
+                ContainerStatus { caller: c() }.into(),
+                format!(r#"{{"op":"container_status","caller":{C}}}"#),
+            ),
             (Destroy {}.into(), r#"{"op":"destroy"}"#.into()),
             (
                 AddRig { rig: r.clone() }.into(),
@@ -359,18 +423,25 @@ mod tests {
             ),
             (EnsureAlarm {}.into(), r#"{"op":"ensure_alarm"}"#.into()),
             (Health {}.into(), r#"{"op":"health"}"#.into()),
-            (GetConfig {}.into(), r#"{"op":"get_config"}"#.into()),
             (
-                PatchConfig { patch }.into(),
-                format!(r#"{{"op":"patch_config","patch":{patch_json}}}"#),
+                GetConfig { caller: c() }.into(),
+                format!(r#"{{"op":"get_config","caller":{C}}}"#),
             ),
             (
-                StartContainer {}.into(),
-                r#"{"op":"start_container"}"#.into(),
+                PatchConfig {
+                    caller: c(),
+                    patch,
+                }
+                .into(),
+                format!(r#"{{"op":"patch_config","caller":{C},"patch":{patch_json}}}"#),
             ),
             (
-                ForceTokenRefresh {}.into(),
-                r#"{"op":"force_token_refresh"}"#.into(),
+                StartContainer { caller: c() }.into(),
+                format!(r#"{{"op":"start_container","caller":{C}}}"#),
+            ),
+            (
+                ForceTokenRefresh { caller: c() }.into(),
+                format!(r#"{{"op":"force_token_refresh","caller":{C}}}"#),
             ),
             (
                 IssueContainerToken {
@@ -398,14 +469,22 @@ mod tests {
                 .into(),
                 r#"{"op":"mayor_rigs","credential":{"kind":"container","generation":null}}"#.into(),
             ),
-            (DropAlarm {}.into(), r#"{"op":"drop_alarm"}"#.into()),
-            (StopTown {}.into(), r#"{"op":"stop_town"}"#.into()),
-            (StartTown {}.into(), r#"{"op":"start_town"}"#.into()),
+            (
+                StopTown { caller: c() }.into(),
+                format!(r#"{{"op":"stop_town","caller":{C}}}"#),
+            ),
+            (
+                StartTown { caller: c() }.into(),
+                format!(r#"{{"op":"start_town","caller":{C}}}"#),
+            ),
             (
                 IssueSandboxToken { credential: None }.into(),
                 r#"{"op":"issue_sandbox_token","credential":null}"#.into(),
             ),
-            (ListAgents {}.into(), r#"{"op":"list_agents"}"#.into()),
+            (
+                ListAgents { caller: c() }.into(),
+                format!(r#"{{"op":"list_agents","caller":{C}}}"#),
+            ),
             (
                 RigCredentials {
                     credential: None,
@@ -414,55 +493,51 @@ mod tests {
                 .into(),
                 r#"{"op":"rig_credentials","credential":null,"rig_id":"r1"}"#.into(),
             ),
-            (EnsureMayor {}.into(), r#"{"op":"ensure_mayor"}"#.into()),
             (
-                RegisterAgent {
-                    role: Role::Polecat,
-                    rig_id: r.id.clone(),
-                    name: "p1".into(),
-                    working: false,
-                }
-                .into(),
-                r#"{"op":"register_agent","role":"polecat","rig_id":"r1","name":"p1","working":false}"#.into(),
+                EnsureMayor { caller: c() }.into(),
+                format!(r#"{{"op":"ensure_mayor","caller":{C}}}"#),
             ),
             (
                 ListBeads {
+                    caller: c(),
                     filter: BeadFilter::default(),
                     page: Page::default(),
                 }
                 .into(),
-                r#"{"op":"list_beads","filter":{"status":null,"rig_id":null,"bead_type":null},"page":{"limit":500,"after":null}}"#.into(),
+                format!(r#"{{"op":"list_beads","caller":{C},"filter":{{"status":null,"rig_id":null,"bead_type":null}},"page":{{"limit":500,"after":null}}}}"#),
             ),
             (
                 CreateBead {
+                    caller: c(),
                     bead: NewBead::parse_sling(br#"{"rig_id":"r1","title":"t"}"#).unwrap(),
-                    created_by: "u1".into(),
                 }
                 .into(),
-                r#"{"op":"create_bead","bead":{"bead_type":"issue","title":"t","body":"","rig_id":"r1","priority":2,"labels":[],"metadata":"{}"},"created_by":"u1"}"#.into(),
+                format!(r#"{{"op":"create_bead","caller":{C},"bead":{{"bead_type":"issue","title":"t","body":"","rig_id":"r1","priority":2,"labels":[],"metadata":"{{}}"}}}}"#),
             ),
             (
                 GetBead {
+                    caller: c(),
                     bead_id: BeadId::parse("b1").unwrap(),
                 }
                 .into(),
-                r#"{"op":"get_bead","bead_id":"b1"}"#.into(),
+                format!(r#"{{"op":"get_bead","caller":{C},"bead_id":"b1"}}"#),
             ),
             (
                 PatchBead {
+                    caller: c(),
                     bead_id: BeadId::parse("b1").unwrap(),
                     patch: BeadPatch::parse(br#"{"status":"open"}"#).unwrap(),
-                    user_id: "u1".into(),
                 }
                 .into(),
-                r#"{"op":"patch_bead","bead_id":"b1","patch":{"title":null,"body":null,"priority":null,"labels":null,"status":"open"},"user_id":"u1"}"#.into(),
+                format!(r#"{{"op":"patch_bead","caller":{C},"bead_id":"b1","patch":{{"title":null,"body":null,"priority":null,"labels":null,"status":"open"}}}}"#),
             ),
             (
                 DeleteBead {
+                    caller: c(),
                     bead_id: BeadId::parse("b1").unwrap(),
                 }
                 .into(),
-                r#"{"op":"delete_bead","bead_id":"b1"}"#.into(),
+                format!(r#"{{"op":"delete_bead","caller":{C},"bead_id":"b1"}}"#),
             ),
             (
                 AgentStatus {
@@ -485,7 +560,21 @@ mod tests {
                 r#"{"op":"agent_done","credential":{"kind":"container","generation":1},"rig_id":"r1","agent_id":"a1","done":{"summary":"s","branch":"b","pr_url":null}}"#.into(),
             ),
         ];
-        all(TownOp::OPS, &cases);
+        #[cfg(feature = "test-hooks")]
+        cases.extend([
+            (
+                    RegisterAgent {
+                        role: Role::Polecat,
+                        rig_id: r.id.clone(),
+                        name: "p1".into(),
+                        working: false,
+                    }
+                    .into(),
+                    r#"{"op":"register_agent","role":"polecat","rig_id":"r1","name":"p1","working":false}"#.into(),
+                ),
+            (DropAlarm {}.into(), r#"{"op":"drop_alarm"}"#.into()),
+        ]);
+        all(&TownOp::ops(), &cases);
     }
 
     #[test]

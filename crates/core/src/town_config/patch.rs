@@ -1,35 +1,22 @@
-//! Town config (DESIGN.md §6): what it holds, how a PATCH changes it, and how it is shown.
+//! A PATCH of the town config: the body walked by hand into a typed [`ConfigPatch`]
+//! ([`ConfigPatch::parse`]), the checks the patch alone allows ([`ConfigPatch::validate`]), and
+//! applying it to the stored config ([`TownConfig::apply`]), with the limits they enforce.
 //!
-//! Secrets are `kilocode_token`, `github_cli_pat`, `git_auth.github_token`,
-//! `git_auth.gitlab_token` and every `env_vars` value. They are never shown in clear: every
-//! caller sees `****` plus the last four characters (or only `****` for a value shorter than
-//! [`MASK_MIN_LEN`], whose last four characters would give most of it away). This is stricter
-//! than showing them to owners: no route but a token-issuing one returns a secret.
-//!
-//! A PATCH is a JSON object of the fields to change. `null` clears a field; a secret sent back
-//! exactly as it was shown keeps the stored value; ownership fields are ignored; unknown fields
-//! are refused (422), so a misspelt field is not silently dropped.
-//!
-//! A PATCH goes through two steps. [`ConfigPatch::parse`] checks everything the body alone can
-//! tell (the worker runs it before it calls the town's Durable Object) and gives a typed
-//! [`ConfigPatch`], which travels to the Durable Object as JSON. [`TownConfig::apply`] then checks
-//! what needs the stored config (a masked secret must match the stored one; a secret whose
-//! destination changes is dropped, see [`SECRET_DESTINATIONS`]) and gives the next config.
-//! `apply` re-runs [`ConfigPatch::validate`] first, so a patch that did not come from `parse`
-//! cannot store what `parse` would refuse.
+//! Every check of a field's value belongs in `validate`: `apply` re-runs it, which is what keeps
+//! a patch deserialized by the town's Durable Object from storing what `parse` would refuse.
 
+use super::env::check_env_key;
+use super::masking::{mask, MASK};
+use super::types::{GitAuth, MergeStrategy, RigOverride, RoleModels, TownConfig};
 use crate::body::parse_object;
 use crate::error::ApiError;
-use crate::model::Town;
+use crate::ids::RigId;
+use crate::text::{self, Lines};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-pub const MASK: &str = "****";
-/// Secrets shorter than this are shown as `****` alone.
-pub const MASK_MIN_LEN: usize = 12;
 pub const MAX_ENV_VARS: usize = 100;
-pub const MAX_ENV_KEY: usize = 128;
 pub const MAX_ENV_VALUE: usize = 8 * 1024;
 pub const MAX_SECRET: usize = 4 * 1024;
 pub const MAX_MODEL: usize = 200;
@@ -38,124 +25,6 @@ pub const MAX_EMAIL: usize = 254;
 pub const MAX_URL: usize = 2048;
 pub const MAX_POLECATS: u64 = 50;
 pub const MAX_RIG_OVERRIDES: usize = 100;
-
-/// Env var names the platform sets; users may not override them.
-const RESERVED_ENV: &[&str] = &[
-    "GIT_TOKEN",
-    "GITHUB_TOKEN",
-    "GITLAB_TOKEN",
-    "GITLAB_INSTANCE_URL",
-    "GITHUB_CLI_PAT",
-    "GH_TOKEN",
-    "KILOCODE_TOKEN",
-    "KILO_JWT",
-    "GASTOWN_CONTAINER_TOKEN",
-    "PATH",
-    "HOME",
-];
-/// Prefixes the platform owns.
-const RESERVED_ENV_PREFIXES: &[&str] = &["GASTOWN_", "KILO_"];
-
-/// A family of env var names users may not set, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeniedEnvFamily {
-    pub family: &'static str,
-    pub why: &'static str,
-    /// Exact names; a name ending in `*` is a prefix (`LD_*` is every name starting `LD_`).
-    pub names: &'static [&'static str],
-}
-
-/// Env var names a town's `env_vars` may not hold (issue 9), on top of the platform's reserved
-/// names (`GIT_TOKEN`, `GITHUB_TOKEN`, `GITLAB_TOKEN`, `GITLAB_INSTANCE_URL`, `GITHUB_CLI_PAT`,
-/// `GH_TOKEN`, `KILOCODE_TOKEN`, `KILO_JWT`, `GASTOWN_CONTAINER_TOKEN`, `PATH`, `HOME`, `GASTOWN_*`,
-/// `KILO_*`). Each of these makes a program in the container load code, run a command, or trust
-/// another server than the one it was told to, so setting one would let a config writer take
-/// over the processes that hold the town's tokens.
-///
-/// Every name must also match `^[A-Z_][A-Z0-9_]{0,127}$`, so lower-case spellings
-/// (`https_proxy`, `ld_preload`, `path`) are refused before this table is consulted. A refused
-/// name answers 422 with the field `env_vars.<NAME>`. A stored variable that these rules now
-/// refuse (from before them) is left out of [`container_env`].
-pub const DENIED_ENV_VARS: &[DeniedEnvFamily] = &[
-    DeniedEnvFamily {
-        family: "dynamic loader",
-        why: "loads code into every program",
-        names: &["LD_*", "DYLD_*", "GCONV_PATH"],
-    },
-    DeniedEnvFamily {
-        family: "shell start-up",
-        why: "runs commands when a shell starts or prints a prompt",
-        names: &[
-            "BASH_ENV",
-            "ENV",
-            "BASH_FUNC_*",
-            "SHELLOPTS",
-            "BASHOPTS",
-            "PS4",
-            "PROMPT_COMMAND",
-            "IFS",
-            "ZDOTDIR",
-        ],
-    },
-    DeniedEnvFamily {
-        family: "interpreter start-up",
-        why: "loads code when node, python, perl, ruby or java starts",
-        names: &[
-            "NODE_OPTIONS",
-            "NODE_PATH",
-            "PYTHONPATH",
-            "PYTHONSTARTUP",
-            "PYTHONHOME",
-            "PYTHONINSPECT",
-            "PERL5LIB",
-            "PERL5OPT",
-            "PERLLIB",
-            "RUBYOPT",
-            "RUBYLIB",
-            "JAVA_TOOL_OPTIONS",
-            "_JAVA_OPTIONS",
-            "JDK_JAVA_OPTIONS",
-        ],
-    },
-    DeniedEnvFamily {
-        family: "git",
-        why: "git runs commands, reads config and sends credentials as these say \
-              (GIT_SSH_COMMAND, GIT_ASKPASS, GIT_CONFIG_*, GIT_SSL_NO_VERIFY, GIT_EXEC_PATH, ...)",
-        names: &["GIT_*"],
-    },
-    DeniedEnvFamily {
-        family: "ssh",
-        why: "ssh runs the askpass program and uses the agent these name",
-        names: &["SSH_ASKPASS", "SSH_ASKPASS_REQUIRE", "SSH_AUTH_SOCK"],
-    },
-    DeniedEnvFamily {
-        family: "TLS and proxy",
-        why: "sends traffic, tokens included, through another server or trusts other certificates",
-        names: &[
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "NO_PROXY",
-            "FTP_PROXY",
-            "SSL_CERT_FILE",
-            "SSL_CERT_DIR",
-            "NODE_TLS_REJECT_UNAUTHORIZED",
-            "NODE_EXTRA_CA_CERTS",
-            "CURL_CA_BUNDLE",
-            "REQUESTS_CA_BUNDLE",
-        ],
-    },
-];
-
-/// The family of [`DENIED_ENV_VARS`] that `key` falls in, if any.
-pub fn denied_env_family(key: &str) -> Option<&'static DeniedEnvFamily> {
-    DENIED_ENV_VARS.iter().find(|f| {
-        f.names.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => key.starts_with(prefix),
-            None => key == *p,
-        })
-    })
-}
 
 /// Secrets bound to their destination: `(destination field, secret field)`. A PATCH that
 /// changes the destination (to another value, or to `null`) clears the secret too, unless the
@@ -166,151 +35,19 @@ pub const SECRET_DESTINATIONS: &[(&str, &str)] =
     &[("git_auth.gitlab_instance_url", "git_auth.gitlab_token")];
 
 /// How [`GitAuthPatch::apply`] reads and clears each pair of [`SECRET_DESTINATIONS`], in order.
-struct Binding {
+pub(super) struct Binding {
     dest: fn(&GitAuth) -> &Option<String>,
     token: fn(&mut GitAuth) -> &mut Option<String>,
     sent: fn(&GitAuthPatch) -> &Change<Secret>,
 }
 
-const BINDINGS: [Binding; SECRET_DESTINATIONS.len()] = [Binding {
+pub(super) const BINDINGS: [Binding; SECRET_DESTINATIONS.len()] = [Binding {
     dest: |g| &g.gitlab_instance_url,
     token: |g| &mut g.gitlab_token,
     sent: |p| &p.gitlab_token,
 }];
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GitAuth {
-    #[serde(default)]
-    pub github_token: Option<String>,
-    #[serde(default)]
-    pub gitlab_token: Option<String>,
-    #[serde(default)]
-    pub gitlab_instance_url: Option<String>,
-    #[serde(default)]
-    pub platform_integration_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoleModels {
-    #[serde(default)]
-    pub mayor: Option<String>,
-    #[serde(default)]
-    pub polecat: Option<String>,
-    #[serde(default)]
-    pub refinery: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MergeStrategy {
-    /// The refinery merges to the default branch itself.
-    Direct,
-    /// The refinery opens a pull / merge request.
-    PullRequest,
-}
-
-/// Per-rig settings that take precedence over the town's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RigOverride {
-    #[serde(default)]
-    pub default_model: Option<String>,
-    #[serde(default)]
-    pub role_models: RoleModels,
-    #[serde(default)]
-    pub max_polecats: Option<u32>,
-    #[serde(default)]
-    pub merge_strategy: Option<MergeStrategy>,
-}
-
-/// The stored config. Fields added later carry `#[serde(default)]` so old rows still read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TownConfig {
-    #[serde(default)]
-    pub env_vars: BTreeMap<String, String>,
-    #[serde(default)]
-    pub git_auth: GitAuth,
-    #[serde(default)]
-    pub kilocode_token: Option<String>,
-    #[serde(default)]
-    pub default_model: Option<String>,
-    #[serde(default)]
-    pub role_models: RoleModels,
-    #[serde(default)]
-    pub small_model: Option<String>,
-    #[serde(default)]
-    pub github_cli_pat: Option<String>,
-    #[serde(default)]
-    pub git_author_name: Option<String>,
-    #[serde(default)]
-    pub git_author_email: Option<String>,
-    #[serde(default)]
-    pub disable_ai_coauthor: bool,
-    /// Agents commit and push as the town's owner (their GitHub App user token) when it works
-    /// for the repository; the App's bot otherwise.
-    #[serde(default)]
-    pub commit_as_user: bool,
-    #[serde(default)]
-    pub max_polecats_per_rig: Option<u32>,
-    #[serde(default)]
-    pub merge_strategy: Option<MergeStrategy>,
-    /// Keyed by rig id; every key names a rig of the town (checked by the town's DO).
-    #[serde(default)]
-    pub rig_overrides: BTreeMap<String, RigOverride>,
-}
-
-/// The config as the API shows it: secrets masked, ownership from the town's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigView {
-    #[serde(flatten)]
-    pub config: TownConfig,
-    pub owner_user_id: Option<crate::ids::UserId>,
-    pub owner_type: crate::model::OwnerType,
-    pub organization_id: Option<crate::ids::OrgId>,
-    pub created_by_user_id: crate::ids::UserId,
-}
-
-/// `****` + last four characters, or `****` alone for short values.
-pub fn mask(secret: &str) -> String {
-    let n = secret.chars().count();
-    if n < MASK_MIN_LEN {
-        return MASK.to_owned();
-    }
-    let tail: String = secret.chars().skip(n - 4).collect();
-    format!("{MASK}{tail}")
-}
-
 impl TownConfig {
-    /// A copy with every secret masked.
-    pub fn masked(&self) -> TownConfig {
-        let m = |s: &Option<String>| s.as_deref().map(mask);
-        TownConfig {
-            env_vars: self
-                .env_vars
-                .iter()
-                .map(|(k, v)| (k.clone(), mask(v)))
-                .collect(),
-            git_auth: GitAuth {
-                github_token: m(&self.git_auth.github_token),
-                gitlab_token: m(&self.git_auth.gitlab_token),
-                ..self.git_auth.clone()
-            },
-            kilocode_token: m(&self.kilocode_token),
-            github_cli_pat: m(&self.github_cli_pat),
-            ..self.clone()
-        }
-    }
-
-    /// The API view of this config for `town`.
-    pub fn view(&self, town: &Town) -> ConfigView {
-        ConfigView {
-            config: self.masked(),
-            owner_user_id: town.owner_user_id.clone(),
-            owner_type: town.owner.kind(),
-            organization_id: town.owner.org().cloned(),
-            created_by_user_id: town.created_by_user_id.clone(),
-        }
-    }
-
     /// Applies a PATCH body to a copy of this config: [`ConfigPatch::parse`] then
     /// [`TownConfig::apply`].
     ///
@@ -632,7 +369,7 @@ impl ConfigPatch {
             check_secret_change("git_auth.gitlab_token", &g.gitlab_token)?;
             let url = "git_auth.gitlab_instance_url";
             if let Some(u) = g.gitlab_instance_url.set() {
-                check_text(url, u, MAX_URL)?;
+                check_trimmed_text(url, u, MAX_URL)?;
                 check_https_url(u, url)?;
             }
             check_text_change(
@@ -659,11 +396,10 @@ impl ConfigPatch {
         if let Change::Set(per_rig) = &self.rig_overrides {
             for (rig, o) in per_rig {
                 let field = format!("rig_overrides.{rig}");
-                crate::ids::RigId::parse(rig)
-                    .map_err(|e| ApiError::invalid(&field, format!("key {e}")))?;
+                RigId::parse(rig).map_err(|e| ApiError::invalid(&field, format!("key {e}")))?;
                 let Some(o) = o else { continue };
                 if let Some(m) = &o.default_model {
-                    check_text(&format!("{field}.default_model"), m, MAX_MODEL)?;
+                    check_trimmed_text(&format!("{field}.default_model"), m, MAX_MODEL)?;
                 }
                 for (role, m) in [
                     ("mayor", &o.role_models.mayor),
@@ -671,7 +407,7 @@ impl ConfigPatch {
                     ("refinery", &o.role_models.refinery),
                 ] {
                     if let Some(m) = m {
-                        check_text(&format!("{field}.role_models.{role}"), m, MAX_MODEL)?;
+                        check_trimmed_text(&format!("{field}.role_models.{role}"), m, MAX_MODEL)?;
                     }
                 }
                 if let Some(n) = o.max_polecats {
@@ -823,7 +559,7 @@ fn rig_overrides_change(
     let mut out = BTreeMap::new();
     for (rig, value) in map {
         let field = format!("rig_overrides.{rig}");
-        crate::ids::RigId::parse(rig).map_err(|e| ApiError::invalid(&field, format!("key {e}")))?;
+        RigId::parse(rig).map_err(|e| ApiError::invalid(&field, format!("key {e}")))?;
         let Some(fields) = object(&field, value)? else {
             out.insert(rig.clone(), None);
             continue;
@@ -852,30 +588,20 @@ fn rig_overrides_change(
 }
 
 /// A plain string as stored: non-blank, trimmed, capped, no control characters.
-fn check_text(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
+fn check_trimmed_text(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
     if s.is_empty() || s.trim() != s {
         return Err(ApiError::invalid(
             field,
             "must not be blank or start or end with whitespace",
         ));
     }
-    if s.chars().count() > max {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
+    text::check_text(field, s, max, Lines::One)
 }
 
 fn check_text_change(field: &str, change: &Change<String>, max: usize) -> Result<(), ApiError> {
-    change.set().map_or(Ok(()), |s| check_text(field, s, max))
+    change
+        .set()
+        .map_or(Ok(()), |s| check_trimmed_text(field, s, max))
 }
 
 /// A secret is text like any other; a value may not look like a mask, nor a mask like a value.
@@ -883,7 +609,7 @@ fn check_secret_change(field: &str, change: &Change<Secret>) -> Result<(), ApiEr
     let Some(secret) = change.set() else {
         return Ok(());
     };
-    check_text(field, secret.as_str(), MAX_SECRET)?;
+    check_trimmed_text(field, secret.as_str(), MAX_SECRET)?;
     if secret != &Secret::from_sent(secret.as_str().to_owned()) {
         return Err(ApiError::invalid(
             field,
@@ -1016,33 +742,6 @@ fn minted_secret(
     }
 }
 
-/// Env var names: `^[A-Z_][A-Z0-9_]{0,127}$`, not reserved by the platform, not in
-/// [`DENIED_ENV_VARS`].
-fn check_env_key(key: &str, field: &str) -> Result<(), ApiError> {
-    let valid = !key.is_empty()
-        && key.len() <= MAX_ENV_KEY
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        && !key.as_bytes()[0].is_ascii_digit();
-    if !valid {
-        return Err(ApiError::invalid(
-            field,
-            "names must be A-Z, 0-9 and _, not starting with a digit",
-        ));
-    }
-    if RESERVED_ENV.contains(&key) || RESERVED_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
-        return Err(ApiError::invalid(field, "is reserved by the platform"));
-    }
-    if let Some(f) = denied_env_family(key) {
-        return Err(ApiError::invalid(
-            field,
-            format!("is not allowed ({} variables: {})", f.family, f.why),
-        ));
-    }
-    Ok(())
-}
-
 fn check_email(email: &str) -> Result<(), ApiError> {
     let bad = || ApiError::invalid("git_author_email", "must be an email address");
     let (local, domain) = email.split_once('@').ok_or_else(bad)?;
@@ -1070,73 +769,3 @@ fn check_https_url(url: &str, field: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
-
-/// The env a town's container runs with, derived from its config. A key whose setting is
-/// cleared is absent here, so the container side deletes it rather than keeping a stale value.
-///
-/// User variables that today's rules refuse (stored before those rules: a denied or reserved
-/// name, a value with control characters) are left out.
-pub fn container_env(config: &TownConfig) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = config
-        .env_vars
-        .iter()
-        .filter(|(k, v)| check_env_key(k, k).is_ok() && !v.chars().any(|c| c.is_ascii_control()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut put = |key: &str, value: Option<&String>| {
-        if let Some(v) = value {
-            env.insert(key.to_owned(), v.clone());
-        }
-    };
-    put(
-        "GIT_TOKEN",
-        config
-            .git_auth
-            .github_token
-            .as_ref()
-            .or(config.git_auth.gitlab_token.as_ref()),
-    );
-    put("GITLAB_TOKEN", config.git_auth.gitlab_token.as_ref());
-    put(
-        "GITLAB_INSTANCE_URL",
-        config.git_auth.gitlab_instance_url.as_ref(),
-    );
-    put("GITHUB_CLI_PAT", config.github_cli_pat.as_ref());
-    put(
-        crate::control::GATEWAY_TOKEN_ENV,
-        config.kilocode_token.as_ref(),
-    );
-    put("GASTOWN_GIT_AUTHOR_NAME", config.git_author_name.as_ref());
-    put("GASTOWN_GIT_AUTHOR_EMAIL", config.git_author_email.as_ref());
-    put("GASTOWN_DEFAULT_MODEL", config.default_model.as_ref());
-    put("GASTOWN_SMALL_MODEL", config.small_model.as_ref());
-    put("GASTOWN_MAYOR_MODEL", config.role_models.mayor.as_ref());
-    put("GASTOWN_POLECAT_MODEL", config.role_models.polecat.as_ref());
-    put(
-        "GASTOWN_REFINERY_MODEL",
-        config.role_models.refinery.as_ref(),
-    );
-    if config.disable_ai_coauthor {
-        env.insert("GASTOWN_DISABLE_AI_COAUTHOR".to_owned(), "1".to_owned());
-    }
-    if let Some(n) = config.max_polecats_per_rig {
-        env.insert("GASTOWN_MAX_POLECATS_PER_RIG".to_owned(), n.to_string());
-    }
-    if let Some(strategy) = config.merge_strategy {
-        let s = match strategy {
-            MergeStrategy::Direct => "direct",
-            MergeStrategy::PullRequest => "pull_request",
-        };
-        env.insert("GASTOWN_MERGE_STRATEGY".to_owned(), s.to_owned());
-    }
-    if !config.rig_overrides.is_empty() {
-        if let Ok(json) = serde_json::to_string(&config.rig_overrides) {
-            env.insert("GASTOWN_RIG_OVERRIDES".to_owned(), json);
-        }
-    }
-    env
-}
-
-#[cfg(test)]
-#[path = "town_config_tests.rs"]
-mod tests;

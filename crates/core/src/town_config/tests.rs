@@ -1,5 +1,11 @@
+//! The town config end to end: each test drives a PATCH body through `patched` (or a typed
+//! patch through `apply`) and checks the stored, shown and container-env results.
+
+use super::env::check_env_key;
+use super::patch::BINDINGS;
 use super::*;
-use serde_json::json;
+use crate::error::ApiError;
+use serde_json::{json, Map, Value};
 
 const PAT: &str = "ghp_abcdefghijklmnopqrstuvwxyz0123";
 const KILO: &str = "kilo-token-0123456789-wxyz";

@@ -1,0 +1,180 @@
+//! Patrol and the work a town gives up: silent agents stalled (their beads reopened, failed, or
+//! escalated as a crash loop: `transitions::on_stall`), running work handed back when the town
+//! stops, a removed rig's work failed, and the idle container stopped.
+
+use super::store::{self, Actor};
+use super::{gone_is_not_found, Meta, TownDO};
+use crate::config;
+use crate::storage::{bump_meta, set_meta};
+use gastown_core::beads::{Bead, BeadEventKind, BeadStatus, BeadType, NewBead};
+use gastown_core::error::ApiError;
+use gastown_core::ids::{AgentId, RigId};
+use gastown_core::model::{AgentStatus, Town};
+use gastown_core::policy::CRASH_LOOP_WINDOW_MS;
+use gastown_core::protocol::container as c;
+use gastown_core::time::rfc3339;
+use gastown_core::transitions::{self, StallOutcome};
+
+type Reply<T> = Result<T, ApiError>;
+
+impl TownDO {
+    /// Whether the town has work: an issue waiting or running, or an agent working.
+    pub(super) fn has_work(&self) -> Reply<bool> {
+        let (issue, working) = store::work(&self.sql())?;
+        Ok(transitions::has_work(issue, working))
+    }
+
+    /// Working agents without a heartbeat for `AGENT_STALL_MS` are stalled; their beads open
+    /// again, or fail into an escalation when they keep failing (a crash loop).
+    pub(super) async fn patrol(&self, town: &Town) -> Reply<()> {
+        let settings = config::get(&self.env).work.clone();
+        let now = config::now_ms();
+        let sql = self.sql();
+        let silent = store::silent_agents(&sql, now.saturating_sub(settings.stall_ms))?;
+        for agent in &silent {
+            store::release_agent(&sql, &agent.id, AgentStatus::Stalled)?;
+            bump_meta(&sql, Meta::Stalls)?;
+            let Some(bead_id) = &agent.current_bead_id else {
+                continue;
+            };
+            let Some(current) = store::bead(&sql, bead_id)? else {
+                continue;
+            };
+            if current.status != BeadStatus::InProgress
+                || current.assignee_agent_id.as_ref().map(AgentId::as_str)
+                    != Some(agent.id.as_str())
+            {
+                continue;
+            }
+            store::event(
+                &sql,
+                bead_id,
+                BeadEventKind::Stalled,
+                &Actor::Town,
+                Some("no heartbeat from its agent"),
+                now,
+            )?;
+            let stalls = store::events_since(
+                &sql,
+                bead_id,
+                BeadEventKind::Stalled,
+                now.saturating_sub(CRASH_LOOP_WINDOW_MS),
+            )?;
+            match transitions::on_stall(stalls, current.dispatch_attempts) {
+                StallOutcome::Escalate(reason) => {
+                    self.fail_bead(bead_id, &reason)?;
+                    self.escalate(&current, &reason)?;
+                }
+                StallOutcome::Fail(reason) => self.fail_bead(bead_id, &reason)?,
+                StallOutcome::Reopen => {
+                    store::reopen_bead(&sql, bead_id, &rfc3339(now))?;
+                    store::event(
+                        &sql,
+                        bead_id,
+                        BeadEventKind::Reopened,
+                        &Actor::Town,
+                        Some("its agent stalled"),
+                        now,
+                    )?;
+                }
+            }
+        }
+        for agent in silent {
+            self.stop_agent_process(town, &agent.id).await;
+        }
+        self.still_here()
+    }
+
+    /// The town stops: its agents stop with the container, so their beads go back to open
+    /// (no agent failed: this counts toward no crash loop) and the agents are idle.
+    pub(super) fn release_work(&self, reason: &str) -> Reply<()> {
+        let sql = self.sql();
+        let now = config::now_ms();
+        for bead in store::bead_ids_with_status(&sql, BeadStatus::InProgress)? {
+            store::reopen_bead(&sql, &bead, &rfc3339(now))?;
+            store::event(
+                &sql,
+                &bead,
+                BeadEventKind::Reopened,
+                &Actor::Town,
+                Some(reason),
+                now,
+            )?;
+        }
+        store::idle_every_agent(&sql)
+    }
+
+    /// The rig was removed: its open and in-progress beads fail.
+    pub(super) fn fail_rig_work(&self, rig_id: &RigId) -> Reply<()> {
+        for bead in store::unfinished_beads_of_rig(&self.sql(), rig_id)? {
+            self.fail_bead(&bead, "its rig was removed from the town")?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn fail_bead(&self, bead_id: &str, reason: &str) -> Reply<()> {
+        let sql = self.sql();
+        let now = config::now_ms();
+        store::fail_bead(&sql, bead_id, reason, &rfc3339(now))?;
+        store::event(
+            &sql,
+            bead_id,
+            BeadEventKind::Failed,
+            &Actor::Town,
+            Some(reason),
+            now,
+        )
+    }
+
+    /// An escalation bead for a human, pointing at the bead that failed.
+    fn escalate(&self, failed: &Bead, reason: &str) -> Reply<()> {
+        let metadata = serde_json::json!({ "bead_id": failed.id }).to_string();
+        let title: String = format!("Escalation: {}", failed.title)
+            .chars()
+            .take(gastown_core::beads::MAX_TITLE)
+            .collect();
+        let new = NewBead {
+            bead_type: BeadType::Escalation,
+            title,
+            body: format!("Bead {} failed: {reason}", failed.id),
+            rig_id: failed.rig_id.clone(),
+            priority: 0,
+            labels: vec!["crash-loop".to_owned()],
+            metadata,
+        };
+        let id = self.insert_bead(&new, "town")?;
+        let sql = self.sql();
+        let now = config::now_ms();
+        store::event(
+            &sql,
+            &id,
+            BeadEventKind::Created,
+            &Actor::Town,
+            Some(&format!("for bead {}", failed.id)),
+            now,
+        )?;
+        store::event(
+            &sql,
+            &failed.id,
+            BeadEventKind::Escalated,
+            &Actor::Town,
+            Some(&format!("escalation {id}")),
+            now,
+        )
+    }
+
+    /// The idle timeout passed: the container stops and its tokens are rotated away; the next
+    /// dispatch starts it again with fresh ones.
+    pub(super) async fn stop_idle_container(&self, town: &Town) -> Reply<()> {
+        set_meta(&self.sql(), Meta::ContainerStarted, 0)?;
+        self.advance_generation()?;
+        bump_meta(&self.sql(), Meta::IdleStops)?;
+        self.container(&town.id)?
+            .call(c::Stop {
+                town_id: town.id.clone(),
+            })
+            .await
+            .map_err(gone_is_not_found)?;
+        self.still_here()
+    }
+}

@@ -1,0 +1,693 @@
+//! The town's SQL: every query `TownDO` runs lives here, in the style of `owner/store.rs`, as
+//! functions over its `SqlStorage`. Status, role, type and event-kind values are bound from
+//! their enums' `as_str()`, never written into a query; the schema is `migrations/town_do/`.
+
+use crate::storage::{
+    count, exec, exists, first, int, json_record, json_text, rig_values, rows, town_values,
+    RIG_COLUMNS, RIG_JSON, TOWN_COLUMNS,
+};
+use gastown_core::beads::{
+    Bead, BeadEventKind, BeadFilter, BeadPatch, BeadStatus, BeadType, NewBead, BEAD_EVENT_JSON,
+    BEAD_JSON,
+};
+use gastown_core::control::AgentDoneCallback;
+use gastown_core::error::ApiError;
+use gastown_core::ids::{AgentId, RigId};
+use gastown_core::model::{Agent, AgentStatus, Rig, Town, TownStatus, AGENT_COLUMNS, AGENT_JSON};
+use gastown_core::page::Page;
+use gastown_core::protocol::Json;
+use gastown_core::time::rfc3339;
+use gastown_core::vocab::Role;
+use serde::Deserialize;
+use worker::{SqlStorage, SqlStorageValue};
+
+type Reply<T> = Result<T, ApiError>;
+
+#[derive(Deserialize)]
+struct Id {
+    id: String,
+}
+
+fn ids(sql: &SqlStorage, query: &str, bindings: Vec<SqlStorageValue>) -> Reply<Vec<String>> {
+    Ok(rows::<Id>(sql, query, bindings)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect())
+}
+
+/// `[...]` of a `json_group_array` query, `[]` when it has no row.
+fn json_list<T>(sql: &SqlStorage, query: &str, bindings: Vec<SqlStorageValue>) -> Reply<Json<T>> {
+    Json::from_text(json_text(sql, query, bindings)?.unwrap_or_else(|| "[]".to_owned()))
+}
+
+/// The rowid-like `seq` of the row `id` of `table`, for a page cursor.
+fn cursor(sql: &SqlStorage, query: &str, id: Option<&str>, what: &str) -> Reply<i64> {
+    let Some(id) = id else {
+        return Ok(0);
+    };
+    #[derive(Deserialize)]
+    struct Seq {
+        seq: f64,
+    }
+    first::<Seq>(sql, query, vec![id.into()])?
+        .map(|s| s.seq as i64)
+        .ok_or_else(|| ApiError::invalid("after", format!("does not name {what}")))
+}
+
+// ------------------------------------------------------------------ the town and its config
+
+pub fn town(sql: &SqlStorage) -> Reply<Option<Town>> {
+    first(
+        sql,
+        &format!("SELECT {TOWN_COLUMNS} FROM town LIMIT 1"),
+        vec![],
+    )
+}
+
+pub fn insert_town(sql: &SqlStorage, town: &Town) -> Reply<()> {
+    exec(
+        sql,
+        &format!("INSERT INTO town ({TOWN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+        town_values(town),
+    )
+}
+
+pub fn set_town_status(sql: &SqlStorage, status: TownStatus) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE town SET status = ?",
+        vec![status.as_str().into()],
+    )
+}
+
+/// The sealed config, if the town ever stored one.
+pub fn sealed_config(sql: &SqlStorage) -> Reply<Option<String>> {
+    #[derive(Deserialize)]
+    struct Row {
+        json: String,
+    }
+    Ok(first::<Row>(sql, "SELECT json FROM config WHERE id = 1", vec![])?.map(|r| r.json))
+}
+
+pub fn store_sealed_config(sql: &SqlStorage, sealed: String) -> Reply<()> {
+    exec(
+        sql,
+        "INSERT INTO config (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+        vec![sealed.into()],
+    )
+}
+
+// ------------------------------------------------------------------ rigs
+
+/// A page of the town's rigs in the order they were added (their rowid), as the owner's DO
+/// pages the same rigs; `after` is the id of the last rig of the previous page.
+///
+/// # Errors
+/// 422 for a cursor that names no rig of this town.
+pub fn rigs_page(sql: &SqlStorage, page: &Page) -> Reply<Json<Vec<Rig>>> {
+    let after = cursor(
+        sql,
+        "SELECT rowid AS seq FROM rigs WHERE id = ?",
+        page.after.as_deref(),
+        "a row of this list",
+    )?;
+    json_list(
+        sql,
+        &format!(
+            "SELECT COALESCE(json_group_array({RIG_JSON} ORDER BY seq), '[]') AS j FROM (SELECT rowid AS seq, * FROM rigs WHERE rowid > ? ORDER BY rowid LIMIT ?)"
+        ),
+        vec![after.into(), i64::from(page.limit).into()],
+    )
+}
+
+/// Every rig, oldest first (the mayor's view).
+pub fn rigs(sql: &SqlStorage) -> Reply<Json<Vec<Rig>>> {
+    json_list(
+        sql,
+        &format!(
+            "SELECT COALESCE(json_group_array({RIG_JSON} ORDER BY created_at, id), '[]') AS j FROM rigs"
+        ),
+        vec![],
+    )
+}
+
+pub fn rig_ids(sql: &SqlStorage) -> Reply<Vec<String>> {
+    ids(sql, "SELECT id FROM rigs ORDER BY id", vec![])
+}
+
+pub fn rig(sql: &SqlStorage, id: &str) -> Reply<Option<Rig>> {
+    first(
+        sql,
+        &format!("SELECT {RIG_COLUMNS} FROM rigs WHERE id = ?"),
+        vec![id.into()],
+    )
+}
+
+pub fn rig_exists(sql: &SqlStorage, id: &str) -> Reply<bool> {
+    exists(sql, "SELECT 1 FROM rigs WHERE id = ?", vec![id.into()])
+}
+
+pub fn rig_count(sql: &SqlStorage) -> Reply<u64> {
+    count(sql, "SELECT COUNT(*) AS n FROM rigs", vec![])
+}
+
+pub fn put_rig(sql: &SqlStorage, rig: &Rig) -> Reply<()> {
+    exec(
+        sql,
+        &format!("INSERT OR REPLACE INTO rigs ({RIG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+        rig_values(rig),
+    )
+}
+
+/// The rig and its agents go.
+pub fn delete_rig(sql: &SqlStorage, id: &RigId) -> Reply<()> {
+    exec(
+        sql,
+        "DELETE FROM rigs WHERE id = ?",
+        vec![id.as_str().into()],
+    )?;
+    exec(
+        sql,
+        "DELETE FROM agents WHERE rig_id = ?",
+        vec![id.as_str().into()],
+    )
+}
+
+// ------------------------------------------------------------------ agents
+
+/// One agent as its record, built by SQLite (`AGENT_JSON`) so the row's types need no mapping.
+pub fn agent(sql: &SqlStorage, id: &str) -> Reply<Option<Agent>> {
+    json_record(sql, AGENT_JSON, "agents", id)
+}
+
+pub fn agents(sql: &SqlStorage) -> Reply<Json<Vec<Agent>>> {
+    json_list(
+        sql,
+        &format!(
+            "SELECT COALESCE(json_group_array({AGENT_JSON} ORDER BY created_at, id), '[]') AS j FROM agents"
+        ),
+        vec![],
+    )
+}
+
+pub fn mayor(sql: &SqlStorage) -> Reply<Option<Agent>> {
+    json_text(
+        sql,
+        &format!("SELECT {AGENT_JSON} AS j FROM agents WHERE role = ?"),
+        vec![Role::Mayor.as_str().into()],
+    )?
+    .map(|text| {
+        serde_json::from_str(&text).map_err(|e| ApiError::internal(format!("agent row: {e}")))
+    })
+    .transpose()
+}
+
+pub fn agent_count(sql: &SqlStorage) -> Reply<u64> {
+    count(sql, "SELECT COUNT(*) AS n FROM agents", vec![])
+}
+
+/// A new idle agent.
+pub fn insert_agent(
+    sql: &SqlStorage,
+    id: &AgentId,
+    role: Role,
+    name: &str,
+    rig: Option<&RigId>,
+    created_at: String,
+) -> Reply<()> {
+    exec(
+        sql,
+        &format!("INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, 0, NULL, ?)"),
+        vec![
+            id.as_str().into(),
+            role.as_str().into(),
+            name.into(),
+            rig.map(RigId::as_str).into(),
+            AgentStatus::Idle.as_str().into(),
+            created_at.into(),
+        ],
+    )
+}
+
+/// For the registration test hook only.
+#[cfg(feature = "test-hooks")]
+pub fn set_agent_status(sql: &SqlStorage, id: &str, status: AgentStatus) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE agents SET status = ? WHERE id = ?",
+        vec![status.as_str().into(), id.into()],
+    )
+}
+
+/// Any sign of life from an agent.
+pub fn touch_agent(sql: &SqlStorage, id: &str, now_ms: u64) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE agents SET last_activity_at = ?, last_activity_ms = ?, heartbeats = heartbeats + 1 WHERE id = ?",
+        vec![rfc3339(now_ms).into(), int(now_ms), id.into()],
+    )
+}
+
+/// The agent stops working (or stalls): `status`, with no bead.
+pub fn release_agent(sql: &SqlStorage, id: &str, status: AgentStatus) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE agents SET status = ?, current_bead_id = NULL WHERE id = ?",
+        vec![status.as_str().into(), id.into()],
+    )
+}
+
+/// The agent is idle again, if it is still on `bead` (nothing else took it meanwhile).
+pub fn release_agent_of(sql: &SqlStorage, id: &str, bead: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE agents SET status = ?, current_bead_id = NULL WHERE id = ? AND current_bead_id = ?",
+        vec![AgentStatus::Idle.as_str().into(), id.into(), bead.into()],
+    )
+}
+
+/// Every working or stalled agent is idle, with no bead (the town stopped).
+pub fn idle_every_agent(sql: &SqlStorage) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE agents SET status = ?, current_bead_id = NULL WHERE status IN (?, ?)",
+        vec![
+            AgentStatus::Idle.as_str().into(),
+            AgentStatus::Working.as_str().into(),
+            AgentStatus::Stalled.as_str().into(),
+        ],
+    )
+}
+
+/// A working agent silent since before `before_ms`.
+#[derive(Deserialize)]
+pub struct Silent {
+    pub id: String,
+    pub current_bead_id: Option<String>,
+}
+
+pub fn silent_agents(sql: &SqlStorage, before_ms: u64) -> Reply<Vec<Silent>> {
+    rows(
+        sql,
+        "SELECT id, current_bead_id FROM agents WHERE status = ? AND COALESCE(last_activity_ms, 0) < ?",
+        vec![AgentStatus::Working.as_str().into(), int(before_ms)],
+    )
+}
+
+/// An agent dispatch may hand a bead to.
+#[derive(Deserialize)]
+pub struct Polecat {
+    pub id: String,
+    pub name: String,
+}
+
+/// An idle (or else stalled) polecat of the rig, the longest-standing first.
+pub fn free_polecat(sql: &SqlStorage, rig: &RigId) -> Reply<Option<Polecat>> {
+    first(
+        sql,
+        "SELECT id, name FROM agents WHERE rig_id = ? AND role = ? AND status IN (?, ?) ORDER BY status, created_at LIMIT 1",
+        vec![
+            rig.as_str().into(),
+            Role::Polecat.as_str().into(),
+            AgentStatus::Idle.as_str().into(),
+            AgentStatus::Stalled.as_str().into(),
+        ],
+    )
+}
+
+pub fn polecat_count(sql: &SqlStorage, rig: &RigId) -> Reply<u64> {
+    count(
+        sql,
+        "SELECT COUNT(*) AS n FROM agents WHERE rig_id = ? AND role = ?",
+        vec![rig.as_str().into(), Role::Polecat.as_str().into()],
+    )
+}
+
+pub fn working_on_rig(sql: &SqlStorage, rig: &RigId) -> Reply<u64> {
+    count(
+        sql,
+        "SELECT COUNT(*) AS n FROM agents WHERE rig_id = ? AND status = ?",
+        vec![rig.as_str().into(), AgentStatus::Working.as_str().into()],
+    )
+}
+
+/// Whether an issue waits or runs, and whether an agent works.
+pub fn work(sql: &SqlStorage) -> Reply<(bool, bool)> {
+    let issue = exists(
+        sql,
+        "SELECT 1 FROM beads WHERE type = ? AND status IN (?, ?) LIMIT 1",
+        vec![
+            BeadType::Issue.as_str().into(),
+            BeadStatus::Open.as_str().into(),
+            BeadStatus::InProgress.as_str().into(),
+        ],
+    )?;
+    let working = exists(
+        sql,
+        "SELECT 1 FROM agents WHERE status = ? LIMIT 1",
+        vec![AgentStatus::Working.as_str().into()],
+    )?;
+    Ok((issue, working))
+}
+
+// ------------------------------------------------------------------ beads and their events
+
+/// Who did something, in a bead's event log.
+pub enum Actor<'a> {
+    User(&'a str),
+    Agent(&'a AgentId),
+    Town,
+}
+
+impl Actor<'_> {
+    fn label(&self) -> String {
+        match self {
+            Actor::User(id) => format!("user:{id}"),
+            Actor::Agent(id) => format!("agent:{id}"),
+            Actor::Town => "town".to_owned(),
+        }
+    }
+}
+
+/// Appends to a bead's event log.
+pub fn event(
+    sql: &SqlStorage,
+    bead: &str,
+    kind: BeadEventKind,
+    actor: &Actor<'_>,
+    message: Option<&str>,
+    now_ms: u64,
+) -> Reply<()> {
+    exec(
+        sql,
+        "INSERT INTO bead_events (bead_id, kind, actor, message, created_at, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+        vec![
+            bead.into(),
+            kind.as_str().into(),
+            actor.label().into(),
+            message.into(),
+            rfc3339(now_ms).into(),
+            int(now_ms),
+        ],
+    )
+}
+
+/// Events of `kind` on `bead` since `since_ms`.
+pub fn events_since(
+    sql: &SqlStorage,
+    bead: &str,
+    kind: BeadEventKind,
+    since_ms: u64,
+) -> Reply<u64> {
+    count(
+        sql,
+        "SELECT COUNT(*) AS n FROM bead_events WHERE bead_id = ? AND kind = ? AND created_ms > ?",
+        vec![bead.into(), kind.as_str().into(), int(since_ms)],
+    )
+}
+
+/// One bead, decoded (the places that need its fields).
+pub fn bead(sql: &SqlStorage, id: &str) -> Reply<Option<Bead>> {
+    json_record(sql, BEAD_JSON, "beads", id)
+}
+
+/// A bead with its event log, as JSON built by SQLite: `{...bead, "events": [...]}`.
+pub fn bead_detail_json(sql: &SqlStorage, id: &str) -> Reply<Option<String>> {
+    let Some(bead) = json_text(
+        sql,
+        &format!("SELECT {BEAD_JSON} AS j FROM beads WHERE id = ?"),
+        vec![id.into()],
+    )?
+    else {
+        return Ok(None);
+    };
+    let events = json_text(
+        sql,
+        &format!("SELECT COALESCE(json_group_array({BEAD_EVENT_JSON} ORDER BY id), '[]') AS j FROM bead_events WHERE bead_id = ?"),
+        vec![id.into()],
+    )?
+    .unwrap_or_else(|| "[]".to_owned());
+    // The bead's object is SQLite's, never empty.
+    let body = bead
+        .trim_end()
+        .strip_suffix('}')
+        .ok_or_else(|| ApiError::internal("bead json"))?;
+    Ok(Some(format!("{body},\"events\":{events}}}")))
+}
+
+/// A page of beads in the order they were made, filtered.
+///
+/// # Errors
+/// 422 for a cursor that names no bead of this town.
+pub fn beads_page(sql: &SqlStorage, filter: &BeadFilter, page: &Page) -> Reply<Json<Vec<Bead>>> {
+    let after = cursor(
+        sql,
+        "SELECT seq FROM beads WHERE id = ?",
+        page.after.as_deref(),
+        "a bead of this town",
+    )?;
+    let mut clauses = String::from("seq > ?");
+    let mut bindings: Vec<SqlStorageValue> = vec![after.into()];
+    if let Some(status) = filter.status {
+        clauses.push_str(" AND status = ?");
+        bindings.push(status.as_str().into());
+    }
+    if let Some(rig) = &filter.rig_id {
+        clauses.push_str(" AND rig_id = ?");
+        bindings.push(rig.as_str().into());
+    }
+    if let Some(t) = filter.bead_type {
+        clauses.push_str(" AND type = ?");
+        bindings.push(t.as_str().into());
+    }
+    bindings.push(i64::from(page.limit).into());
+    json_list(
+        sql,
+        &format!(
+            "SELECT COALESCE(json_group_array({BEAD_JSON} ORDER BY seq), '[]') AS j FROM (SELECT * FROM beads WHERE {clauses} ORDER BY seq LIMIT ?)"
+        ),
+        bindings,
+    )
+}
+
+/// A new open bead.
+pub fn insert_bead(
+    sql: &SqlStorage,
+    id: &str,
+    new: &NewBead,
+    created_by: &str,
+    now: &str,
+) -> Reply<()> {
+    let labels = serde_json::to_string(&new.labels).map_err(ApiError::internal)?;
+    exec(
+        sql,
+        "INSERT INTO beads (id, type, status, title, body, rig_id, priority, labels, metadata, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            id.into(),
+            new.bead_type.as_str().into(),
+            BeadStatus::Open.as_str().into(),
+            new.title.as_str().into(),
+            new.body.as_str().into(),
+            new.rig_id.as_ref().map(RigId::as_str).into(),
+            i64::from(new.priority).into(),
+            labels.into(),
+            new.metadata.as_str().into(),
+            created_by.into(),
+            now.into(),
+            now.into(),
+        ],
+    )
+}
+
+/// A user's change of a bead's fields (those the patch names) and its `updated_at`.
+pub fn patch_bead_fields(sql: &SqlStorage, id: &str, patch: &BeadPatch, now: &str) -> Reply<()> {
+    let labels = patch
+        .labels
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(ApiError::internal)?;
+    exec(
+        sql,
+        "UPDATE beads SET title = COALESCE(?, title), body = COALESCE(?, body), priority = COALESCE(?, priority), labels = COALESCE(?, labels), updated_at = ? WHERE id = ?",
+        vec![
+            patch.title.as_deref().into(),
+            patch.body.as_deref().into(),
+            patch.priority.map(i64::from).into(),
+            labels.into(),
+            now.into(),
+            id.into(),
+        ],
+    )
+}
+
+pub fn close_bead(sql: &SqlStorage, id: &str, now: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET status = ?, closed_at = ?, updated_at = ? WHERE id = ?",
+        vec![
+            BeadStatus::Closed.as_str().into(),
+            now.into(),
+            now.into(),
+            id.into(),
+        ],
+    )
+}
+
+/// A user reopens a bead: open, unassigned, and its failure, attempts and backoff reset.
+pub fn reopen_bead_afresh(sql: &SqlStorage, id: &str, now: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET status = ?, assignee_agent_id = NULL, closed_at = NULL, failure_reason = NULL, dispatch_attempts = 0, next_dispatch_at = 0, updated_at = ? WHERE id = ?",
+        vec![BeadStatus::Open.as_str().into(), now.into(), id.into()],
+    )
+}
+
+/// The town hands a bead back (its agent stalled, or the town stopped): open and unassigned,
+/// its attempts kept.
+pub fn reopen_bead(sql: &SqlStorage, id: &str, now: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET status = ?, assignee_agent_id = NULL, updated_at = ? WHERE id = ?",
+        vec![BeadStatus::Open.as_str().into(), now.into(), id.into()],
+    )
+}
+
+/// A failed dispatch: open again once `at_ms` has passed.
+pub fn retry_bead(sql: &SqlStorage, id: &str, at_ms: u64, now: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET status = ?, assignee_agent_id = NULL, next_dispatch_at = ?, updated_at = ? WHERE id = ?",
+        vec![
+            BeadStatus::Open.as_str().into(),
+            int(at_ms),
+            now.into(),
+            id.into(),
+        ],
+    )
+}
+
+pub fn fail_bead(sql: &SqlStorage, id: &str, reason: &str, now: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET status = ?, assignee_agent_id = NULL, failure_reason = ?, updated_at = ? WHERE id = ?",
+        vec![
+            BeadStatus::Failed.as_str().into(),
+            reason.into(),
+            now.into(),
+            id.into(),
+        ],
+    )
+}
+
+/// An agent finished the bead: `status`, with `closed_at` when it `closes`, and what it
+/// reported (branch, pull request, summary) in the metadata.
+pub fn finish_bead(
+    sql: &SqlStorage,
+    id: &str,
+    status: BeadStatus,
+    closes: bool,
+    done: &AgentDoneCallback,
+    now: &str,
+) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET status = ?, closed_at = ?, updated_at = ?, metadata = json_set(metadata, '$.branch', ?, '$.pr_url', ?, '$.summary', ?) WHERE id = ?",
+        vec![
+            status.as_str().into(),
+            closes.then_some(now).into(),
+            now.into(),
+            done.branch.as_deref().into(),
+            done.pr_url.as_deref().into(),
+            done.summary.as_str().into(),
+            id.into(),
+        ],
+    )
+}
+
+/// The bead and its events go.
+pub fn delete_bead(sql: &SqlStorage, id: &str) -> Reply<()> {
+    exec(
+        sql,
+        "DELETE FROM bead_events WHERE bead_id = ?",
+        vec![id.into()],
+    )?;
+    exec(sql, "DELETE FROM beads WHERE id = ?", vec![id.into()])
+}
+
+pub fn bead_ids_with_status(sql: &SqlStorage, status: BeadStatus) -> Reply<Vec<String>> {
+    ids(
+        sql,
+        "SELECT id FROM beads WHERE status = ?",
+        vec![status.as_str().into()],
+    )
+}
+
+/// The rig's beads that wait or run.
+pub fn unfinished_beads_of_rig(sql: &SqlStorage, rig: &RigId) -> Reply<Vec<String>> {
+    ids(
+        sql,
+        "SELECT id FROM beads WHERE rig_id = ? AND status IN (?, ?)",
+        vec![
+            rig.as_str().into(),
+            BeadStatus::Open.as_str().into(),
+            BeadStatus::InProgress.as_str().into(),
+        ],
+    )
+}
+
+/// An open issue dispatch may hand out.
+#[derive(Deserialize)]
+pub struct Candidate {
+    pub id: String,
+    pub title: String,
+    pub body: String,
+    pub rig_id: String,
+    pub dispatch_attempts: f64,
+}
+
+/// Up to 20 open, unassigned issues whose backoff has passed, most urgent and oldest first.
+pub fn candidates(sql: &SqlStorage, now_ms: u64) -> Reply<Vec<Candidate>> {
+    rows(
+        sql,
+        "SELECT id, title, body, rig_id, dispatch_attempts FROM beads WHERE status = ? AND type = ? AND assignee_agent_id IS NULL AND next_dispatch_at <= ? ORDER BY priority, seq LIMIT 20",
+        vec![
+            BeadStatus::Open.as_str().into(),
+            BeadType::Issue.as_str().into(),
+            int(now_ms),
+        ],
+    )
+}
+
+/// The claim: the bead with the agent (`status`, its `attempts`), the agent working on it.
+pub fn claim(
+    sql: &SqlStorage,
+    bead: &str,
+    agent: &str,
+    status: BeadStatus,
+    attempts: u32,
+    now_ms: u64,
+) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET status = ?, assignee_agent_id = ?, dispatch_attempts = ?, updated_at = ? WHERE id = ?",
+        vec![
+            status.as_str().into(),
+            agent.into(),
+            i64::from(attempts).into(),
+            rfc3339(now_ms).into(),
+            bead.into(),
+        ],
+    )?;
+    exec(
+        sql,
+        "UPDATE agents SET status = ?, current_bead_id = ?, dispatch_attempts = dispatch_attempts + 1, last_activity_at = ?, last_activity_ms = ? WHERE id = ?",
+        vec![
+            AgentStatus::Working.as_str().into(),
+            bead.into(),
+            rfc3339(now_ms).into(),
+            int(now_ms),
+            agent.into(),
+        ],
+    )
+}
