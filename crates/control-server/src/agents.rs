@@ -56,7 +56,7 @@ use gastown_core::control::{
     AgentProcessState, AgentProcessStatus, AgentStartBody, AgentStopBody, CONTAINER_TOKEN_FILE,
     GATEWAY_ENV_FILE, TOWN_ID_ENV, WORKER_URL_ENV,
 };
-use gastown_core::ids::{AgentId, RigId};
+use gastown_core::ids::AgentId;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -219,11 +219,14 @@ pub(crate) fn agent_env(
             env.insert(name.to_owned(), value);
         }
     };
-    set(TOWN_ID_ENV, Some(body.town_id.clone()));
-    set(AGENT_ID_ENV, Some(body.agent_id.clone()));
+    set(TOWN_ID_ENV, Some(body.town_id.as_str().to_owned()));
+    set(AGENT_ID_ENV, Some(body.agent_id.as_str().to_owned()));
     set(AGENT_ROLE_ENV, Some(body.role.as_str().to_owned()));
     set(AGENT_NAME_ENV, Some(body.name.clone()));
-    set(RIG_ID_ENV, body.rig_id.clone());
+    set(
+        RIG_ID_ENV,
+        body.rig_id.as_ref().map(|r| r.as_str().to_owned()),
+    );
     if let Some(bead) = &body.bead {
         set(BEAD_ID_ENV, Some(bead.id.clone()));
         set(BEAD_TITLE_ENV, Some(bead.title.clone()));
@@ -398,7 +401,7 @@ impl Registry {
 /// `POST /agents/start`.
 pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
     let req: AgentStartBody = parse(body)?;
-    same_town(&req.town_id, town)?;
+    same_town(req.town_id.as_str(), town)?;
     shared
         .agents
         .lock()
@@ -410,10 +413,9 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         return Err(error(503, "agents/start failing on purpose"));
     }
     let bad = |e: String| error(400, &e);
-    check_agent_id(&req.agent_id).map_err(bad)?;
+    check_agent_id(req.agent_id.as_str()).map_err(bad)?;
     if let Some(rig) = &req.rig_id {
-        RigId::parse(rig).map_err(|e| bad(format!("rig id {e}")))?;
-        workdir::check_rig_id(rig).map_err(bad)?;
+        workdir::check_rig_id(rig.as_str()).map_err(bad)?;
     }
     let worker_url = match req.worker_url.as_deref().filter(|u| !u.is_empty()) {
         Some(url) => client::origin(url).map_err(|e| bad(format!("worker_url {e}")))?,
@@ -424,7 +426,7 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
             .ok_or_else(|| error(400, "no worker url to call back"))?,
     };
     let town_dir = shared.town_dir(town)?;
-    let work_dir = town_dir.join(AGENTS_DIR).join(&req.agent_id);
+    let work_dir = town_dir.join(AGENTS_DIR).join(req.agent_id.as_str());
     let server_path = std::env::var("PATH").ok();
     let env = agent_env(
         &req,
@@ -453,7 +455,7 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
     }
     let old = towns
         .get(town)
-        .and_then(|t| t.agents.get(&req.agent_id))
+        .and_then(|t| t.agents.get(req.agent_id.as_str()))
         .map(|r| Arc::clone(&r.process));
     // The process this start replaces does not count.
     if Registry::running(&towns, old.as_ref()) >= MAX_AGENTS {
@@ -464,12 +466,12 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
     }
     let starts = towns
         .get(town)
-        .and_then(|t| t.agents.get(&req.agent_id))
+        .and_then(|t| t.agents.get(req.agent_id.as_str()))
         .map_or(0, |r| r.starts)
         + 1;
     let place = Place {
         town_dir: &town_dir,
-        agent: &req.agent_id,
+        agent: req.agent_id.as_str(),
         work_dir: &work_dir,
         user: shared.config.agent_user,
     };
@@ -483,16 +485,16 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
     })?;
     // As started: a quick child may be gone already, which its status will say.
     let status = AgentProcessStatus {
-        agent_id: req.agent_id.clone(),
+        agent_id: req.agent_id.as_str().to_owned(),
         state: AgentProcessState::Running,
         pid: Some(process.pid),
         exit_code: None,
     };
-    watch(&process, town, &req.agent_id);
+    watch(&process, town, req.agent_id.as_str());
     let entry = towns.entry(town.to_owned()).or_default();
     entry
         .agents
-        .insert(req.agent_id.clone(), Record { process, starts });
+        .insert(req.agent_id.as_str().to_owned(), Record { process, starts });
     Registry::prune(&mut towns);
     eprintln!(
         "gastown-control: agent {} of town {town} started (pid {}, start {starts})",
@@ -661,11 +663,11 @@ mod tests {
 
     fn body() -> AgentStartBody {
         AgentStartBody {
-            town_id: "town-a".into(),
-            agent_id: "agent-1".into(),
+            town_id: gastown_core::ids::TownId::parse("town-a").unwrap(),
+            agent_id: AgentId::parse("agent-1").unwrap(),
             role: Role::Polecat,
             name: "toast".into(),
-            rig_id: Some("rig-1".into()),
+            rig_id: Some(gastown_core::ids::RigId::parse("rig-1").unwrap()),
             bead: Some(AgentBead {
                 id: "bead-1".into(),
                 title: "Fix it".into(),

@@ -21,6 +21,7 @@
 //! Nothing here touches the Workers runtime; it compiles for wasm32 and natively.
 
 use crate::agent_settings::SettingsFiles;
+use crate::ids::{AgentId, RigId, TownId};
 use crate::vocab::Role;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -210,13 +211,14 @@ pub struct AgentBead {
 /// itself; a start for an agent id that is still running replaces that process.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStartBody {
+    /// `townId` on the wire, as every body of the control server names the town.
     #[serde(rename = "townId")]
-    pub town_id: String,
-    pub agent_id: String,
+    pub town_id: TownId,
+    pub agent_id: AgentId,
     pub role: Role,
     pub name: String,
     /// `None` for the mayor.
-    pub rig_id: Option<String>,
+    pub rig_id: Option<RigId>,
     pub bead: Option<AgentBead>,
     /// The rig's repository (no credentials in it: git asks the credential helper).
     pub git_url: Option<String>,

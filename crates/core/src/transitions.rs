@@ -1,13 +1,14 @@
 //! The state transitions of a town's work loop, as plain functions over plain values: which
 //! rig may take another polecat, what a claim writes, what an agent's `done` makes of its bead,
 //! what a user's close or reopen does, what a silent agent's bead becomes (reopened, failed, or
-//! a crash loop escalated), and when a town has work at all. `TownDO`
+//! a crash loop escalated), what a stop hands back, and when a town has work at all. `TownDO`
 //! loads the inputs from its storage and writes the outcome; the decisions are tested here
 //! natively. Backoff, the breaker and the alarm's cadence are `policy`'s.
 
 use crate::beads::{BeadEventKind, BeadStatus, UserStatus};
 use crate::control::{AgentDoneCallback, MAX_CALLBACK_TEXT};
 use crate::error::ApiError;
+use crate::model::AgentStatus;
 use crate::policy::{is_crash_loop, CRASH_LOOP_WINDOW_MS, MAX_DISPATCH_ATTEMPTS};
 use crate::text::{check_text, Lines};
 use crate::town_config::{MergeStrategy, TownConfig};
@@ -193,6 +194,29 @@ pub fn on_stall(stalls_in_window: u64, attempts: u32) -> StallOutcome {
     }
 }
 
+/// What a town stop hands back: its agents stop with the container, so every bead in
+/// `running` goes to `to` (an agent's failure is not counted: no crash loop grows from a stop)
+/// with the `event`, and every agent in `agents` is `agents_to`, with no bead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandBack {
+    pub running: BeadStatus,
+    pub to: BeadStatus,
+    pub event: BeadEventKind,
+    pub agents: [AgentStatus; 2],
+    pub agents_to: AgentStatus,
+}
+
+#[must_use]
+pub fn on_stop() -> HandBack {
+    HandBack {
+        running: BeadStatus::InProgress,
+        to: BeadStatus::Open,
+        event: BeadEventKind::Reopened,
+        agents: [AgentStatus::Working, AgentStatus::Stalled],
+        agents_to: AgentStatus::Idle,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +381,22 @@ mod tests {
             ),
             "a crash loop wins over the attempt cap"
         );
+    }
+
+    #[test]
+    fn a_stop_hands_running_work_back_without_counting_a_failure() {
+        let back = on_stop();
+        assert_eq!(
+            (back.running, back.to),
+            (BeadStatus::InProgress, BeadStatus::Open)
+        );
+        assert_eq!(
+            back.event,
+            BeadEventKind::Reopened,
+            "not stalled: no crash loop grows"
+        );
+        assert_ne!(back.event, BeadEventKind::Stalled);
+        assert_eq!(back.agents, [AgentStatus::Working, AgentStatus::Stalled]);
+        assert_eq!(back.agents_to, AgentStatus::Idle);
     }
 }

@@ -261,11 +261,11 @@ impl TownDO {
             env.insert(ALLOW_LOCAL_GIT_ENV.to_owned(), "1".to_owned());
         }
         Ok(AgentStartBody {
-            town_id: town.id.as_str().to_owned(),
-            agent_id: agent.id.clone(),
+            town_id: town.id.clone(),
+            agent_id: AgentId::parse(&agent.id).map_err(ApiError::internal)?,
             role: Role::Polecat,
             name: agent.name.clone(),
-            rig_id: Some(rig.id.as_str().to_owned()),
+            rig_id: Some(rig.id.clone()),
             bead: Some(AgentBead {
                 id: bead.id.clone(),
                 title: bead.title.clone(),

@@ -1,6 +1,6 @@
 //! Patrol and the work a town gives up: silent agents stalled (their beads reopened, failed, or
 //! escalated as a crash loop: `transitions::on_stall`), running work handed back when the town
-//! stops, a removed rig's work failed, and the idle container stopped.
+//! stops (`transitions::on_stop`), a removed rig's work failed, and the idle container stopped.
 
 use super::store::{self, Actor};
 use super::{gone_is_not_found, Meta, TownDO};
@@ -67,7 +67,7 @@ impl TownDO {
                 }
                 StallOutcome::Fail(reason) => self.fail_bead(bead_id, &reason)?,
                 StallOutcome::Reopen => {
-                    store::reopen_bead(&sql, bead_id, &rfc3339(now))?;
+                    store::hand_back_bead(&sql, bead_id, BeadStatus::Open, &rfc3339(now))?;
                     store::event(
                         &sql,
                         bead_id,
@@ -90,18 +90,12 @@ impl TownDO {
     pub(super) fn release_work(&self, reason: &str) -> Reply<()> {
         let sql = self.sql();
         let now = config::now_ms();
-        for bead in store::bead_ids_with_status(&sql, BeadStatus::InProgress)? {
-            store::reopen_bead(&sql, &bead, &rfc3339(now))?;
-            store::event(
-                &sql,
-                &bead,
-                BeadEventKind::Reopened,
-                &Actor::Town,
-                Some(reason),
-                now,
-            )?;
+        let back = transitions::on_stop();
+        for bead in store::bead_ids_with_status(&sql, back.running)? {
+            store::hand_back_bead(&sql, &bead, back.to, &rfc3339(now))?;
+            store::event(&sql, &bead, back.event, &Actor::Town, Some(reason), now)?;
         }
-        store::idle_every_agent(&sql)
+        store::release_agents(&sql, back.agents, back.agents_to)
     }
 
     /// The rig was removed: its open and in-progress beads fail.

@@ -266,15 +266,15 @@ pub fn release_agent_of(sql: &SqlStorage, id: &str, bead: &str) -> Reply<()> {
     )
 }
 
-/// Every working or stalled agent is idle, with no bead (the town stopped).
-pub fn idle_every_agent(sql: &SqlStorage) -> Reply<()> {
+/// Every agent in one of `from` goes to `to`, with no bead (the town stopped).
+pub fn release_agents(sql: &SqlStorage, from: [AgentStatus; 2], to: AgentStatus) -> Reply<()> {
     exec(
         sql,
         "UPDATE agents SET status = ?, current_bead_id = NULL WHERE status IN (?, ?)",
         vec![
-            AgentStatus::Idle.as_str().into(),
-            AgentStatus::Working.as_str().into(),
-            AgentStatus::Stalled.as_str().into(),
+            to.as_str().into(),
+            from[0].as_str().into(),
+            from[1].as_str().into(),
         ],
     )
 }
@@ -543,13 +543,13 @@ pub fn reopen_bead_afresh(sql: &SqlStorage, id: &str, now: &str) -> Reply<()> {
     )
 }
 
-/// The town hands a bead back (its agent stalled, or the town stopped): open and unassigned,
-/// its attempts kept.
-pub fn reopen_bead(sql: &SqlStorage, id: &str, now: &str) -> Reply<()> {
+/// The town hands a bead back (its agent stalled, or the town stopped): `status` (open) and
+/// unassigned, its attempts kept.
+pub fn hand_back_bead(sql: &SqlStorage, id: &str, status: BeadStatus, now: &str) -> Reply<()> {
     exec(
         sql,
         "UPDATE beads SET status = ?, assignee_agent_id = NULL, updated_at = ? WHERE id = ?",
-        vec![BeadStatus::Open.as_str().into(), now.into(), id.into()],
+        vec![status.as_str().into(), now.into(), id.into()],
     )
 }
 

@@ -143,6 +143,7 @@ pub struct ContainerStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{AgentId, RigId};
     use crate::protocol::pin::{all, pinned};
 
     #[test]
@@ -206,11 +207,11 @@ mod tests {
                 StartAgent {
                     town_id: TownId::parse("t1").unwrap(),
                     agent: crate::control::AgentStartBody {
-                        town_id: "t1".into(),
-                        agent_id: "a1".into(),
+                        town_id: TownId::parse("t1").unwrap(),
+                        agent_id: AgentId::parse("a1").unwrap(),
                         role: crate::vocab::Role::Polecat,
                         name: "p".into(),
-                        rig_id: Some("r1".into()),
+                        rig_id: Some(RigId::parse("r1").unwrap()),
                         bead: None,
                         git_url: None,
                         default_branch: None,
