@@ -62,6 +62,9 @@ pub struct Config {
     pub token_grace_ms: u64,
     /// The alarm re-mints the gateway token when less than this remains of it.
     pub gateway_refresh_before_ms: u64,
+    /// How often a production container's control server renews each gateway token itself
+    /// (`GATEWAY_SELF_REFRESH_MS`, handed to it at start; at least 100 ms, as it requires).
+    pub gateway_self_refresh_ms: u64,
     /// `KILO_GATEWAY_URL`: where agents send model calls; handed to containers in their env.
     pub gateway_url: Option<String>,
     pub quotas: Quotas,
@@ -214,6 +217,12 @@ pub fn get(env: &Env) -> Rc<Config> {
             Rc::new(Config {
                 refused,
                 gateway_refresh_before_ms,
+                gateway_self_refresh_ms: millis(
+                    env,
+                    "GATEWAY_SELF_REFRESH_MS",
+                    DEFAULT_GATEWAY_REFRESH_BEFORE_MS,
+                )
+                .max(100),
                 gateway_url: string(env, "KILO_GATEWAY_URL").filter(|u| !u.trim().is_empty()),
                 keys: Keys::new(
                     string(env, "NEXTAUTH_SECRET").as_deref(),

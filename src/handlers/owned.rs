@@ -77,13 +77,20 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
     )?;
     let id = RigId::parse(&new_id()?).map_err(ApiError::internal)?;
     let created_at = rfc3339(config::now_ms());
-    let rig = match &new.source {
+    // A rig that names an integration takes its clone URL (and so the host its tokens go to)
+    // from one of the integration's repositories, which must be the town owner's (the route's
+    // owner is the town's); a `git_url` that names another repository is refused.
+    let (integration_id, found) = match &new.source {
         RigSource::Url {
             platform_integration_id: None,
             ..
-        } => Rig::new(id, new, created_at)?,
-        // A rig that names an integration takes its clone URL (and so the host its tokens go
-        // to) from the integration's repository; a `git_url` that names another is refused.
+        } => {
+            let rig = Rig::new(id, new, created_at)?;
+            return Ok(json(
+                201,
+                &stub(env, owner)?.call(o::CreateRig { rig }).await?,
+            ));
+        }
         RigSource::Url {
             git_url,
             platform_integration_id: Some(integration_id),
@@ -104,33 +111,24 @@ pub async fn create_rig(req: &mut Request, env: &Env, owner: &Owner) -> Handled 
                     "is not the integration's repository: leave it out, or give the repository's own URL",
                 ));
             }
-            let integration_id = integration_id.clone();
-            Rig::from_repository(
-                id,
-                new,
-                integration_id,
-                found.git_url,
-                found.default_branch,
-                created_at,
-            )
+            (integration_id.clone(), found)
         }
         RigSource::Integration {
             integration_id,
             repo,
-        } => {
-            // The integration must be the town owner's (the route's owner is the town's).
-            let found = repositories::repository_for_rig(env, owner, integration_id, repo).await?;
-            let integration_id = integration_id.clone();
-            Rig::from_repository(
-                id,
-                new,
-                integration_id,
-                found.git_url,
-                found.default_branch,
-                created_at,
-            )
-        }
+        } => (
+            integration_id.clone(),
+            repositories::repository_for_rig(env, owner, integration_id, repo).await?,
+        ),
     };
+    let rig = Rig::from_repository(
+        id,
+        new,
+        integration_id,
+        found.git_url,
+        found.default_branch,
+        created_at,
+    );
     let rig = stub(env, owner)?.call(o::CreateRig { rig }).await?;
     Ok(json(201, &rig))
 }

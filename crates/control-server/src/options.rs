@@ -9,7 +9,7 @@ use crate::cli::{self, Args};
 use crate::client;
 use crate::http::DEFAULT_READ_TIMEOUT;
 use crate::workdir::{DEFAULT_WORKDIR, WORKDIR_ENV};
-use gastown_core::control::WORKER_URL_ENV;
+use gastown_core::control::{GATEWAY_REFRESH_MS_ENV, WORKER_URL_ENV};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,7 +49,8 @@ pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080]
     0600) and gitconfig (git's credential helper for agent sessions). stop removes
     .env.gateway, .container-token and .git-tokens/. Created if missing.
   --worker-url (or GASTOWN_WORKER_URL): the worker's origin, http:// or https://. With it,
-    every --gateway-refresh-ms (at least 100; default 12 h) each town's gateway token is
+    every --gateway-refresh-ms (or GASTOWN_GATEWAY_REFRESH_MS; at least 100; default 12 h;
+    TownContainerDO sets both variables when it starts a container) each town's gateway token is
     renewed from POST URL/api/towns/<townId>/sandbox-token with the town's container token.
     Agents call back URL unless their start names another.
   --agent-command (or GASTOWN_AGENT_COMMAND): what POST /agents/start runs, an executable
@@ -105,6 +106,7 @@ impl Options {
         let mut worker_url = None;
         let mut agent_command = None;
         let (mut agent_uid, mut agent_gid) = (None, None);
+        let mut gateway_refresh = None;
         let mut it = Args::new(args);
         while let Some(arg) = it.next() {
             match arg {
@@ -123,18 +125,7 @@ impl Options {
                 "--agent-command" => agent_command = Some(it.value(arg)?),
                 "--agent-uid" => agent_uid = Some(it.value(arg)?),
                 "--agent-gid" => agent_gid = Some(it.value(arg)?),
-                "--gateway-refresh-ms" => {
-                    let ms: u64 = it
-                        .value(arg)?
-                        .parse()
-                        .map_err(|_| "--gateway-refresh-ms needs milliseconds".to_owned())?;
-                    if ms < MIN_GATEWAY_REFRESH_MS {
-                        return Err(format!(
-                            "--gateway-refresh-ms must be at least {MIN_GATEWAY_REFRESH_MS}"
-                        ));
-                    }
-                    opts.gateway_refresh = Duration::from_millis(ms);
-                }
+                "--gateway-refresh-ms" => gateway_refresh = Some(it.value(arg)?),
                 "--debug" => {
                     return Err(
                         "--debug: this binary has no debug routes (they exist only in \
@@ -156,6 +147,19 @@ impl Options {
             or_env("--workdir", workdir, WORKDIR_ENV)
                 .map_or_else(|| DEFAULT_WORKDIR.to_owned(), |(_, dir)| dir),
         );
+        if let Some((from, text)) = or_env(
+            "--gateway-refresh-ms",
+            gateway_refresh,
+            GATEWAY_REFRESH_MS_ENV,
+        ) {
+            let ms: u64 = text
+                .parse()
+                .map_err(|_| format!("{from} needs milliseconds"))?;
+            if ms < MIN_GATEWAY_REFRESH_MS {
+                return Err(format!("{from} must be at least {MIN_GATEWAY_REFRESH_MS}"));
+            }
+            opts.gateway_refresh = Duration::from_millis(ms);
+        }
         opts.worker_url = or_env("--worker-url", worker_url, WORKER_URL_ENV)
             .map(|(from, url)| client::origin(&url).map_err(|e| format!("{from} {e}")))
             .transpose()?;

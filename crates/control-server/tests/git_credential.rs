@@ -517,15 +517,7 @@ fn git_credential_fill(gitconfig: &Path, cwd: &Path) -> Option<Output> {
         .env("SSH_ASKPASS", "")
         .env("HOME", cwd)
         .env(RIG_ID_ENV, RIG);
-    for name in [
-        KEY_ENV,
-        SECRET_ENV,
-        TOWN_ID_ENV,
-        WORKDIR_ENV,
-        WORKER_URL_ENV,
-    ] {
-        cmd.env_remove(name);
-    }
+    without_server_env(&mut cmd);
     let mut child = match cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

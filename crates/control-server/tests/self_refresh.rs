@@ -238,6 +238,68 @@ fn the_production_binary_renews_too_and_takes_the_url_from_the_environment() {
     );
 }
 
+/// The production image's `CMD` (container/Dockerfile), word by word.
+fn image_cmd() -> Vec<String> {
+    let dockerfile = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../container/Dockerfile"
+    ))
+    .unwrap();
+    let line = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("the Dockerfile has a CMD");
+    serde_json::from_str(line).expect("CMD in exec form")
+}
+
+#[test]
+fn the_image_renews_the_gateway_token_with_the_env_its_town_starts_it_with() {
+    let cmd = image_cmd();
+    assert_eq!(cmd[0], "gastown-control", "{cmd:?}");
+    // As the image runs it, but for the port (a free one here) and the work directory (the
+    // harness's, where the container's is its working directory). Dropping to the agent user
+    // needs root, as it does in the container.
+    let mut args: Vec<&str> = Vec::new();
+    let mut words = cmd[1..].iter().map(String::as_str);
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    while let Some(word) = words.next() {
+        match word {
+            "--port" => {
+                words.next();
+            }
+            "--agent-uid" | "--agent-gid" if !root => {
+                eprintln!("without root: {word} left out");
+                words.next();
+            }
+            other => args.push(other),
+        }
+    }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--worker-url") || a.starts_with("--gateway-refresh")),
+        "the image names neither: they come from the start-up env"
+    );
+    let worker = FakeWorker::start(200, TOKEN_ANSWER);
+    let town = "town-image";
+    let startup = gastown_core::control::startup_env(&secret(town), town, &worker.url(), 200);
+    let env: Vec<(&str, &str)> = startup.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = start(PROD_BIN, &env, &args);
+    // What the town's DO does once the container answers: push the container token.
+    assert_eq!(refresh(town, "ctok-image").auth(town).send(&s).0, 200);
+    assert!(
+        eventually(WAIT, || gateway_file(&s, town)
+            .is_some_and(|f| f.ends_with(".fresh.sig\n"))),
+        "the gateway token was not renewed: {:?}",
+        gateway_file(&s, town)
+    );
+    let seen = worker.seen();
+    assert_eq!(seen[0].path, sandbox_token_path(town));
+    assert_eq!(seen[0].authorization.as_deref(), Some("Bearer ctok-image"));
+}
+
 #[test]
 fn a_bad_worker_url_or_interval_refuses_to_start() {
     for args in [

@@ -60,6 +60,29 @@ pub const STOP_PATH: &str = "/stop";
 /// The worker's public origin, given to the control server so it can refresh the town's gateway
 /// token itself (`--worker-url` or this variable).
 pub const WORKER_URL_ENV: &str = "GASTOWN_WORKER_URL";
+/// How often the control server renews each town's gateway token itself (`--gateway-refresh-ms`
+/// or this variable), in milliseconds.
+pub const GATEWAY_REFRESH_MS_ENV: &str = "GASTOWN_GATEWAY_REFRESH_MS";
+
+/// The environment `TownContainerDO` starts a production container with: the control server's
+/// credential (its per-town secret and its town), the worker's origin (where agents call back
+/// and where the server renews the gateway token itself) and how often it renews. The image's
+/// `CMD` names none of these, so without them the self-refresh never runs in production.
+#[must_use]
+pub fn startup_env(
+    secret: &str,
+    town: &str,
+    worker_url: &str,
+    gateway_refresh_ms: u64,
+) -> [(&'static str, String); 4] {
+    [
+        (SECRET_ENV, secret.to_owned()),
+        (TOWN_ID_ENV, town.to_owned()),
+        (WORKER_URL_ENV, worker_url.to_owned()),
+        (GATEWAY_REFRESH_MS_ENV, gateway_refresh_ms.to_string()),
+    ]
+}
+
 // Defined in `vocab` because the town config derives it too; the old path stays.
 pub use crate::vocab::GATEWAY_TOKEN_ENV;
 /// The file, in the town's work directory, that every new agent session sources: one line
@@ -340,6 +363,23 @@ pub fn secret_matches(expected: &str, presented: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_production_container_starts_with_its_credential_and_the_worker() {
+        let env = startup_env("s3cret", "t1", "https://gastown.example", 43_200_000);
+        let names: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            names,
+            [
+                "GASTOWN_CONTROL_SECRET",
+                "GASTOWN_TOWN_ID",
+                "GASTOWN_WORKER_URL",
+                "GASTOWN_GATEWAY_REFRESH_MS"
+            ]
+        );
+        assert_eq!(env[2].1, "https://gastown.example");
+        assert_eq!(env[3].1, "43200000");
+    }
 
     const KEY: &[u8] = b"dev-gastown-control-key-change-me-0123456789";
 

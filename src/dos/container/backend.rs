@@ -43,6 +43,9 @@ pub struct Backend {
     /// The town's control secret; `None` when `GASTOWN_CONTROL_KEY` is not set, and then every
     /// authenticated request fails rather than go out without it.
     secret: Option<String>,
+    /// Where the container's agents call back and its server renews gateway tokens.
+    worker_url: String,
+    gateway_refresh_ms: u64,
 }
 
 impl Backend {
@@ -57,7 +60,8 @@ impl Backend {
                 _ => Target::Missing,
             }
         };
-        let secret = config::get(env)
+        let settings = config::get(env);
+        let secret = settings
             .control_key
             .as_deref()
             .map(|key| control::control_secret(key, town.as_str()));
@@ -65,6 +69,8 @@ impl Backend {
             target,
             town: town.clone(),
             secret,
+            worker_url: settings.work.callback_url.clone(),
+            gateway_refresh_ms: settings.gateway_self_refresh_ms,
         }
     }
 
@@ -139,8 +145,14 @@ impl Backend {
                 if !container.running() {
                     started = true;
                     let mut options = ContainerStartupOptions::new();
-                    options.add_env(control::SECRET_ENV, secret);
-                    options.add_env(control::TOWN_ID_ENV, self.town.as_str());
+                    for (name, value) in control::startup_env(
+                        secret,
+                        self.town.as_str(),
+                        &self.worker_url,
+                        self.gateway_refresh_ms,
+                    ) {
+                        options.add_env(name, &value);
+                    }
                     container
                         .start(Some(options))
                         .map_err(|e| format!("container start: {e}"))?;

@@ -151,10 +151,14 @@ pub fn rig_count(sql: &SqlStorage) -> Reply<u64> {
     count(sql, "SELECT COUNT(*) AS n FROM rigs", vec![])
 }
 
+/// Registers a rig, or updates it in place: an upsert keeps its rowid, so a rig registered
+/// again keeps its place in [`rigs_page`] (a `REPLACE` would move it to the end).
 pub fn put_rig(sql: &SqlStorage, rig: &Rig) -> Reply<()> {
     exec(
         sql,
-        &format!("INSERT OR REPLACE INTO rigs ({RIG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+        &format!(
+            "INSERT INTO rigs ({RIG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET town_id = excluded.town_id, name = excluded.name, git_url = excluded.git_url, default_branch = excluded.default_branch, platform_integration_id = excluded.platform_integration_id, created_at = excluded.created_at"
+        ),
         rig_values(rig),
     )
 }

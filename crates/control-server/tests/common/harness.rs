@@ -72,20 +72,28 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The control server's own variables, which a test's child must not inherit from the shell.
+pub const SERVER_ENV: [&str; 5] = [
+    KEY_ENV,
+    SECRET_ENV,
+    TOWN_ID_ENV,
+    WORKDIR_ENV,
+    WORKER_URL_ENV,
+];
+
+/// `cmd` without any of [`SERVER_ENV`].
+pub fn without_server_env(cmd: &mut Command) {
+    for name in SERVER_ENV {
+        cmd.env_remove(name);
+    }
+}
+
 /// The binary with `--port 0` and `args`, and none of the control server's variables but
 /// `env`.
 pub fn command(bin: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut cmd = Command::new(bin);
     cmd.args(["--port", "0"]).args(args);
-    for name in [
-        KEY_ENV,
-        SECRET_ENV,
-        TOWN_ID_ENV,
-        WORKDIR_ENV,
-        WORKER_URL_ENV,
-    ] {
-        cmd.env_remove(name);
-    }
+    without_server_env(&mut cmd);
     cmd.envs(env.iter().copied());
     cmd
 }
