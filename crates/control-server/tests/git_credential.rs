@@ -16,7 +16,6 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const RIG_ID_ENV: &str = "GASTOWN_RIG_ID";
 const TOWN: &str = "town-a";
@@ -24,15 +23,6 @@ const RIG: &str = "rig-1";
 const CONTAINER_TOKEN: &str = "ctok.secret-1";
 /// What git writes to the helper for a push to a GitHub repository.
 const GIT_REQUEST: &str = "protocol=https\nhost=github.com\npath=acme/app.git\n\n";
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .try_into()
-        .unwrap()
-}
 
 /// What the fake worker saw of one request.
 /// A fake worker answering every request with a GitHub App token expiring at `expires_at`.

@@ -11,18 +11,8 @@ use gastown_core::control::GATEWAY_CHAT_PATH;
 use gastown_core::ids::{OrgId, TownId};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "stand-in-gateway-nextauth-secret-0123456789";
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .try_into()
-        .unwrap()
-}
 
 fn sandbox(secret: &str, user: &str, town: &str, org: Option<&str>, now: i64) -> String {
     let keys = Keys::new(Some(secret), None);

@@ -135,6 +135,16 @@ pub fn spawn(mut cmd: Command, workdir: PathBuf) -> Server {
     }
 }
 
+/// Seconds since the epoch, for the tokens tests sign.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .try_into()
+        .unwrap()
+}
+
 pub fn secret(town: &str) -> String {
     control_secret(KEY.as_bytes(), town)
 }
