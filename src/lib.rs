@@ -10,9 +10,11 @@
 //!   live in the `gastown-core` crate.
 
 mod config;
+mod d1;
 mod dos;
 mod handlers;
 mod http;
+mod org_towns;
 mod platforms;
 mod rig_index;
 mod router;

@@ -5,15 +5,13 @@
 //! drops a row whose rig is gone (a rig created while its town was deleted, or a delete whose
 //! index step failed), and the owner's watchdog reconciles all of the owner's rows.
 
+use crate::d1::{self, s};
 use gastown_core::error::ApiError;
 use gastown_core::ids::{OrgId, UserId};
 use gastown_core::ids::{RigId, TownId};
 use gastown_core::model::{Owner, OwnerType, Rig, Town};
 use serde::{Deserialize, Serialize};
-use worker::wasm_bindgen::JsValue;
-use worker::{D1Database, Env};
-
-pub const BINDING: &str = "DB";
+use worker::Env;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RigLocation {
@@ -39,28 +37,23 @@ impl RigLocation {
     }
 }
 
-fn db(env: &Env) -> Result<D1Database, ApiError> {
-    env.d1(BINDING).map_err(ApiError::internal)
-}
-
 /// Records where `rig` lives.
 ///
 /// # Errors
 /// Internal, when D1 fails.
 pub async fn insert(env: &Env, rig: &Rig, town: &Town) -> Result<(), ApiError> {
-    db(env)?
-        .prepare("INSERT OR REPLACE INTO rig_index (rig_id, town_id, owner_type, owner_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .bind(&[
-            JsValue::from_str(rig.id.as_str()),
-            JsValue::from_str(rig.town_id.as_str()),
-            JsValue::from_str(town.owner.kind().as_str()),
-            JsValue::from_str(town.owner.id()),
-            JsValue::from_str(&rig.created_at),
-        ])
-        .map_err(ApiError::internal)?
-        .run()
-        .await
-        .map_err(ApiError::internal)?;
+    d1::run(
+        env,
+        "INSERT OR REPLACE INTO rig_index (rig_id, town_id, owner_type, owner_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        &[
+            s(rig.id.as_str()),
+            s(rig.town_id.as_str()),
+            s(town.owner.kind().as_str()),
+            s(town.owner.id()),
+            s(&rig.created_at),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -72,16 +65,20 @@ pub async fn remove(env: &Env, rig_ids: &[RigId]) -> Result<(), ApiError> {
     if rig_ids.is_empty() {
         return Ok(());
     }
-    let db = db(env)?;
     let statements = rig_ids
         .iter()
         .map(|id| {
-            db.prepare("DELETE FROM rig_index WHERE rig_id = ?1")
-                .bind(&[JsValue::from_str(id.as_str())])
-                .map_err(ApiError::internal)
+            d1::stmt(
+                env,
+                "DELETE FROM rig_index WHERE rig_id = ?1",
+                &[s(id.as_str())],
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    db.batch(statements).await.map_err(ApiError::internal)?;
+    d1::db(env)?
+        .batch(statements)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(())
 }
 
@@ -90,13 +87,12 @@ pub async fn remove(env: &Env, rig_ids: &[RigId]) -> Result<(), ApiError> {
 /// # Errors
 /// Internal, when D1 fails.
 pub async fn find(env: &Env, rig: &RigId) -> Result<Option<RigLocation>, ApiError> {
-    db(env)?
-        .prepare("SELECT rig_id, town_id, owner_type, owner_id, created_at FROM rig_index WHERE rig_id = ?1")
-        .bind(&[JsValue::from_str(rig.as_str())])
-        .map_err(ApiError::internal)?
-        .first::<RigLocation>(None)
-        .await
-        .map_err(ApiError::internal)
+    d1::first(
+        env,
+        "SELECT rig_id, town_id, owner_type, owner_id, created_at FROM rig_index WHERE rig_id = ?1",
+        &[s(rig.as_str())],
+    )
+    .await
 }
 
 /// The rigs the index places with `owner`.
@@ -108,17 +104,11 @@ pub async fn rigs_of(env: &Env, owner: &Owner) -> Result<Vec<RigId>, ApiError> {
     struct Row {
         rig_id: RigId,
     }
-    let rows = db(env)?
-        .prepare("SELECT rig_id FROM rig_index WHERE owner_type = ?1 AND owner_id = ?2")
-        .bind(&[
-            JsValue::from_str(owner.kind().as_str()),
-            JsValue::from_str(owner.id()),
-        ])
-        .map_err(ApiError::internal)?
-        .all()
-        .await
-        .map_err(ApiError::internal)?
-        .results::<Row>()
-        .map_err(ApiError::internal)?;
+    let rows: Vec<Row> = d1::all(
+        env,
+        "SELECT rig_id FROM rig_index WHERE owner_type = ?1 AND owner_id = ?2",
+        &[s(owner.kind().as_str()), s(owner.id())],
+    )
+    .await?;
     Ok(rows.into_iter().map(|r| r.rig_id).collect())
 }

@@ -143,9 +143,13 @@ async fn user_route(
                 OwnedAction::ListTowns => owned::list_towns(req, env, &owner).await,
                 OwnedAction::GetTown(town) => owned::get_town(env, &owner, town).await,
                 OwnedAction::DeleteTown(town) => owned::delete_town(env, &owner, town).await,
+                OwnedAction::ClaimTown(town) => {
+                    owned::claim_town(env, &owner, town, &claims.user_id).await
+                }
                 OwnedAction::ListTownRigs(town) => owned::list_rigs(req, env, &owner, town).await,
                 OwnedAction::CreateRig => owned::create_rig(req, env, &owner).await,
                 OwnedAction::GetRig(rig) => owned::get_rig(env, &owner, rig).await,
+                OwnedAction::PatchRig(rig) => owned::patch_rig(req, env, &owner, rig, None).await,
                 OwnedAction::DeleteRig(rig) => owned::delete_rig(env, &owner, rig).await,
                 OwnedAction::ListIntegrations => integrations::list(env, &owner).await,
             }
@@ -188,7 +192,9 @@ async fn container_route(
         ContainerRoute::AgentDone { .. } => container::agent_done(req, env, caller).await,
         ContainerRoute::MayorRigs { .. } => container::mayor_rigs(env, caller).await,
         ContainerRoute::SandboxToken { .. } => container::sandbox_token(env, caller).await,
-        ContainerRoute::GitToken { .. } => integrations::container_git_token(env, caller).await,
+        ContainerRoute::GitToken { .. } => {
+            integrations::container_git_token(req, env, caller).await
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use gastown_core::error::ApiError;
 use gastown_core::ids::{RigId, TownId, UserId};
 use gastown_core::model::{NewRig, NewTown, Owner, Rig, RigSource, Town};
 use gastown_core::protocol::owner as o;
+use gastown_core::rig_patch::{RigChange, RigPatch, RigSourceFields, SourceChange, SourcePlan};
 use gastown_core::time::rfc3339;
 use serde::Serialize;
 use worker::{Env, Request, Response};
@@ -67,6 +68,18 @@ pub async fn delete_town(env: &Env, owner: &Owner, town_id: TownId) -> Handled {
             deleted: true,
         },
     ))
+}
+
+/// An org owner (`user`; the router checked the role) takes over a town whose creator's
+/// account was deleted. It starts nothing: the town is `stopped` until someone starts it.
+pub async fn claim_town(env: &Env, owner: &Owner, town_id: TownId, user: &UserId) -> Handled {
+    let town = stub(env, owner)?
+        .call(o::ClaimTown {
+            town_id,
+            user_id: user.clone(),
+        })
+        .await?;
+    Ok(json(200, &town))
 }
 
 /// Creates a rig in a town of `owner`. Credential fields in the body are ignored.
@@ -158,6 +171,89 @@ pub async fn get_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {
         integration: Option<gastown_core::integrations::IntegrationSummary>,
     }
     Ok(json(200, &WithIntegration { rig, integration }))
+}
+
+/// Changes a rig of `owner` (`town`: the town the route names, if it names one). The new
+/// repository, if any, is resolved with the provider first, as for a new rig; the owner's DO
+/// then applies the change and tells the town's DO.
+pub async fn patch_rig(
+    req: &mut Request,
+    env: &Env,
+    owner: &Owner,
+    rig_id: RigId,
+    town: Option<TownId>,
+) -> Handled {
+    let patch = RigPatch::parse(
+        &read_json_body(req).await?,
+        config::get(env).work.allow_local_git,
+    )?;
+    let stub = stub(env, owner)?;
+    let rig = stub
+        .call(o::GetRig {
+            rig_id: rig_id.clone(),
+        })
+        .await?
+        .parse()?;
+    if town.as_ref().is_some_and(|t| *t != rig.town_id) {
+        return Err(ApiError::NotFound("rig not found".into()));
+    }
+    let from = RigSourceFields::of(&rig);
+    let (source, found_branch) = match patch.plan(&rig)? {
+        SourcePlan::Keep => (None, None),
+        SourcePlan::Url { git_url } => (
+            Some(RigSourceFields {
+                git_url,
+                platform_integration_id: None,
+            }),
+            None,
+        ),
+        SourcePlan::Integration {
+            integration_id,
+            repo,
+            git_url,
+            same_repo,
+        } => {
+            let found = repositories::repository_for_rig(env, owner, &integration_id, &repo)
+                .await
+                .map_err(|e| match e {
+                    ApiError::Invalid { field, message }
+                        if field == "repo" && git_url.is_some() =>
+                    {
+                        ApiError::invalid("git_url", message)
+                    }
+                    e => e,
+                })?;
+            if git_url.as_deref().is_some_and(|given| {
+                !gastown_core::integrations::same_repository(given, &found.git_url)
+            }) {
+                return Err(ApiError::invalid(
+                    "git_url",
+                    "is not the integration's repository: leave it out, or give the repository's own URL",
+                ));
+            }
+            let branch = (!same_repo).then_some(found.default_branch);
+            (
+                Some(RigSourceFields {
+                    git_url: found.git_url,
+                    platform_integration_id: Some(integration_id),
+                }),
+                branch,
+            )
+        }
+    };
+    let change = RigChange {
+        name: patch.name,
+        default_branch: patch.default_branch.or(found_branch),
+        source: source.map(|to| SourceChange { to, from }),
+    };
+    let rig = stub
+        .call(o::PatchRig {
+            rig_id,
+            town_id: town,
+            change,
+        })
+        .await?;
+    Ok(json(200, &rig))
 }
 
 pub async fn delete_rig(env: &Env, owner: &Owner, rig_id: RigId) -> Handled {

@@ -45,6 +45,12 @@ pub async fn route(
                 stub.call(t::ListRigs { caller, page }).await?,
             ))
         }
+        TownAction::PatchRig(rig_id) => {
+            // The town's DO admits the caller and names the owner whose DO holds the rig; a
+            // rig may be changed by whoever may create one there.
+            let owner = stub.call(t::Get { caller }).await?.owner;
+            crate::handlers::owned::patch_rig(req, env, &owner, rig_id, Some(town)).await
+        }
         TownAction::GetConfig => Ok(json_reply(200, stub.call(t::GetConfig { caller }).await?)),
         TownAction::PatchConfig => {
             let body = read_json_body(req).await;

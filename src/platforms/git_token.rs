@@ -51,6 +51,8 @@ async fn reply_for_rig(env: &Env, creds: RigCredentialsReply) -> Result<GitToken
         rig,
         town_token,
         commit_as_user,
+        as_user,
+        ..
     } = creds;
     let Some(integration_id) = rig.platform_integration_id.as_deref() else {
         return match town_token {
@@ -85,11 +87,13 @@ async fn reply_for_rig(env: &Env, creds: RigCredentialsReply) -> Result<GitToken
     }
     let result = match row.platform() {
         Platform::Github => {
-            // The owner's own identity first, when the town asks for it; the bot otherwise.
+            // The identity of the user the work runs as first, when the town asks for it
+            // (its creator's for a bead someone slung; the town's user otherwise); the bot
+            // otherwise.
             let reason = if commit_as_user && config::get(env).platforms.github_user_tokens {
                 let full_name = integrations::repo_full_name(&rig.git_url)
                     .ok_or_else(|| ApiError::internal("the rig's git_url names no repository"))?;
-                match user_tokens::token_for_repo(env, town.token_user_id(), &full_name).await? {
+                match user_tokens::token_for_repo(env, &as_user, &full_name).await? {
                     Ok(user) => {
                         return Ok(GitTokenReply {
                             token: user.token,

@@ -5,72 +5,15 @@
 use super::lease::Lease;
 use super::sealed_field::SealedRow;
 use crate::config;
-use crate::rig_index::BINDING;
+use crate::d1::{all, first, opt};
+pub(super) use crate::d1::{db, n, run, s};
 use gastown_core::error::ApiError;
 use gastown_core::integrations::{Integration, IntegrationStatus, Platform, Repository};
 use gastown_core::model::{Owner, OwnerType};
 use gastown_core::time::rfc3339;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use worker::wasm_bindgen::JsValue;
-use worker::{D1Database, D1PreparedStatement, Env};
-
-pub(super) fn db(env: &Env) -> Result<D1Database, ApiError> {
-    env.d1(BINDING).map_err(ApiError::internal)
-}
-
-pub(super) fn s(v: &str) -> JsValue {
-    JsValue::from_str(v)
-}
-
-pub(super) fn n(v: i64) -> JsValue {
-    JsValue::from_f64(v as f64)
-}
-
-fn opt(v: Option<&str>) -> JsValue {
-    v.map_or(JsValue::NULL, JsValue::from_str)
-}
-
-fn stmt(env: &Env, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, ApiError> {
-    db(env)?.prepare(sql).bind(args).map_err(ApiError::internal)
-}
-
-async fn first<T: DeserializeOwned>(
-    env: &Env,
-    sql: &str,
-    args: &[JsValue],
-) -> Result<Option<T>, ApiError> {
-    stmt(env, sql, args)?
-        .first::<T>(None)
-        .await
-        .map_err(ApiError::internal)
-}
-
-async fn all<T: DeserializeOwned>(
-    env: &Env,
-    sql: &str,
-    args: &[JsValue],
-) -> Result<Vec<T>, ApiError> {
-    stmt(env, sql, args)?
-        .all()
-        .await
-        .map_err(ApiError::internal)?
-        .results::<T>()
-        .map_err(ApiError::internal)
-}
-
-/// Runs a write; answers how many rows it changed.
-pub(super) async fn run(env: &Env, sql: &str, args: &[JsValue]) -> Result<usize, ApiError> {
-    let result = stmt(env, sql, args)?
-        .run()
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(result
-        .meta()
-        .map_err(ApiError::internal)?
-        .and_then(|m| m.changes)
-        .unwrap_or(0))
-}
+use worker::Env;
 
 /// The sealed fields of integration `id` (`integration:<id>:<field>`).
 fn sealed(id: &str) -> SealedRow {

@@ -18,6 +18,7 @@ import gateway from "./gateway.mjs";
 import integrations from "./integrations.mjs";
 import userTokens from "./user_tokens.mjs";
 import work from "./work.mjs";
+import ghToken from "./gh_token.mjs";
 
 // Alarms every second, a 2-second container-token throttle and a 2-second rotation grace, so
 // the tests watch the main loop, the watchdog, token refresh and revocation happen in seconds
@@ -79,17 +80,10 @@ after(async () => {
   removePersistDir(ctx.persistDir);
 });
 
-personal(ctx);
-auth(ctx);
-badInput(ctx);
-internal(ctx);
-org(ctx);
-container(ctx);
-hardening(ctx);
-security(ctx);
-gateway(ctx);
-integrations(ctx);
-userTokens(ctx);
-work(ctx);
-fuzz(ctx);
-lifecycle(ctx);
+// Every suite, in order. `GASTOWN_E2E_ONLY=work,ghToken node --test tests/e2e/all.test.mjs`
+// runs only the named ones (for working on one suite; `npm test` runs them all).
+const SUITES = { personal, auth, badInput, internal, org, container, hardening, security, gateway, integrations, userTokens, work, ghToken, fuzz, lifecycle };
+const only = process.env.GASTOWN_E2E_ONLY?.split(",").filter(Boolean);
+for (const [name, suite] of Object.entries(SUITES)) {
+  if (!only || only.includes(name)) suite(ctx);
+}

@@ -454,6 +454,147 @@ export default function integrations(ctx) {
     });
   });
 
+  describe("rig reconnect (issue 20): PATCH a rig's repository, integration or branch", () => {
+    const patch = (token, path, body) => as(token, "PATCH", path, body);
+    /** Connects installation `id` again for `user` (the App stayed installed), through the whole proof. */
+    async function reconnectInstallation(user, id, installer, old) {
+      const start = await as(tokenFor(user), "POST", "/api/integrations/github/install", {});
+      const state = new URL(start.body.install_url).searchParams.get("state");
+      const back = await land(installedPath(id, state, installer.code()));
+      assert.equal(result(back.location), "success", back.location);
+      const list = (await as(tokenFor(user), "GET", `/api/users/${user}/integrations`)).body;
+      return list.find((i) => i.id !== old.id && i.account_login === old.account_login);
+    }
+
+    it("a rig whose integration was removed is reconnected; its next git token comes from the new one", async () => {
+      const user = freshUser("reconnect");
+      const inst = await install(user);
+      const town = await createTown(ctx.call, user, "Reconnect");
+      const path = (rig) => `/api/users/${user}/rigs/${rig.id}`;
+      const rig = (await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, {
+        town_id: town.id, name: "app", platform_integration_id: inst.integration.id, repo: `${inst.login}/app`,
+      })).body;
+      assert.equal((await internalGitToken(rig.id)).status, 200);
+      assert.equal((await as(tokenFor(user), "DELETE", `/api/integrations/${inst.integration.id}`)).status, 200);
+      const orphaned = await internalGitToken(rig.id);
+      assert.equal(orphaned.status, 409);
+      assert.equal(orphaned.body.error.code, "integration_missing");
+      const fresh = await reconnectInstallation(user, inst.installationId, inst.installer, inst.integration);
+      assert.notEqual(fresh.id, inst.integration.id, "a new integration row");
+
+      // Bad input first: each a 4xx naming its field, and nothing changes.
+      const before = (await as(tokenFor(user), "GET", path(rig))).body;
+      for (const [body, status, field] of [
+        [{}, 422, "body"],
+        [{ platform_integration_id: fresh.id, repo: `${inst.login}/missing` }, 422, "repo"],
+        [{ platform_integration_id: "no-such-integration" }, 422, "platform_integration_id"],
+        [{ repo: "a/b", git_url: "https://github.com/a/b.git" }, 422, "repo"],
+        [{ platform_integration_id: fresh.id, git_url: `https://attacker.example/${inst.login}/app.git` }, 422, "git_url"],
+        [{ default_branch: "a..b" }, 422, "default_branch"],
+      ]) {
+        const res = await patch(tokenFor(user), path(rig), body);
+        assert.equal(res.status, status, `${JSON.stringify(body)}: ${res.text}`);
+        assert.equal(res.body.error.field, field, JSON.stringify(body));
+      }
+      assert.equal((await as(tokenFor(user), "PATCH", path(rig), "not json")).status, 400);
+      assert.deepEqual((await as(tokenFor(user), "GET", path(rig))).body, before, "nothing was written");
+
+      const res = await patch(tokenFor(user), path(rig), { platform_integration_id: fresh.id });
+      assert.equal(res.status, 200, res.text);
+      assert.deepEqual(
+        [res.body.platform_integration_id, res.body.git_url, res.body.default_branch, res.body.name],
+        [fresh.id, rig.git_url, rig.default_branch, rig.name],
+        "the same repository, now through the new integration",
+      );
+      p().resetCalls();
+      const token = await internalGitToken(rig.id);
+      assert.equal(token.status, 200, token.text);
+      const minted = p().tokens().github.find((t) => t.token === token.body.token);
+      assert.equal(String(minted.installation_id), String(inst.installationId));
+      assert.equal(p().calls("github.access_tokens"), 1, "minted anew for the new integration, not a cached token of the old");
+      const town_rigs = (await as(tokenFor(user), "GET", `/api/towns/${town.id}/rigs`)).body;
+      assert.equal(town_rigs.find((r) => r.id === rig.id).platform_integration_id, fresh.id, "the town's own record agrees");
+
+      // Another repository of the integration: its URL and default branch come from GitHub.
+      const lib = await patch(tokenFor(user), path(rig), { repo: `${inst.login}/lib` });
+      assert.equal(lib.status, 200, lib.text);
+      assert.ok(lib.body.git_url.endsWith(`/${inst.login}/lib.git`), lib.body.git_url);
+      assert.equal(lib.body.default_branch, "main");
+      // Off the integration, keeping its URL: the town's git_auth would be the credential, and there is none.
+      const manual = await patch(tokenFor(user), `/api/towns/${town.id}/rigs/${rig.id}`, { platform_integration_id: null, default_branch: "dev" });
+      assert.equal(manual.status, 200, manual.text);
+      assert.deepEqual([manual.body.platform_integration_id, manual.body.git_url, manual.body.default_branch], [null, lib.body.git_url, "dev"]);
+      const none = await internalGitToken(rig.id);
+      assert.equal(none.status, 404);
+      assert.equal(none.body.error.code, "no_git_credentials");
+      // And back onto it.
+      const back = await patch(tokenFor(user), path(rig), { platform_integration_id: fresh.id });
+      assert.equal(back.status, 200, back.text);
+      assert.equal(back.body.default_branch, "dev", "the same repository keeps its branch");
+      assert.equal((await internalGitToken(rig.id)).status, 200);
+    });
+
+    it("the integration must be the town owner's: another user's is 403 and changes nothing", async () => {
+      const user = freshUser("rpown");
+      const other = freshUser("rpother");
+      const mine = await install(user);
+      const theirs = await install(other);
+      const town = await createTown(ctx.call, user, "Mine");
+      const rig = (await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, {
+        town_id: town.id, name: "app", platform_integration_id: mine.integration.id, repo: `${mine.login}/app`,
+      })).body;
+      const res = await patch(tokenFor(user), `/api/users/${user}/rigs/${rig.id}`, { platform_integration_id: theirs.integration.id, repo: `${theirs.login}/app` });
+      assert.equal(res.status, 403, res.text);
+      assert.equal((await as(tokenFor(user), "GET", `/api/users/${user}/rigs/${rig.id}`)).body.platform_integration_id, mine.integration.id);
+      assert.equal((await patch(tokenFor(other), `/api/users/${user}/rigs/${rig.id}`, { name: "x" })).status, 403, "another user's route");
+      assert.equal((await patch(tokenFor(other), `/api/towns/${town.id}/rigs/${rig.id}`, { name: "x" })).status, 403, "another user's town");
+      assert.equal((await patch(tokenFor(other), `/api/users/${other}/rigs/${rig.id}`, { name: "x" })).status, 404, "not a rig of theirs");
+      const elsewhere = await createTown(ctx.call, user, "Elsewhere");
+      assert.equal((await patch(tokenFor(user), `/api/towns/${elsewhere.id}/rigs/${rig.id}`, { name: "x" })).status, 404, "a rig of another town");
+    });
+
+    it("org rigs: members and owners may patch, other orgs and outsiders may not; names stay unique", async () => {
+      const org = `org-${freshUser("rporg")}`;
+      const owner = freshUser("rpowner");
+      const member = freshUser("rpmember");
+      const ownerToken = tokenFor(owner, { orgs: [{ orgId: org, role: "owner" }] });
+      const memberToken = tokenFor(member, { orgs: [{ orgId: org, role: "member" }] });
+      const otherOrg = tokenFor(freshUser("rpx"), { orgs: [{ orgId: `${org}-other`, role: "owner" }] });
+      const town = (await as(ownerToken, "POST", `/api/orgs/${org}/towns`, { name: "Org" })).body;
+      const mk = async (name) => (await as(ownerToken, "POST", `/api/orgs/${org}/rigs`, { town_id: town.id, name, git_url: `https://github.com/acme/${name}.git` })).body;
+      const rig = await mk("one");
+      await mk("two");
+      const byMember = await patch(memberToken, `/api/orgs/${org}/rigs/${rig.id}`, { default_branch: "develop" });
+      assert.equal(byMember.status, 200, byMember.text);
+      assert.equal(byMember.body.default_branch, "develop");
+      const byMemberTown = await patch(memberToken, `/api/towns/${town.id}/rigs/${rig.id}`, { git_url: "https://github.com/acme/moved.git" });
+      assert.equal(byMemberTown.status, 200, byMemberTown.text);
+      assert.equal((await patch(ownerToken, `/api/orgs/${org}/rigs/${rig.id}`, { name: "uno" })).status, 200);
+      const taken = await patch(ownerToken, `/api/orgs/${org}/rigs/${rig.id}`, { name: "two" });
+      assert.equal(taken.status, 409, taken.text);
+      assert.equal((await patch(otherOrg, `/api/orgs/${org}/rigs/${rig.id}`, { name: "x" })).status, 403);
+      assert.equal((await patch(otherOrg, `/api/towns/${town.id}/rigs/${rig.id}`, { name: "x" })).status, 403);
+      assert.equal((await patch(tokenFor(freshUser("nobody")), `/api/towns/${town.id}/rigs/${rig.id}`, { name: "x" })).status, 403);
+      const got = (await as(ownerToken, "GET", `/api/orgs/${org}/rigs/${rig.id}`)).body;
+      assert.deepEqual([got.name, got.default_branch, got.git_url], ["uno", "develop", "https://github.com/acme/moved.git"]);
+    });
+
+    it("concurrent patches leave the owner's record and the town's copy the same", async () => {
+      const user = freshUser("rprace");
+      const town = await createTown(ctx.call, user, "Race");
+      const rig = (await as(tokenFor(user), "POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "app", git_url: "https://github.com/acme/app.git" })).body;
+      const branches = Array.from({ length: 12 }, (_, i) => `b${i}`);
+      const answers = await Promise.all(branches.map((b, i) =>
+        patch(tokenFor(user), i % 2 ? `/api/towns/${town.id}/rigs/${rig.id}` : `/api/users/${user}/rigs/${rig.id}`, { default_branch: b, git_url: `https://github.com/acme/app-${b}.git` })));
+      for (const a of answers) assert.ok([200, 409].includes(a.status), a.text);
+      assert.ok(answers.some((a) => a.status === 200));
+      const record = (await as(tokenFor(user), "GET", `/api/users/${user}/rigs/${rig.id}`)).body;
+      const copy = (await as(tokenFor(user), "GET", `/api/towns/${town.id}/rigs`)).body.find((r) => r.id === rig.id);
+      assert.deepEqual([copy.default_branch, copy.git_url], [record.default_branch, record.git_url]);
+      assert.equal(record.git_url, `https://github.com/acme/app-${record.default_branch}.git`, "one patch's fields, whole");
+    });
+  });
+
   describe("GitHub suspension seen when minting", () => {
     it("a 403 from GitHub marks the integration suspended and answers integration_suspended", async () => {
       const user = freshUser("ghx");

@@ -218,7 +218,7 @@ export default function userTokens(ctx) {
       assert.equal((await del("wrong")).status, 401);
       const res = await del();
       assert.equal(res.status, 200, res.text);
-      assert.deepEqual(res.body, { deleted: true, towns: 1, integrations: 1 });
+      assert.deepEqual(res.body, { deleted: true, towns: 1, org_towns: 0, integrations: 1 });
       assert.equal(p().calls("github.grant_delete"), 1, "the grant was revoked at GitHub");
       const t = tokenFor(w.user);
       assert.deepEqual((await as(t, "GET", `/api/users/${w.user}/towns`)).body, []);
@@ -229,7 +229,7 @@ export default function userTokens(ctx) {
       assert.equal((await ctx.control.town(w.town.id)).status, 404, "its container holds nothing");
       const again = await del();
       assert.equal(again.status, 200);
-      assert.deepEqual(again.body, { deleted: true, towns: 0, integrations: 0 });
+      assert.deepEqual(again.body, { deleted: true, towns: 0, org_towns: 0, integrations: 0 });
     });
   });
 

@@ -9,7 +9,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { sleep, startWorker, startControlServer, startGateway, makePersistDir, removePersistDir, migrateD1, client, freePort } from "./harness.mjs";
-import { freshUser, tokenFor, createTown, internalKey } from "./fixtures.mjs";
+import { freshUser, tokenFor, createTown, internalKey, githubWebhook } from "./fixtures.mjs";
+import { secrets } from "./harness.mjs";
+import { webhookPayload } from "./standins/git_platforms.mjs";
 
 const STALL_MS = 3_000;
 const IDLE_STOP_MS = 6_000;
@@ -21,7 +23,7 @@ async function until(what, probe, ms = 45_000) {
   let last;
   for (;;) {
     last = await probe();
-    if (last && !last.__not) return last;
+    if (last && !Object.hasOwn(last, "__not")) return last;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last?.__not ?? last)}`);
     await sleep(200);
   }
@@ -70,7 +72,8 @@ export default function work(ctx) {
       migrateD1(persistDir);
       const port = await freePort();
       const url = `http://127.0.0.1:${port}`;
-      control = await startControlServer({ args: ["--worker-url", url] });
+      // Agents reach the GitHub stand-in's git host over HTTPS, trusting its certificate.
+      control = await startControlServer({ args: ["--worker-url", url, "--git-ca-file", ctx.platforms.gitCaFile] });
       gateway = await startGateway();
       worker = await startWorker({
         persistDir,
@@ -218,6 +221,178 @@ export default function work(ctx) {
       assert.equal((await as("PATCH", `/api/towns/${town.id}/beads/${slung.body.id}`, { status: "closed" })).status, 200);
       const closed = (await as("GET", `/api/towns/${town.id}/agents`)).body;
       assert.ok(closed.every((a) => a.status === "idle"), "closing the bead frees its agent");
+    });
+
+    it("deleting an org town's creator stops it and mints nothing for them again; an org owner claims it", async () => {
+      const org = `org-${freshUser("del")}`;
+      const creator = freshUser("creator");
+      const owner = freshUser("orgowner");
+      const creatorToken = tokenFor(creator, { orgs: [{ orgId: org, role: "member" }] });
+      const ownerToken = tokenFor(owner, { orgs: [{ orgId: org, role: "owner" }] });
+      const member = tokenFor(freshUser("member"), { orgs: [{ orgId: org, role: "member" }] });
+      const internal = (method, path) => call(method, path, { headers: { "x-internal-api-key": internalKey() } });
+      const sub = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString()).sub;
+      const town = (await as("POST", `/api/orgs/${org}/towns`, { name: "Org work" }, creatorToken)).body;
+      const rig = (await as("POST", `/api/orgs/${org}/rigs`, { town_id: town.id, name: "demo", git_url: `file://${bareRepo(repos)}` }, creatorToken)).body;
+      const slung = await as("POST", `/api/towns/${town.id}/sling`, { rig_id: rig.id, title: "Long work", body: "[demo:hang]" }, creatorToken);
+      assert.equal(slung.status, 201, slung.text);
+      await until("the dispatch", async () => {
+        const b = (await as("GET", `/api/towns/${town.id}/beads/${slung.body.id}`, undefined, creatorToken)).body;
+        return b.status === "in_progress" ? b : not(b.status);
+      });
+      assert.equal(sub((await internal("POST", `/api/internal/towns/${town.id}/sandbox-token`)).body.token), creator);
+      const containerToken = (await control.town(town.id)).body.token;
+
+      const deleted = await internal("DELETE", `/api/internal/users/${creator}`);
+      assert.equal(deleted.status, 200, deleted.text);
+      assert.deepEqual(deleted.body, { deleted: true, towns: 0, org_towns: 1, integrations: 0 });
+      const seen = (await as("GET", `/api/towns/${town.id}`, undefined, ownerToken)).body;
+      assert.equal(seen.status, "creator_deleted");
+      const listed = (await as("GET", `/api/orgs/${org}/towns/${town.id}`, undefined, ownerToken)).body;
+      assert.equal(listed.status, "creator_deleted", "the org's record agrees");
+      const released = (await as("GET", `/api/towns/${town.id}/beads/${slung.body.id}`, undefined, ownerToken)).body;
+      assert.deepEqual([released.status, released.assignee_agent_id], ["open", null], "its work handed back, as a stop does");
+      assert.equal(released.events.at(-1).message, "the account the town acted as was deleted");
+      assert.equal((await control.town(town.id)).body.token, null, "its container holds no token");
+      // No token is minted for the deleted user again, by any path.
+      const sandbox = await internal("POST", `/api/internal/towns/${town.id}/sandbox-token`);
+      assert.equal(sandbox.status, 409, sandbox.text);
+      assert.equal(sandbox.body.error.code, "creator_deleted");
+      const byContainer = await call("POST", `/api/towns/${town.id}/sandbox-token`, { token: containerToken });
+      assert.deepEqual([byContainer.status, byContainer.body.error.code], [409, "creator_deleted"], "nor for the container");
+      const start = await as("POST", `/api/towns/${town.id}/start`, undefined, ownerToken);
+      assert.equal(start.status, 409, start.text);
+      assert.equal(start.body.error.code, "creator_deleted");
+      assert.equal((await as("POST", `/api/towns/${town.id}/container/start`, undefined, ownerToken)).status, 409);
+      await sleep(1_500);
+      const h = await health(town.id);
+      assert.deepEqual([h.status, h.alarm_at], ["creator_deleted", null], "no alarm");
+      assert.equal((await as("GET", `/api/towns/${town.id}/beads/${slung.body.id}`, undefined, ownerToken)).body.status, "open", "no alarm dispatches it");
+      assert.deepEqual((await internal("DELETE", `/api/internal/users/${creator}`)).body, { deleted: true, towns: 0, org_towns: 0, integrations: 0 }, "idempotent");
+
+      // The claim: org owners only; it starts nothing.
+      assert.equal((await as("POST", `/api/orgs/${org}/towns/${town.id}/claim`, undefined, member)).status, 403);
+      const claimed = await as("POST", `/api/orgs/${org}/towns/${town.id}/claim`, undefined, ownerToken);
+      assert.equal(claimed.status, 200, claimed.text);
+      assert.deepEqual([claimed.body.status, claimed.body.owner_user_id, claimed.body.created_by_user_id], ["stopped", owner, owner]);
+      assert.equal((await as("POST", `/api/orgs/${org}/towns/${town.id}/claim`, undefined, ownerToken)).status, 409, "claimed once");
+      await sleep(1_500);
+      assert.equal((await as("GET", `/api/towns/${town.id}/beads/${slung.body.id}`, undefined, ownerToken)).body.status, "open", "the claim started nothing");
+      assert.equal((await internal("POST", `/api/internal/towns/${town.id}/sandbox-token`)).status, 409, "a stopped town mints nothing either");
+      assert.equal((await as("POST", `/api/towns/${town.id}/start`, undefined, ownerToken)).status, 200);
+      assert.equal(sub((await internal("POST", `/api/internal/towns/${town.id}/sandbox-token`)).body.token), owner, "the next gateway token acts as the claimant");
+      const claims = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
+      assert.equal(claims((await control.town(town.id)).body.token).userId, owner, "and so does the container's");
+      assert.equal((await as("POST", `/api/towns/${town.id}/stop`, undefined, ownerToken)).status, 200);
+    });
+
+    it("commit as the user who slung the work: their token and identity, the bot with its reason, a mid-session fall back recorded", async () => {
+      const p = ctx.platforms;
+      const org = `org-${freshUser("cau")}`;
+      const a = freshUser("alice");
+      const aToken = tokenFor(a, { orgs: [{ orgId: org, role: "owner" }] });
+      const b = freshUser("bob");
+      const bToken = tokenFor(b, { orgs: [{ orgId: org, role: "member" }] });
+      const c = freshUser("carol");
+      const cToken = tokenFor(c, { orgs: [{ orgId: org, role: "member" }] });
+      const land = async (path) => (await fetch(`${worker.url}${path}`, { redirect: "manual" })).headers.get("location");
+      const result = (location) => new URL(location).searchParams.get("result");
+      const ids = 9_300_000 + (process.pid % 1000) * 100;
+      // The org's GitHub App installation, connected by A (an org owner who administers it).
+      const installation = ids + 1;
+      const login = `org-acct-${installation}`;
+      p.addGithubUser({ id: ids + 2, login: `admin-${installation}` });
+      p.addInstallation({ id: installation, login, type: "Organization", repos: [{ name: "app" }], users: [ids + 2] });
+      const install = await as("POST", "/api/integrations/github/install", { org_id: org }, aToken);
+      const installState = new URL(install.body.install_url).searchParams.get("state");
+      const installCode = p.issueGithubUserCode({ user_id: ids + 2, redirect_uri: `${secrets.PUBLIC_URL}/api/integrations/github/installed` });
+      assert.equal(result(await land(`/api/integrations/github/installed?installation_id=${installation}&setup_action=install&code=${installCode}&state=${encodeURIComponent(installState)}`)), "success");
+      const integration = (await as("GET", `/api/orgs/${org}/integrations`, undefined, aToken)).body[0];
+      // B connects their own GitHub identity, with push access; C never connects.
+      const bGithub = ids + 3;
+      p.addGithubUser({ id: bGithub, login: `bob-${bGithub}`, repos: { [`${login}/app`]: { push: true } } });
+      const start = await as("POST", "/api/integrations/github/user-connect", undefined, bToken);
+      const url = new URL(start.body.authorize_url);
+      const userCode = p.issueGithubUserCode({ user_id: bGithub, redirect_uri: url.searchParams.get("redirect_uri") });
+      assert.equal(result(await land(`/api/integrations/github/user-connect/callback?code=${userCode}&state=${encodeURIComponent(url.searchParams.get("state"))}`)), "success");
+
+      const town = (await as("POST", `/api/orgs/${org}/towns`, { name: "As who slung it" }, aToken)).body;
+      assert.equal((await as("PATCH", `/api/towns/${town.id}/config`, { commit_as_user: true }, aToken)).status, 200);
+      const rig = (await as("POST", `/api/orgs/${org}/rigs`, { town_id: town.id, name: "app", platform_integration_id: integration.id, repo: `${login}/app` }, aToken)).body;
+      const working = async (slinger, title) => {
+        const slung = await as("POST", `/api/towns/${town.id}/sling`, { rig_id: rig.id, title, body: "[demo:hang]" }, slinger);
+        assert.equal(slung.status, 201, slung.text);
+        return until(`the dispatch of ${title}`, async () => {
+          const got = await bead(town.id, slung.body.id);
+          return got.status === "in_progress" ? got : not(got.status);
+        });
+      };
+      // The town is the org's: its owner reads the beads.
+      const bead = async (townId, id) => (await as("GET", `/api/towns/${townId}/beads/${id}`, undefined, aToken)).body;
+      const gitToken = async (agentId) => call("POST", `/api/towns/${town.id}/rigs/${rig.id}/git-token`, { token: (await control.town(town.id)).body.token, body: agentId ? { agent_id: agentId } : undefined });
+      const identityEvents = async (id) => (await bead(town.id, id)).events.filter((e) => e.kind === "git_identity").map((e) => e.message);
+      const bEmail = `${bGithub}+bob-${bGithub}@users.noreply.github.com`;
+      const bare = p.gitRepoPath(login, "app");
+      const closed = async (slinger, title) => {
+        const slung = await as("POST", `/api/towns/${town.id}/sling`, { rig_id: rig.id, title }, slinger);
+        assert.equal(slung.status, 201, slung.text);
+        return until(`${title} to close`, async () => {
+          const got = await bead(town.id, slung.body.id);
+          return got.status === "closed" ? got : got.status === "failed" ? assert.fail(JSON.stringify(got)) : not(got.status);
+        });
+      };
+      // Whose credential the pushes carried (git asks twice per push: the refs, then the pack).
+      const pushers = () => [...new Set(p.gitAuth().filter((e) => e.service === "git-receive-pack" && e.owner === login && e.repo === "app" && e.verdict === true).map((e) => e.as))];
+
+      // B's real work, through the demo agent: the commit is B's, and so is the push.
+      const bDone = await closed(bToken, "B's commit");
+      const bBranch = bDone.metadata.branch;
+      assert.equal(git("--git-dir", bare, "log", "-1", "--format=%an <%ae>|%cn <%ce>", bBranch), `bob-${bGithub} <${bEmail}>|bob-${bGithub} <${bEmail}>`);
+      assert.match(git("--git-dir", bare, "log", "-1", "--format=%B", bBranch), /Co-authored-by: Kilo <kilo@gastown\.invalid>/);
+      assert.deepEqual(pushers(), [`user:${bGithub}`], "pushed with B's own token");
+      assert.deepEqual(await identityEvents(bDone.id), [`commits as bob-${bGithub} <${bEmail}>`]);
+      // C never connected: the bot pushes, the town's author commits, and the bead says why.
+      const cDone = await closed(cToken, "C's commit");
+      assert.equal(git("--git-dir", bare, "log", "-1", "--format=%an <%ae>", cDone.metadata.branch), "Gastown Agent <agent@gastown.invalid>");
+      assert.deepEqual(pushers(), [`user:${bGithub}`, `installation:${installation}`]);
+      assert.deepEqual(await identityEvents(cDone.id), ["commits as the bot (not_connected): the user has not connected GitHub"]);
+
+      // B's work: B's token, B's no-reply identity, said once in the bead's events.
+      const bWork = await working(bToken, "B's work");
+      assert.equal(bWork.created_by, b);
+      const asB = await gitToken(bWork.assignee_agent_id);
+      assert.equal(asB.status, 200, asB.text);
+      assert.equal(asB.body.source, "github_user");
+      assert.deepEqual(asB.body.identity, { kind: "user", name: `bob-${bGithub}`, email: bEmail });
+      assert.equal(p.githubUserTokens().find((t) => t.access_token === asB.body.token)?.user_id, bGithub, "minted for B");
+      assert.equal((await gitToken(bWork.assignee_agent_id)).body.source, "github_user");
+      assert.deepEqual(await identityEvents(bWork.id), [`commits as bob-${bGithub} <${bEmail}>`], "said once per session");
+      // Without naming the agent (the internal route, say), tokens are the town's user's: A, never connected.
+      assert.deepEqual((await gitToken()).body.identity, { kind: "bot", reason: "not_connected" });
+      assert.deepEqual(await identityEvents(bWork.id), [`commits as bob-${bGithub} <${bEmail}>`]);
+
+      // C's work: C never connected, so the bot, and the bead says why.
+      const cWork = await working(cToken, "C's work");
+      const asC = await gitToken(cWork.assignee_agent_id);
+      assert.equal(asC.body.source, "github_app");
+      assert.deepEqual(asC.body.identity, { kind: "bot", reason: "not_connected" });
+      assert.deepEqual(await identityEvents(cWork.id), ["commits as the bot (not_connected): the user has not connected GitHub"]);
+
+      // B revokes the App mid-session: the next token is the bot's, and the bead says so.
+      const payload = webhookPayload("github_app_authorization", "revoked");
+      payload.sender.id = bGithub;
+      assert.equal((await githubWebhook(worker.url, "github_app_authorization", payload)).status, 200);
+      const after = await gitToken(bWork.assignee_agent_id);
+      assert.equal(after.status, 200, after.text);
+      assert.deepEqual([after.body.source, after.body.identity], ["github_app", { kind: "bot", reason: "revoked" }]);
+      assert.deepEqual(await identityEvents(bWork.id), [
+        `commits as bob-${bGithub} <${bEmail}>`,
+        "fell back to the bot mid-session (revoked): the user's GitHub authorization was revoked",
+      ]);
+      // A bad agent id is a 422; an agent of another rig or town is not found.
+      assert.equal((await gitToken("not an id")).status, 422);
+      assert.equal((await gitToken("no-such-agent")).status, 404);
+      assert.equal((await as("POST", `/api/towns/${town.id}/stop`, undefined, aToken)).status, 200);
     });
 
     it("a dead container: attempts back off and stop at 5, the breaker holds dispatch (no storm), the bead fails with a reason, reopen works", async () => {

@@ -26,6 +26,16 @@
 //! * its environment starts empty: `PATH` (the server's), then the body's `env`, then the
 //!   variables this module sets, which win (the private `agent_env`); nothing else of the
 //!   server's environment reaches it, and no value is ever logged;
+//! * its `PATH` starts with the town's `bin/` when the town has a `gh` shim there (written on
+//!   each `/refresh-token`), so every `gh` it runs gets `GH_TOKEN` for that run only
+//!   ([`crate::gh`]); `GH_TOKEN` and `GITHUB_TOKEN` are never in its env, even if the body's
+//!   `env` has them: a copy there would go stale;
+//! * an org town's agent (the body's `organization_id`) gets the org id as
+//!   `GASTOWN_ORGANIZATION_ID` and, for the Kilo CLI, in `KILO_CONFIG_CONTENT` as
+//!   `{"provider":{"kilo":{"options":{"kilocodeOrganizationId":"<org>"}}}}`, merged into the
+//!   JSON object the body's `env` may already hold there (a value that is no JSON object, or
+//!   whose `provider.kilo.options` is no object, is refused: 400); a personal town's agent
+//!   gets neither from the server;
 //! * ids become paths only after [`check_agent_id`] (1 to 128 of `A-Z a-z 0-9 _ -`, and not
 //!   the town's `settings`); a rig id must pass [`workdir::check_rig_id`];
 //! * the worker is the authority: a start for an agent id still running kills that process
@@ -48,16 +58,20 @@
 
 use crate::agent_user::AgentUser;
 use crate::client;
+use crate::git_credential;
 use crate::http::{error, Reply};
 use crate::routes::{parse, same_town};
 use crate::state::Shared;
 use crate::workdir;
 use gastown_core::control::{
-    AgentProcessState, AgentProcessStatus, AgentStartBody, AgentStopBody, CONTAINER_TOKEN_FILE,
-    GATEWAY_ENV_FILE, TOWN_ID_ENV, WORKER_URL_ENV,
+    AgentProcessState, AgentProcessStatus, AgentStartBody, AgentStopBody, AI_AGENT_NAME_ENV,
+    COMMIT_IDENTITY_ENV, CONTAINER_TOKEN_FILE, DEFAULT_AI_AGENT_NAME, DEFAULT_GIT_AUTHOR_EMAIL,
+    DEFAULT_GIT_AUTHOR_NAME, GATEWAY_ENV_FILE, GH_TOKEN_ENV, GIT_AUTHOR_EMAIL_ENV,
+    GIT_AUTHOR_NAME_ENV, KILO_CONFIG_CONTENT_ENV, ORGANIZATION_ID_ENV, TOWN_ID_ENV, WORKER_URL_ENV,
 };
 use gastown_core::ids::AgentId;
-use serde_json::json;
+use gastown_core::integrations::GitIdentity;
+use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -79,7 +93,7 @@ pub const AGENTS_DIR: &str = "agents";
 pub const MAX_AGENT_ID_LEN: usize = 128;
 
 /// The variables the server sets for every agent (they win over the body's `env`).
-pub const AGENT_ID_ENV: &str = "GASTOWN_AGENT_ID";
+pub const AGENT_ID_ENV: &str = crate::git_credential::AGENT_ID_ENV;
 pub const AGENT_ROLE_ENV: &str = "GASTOWN_AGENT_ROLE";
 pub const AGENT_NAME_ENV: &str = "GASTOWN_AGENT_NAME";
 pub const RIG_ID_ENV: &str = crate::git_credential::RIG_ID_ENV;
@@ -173,18 +187,53 @@ pub(crate) struct TownFiles {
     pub(crate) gateway_env: PathBuf,
     /// `None` when the town has no gitconfig (the server knows no credential helper).
     pub(crate) gitconfig: Option<PathBuf>,
+    /// The town's `bin/`, first on the agent's `PATH`; `None` when it holds no `gh` shim.
+    pub(crate) bin: Option<PathBuf>,
 }
 
 impl TownFiles {
     fn of(town_dir: &Path) -> TownFiles {
+        let is_file = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
         let gitconfig = town_dir.join(workdir::GITCONFIG_FILE);
-        let present = fs::symlink_metadata(&gitconfig).is_ok_and(|m| m.is_file());
+        let bin = town_dir.join(workdir::BIN_DIR);
         TownFiles {
             container_token: town_dir.join(CONTAINER_TOKEN_FILE),
             gateway_env: town_dir.join(GATEWAY_ENV_FILE),
-            gitconfig: present.then_some(gitconfig),
+            gitconfig: is_file(&gitconfig).then_some(gitconfig),
+            bin: is_file(&bin.join(workdir::GH_SHIM_FILE)).then_some(bin),
         }
     }
+}
+
+/// The Kilo CLI's inline config with `org` as `provider.kilo.options.kilocodeOrganizationId`:
+/// `existing` (the body's `KILO_CONFIG_CONTENT`, a JSON object) with that one value set, or an
+/// object holding only it.
+///
+/// # Errors
+/// When `existing` is no JSON object, or holds a `provider`, `kilo` or `options` that is no
+/// object; the message names the variable, never its value.
+pub(crate) fn kilo_config_with_org(existing: Option<&str>, org: &str) -> Result<String, String> {
+    let mut config = match existing {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err(format!("{KILO_CONFIG_CONTENT_ENV} is not a JSON object")),
+        },
+    };
+    let mut level = &mut config;
+    for key in ["provider", "kilo", "options"] {
+        let next = level
+            .entry(key)
+            .or_insert_with(|| Value::Object(Map::new()));
+        level = next.as_object_mut().ok_or_else(|| {
+            format!("{KILO_CONFIG_CONTENT_ENV} has a {key} that is not a JSON object")
+        })?;
+    }
+    level.insert(
+        "kilocodeOrganizationId".to_owned(),
+        Value::String(org.to_owned()),
+    );
+    serde_json::to_string(&config).map_err(|e| e.to_string())
 }
 
 /// An agent's whole environment: `PATH` (`server_path`), then the body's `env`, then the
@@ -248,6 +297,28 @@ pub(crate) fn agent_env(
     let work = path_text(work_dir)?;
     set("HOME", Some(work.clone()));
     set(WORK_DIR_ENV, Some(work));
+    if let Some(org) = &body.organization_id {
+        let kilo = kilo_config_with_org(
+            env.get(KILO_CONFIG_CONTENT_ENV).map(String::as_str),
+            org.as_str(),
+        )?;
+        env.insert(KILO_CONFIG_CONTENT_ENV.to_owned(), kilo);
+        env.insert(ORGANIZATION_ID_ENV.to_owned(), org.as_str().to_owned());
+    }
+    // The gh shim hands each run of gh a current token; a copy here would go stale.
+    for stale in [GH_TOKEN_ENV, crate::gh::GITHUB_TOKEN_ENV] {
+        env.remove(stale);
+    }
+    // A directory with `:` in its path cannot be on a PATH: then gh runs without the shim.
+    if let Some(bin) = files.bin.as_deref().map(path_text).transpose()? {
+        if !bin.contains(':') {
+            let path = match env.get("PATH").filter(|p| !p.is_empty()) {
+                Some(rest) => format!("{bin}:{rest}"),
+                None => bin,
+            };
+            env.insert("PATH".to_owned(), path);
+        }
+    }
     // The system refuses a NUL in the environment; refuse it here, by name.
     if let Some((name, _)) = env.iter().find(|(_, v)| v.contains('\0')) {
         return Err(format!("the value of {name} holds a NUL character"));
@@ -428,7 +499,7 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
     let town_dir = shared.town_dir(town)?;
     let work_dir = town_dir.join(AGENTS_DIR).join(req.agent_id.as_str());
     let server_path = std::env::var("PATH").ok();
-    let env = agent_env(
+    let mut env = agent_env(
         &req,
         &worker_url,
         &TownFiles::of(&town_dir),
@@ -436,6 +507,8 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         server_path.as_deref(),
     )
     .map_err(bad)?;
+    let identity = session_identity(shared, &req, &town_dir, &worker_url);
+    commit_identity(&mut env, identity.as_ref());
     let command = shared
         .config
         .agent_command
@@ -502,6 +575,97 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         status.pid.unwrap_or_default()
     );
     Ok((200, json!(status)))
+}
+
+/// The identity this session's git tokens carry, asked of the worker once as it starts, naming
+/// the agent as its credential helper will (so both get tokens of the same user, the one its
+/// bead's work runs as, and the worker records the session's identity). `None` for a rig not
+/// reached over HTTPS, or when the worker gives none (no GitHub token, no credentials, not
+/// reached): the session then commits as the town's author.
+fn session_identity(
+    shared: &Shared,
+    req: &AgentStartBody,
+    town_dir: &Path,
+    worker_url: &str,
+) -> Option<GitIdentity> {
+    let rig = req.rig_id.as_ref()?;
+    if !req.git_url.as_deref()?.starts_with("https://") {
+        return None;
+    }
+    let started = shared
+        .state()
+        .towns
+        .get(req.town_id.as_str())
+        .is_some_and(|t| t.token.is_some());
+    if !started {
+        return None;
+    }
+    let target = git_credential::Target {
+        worker_url: Some(worker_url.to_owned()),
+        town: req.town_id.as_str().to_owned(),
+        rig: rig.as_str().to_owned(),
+        workdir: shared.config.workdir.clone(),
+        agent: Some(req.agent_id.as_str().to_owned()),
+    };
+    // A new session: a token an earlier session of this agent cached may be another user's.
+    if let Err(e) = workdir::remove_git_token_cache(town_dir, &target.cache_key()) {
+        eprintln!(
+            "gastown-control: agent {}: cannot drop its old git token: {e}",
+            req.agent_id
+        );
+    }
+    match git_credential::fresh_token(&target) {
+        Ok(reply) => reply.identity,
+        Err(failure) => {
+            // The failure names a status or a kind, never a token.
+            eprintln!(
+                "gastown-control: agent {}: no git identity from the worker ({failure}); it commits as the town's author",
+                req.agent_id
+            );
+            None
+        }
+    }
+}
+
+/// Puts who the session commits as in its env: the user's name and no-reply email for a
+/// user identity; else the town's configured author, else [`DEFAULT_GIT_AUTHOR_NAME`]. As
+/// git's own `GIT_AUTHOR_*` and `GIT_COMMITTER_*` (so any agent's git commits as it) and
+/// as `GASTOWN_GIT_AUTHOR_*`; with [`COMMIT_IDENTITY_ENV`] saying which it is and
+/// [`AI_AGENT_NAME_ENV`] the co-author (unless the start names one).
+fn commit_identity(env: &mut BTreeMap<String, String>, identity: Option<&GitIdentity>) {
+    let plain = |s: &str| !s.is_empty() && !s.chars().any(char::is_control);
+    let configured = |var: &str, default: &str| {
+        env.get(var)
+            .filter(|v| plain(v))
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let (name, email, which) = match identity {
+        Some(GitIdentity::User { name, email }) if plain(name) && plain(email) => {
+            (name.clone(), email.clone(), "user".to_owned())
+        }
+        other => (
+            configured(GIT_AUTHOR_NAME_ENV, DEFAULT_GIT_AUTHOR_NAME),
+            configured(GIT_AUTHOR_EMAIL_ENV, DEFAULT_GIT_AUTHOR_EMAIL),
+            match other {
+                Some(GitIdentity::Bot { reason }) => format!("bot:{}", reason.as_str()),
+                _ => "none".to_owned(),
+            },
+        ),
+    };
+    for var in ["GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME", GIT_AUTHOR_NAME_ENV] {
+        env.insert(var.to_owned(), name.clone());
+    }
+    for var in [
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_EMAIL",
+        GIT_AUTHOR_EMAIL_ENV,
+    ] {
+        env.insert(var.to_owned(), email.clone());
+    }
+    env.insert(COMMIT_IDENTITY_ENV.to_owned(), which);
+    env.entry(AI_AGENT_NAME_ENV.to_owned())
+        .or_insert_with(|| DEFAULT_AI_AGENT_NAME.to_owned());
 }
 
 /// `POST /agents/:id/stop`: idempotent; `stopped` says whether it was running.
@@ -678,6 +842,7 @@ mod tests {
             branch: None,
             model: Some("kilo/auto".into()),
             worker_url: None,
+            organization_id: None,
             env: BTreeMap::from([
                 ("FROM_TOWN".into(), "1".into()),
                 ("GASTOWN_AGENT_ID".into(), "forged".into()),
@@ -691,6 +856,7 @@ mod tests {
             container_token: "/w/town-a/.container-token".into(),
             gateway_env: "/w/town-a/.env.gateway".into(),
             gitconfig: Some("/w/town-a/gitconfig".into()),
+            bin: None,
         }
     }
 
@@ -741,6 +907,96 @@ mod tests {
             assert!(!env.contains_key(absent), "{absent}");
         }
         assert_eq!(env["PATH"], "/bin");
+    }
+
+    #[test]
+    fn the_gh_shim_comes_first_on_the_path_and_no_gh_token_is_kept() {
+        let work = Path::new("/w/town-a/agents/agent-1");
+        let with_bin = TownFiles {
+            bin: Some("/w/town-a/bin".into()),
+            ..files()
+        };
+        let mut b = body();
+        b.env.insert(GH_TOKEN_ENV.into(), "ghs_stale".into());
+        b.env.insert("GITHUB_TOKEN".into(), "ghs_stale".into());
+        b.env.insert("GITHUB_CLI_PAT".into(), "ghp_pat".into());
+        let env = agent_env(&b, "http://w", &with_bin, work, Some("/usr/bin")).unwrap();
+        assert_eq!(
+            env["PATH"], "/w/town-a/bin:/town/bin",
+            "before the body's PATH"
+        );
+        assert!(!env.contains_key(GH_TOKEN_ENV) && !env.contains_key("GITHUB_TOKEN"));
+        assert_eq!(env["GITHUB_CLI_PAT"], "ghp_pat", "the shim reads it");
+        b.env.remove("PATH");
+        let env = agent_env(&b, "http://w", &with_bin, work, Some("/usr/bin")).unwrap();
+        assert_eq!(env["PATH"], "/w/town-a/bin:/usr/bin");
+        let env = agent_env(&b, "http://w", &with_bin, work, None).unwrap();
+        assert_eq!(env["PATH"], "/w/town-a/bin");
+        // Without a shim, the PATH is as it was; with a bin no PATH can hold, too.
+        let env = agent_env(&b, "http://w", &files(), work, Some("/usr/bin")).unwrap();
+        assert_eq!(env["PATH"], "/usr/bin");
+        let odd = TownFiles {
+            bin: Some("/w:x/town-a/bin".into()),
+            ..files()
+        };
+        let env = agent_env(&b, "http://w", &odd, work, Some("/usr/bin")).unwrap();
+        assert_eq!(env["PATH"], "/usr/bin");
+    }
+
+    #[test]
+    fn an_org_towns_agent_gets_its_org_in_the_env_and_the_kilo_config() {
+        let work = Path::new("/w/town-a/agents/agent-1");
+        let personal = agent_env(&body(), "http://w", &files(), work, None).unwrap();
+        assert!(!personal.contains_key(ORGANIZATION_ID_ENV));
+        assert!(!personal.contains_key(KILO_CONFIG_CONTENT_ENV));
+
+        let mut b = body();
+        b.organization_id = Some(gastown_core::ids::OrgId::parse("org-7").unwrap());
+        let env = agent_env(&b, "http://w", &files(), work, None).unwrap();
+        assert_eq!(env[ORGANIZATION_ID_ENV], "org-7");
+        let kilo: Value = serde_json::from_str(&env[KILO_CONFIG_CONTENT_ENV]).unwrap();
+        assert_eq!(
+            kilo,
+            json!({ "provider": { "kilo": { "options": { "kilocodeOrganizationId": "org-7" } } } })
+        );
+
+        // Merged into the body's own config; the org id of the start wins.
+        b.env.insert(
+            KILO_CONFIG_CONTENT_ENV.into(),
+            json!({
+                "model": "kilo/auto",
+                "provider": { "kilo": { "options": { "baseURL": "http://gw", "kilocodeOrganizationId": "old" } }, "other": {} },
+            })
+            .to_string(),
+        );
+        let env = agent_env(&b, "http://w", &files(), work, None).unwrap();
+        let kilo: Value = serde_json::from_str(&env[KILO_CONFIG_CONTENT_ENV]).unwrap();
+        assert_eq!(
+            kilo,
+            json!({
+                "model": "kilo/auto",
+                "provider": { "kilo": { "options": { "baseURL": "http://gw", "kilocodeOrganizationId": "org-7" } }, "other": {} },
+            })
+        );
+        // A config that cannot hold it is refused, naming the variable only.
+        for bad in [
+            "not json",
+            "[1]",
+            r#"{"provider": "secret-ish"}"#,
+            r#"{"provider": {"kilo": {"options": 3}}}"#,
+        ] {
+            b.env.insert(KILO_CONFIG_CONTENT_ENV.into(), bad.into());
+            let e = agent_env(&b, "http://w", &files(), work, None).unwrap_err();
+            assert!(e.contains(KILO_CONFIG_CONTENT_ENV), "{e}");
+            assert!(!e.contains("secret-ish"), "{e}");
+        }
+        // A personal town's config is left as the body gave it, whatever it is.
+        b.organization_id = None;
+        let env = agent_env(&b, "http://w", &files(), work, None).unwrap();
+        assert_eq!(
+            env[KILO_CONFIG_CONTENT_ENV],
+            r#"{"provider": {"kilo": {"options": 3}}}"#
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The command line of every binary the container's code builds: `gastown-control`,
-//! `gastown-control-debug`, their `git-credential` and `git-token` subcommands, and the
-//! stand-ins' `gastown-gateway` and `gastown-demo-agent` (crate `gastown-standins`). One reader of
-//! flags and their values ([`Args`]), one handling of `--help` and of a bad argument ([`read`]),
-//! one rule for an option that falls back to a variable ([`or_env`]), and the values more than
-//! one binary takes ([`port`], [`read_timeout`]).
+//! `gastown-control-debug`, their `git-credential`, `git-token` and `gh` subcommands (`gh` reads
+//! only what comes before its `--`), and the stand-ins' `gastown-gateway` and
+//! `gastown-demo-agent` (crate `gastown-standins`). One reader of flags and their values
+//! ([`Args`]), one handling of `--help` and of a bad argument ([`read`]), one rule for an option
+//! that falls back to a variable ([`or_env`]), and the values more than one binary takes
+//! ([`port`], [`read_timeout`]).
 //!
 //! Rules, the same for every binary:
 //!

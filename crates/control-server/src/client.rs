@@ -69,19 +69,21 @@ pub(crate) enum CallFailure {
     BadAnswer,
 }
 
-/// `POST {url}` with `authorization: Bearer <container token>` and `{}`; a 200 answer is read
-/// (at most [`MAX_ANSWER_BYTES`]) as `T`, whose token `token_of` names must be plain.
+/// `POST {url}` with `authorization: Bearer <container token>` and the JSON `body`; a 200
+/// answer is read (at most [`MAX_ANSWER_BYTES`]) as `T`, whose token `token_of` names must be
+/// plain.
 pub(crate) fn post_to_worker<T: serde::de::DeserializeOwned>(
     agent: &ureq::Agent,
     url: &str,
     container_token: &str,
+    body: &str,
     token_of: impl Fn(&T) -> &str,
 ) -> Result<T, CallFailure> {
     let mut response = agent
         .post(url)
         .header("authorization", &format!("Bearer {container_token}"))
         .header("content-type", CONTENT_TYPE_JSON)
-        .send("{}")
+        .send(body)
         // ureq's message names the URL and the failure, never a header.
         .map_err(|e| CallFailure::Unreachable(e.to_string()))?;
     let status = response.status().as_u16();

@@ -19,7 +19,8 @@
 //!   to write in) and reused while it has more than [`GIT_TOKEN_REUSE_MARGIN_SECS`] to
 //!   live; past that it is fetched again from the worker's git-token route with the town's
 //!   container token (read from `<workdir>/<town>/.container-token`), so a session of any
-//!   length never hands git a token about to expire;
+//!   length never hands git a token about to expire. The agents' `gh` ([`crate::gh`]) takes
+//!   the rig's token through the same cache and refresh;
 //! * the worker is called with a 10 s deadline and without following redirects, so the
 //!   container token only ever goes to the configured worker;
 //! * only `protocol=https` is answered: a token never travels in clear text (for any other
@@ -43,13 +44,15 @@ use gastown_core::control::{
 };
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The subcommand that prints the current git token alone.
 pub const GIT_TOKEN_SUBCOMMAND: &str = "git-token";
 /// Names the rig whose repository git talks to (agent sessions set it).
 pub const RIG_ID_ENV: &str = "GASTOWN_RIG_ID";
+/// Names the agent whose session git runs in (agent sessions set it).
+pub const AGENT_ID_ENV: &str = "GASTOWN_AGENT_ID";
 /// Longest town or rig id the helper accepts.
 pub const MAX_ID_LEN: usize = 128;
 /// Largest request git writes to the helper that is read (a real one is a few hundred bytes).
@@ -62,18 +65,33 @@ pub const USAGE: &str = "usage: gastown-control git-credential [OPTIONS] <get|st
     --worker-url URL   GASTOWN_WORKER_URL   the worker's origin, http:// or https://
     --town ID          GASTOWN_TOWN_ID      the town
     --rig ID           GASTOWN_RIG_ID       the rig whose repository git talks to
+    --agent ID         GASTOWN_AGENT_ID     the agent whose session git runs in: tokens are
+                                            minted for the user its work runs as
     --workdir DIR      GASTOWN_WORKDIR      the control server's work directory (./gastown-work)
   A token is reused from DIR/<town>/.git-tokens/<rig>.json until 5 minutes before it expires,
   then fetched from POST URL/api/towns/<town>/rigs/<rig>/git-token with the container token
   in DIR/<town>/.container-token.";
 
-/// What a run of the subcommand works with.
+/// What a run of the subcommand works with (and a run of [`crate::gh`], for a rig).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    worker_url: Option<String>,
-    town: String,
-    rig: String,
-    workdir: PathBuf,
+pub(crate) struct Target {
+    pub(crate) worker_url: Option<String>,
+    pub(crate) town: String,
+    pub(crate) rig: String,
+    pub(crate) workdir: PathBuf,
+    /// The agent whose session asks (`GASTOWN_AGENT_ID`): the worker mints for the user its
+    /// work runs as, and the session has its own cache entry, `<rig>@<agent>.json`.
+    pub(crate) agent: Option<String>,
+}
+
+impl Target {
+    /// The name of this session's entry in the token cache.
+    pub(crate) fn cache_key(&self) -> String {
+        match &self.agent {
+            Some(agent) => format!("{}@{agent}", self.rig),
+            None => self.rig.clone(),
+        }
+    }
 }
 
 /// The git credential helper's actions.
@@ -86,7 +104,7 @@ enum Action {
 
 /// Why no token could be given; shown on stderr, so it never holds a token.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     Config(String),
     NoContainerToken(io::Error),
     Unreachable(String),
@@ -183,21 +201,112 @@ fn run(
     }
 }
 
+/// The options the credential helper and the gh shim ([`crate::gh`]) share, as given; each
+/// falls back to its variable in [`SessionArgs::resolve`].
+#[derive(Debug, Default)]
+pub(crate) struct SessionArgs {
+    worker_url: Option<String>,
+    town: Option<String>,
+    rig: Option<String>,
+    workdir: Option<String>,
+    agent: Option<String>,
+}
+
+/// Where a session's git runs: the worker, the town, its rig if it has one, the work
+/// directory and the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub(crate) worker_url: Option<String>,
+    pub(crate) town: String,
+    pub(crate) rig: Option<String>,
+    pub(crate) workdir: PathBuf,
+    pub(crate) agent: Option<String>,
+}
+
+impl SessionArgs {
+    /// Takes `arg` and its value when it is one of these options; false for any other.
+    ///
+    /// # Errors
+    /// The option has no value.
+    pub(crate) fn take(&mut self, arg: &str, it: &mut Args<'_>) -> Result<bool, String> {
+        let slot = match arg {
+            "--worker-url" => &mut self.worker_url,
+            "--town" => &mut self.town,
+            "--rig" => &mut self.rig,
+            "--workdir" => &mut self.workdir,
+            "--agent" => &mut self.agent,
+            _ => return Ok(false),
+        };
+        *slot = Some(it.value(arg)?);
+        Ok(true)
+    }
+
+    /// Each option, else its variable; the worker URL an origin, the ids plain.
+    ///
+    /// # Errors
+    /// What is missing or malformed.
+    pub(crate) fn resolve(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Session, String> {
+        let or_env = |flag, value, var| cli::or_env(flag, value, var, env).map(|(_, v)| v);
+        let worker_url = match or_env("--worker-url", self.worker_url, WORKER_URL_ENV) {
+            Some(url) => Some(client::origin(&url).map_err(|e| format!("the worker URL {e}"))?),
+            None => None,
+        };
+        let town = or_env("--town", self.town, TOWN_ID_ENV)
+            .ok_or_else(|| format!("no town: set {TOWN_ID_ENV} or --town"))?;
+        check_id("town", &town)?;
+        let rig = or_env("--rig", self.rig, RIG_ID_ENV);
+        let agent = or_env("--agent", self.agent, AGENT_ID_ENV);
+        for (kind, id) in [("rig", &rig), ("agent", &agent)] {
+            if let Some(id) = id {
+                check_id(kind, id)?;
+            }
+        }
+        let workdir = PathBuf::from(
+            or_env("--workdir", self.workdir, WORKDIR_ENV)
+                .unwrap_or_else(|| DEFAULT_WORKDIR.to_owned()),
+        );
+        Ok(Session {
+            worker_url,
+            town,
+            rig,
+            workdir,
+            agent,
+        })
+    }
+}
+
+impl Session {
+    /// The credential helper's target: the session's rig, which it must have.
+    ///
+    /// # Errors
+    /// No rig.
+    pub(crate) fn target(self) -> Result<Target, String> {
+        Ok(Target {
+            rig: self
+                .rig
+                .ok_or_else(|| format!("no rig: set {RIG_ID_ENV} or --rig"))?,
+            worker_url: self.worker_url,
+            town: self.town,
+            workdir: self.workdir,
+            agent: self.agent,
+        })
+    }
+}
+
 /// The target and, for `git-credential`, the action.
 fn parse_args(
     subcommand: &str,
     args: &[String],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Target, Option<Action>), String> {
-    let (mut worker_url, mut town, mut rig, mut workdir) = (None, None, None, None);
+    let mut session = SessionArgs::default();
     let mut action = None;
     let mut it = Args::new(args);
     while let Some(arg) = it.next() {
+        if session.take(arg, &mut it)? {
+            continue;
+        }
         match arg {
-            "--worker-url" => worker_url = Some(it.value(arg)?),
-            "--town" => town = Some(it.value(arg)?),
-            "--rig" => rig = Some(it.value(arg)?),
-            "--workdir" => workdir = Some(it.value(arg)?),
             "get" | "store" | "erase"
                 if subcommand == GIT_CREDENTIAL_SUBCOMMAND && action.is_none() =>
             {
@@ -213,27 +322,7 @@ fn parse_args(
     if subcommand == GIT_CREDENTIAL_SUBCOMMAND && action.is_none() {
         return Err("which action: get, store or erase?".to_owned());
     }
-    let or_env = |flag, value, var| cli::or_env(flag, value, var, env).map(|(_, v)| v);
-    let worker_url = match or_env("--worker-url", worker_url, WORKER_URL_ENV) {
-        Some(url) => Some(client::origin(&url).map_err(|e| format!("the worker URL {e}"))?),
-        None => None,
-    };
-    let town = or_env("--town", town, TOWN_ID_ENV)
-        .ok_or_else(|| format!("no town: set {TOWN_ID_ENV} or --town"))?;
-    let rig = or_env("--rig", rig, RIG_ID_ENV)
-        .ok_or_else(|| format!("no rig: set {RIG_ID_ENV} or --rig"))?;
-    check_id("town", &town)?;
-    check_id("rig", &rig)?;
-    let workdir = PathBuf::from(
-        or_env("--workdir", workdir, WORKDIR_ENV).unwrap_or_else(|| DEFAULT_WORKDIR.to_owned()),
-    );
-    let target = Target {
-        worker_url,
-        town,
-        rig,
-        workdir,
-    };
-    Ok((target, action))
+    Ok((session.resolve(env)?.target()?, action))
 }
 
 /// Checks that a town or rig id can name a file of the cache: 1 to [`MAX_ID_LEN`] of
@@ -257,7 +346,7 @@ pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
 }
 
 /// Seconds since the epoch.
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -288,33 +377,46 @@ fn read_request(stdin: &mut dyn BufRead) -> std::collections::HashMap<String, St
 
 /// The rig's token: the cached one while it has more than the margin to live, else a fresh
 /// one from the worker (cached for the next call).
-fn current_token(
+pub(crate) fn current_token(
     target: &Target,
     now: i64,
     stderr: &mut dyn Write,
 ) -> Result<GitTokenReply, Failure> {
     let town_dir = town_dir(target)?;
-    if let Some(cached) = workdir::read_git_token_cache(&town_dir, &target.rig) {
+    let key = target.cache_key();
+    if let Some(cached) = workdir::read_git_token_cache(&town_dir, &key) {
         if cached.expires_at.saturating_sub(now) > GIT_TOKEN_REUSE_MARGIN_SECS {
             return Ok(cached);
         }
     }
+    let (reply, container_token) = fresh(target, &town_dir)?;
+    // The town may have stopped (its credentials removed) or its container token been
+    // replaced during the call: then the token is handed out but not kept.
+    if workdir::read_container_token(&town_dir).is_ok_and(|t| t == container_token) {
+        if let Err(e) = workdir::write_git_token_cache(&town_dir, &key, &reply) {
+            let _ = writeln!(stderr, "gastown-control: git token not cached: {e}");
+        }
+    }
+    Ok(reply)
+}
+
+/// A token fetched from the worker now, not cached (an agent's start asks once, to learn the
+/// identity its session commits as).
+pub(crate) fn fresh_token(target: &Target) -> Result<GitTokenReply, Failure> {
+    fresh(target, &town_dir(target)?).map(|(reply, _)| reply)
+}
+
+/// A token from the worker, and the container token it was asked with.
+fn fresh(target: &Target, town_dir: &Path) -> Result<(GitTokenReply, String), Failure> {
     let worker = target.worker_url.as_deref().ok_or_else(|| {
         Failure::Config(format!(
             "no worker URL: set {WORKER_URL_ENV} or --worker-url"
         ))
     })?;
     let container_token =
-        workdir::read_container_token(&town_dir).map_err(Failure::NoContainerToken)?;
-    let reply = fetch(worker, &target.town, &target.rig, &container_token)?;
-    // The town may have stopped (its credentials removed) or its container token been
-    // replaced during the call: then the token is handed out but not kept.
-    if workdir::read_container_token(&town_dir).is_ok_and(|t| t == container_token) {
-        if let Err(e) = workdir::write_git_token_cache(&town_dir, &target.rig, &reply) {
-            let _ = writeln!(stderr, "gastown-control: git token not cached: {e}");
-        }
-    }
-    Ok(reply)
+        workdir::read_container_token(town_dir).map_err(Failure::NoContainerToken)?;
+    let reply = fetch(worker, target, &container_token)?;
+    Ok((reply, container_token))
 }
 
 fn town_dir(target: &Target) -> Result<PathBuf, Failure> {
@@ -322,19 +424,20 @@ fn town_dir(target: &Target) -> Result<PathBuf, Failure> {
         .ok_or_else(|| Failure::Config("the town id cannot name a directory".to_owned()))
 }
 
-/// Asks the worker for a git token for `rig` with the town's container token.
-fn fetch(
-    worker: &str,
-    town: &str,
-    rig: &str,
-    container_token: &str,
-) -> Result<GitTokenReply, Failure> {
-    let url = format!("{worker}{}", git_token_path(town, rig));
+/// Asks the worker for a git token for the target's rig (and agent) with the town's container
+/// token.
+fn fetch(worker: &str, target: &Target, container_token: &str) -> Result<GitTokenReply, Failure> {
+    let url = format!("{worker}{}", git_token_path(&target.town, &target.rig));
+    let body = match &target.agent {
+        Some(agent) => serde_json::json!({ "agent_id": agent }).to_string(),
+        None => "{}".to_owned(),
+    };
     // The token goes into a line of git's protocol: nothing but token characters.
     client::post_to_worker(
         &client::agent(),
         &url,
         container_token,
+        &body,
         |r: &GitTokenReply| &r.token,
     )
     .map_err(|f| match f {
@@ -358,13 +461,14 @@ fn credential_lines(reply: &GitTokenReply) -> String {
 /// a newer token another process cached meanwhile stays.
 fn erase(target: &Target, refused: Option<&str>) -> Result<(), Failure> {
     let town_dir = town_dir(target)?;
-    let cached = workdir::read_git_token_cache(&town_dir, &target.rig);
+    let key = target.cache_key();
+    let cached = workdir::read_git_token_cache(&town_dir, &key);
     let matches = match (refused, &cached) {
         (Some(refused), Some(cached)) => cached.token == refused,
         _ => true,
     };
     if matches {
-        workdir::remove_git_token_cache(&town_dir, &target.rig)
+        workdir::remove_git_token_cache(&town_dir, &key)
             .map_err(|e| Failure::Config(format!("cannot remove the cached token: {e}")))?;
     }
     Ok(())

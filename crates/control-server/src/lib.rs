@@ -49,8 +49,10 @@
 //! with that uid and gid and no supplementary group. The town's files are laid out so that the
 //! agent reaches what it reads and nothing else: directories on its way are the server's,
 //! group N, mode 0710 (pass through, never list); the files it reads (`.container-token`,
-//! `.env.gateway`, `gitconfig`, the settings files) are the server's, group N, mode 0640; it
-//! owns its work dir and the git token cache `.git-tokens/` (mode 0700), nothing else. A work
+//! `.env.gateway`, `gitconfig`, the settings files) are the server's, group N, mode 0640; the
+//! `gh` shim it runs, `bin/gh`, is the server's, group N, mode 0750, in a `bin/` of mode 0710,
+//! so the agent can run it but never change it; it owns its work dir and the git token cache
+//! `.git-tokens/` (mode 0700), nothing else. A work
 //! directory the server creates is made the server's, group N, mode 0710; an existing one is
 //! left as it is, but the server refuses to start unless the agent can pass through every
 //! directory from `/` down to it. [`workdir`] has the whole layout; [`agent_user`] the rules.
@@ -98,6 +100,18 @@
 //! binaries and never need or read the server's credential. [`git_credential`] states the
 //! rules. `POST /stop` removes `.container-token`, `.env.gateway` and `.git-tokens/`.
 //!
+//! # `gh` for agents
+//!
+//! Agents that use the GitHub CLI find `GH_TOKEN` per run of `gh`, never as a copy in their
+//! environment. On every `POST /refresh-token` the server also writes `bin/gh` in the town's
+//! directory: a shell script that execs `<this executable> gh --workdir <workdir> --town <town>
+//! [--worker-url <worker>] [--gh-path <gh>] -- "$@"` (no token in it), and every agent's
+//! `PATH` starts with that `bin/`. `gastown-control gh` sets `GH_TOKEN` for that one run: the
+//! town's `GITHUB_CLI_PAT` when set, else the rig's current token (the git credential
+//! helper's cache and refresh) when it is a GitHub one, else none; then it execs the real `gh`
+//! (`--gh-path`, or `GASTOWN_GH_PATH`, else the first `gh` on `PATH` past the shim; none: one
+//! line on stderr, exit 127). [`gh`] states the rules.
+//!
 //! # The gateway token's self-refresh
 //!
 //! The gateway token (`KILO_JWT`, a sandbox token of 24 h) must not lapse while the town runs,
@@ -122,7 +136,11 @@
 //! `GASTOWN_DEFAULT_BRANCH`, `GASTOWN_BRANCH`, `GASTOWN_MODEL` (each when known),
 //! `GASTOWN_WORKER_URL` (the body's `worker_url`, else `--worker-url`; 400 with neither),
 //! `GASTOWN_CONTAINER_TOKEN_FILE`, `GASTOWN_GATEWAY_ENV_FILE`, `GIT_CONFIG_GLOBAL` (when the
-//! town has a gitconfig), `HOME` and `GASTOWN_WORK_DIR`. An agent reads the container token
+//! town has a gitconfig), `HOME` and `GASTOWN_WORK_DIR`; for an org town (the start's
+//! `organization_id`) `GASTOWN_ORGANIZATION_ID` and the org id in `KILO_CONFIG_CONTENT` as
+//! `provider.kilo.options.kilocodeOrganizationId` (merged into the body's, which must then be
+//! a JSON object); `PATH` starts with the town's `bin/` (the `gh` shim), and `GH_TOKEN` and
+//! `GITHUB_TOKEN` are never set. An agent reads the container token
 //! from its file on every call, so a `/refresh-token` reaches running agents. A start needs the
 //! town's container token (409 `town not started` otherwise); one for a running agent id kills
 //! that process first; at most 32 agents run at once (503). `POST /stop` kills the town's
@@ -157,8 +175,9 @@
 //! `routes` puts each request through its checks in order and hands it to its handlers:
 //! `towns` (token, config, stop), [`agents`] (the agents' processes) and, with the debug
 //! routes, `debug`. `state` is what the server holds in memory, [`workdir`] what it keeps on
-//! disk, [`agent_user`] whom the agents run as. `self_refresh` renews the gateway tokens and
-//! [`git_credential`] is git's credential helper, both calling the worker through [`client`];
+//! disk, [`agent_user`] whom the agents run as. `self_refresh` renews the gateway tokens,
+//! [`git_credential`] is git's credential helper and [`gh`] the agents' `gh`, all calling the
+//! worker through [`client`];
 //! [`http`] is the HTTP/1.1 plumbing.
 
 pub mod agent_user;
@@ -168,6 +187,7 @@ pub mod cli;
 pub mod client;
 #[cfg(feature = "debug-routes")]
 mod debug;
+pub mod gh;
 pub mod git_credential;
 pub mod http;
 pub mod options;

@@ -7,11 +7,15 @@ use crate::agents::{AgentCommand, AGENT_COMMAND_ENV};
 use crate::auth::DEFAULT_ALLOWED_HOSTS;
 use crate::cli::{self, Args};
 use crate::client;
+use crate::gh::GH_PATH_ENV;
 use crate::http::DEFAULT_READ_TIMEOUT;
 use crate::workdir::{DEFAULT_WORKDIR, WORKDIR_ENV};
 use gastown_core::control::{GATEWAY_REFRESH_MS_ENV, WORKER_URL_ENV};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Names `--git-ca-file` when the flag does not.
+pub const GIT_CA_FILE_ENV: &str = "GASTOWN_GIT_CA_FILE";
 
 /// Default interval of the gateway token's self-refresh: 12 h, half a sandbox token's life.
 pub const DEFAULT_GATEWAY_REFRESH: Duration = Duration::from_secs(12 * 60 * 60);
@@ -32,13 +36,18 @@ pub struct Options {
     pub agent_command: Option<AgentCommand>,
     /// `--agent-uid` and `--agent-gid`.
     pub agent_user: Option<AgentUser>,
+    /// `--gh-path`: the real GitHub CLI the towns' `gh` shims run.
+    pub gh_path: Option<PathBuf>,
+    /// `--git-ca-file`: certificates agents' git trusts for HTTPS (a self-hosted git host's
+    /// private CA), written into each town's gitconfig as `http.sslCAInfo`.
+    pub git_ca_file: Option<PathBuf>,
 }
 
 /// What `--help` prints, and a bad argument after its error.
 pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080] \
 [--allowed-host NAME]... [--read-timeout-ms 5000] [--workdir ./gastown-work] \
 [--worker-url URL] [--gateway-refresh-ms 43200000] [--agent-command PATH] \
-[--agent-uid N --agent-gid N]
+[--agent-uid N --agent-gid N] [--gh-path PATH] [--git-ca-file PATH]
   credentials (read from the environment, then removed from it):
     GASTOWN_CONTROL_SECRET + GASTOWN_TOWN_ID   production: one town per container
     GASTOWN_CONTROL_KEY                        local dev and tests: the master key
@@ -46,7 +55,8 @@ pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080]
   --workdir (or GASTOWN_WORKDIR): each town's files go to DIR/<townId>/, rewritten on every
     sync-config: settings/config.json, <rigId>/settings/config.json and .env.gateway
     (KILO_JWT=<token>, mode 0600); on every refresh-token: .container-token (<token>, mode
-    0600) and gitconfig (git's credential helper for agent sessions). stop removes
+    0600), gitconfig (git's credential helper for agent sessions) and bin/gh (the gh shim,
+    mode 0755; agents find DIR/<townId>/bin first on their PATH). stop removes
     .env.gateway, .container-token and .git-tokens/. Created if missing.
   --worker-url (or GASTOWN_WORKER_URL): the worker's origin, http:// or https://. With it,
     every --gateway-refresh-ms (or GASTOWN_GATEWAY_REFRESH_MS; at least 100; default 12 h;
@@ -56,21 +66,33 @@ pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080]
   --agent-command (or GASTOWN_AGENT_COMMAND): what POST /agents/start runs, an executable
     path then arguments, split on whitespace (no shell). Default: gastown-demo-agent beside
     this executable. Each agent runs in DIR/<townId>/agents/<agentId>/ (emptied on each
-    start) with an environment of PATH, the start's env and the GASTOWN_* variables the
-    server sets (nothing else of the server's), output appended to
-    DIR/<townId>/agents/<agentId>.log; at most 32 at once. stop kills the town's agents.
+    start) with an environment of PATH (DIR/<townId>/bin first), the start's env (never
+    GH_TOKEN) and the GASTOWN_* variables the server sets (nothing else of the server's; for
+    an org town GASTOWN_ORGANIZATION_ID and the org id in KILO_CONFIG_CONTENT), output
+    appended to DIR/<townId>/agents/<agentId>.log; at most 32 at once. stop kills the town's
+    agents.
   --agent-uid and --agent-gid (or GASTOWN_AGENT_UID and GASTOWN_AGENT_GID): numeric ids, both
     or neither, not 0. Agents then run as that uid and gid (no other group); the server must
     run as root. The agent's group passes through DIR (0710 when the server creates it; an
     existing DIR and every directory above it must let the agent pass, or the server refuses
     to start), DIR/<townId>/ and its agents/ and settings directories (group N, 0710) and
     reads .container-token, .env.gateway, gitconfig and the settings files (group N, 0640);
-    the agent owns its work dir and DIR/<townId>/.git-tokens/ (0700). Without them agents run
-    as the server's user and nothing changes hands.
+    the agent owns its work dir and DIR/<townId>/.git-tokens/ (0700); bin/ is the server's
+    (group N, 0710) and bin/gh too (group N, 0750). Without them agents run as the server's
+    user and nothing changes hands.
+  --gh-path (or GASTOWN_GH_PATH): the real GitHub CLI each run of an agent's gh runs, with
+    GH_TOKEN set for that run only: the town's GITHUB_CLI_PAT, else the rig's current token
+    when it is a GitHub one, else none. Default: the first gh on the agent's PATH past
+    DIR/<townId>/bin.
+  --git-ca-file (or GASTOWN_GIT_CA_FILE): a PEM file of the certificates agents' git trusts
+    over HTTPS (a self-hosted GitLab or GitHub Enterprise behind a private CA), written into
+    each town's gitconfig as http.sslCAInfo. Default: the system's.
 subcommands (no server credential needed; see `gastown-control git-credential --help`):
   gastown-control git-credential [--worker-url URL] [--town ID] [--rig ID] [--workdir DIR]
     <get|store|erase>     git's credential helper for the rig's repository
-  gastown-control git-token [same options]     prints the rig's current git token";
+  gastown-control git-token [same options]     prints the rig's current git token
+  gastown-control gh [same options] [--gh-path PATH] -- [GH ARGUMENTS]...
+                          the GitHub CLI with GH_TOKEN for this one run (the gh shim)";
 
 impl Options {
     /// Parses the arguments after the program name, with no fallback from the environment.
@@ -83,7 +105,7 @@ impl Options {
 
     /// Parses the arguments after the program name; `env` gives the value of a variable an
     /// option left unset falls back to ([`WORKDIR_ENV`], [`WORKER_URL_ENV`],
-    /// [`AGENT_COMMAND_ENV`], [`AGENT_UID_ENV`], [`AGENT_GID_ENV`]).
+    /// [`AGENT_COMMAND_ENV`], [`AGENT_UID_ENV`], [`AGENT_GID_ENV`], [`GH_PATH_ENV`]).
     ///
     /// # Errors
     /// A message naming the bad argument or variable.
@@ -101,12 +123,16 @@ impl Options {
             gateway_refresh: DEFAULT_GATEWAY_REFRESH,
             agent_command: None,
             agent_user: None,
+            gh_path: None,
+            git_ca_file: None,
         };
         let mut workdir = None;
         let mut worker_url = None;
         let mut agent_command = None;
         let (mut agent_uid, mut agent_gid) = (None, None);
         let mut gateway_refresh = None;
+        let mut gh_path = None;
+        let mut git_ca_file = None;
         let mut it = Args::new(args);
         while let Some(arg) = it.next() {
             match arg {
@@ -126,6 +152,8 @@ impl Options {
                 "--agent-uid" => agent_uid = Some(it.value(arg)?),
                 "--agent-gid" => agent_gid = Some(it.value(arg)?),
                 "--gateway-refresh-ms" => gateway_refresh = Some(it.value(arg)?),
+                "--gh-path" => gh_path = Some(it.value(arg)?),
+                "--git-ca-file" => git_ca_file = Some(it.value(arg)?),
                 "--debug" => {
                     return Err(
                         "--debug: this binary has no debug routes (they exist only in \
@@ -172,6 +200,9 @@ impl Options {
             uid.as_ref().map(|(from, text)| (*from, text.as_str())),
             gid.as_ref().map(|(from, text)| (*from, text.as_str())),
         )?;
+        opts.gh_path = or_env("--gh-path", gh_path, GH_PATH_ENV).map(|(_, p)| PathBuf::from(p));
+        opts.git_ca_file =
+            or_env("--git-ca-file", git_ca_file, GIT_CA_FILE_ENV).map(|(_, p)| PathBuf::from(p));
         Ok(opts)
     }
 }
@@ -304,6 +335,18 @@ mod tests {
         // An empty value counts as unset.
         let empty = Options::parse(&args(&["--agent-command", ""])).unwrap();
         assert_eq!(empty.agent_command, None);
+    }
+
+    #[test]
+    fn the_real_gh_comes_from_the_option_or_the_environment() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(Options::parse(&[]).unwrap().gh_path, None);
+        let env = |name: &str| (name == GH_PATH_ENV).then(|| "/env/gh".to_owned());
+        let o = Options::parse_with_env(&[], env).unwrap();
+        assert_eq!(o.gh_path, Some(PathBuf::from("/env/gh")));
+        let o = Options::parse_with_env(&args(&["--gh-path", "/opt/gh"]), env).unwrap();
+        assert_eq!(o.gh_path, Some(PathBuf::from("/opt/gh")));
+        assert!(Options::parse(&args(&["--gh-path"])).is_err());
     }
 
     #[test]

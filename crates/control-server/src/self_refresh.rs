@@ -130,6 +130,7 @@ fn fetch(
         agent,
         &url,
         container_token,
+        "{}",
         |t: &IssuedToken| &t.token,
     )?)
 }

@@ -2,13 +2,14 @@
 //! ([`Config`]), its start ([`cli_main`]: the credential taken out of the environment first,
 //! then the options, the agent user's checks, the work directory, the listener) and its accept
 //! loop ([`serve`], with the gateway token's self-refresh beside it). `cli_main` hands the
-//! `git-credential` and `git-token` subcommands to [`crate::git_credential`] before it touches
-//! the credential.
+//! `git-credential` and `git-token` subcommands to [`crate::git_credential`], and `gh` to
+//! [`crate::gh`], before it touches the credential.
 
 use crate::agent_user::{self, AgentUser};
 use crate::agents::{self, AgentCommand};
 use crate::auth::Auth;
 use crate::cli;
+use crate::gh;
 use crate::git_credential;
 use crate::http::{self, one_exchange, serve_each};
 use crate::options::{Options, USAGE};
@@ -49,8 +50,14 @@ pub struct Config {
     /// How often the self-refresh wakes.
     pub gateway_refresh: Duration,
     /// The executable each town's gitconfig names as git's credential helper (this one's
-    /// `git-credential` subcommand); `None` writes no gitconfig.
+    /// `git-credential` subcommand) and each town's `gh` shim runs (its `gh` subcommand);
+    /// `None` writes neither.
     pub credential_helper: Option<PathBuf>,
+    /// The real GitHub CLI the `gh` shims run; `None`: the first `gh` on the agent's `PATH`
+    /// past the shim's directory.
+    pub gh_path: Option<PathBuf>,
+    /// `--git-ca-file`, for the towns' gitconfig.
+    pub git_ca_file: Option<PathBuf>,
     /// What each agent runs; `None` refuses every `/agents/start` (500).
     pub agent_command: Option<AgentCommand>,
     /// Whom the agents run as; `None`: the server's own user, as the server's files are laid
@@ -61,6 +68,11 @@ pub struct Config {
 /// The whole program: takes the credential out of the environment, parses the arguments,
 /// listens and serves until killed. Returns the exit code on failure to start.
 pub fn cli_main(build: Build) -> i32 {
+    // gh's arguments are passed on as they are, even those that are not UTF-8.
+    let args_os: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args_os.first().is_some_and(|a| a == workdir::GH_SUBCOMMAND) {
+        return gh::cli_main(&args_os[1..]);
+    }
     let args = cli::args();
     // The git credential helper runs as a child of an agent's git, never with the server's
     // credential, and must neither need it nor touch it.
@@ -150,6 +162,10 @@ pub fn cli_main(build: Build) -> i32 {
         ),
         None => eprintln!("gastown-control: no agent command: /agents/start will fail"),
     }
+    match &opts.gh_path {
+        Some(gh) => eprintln!("gastown-control: agents' gh runs {}", gh.display()),
+        None => eprintln!("gastown-control: agents' gh runs the first gh on their PATH"),
+    }
     let config = Config {
         auth,
         allowed_hosts: opts.allowed_hosts,
@@ -159,6 +175,8 @@ pub fn cli_main(build: Build) -> i32 {
         worker_url: opts.worker_url,
         gateway_refresh: opts.gateway_refresh,
         credential_helper,
+        gh_path: opts.gh_path,
+        git_ca_file: opts.git_ca_file,
         agent_command,
         agent_user: opts.agent_user,
     };

@@ -1,8 +1,8 @@
 //! The town's own routes, as the worker drives its container: `POST /refresh-token` (the
-//! container token, kept in memory and written to the town's files with its gitconfig),
-//! `POST /sync-config` (the town's env and settings files) and `POST /stop` (everything the
-//! town held, in memory and in its credential files, dropped; its agents killed). The files
-//! themselves are [`crate::workdir`]'s.
+//! container token, kept in memory and written to the town's files with its gitconfig and its
+//! `gh` shim), `POST /sync-config` (the town's env and settings files) and `POST /stop`
+//! (everything the town held, in memory and in its credential files, dropped; its agents
+//! killed). The files themselves are [`crate::workdir`]'s.
 
 use crate::http::{error, Reply};
 use crate::routes::{parse, same_town};
@@ -15,7 +15,8 @@ use serde_json::json;
 use std::collections::BTreeMap;
 
 /// Takes the town's new container token: kept in memory (for the self-refresh) and written
-/// to its file (for the git credential helper), with the town's gitconfig brought up to date.
+/// to its file (for the git credential helper and the `gh` shim), with the town's gitconfig and
+/// `gh` shim brought up to date.
 pub(crate) fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
     let req: RefreshTokenBody = parse(body)?;
     same_town(&req.town_id, town)?;
@@ -33,9 +34,23 @@ pub(crate) fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<
             &shared.config.workdir,
             town,
             shared.config.worker_url.as_deref(),
+            shared.config.git_ca_file.as_deref(),
         );
         if text.is_none() {
             eprintln!("gastown-control: no gitconfig for town {town}: a path git cannot carry");
+        }
+        text
+    });
+    let gh_shim = shared.config.credential_helper.as_deref().and_then(|exe| {
+        let text = workdir::gh_shim_text(
+            exe,
+            &shared.config.workdir,
+            town,
+            shared.config.worker_url.as_deref(),
+            shared.config.gh_path.as_deref(),
+        );
+        if text.is_none() {
+            eprintln!("gastown-control: no gh shim for town {town}: a path a shell cannot carry");
         }
         text
     });
@@ -48,6 +63,10 @@ pub(crate) fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<
     workdir::write_container_token(&dir, &req.token, agent)
         .and_then(|()| match &gitconfig {
             Some(text) => workdir::write_gitconfig(&dir, text, agent),
+            None => Ok(()),
+        })
+        .and_then(|()| match &gh_shim {
+            Some(text) => workdir::write_gh_shim(&dir, text, agent),
             None => Ok(()),
         })
         .map_err(|e| {

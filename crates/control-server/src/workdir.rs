@@ -6,11 +6,13 @@
 //! <workdir>/<town>/.env.gateway                  KILO_JWT=<token>\n   (mode 0600)
 //! <workdir>/<town>/.container-token              <container token>\n (mode 0600)
 //! <workdir>/<town>/gitconfig                     [credential] helper = gastown-control …
+//! <workdir>/<town>/bin/gh                        exec gastown-control gh … -- "$@" (0755)
 //! <workdir>/<town>/.git-tokens/<rig>.json        {"token","expires_at","source"} (0600; dir 0700)
 //! ```
 //!
-//! The server writes the first five; the git credential helper (`gastown-control
-//! git-credential`, a child of git in an agent's session) writes the git token cache.
+//! The server writes the first six; the git credential helper (`gastown-control
+//! git-credential`, a child of git in an agent's session) and the `gh` shim (`gastown-control
+//! gh`, run by the agent's `gh`) write the git token cache.
 //! `/stop` removes the credentials (`.env.gateway`, `.container-token`, `.git-tokens/`) and
 //! leaves the rest.
 //!
@@ -26,7 +28,10 @@
 //! <workdir>/<town>/                 server:G 0710   )
 //! <town>/settings/, <rig>/,         server:G 0710   ) made so on every write into them
 //!   <rig>/settings/, <town>/agents/                 )
-//! every file above but the cache    server:G 0640   (written so before the rename)
+//! <town>/bin/                       server:G 0710   (made so on every write of the shim)
+//! <town>/bin/gh                     server:G 0750   (the agent runs it, cannot change it)
+//! every other file above but the    server:G 0640   (written so before the rename)
+//!   cache
 //! <town>/.git-tokens/               A:G      0700   (made so before every agent start)
 //! <town>/agents/<agent>/            A:G      0700   (the agent's work dir, made on each start)
 //! <town>/agents/<agent>.log         server   0600   (the agent writes it through its stdout)
@@ -50,7 +55,8 @@
 //! * the gateway file holds one line whose value is a plain token (JWT characters only), so a
 //!   shell that sources it runs nothing else; so does the container token file, whose one
 //!   line goes into an `authorization` header;
-//! * the gitconfig names no token, only the helper that fetches one per git operation.
+//! * the gitconfig names no token, only the helper that fetches one per git operation; nor
+//!   does the `gh` shim, which names only the subcommand that fetches one per run of `gh`.
 
 use crate::agent_user::AgentUser;
 use gastown_core::agent_settings::{AgentSettings, SettingsFiles};
@@ -86,6 +92,10 @@ const AGENT_READ_MODE: u32 = 0o640;
 /// With an agent user: mode of every directory on the agent's way to those files (the agent's
 /// group passes through, lists nothing).
 const AGENT_PASS_MODE: u32 = 0o710;
+/// Mode of the `gh` shim (before the umask): a script anyone may run, only its owner change.
+const SHIM_MODE: u32 = 0o755;
+/// With an agent user: mode of the `gh` shim (the agent's group reads and runs it).
+const AGENT_EXEC_MODE: u32 = 0o750;
 /// Largest git token cache file read back (one is well under 1 KiB).
 const MAX_CACHE_BYTES: u64 = 64 * 1024;
 
@@ -96,6 +106,13 @@ pub const GIT_TOKENS_DIR: &str = ".git-tokens";
 pub const GITCONFIG_FILE: &str = "gitconfig";
 /// The subcommand of `gastown-control` that git runs as its credential helper.
 pub const GIT_CREDENTIAL_SUBCOMMAND: &str = "git-credential";
+/// The directory, in a town's, that agent sessions find first on their `PATH`: it holds the
+/// `gh` shim.
+pub const BIN_DIR: &str = "bin";
+/// The `gh` shim's name in [`BIN_DIR`]: what an agent runs when it runs `gh`.
+pub const GH_SHIM_FILE: &str = "gh";
+/// The subcommand of `gastown-control` the `gh` shim runs.
+pub const GH_SUBCOMMAND: &str = "gh";
 
 /// `<root>/<town>`, or `None` for a town id that could name another directory.
 #[must_use]
@@ -383,6 +400,7 @@ pub fn gitconfig_text(
     workdir: &Path,
     town: &str,
     worker_url: Option<&str>,
+    ca_file: Option<&Path>,
 ) -> Option<String> {
     let mut words = vec![
         exe.to_str()?,
@@ -401,7 +419,7 @@ pub fn gitconfig_text(
     // git runs a helper starting with `!` through the shell, with the action appended.
     let command: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
     let helper = format!("!{}", command.join(" "));
-    Some(format!(
+    let mut text = format!(
         "# Written by gastown-control for town {town} (kept up to date on each token refresh).\n\
          # No token lives here: git asks the helper for one per operation.\n\
          [credential]\n\
@@ -409,7 +427,87 @@ pub fn gitconfig_text(
          \thelper = {}\n\
          \tuseHttpPath = true\n",
         git_config_quote(&helper)
+    );
+    if let Some(ca) = ca_file {
+        let ca = ca.to_str().filter(|p| !p.chars().any(char::is_control))?;
+        text.push_str(&format!("[http]\n\tsslCAInfo = {}\n", git_config_quote(ca)));
+    }
+    Some(text)
+}
+
+/// The town's `gh` shim: a POSIX shell script that runs `exe`'s `gh` subcommand with the work
+/// directory, the town and (when known) the worker's origin and the real `gh`'s path, then
+/// `--` and the arguments it was given. `gastown-control gh` sets `GH_TOKEN` for that one run
+/// of `gh` and execs the real one (see [`crate::gh`]). No token lives in it.
+///
+/// `None` when a path or id holds a character the shell cannot carry (a control character,
+/// not UTF-8), or when the work directory's path holds a `:` (its `bin/` could not be on a
+/// `PATH`).
+#[must_use]
+pub fn gh_shim_text(
+    exe: &Path,
+    workdir: &Path,
+    town: &str,
+    worker_url: Option<&str>,
+    gh_path: Option<&Path>,
+) -> Option<String> {
+    let workdir_text = workdir.to_str()?;
+    if workdir_text.contains(':') {
+        return None;
+    }
+    let mut words = vec![
+        exe.to_str()?,
+        GH_SUBCOMMAND,
+        "--workdir",
+        workdir_text,
+        "--town",
+        town,
+    ];
+    if let Some(url) = worker_url {
+        words.extend(["--worker-url", url]);
+    }
+    if let Some(path) = gh_path {
+        words.extend(["--gh-path", path.to_str()?]);
+    }
+    words.push("--");
+    if words.iter().any(|w| w.chars().any(char::is_control)) {
+        return None;
+    }
+    let command: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+    Some(format!(
+        "#!/bin/sh\n\
+         # Written by gastown-control for town {town} (kept up to date on each token refresh).\n\
+         # No token lives here: each run of gh gets GH_TOKEN from `gastown-control gh`.\n\
+         exec {} \"$@\"\n",
+        command.join(" ")
     ))
+}
+
+/// Writes the town's `gh` shim (`<town>/bin/gh`, mode 0755; with an agent user 0750, group
+/// the agent's, in a `bin/` of mode 0710) when it is missing or differs from `text` (with an
+/// agent user: or does not have that group and mode).
+///
+/// # Errors
+/// A filesystem failure.
+pub fn write_gh_shim(town_dir: &Path, text: &str, agent: Option<AgentUser>) -> io::Result<()> {
+    let bin = town_dir.join(BIN_DIR);
+    if let Some(agent) = agent {
+        pass_dir(town_dir, agent)?;
+        pass_dir(&bin, agent)?;
+    }
+    let path = bin.join(GH_SHIM_FILE);
+    if fs::symlink_metadata(&path)
+        .is_ok_and(|m| m.is_file() && agent.is_none_or(|a| has_group_mode(&m, a, AGENT_EXEC_MODE)))
+        && fs::read(&path).is_ok_and(|old| old == text.as_bytes())
+    {
+        return Ok(());
+    }
+    write_atomic_as(
+        &path,
+        text.as_bytes(),
+        SHIM_MODE,
+        agent.map(|a| (a, AGENT_EXEC_MODE)),
+    )
 }
 
 /// `word` in single quotes for a POSIX shell.
@@ -561,6 +659,17 @@ fn is_real_dir(path: &Path) -> bool {
 /// elsewhere. With an agent user the new file gets the agent's group and mode 0640 before the
 /// rename, so a reader never meets the file with another mode.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32, agent: Option<AgentUser>) -> io::Result<()> {
+    write_atomic_as(path, bytes, mode, agent.map(|a| (a, AGENT_READ_MODE)))
+}
+
+/// [`write_atomic`] with the agent user's mode given: `Some((agent, mode))` makes the new file
+/// the agent's group's with that mode before the rename.
+fn write_atomic_as(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    agent: Option<(AgentUser, u32)>,
+) -> io::Result<()> {
     static UNIQUE: AtomicU64 = AtomicU64::new(0);
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
@@ -583,10 +692,10 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32, agent: Option<AgentUser>) 
         options.write(true).create_new(true);
         let mut file = open_with_mode(&mut options, mode, &temp)?;
         #[cfg(unix)]
-        if let Some(agent) = agent {
+        if let Some((agent, agent_mode)) = agent {
             use std::os::unix::fs::PermissionsExt;
             std::os::unix::fs::fchown(&file, None, Some(agent.gid()))?;
-            file.set_permissions(fs::Permissions::from_mode(AGENT_READ_MODE))?;
+            file.set_permissions(fs::Permissions::from_mode(agent_mode))?;
         }
         #[cfg(not(unix))]
         let _ = agent;
@@ -902,6 +1011,7 @@ mod tests {
             Path::new("/w"),
             "t",
             None,
+            None,
         )
         .unwrap();
         assert!(
@@ -914,7 +1024,97 @@ mod tests {
             text.contains("\thelper =\n"),
             "the system's helpers are cleared"
         );
-        assert!(gitconfig_text(Path::new("/a"), Path::new("/w\tx"), "t", None).is_none());
+        assert!(gitconfig_text(Path::new("/a"), Path::new("/w\tx"), "t", None, None).is_none());
+        assert!(
+            !text.contains("[http]"),
+            "the system's certificates by default"
+        );
+        let with_ca = gitconfig_text(
+            Path::new("/opt/gastown-control"),
+            Path::new("/w"),
+            "t",
+            None,
+            Some(Path::new("/etc/ca \"x\".pem")),
+        )
+        .unwrap();
+        assert!(
+            with_ca.ends_with("[http]\n\tsslCAInfo = \"/etc/ca \\\"x\\\".pem\"\n"),
+            "{with_ca}"
+        );
+        let bad = Path::new("/etc/a\nb.pem");
+        assert!(gitconfig_text(Path::new("/a"), Path::new("/w"), "t", None, Some(bad)).is_none());
+    }
+
+    #[test]
+    fn the_gh_shim_execs_the_subcommand_with_every_word_quoted() {
+        let text = gh_shim_text(
+            Path::new("/opt/it's/gastown-control"),
+            Path::new("/w"),
+            "t",
+            Some("http://127.0.0.1:8787"),
+            Some(Path::new("/usr/bin/gh")),
+        )
+        .unwrap();
+        assert!(text.starts_with("#!/bin/sh\n"), "{text}");
+        assert!(
+            text.ends_with(
+                "\nexec '/opt/it'\\''s/gastown-control' 'gh' '--workdir' '/w' '--town' 't' \
+                 '--worker-url' 'http://127.0.0.1:8787' '--gh-path' '/usr/bin/gh' '--' \"$@\"\n"
+            ),
+            "{text}"
+        );
+        let bare = gh_shim_text(Path::new("/a"), Path::new("/w"), "t", None, None).unwrap();
+        assert!(
+            bare.ends_with("exec '/a' 'gh' '--workdir' '/w' '--town' 't' '--' \"$@\"\n"),
+            "{bare}"
+        );
+        // What a shell or a PATH cannot carry.
+        assert!(gh_shim_text(Path::new("/a\nb"), Path::new("/w"), "t", None, None).is_none());
+        assert!(gh_shim_text(Path::new("/a"), Path::new("/w:x"), "t", None, None).is_none());
+        assert!(gh_shim_text(Path::new("/a"), Path::new("/w"), "t\r", None, None).is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_gh_shim_is_rewritten_only_when_it_changes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("shim");
+        let path = dir.join(BIN_DIR).join(GH_SHIM_FILE);
+        write_gh_shim(&dir, "#!/bin/sh\nexec a\n", None).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexec a\n");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o700, 0o700, "its owner runs it: {mode:o}");
+        assert_eq!(mode & 0o022, 0, "only its owner changes it: {mode:o}");
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&path);
+        write_gh_shim(&dir, "#!/bin/sh\nexec a\n", None).unwrap();
+        assert_eq!(inode(&path), before, "the same text is left alone");
+        write_gh_shim(&dir, "#!/bin/sh\nexec b\n", None).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexec b\n");
+        // A link in its place is replaced, never followed.
+        let elsewhere = temp_dir("shim-elsewhere");
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("target"), &path).unwrap();
+        write_gh_shim(&dir, "#!/bin/sh\nexec c\n", None).unwrap();
+        assert!(fs::symlink_metadata(&path).unwrap().is_file());
+        assert!(!elsewhere.join("target").exists());
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&elsewhere).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn with_an_agent_user_the_gh_shim_is_the_servers_and_runnable_by_the_agent() {
+        let Some(agent) = nobody() else { return };
+        let dir = temp_dir("shim-agent");
+        write_gh_shim(&dir, "#!/bin/sh\n", Some(agent)).unwrap();
+        assert_eq!(owner_mode(&dir), (0, 65534, 0o710));
+        assert_eq!(owner_mode(&dir.join(BIN_DIR)), (0, 65534, 0o710));
+        assert_eq!(
+            owner_mode(&dir.join(BIN_DIR).join(GH_SHIM_FILE)),
+            (0, 65534, 0o750)
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

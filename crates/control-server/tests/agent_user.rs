@@ -211,8 +211,10 @@ fn an_agent_runs_as_the_agent_user_and_reaches_only_what_it_is_given() {
     assert_eq!(seen[0].authorization.as_deref(), Some("Bearer ctok-1"));
     let cache = town.join(".git-tokens");
     assert_eq!(owner_mode(&cache), (NOBODY, NOBODY, 0o700));
-    assert_eq!(owner_mode(&cache.join(format!("{RIG}.json"))).0, NOBODY);
-    assert_eq!(owner_mode(&cache.join(format!("{RIG}.json"))).2, 0o600);
+    // The session's own entry: the helper names the agent, whose work may run as its own user.
+    let entry = cache.join(format!("{RIG}@{AGENT}.json"));
+    assert_eq!(owner_mode(&entry).0, NOBODY);
+    assert_eq!(owner_mode(&entry).2, 0o600);
     assert_eq!(owner_mode(&cache.join("probe")).0, NOBODY);
 
     // The layout on disk.

@@ -161,6 +161,18 @@ fn an_agent_runs_in_its_own_dir_with_only_the_env_it_is_given() {
         ("GASTOWN_WORK_DIR", text(&work)),
         ("FROM_BODY", "yes".to_owned()),
         ("TEST_EXIT", "7".to_owned()),
+        // No worker answers here: the session commits as the default author, and says so.
+        ("GIT_AUTHOR_NAME", "Gastown Agent".to_owned()),
+        ("GIT_AUTHOR_EMAIL", "agent@gastown.invalid".to_owned()),
+        ("GIT_COMMITTER_NAME", "Gastown Agent".to_owned()),
+        ("GIT_COMMITTER_EMAIL", "agent@gastown.invalid".to_owned()),
+        ("GASTOWN_GIT_AUTHOR_NAME", "Gastown Agent".to_owned()),
+        (
+            "GASTOWN_GIT_AUTHOR_EMAIL",
+            "agent@gastown.invalid".to_owned(),
+        ),
+        ("GASTOWN_COMMIT_IDENTITY", "none".to_owned()),
+        ("GASTOWN_AI_AGENT_NAME", "Kilo".to_owned()),
     ]);
     for (name, value) in &expected {
         assert_eq!(env.get(*name), Some(value), "{name}");

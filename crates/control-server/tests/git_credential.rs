@@ -577,7 +577,7 @@ fn odd_paths_survive_git_config_quoting_and_the_shell() {
         format!("{CONTAINER_TOKEN}\n"),
     )
     .unwrap();
-    let text = gitconfig_text(&exe, &workdir, TOWN, Some(&worker.url())).unwrap();
+    let text = gitconfig_text(&exe, &workdir, TOWN, Some(&worker.url()), None).unwrap();
     let gitconfig = root.join("gitconfig");
     std::fs::write(&gitconfig, &text).unwrap();
     let Some(out) = git_credential_fill(&gitconfig, &root) else {
@@ -588,6 +588,6 @@ fn odd_paths_survive_git_config_quoting_and_the_shell() {
     assert!(stdout(&out).contains("password=ghs_1.tok\n"), "{out:?}");
     assert!(cache_path(&workdir, TOWN, RIG).exists());
     // A control character cannot be carried at all.
-    assert!(gitconfig_text(Path::new("/a\nb"), &workdir, TOWN, None).is_none());
+    assert!(gitconfig_text(Path::new("/a\nb"), &workdir, TOWN, None, None).is_none());
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -138,6 +138,9 @@ pub enum BeadEventKind {
     Closed,
     Failed,
     Escalated,
+    /// Who the agent's commits are authored as, and why (first for a session, and on each
+    /// change, such as a fall back to the bot when the user revoked).
+    GitIdentity,
 }
 
 impl BeadEventKind {
@@ -157,6 +160,7 @@ impl BeadEventKind {
             BeadEventKind::Closed => "closed",
             BeadEventKind::Failed => "failed",
             BeadEventKind::Escalated => "escalated",
+            BeadEventKind::GitIdentity => "git_identity",
         }
     }
 }

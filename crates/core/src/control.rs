@@ -21,7 +21,7 @@
 //! Nothing here touches the Workers runtime; it compiles for wasm32 and natively.
 
 use crate::agent_settings::SettingsFiles;
-use crate::ids::{AgentId, RigId, TownId};
+use crate::ids::{AgentId, OrgId, RigId, TownId};
 use crate::vocab::Role;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -83,8 +83,8 @@ pub fn startup_env(
     ]
 }
 
-// Defined in `vocab` because the town config derives it too; the old path stays.
-pub use crate::vocab::GATEWAY_TOKEN_ENV;
+// Defined in `vocab` because the town config derives them too; the old path stays.
+pub use crate::vocab::{GATEWAY_TOKEN_ENV, GH_TOKEN_ENV, GITHUB_CLI_PAT_ENV};
 /// The file, in the town's work directory, that every new agent session sources: one line
 /// `KILO_JWT=<token>`, rewritten whenever the token changes.
 pub const GATEWAY_ENV_FILE: &str = ".env.gateway";
@@ -143,6 +143,27 @@ pub struct GitTokenReply {
     /// host only, so a submodule elsewhere never receives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+}
+
+/// The host of github.com's repositories, for the one case the source alone does not say.
+pub const GITHUB_COM_HOST: &str = "github.com";
+
+impl GitTokenReply {
+    /// Whether the token is one for GitHub's API, and so one the GitHub CLI may be given: a
+    /// GitHub App installation or user token, or the town's manual token when the worker
+    /// picked it for a repository on github.com (a manual token for any other host, like a
+    /// GitLab token, is not GitHub's).
+    #[must_use]
+    pub fn is_for_github(&self) -> bool {
+        match self.source {
+            GitTokenSource::GithubApp | GitTokenSource::GithubUser => true,
+            GitTokenSource::TownConfig => self
+                .host
+                .as_deref()
+                .is_some_and(|h| h.eq_ignore_ascii_case(GITHUB_COM_HOST)),
+            GitTokenSource::GitlabOauth => false,
+        }
+    }
 }
 
 /// Whether git's `host` (which may carry a `:port`) is the token's `host`. A reply without a
@@ -216,8 +237,48 @@ pub fn agent_stop_path(agent_id: &str) -> String {
     format!("/agents/{agent_id}/stop")
 }
 
+/// The org id of an org town's agent ([`AgentStartBody::organization_id`]).
+pub const ORGANIZATION_ID_ENV: &str = "GASTOWN_ORGANIZATION_ID";
+/// The Kilo CLI's inline config (JSON), merged into whatever the config files say; an org
+/// town's agent gets `{"provider":{"kilo":{"options":{"kilocodeOrganizationId":"<org>"}}}}`
+/// in it.
+pub const KILO_CONFIG_CONTENT_ENV: &str = "KILO_CONFIG_CONTENT";
+
 /// Set in an agent's env to `1` only where a `file://` rig is acceptable (local development):
 /// the demo agent refuses `file://` repositories without it. Production never sets it.
+/// The town's configured git author (`git_author_name` / `git_author_email`), in the container
+/// env; an agent session gets the identity its commits carry in these and in git's own
+/// `GIT_AUTHOR_*` / `GIT_COMMITTER_*`.
+pub const GIT_AUTHOR_NAME_ENV: &str = "GASTOWN_GIT_AUTHOR_NAME";
+pub const GIT_AUTHOR_EMAIL_ENV: &str = "GASTOWN_GIT_AUTHOR_EMAIL";
+/// Who commits when neither the user's identity nor a configured author applies.
+pub const DEFAULT_GIT_AUTHOR_NAME: &str = "Gastown Agent";
+pub const DEFAULT_GIT_AUTHOR_EMAIL: &str = "agent@gastown.invalid";
+/// The AI agent named in the `Co-authored-by` trailer ([`coauthor_trailer`]).
+pub const AI_AGENT_NAME_ENV: &str = "GASTOWN_AI_AGENT_NAME";
+pub const DEFAULT_AI_AGENT_NAME: &str = "Kilo";
+/// `1` or `true`: no `Co-authored-by` trailer (the town's `disable_ai_coauthor`).
+pub const DISABLE_AI_COAUTHOR_ENV: &str = "GASTOWN_DISABLE_AI_COAUTHOR";
+/// Whose identity an agent session commits as: `user` or `bot:<reason>` (or `none`: no git
+/// token said, the town's author then).
+pub const COMMIT_IDENTITY_ENV: &str = "GASTOWN_COMMIT_IDENTITY";
+
+/// The `Co-authored-by` trailer naming the AI agent `name`.
+#[must_use]
+pub fn coauthor_trailer(name: &str) -> String {
+    let mailbox: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let mailbox = if mailbox.is_empty() {
+        "agent"
+    } else {
+        &mailbox
+    };
+    format!("Co-authored-by: {name} <{mailbox}@gastown.invalid>")
+}
+
 pub const ALLOW_LOCAL_GIT_ENV: &str = "GASTOWN_ALLOW_LOCAL_GIT";
 
 /// The work item an agent is started on.
@@ -255,6 +316,13 @@ pub struct AgentStartBody {
     /// when this is absent.
     #[serde(default)]
     pub worker_url: Option<String>,
+    /// The organisation of an org town (`None` for a personal town): the control server puts
+    /// it in the agent's env as [`ORGANIZATION_ID_ENV`] and in its Kilo config
+    /// ([`KILO_CONFIG_CONTENT_ENV`]) as `provider.kilo.options.kilocodeOrganizationId`, so
+    /// the agent's model calls are billed to the organisation. Absent from the JSON when
+    /// `None`, so bodies from before it read and write as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<OrgId>,
     pub env: BTreeMap<String, String>,
 }
 
@@ -268,6 +336,7 @@ impl std::fmt::Debug for AgentStartBody {
             .field("rig_id", &self.rig_id)
             .field("bead", &self.bead.as_ref().map(|b| &b.id))
             .field("branch", &self.branch)
+            .field("organization_id", &self.organization_id)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -436,6 +505,55 @@ mod tests {
         assert!(!host_matches(Some("github.com"), None));
         assert!(host_matches(None, Some("anything")));
         assert_eq!(git_token_path("t", "r"), "/api/towns/t/rigs/r/git-token");
+    }
+
+    #[test]
+    fn only_github_tokens_are_for_the_github_cli() {
+        let reply = |source, host: Option<&str>| GitTokenReply {
+            token: "t".into(),
+            expires_at: 1,
+            source,
+            identity: None,
+            host: host.map(str::to_owned),
+        };
+        assert!(reply(GitTokenSource::GithubApp, None).is_for_github());
+        assert!(reply(GitTokenSource::GithubUser, Some("127.0.0.1")).is_for_github());
+        assert!(reply(GitTokenSource::TownConfig, Some("GitHub.com")).is_for_github());
+        assert!(!reply(GitTokenSource::TownConfig, Some("gitlab.com")).is_for_github());
+        assert!(!reply(GitTokenSource::TownConfig, None).is_for_github());
+        assert!(!reply(GitTokenSource::GitlabOauth, Some("github.com")).is_for_github());
+    }
+
+    #[test]
+    fn agent_start_json_is_pinned_with_and_without_an_organization() {
+        let mut body = AgentStartBody {
+            town_id: TownId::parse("t1").unwrap(),
+            agent_id: AgentId::parse("a1").unwrap(),
+            role: Role::Polecat,
+            name: "p".into(),
+            rig_id: None,
+            bead: None,
+            git_url: None,
+            default_branch: None,
+            branch: None,
+            model: None,
+            worker_url: None,
+            organization_id: None,
+            env: BTreeMap::new(),
+        };
+        let personal = r#"{"townId":"t1","agent_id":"a1","role":"polecat","name":"p","rig_id":null,"bead":null,"git_url":null,"default_branch":null,"branch":null,"model":null,"worker_url":null,"env":{}}"#;
+        assert_eq!(serde_json::to_string(&body).unwrap(), personal);
+        assert_eq!(
+            serde_json::from_str::<AgentStartBody>(personal).unwrap(),
+            body
+        );
+        body.organization_id = Some(OrgId::parse("org-1").unwrap());
+        let org = r#"{"townId":"t1","agent_id":"a1","role":"polecat","name":"p","rig_id":null,"bead":null,"git_url":null,"default_branch":null,"branch":null,"model":null,"worker_url":null,"organization_id":"org-1","env":{}}"#;
+        assert_eq!(serde_json::to_string(&body).unwrap(), org);
+        assert_eq!(serde_json::from_str::<AgentStartBody>(org).unwrap(), body);
+        let bad = org.replace(r#""org-1""#, r#""a b""#);
+        assert!(serde_json::from_str::<AgentStartBody>(&bad).is_err());
+        assert!(format!("{body:?}").contains("org-1"));
     }
 
     #[test]

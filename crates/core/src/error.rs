@@ -30,6 +30,9 @@ pub enum ApiError {
     Conflict(String),
     /// The town is stopped; start it first (409 `town_stopped`).
     TownStopped,
+    /// The org town's creator was deleted: it mints nothing and starts nothing until an org
+    /// owner claims it (409 `creator_deleted`).
+    CreatorDeleted,
     /// A rig's integration cannot serve it (409); the code says why: `integration_suspended`,
     /// `integration_revoked` or `integration_missing`. Never a stale token, never a fallback.
     IntegrationUnavailable(&'static str),
@@ -75,6 +78,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::Conflict(_)
             | ApiError::TownStopped
+            | ApiError::CreatorDeleted
             | ApiError::IntegrationUnavailable(_)
             | ApiError::QuotaExceeded { .. } => 409,
             ApiError::Gone(_) => 410,
@@ -97,6 +101,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::TokenRevoked => "token_revoked",
             ApiError::TownStopped => "town_stopped",
+            ApiError::CreatorDeleted => "creator_deleted",
             ApiError::IntegrationUnavailable(code) => code,
             ApiError::NoGitCredentials => "no_git_credentials",
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
@@ -126,6 +131,9 @@ impl ApiError {
                 format!("the limit {limit} ({max}) is reached")
             }
             ApiError::TownStopped => "the town is stopped; start it first".to_owned(),
+            ApiError::CreatorDeleted => {
+                "the town's creator was deleted; an owner of its org may claim it".to_owned()
+            }
             ApiError::IntegrationUnavailable(code) => format!(
                 "the rig's integration cannot give a token ({code}); reconnect it or change the rig"
             ),
@@ -172,6 +180,7 @@ impl ApiError {
         match (status, code.as_str()) {
             (401, "token_revoked") => ApiError::TokenRevoked,
             (409, "town_stopped") => ApiError::TownStopped,
+            (409, "creator_deleted") => ApiError::CreatorDeleted,
             (409, "quota_exceeded") => match field.as_deref().and_then(quota_limit) {
                 Some(limit) => ApiError::QuotaExceeded {
                     limit,
@@ -283,6 +292,7 @@ mod tests {
             ApiError::Gone("town destroyed".into()),
             ApiError::TokenRevoked,
             ApiError::TownStopped,
+            ApiError::CreatorDeleted,
             ApiError::QuotaExceeded {
                 limit: "MAX_RIGS_PER_TOWN",
                 max: 3,

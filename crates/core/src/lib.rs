@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod page;
 pub mod policy;
 pub mod protocol;
+pub mod rig_patch;
 pub mod routes;
 pub mod schema;
 pub mod sealed;

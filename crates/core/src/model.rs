@@ -67,6 +67,9 @@ impl Owner {
 pub enum TownStatus {
     Active,
     Stopped,
+    /// An org town whose creator's account was deleted: stopped, acting as no one, until an
+    /// owner of the org claims it.
+    CreatorDeleted,
 }
 
 impl TownStatus {
@@ -74,6 +77,7 @@ impl TownStatus {
         match self {
             TownStatus::Active => "active",
             TownStatus::Stopped => "stopped",
+            TownStatus::CreatorDeleted => "creator_deleted",
         }
     }
 
@@ -81,8 +85,15 @@ impl TownStatus {
         match s {
             "active" => Some(TownStatus::Active),
             "stopped" => Some(TownStatus::Stopped),
+            "creator_deleted" => Some(TownStatus::CreatorDeleted),
             _ => None,
         }
+    }
+
+    /// Nothing runs: no alarm, no container, no dispatch.
+    #[must_use]
+    pub fn is_stopped(self) -> bool {
+        !matches!(self, TownStatus::Active)
     }
 }
 
@@ -199,12 +210,17 @@ impl Town {
         }
     }
 
-    /// The identity a container token carries: the owner (the creator, for org towns), else the
-    /// town id. Never empty.
-    pub fn token_user_id(&self) -> &str {
-        self.owner_user_id
-            .as_ref()
-            .map_or(self.id.as_str(), UserId::as_str)
+    /// The user a token minted for the town acts as: the owner (the creator, or the org owner
+    /// who claimed it, for org towns).
+    ///
+    /// # Errors
+    /// 409 `creator_deleted` for a town whose user was deleted (it acts as no one), and for a
+    /// record without a user (never written by this worker).
+    pub fn token_user_id(&self) -> Result<&str, ApiError> {
+        match (&self.owner_user_id, self.status) {
+            (_, TownStatus::CreatorDeleted) | (None, _) => Err(ApiError::CreatorDeleted),
+            (Some(user), _) => Ok(user.as_str()),
+        }
     }
 }
 
@@ -453,7 +469,7 @@ pub const MAX_REPO_NAME: usize = 255;
 
 /// `owner/name` (GitLab: `group/sub/name`): segments of `[A-Za-z0-9._-]`, none starting with
 /// `.` or `-`.
-fn check_repo_name(repo: &str) -> Result<(), ApiError> {
+pub(crate) fn check_repo_name(repo: &str) -> Result<(), ApiError> {
     let segments: Vec<&str> = repo.split('/').collect();
     let ok = segments.len() >= 2
         && segments.iter().all(|s| {
@@ -471,7 +487,7 @@ fn check_repo_name(repo: &str) -> Result<(), ApiError> {
 
 /// Rig names become directory names in the container: `[A-Za-z0-9._-]`, not starting with
 /// `.` or `-`.
-fn check_rig_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_rig_name(name: &str) -> Result<(), ApiError> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -491,7 +507,7 @@ fn check_rig_name(name: &str) -> Result<(), ApiError> {
 /// is digits only.
 /// Whether `url` is a `file://` URL (then: an absolute path without `..` segments, whitespace
 /// or control characters, or 422).
-fn is_local_git_url(url: &str) -> Result<bool, ApiError> {
+pub(crate) fn is_local_git_url(url: &str) -> Result<bool, ApiError> {
     let Some(path) = url.strip_prefix("file://") else {
         return Ok(false);
     };
@@ -508,7 +524,7 @@ fn is_local_git_url(url: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn check_git_url(url: &str) -> Result<(), ApiError> {
+pub(crate) fn check_git_url(url: &str) -> Result<(), ApiError> {
     const OPTION_LIKE: &str = "must not name a host, user or port starting with '-'";
     let bad = |msg: &str| Err(ApiError::invalid("git_url", msg));
     if url.chars().any(char::is_whitespace) {
@@ -572,7 +588,7 @@ fn check_git_url(url: &str) -> Result<(), ApiError> {
 }
 
 /// A subset of git's ref-name rules, enough to keep a branch name safe on a command line.
-fn check_branch(branch: &str) -> Result<(), ApiError> {
+pub(crate) fn check_branch(branch: &str) -> Result<(), ApiError> {
     let forbidden = branch.contains("..")
         || branch.contains("@{")
         || branch.contains("//")
@@ -784,13 +800,28 @@ mod tests {
     }
 
     #[test]
-    fn token_identity_is_never_empty() {
+    fn no_token_acts_as_a_deleted_creator() {
         let id = TownId::parse("t1").unwrap();
         let user = UserId::parse("u1").unwrap();
-        let mut town = Town::personal(id, NewTown { name: "n".into() }, &user, "x".into());
-        assert_eq!(town.token_user_id(), "u1");
+        let org = OrgId::parse("o1").unwrap();
+        let mut town = Town::for_org(id, NewTown { name: "n".into() }, &org, &user, "x".into());
+        assert_eq!(town.token_user_id().unwrap(), "u1");
+        town.status = TownStatus::CreatorDeleted;
+        assert!(matches!(
+            town.token_user_id(),
+            Err(ApiError::CreatorDeleted)
+        ));
+        town.status = TownStatus::Stopped;
         town.owner_user_id = None;
-        assert_eq!(town.token_user_id(), "t1");
+        assert!(matches!(
+            town.token_user_id(),
+            Err(ApiError::CreatorDeleted)
+        ));
+        assert!(TownStatus::CreatorDeleted.is_stopped() && !TownStatus::Active.is_stopped());
+        assert_eq!(
+            TownStatus::parse("creator_deleted"),
+            Some(TownStatus::CreatorDeleted)
+        );
     }
 
     /// `json_object('k1', c1, 'k2', c2, ...)` → the keys and the columns.

@@ -123,17 +123,23 @@ pub enum OwnedAction {
     ListTowns,
     GetTown(TownId),
     DeleteTown(TownId),
+    /// An org owner takes over a town whose creator was deleted.
+    ClaimTown(TownId),
     ListTownRigs(TownId),
     CreateRig,
     GetRig(RigId),
+    PatchRig(RigId),
     DeleteRig(RigId),
     ListIntegrations,
 }
 
 impl OwnedAction {
-    /// Destroys something: for an org, only its owners may.
+    /// Destroys something, or takes a town over: for an org, only its owners may.
     pub fn destroys(&self) -> bool {
-        matches!(self, OwnedAction::DeleteTown(_) | OwnedAction::DeleteRig(_))
+        matches!(
+            self,
+            OwnedAction::DeleteTown(_) | OwnedAction::DeleteRig(_) | OwnedAction::ClaimTown(_)
+        )
     }
 }
 
@@ -142,6 +148,8 @@ impl OwnedAction {
 pub enum TownAction {
     Get,
     ListRigs,
+    /// Changes one of the town's rigs, as the owner-scoped rig routes do.
+    PatchRig(RigId),
     GetConfig,
     PatchConfig,
     GetContainer,
@@ -362,17 +370,21 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Get "/api/users/:userId/towns/:townId/rigs" User => |p| p.personal(O::ListTownRigs(p.town()?))),
     route!(Post "/api/users/:userId/rigs" User => |p| p.personal(O::CreateRig)),
     route!(Get "/api/users/:userId/rigs/:rigId" User => |p| p.personal(O::GetRig(p.rig()?))),
+    route!(Patch "/api/users/:userId/rigs/:rigId" User => |p| p.personal(O::PatchRig(p.rig()?))),
     route!(Delete "/api/users/:userId/rigs/:rigId" User => |p| p.personal(O::DeleteRig(p.rig()?))),
     route!(Post "/api/orgs/:orgId/towns" User => |p| p.org_owned(O::CreateTown)),
     route!(Get "/api/orgs/:orgId/towns" User => |p| p.org_owned(O::ListTowns)),
     route!(Get "/api/orgs/:orgId/towns/:townId" User => |p| p.org_owned(O::GetTown(p.town()?))),
     route!(Delete "/api/orgs/:orgId/towns/:townId" User => |p| p.org_owned(O::DeleteTown(p.town()?))),
+    route!(Post "/api/orgs/:orgId/towns/:townId/claim" User => |p| p.org_owned(O::ClaimTown(p.town()?))),
     route!(Get "/api/orgs/:orgId/towns/:townId/rigs" User => |p| p.org_owned(O::ListTownRigs(p.town()?))),
     route!(Post "/api/orgs/:orgId/rigs" User => |p| p.org_owned(O::CreateRig)),
     route!(Get "/api/orgs/:orgId/rigs/:rigId" User => |p| p.org_owned(O::GetRig(p.rig()?))),
+    route!(Patch "/api/orgs/:orgId/rigs/:rigId" User => |p| p.org_owned(O::PatchRig(p.rig()?))),
     route!(Delete "/api/orgs/:orgId/rigs/:rigId" User => |p| p.org_owned(O::DeleteRig(p.rig()?))),
     route!(Get "/api/towns/:townId" User => |p| p.town_route(T::Get)),
     route!(Get "/api/towns/:townId/rigs" User => |p| p.town_route(T::ListRigs)),
+    route!(Patch "/api/towns/:townId/rigs/:rigId" User => |p| p.town_route(T::PatchRig(p.rig()?))),
     route!(Get "/api/towns/:townId/config" User => |p| p.town_route(T::GetConfig)),
     route!(Patch "/api/towns/:townId/config" User => |p| p.town_route(T::PatchConfig)),
     route!(Get "/api/towns/:townId/container" User => |p| p.town_route(T::GetContainer)),

@@ -43,6 +43,11 @@ pub const TOWN_DO: &[Migration] = &[
         name: "beads",
         sql: include_str!("../../../migrations/town_do/0005_beads.sql"),
     },
+    Migration {
+        version: 6,
+        name: "git_identity",
+        sql: include_str!("../../../migrations/town_do/0006_git_identity.sql"),
+    },
 ];
 
 pub const CONTAINER_DO: &[Migration] = &[
@@ -73,7 +78,9 @@ mod tests {
             for (i, m) in list.iter().enumerate() {
                 assert_eq!(m.version as usize, i + 1, "{}", m.name);
                 assert!(
-                    m.sql.contains("CREATE") || m.sql.contains("INSERT"),
+                    ["CREATE", "INSERT", "ALTER TABLE"]
+                        .iter()
+                        .any(|statement| m.sql.contains(statement)),
                     "{}",
                     m.name
                 );

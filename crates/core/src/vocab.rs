@@ -35,6 +35,16 @@ impl Role {
 /// user's `env_vars` may not set it.
 pub const GATEWAY_TOKEN_ENV: &str = "KILO_JWT";
 
+/// The town's `github_cli_pat` in the container env: the town config derives it, the control
+/// server's `gh` shim reads it and hands it to each run of the GitHub CLI as
+/// [`GH_TOKEN_ENV`]. A user's `env_vars` may not set it.
+pub const GITHUB_CLI_PAT_ENV: &str = "GITHUB_CLI_PAT";
+
+/// The variable the GitHub CLI takes its token from. Never in a container's or an agent's env
+/// (a copy there would go stale): the `gh` shim sets it for one run of `gh` at a time. A
+/// user's `env_vars` may not set it.
+pub const GH_TOKEN_ENV: &str = "GH_TOKEN";
+
 /// Whose identity a git token carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -55,4 +65,18 @@ pub enum BotReason {
     Revoked,
     NoRepoAccess,
     RefreshFailed,
+}
+
+impl BotReason {
+    /// The reason as its JSON spells it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BotReason::Disabled => "disabled",
+            BotReason::NotConnected => "not_connected",
+            BotReason::Revoked => "revoked",
+            BotReason::NoRepoAccess => "no_repo_access",
+            BotReason::RefreshFailed => "refresh_failed",
+        }
+    }
 }

@@ -11,8 +11,10 @@
 //!    repository;
 //! 4. one commit adding `gastown/<bead id>.md` (the bead's title and body), author and
 //!    committer `GASTOWN_GIT_AUTHOR_NAME` <`GASTOWN_GIT_AUTHOR_EMAIL`> (default
-//!    `Gastown Agent <agent@gastown.invalid>`), with a [`COAUTHOR_TRAILER`] unless
-//!    `GASTOWN_DISABLE_AI_COAUTHOR` is `1` or `true`; pushed to `origin <branch>`;
+//!    `Gastown Agent <agent@gastown.invalid>`; the control server puts there the identity the
+//!    session's git tokens carry), with a `Co-authored-by` trailer naming
+//!    `GASTOWN_AI_AGENT_NAME` (default `Kilo`) unless `GASTOWN_DISABLE_AI_COAUTHOR` is `1` or
+//!    `true`; pushed to `origin <branch>`;
 //! 5. one model call to `POST <KILO_GATEWAY_URL>/api/gateway/chat/completions` with the
 //!    gateway token of `GASTOWN_GATEWAY_ENV_FILE` (its `KILO_JWT=` line; env `KILO_JWT` when
 //!    there is no file), model `GASTOWN_MODEL` (default `kilo/auto`), the bead's title as the
@@ -38,7 +40,13 @@
 //!   settings; also when the worker cannot be called at all, with nothing posted);
 //! * directives in the bead's body, for tests: [`HANG_DIRECTIVE`] sends no heartbeat at all,
 //!   sleeps [`HANG_TIME`] and exits 1 (a stalled agent); [`CRASH_DIRECTIVE`] prints a line and
-//!   exits [`EXIT_CRASHED`] at once, with no callback.
+//!   exits [`EXIT_CRASHED`] at once, with no callback. [`GH_DIRECTIVE`] and [`ORG_DIRECTIVE`]
+//!   replace the work (no git, no model call) with probes of what a real agent's tools would
+//!   see, each posted as one status, then `done`: [`GH_DIRECTIVE`] runs `gh auth token` once
+//!   (the `gh` its `PATH` finds: the control server's shim, which sets `GH_TOKEN` for that
+//!   run) and reports whether gh had a token and, if so, its [`fingerprint`] (8 hex digits of
+//!   its SHA-256), never the token; [`ORG_DIRECTIVE`] reports the organization its Kilo config
+//!   (`KILO_CONFIG_CONTENT`) and `GASTOWN_ORGANIZATION_ID` name.
 
 use gastown_control::agents::{
     AGENT_ID_ENV, AGENT_NAME_ENV, BEAD_BODY_ENV, BEAD_ID_ENV, BEAD_TITLE_ENV, BRANCH_ENV,
@@ -49,8 +57,8 @@ use gastown_control::workdir::is_plain_token;
 use gastown_control::{cli, client};
 use gastown_core::control::{
     agent_callback_path, AgentDoneCallback, AgentStatusCallback, ALLOW_LOCAL_GIT_ENV,
-    CONTENT_TYPE_JSON, GATEWAY_CHAT_PATH, GATEWAY_TOKEN_ENV, MAX_CALLBACK_TEXT, TOWN_ID_ENV,
-    WORKER_URL_ENV,
+    CONTENT_TYPE_JSON, GATEWAY_CHAT_PATH, GATEWAY_TOKEN_ENV, KILO_CONFIG_CONTENT_ENV,
+    MAX_CALLBACK_TEXT, ORGANIZATION_ID_ENV, TOWN_ID_ENV, WORKER_URL_ENV,
 };
 use serde_json::{json, Value};
 use std::fs;
@@ -69,21 +77,29 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 const MIN_HEARTBEAT_MS: u64 = 10;
 /// The container token of the dispatch, used only while the token file does not exist.
 pub const CONTAINER_TOKEN_ENV: &str = "GASTOWN_CONTAINER_TOKEN";
-pub const GIT_AUTHOR_NAME_ENV: &str = "GASTOWN_GIT_AUTHOR_NAME";
-pub const GIT_AUTHOR_EMAIL_ENV: &str = "GASTOWN_GIT_AUTHOR_EMAIL";
-pub const DISABLE_AI_COAUTHOR_ENV: &str = "GASTOWN_DISABLE_AI_COAUTHOR";
+pub use gastown_core::control::{
+    AI_AGENT_NAME_ENV, DISABLE_AI_COAUTHOR_ENV, GIT_AUTHOR_EMAIL_ENV, GIT_AUTHOR_NAME_ENV,
+};
 /// The Kilo gateway's origin.
 pub const GATEWAY_URL_ENV: &str = "KILO_GATEWAY_URL";
-pub const DEFAULT_AUTHOR_NAME: &str = "Gastown Agent";
-pub const DEFAULT_AUTHOR_EMAIL: &str = "agent@gastown.invalid";
+pub use gastown_core::control::{
+    DEFAULT_GIT_AUTHOR_EMAIL as DEFAULT_AUTHOR_EMAIL,
+    DEFAULT_GIT_AUTHOR_NAME as DEFAULT_AUTHOR_NAME,
+};
 pub const DEFAULT_MODEL: &str = "kilo/auto";
 pub const DEFAULT_BRANCH: &str = "main";
-/// The last paragraph of each commit message unless [`DISABLE_AI_COAUTHOR_ENV`] says no.
-pub const COAUTHOR_TRAILER: &str = "Co-authored-by: Kilo <kilo@gastown.invalid>";
 /// In a bead's body: behave as a stalled agent.
 pub const HANG_DIRECTIVE: &str = "[demo:hang]";
 /// In a bead's body: exit [`EXIT_CRASHED`] at once.
 pub const CRASH_DIRECTIVE: &str = "[demo:crash]";
+/// In a bead's body: run `gh auth token` once and post what gh had ([`gh_status`]), instead of
+/// the work.
+pub const GH_DIRECTIVE: &str = "[demo:gh]";
+/// In a bead's body: post the organization the agent's config names ([`org_status`]), instead
+/// of the work.
+pub const ORG_DIRECTIVE: &str = "[demo:org]";
+/// The GitHub CLI, as the agent's `PATH` finds it.
+pub const GH_PROGRAM: &str = "gh";
 pub const HANG_TIME: Duration = Duration::from_secs(600);
 /// The clone, in the work dir.
 pub const REPO_DIR: &str = "repo";
@@ -111,7 +127,9 @@ pub const USAGE: &str = "usage: gastown-demo-agent
   GASTOWN_RIG_ID, GASTOWN_AGENT_ID, GASTOWN_BEAD_ID, GASTOWN_GIT_URL,
   GASTOWN_CONTAINER_TOKEN_FILE, ...). It clones, commits one file for the bead, pushes, asks the
   model through KILO_GATEWAY_URL and reports to the worker. In the bead's body, [demo:hang]
-  makes it hang without a heartbeat and [demo:crash] makes it exit 3 at once.";
+  makes it hang without a heartbeat and [demo:crash] makes it exit 3 at once; [demo:gh] and
+  [demo:org] replace the work with a status saying whether `gh auth token` had a token (its
+  SHA-256 fingerprint, never the token) and which organization the Kilo config names.";
 
 /// The whole program with the process's environment (an empty variable counts as unset).
 /// Returns the exit code.
@@ -149,7 +167,15 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>) -> i32 {
     // A failed heartbeat is logged; the next one may get through.
     let _ = worker.call("heartbeat", "{}");
     let heartbeats = Heartbeats::start(Arc::clone(&worker), heartbeat_interval(env));
-    let outcome = Job::from_env(env).and_then(|job| job.run(&worker));
+    let probes = [GH_DIRECTIVE, ORG_DIRECTIVE]
+        .into_iter()
+        .filter(|d| bead_body.contains(d))
+        .collect::<Vec<_>>();
+    let outcome = if probes.is_empty() {
+        Job::from_env(env).and_then(|job| job.run(&worker))
+    } else {
+        Ok(probe(&worker, &probes, env))
+    };
     let code = match outcome {
         Ok(done) => {
             let body = serde_json::to_string(&done).unwrap_or_default();
@@ -168,6 +194,87 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>) -> i32 {
     };
     heartbeats.stop();
     code
+}
+
+/// Runs the `probes` (directives), each posting one status; the `done` to post.
+fn probe(
+    worker: &Worker,
+    probes: &[&str],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> AgentDoneCallback {
+    for &directive in probes {
+        let status = if directive == GH_DIRECTIVE {
+            gh_status(Command::new(GH_PROGRAM).args(["auth", "token"]))
+        } else {
+            org_status(env)
+        };
+        worker.status(&status);
+    }
+    AgentDoneCallback {
+        summary: callback_text(&format!("probed {}", probes.join(" "))),
+        branch: None,
+        pr_url: None,
+    }
+}
+
+/// The first 8 hex digits of `token`'s SHA-256: enough to tell tokens apart, nothing to use.
+#[must_use]
+pub fn fingerprint(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs `gh` (`gh auth token`, which prints the token gh would use, or fails without one) and
+/// says what it had: `[demo:gh] gh has a token: sha256 <fingerprint>`, `[demo:gh] gh has no
+/// token (exit <code>)` or `[demo:gh] gh could not run: <why>`. gh's stderr goes to the log.
+pub fn gh_status(gh: &mut Command) -> String {
+    let out = gh
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output();
+    match out {
+        Err(e) => format!("{GH_DIRECTIVE} gh could not run: {e}"),
+        Ok(out) => {
+            let printed = String::from_utf8_lossy(&out.stdout);
+            let token = printed.trim();
+            if out.status.success() && !token.is_empty() {
+                format!(
+                    "{GH_DIRECTIVE} gh has a token: sha256 {}",
+                    fingerprint(token)
+                )
+            } else {
+                let code = out
+                    .status
+                    .code()
+                    .map_or_else(|| "a signal".to_owned(), |c| c.to_string());
+                format!("{GH_DIRECTIVE} gh has no token (exit {code})")
+            }
+        }
+    }
+}
+
+/// The organization the agent's config names: `[demo:org] kilocodeOrganizationId=<id|none>
+/// GASTOWN_ORGANIZATION_ID=<id|none>`.
+pub fn org_status(env: &dyn Fn(&str) -> Option<String>) -> String {
+    let in_config = env(KILO_CONFIG_CONTENT_ENV)
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|config| {
+            config
+                .pointer("/provider/kilo/options/kilocodeOrganizationId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+    let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
+    format!(
+        "{ORG_DIRECTIVE} kilocodeOrganizationId={} {ORGANIZATION_ID_ENV}={}",
+        or_none(in_config),
+        or_none(env(ORGANIZATION_ID_ENV))
+    )
 }
 
 /// Sleeps [`HANG_TIME`], or less if the control server that started it goes away (the agent
@@ -443,16 +550,16 @@ fn no_credentials(after_scheme: &str) -> Result<(), String> {
 /// The first line of a commit message, then the bead, then (unless disabled) the co-author
 /// trailer as the last paragraph.
 #[must_use]
-pub fn commit_message(bead_id: &str, title: &str, coauthor: bool) -> String {
+pub fn commit_message(bead_id: &str, title: &str, coauthor: Option<&str>) -> String {
     let subject = title
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map_or_else(|| format!("Bead {bead_id}"), str::to_owned);
     let mut message = format!("{subject}\n\nGastown bead {bead_id}.\n");
-    if coauthor {
+    if let Some(trailer) = coauthor {
         message.push('\n');
-        message.push_str(COAUTHOR_TRAILER);
+        message.push_str(trailer);
         message.push('\n');
     }
     message
@@ -485,7 +592,8 @@ struct Job {
     work_dir: PathBuf,
     allow_local_git: bool,
     author: (String, String),
-    coauthor: bool,
+    /// The `Co-authored-by` trailer, unless disabled.
+    coauthor: Option<String>,
     gateway_url: Option<String>,
     gateway_env_file: Option<PathBuf>,
     gateway_env_token: Option<String>,
@@ -524,10 +632,16 @@ impl Job {
                 env(GIT_AUTHOR_NAME_ENV).unwrap_or_else(|| DEFAULT_AUTHOR_NAME.to_owned()),
                 env(GIT_AUTHOR_EMAIL_ENV).unwrap_or_else(|| DEFAULT_AUTHOR_EMAIL.to_owned()),
             ),
-            coauthor: !matches!(
+            coauthor: (!matches!(
                 env(DISABLE_AI_COAUTHOR_ENV).as_deref().map(str::trim),
                 Some("1" | "true")
-            ),
+            ))
+            .then(|| {
+                gastown_core::control::coauthor_trailer(
+                    &env(AI_AGENT_NAME_ENV)
+                        .unwrap_or_else(|| gastown_core::control::DEFAULT_AI_AGENT_NAME.to_owned()),
+                )
+            }),
             gateway_url,
             gateway_env_file: env(GATEWAY_ENV_FILE_ENV).map(PathBuf::from),
             gateway_env_token: env(GATEWAY_TOKEN_ENV),
@@ -602,7 +716,7 @@ impl Job {
             .and_then(|()| fs::write(&file, format!("# {}\n\n{}\n", self.title, self.body)));
         written.map_err(|e| failed(format!("cannot write {relative}: {e}")))?;
         git.run(&repo, &["add", "--", &relative])?;
-        let message = commit_message(&self.bead_id, &self.title, self.coauthor);
+        let message = commit_message(&self.bead_id, &self.title, self.coauthor.as_deref());
         git.run(
             &repo,
             &[
@@ -783,12 +897,14 @@ mod tests {
 
     #[test]
     fn commit_messages_end_with_the_trailer_unless_disabled() {
-        let with = commit_message("b1", "Fix the thing\nmore", true);
+        let trailer = gastown_core::control::coauthor_trailer("Kilo");
+        assert_eq!(trailer, "Co-authored-by: Kilo <kilo@gastown.invalid>");
+        let with = commit_message("b1", "Fix the thing\nmore", Some(&trailer));
         assert_eq!(
             with,
-            format!("Fix the thing\n\nGastown bead b1.\n\n{COAUTHOR_TRAILER}\n")
+            format!("Fix the thing\n\nGastown bead b1.\n\n{trailer}\n")
         );
-        let without = commit_message("b1", "  ", false);
+        let without = commit_message("b1", "  ", None);
         assert_eq!(without, "Bead b1\n\nGastown bead b1.\n");
     }
 
@@ -822,6 +938,58 @@ mod tests {
         assert_eq!(heartbeat_interval(&env("1")), Duration::from_millis(10));
         assert_eq!(heartbeat_interval(&env("x")), DEFAULT_HEARTBEAT);
         assert_eq!(heartbeat_interval(&|_: &str| None), DEFAULT_HEARTBEAT);
+    }
+
+    #[test]
+    fn fingerprints_are_eight_hex_digits_of_sha256() {
+        // printf 'ghs_abc' | sha256sum
+        assert_eq!(fingerprint("ghs_abc"), "c8f8780e");
+        assert_eq!(fingerprint("").len(), 8);
+        assert_ne!(fingerprint("a"), fingerprint("b"));
+    }
+
+    #[test]
+    fn the_gh_probe_says_whether_gh_had_a_token_never_which() {
+        let sh = |script: &str| {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", script]);
+            gh_status(&mut cmd)
+        };
+        assert_eq!(
+            sh("echo ghs_abc"),
+            format!(
+                "[demo:gh] gh has a token: sha256 {}",
+                fingerprint("ghs_abc")
+            )
+        );
+        assert_eq!(sh("exit 1"), "[demo:gh] gh has no token (exit 1)");
+        assert_eq!(sh("echo; exit 0"), "[demo:gh] gh has no token (exit 0)");
+        assert!(sh("echo ghs_abc").find("ghs_abc").is_none());
+        let missing = gh_status(&mut Command::new("/nonexistent/gh"));
+        assert!(
+            missing.starts_with("[demo:gh] gh could not run:"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn the_org_probe_reads_the_kilo_config_and_the_env() {
+        let env = |name: &str| match name {
+            KILO_CONFIG_CONTENT_ENV => Some(
+                r#"{"provider":{"kilo":{"options":{"kilocodeOrganizationId":"org-7"}}}}"#
+                    .to_owned(),
+            ),
+            ORGANIZATION_ID_ENV => Some("org-7".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            org_status(&env),
+            "[demo:org] kilocodeOrganizationId=org-7 GASTOWN_ORGANIZATION_ID=org-7"
+        );
+        assert_eq!(
+            org_status(&|_| None),
+            "[demo:org] kilocodeOrganizationId=none GASTOWN_ORGANIZATION_ID=none"
+        );
     }
 
     #[test]

@@ -455,3 +455,98 @@ fn the_demo_agent_hang_directive_sends_no_heartbeat() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A stand-in for the GitHub CLI's `gh auth token`: prints `GH_TOKEN` when it has one, else
+/// fails as gh does without a token.
+const FAKE_GH_AUTH_TOKEN: &str = r#"#!/bin/sh
+if [ "$1 $2" != "auth token" ]; then echo "fake gh: only auth token" >&2; exit 2; fi
+if [ -n "$GH_TOKEN" ]; then echo "$GH_TOKEN"; exit 0; fi
+echo "no oauth token found for github.com" >&2
+exit 1
+"#;
+
+#[test]
+fn the_demo_agent_probes_gh_through_the_shim_and_the_org_of_its_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let town = "town-probe";
+    let dir = TempDir::new("fake-gh");
+    let fake_gh = dir.join("gh");
+    std::fs::write(&fake_gh, FAKE_GH_AUTH_TOKEN).unwrap();
+    std::fs::set_permissions(&fake_gh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // One fake worker for the callbacks and the git-token route: every answer is a GitHub
+    // App token `ghs_<request number>.tok`.
+    let expires_at = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+        + 3600;
+    let worker = FakeWorker::start(
+        200,
+        &json!({ "token": "ghs_{n}.tok", "expires_at": expires_at, "source": "github_app" })
+            .to_string(),
+    );
+    let s = start(
+        &control_debug_bin(),
+        &[(KEY_ENV, KEY)],
+        &[
+            "--worker-url",
+            &worker.url(),
+            "--gh-path",
+            fake_gh.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(refresh(town, "ctok-1").auth(town).send(&s).0, 200);
+    let body = json!({
+        "townId": town,
+        "agent_id": "polecat-1",
+        "role": "polecat",
+        "name": "toast",
+        "rig_id": "rig-1",
+        "bead": { "id": "bead-1", "title": "Probe", "body": "[demo:gh] [demo:org]" },
+        "git_url": "https://github.com/acme/app.git",
+        "worker_url": worker.url(),
+        "organization_id": "org-9",
+        "env": { "GASTOWN_HEARTBEAT_MS": "5000" },
+    });
+    let (code, answer) = start_agent(&s, town, &body);
+    assert_eq!(code, 200, "{answer}");
+    assert!(eventually(WAIT, || exited(&s, town, "polecat-1")));
+    let log = std::fs::read_to_string(s.canonical_town_dir(town).join("agents/polecat-1.log"))
+        .unwrap_or_default();
+    assert_eq!(status(&s, town, "polecat-1").1["exit_code"], 0, "{log}");
+
+    let seen = worker.seen();
+    // The start asked once (the session's identity), then the shim for its own run of gh.
+    let path = gastown_core::control::git_token_path(town, "rig-1");
+    let n = 1 + seen
+        .iter()
+        .rposition(|c| c.path == path)
+        .expect("the shim asked the worker for the rig's token");
+    assert_eq!(
+        seen.iter().filter(|c| c.path == path).count(),
+        2,
+        "{seen:?}"
+    );
+    let token = format!("ghs_{n}.tok");
+    let messages = statuses(&seen);
+    assert_eq!(
+        messages,
+        [
+            format!(
+                "[demo:gh] gh has a token: sha256 {}",
+                gastown_standins::demo_agent::fingerprint(&token)
+            ),
+            "[demo:org] kilocodeOrganizationId=org-9 GASTOWN_ORGANIZATION_ID=org-9".to_owned(),
+        ]
+    );
+    let done: AgentDoneCallback = serde_json::from_str(&calls_of(&seen, "done")[0].body).unwrap();
+    assert_eq!(done.branch, None, "no git work");
+    assert!(
+        seen.iter().all(|c| !c.body.contains(&token)),
+        "never the token"
+    );
+    assert!(!log.contains(&token), "{log}");
+}

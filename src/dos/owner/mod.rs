@@ -7,6 +7,7 @@ mod store;
 
 use super::{org, town, user, DoStub};
 use crate::config;
+use crate::org_towns;
 use crate::rig_index;
 use crate::storage::{bump_meta, MetaKey, Schema};
 use gastown_core::error::ApiError;
@@ -103,6 +104,9 @@ impl OwnerCore {
         if let Err(e) = self.reconcile_index().await {
             console_error!("watchdog: rig index: {e}");
         }
+        if let Err(e) = self.reconcile_org_towns().await {
+            console_error!("watchdog: org town index: {e}");
+        }
         for town in towns {
             let result = match town::stub(&self.env, &town) {
                 Ok(stub) => stub.call(EnsureAlarm {}).await,
@@ -144,6 +148,17 @@ impl OwnerCore {
     }
 }
 
+impl OwnerCore {
+    /// Makes the D1 index of org towns by user say what this (org) DO holds.
+    async fn reconcile_org_towns(&self) -> Result<(), ApiError> {
+        let towns = store::all_towns(&self.sql())?;
+        match towns.first().map(|t| &t.owner) {
+            Some(Owner::Org(org)) => org_towns::reconcile(&self.env, org, &towns).await,
+            _ => Ok(()),
+        }
+    }
+}
+
 type Reply<T> = Result<T, ApiError>;
 
 impl OwnerOps for OwnerCore {
@@ -169,6 +184,7 @@ impl OwnerOps for OwnerCore {
                 return Err(err);
             }
         };
+        org_towns::record(&self.env, &town).await?;
         self.arm_watchdog().await?;
         Ok(town)
     }
@@ -188,6 +204,9 @@ impl OwnerOps for OwnerCore {
         town::stub(&self.env, &town_id)?.call(t::Destroy {}).await?;
         let removed = store::remove_town(&self.sql(), &town_id)?;
         rig_index::remove(&self.env, &removed.rig_ids).await?;
+        if matches!(removed.town.owner, Owner::Org(_)) {
+            org_towns::remove(&self.env, &town_id).await?;
+        }
         Ok(removed)
     }
 
@@ -221,6 +240,55 @@ impl OwnerOps for OwnerCore {
         Ok(rig)
     }
 
+    /// The record first (404, the name check, a source changed meanwhile), then the town's DO.
+    /// Patches of one rig may interleave at the town call; each re-reads the record after its
+    /// call and sends it again while it differs from what it sent, so the town's copy ends as
+    /// the record is. The index row holds nothing a patch changes.
+    async fn patch_rig(
+        &self,
+        PatchRig {
+            rig_id,
+            town_id,
+            change,
+        }: PatchRig,
+    ) -> Reply<Rig> {
+        let before = store::get_rig(&self.sql(), &rig_id)?;
+        if town_id.as_ref().is_some_and(|t| *t != before.town_id) {
+            return Err(ApiError::NotFound("rig not found".into()));
+        }
+        let after = change.apply(&before)?;
+        store::replace_rig(&self.sql(), &after)?;
+        let town_stub = town::stub(&self.env, &after.town_id)?;
+        let mut sent = after.clone();
+        loop {
+            if let Err(err) = town_stub.call(t::AddRig { rig: sent.clone() }).await {
+                // Take the record back, unless another patch has changed it since.
+                if store::get_rig(&self.sql(), &rig_id).is_ok_and(|now| now == after) {
+                    if let Err(undo) = store::replace_rig(&self.sql(), &before) {
+                        console_error!("patch rig: could not restore rig {rig_id}: {undo}");
+                    }
+                }
+                return Err(err);
+            }
+            let now = match store::get_rig(&self.sql(), &rig_id) {
+                Ok(now) => now,
+                Err(gone) => {
+                    // Deleted meanwhile: the town must not keep what this call put back.
+                    let _ = town_stub
+                        .call(t::RemoveRig {
+                            rig_id: rig_id.clone(),
+                        })
+                        .await;
+                    return Err(gone);
+                }
+            };
+            if now == sent {
+                return Ok(now);
+            }
+            sent = now;
+        }
+    }
+
     async fn list_rigs(&self, ListRigs { town_id, page }: ListRigs) -> Reply<Json<Vec<Rig>>> {
         store::list_rigs(&self.sql(), &town_id, &page)
     }
@@ -241,6 +309,31 @@ impl OwnerOps for OwnerCore {
         let rig = store::remove_rig(&self.sql(), &rig_id)?;
         rig_index::remove(&self.env, std::slice::from_ref(&rig_id)).await?;
         Ok(rig)
+    }
+
+    /// The town's DO decides (it stops a town acting as the user); the record follows, and
+    /// the index forgets the user.
+    async fn forget_town_user(
+        &self,
+        ForgetTownUser { town_id, user_id }: ForgetTownUser,
+    ) -> Reply<Town> {
+        store::get_town(&self.sql(), &town_id)?;
+        let town = town::stub(&self.env, &town_id)?
+            .call(t::ForgetUser { user_id })
+            .await?;
+        store::record_town(&self.sql(), &town)?;
+        org_towns::record(&self.env, &town).await?;
+        Ok(town)
+    }
+
+    async fn claim_town(&self, ClaimTown { town_id, user_id }: ClaimTown) -> Reply<Town> {
+        store::get_town(&self.sql(), &town_id)?;
+        let town = town::stub(&self.env, &town_id)?
+            .call(t::Claim { user_id })
+            .await?;
+        store::record_town(&self.sql(), &town)?;
+        org_towns::record(&self.env, &town).await?;
+        Ok(town)
     }
 
     async fn set_town_status(

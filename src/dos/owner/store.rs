@@ -248,6 +248,36 @@ pub fn remove_town(sql: &SqlStorage, town_id: &TownId) -> Result<RemovedTown, Ap
     Ok(RemovedTown { town, rig_ids })
 }
 
+/// Records the town as its TownDO now has it: its status and the user it acts as.
+///
+/// # Errors
+/// 404 for a town this owner lacks.
+pub fn record_town(sql: &SqlStorage, town: &Town) -> Result<(), ApiError> {
+    get_town(sql, &town.id)?;
+    exec(
+        sql,
+        "UPDATE towns SET status = ?, owner_user_id = ?, created_by_user_id = ? WHERE id = ?",
+        vec![
+            town.status.as_str().into(),
+            town.owner_user_id.as_ref().map(|u| u.as_str()).into(),
+            town.created_by_user_id.as_str().into(),
+            town.id.as_str().into(),
+        ],
+    )
+}
+
+/// Every town, in creation order (for the watchdog's index reconciliation).
+///
+/// # Errors
+/// Internal only.
+pub fn all_towns(sql: &SqlStorage) -> Result<Vec<Town>, ApiError> {
+    rows(
+        sql,
+        &format!("SELECT {TOWN_COLUMNS} FROM towns ORDER BY seq"),
+        vec![],
+    )
+}
+
 /// Records a town's status as its TownDO now has it.
 ///
 /// # Errors
@@ -304,6 +334,39 @@ pub fn add_rig(sql: &SqlStorage, rig: Rig, max: u64) -> Result<Rig, ApiError> {
         values,
     )?;
     Ok(rig)
+}
+
+/// Writes `rig` over the record of the same id (its town and creation stay).
+///
+/// # Errors
+/// 404 for a rig this owner lacks; 409 for a name another rig of its town has.
+pub fn replace_rig(sql: &SqlStorage, rig: &Rig) -> Result<(), ApiError> {
+    get_rig(sql, &rig.id)?;
+    if exists(
+        sql,
+        "SELECT 1 FROM rigs WHERE town_id = ? AND name = ? AND id <> ?",
+        vec![
+            rig.town_id.as_str().into(),
+            rig.name.as_str().into(),
+            rig.id.as_str().into(),
+        ],
+    )? {
+        return Err(ApiError::Conflict(format!(
+            "a rig named '{}' already exists in this town",
+            rig.name
+        )));
+    }
+    exec(
+        sql,
+        "UPDATE rigs SET name = ?, git_url = ?, default_branch = ?, platform_integration_id = ? WHERE id = ?",
+        vec![
+            rig.name.as_str().into(),
+            rig.git_url.as_str().into(),
+            rig.default_branch.as_str().into(),
+            rig.platform_integration_id.as_deref().into(),
+            rig.id.as_str().into(),
+        ],
+    )
 }
 
 /// # Errors

@@ -14,7 +14,7 @@ use gastown_core::beads::{BeadEventKind, BeadStatus};
 use gastown_core::control::{AgentBead, AgentStartBody, ALLOW_LOCAL_GIT_ENV};
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId};
-use gastown_core::model::{Agent, Rig, Town, TownStatus};
+use gastown_core::model::{Agent, Rig, Town};
 use gastown_core::policy::{self, Breaker, DispatchRetry};
 use gastown_core::protocol::container::{self as c, AgentStarted};
 use gastown_core::time::rfc3339;
@@ -103,7 +103,7 @@ impl TownDO {
             }
             // The town may have been stopped while the container was called: dispatch no more
             // (the stop handed its running work back, and its start re-arms the loop).
-            if self.stored_status()? == TownStatus::Stopped {
+            if self.stored_status()?.is_stopped() {
                 break;
             }
         }
@@ -276,6 +276,7 @@ impl TownDO {
             branch: Some(transitions::work_branch(&agent.name, &bead.id)),
             model: effective_model(config, Role::Polecat, Some(rig.id.as_str())).map(str::to_owned),
             worker_url: Some(settings.work.callback_url.clone()),
+            organization_id: town.owner.org().cloned(),
             env,
         })
     }

@@ -240,6 +240,7 @@ impl TownDO {
         match town.status {
             TownStatus::Active => Ok(()),
             TownStatus::Stopped => Err(ApiError::TownStopped),
+            TownStatus::CreatorDeleted => Err(ApiError::CreatorDeleted),
         }
     }
 

@@ -6,7 +6,7 @@ use super::store;
 use super::{Meta, TownDO};
 use crate::config;
 use crate::storage::{bump_meta, meta, set_meta};
-use gastown_core::beads::{Bead, BeadDetail};
+use gastown_core::beads::{Bead, BeadDetail, BeadEventKind};
 use gastown_core::error::ApiError;
 use gastown_core::model::{Agent, Rig, Town, TownStatus};
 use gastown_core::protocol::container::{self as c, TokenPushed};
@@ -129,7 +129,7 @@ impl TownOps for TownDO {
 
     /// A stopped town has no alarm on purpose: its start arms it.
     async fn ensure_alarm(&self, _: EnsureAlarm) -> Reply<AlarmArmed> {
-        if self.town()?.is_none_or(|t| t.status == TownStatus::Stopped) {
+        if self.town()?.is_none_or(|t| t.status.is_stopped()) {
             return Ok(AlarmArmed { rearmed: false });
         }
         let pending = self
@@ -295,37 +295,78 @@ impl TownOps for TownDO {
     }
 
     async fn stop_town(&self, req: StopTown) -> Reply<Town> {
-        let mut town = self.admit_manager(&req.caller, "stop it")?;
-        if town.status == TownStatus::Stopped {
+        let town = self.admit_manager(&req.caller, "stop it")?;
+        if town.status.is_stopped() {
             self.tell_owner_status(&town).await?;
             return Ok(town);
         }
         let _alone = self.begin_transition()?;
-        // Stopped first, so nothing that runs meanwhile starts or pushes anything; then every
-        // container token is rotated away and the loop ends.
-        self.set_status(TownStatus::Stopped)?;
-        town.status = TownStatus::Stopped;
-        self.release_work("the town was stopped")?;
-        self.advance_generation()?;
-        set_meta(&self.sql(), Meta::ContainerStarted, 0)?;
-        self.state
-            .storage()
-            .delete_alarm()
-            .await
-            .map_err(ApiError::internal)?;
-        self.container(&town.id)?
-            .call(c::Stop {
-                town_id: town.id.clone(),
-            })
-            .await
-            .map_err(super::gone_is_not_found)?;
-        self.still_here()?;
+        let town = self
+            .halt(town, TownStatus::Stopped, "the town was stopped")
+            .await?;
         self.tell_owner_status(&town).await?;
         Ok(town)
     }
 
+    /// The account of the user the town acts as was deleted: the town stops as a stop does,
+    /// acts as no one (`creator_deleted`: nothing mints; its gateway token, minted for that
+    /// user, goes) and waits for an org owner's claim. A town acting as someone else, or
+    /// already `creator_deleted`, is left alone. The owner's DO, which asked, records the
+    /// result. The user's id stays on the record as who created the town, until a claim.
+    async fn forget_user(&self, ForgetUser { user_id }: ForgetUser) -> Reply<Town> {
+        let town = self.require_town()?;
+        if town.owner_user_id.as_ref() != Some(&user_id)
+            || town.status == TownStatus::CreatorDeleted
+        {
+            return Ok(town);
+        }
+        let _alone = self.begin_transition()?;
+        let town = if town.status.is_stopped() {
+            self.set_status(TownStatus::CreatorDeleted)?;
+            self.advance_generation()?;
+            Town {
+                status: TownStatus::CreatorDeleted,
+                ..town
+            }
+        } else {
+            self.halt(
+                town,
+                TownStatus::CreatorDeleted,
+                "the account the town acted as was deleted",
+            )
+            .await?
+        };
+        let mut config = self.config(&town.id)?;
+        if config.kilocode_token.take().is_some() {
+            self.store_config(&town.id, &config)?;
+        }
+        Ok(town)
+    }
+
+    /// An org owner takes over a town whose creator was deleted: it acts as them from now on
+    /// (tokens, billing) and stays stopped until someone starts it.
+    async fn claim(&self, Claim { user_id }: Claim) -> Reply<Town> {
+        let town = self.require_town()?;
+        if town.status != TownStatus::CreatorDeleted {
+            return Err(ApiError::Conflict(
+                "only a town whose creator was deleted can be claimed".into(),
+            ));
+        }
+        store::set_town_user(&self.sql(), &user_id)?;
+        self.set_status(TownStatus::Stopped)?;
+        Ok(Town {
+            owner_user_id: Some(user_id.clone()),
+            created_by_user_id: user_id,
+            status: TownStatus::Stopped,
+            ..town
+        })
+    }
+
     async fn start_town(&self, req: StartTown) -> Reply<TownStarted> {
         let mut town = self.admit_manager(&req.caller, "start it")?;
+        if town.status == TownStatus::CreatorDeleted {
+            return Err(ApiError::CreatorDeleted);
+        }
         if town.status == TownStatus::Active {
             self.tell_owner_status(&town).await?;
             return Ok(TownStarted {
@@ -421,12 +462,52 @@ impl TownOps for TownDO {
         let config = self.config(&town.id)?;
         let town_token = gastown_core::integrations::town_token_for(&config.git_auth, &rig.git_url)
             .map(str::to_owned);
+        // An agent's work runs as the user who asked for it: its bead's creator.
+        let sql = self.sql();
+        let (worker, session_identity) = match &req.agent_id {
+            Some(agent_id) => {
+                let agent = store::agent(&sql, agent_id.as_str())?
+                    .filter(|a| a.rig_id.as_ref() == Some(&rig.id))
+                    .ok_or_else(|| ApiError::NotFound("no such agent of this rig".into()))?;
+                let creator = match &agent.current_bead_id {
+                    Some(bead) => store::bead(&sql, bead)?.map(|b| b.created_by),
+                    None => None,
+                };
+                (creator, store::agent_git_identity(&sql, agent_id.as_str())?)
+            }
+            None => (None, None),
+        };
+        let as_user = match worker.filter(|u| gastown_core::ids::UserId::parse(u).is_ok()) {
+            Some(user) => user,
+            None => town.token_user_id()?.to_owned(),
+        };
         Ok(RigCredentialsReply {
             town,
             rig,
             town_token,
             commit_as_user: config.commit_as_user,
+            as_user,
+            session_identity,
         })
+    }
+
+    async fn note_git_identity(&self, req: NoteGitIdentity) -> Reply<Ack> {
+        self.require_town()?;
+        let sql = self.sql();
+        let agent = store::agent(&sql, req.agent_id.as_str())?
+            .ok_or_else(|| ApiError::NotFound("no such agent".into()))?;
+        store::set_agent_git_identity(&sql, agent.id.as_str(), &req.identity)?;
+        if let Some(bead) = &agent.current_bead_id {
+            store::event(
+                &sql,
+                bead,
+                BeadEventKind::GitIdentity,
+                &store::Actor::Agent(&agent.id),
+                Some(&req.message),
+                config::now_ms(),
+            )?;
+        }
+        Ok(Ack::OK)
     }
 
     #[cfg(feature = "test-hooks")]

@@ -9,7 +9,7 @@ use crate::storage::{bump_meta, set_meta};
 use gastown_core::beads::{Bead, BeadEventKind, BeadStatus, BeadType, NewBead};
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId};
-use gastown_core::model::{AgentStatus, Town};
+use gastown_core::model::{AgentStatus, Town, TownStatus};
 use gastown_core::policy::CRASH_LOOP_WINDOW_MS;
 use gastown_core::protocol::container as c;
 use gastown_core::time::rfc3339;
@@ -83,6 +83,35 @@ impl TownDO {
             self.stop_agent_process(town, &agent.id).await;
         }
         self.still_here()
+    }
+
+    /// Stops everything (its work handed back with `reason`, every container token rotated
+    /// away, no alarm, the container stopped) and leaves the town in `status`.
+    pub(super) async fn halt(
+        &self,
+        mut town: Town,
+        status: TownStatus,
+        reason: &str,
+    ) -> Reply<Town> {
+        // The status first, so nothing that runs meanwhile starts or pushes anything.
+        self.set_status(status)?;
+        town.status = status;
+        self.release_work(reason)?;
+        self.advance_generation()?;
+        set_meta(&self.sql(), Meta::ContainerStarted, 0)?;
+        self.state
+            .storage()
+            .delete_alarm()
+            .await
+            .map_err(ApiError::internal)?;
+        self.container(&town.id)?
+            .call(c::Stop {
+                town_id: town.id.clone(),
+            })
+            .await
+            .map_err(super::gone_is_not_found)?;
+        self.still_here()?;
+        Ok(town)
     }
 
     /// The town stops: its agents stop with the container, so their beads go back to open

@@ -12,7 +12,7 @@ use gastown_core::beads::{
 };
 use gastown_core::control::AgentDoneCallback;
 use gastown_core::error::ApiError;
-use gastown_core::ids::{AgentId, RigId};
+use gastown_core::ids::{AgentId, RigId, UserId};
 use gastown_core::model::{Agent, AgentStatus, Rig, Town, TownStatus, AGENT_COLUMNS, AGENT_JSON};
 use gastown_core::page::Page;
 use gastown_core::protocol::Json;
@@ -77,6 +77,15 @@ pub fn set_town_status(sql: &SqlStorage, status: TownStatus) -> Reply<()> {
         sql,
         "UPDATE town SET status = ?",
         vec![status.as_str().into()],
+    )
+}
+
+/// Makes `user` the one the town acts as, and its creator (an org owner's claim).
+pub fn set_town_user(sql: &SqlStorage, user: &UserId) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE town SET owner_user_id = ?, created_by_user_id = ?",
+        vec![user.as_str().into(), user.as_str().into()],
     )
 }
 
@@ -411,6 +420,28 @@ pub fn events_since(
 }
 
 /// One bead, decoded (the places that need its fields).
+/// The git identity the agent's session last committed as.
+pub fn agent_git_identity(sql: &SqlStorage, agent: &str) -> Reply<Option<String>> {
+    #[derive(Deserialize)]
+    struct Row {
+        git_identity: Option<String>,
+    }
+    Ok(first::<Row>(
+        sql,
+        "SELECT git_identity FROM agents WHERE id = ?",
+        vec![agent.into()],
+    )?
+    .and_then(|r| r.git_identity))
+}
+
+pub fn set_agent_git_identity(sql: &SqlStorage, agent: &str, identity: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE agents SET git_identity = ? WHERE id = ?",
+        vec![identity.into(), agent.into()],
+    )
+}
+
 pub fn bead(sql: &SqlStorage, id: &str) -> Reply<Option<Bead>> {
     json_record(sql, BEAD_JSON, "beads", id)
 }
@@ -685,7 +716,7 @@ pub fn claim(
     )?;
     exec(
         sql,
-        "UPDATE agents SET status = ?, current_bead_id = ?, dispatch_attempts = dispatch_attempts + 1, last_activity_at = ?, last_activity_ms = ? WHERE id = ?",
+        "UPDATE agents SET status = ?, current_bead_id = ?, dispatch_attempts = dispatch_attempts + 1, last_activity_at = ?, last_activity_ms = ?, git_identity = NULL WHERE id = ?",
         vec![
             AgentStatus::Working.as_str().into(),
             bead.into(),

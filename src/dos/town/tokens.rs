@@ -10,7 +10,7 @@ use gastown_core::agent_settings::{settings_files, SettingsFiles};
 use gastown_core::auth::{sign_container, sign_sandbox};
 use gastown_core::authz::ContainerCredential;
 use gastown_core::error::ApiError;
-use gastown_core::model::{Town, TownStatus};
+use gastown_core::model::Town;
 use gastown_core::policy::TokenGeneration;
 use gastown_core::protocol::container::{self as c, PushToken, TokenPushed};
 use gastown_core::town_config::{container_env, TownConfig};
@@ -25,7 +25,7 @@ impl TownDO {
     pub(super) fn mint_gateway(&self, town: &Town) -> Reply<(String, i64)> {
         let (token, exp) = sign_sandbox(
             &config::get(&self.env).keys,
-            town.token_user_id(),
+            town.token_user_id()?,
             &town.id,
             town.owner.org(),
             config::now_s(),
@@ -86,7 +86,7 @@ impl TownDO {
             .await
             .map_err(gone_is_not_found)?;
         self.still_here()?;
-        if self.stored_status()? == TownStatus::Stopped {
+        if self.stored_status()?.is_stopped() {
             // The town was stopped while this start was on its way, and the stop may have
             // reached the container first: stop it again, so nothing runs for a stopped town.
             self.container(&town.id)?
@@ -163,7 +163,7 @@ impl TownDO {
         sign_container(
             &config::get(&self.env).keys,
             &town.id,
-            town.token_user_id(),
+            town.token_user_id()?,
             self.generation()?.current,
             config::now_s(),
         )

@@ -1,5 +1,7 @@
 //! Personal data deletion of one user: their GitHub grants and token rows, their personal
-//! integrations and their personal towns. Each step is idempotent, so a retry finishes the job.
+//! integrations and their personal towns; and the org towns acting as them stop and act as no
+//! one (`creator_deleted`) until an org owner claims one, so no token is minted for the user
+//! again. Each step is idempotent, so a retry finishes the job.
 
 use crate::http::json;
 use crate::platforms::{store, user_tokens};
@@ -12,7 +14,8 @@ type Handled = Result<Response, ApiError>;
 
 /// `DELETE /api/internal/users/:userId`: personal data deletion. The user's GitHub grants are
 /// revoked (best effort) and their token rows deleted; their personal integrations and personal
-/// towns (containers stopped, DO storage wiped) go. Idempotent.
+/// towns (containers stopped, DO storage wiped) go; org towns acting as them stop (their work
+/// handed back) and show `creator_deleted`. Idempotent.
 pub async fn delete_user(env: &Env, user: &gastown_core::ids::UserId) -> Handled {
     user_tokens::delete_user(env, user.as_str()).await?;
     let owner = Owner::User(user.clone());
@@ -37,10 +40,28 @@ pub async fn delete_user(env: &Env, user: &gastown_core::ids::UserId) -> Handled
             }
         }
     }
+    // Org towns acting as the user stop and act as no one, until an org owner claims them.
+    let mut org_towns = 0u32;
+    for (town_id, org) in crate::org_towns::of_user(env, user).await? {
+        let forget = gastown_core::protocol::owner::ForgetTownUser {
+            town_id: town_id.clone(),
+            user_id: user.clone(),
+        };
+        match crate::dos::owner::stub(env, &Owner::Org(org))?
+            .call(forget)
+            .await
+        {
+            Ok(_) => org_towns += 1,
+            // A row the org's DO does not back: drop it.
+            Err(ApiError::NotFound(_)) => crate::org_towns::remove(env, &town_id).await?,
+            Err(e) => return Err(e),
+        }
+    }
     #[derive(Serialize)]
     struct Out {
         deleted: bool,
         towns: u32,
+        org_towns: u32,
         integrations: usize,
     }
     Ok(json(
@@ -48,6 +69,7 @@ pub async fn delete_user(env: &Env, user: &gastown_core::ids::UserId) -> Handled
         &Out {
             deleted: true,
             towns,
+            org_towns,
             integrations: integrations.len(),
         },
     ))

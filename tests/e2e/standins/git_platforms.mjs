@@ -192,6 +192,7 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
     githubUsers: new Map(), // user id -> { id, login, name, email, created_at, repos: Map(lower full name -> access) }
     githubUserCodes: new Map(), // code -> { user_id, redirect_uri, used, expiresAtMs }
     githubUserGrants: [], // user-to-server access/refresh token pairs, in issue order
+    gitAuth: [], // every git request's credential: { owner, repo, service, as: "user:<id>"|"installation:<id>"|null, verdict }
     githubRepos: new Map(), // lower "owner/name" -> repo known only from users' access lists
     githubOwners: new Map(), // lower login -> generated account id for owners that are neither users nor installations
     gitlabUsers: new Map(), // user id -> { user, projects }
@@ -1196,7 +1197,17 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
   }
 
   /** The git host's verdict on a request: GitHub's rules for installation and user tokens. */
-  function authorizeGit({ owner, repo, service, username, password }) {
+  function authorizeGit(request) {
+    const verdict = decideGit(request);
+    const { owner, repo, service, password } = request;
+    // Whose credential it was, for tests to read (never the token itself).
+    const grant = password?.startsWith("ghu_") && state.githubUserGrants.find((g) => g.access_token === password);
+    const record = !grant && password && state.githubTokens.get(password);
+    const as = grant ? `user:${grant.user_id}` : record ? `installation:${record.installation_id}` : null;
+    state.gitAuth.push({ owner, repo, service, as, verdict });
+    return verdict;
+  }
+  function decideGit({ owner, repo, service, username, password }) {
     const found = findRepo(owner, repo);
     if (!found || !password) return false;
     const push = service === "git-receive-pack";
@@ -1256,6 +1267,8 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
     gitUrl: gitHost.url,
     gitCaFile: gitHost.caFile,
     gitLog: () => gitHost.log(),
+    /** Whose credential each git request carried: { owner, repo, service, as, verdict } (no token). */
+    gitAuth: () => state.gitAuth.slice(),
     /** The bare repository of owner/name on the git host (made on first use). */
     gitRepoPath: (owner, name) => gitHost.ensureRepo(owner, name, findRepo(owner, name)?.repo.default_branch ?? "main"),
     async stop() {

@@ -218,6 +218,7 @@ mod tests {
                         branch: None,
                         model: None,
                         worker_url: None,
+                        organization_id: None,
                         env: BTreeMap::new(),
                     },
                 }

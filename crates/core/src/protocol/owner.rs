@@ -4,9 +4,10 @@
 //! undoes what it wrote when a later step fails: a handler makes one call.
 
 use super::{Ack, Json};
-use crate::ids::{RigId, TownId};
+use crate::ids::{RigId, TownId, UserId};
 use crate::model::{Rig, Town, TownStatus};
 use crate::page::Page;
+use crate::rig_patch::RigChange;
 use serde::{Deserialize, Serialize};
 
 crate::do_protocol! {
@@ -25,6 +26,11 @@ crate::do_protocol! {
         /// 404 for a town this owner lacks, 409 for a rig name taken in that town or at the
         /// rig quota; else records the rig, registers it with the town's DO and indexes it.
         CreateRig(CreateRig) -> Rig => create_rig;
+        /// 404 for a rig this owner lacks (or not in `town_id` when given), 409 for a name
+        /// taken in its town or a source changed since the change was decided; else changes
+        /// the record, then the town's DO, and answers the rig as it now is. A failed town
+        /// step takes the record back.
+        PatchRig(PatchRig) -> Rig => patch_rig;
         /// A town's rigs, oldest first; 404 for a town this owner lacks.
         ListRigs(ListRigs) -> Json<Vec<Rig>> => list_rigs;
         /// 404 when this owner has no such rig.
@@ -32,6 +38,13 @@ crate::do_protocol! {
         /// 404 for a rig this owner lacks; else removes it from the town's DO (its work fails),
         /// forgets it and its index row; answers it as it was.
         DeleteRig(DeleteRig) -> Rig => delete_rig;
+        /// After `user_id`'s account was deleted: the town, if it acts as that user, stops and
+        /// acts as no one (`creator_deleted`); answers the town as it now is. 404 for a town
+        /// this owner lacks.
+        ForgetTownUser(ForgetTownUser) -> Town => forget_town_user;
+        /// An org owner takes over a `creator_deleted` town: it acts as `user_id` and is
+        /// `stopped`. 404 for a town this owner lacks, 409 for one whose creator is not deleted.
+        ClaimTown(ClaimTown) -> Town => claim_town;
         /// Records a town's status as its TownDO now has it (after a stop or start); 404 for
         /// a town this owner lacks.
         SetTownStatus(SetTownStatus) -> Ack => set_town_status;
@@ -65,6 +78,15 @@ pub struct CreateRig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchRig {
+    pub rig_id: RigId,
+    /// The town the route names, when it names one (`/api/towns/:townId/rigs/:rigId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub town_id: Option<TownId>,
+    pub change: RigChange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListRigs {
     pub town_id: TownId,
     #[serde(default)]
@@ -79,6 +101,18 @@ pub struct GetRig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRig {
     pub rig_id: RigId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetTownUser {
+    pub town_id: TownId,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimTown {
+    pub town_id: TownId,
+    pub user_id: UserId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +148,22 @@ mod tests {
                 }
                 .into(),
                 r#"{"op":"set_town_status","town_id":"t1","status":"stopped"}"#.into(),
+            ),
+            (
+                ForgetTownUser {
+                    town_id: t.id.clone(),
+                    user_id: UserId::parse("u1").unwrap(),
+                }
+                .into(),
+                r#"{"op":"forget_town_user","town_id":"t1","user_id":"u1"}"#.into(),
+            ),
+            (
+                ClaimTown {
+                    town_id: t.id.clone(),
+                    user_id: UserId::parse("u2").unwrap(),
+                }
+                .into(),
+                r#"{"op":"claim_town","town_id":"t1","user_id":"u2"}"#.into(),
             ),
             (
                 CreateTown { town: t.clone() }.into(),
@@ -165,6 +215,19 @@ mod tests {
                 }
                 .into(),
                 r#"{"op":"delete_rig","rig_id":"r1"}"#.into(),
+            ),
+            (
+                PatchRig {
+                    rig_id: r.id.clone(),
+                    town_id: Some(t.id.clone()),
+                    change: RigChange {
+                        default_branch: Some("dev".into()),
+                        ..RigChange::default()
+                    },
+                }
+                .into(),
+                r#"{"op":"patch_rig","rig_id":"r1","town_id":"t1","change":{"default_branch":"dev"}}"#
+                    .into(),
             ),
         ];
         all(&OwnerOp::ops(), &cases);

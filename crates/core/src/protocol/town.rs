@@ -5,7 +5,7 @@ use super::{Ack, Json};
 use crate::authz::{ContainerCredential, TownCaller};
 use crate::beads::{Bead, BeadDetail, BeadFilter, BeadPatch, NewBead};
 use crate::control::{AgentDoneCallback, AgentStatusCallback};
-use crate::ids::{AgentId, BeadId, RigId, TownId};
+use crate::ids::{AgentId, BeadId, RigId, TownId, UserId};
 use crate::model::{Agent, Rig, Town, TownStatus};
 use crate::page::Page;
 use crate::town_config::{ConfigPatch, ConfigView};
@@ -59,6 +59,13 @@ crate::do_protocol! {
         /// pushed to a newly started container before the alarm is armed again); tells the
         /// owner's DO. Idempotent.
         StartTown(StartTown) -> TownStarted => start_town;
+        /// The owner's DO, after `user_id`'s account was deleted: a town acting as that user
+        /// stops as `StopTown` does, acts as no one and shows `creator_deleted`; any other
+        /// town is answered unchanged.
+        ForgetUser(ForgetUser) -> Town => forget_user;
+        /// The owner's DO, for an org owner's claim: a `creator_deleted` town acts as
+        /// `user_id` from now on and is `stopped`; 409 for any other town.
+        Claim(Claim) -> Town => claim;
         /// A fresh gateway (sandbox) token for the container (`credential` set, checked against
         /// the token generation) or an internal service (`None`); 409 `town_stopped` for a
         /// stopped town.
@@ -74,8 +81,13 @@ crate::do_protocol! {
         /// What a git token for one rig is made from: the rig (its repository and
         /// integration), the town (its owner), and the town's own token for the repository's
         /// host, if any. `credential` is the container's (checked against the generation);
-        /// `None` for the internal key.
+        /// `None` for the internal key. With `agent_id`, the user the agent's work runs as
+        /// (its bead's creator; the town's user when it has none) and the identity its
+        /// session last committed as.
         RigCredentials(RigCredentials) -> RigCredentialsReply => rig_credentials;
+        /// The git identity an agent's session now commits as, when it is not the one last
+        /// recorded: recorded, and written to its bead's events with `message`.
+        NoteGitIdentity(NoteGitIdentity) -> Ack => note_git_identity;
         /// The town's rigs, for the mayor's tools.
         MayorRigs(MayorRigs) -> Json<Vec<Rig>> => mayor_rigs;
         /// Test hook (the `test-hooks` feature, as its route): deletes the pending alarm,
@@ -182,6 +194,16 @@ pub struct StopTown {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetUser {
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartTown {
     pub caller: TownCaller,
 }
@@ -274,6 +296,17 @@ pub struct AgentDone {
 pub struct RigCredentials {
     pub credential: Option<ContainerCredential>,
     pub rig_id: RigId,
+    /// The agent whose git asks (the container's credential helper names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<AgentId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoteGitIdentity {
+    pub agent_id: AgentId,
+    /// `user:<email>` or `bot:<reason>`.
+    pub identity: String,
+    pub message: String,
 }
 
 /// Internal only (worker ↔ TownDO): `town_token` is a secret and never leaves the worker.
@@ -285,6 +318,12 @@ pub struct RigCredentialsReply {
     /// The town's `commit_as_user`.
     #[serde(default)]
     pub commit_as_user: bool,
+    /// The user git tokens are minted for: the creator of the asking agent's bead, else the
+    /// town's user.
+    pub as_user: String,
+    /// For an asking agent: the identity its session last committed as (`None`: not yet).
+    #[serde(default)]
+    pub session_identity: Option<String>,
 }
 
 impl std::fmt::Debug for RigCredentialsReply {
@@ -396,6 +435,20 @@ mod tests {
                 Init { town: t.clone() }.into(),
                 format!(r#"{{"op":"init","town":{town_json}}}"#),
             ),
+            (
+                ForgetUser {
+                    user_id: UserId::parse("u1").unwrap(),
+                }
+                .into(),
+                r#"{"op":"forget_user","user_id":"u1"}"#.into(),
+            ),
+            (
+                Claim {
+                    user_id: UserId::parse("u2").unwrap(),
+                }
+                .into(),
+                r#"{"op":"claim","user_id":"u2"}"#.into(),
+            ),
             (Get { caller: c() }.into(), format!(r#"{{"op":"get","caller":{C}}}"#)),
             (
                 ListRigs {
@@ -489,9 +542,20 @@ mod tests {
                 RigCredentials {
                     credential: None,
                     rig_id: r.id.clone(),
+                    agent_id: None,
                 }
                 .into(),
                 r#"{"op":"rig_credentials","credential":null,"rig_id":"r1"}"#.into(),
+            ),
+            (
+                NoteGitIdentity {
+                    agent_id: AgentId::parse("a1").unwrap(),
+                    identity: "bot:revoked".into(),
+                    message: "m".into(),
+                }
+                .into(),
+                r#"{"op":"note_git_identity","agent_id":"a1","identity":"bot:revoked","message":"m"}"#
+                    .into(),
             ),
             (
                 EnsureMayor { caller: c() }.into(),

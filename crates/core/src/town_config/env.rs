@@ -3,10 +3,14 @@
 //!
 //! Every name [`container_env`] derives from a config setting is one [`check_env_key`] refuses,
 //! so a user variable can never shadow what the platform sets.
+//!
+//! `GITHUB_CLI_PAT` (the town's `github_cli_pat`) is read in the container by the control
+//! server's `gh` shim, which hands it to each run of the GitHub CLI as `GH_TOKEN`; `GH_TOKEN`
+//! itself is never derived here, so no agent holds a copy that could go stale.
 
 use super::types::{MergeStrategy, TownConfig};
 use crate::error::ApiError;
-use crate::vocab::GATEWAY_TOKEN_ENV;
+use crate::vocab::{GATEWAY_TOKEN_ENV, GH_TOKEN_ENV, GITHUB_CLI_PAT_ENV};
 use std::collections::BTreeMap;
 
 pub const MAX_ENV_KEY: usize = 128;
@@ -17,8 +21,8 @@ const RESERVED_ENV: &[&str] = &[
     "GITHUB_TOKEN",
     "GITLAB_TOKEN",
     "GITLAB_INSTANCE_URL",
-    "GITHUB_CLI_PAT",
-    "GH_TOKEN",
+    GITHUB_CLI_PAT_ENV,
+    GH_TOKEN_ENV,
     "KILOCODE_TOKEN",
     GATEWAY_TOKEN_ENV,
     "GASTOWN_CONTAINER_TOKEN",
@@ -186,7 +190,7 @@ pub fn container_env(config: &TownConfig) -> BTreeMap<String, String> {
         "GITLAB_INSTANCE_URL",
         config.git_auth.gitlab_instance_url.as_ref(),
     );
-    put("GITHUB_CLI_PAT", config.github_cli_pat.as_ref());
+    put(GITHUB_CLI_PAT_ENV, config.github_cli_pat.as_ref());
     put(GATEWAY_TOKEN_ENV, config.kilocode_token.as_ref());
     put("GASTOWN_GIT_AUTHOR_NAME", config.git_author_name.as_ref());
     put("GASTOWN_GIT_AUTHOR_EMAIL", config.git_author_email.as_ref());

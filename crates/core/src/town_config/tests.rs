@@ -266,6 +266,28 @@ fn container_env_follows_config_and_drops_cleared_values() {
 }
 
 #[test]
+fn the_cli_pat_reaches_the_container_under_its_name_and_gh_token_never_does() {
+    use crate::vocab::{GH_TOKEN_ENV, GITHUB_CLI_PAT_ENV};
+    // Every credential set: still no GH_TOKEN (nor GITHUB_TOKEN) for a process to keep a stale
+    // copy of; the control server's `gh` shim reads GITHUB_CLI_PAT per run of gh instead.
+    let config = patch(
+        &stored(),
+        json!({"git_auth": {"github_token": "ghp_town_github_token_0123456789"}}),
+    )
+    .unwrap();
+    let env = container_env(&config);
+    assert_eq!(env[GITHUB_CLI_PAT_ENV], PAT);
+    for absent in [GH_TOKEN_ENV, "GITHUB_TOKEN"] {
+        assert!(!env.contains_key(absent), "{absent}");
+        assert!(
+            check_env_key(absent, absent).is_err(),
+            "{absent} is reserved"
+        );
+    }
+    assert!(check_env_key(GITHUB_CLI_PAT_ENV, GITHUB_CLI_PAT_ENV).is_err());
+}
+
+#[test]
 fn rig_overrides_merge_per_rig() {
     let c = patch(
         &TownConfig::default(),
