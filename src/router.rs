@@ -190,6 +190,7 @@ async fn container_route(
         ContainerRoute::AgentHeartbeat { .. } => container::heartbeat(env, caller).await,
         ContainerRoute::AgentStatus { .. } => container::agent_status(req, env, caller).await,
         ContainerRoute::AgentDone { .. } => container::agent_done(req, env, caller).await,
+        ContainerRoute::AgentExit { .. } => container::agent_exit(req, env, caller).await,
         ContainerRoute::MayorRigs { .. } => container::mayor_rigs(env, caller).await,
         ContainerRoute::SandboxToken { .. } => container::sandbox_token(env, caller).await,
         ContainerRoute::GitToken { .. } => {

@@ -6,11 +6,14 @@ use crate::http::read_json_body;
 use crate::http::{json, json_reply};
 use gastown_core::authz::ContainerCaller;
 use gastown_core::body::{only_fields, parse_object, Fields};
-use gastown_core::control::{AgentDoneCallback, AgentStatusCallback, MAX_CALLBACK_TEXT};
+use gastown_core::control::{
+    AgentDoneCallback, AgentExitCallback, AgentStatusCallback, MAX_CALLBACK_TEXT,
+};
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId};
 use gastown_core::protocol::town::{
-    AgentDone, AgentStatus, Heartbeat, IssueContainerToken, IssueSandboxToken, MayorRigs,
+    AgentDone, AgentExited, AgentStatus, Heartbeat, IssueContainerToken, IssueSandboxToken,
+    MayorRigs,
 };
 use worker::{Env, Request, Response};
 
@@ -89,6 +92,44 @@ pub async fn agent_done(req: &mut Request, env: &Env, caller: &ContainerCaller) 
         })
         .await?;
     Ok(json(200, &bead))
+}
+
+/// The container saw the agent's process end.
+pub async fn agent_exit(req: &mut Request, env: &Env, caller: &ContainerCaller) -> Handled {
+    let (rig_id, agent_id) = agent_scope(caller)?;
+    let body = parse_object(&read_json_body(req).await?)?;
+    only_fields(&body, &["exit_code", "output_tail"])?;
+    let exit_code = match body.get("exit_code") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| ApiError::invalid("exit_code", "must be an integer or null"))?,
+        ),
+    };
+    // Several lines are the point of a tail: kept as text, control characters but newlines
+    // dropped, capped.
+    let output_tail = match body.get("output_tail") {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s
+            .chars()
+            .filter(|c| *c == '\n' || !c.is_control())
+            .take(MAX_CALLBACK_TEXT)
+            .collect(),
+        Some(_) => return Err(ApiError::invalid("output_tail", "must be a string")),
+    };
+    town::stub(env, &caller.town_id)?
+        .call(AgentExited {
+            credential: caller.credential,
+            rig_id,
+            agent_id,
+            exit: AgentExitCallback {
+                exit_code,
+                output_tail,
+            },
+        })
+        .await?;
+    Ok(json(200, &gastown_core::protocol::Ack::OK))
 }
 
 pub async fn mayor_rigs(env: &Env, caller: &ContainerCaller) -> Handled {

@@ -12,7 +12,7 @@ import { chmodSync, copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { sleep, startWorker, startControlServer, makePersistDir, removePersistDir, migrateD1, client, freePort, secrets } from "./harness.mjs";
+import { until, not, startOwnWorker, secrets } from "./harness.mjs";
 import { freshUser, tokenFor, createTown } from "./fixtures.mjs";
 
 const FAKE_GH = join(dirname(fileURLToPath(import.meta.url)), "standins", "fake_gh.sh");
@@ -24,53 +24,23 @@ const fingerprint = (token) => createHash("sha256").update(token).digest("hex").
 let nextInstallation = 60_000 + (process.pid % 1000) * 100;
 let nextGithubId = 7_300_000 + (process.pid % 1000) * 100;
 
-/** Waits until `probe()` returns a truthy value, or fails after `ms` with the last value seen. */
-async function until(what, probe, ms = 45_000) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    last = await probe();
-    if (last && !last.__not) return last;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last?.__not ?? last)}`);
-    await sleep(200);
-  }
-}
-const not = (value) => ({ __not: value ?? null });
-
 export default function ghToken(ctx) {
   describe("gh for agents: GH_TOKEN per run of gh; the org id in the agent's config", () => {
-    let call, control, worker, persistDir, ghDir;
+    let call, control, world, ghDir;
     const p = () => ctx.platforms;
 
     before(async () => {
-      persistDir = makePersistDir();
-      migrateD1(persistDir);
       // The fixture, executable whatever mode the checkout gave it.
       ghDir = mkdtempSync(join(tmpdir(), "gastown-fake-gh-"));
       const gh = join(ghDir, "gh");
       copyFileSync(FAKE_GH, gh);
       chmodSync(gh, 0o755);
-      const port = await freePort();
-      const url = `http://127.0.0.1:${port}`;
-      control = await startControlServer({ args: ["--worker-url", url, "--gh-path", gh] });
-      worker = await startWorker({
-        persistDir,
-        port,
-        vars: {
-          ...ctx.vars(),
-          CONTAINER_CONTROL_URL: control.url,
-          AGENT_CALLBACK_URL: url,
-          TOWN_ALARM_INTERVAL_MS: "1000",
-          TOWN_ALARM_ACTIVE_MS: "300",
-        },
-      });
-      call = client(() => worker.url);
+      world = await startOwnWorker(ctx, { controlArgs: ["--gh-path", gh] });
+      ({ call, control } = world);
     });
 
     after(async () => {
-      await worker?.stop();
-      control?.stop();
-      if (persistDir) removePersistDir(persistDir);
+      await world?.stop();
       if (ghDir) rmSync(ghDir, { recursive: true, force: true });
     });
 
@@ -86,7 +56,7 @@ export default function ghToken(ctx) {
       const start = await call("POST", "/api/integrations/github/install", { token: tokenFor(user), body: {} });
       assert.equal(start.status, 200, start.text);
       const state = new URL(start.body.install_url).searchParams.get("state");
-      const back = await fetch(`${worker.url}/api/integrations/github/installed?installation_id=${installationId}&setup_action=install&code=${code}&state=${encodeURIComponent(state)}`, { redirect: "manual" });
+      const back = await fetch(`${world.worker.url}/api/integrations/github/installed?installation_id=${installationId}&setup_action=install&code=${code}&state=${encodeURIComponent(state)}`, { redirect: "manual" });
       await back.text();
       assert.equal(new URL(back.headers.get("location")).searchParams.get("result"), "success");
       const list = await call("GET", `/api/users/${user}/integrations`, { token: tokenFor(user) });

@@ -91,6 +91,8 @@ export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), 
     output,
     town: (townId) => json("GET", `/debug/towns/${townId}`, townId),
     fail: (modes) => json("POST", "/debug/fail", "e2e-harness", modes),
+    /** A further message to an agent's running session (`POST /agents/:id/message`). */
+    message: (townId, agentId, text) => json("POST", `/agents/${agentId}/message`, townId, { townId, text }),
     /** As if the town's container stopped (or restarted): its token and env are gone. */
     stopTown: (townId) => json("POST", "/stop", townId, { townId }),
     stop: () => {
@@ -236,3 +238,58 @@ export function client(base) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A probe's answer that means "not yet", carrying what it saw (for the timeout's message). */
+export const not = (value) => ({ __not: value ?? null });
+
+/** Waits until `probe()` answers something other than `not(…)`, or fails after `ms` with the last answer. */
+export async function until(what, probe, ms = 45_000, every = 200) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    last = await probe();
+    if (last && !Object.hasOwn(last, "__not")) return last;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last?.__not ?? last)}`);
+    await sleep(every);
+  }
+}
+
+/**
+ * A worker of its own (its persist dir, D1 migrated) on a fresh port, with a control server
+ * (`--worker-url` it, plus `controlArgs`) its towns' containers use and, with `gateway`, the
+ * stand-in gateway; a 1-second loop (300 ms while busy) and `vars` over `ctx.vars()`. For suites
+ * whose timings must touch no other suite.
+ */
+export async function startOwnWorker(ctx, { controlArgs = [], vars = {}, gateway: withGateway = false } = {}) {
+  const persistDir = makePersistDir();
+  migrateD1(persistDir);
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const control = await startControlServer({ args: ["--worker-url", url, ...controlArgs] });
+  const gateway = withGateway ? await startGateway() : null;
+  const worker = await startWorker({
+    persistDir,
+    port,
+    vars: {
+      ...ctx.vars(),
+      CONTAINER_CONTROL_URL: control.url,
+      AGENT_CALLBACK_URL: url,
+      TOWN_ALARM_INTERVAL_MS: "1000",
+      TOWN_ALARM_ACTIVE_MS: "300",
+      ...(gateway ? { KILO_GATEWAY_URL: gateway.url } : {}),
+      ...vars,
+    },
+  });
+  return {
+    call: client(() => worker.url),
+    control,
+    gateway,
+    worker,
+    async stop() {
+      await worker.stop();
+      control.stop();
+      gateway?.stop();
+      removePersistDir(persistDir);
+    },
+  };
+}

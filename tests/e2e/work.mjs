@@ -8,27 +8,13 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { sleep, startWorker, startControlServer, startGateway, makePersistDir, removePersistDir, migrateD1, client, freePort } from "./harness.mjs";
+import { secrets, sleep, until, not, startOwnWorker } from "./harness.mjs";
 import { freshUser, tokenFor, createTown, internalKey, githubWebhook } from "./fixtures.mjs";
-import { secrets } from "./harness.mjs";
 import { webhookPayload } from "./standins/git_platforms.mjs";
 
 const STALL_MS = 3_000;
 const IDLE_STOP_MS = 6_000;
 const RETRY_BASE_MS = 300;
-
-/** Waits until `probe()` returns a truthy value, or fails after `ms` with the last value seen. */
-async function until(what, probe, ms = 45_000) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    last = await probe();
-    if (last && !Object.hasOwn(last, "__not")) return last;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last?.__not ?? last)}`);
-    await sleep(200);
-  }
-}
-const not = (value) => ({ __not: value ?? null });
 
 const git = (...args) => execFileSync("git", args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, GIT_TERMINAL_PROMPT: "0" } }).trim();
 
@@ -48,7 +34,7 @@ function bareRepo(dir) {
 
 export default function work(ctx) {
   describe("the work loop: beads, dispatch, callbacks, patrol", () => {
-    let call, control, gateway, worker, persistDir, repos;
+    let call, control, gateway, worker, world, repos;
     const user = freshUser("work");
     const token = () => tokenFor(user);
     const as = (method, path, body, t = token()) => call(method, path, { token: t, body });
@@ -67,25 +53,13 @@ export default function work(ctx) {
     }
 
     before(async () => {
-      persistDir = makePersistDir();
       repos = mkdtempSync(join(tmpdir(), "gastown-repos-"));
-      migrateD1(persistDir);
-      const port = await freePort();
-      const url = `http://127.0.0.1:${port}`;
-      // Agents reach the GitHub stand-in's git host over HTTPS, trusting its certificate.
-      control = await startControlServer({ args: ["--worker-url", url, "--git-ca-file", ctx.platforms.gitCaFile] });
-      gateway = await startGateway();
-      worker = await startWorker({
-        persistDir,
-        port,
+      world = await startOwnWorker(ctx, {
+        // Agents reach the GitHub stand-in's git host over HTTPS, trusting its certificate.
+        controlArgs: ["--git-ca-file", ctx.platforms.gitCaFile],
+        gateway: true,
         vars: {
-          ...ctx.vars(),
-          CONTAINER_CONTROL_URL: control.url,
-          KILO_GATEWAY_URL: gateway.url,
-          AGENT_CALLBACK_URL: url,
           GASTOWN_ALLOW_LOCAL_GIT: "1",
-          TOWN_ALARM_INTERVAL_MS: "1000",
-          TOWN_ALARM_ACTIVE_MS: "300",
           AGENT_STALL_MS: String(STALL_MS),
           CONTAINER_IDLE_STOP_MS: String(IDLE_STOP_MS),
           DISPATCH_RETRY_BASE_MS: String(RETRY_BASE_MS),
@@ -94,14 +68,11 @@ export default function work(ctx) {
           MAX_AGENTS_PER_TOWN: "20",
         },
       });
-      call = client(() => worker.url);
+      ({ call, control, gateway, worker } = world);
     });
 
     after(async () => {
-      await worker?.stop();
-      control?.stop();
-      gateway?.stop();
-      if (persistDir) removePersistDir(persistDir);
+      await world?.stop();
       if (repos) rmSync(repos, { recursive: true, force: true });
     });
 
@@ -393,6 +364,36 @@ export default function work(ctx) {
       assert.equal((await gitToken("not an id")).status, 422);
       assert.equal((await gitToken("no-such-agent")).status, 404);
       assert.equal((await as("POST", `/api/towns/${town.id}/stop`, undefined, aToken)).status, 200);
+    });
+
+    it("an agent killed mid-run is reported at once: its bead reopens with the exit as the reason, not patrol's", async () => {
+      const { town, rig } = await townWithRig("Killed");
+      const slung = await as("POST", `/api/towns/${town.id}/sling`, { rig_id: rig.id, title: "Hang", body: "[demo:hang]" });
+      const working = await until("the dispatch", async () => {
+        const b = await bead(town.id, slung.body.id);
+        return b.status === "in_progress" ? b : not(b.status);
+      });
+      const running = await until("the agent's process", async () => {
+        const a = (await control.town(town.id)).body.agents.find((x) => x.agent_id === working.assignee_agent_id && x.state === "running");
+        return a ?? not(null);
+      });
+      process.kill(running.pid, "SIGKILL");
+      const reopened = await until("the exit report", async () => {
+        const b = await bead(town.id, slung.body.id);
+        const stall = b.events.find((e) => e.kind === "stalled");
+        return stall ? b : not(kinds(b));
+      }, 10_000);
+      const stall = reopened.events.find((e) => e.kind === "stalled");
+      assert.match(stall.message, /^its agent was killed by a signal/, "the container's report, not patrol's silence");
+      assert.ok(Date.parse(stall.created_at) - Date.parse(working.events.find((e) => e.kind === "dispatched").created_at) < STALL_MS + 2_000);
+      assert.ok(kinds(reopened).includes("reopened"));
+      // A bad report is refused and changes nothing.
+      const ct = (await control.town(town.id)).body.token;
+      const exit = (body) => call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${working.assignee_agent_id}/exit`, { token: ct, body });
+      assert.equal((await exit({ exit_code: "x" })).status, 422);
+      assert.equal((await exit({ exit_code: 1, extra: true })).status, 422);
+      assert.equal((await call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${working.assignee_agent_id}/exit`, { body: { exit_code: 1 } })).status, 401);
+      assert.equal((await as("PATCH", `/api/towns/${town.id}/beads/${slung.body.id}`, { status: "closed" })).status, 200);
     });
 
     it("a dead container: attempts back off and stop at 5, the breaker holds dispatch (no storm), the bead fails with a reason, reopen works", async () => {

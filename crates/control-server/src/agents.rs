@@ -57,6 +57,7 @@
 //! the other way round.
 
 use crate::agent_user::AgentUser;
+use crate::callbacks::Callbacks;
 use crate::client;
 use crate::git_credential;
 use crate::http::{error, Reply};
@@ -64,10 +65,11 @@ use crate::routes::{parse, same_town};
 use crate::state::Shared;
 use crate::workdir;
 use gastown_core::control::{
-    AgentProcessState, AgentProcessStatus, AgentStartBody, AgentStopBody, AI_AGENT_NAME_ENV,
-    COMMIT_IDENTITY_ENV, CONTAINER_TOKEN_FILE, DEFAULT_AI_AGENT_NAME, DEFAULT_GIT_AUTHOR_EMAIL,
-    DEFAULT_GIT_AUTHOR_NAME, GATEWAY_ENV_FILE, GH_TOKEN_ENV, GIT_AUTHOR_EMAIL_ENV,
-    GIT_AUTHOR_NAME_ENV, KILO_CONFIG_CONTENT_ENV, ORGANIZATION_ID_ENV, TOWN_ID_ENV, WORKER_URL_ENV,
+    AgentExitCallback, AgentProcessState, AgentProcessStatus, AgentStartBody, AgentStopBody,
+    AI_AGENT_NAME_ENV, COMMIT_IDENTITY_ENV, CONTAINER_TOKEN_FILE, DEFAULT_AI_AGENT_NAME,
+    DEFAULT_GIT_AUTHOR_EMAIL, DEFAULT_GIT_AUTHOR_NAME, GATEWAY_ENV_FILE, GH_TOKEN_ENV,
+    GIT_AUTHOR_EMAIL_ENV, GIT_AUTHOR_NAME_ENV, KILO_CONFIG_CONTENT_ENV, ORGANIZATION_ID_ENV,
+    TOWN_ID_ENV, WORKER_URL_ENV,
 };
 use gastown_core::ids::AgentId;
 use gastown_core::integrations::GitIdentity;
@@ -77,6 +79,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -332,6 +335,9 @@ struct Process {
     child: Mutex<Child>,
     /// Set once it exited: its exit code, `None` when a signal ended it.
     exit: OnceLock<Option<i32>>,
+    /// Set when this server stopped it (a stop, a town's stop, a start replacing it): such an
+    /// end is the worker's doing and is not reported back.
+    stopped: AtomicBool,
 }
 
 impl Process {
@@ -365,6 +371,7 @@ impl Process {
 
     /// Kills it (`SIGKILL`) and waits for it; whether it was still running.
     fn kill(&self) -> bool {
+        self.stopped.store(true, Ordering::SeqCst);
         let mut child = self.child();
         if self.exit.get().is_some() || self.look(&mut child) {
             return false;
@@ -563,7 +570,14 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         pid: Some(process.pid),
         exit_code: None,
     };
-    watch(&process, town, req.agent_id.as_str());
+    // A process on a rig reports its end to the worker (the mayor's has no callback route).
+    let report = req.rig_id.is_some().then(|| ExitReport {
+        env: env.clone(),
+        log: town_dir
+            .join(AGENTS_DIR)
+            .join(format!("{}.log", req.agent_id)),
+    });
+    watch(&process, town, req.agent_id.as_str(), report);
     let entry = towns.entry(town.to_owned()).or_default();
     entry
         .agents
@@ -772,21 +786,26 @@ fn spawn(
         pid: child.id(),
         child: Mutex::new(child),
         exit: OnceLock::new(),
+        stopped: AtomicBool::new(false),
     }))
 }
 
 /// Starts the thread that waits for the process and records its exit.
-fn watch(process: &Arc<Process>, town: &str, agent: &str) {
+fn watch(process: &Arc<Process>, town: &str, agent: &str, report: Option<ExitReport>) {
     let (process, town, agent) = (Arc::clone(process), town.to_owned(), agent.to_owned());
     let watcher = move || {
         while !process.has_exited() {
             std::thread::sleep(REAP_POLL);
         }
-        let how = match process.exit.get().copied().flatten() {
+        let code = process.exit.get().copied().flatten();
+        let how = match code {
             Some(code) => format!("with code {code}"),
             None => "on a signal".to_owned(),
         };
         eprintln!("gastown-control: agent {agent} of town {town} exited {how}");
+        if let Some(report) = report.filter(|_| !process.stopped.load(Ordering::SeqCst)) {
+            report.send(code);
+        }
     };
     let spawned = std::thread::Builder::new()
         .name("gastown-control-agent".into())
@@ -800,6 +819,52 @@ fn watch(process: &Arc<Process>, town: &str, agent: &str) {
 
 /// Creates `dir` if missing, replacing anything there that is not a real directory (a link
 /// would send the agents elsewhere).
+/// What the worker is told when an agent's process ends on its own: its exit code and the last
+/// lines of its log, so its bead is handed back at once (patrol's stall time is the backstop).
+struct ExitReport {
+    /// The agent's session, as [`Callbacks::from_env`] reads it.
+    env: BTreeMap<String, String>,
+    log: PathBuf,
+}
+
+/// Lines of an agent's log quoted in its exit report.
+const EXIT_TAIL_LINES: usize = 5;
+
+impl ExitReport {
+    fn send(self, exit_code: Option<i32>) {
+        let env = |name: &str| self.env.get(name).cloned();
+        let Ok(session) = Callbacks::from_env(&env, "gastown-control") else {
+            return;
+        };
+        let tail = log_tail(&self.log, EXIT_TAIL_LINES);
+        let body = AgentExitCallback {
+            exit_code,
+            output_tail: tail,
+        };
+        if let Ok(body) = serde_json::to_string(&body) {
+            let _ = session.call("exit", &body);
+        }
+    }
+}
+
+/// The last `n` lines of `path` (read from its last 8 KiB), without this server's own lines.
+fn log_tail(path: &Path, n: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(8 * 1024)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("--- gastown-control:"))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn real_dir(dir: &Path) -> io::Result<()> {
     if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
         fs::remove_file(dir)?;

@@ -13,6 +13,8 @@
 //! * `POST /agents/start` (`AgentStartBody`) → `AgentProcessStatus`: runs one agent;
 //! * `POST /agents/:id/stop` `{townId}` → `{"ok":true,"stopped":<was running>}`;
 //! * `GET /agents/:id/status` → `AgentProcessStatus` (404 for an agent never started);
+//! * `POST /agents/:id/message` `{townId, text}` → 202: a further message to the agent's running
+//!   Kilo session ([`kilo`]; 409 when it has none);
 //! * with the debug routes only: `GET /debug/towns/:id`, `POST /debug/fail`, `GET /debug/env`.
 //!
 //! # Who may call it
@@ -183,13 +185,16 @@
 pub mod agent_user;
 pub mod agents;
 pub mod auth;
+pub mod callbacks;
 pub mod cli;
 pub mod client;
 #[cfg(feature = "debug-routes")]
 mod debug;
 pub mod gh;
 pub mod git_credential;
+pub mod gt;
 pub mod http;
+pub mod kilo;
 pub mod options;
 mod routes;
 mod self_refresh;

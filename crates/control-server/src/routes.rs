@@ -31,6 +31,8 @@ enum Route {
     /// The path's agent id, unchecked.
     AgentStop(String),
     AgentStatus(String),
+    /// A further message to the agent's running session.
+    AgentMessage(String),
     #[cfg(feature = "debug-routes")]
     DebugTown(String),
     #[cfg(feature = "debug-routes")]
@@ -46,7 +48,8 @@ impl Route {
             | Route::SyncConfig
             | Route::Stop
             | Route::AgentsStart
-            | Route::AgentStop(_) => true,
+            | Route::AgentStop(_)
+            | Route::AgentMessage(_) => true,
             #[cfg(feature = "debug-routes")]
             Route::DebugFail => true,
             _ => false,
@@ -81,6 +84,7 @@ fn agent_route(path: &str) -> Option<Route> {
     match segments.as_slice() {
         ["agents", id, "stop"] if !id.is_empty() => Some(Route::AgentStop((*id).to_owned())),
         ["agents", id, "status"] if !id.is_empty() => Some(Route::AgentStatus((*id).to_owned())),
+        ["agents", id, "message"] if !id.is_empty() => Some(Route::AgentMessage((*id).to_owned())),
         _ => None,
     }
 }
@@ -170,6 +174,7 @@ fn handle(shared: &Shared, route: &Route, town: &str, body: &[u8]) -> Reply {
         Route::AgentsStart => agents::start(shared, town, body),
         Route::AgentStop(id) => agents::stop(shared, town, id, body),
         Route::AgentStatus(id) => agents::status(shared, town, id),
+        Route::AgentMessage(id) => crate::kilo::message(shared, town, id, body),
         #[cfg(feature = "debug-routes")]
         Route::DebugTown(id) => crate::debug::town(shared, town, id),
         #[cfg(feature = "debug-routes")]

@@ -11,7 +11,9 @@ use crate::auth::Auth;
 use crate::cli;
 use crate::gh;
 use crate::git_credential;
+use crate::gt;
 use crate::http::{self, one_exchange, serve_each};
+use crate::kilo;
 use crate::options::{Options, USAGE};
 use crate::routes;
 use crate::self_refresh;
@@ -74,6 +76,17 @@ pub fn cli_main(build: Build) -> i32 {
         return gh::cli_main(&args_os[1..]);
     }
     let args = cli::args();
+    // `gt` runs in an agent's session, never with the server's credential.
+    if args.first().is_some_and(|a| a == gt::GT_SUBCOMMAND) {
+        return gt::cli_main(&args[1..]);
+    }
+    // The Kilo runtime is an agent process: it runs as the agent, never with the credential.
+    if args
+        .first()
+        .is_some_and(|a| a == kilo::KILO_AGENT_SUBCOMMAND)
+    {
+        return kilo::cli_main(&args[1..]);
+    }
     // The git credential helper runs as a child of an agent's git, never with the server's
     // credential, and must neither need it nor touch it.
     if let Some(sub) = args.first().map(String::as_str).filter(|a| {

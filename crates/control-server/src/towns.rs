@@ -54,6 +54,11 @@ pub(crate) fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<
         }
         text
     });
+    let gt_shim = shared
+        .config
+        .credential_helper
+        .as_deref()
+        .and_then(workdir::gt_shim_text);
     let mut state = shared.state();
     #[cfg(feature = "debug-routes")]
     if state.fail.refresh_token {
@@ -66,7 +71,11 @@ pub(crate) fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<
             None => Ok(()),
         })
         .and_then(|()| match &gh_shim {
-            Some(text) => workdir::write_gh_shim(&dir, text, agent),
+            Some(text) => workdir::write_shim(&dir, workdir::GH_SHIM_FILE, text, agent),
+            None => Ok(()),
+        })
+        .and_then(|()| match &gt_shim {
+            Some(text) => workdir::write_shim(&dir, workdir::GT_SHIM_FILE, text, agent),
             None => Ok(()),
         })
         .map_err(|e| {

@@ -111,6 +111,8 @@ pub const GIT_CREDENTIAL_SUBCOMMAND: &str = "git-credential";
 pub const BIN_DIR: &str = "bin";
 /// The `gh` shim's name in [`BIN_DIR`]: what an agent runs when it runs `gh`.
 pub const GH_SHIM_FILE: &str = "gh";
+/// The `gt` shim's name in [`BIN_DIR`]: the agents' tool ([`crate::gt`]).
+pub const GT_SHIM_FILE: &str = "gt";
 /// The subcommand of `gastown-control` the `gh` shim runs.
 pub const GH_SUBCOMMAND: &str = "gh";
 
@@ -483,19 +485,40 @@ pub fn gh_shim_text(
     ))
 }
 
-/// Writes the town's `gh` shim (`<town>/bin/gh`, mode 0755; with an agent user 0750, group
-/// the agent's, in a `bin/` of mode 0710) when it is missing or differs from `text` (with an
-/// agent user: or does not have that group and mode).
+/// The town's `gt` shim: a POSIX shell script that runs `exe`'s `gt` subcommand with the
+/// arguments it was given; the session comes from the agent's env. `None` for a path the
+/// shell cannot carry.
+#[must_use]
+pub fn gt_shim_text(exe: &Path) -> Option<String> {
+    let exe = exe.to_str().filter(|e| !e.chars().any(char::is_control))?;
+    Some(format!(
+        "#!/bin/sh
+         # Written by gastown-control: the agents' tool (gt --help). No token lives here.
+         exec {} {} \"$@\"
+",
+        shell_quote(exe),
+        shell_quote(crate::gt::GT_SUBCOMMAND)
+    ))
+}
+
+/// Writes one of the town's shims, `<town>/bin/<name>` (mode 0755; with an agent user 0750,
+/// group the agent's, in a `bin/` of mode 0710), when it is missing or differs from `text`
+/// (with an agent user: or does not have that group and mode).
 ///
 /// # Errors
 /// A filesystem failure.
-pub fn write_gh_shim(town_dir: &Path, text: &str, agent: Option<AgentUser>) -> io::Result<()> {
+pub fn write_shim(
+    town_dir: &Path,
+    name: &str,
+    text: &str,
+    agent: Option<AgentUser>,
+) -> io::Result<()> {
     let bin = town_dir.join(BIN_DIR);
     if let Some(agent) = agent {
         pass_dir(town_dir, agent)?;
         pass_dir(&bin, agent)?;
     }
-    let path = bin.join(GH_SHIM_FILE);
+    let path = bin.join(name);
     if fs::symlink_metadata(&path)
         .is_ok_and(|m| m.is_file() && agent.is_none_or(|a| has_group_mode(&m, a, AGENT_EXEC_MODE)))
         && fs::read(&path).is_ok_and(|old| old == text.as_bytes())
@@ -1080,22 +1103,22 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = temp_dir("shim");
         let path = dir.join(BIN_DIR).join(GH_SHIM_FILE);
-        write_gh_shim(&dir, "#!/bin/sh\nexec a\n", None).unwrap();
+        write_shim(&dir, GH_SHIM_FILE, "#!/bin/sh\nexec a\n", None).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexec a\n");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & 0o700, 0o700, "its owner runs it: {mode:o}");
         assert_eq!(mode & 0o022, 0, "only its owner changes it: {mode:o}");
         let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
         let before = inode(&path);
-        write_gh_shim(&dir, "#!/bin/sh\nexec a\n", None).unwrap();
+        write_shim(&dir, GH_SHIM_FILE, "#!/bin/sh\nexec a\n", None).unwrap();
         assert_eq!(inode(&path), before, "the same text is left alone");
-        write_gh_shim(&dir, "#!/bin/sh\nexec b\n", None).unwrap();
+        write_shim(&dir, GH_SHIM_FILE, "#!/bin/sh\nexec b\n", None).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexec b\n");
         // A link in its place is replaced, never followed.
         let elsewhere = temp_dir("shim-elsewhere");
         fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(elsewhere.join("target"), &path).unwrap();
-        write_gh_shim(&dir, "#!/bin/sh\nexec c\n", None).unwrap();
+        write_shim(&dir, GH_SHIM_FILE, "#!/bin/sh\nexec c\n", None).unwrap();
         assert!(fs::symlink_metadata(&path).unwrap().is_file());
         assert!(!elsewhere.join("target").exists());
         fs::remove_dir_all(&dir).unwrap();
@@ -1107,7 +1130,7 @@ mod tests {
     fn with_an_agent_user_the_gh_shim_is_the_servers_and_runnable_by_the_agent() {
         let Some(agent) = nobody() else { return };
         let dir = temp_dir("shim-agent");
-        write_gh_shim(&dir, "#!/bin/sh\n", Some(agent)).unwrap();
+        write_shim(&dir, GH_SHIM_FILE, "#!/bin/sh\n", Some(agent)).unwrap();
         assert_eq!(owner_mode(&dir), (0, 65534, 0o710));
         assert_eq!(owner_mode(&dir.join(BIN_DIR)), (0, 65534, 0o710));
         assert_eq!(

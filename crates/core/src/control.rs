@@ -388,6 +388,32 @@ pub struct AgentDoneCallback {
     pub pr_url: Option<String>,
 }
 
+/// `POST /api/towns/:t/rigs/:r/agents/:a/exit`: the control server saw the agent's process
+/// end (the code, or none when a signal ended it, and the last lines it printed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentExitCallback {
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub output_tail: String,
+}
+
+impl AgentExitCallback {
+    /// How the bead's events say it.
+    #[must_use]
+    pub fn reason(&self) -> String {
+        let how = match self.exit_code {
+            Some(code) => format!("its agent exited with code {code}"),
+            None => "its agent was killed by a signal".to_owned(),
+        };
+        let tail = self.output_tail.trim();
+        if tail.is_empty() {
+            how
+        } else {
+            format!("{how}: {tail}")
+        }
+    }
+}
+
 /// `POST /agents/:id/stop` carries the town: `{"townId": ...}`.
 pub type AgentStopBody = StopBody;
 

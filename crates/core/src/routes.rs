@@ -192,6 +192,12 @@ pub enum ContainerRoute {
         rig: RigId,
         agent: AgentId,
     },
+    /// The container saw the agent's process end.
+    AgentExit {
+        town: TownId,
+        rig: RigId,
+        agent: AgentId,
+    },
     MayorRigs {
         town: TownId,
     },
@@ -216,7 +222,8 @@ impl ContainerRoute {
             ContainerRoute::GitToken { town, rig } => (town, Some(rig), None),
             ContainerRoute::AgentHeartbeat { town, rig, agent }
             | ContainerRoute::AgentStatus { town, rig, agent }
-            | ContainerRoute::AgentDone { town, rig, agent } => (town, Some(rig), Some(agent)),
+            | ContainerRoute::AgentDone { town, rig, agent }
+            | ContainerRoute::AgentExit { town, rig, agent } => (town, Some(rig), Some(agent)),
         }
     }
 }
@@ -405,6 +412,7 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/heartbeat" Container => |p| Ok(Route::Container(ContainerRoute::AgentHeartbeat { town: p.town()?, rig: p.rig()?, agent: p.agent()? }))),
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/status" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentStatus { town, rig, agent })),
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/done" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentDone { town, rig, agent })),
+    route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/exit" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentExit { town, rig, agent })),
     route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| Ok(Route::Container(ContainerRoute::MayorRigs { town: p.town()? }))),
     route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::Internal(InternalRoute::TownHealth { town: p.town()? }))),
     route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::Internal(InternalRoute::RigLookup { rig: p.rig()? }))),

@@ -49,20 +49,18 @@
 //!   (`KILO_CONFIG_CONTENT`) and `GASTOWN_ORGANIZATION_ID` name.
 
 use gastown_control::agents::{
-    AGENT_ID_ENV, AGENT_NAME_ENV, BEAD_BODY_ENV, BEAD_ID_ENV, BEAD_TITLE_ENV, BRANCH_ENV,
-    CONTAINER_TOKEN_FILE_ENV, DEFAULT_BRANCH_ENV, GATEWAY_ENV_FILE_ENV, GIT_URL_ENV, MODEL_ENV,
-    RIG_ID_ENV, WORK_DIR_ENV,
+    AGENT_NAME_ENV, BEAD_BODY_ENV, BEAD_ID_ENV, BEAD_TITLE_ENV, BRANCH_ENV, DEFAULT_BRANCH_ENV,
+    GATEWAY_ENV_FILE_ENV, GIT_URL_ENV, MODEL_ENV, WORK_DIR_ENV,
 };
+use gastown_control::callbacks::Callbacks;
 use gastown_control::workdir::is_plain_token;
 use gastown_control::{cli, client};
 use gastown_core::control::{
-    agent_callback_path, AgentDoneCallback, AgentStatusCallback, ALLOW_LOCAL_GIT_ENV,
-    CONTENT_TYPE_JSON, GATEWAY_CHAT_PATH, GATEWAY_TOKEN_ENV, KILO_CONFIG_CONTENT_ENV,
-    MAX_CALLBACK_TEXT, ORGANIZATION_ID_ENV, TOWN_ID_ENV, WORKER_URL_ENV,
+    AgentDoneCallback, ALLOW_LOCAL_GIT_ENV, CONTENT_TYPE_JSON, GATEWAY_CHAT_PATH,
+    GATEWAY_TOKEN_ENV, KILO_CONFIG_CONTENT_ENV, ORGANIZATION_ID_ENV,
 };
 use serde_json::{json, Value};
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -76,7 +74,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Shortest heartbeat interval taken from [`HEARTBEAT_MS_ENV`].
 const MIN_HEARTBEAT_MS: u64 = 10;
 /// The container token of the dispatch, used only while the token file does not exist.
-pub const CONTAINER_TOKEN_ENV: &str = "GASTOWN_CONTAINER_TOKEN";
+pub use gastown_control::callbacks::{callback_text, CONTAINER_TOKEN_ENV, TRIES};
 pub use gastown_core::control::{
     AI_AGENT_NAME_ENV, DISABLE_AI_COAUTHOR_ENV, GIT_AUTHOR_EMAIL_ENV, GIT_AUTHOR_NAME_ENV,
 };
@@ -111,9 +109,6 @@ pub const EXIT_REFUSED: i32 = 2;
 pub const EXIT_CRASHED: i32 = 3;
 
 /// Times a call to the worker is tried.
-pub const TRIES: u32 = 3;
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
-const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer read from the gateway.
 const MAX_GATEWAY_ANSWER: u64 = 1024 * 1024;
@@ -157,7 +152,7 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>) -> i32 {
         say(&format!("{CRASH_DIRECTIVE}: crashing on purpose"));
         return EXIT_CRASHED;
     }
-    let worker = match Worker::from_env(env) {
+    let worker = match Worker::from_env(env, "gastown-demo-agent") {
         Ok(w) => Arc::new(w),
         Err(e) => {
             say(&format!("cannot call the worker back: {e}"));
@@ -188,7 +183,7 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>) -> i32 {
             }
         }
         Err(failure) => {
-            worker.status(&failure.message);
+            post_status(&worker, &failure.message);
             failure.code
         }
     };
@@ -208,7 +203,7 @@ fn probe(
         } else {
             org_status(env)
         };
-        worker.status(&status);
+        post_status(worker, &status);
     }
     AgentDoneCallback {
         summary: callback_text(&format!("probed {}", probes.join(" "))),
@@ -321,131 +316,12 @@ fn failed(message: impl Into<String>) -> Failure {
     }
 }
 
-/// `text` cut to [`MAX_CALLBACK_TEXT`] characters, as the worker takes it.
-#[must_use]
-pub fn callback_text(text: &str) -> String {
-    text.chars().take(MAX_CALLBACK_TEXT).collect()
-}
+/// The agent's calls to the worker, logged as the demo agent.
+type Worker = Callbacks;
 
-/// Whether `s` can be a segment of a callback's path as it is.
-fn plain_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
-        && s != "."
-        && s != ".."
-}
-
-/// The agent's calls to the worker.
-struct Worker {
-    http: ureq::Agent,
-    /// The worker's origin.
-    origin: String,
-    town: String,
-    rig: String,
-    agent: String,
-    token_file: Option<PathBuf>,
-    /// The dispatch's token, for while the token file does not exist.
-    fallback_token: Option<String>,
-}
-
-impl Worker {
-    fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Worker, String> {
-        let need = |name: &str| env(name).ok_or_else(|| format!("{name} is not set"));
-        let origin =
-            client::origin(&need(WORKER_URL_ENV)?).map_err(|e| format!("{WORKER_URL_ENV} {e}"))?;
-        let (town, rig, agent) = (need(TOWN_ID_ENV)?, need(RIG_ID_ENV)?, need(AGENT_ID_ENV)?);
-        for (name, id) in [
-            (TOWN_ID_ENV, &town),
-            (RIG_ID_ENV, &rig),
-            (AGENT_ID_ENV, &agent),
-        ] {
-            if !plain_segment(id) {
-                return Err(format!("{name} cannot be part of a URL path"));
-            }
-        }
-        let token_file = env(CONTAINER_TOKEN_FILE_ENV).map(PathBuf::from);
-        let fallback_token = env(CONTAINER_TOKEN_ENV);
-        if token_file.is_none() && fallback_token.is_none() {
-            return Err(format!("{CONTAINER_TOKEN_FILE_ENV} is not set"));
-        }
-        Ok(Worker {
-            http: client::agent_with(WORKER_TIMEOUT),
-            origin,
-            town,
-            rig,
-            agent,
-            token_file,
-            fallback_token,
-        })
-    }
-
-    /// The container token as it is now: never kept between calls.
-    fn container_token(&self) -> Result<String, String> {
-        if let Some(file) = &self.token_file {
-            match fs::read_to_string(file) {
-                Ok(text) if is_plain_token(text.trim()) => return Ok(text.trim().to_owned()),
-                Ok(_) => return Err("the container token file holds no token".to_owned()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound && self.fallback_token.is_some() => {}
-                Err(e) => return Err(format!("cannot read the container token file: {e}")),
-            }
-        }
-        self.fallback_token
-            .clone()
-            .filter(|t| is_plain_token(t))
-            .ok_or_else(|| "no container token".to_owned())
-    }
-
-    /// `POST` of `body` to the callback `kind`, tried up to [`TRIES`] times; each failure is
-    /// logged (a status or a kind, never the token).
-    fn call(&self, kind: &str, body: &str) -> Result<(), String> {
-        let url = format!(
-            "{}{}",
-            self.origin,
-            agent_callback_path(&self.town, &self.rig, &self.agent, kind)
-        );
-        let mut last = String::new();
-        for attempt in 1..=TRIES {
-            if attempt > 1 {
-                std::thread::sleep(RETRY_PAUSE);
-            }
-            match self.try_call(&url, body) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    say(&format!("{kind} (try {attempt} of {TRIES}): {e}"));
-                    last = e;
-                }
-            }
-        }
-        Err(last)
-    }
-
-    fn try_call(&self, url: &str, body: &str) -> Result<(), String> {
-        let token = self.container_token()?;
-        let response = self
-            .http
-            .post(url)
-            .header("authorization", &format!("Bearer {token}"))
-            .header("content-type", CONTENT_TYPE_JSON)
-            .send(body)
-            // ureq's message names the URL and the failure, never a header.
-            .map_err(|e| format!("worker not reached: {e}"))?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("worker answered {status}"))
-        }
-    }
-
-    /// Posts a status (and logs it); a failure is logged only.
-    fn status(&self, message: &str) {
-        say(message);
-        let body = AgentStatusCallback {
-            message: callback_text(message),
-        };
-        let _ = self.call("status", &serde_json::to_string(&body).unwrap_or_default());
-    }
+/// Posts a status (and logs it); a failure is logged only.
+fn post_status(worker: &Worker, message: &str) {
+    let _ = worker.status(message);
 }
 
 /// The heartbeat thread; [`Heartbeats::stop`] ends it.
@@ -577,7 +453,7 @@ pub fn gateway_token_of(text: &str) -> Option<String> {
 
 /// Whether `id` can name the bead's file.
 fn plain_file_name(id: &str) -> bool {
-    plain_segment(id) && !id.starts_with('.')
+    gastown_control::callbacks::plain_segment(id) && !id.starts_with('.')
 }
 
 /// One bead's work, as the environment describes it.
@@ -660,7 +536,7 @@ impl Job {
             &["check-ref-format", "--branch", &self.branch],
         )
         .map_err(|_| refused(format!("{:?} cannot be a branch", self.branch)))?;
-        worker.status(&format!("cloning {}", self.git_url));
+        post_status(worker, &format!("cloning {}", self.git_url));
         let repo = self.work_dir.join(REPO_DIR);
         if repo.exists() {
             fs::remove_dir_all(&repo)
@@ -738,7 +614,7 @@ impl Job {
             ],
         )?;
 
-        worker.status(&self.ask_model());
+        post_status(worker, &self.ask_model());
         Ok(AgentDoneCallback {
             summary: callback_text(&format!("committed {relative} on {}", self.branch)),
             branch: Some(self.branch.clone()),
@@ -921,8 +797,11 @@ mod tests {
 
     #[test]
     fn callback_texts_and_names() {
-        let long = "é".repeat(MAX_CALLBACK_TEXT + 10);
-        assert_eq!(callback_text(&long).chars().count(), MAX_CALLBACK_TEXT);
+        let long = "é".repeat(gastown_core::control::MAX_CALLBACK_TEXT + 10);
+        assert_eq!(
+            callback_text(&long).chars().count(),
+            gastown_core::control::MAX_CALLBACK_TEXT
+        );
         for ok in ["a", "bead-1", "b_2.x", "0f6c"] {
             assert!(plain_file_name(ok), "{ok}");
         }

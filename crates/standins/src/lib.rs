@@ -10,3 +10,4 @@
 
 pub mod demo_agent;
 pub mod gateway;
+pub mod script;

@@ -259,6 +259,23 @@ impl TownOps for TownDO {
         self.finish(&agent, &req.done)
     }
 
+    async fn agent_exited(&self, req: AgentExited) -> Reply<Ack> {
+        let agent = self.callback_agent(req.credential, &req.rig_id, &req.agent_id)?;
+        // An agent that finished (or never had) its work just ended its process.
+        if agent.current_bead_id.is_none() {
+            return Ok(Ack::OK);
+        }
+        let reason = req.exit.reason();
+        self.agent_lost(
+            agent.id.as_str(),
+            agent.current_bead_id.as_deref(),
+            &reason,
+            &reason,
+            config::now_ms(),
+        )?;
+        Ok(Ack::OK)
+    }
+
     async fn list_beads(&self, req: ListBeads) -> Reply<Json<Vec<Bead>>> {
         self.admit_user(&req.caller)?;
         self.list_beads_page(&req.filter, &req.page)

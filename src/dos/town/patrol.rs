@@ -32,57 +32,79 @@ impl TownDO {
         let sql = self.sql();
         let silent = store::silent_agents(&sql, now.saturating_sub(settings.stall_ms))?;
         for agent in &silent {
-            store::release_agent(&sql, &agent.id, AgentStatus::Stalled)?;
             bump_meta(&sql, Meta::Stalls)?;
-            let Some(bead_id) = &agent.current_bead_id else {
-                continue;
-            };
-            let Some(current) = store::bead(&sql, bead_id)? else {
-                continue;
-            };
-            if current.status != BeadStatus::InProgress
-                || current.assignee_agent_id.as_ref().map(AgentId::as_str)
-                    != Some(agent.id.as_str())
-            {
-                continue;
-            }
-            store::event(
-                &sql,
-                bead_id,
-                BeadEventKind::Stalled,
-                &Actor::Town,
-                Some("no heartbeat from its agent"),
+            self.agent_lost(
+                &agent.id,
+                agent.current_bead_id.as_deref(),
+                "no heartbeat from its agent",
+                "its agent stalled",
                 now,
             )?;
-            let stalls = store::events_since(
-                &sql,
-                bead_id,
-                BeadEventKind::Stalled,
-                now.saturating_sub(CRASH_LOOP_WINDOW_MS),
-            )?;
-            match transitions::on_stall(stalls, current.dispatch_attempts) {
-                StallOutcome::Escalate(reason) => {
-                    self.fail_bead(bead_id, &reason)?;
-                    self.escalate(&current, &reason)?;
-                }
-                StallOutcome::Fail(reason) => self.fail_bead(bead_id, &reason)?,
-                StallOutcome::Reopen => {
-                    store::hand_back_bead(&sql, bead_id, BeadStatus::Open, &rfc3339(now))?;
-                    store::event(
-                        &sql,
-                        bead_id,
-                        BeadEventKind::Reopened,
-                        &Actor::Town,
-                        Some("its agent stalled"),
-                        now,
-                    )?;
-                }
-            }
         }
         for agent in silent {
             self.stop_agent_process(town, &agent.id).await;
         }
         self.still_here()
+    }
+
+    /// An agent stopped working on its bead without finishing it: the agent is released as
+    /// stalled, and its bead (if it still holds it) gets a `stalled` event saying `what`, then
+    /// reopens (with `reopened` saying `why`), fails, or fails and escalates as
+    /// [`transitions::on_stall`] decides from its recent stalls and attempts.
+    pub(super) fn agent_lost(
+        &self,
+        agent: &str,
+        bead: Option<&str>,
+        what: &str,
+        why: &str,
+        now: u64,
+    ) -> Reply<()> {
+        let sql = self.sql();
+        store::release_agent(&sql, agent, AgentStatus::Stalled)?;
+        let Some(bead_id) = bead else {
+            return Ok(());
+        };
+        let Some(current) = store::bead(&sql, bead_id)? else {
+            return Ok(());
+        };
+        if current.status != BeadStatus::InProgress
+            || current.assignee_agent_id.as_ref().map(AgentId::as_str) != Some(agent)
+        {
+            return Ok(());
+        }
+        store::event(
+            &sql,
+            bead_id,
+            BeadEventKind::Stalled,
+            &Actor::Town,
+            Some(what),
+            now,
+        )?;
+        let stalls = store::events_since(
+            &sql,
+            bead_id,
+            BeadEventKind::Stalled,
+            now.saturating_sub(CRASH_LOOP_WINDOW_MS),
+        )?;
+        match transitions::on_stall(stalls, current.dispatch_attempts) {
+            StallOutcome::Escalate(reason) => {
+                self.fail_bead(bead_id, &reason)?;
+                self.escalate(&current, &reason)?;
+            }
+            StallOutcome::Fail(reason) => self.fail_bead(bead_id, &reason)?,
+            StallOutcome::Reopen => {
+                store::hand_back_bead(&sql, bead_id, BeadStatus::Open, &rfc3339(now))?;
+                store::event(
+                    &sql,
+                    bead_id,
+                    BeadEventKind::Reopened,
+                    &Actor::Town,
+                    Some(why),
+                    now,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops everything (its work handed back with `reason`, every container token rotated

@@ -4,7 +4,7 @@ use super::container::{self, TokenPushed};
 use super::{Ack, Json};
 use crate::authz::{ContainerCredential, TownCaller};
 use crate::beads::{Bead, BeadDetail, BeadFilter, BeadPatch, NewBead};
-use crate::control::{AgentDoneCallback, AgentStatusCallback};
+use crate::control::{AgentDoneCallback, AgentExitCallback, AgentStatusCallback};
 use crate::ids::{AgentId, BeadId, RigId, TownId, UserId};
 use crate::model::{Agent, Rig, Town, TownStatus};
 use crate::page::Page;
@@ -108,6 +108,10 @@ crate::do_protocol! {
         AgentStatus(AgentStatus) -> Ack => agent_status;
         /// An agent finished its bead: closed (or in review with a PR), the agent freed.
         AgentDone(AgentDone) -> Bead => agent_done;
+        /// The container saw an agent's process end: if it still held a bead in progress, the
+        /// bead reopens (or fails, per the attempt cap) with the exit as its reason, at once
+        /// rather than at patrol's stall time; an agent with no work is only freed.
+        AgentExited(AgentExited) -> Ack => agent_exited;
     }
 }
 
@@ -290,6 +294,14 @@ pub struct AgentDone {
     pub rig_id: RigId,
     pub agent_id: AgentId,
     pub done: AgentDoneCallback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentExited {
+    pub credential: ContainerCredential,
+    pub rig_id: RigId,
+    pub agent_id: AgentId,
+    pub exit: AgentExitCallback,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -622,6 +634,16 @@ mod tests {
                 }
                 .into(),
                 r#"{"op":"agent_done","credential":{"kind":"container","generation":1},"rig_id":"r1","agent_id":"a1","done":{"summary":"s","branch":"b","pr_url":null}}"#.into(),
+            ),
+            (
+                AgentExited {
+                    credential: ContainerCredential::Container { generation: Some(1) },
+                    rig_id: r.id.clone(),
+                    agent_id: AgentId::parse("a1").unwrap(),
+                    exit: AgentExitCallback { exit_code: Some(3), output_tail: "boom".into() },
+                }
+                .into(),
+                r#"{"op":"agent_exited","credential":{"kind":"container","generation":1},"rig_id":"r1","agent_id":"a1","exit":{"exit_code":3,"output_tail":"boom"}}"#.into(),
             ),
         ];
         #[cfg(feature = "test-hooks")]

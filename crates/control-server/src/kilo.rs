@@ -1,0 +1,607 @@
+//! `gastown-control kilo-agent --kilo PATH`: the Kilo CLI as an agent runtime. The control
+//! server runs it as the agent command (`--agent-command "gastown-control kilo-agent --kilo
+//! /path/to/kilo"`), so it is an agent process like any other: started with the agent's env,
+//! as the agent user, in the agent's work dir, stopped with it, its exit watched. For one bead
+//! it
+//!
+//! 1. heartbeats at once, then every `GASTOWN_HEARTBEAT_MS` (default 5000) while it lives;
+//! 2. clones `GASTOWN_GIT_URL` into `<work dir>/repo` (git's credential helper is the town's,
+//!    through `GIT_CONFIG_GLOBAL`: no token in the remote) and checks out `GASTOWN_BRANCH`
+//!    from `origin/<GASTOWN_DEFAULT_BRANCH>` (an orphan branch in an empty repository);
+//! 3. starts `kilo serve` on a free loopback port in the clone, offline ([`OFFLINE_ENV`]), its
+//!    data under `<work dir>/.kilo` (outside the clone), its HTTP API behind a password made
+//!    for this run, its model provider the Kilo gateway: an OpenAI-compatible provider at
+//!    `KILO_GATEWAY_URL/api/gateway` whose key is the town's current gateway token, read from
+//!    `GASTOWN_GATEWAY_ENV_FILE` as the session starts (it reaches the CLI only in its env),
+//!    the model `GASTOWN_MODEL`;
+//! 4. opens a session, writes where it is to `<work dir>/.kilo-session.json` (mode 0600: port,
+//!    password, session id) for the control server's `POST /agents/:id/message`, and sends the
+//!    role's prompt ([`PROMPT_POLECAT`], a file of the repository) with the bead;
+//! 5. reads the session's events until it is idle and has stayed idle [`LINGER`] (a message
+//!    sent meanwhile makes it busy again), posting the CLI's errors as statuses;
+//! 6. stops the CLI and exits 0; 1 when the CLI failed or ended on its own, 2 for bad settings.
+//!
+//! The agent reports its own work with `gt` (`gt done` closes the bead), so the runtime says
+//! nothing of the bead's outcome.
+
+use crate::callbacks::Callbacks;
+use crate::cli::Args;
+use base64::Engine;
+use gastown_core::control::{GATEWAY_ENV_FILE, GATEWAY_TOKEN_ENV, ORGANIZATION_ID_ENV};
+use serde_json::{json, Value};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The subcommand.
+pub const KILO_AGENT_SUBCOMMAND: &str = "kilo-agent";
+/// The polecat's prompt: the bead's instructions, versioned with the code.
+pub const PROMPT_POLECAT: &str = include_str!("../prompts/polecat.md");
+/// How long the session may stay idle before the runtime ends it (a message in between makes it
+/// busy again).
+const LINGER: Duration = Duration::from_secs(10);
+/// How long `kilo serve` may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// The longest a session may run (a stalled one is ended by patrol long before).
+const SESSION_LIMIT: Duration = Duration::from_secs(6 * 60 * 60);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// The file the session's whereabouts go to, in the work dir.
+pub const SESSION_FILE: &str = ".kilo-session.json";
+/// The provider id of the gateway in the CLI's config.
+const PROVIDER: &str = "gateway";
+
+/// The switches that keep the CLI from the network (model catalogue, telemetry, updates,
+/// sharing, plugins, LSP downloads) and from any configuration but ours.
+pub const OFFLINE_ENV: &[(&str, &str)] = &[
+    ("KILO_DISABLE_MODELS_FETCH", "1"),
+    ("KILO_TELEMETRY_LEVEL", "off"),
+    ("KILO_DISABLE_AUTOUPDATE", "1"),
+    ("KILO_DISABLE_SHARE", "1"),
+    ("KILO_DISABLE_SESSION_INGEST", "1"),
+    ("KILO_DISABLE_LSP_DOWNLOAD", "1"),
+    ("KILO_DISABLE_DEFAULT_PLUGINS", "1"),
+    ("KILO_NO_DAEMON", "1"),
+    ("KILO_DISABLE_PRESENCE", "1"),
+    ("KILO_DISABLE_CLAUDE_CODE", "1"),
+    ("KILO_DISABLE_EXTERNAL_SKILLS", "1"),
+    ("KILO_DISABLE_PROJECT_CONFIG", "1"),
+];
+
+const EXIT_FAILED: i32 = 1;
+const EXIT_REFUSED: i32 = 2;
+
+fn say(line: &str) {
+    eprintln!("gastown-kilo: {line}");
+}
+
+/// Runs the runtime with the process's environment; the exit code.
+pub fn cli_main(args: &[String]) -> i32 {
+    let mut kilo = None;
+    let mut it = Args::new(args);
+    while let Some(arg) = it.next() {
+        match arg {
+            "--kilo" => match it.value(arg) {
+                Ok(v) => kilo = Some(PathBuf::from(v)),
+                Err(e) => {
+                    say(&e);
+                    return EXIT_REFUSED;
+                }
+            },
+            other => {
+                say(&format!("unexpected argument {other:?}"));
+                return EXIT_REFUSED;
+            }
+        }
+    }
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let Some(kilo) = kilo.or_else(|| env("GASTOWN_KILO_PATH").map(PathBuf::from)) else {
+        say("no Kilo CLI: give --kilo PATH");
+        return EXIT_REFUSED;
+    };
+    let worker = match Callbacks::from_env(&env, "gastown-kilo") {
+        Ok(w) => w,
+        Err(e) => {
+            say(&e);
+            return EXIT_REFUSED;
+        }
+    };
+    let _ = worker.call("heartbeat", "{}");
+    let beats = heartbeats(&env);
+    let outcome = Session::from_env(&env, kilo).and_then(|s| s.run(&worker));
+    drop(beats);
+    match outcome {
+        Ok(()) => 0,
+        Err((code, message)) => {
+            say(&message);
+            let _ = worker.status(&message);
+            code
+        }
+    }
+}
+
+type Failure = (i32, String);
+
+fn refused(message: impl Into<String>) -> Failure {
+    (EXIT_REFUSED, message.into())
+}
+
+fn failed(message: impl Into<String>) -> Failure {
+    (EXIT_FAILED, message.into())
+}
+
+/// A heartbeat every interval until dropped.
+fn heartbeats(env: &dyn Fn(&str) -> Option<String>) -> mpsc::Sender<()> {
+    let every = env("GASTOWN_HEARTBEAT_MS")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_HEARTBEAT, |ms| Duration::from_millis(ms.max(10)));
+    let (stop, stopped) = mpsc::channel::<()>();
+    let session = Callbacks::from_env(env, "gastown-kilo");
+    std::thread::spawn(move || {
+        let Ok(worker) = session else { return };
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+            let _ = worker.call("heartbeat", "{}");
+        }
+    });
+    stop
+}
+
+/// One bead's session, from the agent's env.
+struct Session {
+    kilo: PathBuf,
+    work_dir: PathBuf,
+    git_url: String,
+    default_branch: String,
+    branch: String,
+    bead: String,
+    title: String,
+    body: String,
+    rig: String,
+    model: String,
+    gateway_url: String,
+    gateway_token: String,
+    organization: Option<String>,
+}
+
+impl Session {
+    fn from_env(env: &dyn Fn(&str) -> Option<String>, kilo: PathBuf) -> Result<Session, Failure> {
+        let need = |name: &str| env(name).ok_or_else(|| refused(format!("{name} is not set")));
+        let gateway_file = need("GASTOWN_GATEWAY_ENV_FILE")?;
+        let gateway_token = fs::read_to_string(&gateway_file)
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|l| {
+                    l.strip_prefix(&format!("{GATEWAY_TOKEN_ENV}="))
+                        .map(|t| t.trim().to_owned())
+                })
+            })
+            .filter(|t| crate::workdir::is_plain_token(t))
+            .ok_or_else(|| refused(format!("no gateway token in {GATEWAY_ENV_FILE}")))?;
+        let gateway_url = crate::client::origin(&need("KILO_GATEWAY_URL")?)
+            .map_err(|e| refused(format!("KILO_GATEWAY_URL {e}")))?;
+        Ok(Session {
+            kilo,
+            work_dir: PathBuf::from(need("GASTOWN_WORK_DIR")?),
+            git_url: need("GASTOWN_GIT_URL")?,
+            default_branch: env("GASTOWN_DEFAULT_BRANCH").unwrap_or_else(|| "main".to_owned()),
+            branch: need("GASTOWN_BRANCH")?,
+            bead: need("GASTOWN_BEAD_ID")?,
+            title: env("GASTOWN_BEAD_TITLE").unwrap_or_default(),
+            body: env("GASTOWN_BEAD_BODY").unwrap_or_default(),
+            rig: need("GASTOWN_RIG_ID")?,
+            model: env("GASTOWN_MODEL").unwrap_or_else(|| "kilo/auto".to_owned()),
+            gateway_url,
+            gateway_token,
+            organization: env(ORGANIZATION_ID_ENV),
+        })
+    }
+
+    fn run(&self, worker: &Callbacks) -> Result<(), Failure> {
+        let repo = self.work_dir.join("repo");
+        let _ = worker.status(&format!("cloning {}", self.git_url));
+        self.checkout(&repo)?;
+        let password = random_hex()?;
+        let port = free_port()?;
+        let mut kilo = self.spawn(&repo, port, &password)?;
+        let result = self.drive(worker, &mut kilo, port, &password);
+        let _ = kilo.kill();
+        let _ = kilo.wait();
+        let _ = fs::remove_file(self.work_dir.join(SESSION_FILE));
+        result
+    }
+
+    fn checkout(&self, repo: &Path) -> Result<(), Failure> {
+        let repo_arg = repo.to_string_lossy().into_owned();
+        git(
+            &self.work_dir,
+            &["clone", "--quiet", "--", &self.git_url, &repo_arg],
+        )?;
+        let base = format!("origin/{}", self.default_branch);
+        if git(repo, &["rev-parse", "--verify", "--quiet", &base]).is_ok() {
+            git(repo, &["checkout", "--quiet", "-b", &self.branch, &base])
+        } else {
+            git(repo, &["checkout", "--quiet", "--orphan", &self.branch])
+        }
+    }
+
+    /// The CLI's config: the gateway as its only provider, everything allowed in the clone.
+    fn config(&self) -> Value {
+        let mut config = json!({
+            "model": format!("{PROVIDER}/{}", self.model),
+            "small_model": format!("{PROVIDER}/{}", self.model),
+            "enabled_providers": [PROVIDER],
+            "autoupdate": false,
+            "share": "disabled",
+            "snapshot": false,
+            "permission": { "*": "allow", "question": "deny" },
+            "provider": {
+                PROVIDER: {
+                    "npm": "@ai-sdk/openai-compatible",
+                    "name": "Kilo gateway",
+                    "options": {
+                        "baseURL": format!("{}/api/gateway", self.gateway_url),
+                        "apiKey": "{env:GASTOWN_KILO_GATEWAY_TOKEN}",
+                    },
+                    "models": { self.model.clone(): { "name": self.model, "tool_call": true } },
+                },
+            },
+        });
+        if let Some(org) = &self.organization {
+            config["provider"][PROVIDER]["options"]["kilocodeOrganizationId"] = json!(org);
+        }
+        config
+    }
+
+    fn spawn(&self, repo: &Path, port: u16, password: &str) -> Result<Child, Failure> {
+        let home = self.work_dir.join(".kilo");
+        for dir in ["config", "data", "cache", "state"] {
+            fs::create_dir_all(home.join(dir))
+                .map_err(|e| failed(format!("cannot make the CLI's directories: {e}")))?;
+        }
+        let mut cmd = Command::new(&self.kilo);
+        cmd.args([
+            "serve",
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .current_dir(repo)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("KILO_SERVER_PASSWORD", password)
+        .env("GASTOWN_KILO_GATEWAY_TOKEN", &self.gateway_token)
+        .env("KILO_CONFIG_CONTENT", self.config().to_string())
+        .envs(OFFLINE_ENV.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        cmd.spawn()
+            .map_err(|e| refused(format!("cannot start {}: {e}", self.kilo.display())))
+    }
+
+    fn drive(
+        &self,
+        worker: &Callbacks,
+        kilo: &mut Child,
+        port: u16,
+        password: &str,
+    ) -> Result<(), Failure> {
+        wait_listening(kilo)?;
+        let api = Api::new(port, password);
+        let events = api.events()?;
+        let session = api
+            .post(
+                "/session",
+                &json!({ "title": format!("bead {}", self.bead) }),
+            )?
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| failed("the CLI made no session"))?;
+        let whereabouts = json!({ "port": port, "password": password, "session": session });
+        write_private(&self.work_dir.join(SESSION_FILE), &whereabouts.to_string())
+            .map_err(|e| failed(format!("cannot write the session file: {e}")))?;
+        let prompt = json!({
+            "system": PROMPT_POLECAT,
+            "parts": [{ "type": "text", "text": self.first_message() }],
+            "model": { "providerID": PROVIDER, "modelID": self.model },
+        });
+        api.post_no_content(&format!("/session/{session}/prompt_async"), &prompt)?;
+        let _ = worker.status("the Kilo CLI is working on the bead");
+        watch(worker, kilo, &events, &session)
+    }
+
+    fn first_message(&self) -> String {
+        format!(
+            "Bead: {}\nTitle: {}\nRig: {}\nBranch: {}\n\n{}\n",
+            self.bead, self.title, self.rig, self.branch, self.body
+        )
+    }
+}
+
+/// Reads events until the session has been idle for [`LINGER`]; a failure when the CLI exits
+/// or the session errs.
+fn watch(
+    worker: &Callbacks,
+    kilo: &mut Child,
+    events: &mpsc::Receiver<Value>,
+    session: &str,
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    let mut idle_since: Option<Instant> = None;
+    let mut busy_seen = false;
+    loop {
+        if let Ok(Some(status)) = kilo.try_wait() {
+            return Err(failed(format!("the Kilo CLI ended on its own ({status})")));
+        }
+        if started.elapsed() > SESSION_LIMIT {
+            return Err(failed("the session ran past its limit"));
+        }
+        if let Some(since) = idle_since {
+            if since.elapsed() >= LINGER {
+                return Ok(());
+            }
+        }
+        let Ok(event) = events.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let kind = event["type"].as_str().unwrap_or_default();
+        let props = &event["properties"];
+        if props["sessionID"].as_str().is_some_and(|s| s != session) {
+            continue;
+        }
+        match kind {
+            "session.idle" if busy_seen => idle_since = Some(Instant::now()),
+            "session.status" => match props["status"]["type"].as_str() {
+                Some("busy" | "retry") => {
+                    busy_seen = true;
+                    idle_since = None;
+                }
+                Some("idle") if busy_seen => idle_since = Some(Instant::now()),
+                _ => {}
+            },
+            "session.error" => {
+                let name = props["error"]["name"].as_str().unwrap_or("error");
+                let _ = worker.status(&format!("the Kilo CLI reported {name}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Waits for `kilo serve` to say it listens.
+fn wait_listening(kilo: &mut Child) -> Result<(), Failure> {
+    let stdout = kilo
+        .stdout
+        .take()
+        .ok_or_else(|| failed("the CLI's output is not readable"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(START_TIMEOUT)
+        .map_err(|_| failed("the Kilo CLI did not start listening"))
+}
+
+/// The CLI's HTTP API on loopback, with this run's password.
+struct Api {
+    base: String,
+    auth: String,
+    http: ureq::Agent,
+}
+
+impl Api {
+    fn new(port: u16, password: &str) -> Api {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("kilo:{password}"));
+        Api {
+            base: format!("http://127.0.0.1:{port}"),
+            auth: format!("Basic {basic}"),
+            http: crate::client::agent_with(Duration::from_secs(60)),
+        }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        let mut response = self
+            .http
+            .post(&format!("{}{path}", self.base))
+            .header("authorization", &self.auth)
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .map_err(|e| failed(format!("the Kilo CLI was not reached: {e}")))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(failed(format!("the Kilo CLI answered {status} to {path}")));
+        }
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn post_no_content(&self, path: &str, body: &Value) -> Result<(), Failure> {
+        self.post(path, body).map(|_| ())
+    }
+
+    /// The event stream, one JSON value per `data:` line, read by a thread of its own.
+    fn events(&self) -> Result<mpsc::Receiver<Value>, Failure> {
+        let streaming = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build();
+        let response = ureq::Agent::from(streaming)
+            .get(&format!("{}/event", self.base))
+            .header("authorization", &self.auth)
+            .call()
+            .map_err(|e| failed(format!("no event stream from the Kilo CLI: {e}")))?;
+        if response.status().as_u16() != 200 {
+            return Err(failed("the Kilo CLI refused its event stream"));
+        }
+        let (tx, rx) = mpsc::channel();
+        let reader = response.into_body().into_reader();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                if let Some(data) = line.strip_prefix("data:") {
+                    if let Ok(event) = serde_json::from_str::<Value>(data.trim()) {
+                        if tx.send(event).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// `POST /agents/:id/message` `{townId, text}`: a further message to the agent's running Kilo
+/// session (found through its [`SESSION_FILE`]); 409 when the agent has no session now.
+pub(crate) fn message(
+    shared: &crate::state::Shared,
+    town: &str,
+    id: &str,
+    body: &[u8],
+) -> Result<crate::http::Reply, crate::http::Reply> {
+    use crate::http::error;
+    #[derive(serde::Deserialize)]
+    struct Message {
+        #[serde(rename = "townId")]
+        town_id: String,
+        text: String,
+    }
+    let req: Message = crate::routes::parse(body)?;
+    crate::routes::same_town(&req.town_id, town)?;
+    crate::agents::check_agent_id(id).map_err(|e| error(400, &e))?;
+    if req.text.trim().is_empty() {
+        return Err(error(400, "text must not be empty"));
+    }
+    let file = shared
+        .town_dir(town)?
+        .join(crate::agents::AGENTS_DIR)
+        .join(id)
+        .join(SESSION_FILE);
+    let session: Value = fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| error(409, "the agent has no running session"))?;
+    let (Some(port), Some(password), Some(session)) = (
+        session["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+        session["password"].as_str(),
+        session["session"].as_str(),
+    ) else {
+        return Err(error(409, "the agent has no running session"));
+    };
+    let api = Api::new(port, password);
+    let prompt = json!({ "parts": [{ "type": "text", "text": req.text }] });
+    api.post_no_content(&format!("/session/{session}/prompt_async"), &prompt)
+        .map_err(|(_, e)| {
+            eprintln!("gastown-control: message to agent {id} of town {town}: {e}");
+            error(502, "the agent's session did not take the message")
+        })?;
+    Ok((202, json!({ "delivered": true })))
+}
+
+/// Runs git without a prompt; git's last line of error on failure.
+fn git(dir: &Path, args: &[&str]) -> Result<(), Failure> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| failed(format!("cannot run git: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message");
+    Err(failed(format!("git {} failed: {last}", args[0])))
+}
+
+/// A free loopback port (taken by the CLI right after; a race only with this container).
+fn free_port() -> Result<u16, Failure> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| failed(format!("no free port: {e}")))
+}
+
+/// 32 hex characters from the system's randomness.
+fn random_hex() -> Result<String, Failure> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| failed(format!("no randomness: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `text` to `path`, readable by this user only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        Session {
+            kilo: PathBuf::from("/k"),
+            work_dir: PathBuf::from("/w"),
+            git_url: "https://h/o/r.git".into(),
+            default_branch: "main".into(),
+            branch: "gastown/toast/b1".into(),
+            bead: "b1".into(),
+            title: "Add a greeting".into(),
+            body: "Say hello.".into(),
+            rig: "r1".into(),
+            model: "kilo/auto".into(),
+            gateway_url: "http://127.0.0.1:9".into(),
+            gateway_token: "jwt".into(),
+            organization: Some("org-1".into()),
+        }
+    }
+
+    #[test]
+    fn the_config_points_the_cli_at_the_gateway_and_holds_no_token() {
+        let config = session().config();
+        assert_eq!(config["model"], "gateway/kilo/auto");
+        assert_eq!(config["enabled_providers"], json!(["gateway"]));
+        let options = &config["provider"]["gateway"]["options"];
+        assert_eq!(options["baseURL"], "http://127.0.0.1:9/api/gateway");
+        assert_eq!(options["apiKey"], "{env:GASTOWN_KILO_GATEWAY_TOKEN}");
+        assert_eq!(options["kilocodeOrganizationId"], "org-1");
+        assert!(!config.to_string().contains("jwt"));
+    }
+
+    #[test]
+    fn the_first_message_names_the_bead_and_the_branch() {
+        let text = session().first_message();
+        for line in [
+            "Bead: b1",
+            "Title: Add a greeting",
+            "Branch: gastown/toast/b1",
+            "Say hello.",
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
+        assert!(PROMPT_POLECAT.contains("gt done"));
+    }
+}
