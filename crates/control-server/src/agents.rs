@@ -809,7 +809,9 @@ fn watch(process: &Arc<Process>, town: &str, agent: &str, report: Option<ExitRep
     };
     let spawned = std::thread::Builder::new()
         .name("gastown-control-agent".into())
-        .stack_size(64 * 1024)
+        // Enough for the exit report's HTTP call (a TLS client included); a stack overflow
+        // would take the whole server down.
+        .stack_size(WATCHER_STACK)
         .spawn(watcher);
     if let Err(e) = spawned {
         // The status still looks at the child whenever it is asked.
@@ -826,6 +828,9 @@ struct ExitReport {
     env: BTreeMap<String, String>,
     log: PathBuf,
 }
+
+/// The stack of the thread that watches an agent (and reports its exit).
+const WATCHER_STACK: usize = 1024 * 1024;
 
 /// Lines of an agent's log quoted in its exit report.
 const EXIT_TAIL_LINES: usize = 5;

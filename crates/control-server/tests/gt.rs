@@ -93,6 +93,13 @@ fn an_agents_gt_calls_back_with_the_current_container_token() {
             (path("heartbeat").as_str(), "Bearer ctok-2"),
         ]
     );
+    // The process ended on its own: the server reports it, with the current token.
+    assert!(eventually(WAIT, || worker.exits().len() == 1));
+    let exit = &worker.exits()[0];
+    assert_eq!(exit.path, path("exit"));
+    assert_eq!(exit.authorization.as_deref(), Some("Bearer ctok-2"));
+    let report: Value = serde_json::from_str(&exit.body).unwrap();
+    assert_eq!(report["exit_code"], 0, "{report}");
     let status: Value = serde_json::from_str(&seen[0].body).unwrap();
     assert_eq!(status, json!({ "message": "working on it" }));
     let done: Value = serde_json::from_str(&seen[1].body).unwrap();

@@ -236,7 +236,10 @@ fn the_demo_agent_pushes_its_branch_and_reports_to_the_worker() {
         .iter()
         .skip_while(|c| !c.path.ends_with("/done"))
         .skip(1);
-    assert!(after_done.clone().all(|c| c.path.ends_with("/heartbeat")));
+    // After done: heartbeats, and the control server's report of the process's end.
+    assert!(after_done
+        .clone()
+        .all(|c| c.path.ends_with("/heartbeat") || c.path.ends_with("/exit")));
 
     // The branch is in the repository: one commit on main, by the configured identity.
     let reference = format!("refs/heads/{branch}");

@@ -305,10 +305,13 @@ struct Answer {
 }
 
 /// A stand-in for the worker: answers every request with one (settable) status and body, in which
-/// `{n}` becomes the request's number, and records what it received.
+/// `{n}` becomes the request's number, and records what it received. The control server's
+/// reports of an agent process's end (`…/exit`, sent whenever it sees one) are answered `{}` and
+/// kept apart ([`FakeWorker::exits`]), so they neither take a number nor count as calls.
 pub struct FakeWorker {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    exits: Arc<Mutex<Vec<Seen>>>,
     answer: Arc<Mutex<Answer>>,
     /// How long the answer to the first request waits once the request is recorded.
     first_delay: Arc<Mutex<Duration>>,
@@ -319,24 +322,31 @@ impl FakeWorker {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let exits = Arc::new(Mutex::new(Vec::new()));
         let answer = Arc::new(Mutex::new(Answer {
             status,
             body: body.to_owned(),
         }));
         let first_delay = Arc::new(Mutex::new(Duration::ZERO));
-        let (seen_by_thread, answer_by_thread, delay_by_thread) = (
+        let (seen_by_thread, exits_by_thread, answer_by_thread, delay_by_thread) = (
             Arc::clone(&seen),
+            Arc::clone(&exits),
             Arc::clone(&answer),
             Arc::clone(&first_delay),
         );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                serve_one(stream, &seen_by_thread, &answer_by_thread, &delay_by_thread);
+                let kept = Kept {
+                    seen: &seen_by_thread,
+                    exits: &exits_by_thread,
+                };
+                serve_one(stream, kept, &answer_by_thread, &delay_by_thread);
             }
         });
         FakeWorker {
             addr,
             seen,
+            exits,
             answer,
             first_delay,
         }
@@ -367,12 +377,24 @@ impl FakeWorker {
     pub fn calls(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
+
+    /// The exit reports received.
+    pub fn exits(&self) -> Vec<Seen> {
+        self.exits.lock().unwrap().clone()
+    }
+}
+
+/// Where a fake worker keeps what it received.
+#[derive(Clone, Copy)]
+struct Kept<'a> {
+    seen: &'a Mutex<Vec<Seen>>,
+    exits: &'a Mutex<Vec<Seen>>,
 }
 
 /// Reads one request (head, then `content-length` bytes), records it, answers, closes.
 fn serve_one(
     mut stream: TcpStream,
-    seen: &Mutex<Vec<Seen>>,
+    kept: Kept<'_>,
     answer: &Mutex<Answer>,
     first_delay: &Mutex<Duration>,
 ) {
@@ -408,15 +430,25 @@ fn serve_one(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+    let call = Seen {
+        authorization: header("authorization"),
+        content_type: header("content-type"),
+        body: String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned(),
+        method,
+        path,
+    };
+    if call.path.ends_with("/exit") {
+        kept.exits.lock().unwrap().push(call);
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
+             connection: close\r\n\r\n{{}}"
+        );
+        return;
+    }
     let n = {
-        let mut seen = seen.lock().unwrap();
-        seen.push(Seen {
-            method,
-            path,
-            authorization: header("authorization"),
-            content_type: header("content-type"),
-            body: String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned(),
-        });
+        let mut seen = kept.seen.lock().unwrap();
+        seen.push(call);
         seen.len()
     };
     if n == 1 {
