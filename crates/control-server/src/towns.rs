@@ -13,6 +13,7 @@ use gastown_core::control::{
 };
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// Takes the town's new container token: kept in memory (for the self-refresh) and written
 /// to its file (for the git credential helper and the `gh` shim), with the town's gitconfig and
@@ -28,37 +29,26 @@ pub(crate) fn refresh_token(shared: &Shared, town: &str, body: &[u8]) -> Result<
         return Err(error(400, "token holds characters a token does not"));
     }
     let dir = shared.town_dir(town)?;
-    let gitconfig = shared.config.credential_helper.as_deref().and_then(|exe| {
-        let text = workdir::gitconfig_text(
-            exe,
-            &shared.config.workdir,
-            town,
-            shared.config.worker_url.as_deref(),
-            shared.config.git_ca_file.as_deref(),
-        );
+    // The files that run this server's executable for the agents: none without one.
+    let text_of = |what: &str, make: &dyn Fn(&Path) -> Option<String>| {
+        let text = make(shared.config.credential_helper.as_deref()?);
         if text.is_none() {
-            eprintln!("gastown-control: no gitconfig for town {town}: a path git cannot carry");
+            eprintln!("gastown-control: no {what} for town {town}: a path it cannot carry");
         }
         text
+    };
+    let (config, workdir, worker) = (
+        &shared.config,
+        &shared.config.workdir,
+        shared.config.worker_url.as_deref(),
+    );
+    let gitconfig = text_of("gitconfig", &|exe| {
+        workdir::gitconfig_text(exe, workdir, town, worker, config.git_ca_file.as_deref())
     });
-    let gh_shim = shared.config.credential_helper.as_deref().and_then(|exe| {
-        let text = workdir::gh_shim_text(
-            exe,
-            &shared.config.workdir,
-            town,
-            shared.config.worker_url.as_deref(),
-            shared.config.gh_path.as_deref(),
-        );
-        if text.is_none() {
-            eprintln!("gastown-control: no gh shim for town {town}: a path a shell cannot carry");
-        }
-        text
+    let gh_shim = text_of("gh shim", &|exe| {
+        workdir::gh_shim_text(exe, workdir, town, worker, config.gh_path.as_deref())
     });
-    let gt_shim = shared
-        .config
-        .credential_helper
-        .as_deref()
-        .and_then(workdir::gt_shim_text);
+    let gt_shim = text_of("gt shim", &workdir::gt_shim_text);
     let mut state = shared.state();
     #[cfg(feature = "debug-routes")]
     if state.fail.refresh_token {

@@ -48,15 +48,6 @@ echo "credential=$?"
 } > report.txt
 "#;
 
-/// A temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn is_root() -> bool {
     if server_uid() == Some(0) {
         return true;

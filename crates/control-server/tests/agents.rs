@@ -103,16 +103,6 @@ fn work_dir(s: &Server, town: &str, agent: &str) -> PathBuf {
     s.canonical_town_dir(town).join("agents").join(agent)
 }
 
-/// The `NAME=value` lines of an `env` dump (no value here spans lines).
-fn read_env(path: &Path) -> BTreeMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
 #[test]
 fn an_agent_runs_in_its_own_dir_with_only_the_env_it_is_given() {
     let s = agent_server();
@@ -132,7 +122,7 @@ fn an_agent_runs_in_its_own_dir_with_only_the_env_it_is_given() {
 
     let town_dir = s.canonical_town_dir("town-a");
     let work = work_dir(&s, "town-a", "agent-1");
-    let env = read_env(&work.join("env.txt"));
+    let env = read_pairs(&work.join("env.txt"));
     let text = |p: &Path| p.to_str().unwrap().to_owned();
     let expected = BTreeMap::from([
         ("GASTOWN_TOWN_ID", "town-a".to_owned()),
@@ -380,7 +370,7 @@ fn bad_ids_env_and_worker_urls_are_refused_and_nothing_starts() {
     named["worker_url"] = json!("http://127.0.0.1:9/");
     assert_eq!(start_agent(&bare, "town-a", &named).0, 200);
     assert!(eventually(WAIT, || exited(&bare, "town-a", "agent-1")));
-    let env = read_env(&work_dir(&bare, "town-a", "agent-1").join("env.txt"));
+    let env = read_pairs(&work_dir(&bare, "town-a", "agent-1").join("env.txt"));
     assert_eq!(env["GASTOWN_WORKER_URL"], "http://127.0.0.1:9");
 }
 

@@ -48,15 +48,6 @@ echo "bin_write=$(can touch "$town/bin/intruder")" >> agent.txt
 env > env.txt
 "#;
 
-/// A temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A directory anyone may pass through (0711) holding the fake gh (`fake/gh`, 0755) and the
 /// agent script (0644), so that the agent user can run both.
 fn base() -> TempDir {
@@ -106,16 +97,6 @@ fn server(base: &TempDir, worker: &FakeWorker, extra: &[&str]) -> Server {
     let s = start(DEBUG_BIN, &[(KEY_ENV, KEY)], &args);
     assert_eq!(refresh(TOWN, CONTAINER_TOKEN).auth(TOWN).send(&s).0, 200);
     s
-}
-
-/// The `name=value` lines of a file (no value here spans lines).
-fn read_pairs(path: &Path) -> BTreeMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 /// Starts [`AGENT`] on [`RIG`] with `env` (and `organization_id` when given), waits for its

@@ -11,7 +11,7 @@ use common::*;
 use gastown_core::control::{agent_callback_path, KEY_ENV};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const TOWN: &str = "town-a";
@@ -27,14 +27,6 @@ gt done --summary "all done" --branch gastown/toast/b1; echo "done=$?" >> gt.txt
 gt heartbeat; echo "heartbeat=$?" >> gt.txt
 gt done 2> usage.txt; echo "usage=$?" >> gt.txt
 "#;
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn wait_for(path: &Path) {
     assert!(

@@ -57,6 +57,32 @@ impl Server {
     }
 }
 
+/// A temporary directory ([`temp_dir`]), removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        TempDir(temp_dir(name))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `name=value` lines of a file, as an `env` dump or a probe script writes them (no value
+/// here spans lines).
+pub fn read_pairs(path: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 /// A new, empty directory under the system's temporary directory.
 pub fn temp_dir(name: &str) -> PathBuf {
     static UNIQUE: AtomicU64 = AtomicU64::new(0);
