@@ -3,7 +3,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import { createServer } from "node:net";
 import { createHmac } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { ROOT, devVars } from "../../scripts/lib/jwt.mjs";
@@ -97,9 +97,34 @@ export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), 
     stopTown: (townId) => json("POST", "/stop", townId, { townId }),
     stop: () => {
       child.kill("SIGTERM");
+      killWorkingIn(workdir);
       rmSync(workdir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * SIGKILLs every process whose working directory is under `dir`: the agents a control server
+ * started (each leads a process group of its own, so killing the server leaves them running)
+ * and whatever they started. Linux only, as the e2e tests are.
+ */
+export function killWorkingIn(dir) {
+  const root = resolve(dir);
+  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+    let cwd;
+    try {
+      cwd = readlinkSync(`/proc/${pid}/cwd`);
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    if (cwd === root || cwd.startsWith(`${root}/`)) {
+      try {
+        process.kill(Number(pid), "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+  }
 }
 
 /**

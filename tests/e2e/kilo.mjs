@@ -6,7 +6,7 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "../../scripts/lib/jwt.mjs";
 import { secrets, until as untilFor, not, startOwnWorker } from "./harness.mjs";
@@ -30,9 +30,11 @@ export default function kilo(ctx) {
     before(async () => {
       assert.ok(existsSync(KILO_BIN), `the Kilo CLI is installed from npm (${KILO_BIN})`);
       world = await startOwnWorker(ctx, {
-        controlArgs: ["--git-ca-file", p().gitCaFile, "--agent-command", `${CONTROL_BIN} kilo-agent --kilo ${KILO_BIN}`],
+        // The control server refreshes each town's gateway token every second, so tokens change
+        // under running sessions; a rotation revokes the old container token at once.
+        controlArgs: ["--git-ca-file", p().gitCaFile, "--agent-command", `${CONTROL_BIN} kilo-agent --kilo ${KILO_BIN}`, "--gateway-refresh-ms", "1000"],
         gateway: true,
-        vars: { AGENT_STALL_MS: "120000" },
+        vars: { AGENT_STALL_MS: "120000", CONTAINER_TOKEN_GRACE_MS: "0" },
       });
       ({ call, control, gateway } = world);
     });
@@ -48,9 +50,11 @@ export default function kilo(ctx) {
       return readdirSync(dir).filter((f) => f.endsWith(".log")).map((f) => readFileSync(join(dir, f), "utf8").slice(-3000)).join("\n");
     };
 
+    let installations = 0;
     /** A personal town with a rig on a repository of a GitHub App installation of the stand-in. */
     async function townWithRig() {
-      const installation = 9_500_000 + (process.pid % 1000) * 10 + Math.floor(Math.random() * 9);
+      // One installation per town, never the same twice in a run.
+      const installation = 9_500_000 + (process.pid % 10_000) * 100 + ++installations;
       const login = `kilo-acct-${installation}`;
       p().addGithubUser({ id: installation + 1, login });
       p().addInstallation({ id: installation, login, repos: [{ name: "app" }] });
@@ -65,6 +69,22 @@ export default function kilo(ctx) {
       const rig = (await as("POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "app", platform_integration_id: integration.id, repo: `${login}/app` })).body;
       return { town, rig, login, installation };
     }
+
+    const bead = async (townId, id) => (await as("GET", `/api/towns/${townId}/beads/${id}`)).body;
+    const usageOf = async (townId) => (await (await fetch(`${gateway.url}/debug/usage`)).json()).calls.filter((c) => c.town_id === townId);
+    const requestsOf = async (townId) => (await (await fetch(`${gateway.url}/debug/requests`)).json()).requests.filter((r) => r.town_id === townId);
+    const expOf = (jwt) => (jwt ? JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString()).exp : 0);
+    /** The gateway token in the town's `.env.gateway` now. */
+    const gatewayTokenIn = (townId) => readFileSync(join(control.workdir, townId, ".env.gateway"), "utf8").match(/^KILO_JWT=(.+)$/m)?.[1] ?? "";
+    /** Pids of the processes working under `dir` (an agent, its CLI, their children). */
+    const workingIn = (dir) => readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((pid) => {
+      try {
+        const cwd = readlinkSync(`/proc/${pid}/cwd`);
+        return cwd === dir || cwd.startsWith(`${dir}/`);
+      } catch {
+        return false;
+      }
+    });
 
     it("sling → the real CLI writes, commits, pushes through the credential helper and calls gt done → the bead closes; a second message reaches the session", async () => {
       const { town, rig, login, installation } = await townWithRig();
@@ -106,6 +126,86 @@ export default function kilo(ctx) {
       assert.equal((await control.message(town.id, done.assignee_agent_id, "hello?")).status, 409);
       const after = (await as("GET", `/api/towns/${town.id}/beads/${done.id}`)).body;
       assert.equal(after.status, "closed", "a session that ends after its work is done changes nothing");
+    });
+
+    it("a token refresh while the session runs reaches gt and the CLI's next model call", async () => {
+      const { town, rig } = await townWithRig();
+      // The script pauses 8 s in its commit step: the window in which both tokens change.
+      const slung = await as("POST", `/api/towns/${town.id}/sling`, { rig_id: rig.id, title: "Refresh under me", body: "[script:agent]\nPause: 8\nTake your time." });
+      assert.equal(slung.status, 201, slung.text);
+      await until("the commit step to be under way", async () => {
+        const r = await requestsOf(town.id);
+        return r.some((x) => x.answer?.call?.name === "bash" && /^sleep 8 && /.test(x.answer.call.arguments.command)) ? r : not([r.map((x) => x.answer), agentLogs(town.id), p().gitAuth().slice(-4), control.output().slice(-3000)]);
+      });
+      const before = await usageOf(town.id);
+      const lastExp = before.at(-1).token_expires_at;
+      // The owner rotates the container token: the old one is refused from now on (no grace here).
+      const oldToken = (await control.town(town.id)).body.token;
+      assert.equal((await as("POST", `/api/towns/${town.id}/container/refresh-token`)).status, 200);
+      await until("the rotated token in the container", async () => ((await control.town(town.id)).body.token !== oldToken ? true : not("the old token")), 5_000);
+      // The control server's self-refresh writes a newer gateway token.
+      await until("a newer gateway token in .env.gateway", () => (expOf(gatewayTokenIn(town.id)) > lastExp ? true : not(lastExp)), 5_000);
+      const stillWorking = await bead(town.id, slung.body.id);
+      assert.equal(stillWorking.status, "in_progress", "both changed while the CLI was still at work");
+      const done = await until("the bead to close", async () => {
+        const b = await bead(town.id, slung.body.id);
+        if (b.status === "failed") assert.fail(JSON.stringify(b));
+        return b.status === "closed" ? b : not([b.status, b.events.map((e) => `${e.kind}:${e.message ?? ""}`), agentLogs(town.id)]);
+      });
+      // gt read the rotated token from the town's token file: `gt done` was accepted, and the
+      // old token is refused.
+      assert.ok(done.events.some((e) => e.kind === "done"));
+      const withOld = await call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${done.assignee_agent_id}/heartbeat`, { token: oldToken, body: {} });
+      assert.equal(withOld.status, 401, withOld.text);
+      // Every model call after the refresh carried a newer gateway token than the calls before.
+      // (the call that ran `gt done` and the closing text)
+      const after = await until("the calls after the refresh", async () => {
+        const later = (await usageOf(town.id)).slice(before.length);
+        return later.length >= 2 ? later : not(later);
+      }, 20_000);
+      assert.ok(after.every((c) => c.token_expires_at > lastExp), JSON.stringify({ lastExp, after }));
+      // No token (no JWT at all) in any file of the agent: the clone, the CLI's config, data
+      // and logs.
+      const agentDir = join(control.workdir, town.id, "agents", done.assignee_agent_id);
+      const files = readdirSync(agentDir, { recursive: true }).map((f) => join(agentDir, f)).filter((f) => !f.includes("/.git/objects/") && statSync(f).isFile());
+      assert.ok(files.length > 5, files.join(","));
+      for (const f of files) assert.ok(!readFileSync(f).includes("eyJhbGciOi"), `${f} holds a token`);
+    });
+
+    it("a Kilo agent killed mid-run is reported at once, and its CLI goes with it", async () => {
+      const { town, rig } = await townWithRig();
+      const slung = await as("POST", `/api/towns/${town.id}/sling`, { rig_id: rig.id, title: "Killed", body: "[script:agent]\nPause: 60" });
+      assert.equal(slung.status, 201, slung.text);
+      await until("the commit step to be under way", async () => {
+        const r = await requestsOf(town.id);
+        return r.some((x) => /^sleep 60 && /.test(x.answer?.call?.arguments?.command ?? "")) ? r : not([agentLogs(town.id), p().gitAuth().slice(-4)]);
+      });
+      const working = await bead(town.id, slung.body.id);
+      const running = (await control.town(town.id)).body.agents.find((x) => x.agent_id === working.assignee_agent_id && x.state === "running");
+      assert.ok(running, "the agent runs");
+      const workDir = join(control.workdir, town.id, "agents", working.assignee_agent_id);
+      const cmd = (pid) => { try { return readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ").trim(); } catch { return "?"; } };
+      const pids = await until("the runtime, the CLI and its shell tool", () => {
+        const now = workingIn(workDir);
+        return now.some((p) => /^sleep 60/.test(cmd(p)) || /sleep 60 && /.test(cmd(p))) && now.length >= 3 ? now : not(now.map(cmd));
+      }, 15_000);
+      // No token in any of their environments: the relay and gt read the files.
+      for (const pid of pids) {
+        const environ = readFileSync(`/proc/${pid}/environ`, "utf8");
+        assert.ok(!/eyJ[\w-]+\.[\w-]+\./.test(environ), `process ${pid} holds a token in its env`);
+      }
+      process.kill(running.pid, "SIGKILL");
+      const reopened = await until("the exit report", async () => {
+        const b = await bead(town.id, slung.body.id);
+        const stall = b.events.find((e) => e.kind === "stalled");
+        return stall ? b : not(b.events.map((e) => e.kind));
+      }, 10_000);
+      assert.match(reopened.events.find((e) => e.kind === "stalled").message, /^its agent was killed by a signal/);
+      // Nothing the agent started outlives it: the CLI's server and the shell tool's `sleep`.
+      // (A re-dispatch may start new ones in the same place; these must be gone.)
+      const left = () => workingIn(workDir).filter((p) => pids.includes(p));
+      await until("the agent's processes to be gone", () => (left().length === 0 ? true : not(left())), 5_000);
+      assert.equal((await as("PATCH", `/api/towns/${town.id}/beads/${slung.body.id}`, { status: "closed" })).status, 200);
     });
   });
 }

@@ -29,7 +29,9 @@
 //! * its `PATH` starts with the town's `bin/` when the town has a `gh` shim there (written on
 //!   each `/refresh-token`), so every `gh` it runs gets `GH_TOKEN` for that run only
 //!   ([`crate::gh`]); `GH_TOKEN` and `GITHUB_TOKEN` are never in its env, even if the body's
-//!   `env` has them: a copy there would go stale;
+//!   `env` has them: a copy there would go stale. Nor are the town's gateway token (`KILO_JWT`)
+//!   and container token (`GASTOWN_CONTAINER_TOKEN`): it reads both from their files, which a
+//!   refresh rewrites;
 //! * an org town's agent (the body's `organization_id`) gets the org id as
 //!   `GASTOWN_ORGANIZATION_ID` and, for the Kilo CLI, in `KILO_CONFIG_CONTENT` as
 //!   `{"provider":{"kilo":{"options":{"kilocodeOrganizationId":"<org>"}}}}`, merged into the
@@ -41,11 +43,15 @@
 //! * the worker is the authority: a start for an agent id still running kills that process
 //!   first; at most [`MAX_AGENTS`] run at once in the whole server (503 beyond), so a run of
 //!   starts cannot fork without bound;
-//! * each child has a thread that waits for it (polling every 50 ms) and records its exit
-//!   code, `None` when a signal ended it; a stop kills with `SIGKILL` (no grace period: std
-//!   sends no other signal) and waits, so the status right after a stop is `exited`. A child
-//!   the agent started itself (git, say) is not killed with it, nor are agents when the server
-//!   itself dies: the container's end takes them;
+//! * each agent leads a process group of its own, which holds whatever it starts (the Kilo
+//!   CLI's server, a shell tool's children); each child has a thread that waits for it
+//!   (polling every 50 ms) and records its exit code, `None` when a signal ended it, then kills
+//!   what is left of its group and every process that carries its run's mark ([`RUN_ENV`] in
+//!   its environment: the Kilo CLI starts its shell tools in sessions of their own), so nothing
+//!   an agent started outlives it (a `kill -9` of the agent leaves no orphaned CLI or shell
+//!   command behind). A stop kills the whole group with `SIGKILL` (no
+//!   grace period) and waits, so the status right after a stop is `exited`. Agents are not
+//!   killed when the server itself dies: the container's end takes them;
 //! * a token refresh needs nothing from here: an agent reads the town's current container
 //!   token from `GASTOWN_CONTAINER_TOKEN_FILE` on every call, and `/refresh-token` rewrites
 //!   that file. The gateway token in `GASTOWN_GATEWAY_ENV_FILE` is likewise kept current by
@@ -67,9 +73,9 @@ use crate::workdir;
 use gastown_core::control::{
     AgentExitCallback, AgentProcessState, AgentProcessStatus, AgentStartBody, AgentStopBody,
     AI_AGENT_NAME_ENV, COMMIT_IDENTITY_ENV, CONTAINER_TOKEN_FILE, DEFAULT_AI_AGENT_NAME,
-    DEFAULT_GIT_AUTHOR_EMAIL, DEFAULT_GIT_AUTHOR_NAME, GATEWAY_ENV_FILE, GH_TOKEN_ENV,
-    GIT_AUTHOR_EMAIL_ENV, GIT_AUTHOR_NAME_ENV, KILO_CONFIG_CONTENT_ENV, ORGANIZATION_ID_ENV,
-    TOWN_ID_ENV, WORKER_URL_ENV,
+    DEFAULT_GIT_AUTHOR_EMAIL, DEFAULT_GIT_AUTHOR_NAME, GATEWAY_ENV_FILE, GATEWAY_TOKEN_ENV,
+    GH_TOKEN_ENV, GIT_AUTHOR_EMAIL_ENV, GIT_AUTHOR_NAME_ENV, KILO_CONFIG_CONTENT_ENV,
+    ORGANIZATION_ID_ENV, TOWN_ID_ENV, WORKER_URL_ENV,
 };
 use gastown_core::ids::AgentId;
 use gastown_core::integrations::GitIdentity;
@@ -308,8 +314,15 @@ pub(crate) fn agent_env(
         env.insert(KILO_CONFIG_CONTENT_ENV.to_owned(), kilo);
         env.insert(ORGANIZATION_ID_ENV.to_owned(), org.as_str().to_owned());
     }
-    // The gh shim hands each run of gh a current token; a copy here would go stale.
-    for stale in [GH_TOKEN_ENV, crate::gh::GITHUB_TOKEN_ENV] {
+    // Copies here would go stale under a running agent: the gh shim hands each run of gh a
+    // current token, the Kilo runtime's relay and `gt` read the town's gateway and container
+    // tokens from their files on every call.
+    for stale in [
+        GH_TOKEN_ENV,
+        crate::gh::GITHUB_TOKEN_ENV,
+        GATEWAY_TOKEN_ENV,
+        crate::callbacks::CONTAINER_TOKEN_ENV,
+    ] {
         env.remove(stale);
     }
     // A directory with `:` in its path cannot be on a PATH: then gh runs without the shim.
@@ -332,6 +345,8 @@ pub(crate) fn agent_env(
 /// One child process and how it ended.
 struct Process {
     pid: u32,
+    /// This run's mark ([`RUN_ENV`]), inherited by everything it starts.
+    run: String,
     child: Mutex<Child>,
     /// Set once it exited: its exit code, `None` when a signal ended it.
     exit: OnceLock<Option<i32>>,
@@ -376,7 +391,9 @@ impl Process {
         if self.exit.get().is_some() || self.look(&mut child) {
             return false;
         }
+        kill_group(self.pid);
         let _ = child.kill();
+        kill_marked(&self.run);
         let code = child.wait().ok().and_then(|s| s.code());
         let _ = self.exit.set(code);
         true
@@ -757,10 +774,16 @@ fn spawn(
         log,
         "--- gastown-control: start {starts} of agent {agent} at {since_epoch} (unix seconds)"
     )?;
+    let run = format!(
+        "{}:{}/{agent}/{starts}",
+        std::process::id(),
+        town_name(town_dir)
+    );
     let mut cmd = Command::new(&command.program);
     cmd.args(&command.args)
         .env_clear()
         .envs(env)
+        .env(RUN_ENV, &run)
         .current_dir(work_dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -776,6 +799,11 @@ fn spawn(
         #[cfg(not(unix))]
         let _ = user;
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
     let child = cmd.spawn().map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -784,10 +812,72 @@ fn spawn(
     })?;
     Ok(Arc::new(Process {
         pid: child.id(),
+        run,
         child: Mutex::new(child),
         exit: OnceLock::new(),
         stopped: AtomicBool::new(false),
     }))
+}
+
+/// Marks every process of one agent run, whatever group or session it moved to (the Kilo CLI
+/// starts its shell tools detached): `<server pid>:<town>/<agent>/<start number>`, so runs of
+/// two servers on one machine (tests, `npm run dev`) never share a mark.
+pub const RUN_ENV: &str = "GASTOWN_AGENT_RUN";
+
+fn town_name(town_dir: &Path) -> String {
+    town_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `SIGKILL` to every process whose environment holds `RUN_ENV=<run>`: what an agent started
+/// and left behind, in a process group of its own. Linux's `/proc`; elsewhere nothing.
+fn kill_marked(run: &str) {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    let mark = format!("{RUN_ENV}={run}");
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == mark.as_bytes()) {
+            signal(pid, true);
+        }
+    }
+}
+
+/// `SIGKILL` to the process `pid`, or to the group it leads.
+fn signal(pid: u32, one: bool) {
+    #[cfg(unix)]
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        if pid > 1 {
+            let target = if one { pid } else { -pid };
+            // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+            unsafe {
+                libc::kill(target, libc::SIGKILL);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (pid, one);
+}
+
+/// `SIGKILL` to every process of the group `leader` leads (none left is no error).
+fn kill_group(leader: u32) {
+    signal(leader, false);
 }
 
 /// Starts the thread that waits for the process and records its exit.
@@ -797,6 +887,8 @@ fn watch(process: &Arc<Process>, town: &str, agent: &str, report: Option<ExitRep
         while !process.has_exited() {
             std::thread::sleep(REAP_POLL);
         }
+        kill_group(process.pid);
+        kill_marked(&process.run);
         let code = process.exit.get().copied().flatten();
         let how = match code {
             Some(code) => format!("with code {code}"),
@@ -990,7 +1082,14 @@ mod tests {
         b.env.insert(GH_TOKEN_ENV.into(), "ghs_stale".into());
         b.env.insert("GITHUB_TOKEN".into(), "ghs_stale".into());
         b.env.insert("GITHUB_CLI_PAT".into(), "ghp_pat".into());
+        b.env.insert("KILO_JWT".into(), "gw.stale.copy".into());
+        b.env
+            .insert("GASTOWN_CONTAINER_TOKEN".into(), "ct.stale.copy".into());
         let env = agent_env(&b, "http://w", &with_bin, work, Some("/usr/bin")).unwrap();
+        assert!(
+            !env.contains_key("KILO_JWT") && !env.contains_key("GASTOWN_CONTAINER_TOKEN"),
+            "read from their files, never copied"
+        );
         assert_eq!(
             env["PATH"], "/w/town-a/bin:/town/bin",
             "before the body's PATH"

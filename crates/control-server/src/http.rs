@@ -141,9 +141,16 @@ fn linger(stream: &mut TcpStream) {
     }
 }
 
-fn reason(status: u16) -> &'static str {
+/// The reason phrase of `status` (`Error` for one without its own here).
+pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        402 => "Payment Required",
+        429 => "Too Many Requests",
+        502 => "Bad Gateway",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -162,7 +169,11 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_reply(stream: &mut TcpStream, &(status, ref body): &Reply) -> io::Result<()> {
+/// Writes `reply` as a whole JSON answer that closes the connection.
+///
+/// # Errors
+/// The write's failure.
+pub fn write_reply(stream: &mut TcpStream, &(status, ref body): &Reply) -> io::Result<()> {
     let body = body.to_string();
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\

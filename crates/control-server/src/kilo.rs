@@ -10,10 +10,11 @@
 //!    from `origin/<GASTOWN_DEFAULT_BRANCH>` (an orphan branch in an empty repository);
 //! 3. starts `kilo serve` on a free loopback port in the clone, offline ([`OFFLINE_ENV`]), its
 //!    data under `<work dir>/.kilo` (outside the clone), its HTTP API behind a password made
-//!    for this run, its model provider the Kilo gateway: an OpenAI-compatible provider at
-//!    `KILO_GATEWAY_URL/api/gateway` whose key is the town's current gateway token, read from
-//!    `GASTOWN_GATEWAY_ENV_FILE` as the session starts (it reaches the CLI only in its env),
-//!    the model `GASTOWN_MODEL`;
+//!    for this run, its model provider the Kilo gateway: an OpenAI-compatible provider whose
+//!    base URL is this run's gateway relay ([`crate::relay`]), which passes each model call on
+//!    to `KILO_GATEWAY_URL/api/gateway` with the town's gateway token of that moment (read
+//!    from `GASTOWN_GATEWAY_ENV_FILE` on every call, so a refresh reaches the next call; the
+//!    CLI holds only the relay's key), the model `GASTOWN_MODEL`;
 //! 4. opens a session, writes where it is to `<work dir>/.kilo-session.json` (mode 0600: port,
 //!    password, session id) for the control server's `POST /agents/:id/message`, and sends the
 //!    role's prompt ([`PROMPT_POLECAT`], a file of the repository) with the bead;
@@ -27,7 +28,7 @@
 use crate::callbacks::Callbacks;
 use crate::cli::Args;
 use base64::Engine;
-use gastown_core::control::{GATEWAY_ENV_FILE, GATEWAY_TOKEN_ENV, ORGANIZATION_ID_ENV};
+use gastown_core::control::{GATEWAY_ENV_FILE, ORGANIZATION_ID_ENV};
 use serde_json::{json, Value};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -53,6 +54,8 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 pub const SESSION_FILE: &str = ".kilo-session.json";
 /// The provider id of the gateway in the CLI's config.
 const PROVIDER: &str = "gateway";
+/// The CLI's env variable holding the gateway relay's key (its provider's API key).
+const RELAY_KEY_ENV: &str = "GASTOWN_KILO_RELAY_KEY";
 
 /// The switches that keep the CLI from the network (model catalogue, telemetry, updates,
 /// sharing, plugins, LSP downloads) and from any configuration but ours.
@@ -162,24 +165,18 @@ struct Session {
     rig: String,
     model: String,
     gateway_url: String,
-    gateway_token: String,
+    /// The town's gateway env file, read by the relay on every model call.
+    gateway_file: PathBuf,
     organization: Option<String>,
 }
 
 impl Session {
     fn from_env(env: &dyn Fn(&str) -> Option<String>, kilo: PathBuf) -> Result<Session, Failure> {
         let need = |name: &str| env(name).ok_or_else(|| refused(format!("{name} is not set")));
-        let gateway_file = need("GASTOWN_GATEWAY_ENV_FILE")?;
-        let gateway_token = fs::read_to_string(&gateway_file)
-            .ok()
-            .and_then(|text| {
-                text.lines().find_map(|l| {
-                    l.strip_prefix(&format!("{GATEWAY_TOKEN_ENV}="))
-                        .map(|t| t.trim().to_owned())
-                })
-            })
-            .filter(|t| crate::workdir::is_plain_token(t))
-            .ok_or_else(|| refused(format!("no gateway token in {GATEWAY_ENV_FILE}")))?;
+        let gateway_file = PathBuf::from(need("GASTOWN_GATEWAY_ENV_FILE")?);
+        if crate::relay::current_token(&gateway_file).is_none() {
+            return Err(refused(format!("no gateway token in {GATEWAY_ENV_FILE}")));
+        }
         let gateway_url = crate::client::origin(&need("KILO_GATEWAY_URL")?)
             .map_err(|e| refused(format!("KILO_GATEWAY_URL {e}")))?;
         Ok(Session {
@@ -194,7 +191,7 @@ impl Session {
             rig: need("GASTOWN_RIG_ID")?,
             model: env("GASTOWN_MODEL").unwrap_or_else(|| "kilo/auto".to_owned()),
             gateway_url,
-            gateway_token,
+            gateway_file,
             organization: env(ORGANIZATION_ID_ENV),
         })
     }
@@ -203,9 +200,16 @@ impl Session {
         let repo = self.work_dir.join("repo");
         let _ = worker.status(&format!("cloning {}", self.git_url));
         self.checkout(&repo)?;
+        let relay = crate::relay::start(
+            self.gateway_url.clone(),
+            self.gateway_file.clone(),
+            self.organization.clone(),
+            &random_hex()?,
+        )
+        .map_err(failed)?;
         let password = random_hex()?;
         let port = free_port()?;
-        let mut kilo = self.spawn(&repo, port, &password)?;
+        let mut kilo = self.spawn(&repo, &relay, port, &password)?;
         let result = self.drive(worker, &mut kilo, port, &password);
         let _ = kilo.kill();
         let _ = kilo.wait();
@@ -227,9 +231,10 @@ impl Session {
         }
     }
 
-    /// The CLI's config: the gateway as its only provider, everything allowed in the clone.
-    fn config(&self) -> Value {
-        let mut config = json!({
+    /// The CLI's config: the gateway (through the relay on `relay_port`) as its only provider,
+    /// everything allowed in the clone.
+    fn config(&self, relay_port: u16) -> Value {
+        json!({
             "model": format!("{PROVIDER}/{}", self.model),
             "small_model": format!("{PROVIDER}/{}", self.model),
             "enabled_providers": [PROVIDER],
@@ -242,20 +247,22 @@ impl Session {
                     "npm": "@ai-sdk/openai-compatible",
                     "name": "Kilo gateway",
                     "options": {
-                        "baseURL": format!("{}/api/gateway", self.gateway_url),
-                        "apiKey": "{env:GASTOWN_KILO_GATEWAY_TOKEN}",
+                        "baseURL": format!("http://127.0.0.1:{relay_port}/api/gateway"),
+                        "apiKey": format!("{{env:{RELAY_KEY_ENV}}}"),
                     },
                     "models": { self.model.clone(): { "name": self.model, "tool_call": true } },
                 },
             },
-        });
-        if let Some(org) = &self.organization {
-            config["provider"][PROVIDER]["options"]["kilocodeOrganizationId"] = json!(org);
-        }
-        config
+        })
     }
 
-    fn spawn(&self, repo: &Path, port: u16, password: &str) -> Result<Child, Failure> {
+    fn spawn(
+        &self,
+        repo: &Path,
+        relay: &crate::relay::Relay,
+        port: u16,
+        password: &str,
+    ) -> Result<Child, Failure> {
         let home = self.work_dir.join(".kilo");
         for dir in ["config", "data", "cache", "state"] {
             fs::create_dir_all(home.join(dir))
@@ -275,8 +282,8 @@ impl Session {
         .env("XDG_CACHE_HOME", home.join("cache"))
         .env("XDG_STATE_HOME", home.join("state"))
         .env("KILO_SERVER_PASSWORD", password)
-        .env("GASTOWN_KILO_GATEWAY_TOKEN", &self.gateway_token)
-        .env("KILO_CONFIG_CONTENT", self.config().to_string())
+        .env(RELAY_KEY_ENV, &relay.key)
+        .env("KILO_CONFIG_CONTENT", self.config(relay.port).to_string())
         .envs(OFFLINE_ENV.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -574,21 +581,23 @@ mod tests {
             rig: "r1".into(),
             model: "kilo/auto".into(),
             gateway_url: "http://127.0.0.1:9".into(),
-            gateway_token: "jwt".into(),
+            gateway_file: PathBuf::from("/w/.env.gateway"),
             organization: Some("org-1".into()),
         }
     }
 
     #[test]
     fn the_config_points_the_cli_at_the_gateway_and_holds_no_token() {
-        let config = session().config();
+        let config = session().config(4321);
         assert_eq!(config["model"], "gateway/kilo/auto");
         assert_eq!(config["enabled_providers"], json!(["gateway"]));
         let options = &config["provider"]["gateway"]["options"];
-        assert_eq!(options["baseURL"], "http://127.0.0.1:9/api/gateway");
-        assert_eq!(options["apiKey"], "{env:GASTOWN_KILO_GATEWAY_TOKEN}");
-        assert_eq!(options["kilocodeOrganizationId"], "org-1");
-        assert!(!config.to_string().contains("jwt"));
+        assert_eq!(options["baseURL"], "http://127.0.0.1:4321/api/gateway");
+        assert_eq!(options["apiKey"], "{env:GASTOWN_KILO_RELAY_KEY}");
+        assert!(
+            !config.to_string().contains("127.0.0.1:9"),
+            "the CLI never calls the gateway itself"
+        );
     }
 
     #[test]

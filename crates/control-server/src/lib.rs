@@ -196,6 +196,7 @@ pub mod gt;
 pub mod http;
 pub mod kilo;
 pub mod options;
+pub mod relay;
 mod routes;
 mod self_refresh;
 pub mod server;

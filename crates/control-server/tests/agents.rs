@@ -19,10 +19,17 @@ const SERVER_ONLY: (&str, &str) = ("GASTOWN_TEST_SERVER_ONLY", "server-side-valu
 const WORKER: &str = "http://127.0.0.1:9";
 
 /// The test agent: dumps its environment and directory, prints a line, then sleeps
-/// (`TEST_MODE=sleep`, replacing the shell so a kill reaches it) or exits `TEST_EXIT`.
+/// (`TEST_MODE=sleep`, replacing the shell so a kill reaches it) or exits `TEST_EXIT`. With
+/// `TEST_CHILDREN=1` it first leaves two sleepers behind, one in its process group and one in
+/// a session of its own, their pids in `children.txt`.
 const SCRIPT: &str = r#"env > env.txt
 pwd > pwd.txt
 echo "test agent output"
+if [ "$TEST_CHILDREN" = 1 ]; then
+  sleep 300 & a=$!
+  setsid sleep 301 & b=$!
+  echo "$a $b" > children.tmp && mv children.tmp children.txt
+fi
 if [ "$TEST_MODE" = sleep ]; then exec sleep 30; fi
 exit "${TEST_EXIT:-0}"
 "#;
@@ -99,6 +106,29 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether the process runs: it exists and is no zombie (a reparented child may wait long for
+/// its reaping).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// The pids of the sleepers a `TEST_CHILDREN` agent left behind.
+fn children(s: &Server, town: &str, agent: &str) -> Vec<u32> {
+    let file = work_dir(s, town, agent).join("children.txt");
+    assert!(eventually(WAIT, || file.exists()), "no children.txt");
+    std::fs::read_to_string(file)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
 fn work_dir(s: &Server, town: &str, agent: &str) -> PathBuf {
     s.canonical_town_dir(town).join("agents").join(agent)
 }
@@ -124,7 +154,7 @@ fn an_agent_runs_in_its_own_dir_with_only_the_env_it_is_given() {
     let work = work_dir(&s, "town-a", "agent-1");
     let env = read_pairs(&work.join("env.txt"));
     let text = |p: &Path| p.to_str().unwrap().to_owned();
-    let expected = BTreeMap::from([
+    let mut expected = BTreeMap::from([
         ("GASTOWN_TOWN_ID", "town-a".to_owned()),
         ("GASTOWN_AGENT_ID", "agent-1".to_owned()),
         ("GASTOWN_AGENT_ROLE", "polecat".to_owned()),
@@ -164,6 +194,11 @@ fn an_agent_runs_in_its_own_dir_with_only_the_env_it_is_given() {
         ("GASTOWN_COMMIT_IDENTITY", "none".to_owned()),
         ("GASTOWN_AI_AGENT_NAME", "Kilo".to_owned()),
     ]);
+    // The run's mark: the server, the town, the agent, the start number.
+    let town_name = town_dir.file_name().unwrap().to_str().unwrap();
+    let mark = env.get("GASTOWN_AGENT_RUN").expect("the run's mark");
+    assert!(mark.ends_with(&format!(":{town_name}/agent-1/1")), "{mark}");
+    expected.insert("GASTOWN_AGENT_RUN", mark.clone());
     for (name, value) in &expected {
         assert_eq!(env.get(*name), Some(value), "{name}");
     }
@@ -234,6 +269,38 @@ fn stop_kills_a_running_agent_and_is_idempotent() {
         (200, json!({ "ok": true, "stopped": false }))
     );
     assert_eq!(status(&s, "town-a", "never-started").0, 404);
+}
+
+#[test]
+fn nothing_an_agent_started_outlives_it_whether_it_exits_or_is_stopped() {
+    let s = agent_server();
+    started(&s, "town-a");
+    // Exits on its own, leaving two sleepers: one in its group, one in a session of its own.
+    let body = start_body("town-a", "agent-1", json!({ "TEST_CHILDREN": "1" }));
+    assert_eq!(start_agent(&s, "town-a", &body).0, 200);
+    let left = children(&s, "town-a", "agent-1");
+    assert_eq!(left.len(), 2);
+    assert!(
+        eventually(WAIT, || left.iter().all(|p| !running(*p))),
+        "{left:?} outlived their agent"
+    );
+    // Stopped while it runs.
+    let body = start_body(
+        "town-a",
+        "agent-2",
+        json!({ "TEST_CHILDREN": "1", "TEST_MODE": "sleep" }),
+    );
+    assert_eq!(start_agent(&s, "town-a", &body).0, 200);
+    let left = children(&s, "town-a", "agent-2");
+    assert!(
+        left.iter().all(|p| running(*p)),
+        "running while their agent runs"
+    );
+    assert_eq!(stop_agent(&s, "town-a", "agent-2").1["stopped"], true);
+    assert!(
+        eventually(WAIT, || left.iter().all(|p| !running(*p))),
+        "{left:?} outlived the stop"
+    );
 }
 
 #[test]

@@ -117,11 +117,16 @@ pub struct UsageRecord {
     pub model: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The token's `exp`: which of the town's gateway tokens paid for the call (a token is
+    /// never shown).
+    pub token_expires_at: i64,
 }
 
 /// One accepted call, as `/debug/requests` shows it: what the script read and answered.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestRecord {
+    /// The token's town.
+    pub town_id: String,
     pub model: String,
     pub stream: bool,
     /// The names of the tools offered.
@@ -338,8 +343,10 @@ fn chat(gateway: &Gateway, claims: SandboxClaims, body: &[u8]) -> Result<Answer,
             model: request.model.clone(),
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
+            token_expires_at: claims.expires_at,
         },
         RequestRecord {
+            town_id: claims.town_id.as_str().to_owned(),
             model: request.model.clone(),
             stream: streams,
             tools: request.tool_names(),
@@ -716,8 +723,10 @@ mod tests {
                 model: format!("m{i}"),
                 prompt_tokens: 1,
                 completion_tokens: 1,
+                token_expires_at: 0,
             };
             let request = RequestRecord {
+                town_id: "t".to_owned(),
                 model: format!("m{i}"),
                 stream: false,
                 tools: Vec::new(),

@@ -11,13 +11,15 @@
 //!   the text `reply: <what follows the directive on its line, trimmed>`.
 //! * [`AGENT_DIRECTIVE`] in the first user message plays the agent script, which reads the
 //!   lines `Bead: <id>` (default `bead`), `Title: <text>` (default the bead), `Branch: <name>`
-//!   (required) and `File: <path>` (default `gastown/<bead>.md`) of that message; the key
+//!   (required), `File: <path>` (default `gastown/<bead>.md`) and `Pause: <seconds>` (default
+//!   none, at most [`MAX_PAUSE_SECS`]) of that message; the key
 //!   ignores case, the first line with a key wins. The step is the number of `role: "tool"`
 //!   messages in the request, whatever they say (a failed tool still advances the script):
 //!   0. `write` with `{"filePath": <file>, "content": "# <title>\n\nWritten by the scripted model
 //!      for bead <bead>.\n"}`;
 //!   1. `bash` with `{"command": "git add -A && git commit -q -m '<title>' && git push -q origin
-//!      HEAD:refs/heads/<branch>", "description": "Commit and push the work"}`;
+//!      HEAD:refs/heads/<branch>", "description": "Commit and push the work"}`, preceded by
+//!      `sleep <seconds> && ` with a pause (a window for tests to change things mid-session);
 //!   2. `bash` with `{"command": "gt done --summary '<title>' --branch <branch>", "description":
 //!      "Report the bead done"}`;
 //!   3. and later: the text `done: <bead>`.
@@ -45,6 +47,8 @@ pub const AGENT_DIRECTIVE: &str = "[script:agent]";
 pub const REPLY_DIRECTIVE: &str = "[script:reply]";
 /// In the last user message: a text answer is streamed slowly.
 pub const SLOW_DIRECTIVE: &str = "[script:slow]";
+/// Longest pause the agent script takes before committing.
+pub const MAX_PAUSE_SECS: u64 = 60;
 /// Longest tool output kept by [`ChatRequest::tool_outputs`], in characters.
 pub const MAX_TOOL_OUTPUT_CHARS: usize = 2000;
 
@@ -233,8 +237,13 @@ fn agent(message: &str, step: usize) -> Say {
         Some(b) => b,
     };
     let Brief {
-        bead, title, file, ..
+        bead,
+        title,
+        file,
+        pause,
+        ..
     } = &brief;
+    let sleep = pause.map_or_else(String::new, |s| format!("sleep {s} && "));
     match step {
         0 => Say::Call {
             name: "write",
@@ -247,7 +256,7 @@ fn agent(message: &str, step: usize) -> Say {
             name: "bash",
             arguments: json!({
                 "command": format!(
-                    "git add -A && git commit -q -m '{title}' && git push -q origin \
+                    "{sleep}git add -A && git commit -q -m '{title}' && git push -q origin \
                      HEAD:refs/heads/{branch}"
                 ),
                 "description": "Commit and push the work",
@@ -271,6 +280,7 @@ struct Brief {
     title: String,
     branch: Option<String>,
     file: String,
+    pause: Option<u64>,
 }
 
 impl Brief {
@@ -299,8 +309,12 @@ impl Brief {
         let file = value("file")
             .filter(|f| !f.is_empty())
             .unwrap_or_else(|| format!("gastown/{bead}.md"));
+        let pause = value("pause")
+            .and_then(|p| p.parse::<u64>().ok())
+            .map(|p| p.min(MAX_PAUSE_SECS));
         Brief {
             branch: value("branch"),
+            pause,
             bead,
             title,
             file,
@@ -434,6 +448,19 @@ mod tests {
         );
         assert_eq!(said[3], Say::Text("done: gt-1".to_owned()));
         assert_eq!(said[4], said[3]);
+    }
+
+    #[test]
+    fn a_pause_delays_the_commit_and_is_capped() {
+        let step1 = |brief: &str| command(&say(json!([user(brief), tool_result("ok")]))).to_owned();
+        assert!(step1(&format!("{BRIEF}\nPause: 7")).starts_with("sleep 7 && git add -A"));
+        assert!(step1(&format!("{BRIEF}\nPause: 9999")).starts_with("sleep 60 && git add"));
+        for bad in ["Pause: soon", "Pause: -1", "Pause: 1; rm -rf /"] {
+            assert!(
+                step1(&format!("{BRIEF}\n{bad}")).starts_with("git add -A"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,17 @@ use serde_json::{json, Value};
 const SECRET: &str = "stand-in-gateway-nextauth-secret-0123456789";
 
 fn sandbox(secret: &str, user: &str, town: &str, org: Option<&str>, now: i64) -> String {
+    sandbox_with_exp(secret, user, town, org, now).0
+}
+
+/// A sandbox token and its `exp`.
+fn sandbox_with_exp(
+    secret: &str,
+    user: &str,
+    town: &str,
+    org: Option<&str>,
+    now: i64,
+) -> (String, i64) {
     let keys = Keys::new(Some(secret), None);
     let org = org.map(|o| OrgId::parse(o).unwrap());
     sign_sandbox(
@@ -25,7 +36,6 @@ fn sandbox(secret: &str, user: &str, town: &str, org: Option<&str>, now: i64) ->
         now,
     )
     .unwrap()
-    .0
 }
 
 /// An HS256 token with `claims`, signed with `secret`, made by hand.
@@ -78,8 +88,8 @@ fn health_answers() {
 #[test]
 fn sandbox_tokens_are_served_and_their_usage_attributed() {
     let g = start_gateway(SECRET);
-    let with_org = sandbox(SECRET, "user-1", "town-a", Some("org-1"), now());
-    let personal = sandbox(SECRET, "user-2", "town-b", None, now());
+    let (with_org, org_exp) = sandbox_with_exp(SECRET, "user-1", "town-a", Some("org-1"), now());
+    let (personal, personal_exp) = sandbox_with_exp(SECRET, "user-2", "town-b", None, now() - 5);
 
     let before = now();
     let (status, answer) = chat(Some(&with_org), &hello("kilo/model-a")).send(&g);
@@ -113,11 +123,13 @@ fn sandbox_tokens_are_served_and_their_usage_attributed() {
         [
             json!({
                 "user_id": "user-1", "organization_id": "org-1", "town_id": "town-a",
-                "model": "kilo/model-a", "prompt_tokens": 5, "completion_tokens": 5
+                "model": "kilo/model-a", "prompt_tokens": 5, "completion_tokens": 5,
+                "token_expires_at": org_exp
             }),
             json!({
                 "user_id": "user-2", "organization_id": null, "town_id": "town-b",
-                "model": "kilo/model-b", "prompt_tokens": 1, "completion_tokens": 5
+                "model": "kilo/model-b", "prompt_tokens": 1, "completion_tokens": 5,
+                "token_expires_at": personal_exp
             }),
         ]
     );
@@ -673,7 +685,8 @@ fn debug_requests_show_what_was_asked_without_secrets() {
     assert_eq!(
         requests[1],
         json!({
-            "model": "kilo/plain", "stream": false, "tools": [], "step": 0, "tool_outputs": [],
+            "town_id": "town-a", "model": "kilo/plain", "stream": false, "tools": [], "step": 0,
+            "tool_outputs": [],
             "answer": { "text": "stand-in gateway reply" }
         })
     );
