@@ -18,6 +18,8 @@
 // against the write floor in a town of its own; its dispatch runs in that town's alarm, not in
 // the request, and the control server's agents exit at once (GASTOWN_AGENT_COMMAND), so no agent
 // works beside the measurements.
+// The agent's time to work (scripts/bench-agent.mjs): BENCH_AGENT_RUNS (default 5; 0 skips it)
+// beads worked by the real Kilo CLI against the scripted model, after every HTTP row.
 // Prints the tables and writes <BENCH_OUT>/<time>.json and <BENCH_OUT>/latest.json (default
 // bench/results; a smoke run can write elsewhere).
 import { execFileSync, spawnSync } from "node:child_process";
@@ -28,6 +30,7 @@ import { join } from "node:path";
 import { ROOT, userToken, containerToken } from "./lib/jwt.mjs";
 import { startWorkers } from "./lib/bench-workers.mjs";
 import { startControlServer, client, secrets } from "../tests/e2e/harness.mjs";
+import { measureAgentRuns, printAgentRuns } from "./bench-agent.mjs";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -47,6 +50,7 @@ if (!MODES.includes(LIST_MODE)) throw new Error(`BENCH_LIST_MODE ${LIST_MODE} is
 if (![...ROWS, ...BEAD_ROWS].every((n) => Number.isInteger(n) && n > 0)) throw new Error("BENCH_ROWS and BENCH_BEAD_ROWS are lists of positive whole numbers");
 if (BEAD_ROWS.some((n, i) => i > 0 && n <= BEAD_ROWS[i - 1])) throw new Error("BENCH_BEAD_ROWS must grow: one town is filled to each size in turn");
 
+const AGENT_RUNS = Number(process.env.BENCH_AGENT_RUNS ?? 5);
 const NO_PEER_BEADS = "the TypeScript peer does not implement beads: ours only";
 const NO_PEER_WRITES = "the TypeScript peer has no write routes: compared with the write floor";
 
@@ -421,13 +425,25 @@ try {
 }
 if (seedRetries) console.log(`(retried ${seedRetries} dropped connections while seeding)`);
 
+// The agent's time to work (the real Kilo CLI, the scripted model), after the HTTP rows so that
+// no agent runs beside them.
+if (AGENT_RUNS > 0) {
+  try {
+    results.agent = await measureAgentRuns({ runs: AGENT_RUNS });
+  } catch (e) {
+    console.error(`agent runs failed: ${e.stack ?? e}`);
+    results.agent_error = String(e);
+    process.exitCode = 1;
+  }
+}
+
 const wasm = readFileSync(join(ROOT, "build", "index_bg.wasm"));
 results.wasm = { raw_bytes: wasm.length, gzip_bytes: gzipSync(wasm, { level: 9 }).length };
 results.machine = { cpus: cpus().length, cpu: cpus()[0]?.model, memory_gib: Math.round(totalmem() / 2 ** 30), node: process.version };
 const version = (pkg) => JSON.parse(readFileSync(join(ROOT, "node_modules", pkg, "package.json"), "utf8")).version;
 results.settings = {
   seconds_per_run: SECONDS, rounds: ROUNDS, warmup_seconds: WARMUP_SECONDS, connections: CONNECTIONS, tool: "wrk -t1",
-  list_rows: ROWS, bead_list_rows: BEAD_ROWS, agent_command: agentCommand,
+  list_rows: ROWS, bead_list_rows: BEAD_ROWS, agent_command: agentCommand, agent_runs: AGENT_RUNS,
   modes: Object.fromEntries(MODES.map((m) => [m, MODE_LABEL[m]])),
   wrangler: version("wrangler"), miniflare: version("miniflare"), workerd: version("workerd"),
   peer: { hono: version("hono"), jsonwebtoken: version("jsonwebtoken"), zod: version("zod") },
@@ -482,6 +498,7 @@ if (fewBeads && manyBeads) {
   console.log(`page of 50 beads (${MODE_LABEL[results.bead_lists_mode]}, ours only), p50 at ${manyBeads.rows} beads / at ${fewBeads.rows} beads: first page ${fmt(results.bead_list_ratio_first_page, 2)}, deep page ${fmt(results.bead_list_ratio_deep_page, 2)} (target ≤ 1.3)`);
 }
 console.log(`release wasm: ${results.wasm.raw_bytes} bytes raw, ${results.wasm.gzip_bytes} bytes gzip`);
+if (results.agent) printAgentRuns(results.agent);
 
 results.targets_met = {
   ...Object.fromEntries(Object.entries(results.modes).map(([mode, m]) => [mode, m.targets_met])),

@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // `npm run dev`: applies the local D1 migrations, starts the container control server (what a
 // town's container runs; here one process serves every town, with its work dir in
-// .wrangler/work and its own gateway-token refresh against this worker), the stand-in Kilo
+// .wrangler/work and its own gateway-token refresh against this worker; its agents are the real
+// Kilo CLI unless GASTOWN_AGENT_COMMAND says otherwise), the stand-in Kilo
 // gateway (it accepts only the towns' sandbox tokens and records whom it would bill), and the
 // worker under
 // `wrangler dev --local` with persisted state in .wrangler/state, the secrets of .dev.vars and
 // CONTAINER_CONTROL_URL pointing at that control server, and prints how to call it.
 // (Setup and the build ran just before, from package.json.)
 import { spawn, execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT, devVars } from "./lib/jwt.mjs";
 
@@ -25,11 +27,27 @@ execFileSync(wrangler, ["d1", "migrations", "apply", "gastown", "--local", "--pe
   stdio: ["ignore", "ignore", "inherit"],
 });
 
+// The agents: the real Kilo CLI (installed by npm ci as @kilocode/cli-linux-x64), run by the
+// control server's Kilo runtime, unless GASTOWN_AGENT_COMMAND names another command (the demo
+// agent: GASTOWN_AGENT_COMMAND=target/release/gastown-demo-agent).
+const controlBin = join(ROOT, "target", "release", "gastown-control");
+const kilo = join(ROOT, "node_modules", "@kilocode", "cli-linux-x64", "bin", "kilo");
+let agentArgs = [];
+let runtime;
+if (process.env.GASTOWN_AGENT_COMMAND) {
+  runtime = `GASTOWN_AGENT_COMMAND (${process.env.GASTOWN_AGENT_COMMAND})`;
+} else if (existsSync(kilo) && !/\s/.test(ROOT)) {
+  agentArgs = ["--agent-command", `${controlBin} kilo-agent --kilo ${kilo}`];
+  runtime = "the Kilo CLI (gastown-control kilo-agent), against the stand-in gateway's scripted model";
+} else {
+  runtime = "the demo agent (the Kilo CLI is not installed here, or this path has spaces)";
+}
+
 // The control server authenticates the worker with secrets derived from GASTOWN_CONTROL_KEY,
 // the same key the worker reads from .dev.vars.
 const control = spawn(
-  join(ROOT, "target", "release", "gastown-control"),
-  ["--port", controlPort, "--workdir", workdir, "--worker-url", `http://127.0.0.1:${port}`],
+  controlBin,
+  ["--port", controlPort, "--workdir", workdir, "--worker-url", `http://127.0.0.1:${port}`, ...agentArgs],
   { cwd: ROOT, env: { ...process.env, GASTOWN_CONTROL_KEY: devVars().GASTOWN_CONTROL_KEY }, stdio: "inherit" },
 );
 // The stand-in gateway verifies sandbox tokens with the same NEXTAUTH_SECRET the worker signs with.
@@ -73,6 +91,7 @@ for (let i = 0; i < 240; i++) {
       console.log(`
   Gastown control plane is up at ${base}
   (container control server: http://127.0.0.1:${controlPort}, work dir ${workdir};
+   agents: ${runtime};
    stand-in gateway: http://127.0.0.1:${gatewayPort}/api/gateway/chat/completions, usage at /debug/usage)
 
     curl ${base}/health

@@ -81,6 +81,16 @@ fn say(line: &str) {
     eprintln!("gastown-kilo: {line}");
 }
 
+/// A milestone of the run, for reading the agent's log (and `npm run bench`):
+/// `gastown-kilo: mark <name> <ms since the Unix epoch>`. The names: `started`, `cloned`,
+/// `cli-listening`, `prompt-sent`, `idle-end`.
+fn mark(name: &str) {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    say(&format!("mark {name} {ms}"));
+}
+
 /// Runs the runtime with the process's environment; the exit code.
 pub fn cli_main(args: &[String]) -> i32 {
     let mut kilo = None;
@@ -112,6 +122,7 @@ pub fn cli_main(args: &[String]) -> i32 {
             return EXIT_REFUSED;
         }
     };
+    mark("started");
     let _ = worker.call("heartbeat", "{}");
     let beats = heartbeats(&env);
     let outcome = Session::from_env(&env, kilo).and_then(|s| s.run(&worker));
@@ -200,6 +211,7 @@ impl Session {
         let repo = self.work_dir.join("repo");
         let _ = worker.status(&format!("cloning {}", self.git_url));
         self.checkout(&repo)?;
+        mark("cloned");
         let relay = crate::relay::start(
             self.gateway_url.clone(),
             self.gateway_file.clone(),
@@ -300,6 +312,7 @@ impl Session {
         password: &str,
     ) -> Result<(), Failure> {
         wait_listening(kilo)?;
+        mark("cli-listening");
         let api = Api::new(port, password);
         let events = api.events()?;
         let session = api
@@ -320,6 +333,7 @@ impl Session {
             "model": { "providerID": PROVIDER, "modelID": self.model },
         });
         api.post_no_content(&format!("/session/{session}/prompt_async"), &prompt)?;
+        mark("prompt-sent");
         let _ = worker.status("the Kilo CLI is working on the bead");
         watch(worker, kilo, &events, &session)
     }
@@ -352,6 +366,7 @@ fn watch(
         }
         if let Some(since) = idle_since {
             if since.elapsed() >= LINGER {
+                mark("idle-end");
                 return Ok(());
             }
         }

@@ -125,6 +125,8 @@ pub struct UsageRecord {
 /// One accepted call, as `/debug/requests` shows it: what the script read and answered.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestRecord {
+    /// When the call was answered, in ms since the Unix epoch.
+    pub at_ms: u64,
     /// The token's town.
     pub town_id: String,
     pub model: String,
@@ -346,6 +348,7 @@ fn chat(gateway: &Gateway, claims: SandboxClaims, body: &[u8]) -> Result<Answer,
             token_expires_at: claims.expires_at,
         },
         RequestRecord {
+            at_ms: now_ms(),
             town_id: claims.town_id.as_str().to_owned(),
             model: request.model.clone(),
             stream: streams,
@@ -538,6 +541,12 @@ fn write_stream(stream: &mut TcpStream, completion: &Completion) -> io::Result<(
     stream.shutdown(Shutdown::Write)
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -726,6 +735,7 @@ mod tests {
                 token_expires_at: 0,
             };
             let request = RequestRecord {
+                at_ms: 0,
                 town_id: "t".to_owned(),
                 model: format!("m{i}"),
                 stream: false,

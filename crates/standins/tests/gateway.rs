@@ -682,10 +682,14 @@ fn debug_requests_show_what_was_asked_without_secrets() {
     assert_eq!(outputs[0], "Error: file exists");
     assert_eq!(outputs[1], "x".repeat(2000));
     assert_eq!(first["answer"]["call"]["name"], "bash");
+    let mut second = requests[1].clone();
+    let at = second["at_ms"].take().as_u64().unwrap();
+    let now_ms = u64::try_from(now()).unwrap() * 1000;
+    assert!(at + 60_000 > now_ms && at <= now_ms + 1000, "{at}");
     assert_eq!(
-        requests[1],
+        second,
         json!({
-            "town_id": "town-a", "model": "kilo/plain", "stream": false, "tools": [], "step": 0,
+            "at_ms": null, "town_id": "town-a", "model": "kilo/plain", "stream": false, "tools": [], "step": 0,
             "tool_outputs": [],
             "answer": { "text": "stand-in gateway reply" }
         })
