@@ -12,7 +12,7 @@ use crate::dos::town as town_do;
 use crate::http::{json, json_reply, page, query, read_json_body};
 use gastown_core::auth::UserClaims;
 use gastown_core::authz::{self, TownCaller};
-use gastown_core::beads::{BeadFilter, BeadPatch, NewBead};
+use gastown_core::beads::{BeadFilter, BeadPatch, NewBead, SlingBatch};
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
 use gastown_core::protocol::town as t;
@@ -143,6 +143,25 @@ pub async fn route(
         TownAction::DeleteBead(bead_id) => Ok(json(
             200,
             &stub.call(t::DeleteBead { caller, bead_id }).await?,
+        )),
+        TownAction::SlingBatch => {
+            let body = read_json_body(req).await;
+            let batch = admitted(
+                &stub,
+                &caller,
+                body.and_then(|b| SlingBatch::parse(&b)),
+                None,
+            )
+            .await?;
+            Ok(json(
+                201,
+                &stub.call(t::SlingBatchOp { caller, batch }).await?,
+            ))
+        }
+        TownAction::ListConvoys => Ok(json(200, &stub.call(t::ListConvoys { caller }).await?)),
+        TownAction::GetConvoy(convoy_id) => Ok(json(
+            200,
+            &stub.call(t::GetConvoy { caller, convoy_id }).await?,
         )),
     }
 }

@@ -396,6 +396,83 @@ export default function work(ctx) {
       assert.equal((await as("PATCH", `/api/towns/${town.id}/beads/${slung.body.id}`, { status: "closed" })).status, 200);
     });
 
+    it("sling-batch: a convoy whose second bead waits for the first, shows its progress, closes when both close; a failed bead fails it by name; bad batches write nothing", async () => {
+      const { town, rig } = await townWithRig("Convoy");
+      const batch = (beads, title = "Greetings") => as("POST", `/api/towns/${town.id}/sling-batch`, { title, beads });
+      // Refusals first: nothing of them is written.
+      for (const [beads, field] of [
+        [[{ rig_id: rig.id, title: "A", depends_on: [0] }], "beads[0].depends_on"],
+        [[{ rig_id: rig.id, title: "A" }, { rig_id: rig.id, title: "B", depends_on: [1] }], "beads[1].depends_on"],
+        [[{ rig_id: rig.id, title: "A" }, { rig_id: rig.id, title: "B", depends_on: [0, 0] }], "beads[1].depends_on"],
+        [[{ rig_id: rig.id, title: "A" }, { rig_id: "no-such-rig", title: "B" }], "beads[1].rig_id"],
+        [[{ rig_id: rig.id, title: "" }], "beads[0].title"],
+        [[{ rig_id: rig.id, title: "A", extra: 1 }], "beads[0].extra"],
+        [[], "beads"],
+      ]) {
+        const res = await batch(beads);
+        assert.equal(res.status, 422, res.text);
+        assert.equal(res.body.error.field, field, res.text);
+      }
+      assert.equal((await as("POST", `/api/towns/${town.id}/beads`, { type: "convoy", title: "x" })).status, 422);
+      assert.deepEqual((await as("GET", `/api/towns/${town.id}/convoys`)).body, []);
+      assert.deepEqual((await as("GET", `/api/towns/${town.id}/beads`)).body, []);
+      const outsider = tokenFor(freshUser("convoy-outsider"));
+      assert.equal((await as("POST", `/api/towns/${town.id}/sling-batch`, { title: "x", beads: [{ rig_id: rig.id, title: "A" }] }, outsider)).status, 403);
+
+      // The first bead hangs until it is closed; the second waits for it.
+      const slung = await batch([
+        { rig_id: rig.id, title: "First", body: "[demo:hang]" },
+        { rig_id: rig.id, title: "Second", body: "Say hello.", depends_on: [0] },
+      ]);
+      assert.equal(slung.status, 201, slung.text);
+      const convoy = slung.body;
+      assert.deepEqual([convoy.type, convoy.status, convoy.progress], ["convoy", "open", { closed: 0, total: 2 }]);
+      const [first, second] = convoy.beads;
+      assert.deepEqual([first.title, first.depends_on, second.title, second.depends_on], ["First", [], "Second", [first.id]]);
+      assert.ok(convoy.beads.every((b) => b.convoy_id === convoy.id && b.created_by === user));
+      await until("the first bead's dispatch", async () => {
+        const b = await bead(town.id, first.id);
+        return b.status === "in_progress" ? b : not(b.status);
+      });
+      // Several turns of the loop later, the second still waits.
+      await sleep(3 * 1000);
+      const waiting = await bead(town.id, second.id);
+      assert.deepEqual([waiting.status, kinds(waiting)], ["open", ["created"]], "not dispatched before its dependency closed");
+      const midway = (await as("GET", `/api/towns/${town.id}/convoys/${convoy.id}`)).body;
+      assert.deepEqual([midway.status, midway.progress], ["in_progress", { closed: 0, total: 2 }]);
+      assert.equal((await as("PATCH", `/api/towns/${town.id}/beads/${first.id}`, { status: "closed" })).status, 200);
+      const done = await until("the second bead to close", async () => {
+        const b = await bead(town.id, second.id);
+        return b.status === "closed" ? b : not([b.status, kinds(b)]);
+      });
+      assert.ok(kinds(done).includes("dispatched"));
+      const closed = await until("the convoy to close", async () => {
+        const c = (await as("GET", `/api/towns/${town.id}/convoys/${convoy.id}`)).body;
+        return c.status === "closed" ? c : not(c);
+      }, 10_000);
+      assert.deepEqual(closed.progress, { closed: 2, total: 2 });
+      assert.ok(closed.closed_at);
+      const convoyEvents = (await bead(town.id, convoy.id)).events.map((e) => `${e.kind}:${e.message ?? ""}`);
+      assert.ok(convoyEvents.includes("closed:all 2 of its beads closed"), convoyEvents.join(" | "));
+      const listed = (await as("GET", `/api/towns/${town.id}/convoys`)).body;
+      assert.deepEqual(listed.map((c) => [c.id, c.status, c.progress.closed, c.progress.total]), [[convoy.id, "closed", 2, 2]]);
+      assert.equal((await as("GET", `/api/towns/${town.id}/convoys/${first.id}`)).status, 404, "a bead that is no convoy");
+
+      // A failed bead fails its convoy, by name: removing the rig fails its work.
+      const other = await townWithRig("Convoy fails");
+      const failing = (await as("POST", `/api/towns/${other.town.id}/sling-batch`, {
+        title: "Doomed",
+        beads: [{ rig_id: other.rig.id, title: "Hangs", body: "[demo:hang]" }, { rig_id: other.rig.id, title: "Never", depends_on: [0] }],
+      })).body;
+      await until("its dispatch", async () => ((await bead(other.town.id, failing.beads[0].id)).status === "in_progress" ? true : not("open")));
+      assert.equal((await as("DELETE", `/api/users/${user}/rigs/${other.rig.id}`)).status, 200);
+      const failed = await until("the convoy to fail", async () => {
+        const c = (await as("GET", `/api/towns/${other.town.id}/convoys/${failing.id}`)).body;
+        return c.status === "failed" ? c : not(c);
+      }, 10_000);
+      assert.match(failed.failure_reason, new RegExp(`^bead ${failing.beads[0].id} \\(Hangs\\) failed: `));
+    });
+
     it("a dead container: attempts back off and stop at 5, the breaker holds dispatch (no storm), the bead fails with a reason, reopen works", async () => {
       const { town, rig } = await townWithRig("Storm");
       await control.fail({ agents_start: true });

@@ -29,6 +29,9 @@ pub enum BeadType {
     Message,
     Escalation,
     MergeRequest,
+    /// Groups the beads slung together (their `convoy_id`): closes when they all close, fails
+    /// naming the first that fails. Never dispatched.
+    Convoy,
 }
 
 impl BeadType {
@@ -38,6 +41,7 @@ impl BeadType {
             BeadType::Message => "message",
             BeadType::Escalation => "escalation",
             BeadType::MergeRequest => "merge_request",
+            BeadType::Convoy => "convoy",
         }
     }
 
@@ -47,9 +51,10 @@ impl BeadType {
             "message" => Ok(BeadType::Message),
             "escalation" => Ok(BeadType::Escalation),
             "merge_request" => Ok(BeadType::MergeRequest),
+            "convoy" => Ok(BeadType::Convoy),
             _ => Err(ApiError::invalid(
                 field,
-                "must be one of issue, message, escalation, merge_request",
+                "must be one of issue, message, escalation, merge_request, convoy",
             )),
         }
     }
@@ -113,11 +118,13 @@ pub struct Bead {
     pub failure_reason: Option<String>,
     /// Dispatches tried since the bead was last opened.
     pub dispatch_attempts: u32,
+    /// The convoy it was slung in, if any.
+    pub convoy_id: Option<String>,
 }
 
 /// A SQLite expression that builds a bead row's JSON exactly as [`Bead`] serialises (pinned by
 /// a test in the worker's storage), so reads pass through without decoding.
-pub const BEAD_JSON: &str = "json_object('id', id, 'type', type, 'status', status, 'title', title, 'body', body, 'rig_id', rig_id, 'assignee_agent_id', assignee_agent_id, 'priority', priority, 'labels', json(labels), 'metadata', json(metadata), 'created_by', created_by, 'created_at', created_at, 'updated_at', updated_at, 'closed_at', closed_at, 'failure_reason', failure_reason, 'dispatch_attempts', dispatch_attempts)";
+pub const BEAD_JSON: &str = "json_object('id', id, 'type', type, 'status', status, 'title', title, 'body', body, 'rig_id', rig_id, 'assignee_agent_id', assignee_agent_id, 'priority', priority, 'labels', json(labels), 'metadata', json(metadata), 'created_by', created_by, 'created_at', created_at, 'updated_at', updated_at, 'closed_at', closed_at, 'failure_reason', failure_reason, 'dispatch_attempts', dispatch_attempts, 'convoy_id', convoy_id)";
 
 /// What happened to a bead, in its event log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +318,12 @@ impl NewBead {
             Some(t) => BeadType::parse("type", t)?,
             None => BeadType::Issue,
         };
+        if bead_type == BeadType::Convoy {
+            return Err(ApiError::invalid(
+                "type",
+                "a convoy is made by POST /api/towns/:townId/sling-batch",
+            ));
+        }
         let rig_id = rig(&f)?;
         if bead_type == BeadType::Issue && rig_id.is_none() {
             return Err(ApiError::invalid("rig_id", "is required for an issue"));
@@ -345,6 +358,144 @@ impl NewBead {
             metadata: "{}".to_owned(),
         })
     }
+}
+
+/// Most beads slung in one batch.
+pub const MAX_BATCH: usize = 20;
+
+/// One bead of a batch: an issue for a rig, and the beads of the same batch it waits for (as
+/// their indexes in the batch, each before its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchBead {
+    pub bead: NewBead,
+    pub depends_on: Vec<usize>,
+}
+
+/// `POST /api/towns/:townId/sling-batch`: issues slung together under one convoy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlingBatch {
+    /// The convoy's title.
+    pub title: String,
+    pub beads: Vec<BatchBead>,
+}
+
+impl SlingBatch {
+    /// `{title, beads: [{rig_id, title, body?, priority?, depends_on?: [index…]}…]}`, 1 to
+    /// [`MAX_BATCH`] beads; a dependency names an earlier bead of the batch, at most once.
+    ///
+    /// # Errors
+    /// 400 for a body that is not a JSON object; 422 naming the bad field (`beads[1].title`).
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = parse_object(body)?;
+        only_fields(&map, &["title", "beads"])?;
+        let title = Fields(&map).required_str("title", MAX_TITLE)?.to_owned();
+        let bad_list = || {
+            ApiError::invalid(
+                "beads",
+                format!("must be an array of 1 to {MAX_BATCH} beads"),
+            )
+        };
+        let Some(Value::Array(items)) = map.get("beads") else {
+            return Err(bad_list());
+        };
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return Err(bad_list());
+        }
+        let mut beads = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let within = |e: ApiError| match e {
+                ApiError::Invalid { field, message } => {
+                    ApiError::invalid(format!("beads[{i}].{field}"), message)
+                }
+                other => other,
+            };
+            let Value::Object(m) = item else {
+                return Err(ApiError::invalid(
+                    format!("beads[{i}]"),
+                    "must be an object",
+                ));
+            };
+            only_fields(m, &["rig_id", "title", "body", "priority", "depends_on"])
+                .map_err(within)?;
+            let f = Fields(m);
+            let rig_id = rig(&f)
+                .map_err(within)?
+                .ok_or_else(|| within(ApiError::invalid("rig_id", "is required")))?;
+            let bead = NewBead {
+                bead_type: BeadType::Issue,
+                title: f
+                    .required_str("title", MAX_TITLE)
+                    .map_err(within)?
+                    .to_owned(),
+                body: body_text(&f, "body").map_err(within)?.unwrap_or_default(),
+                rig_id: Some(rig_id),
+                priority: priority(&f).map_err(within)?.unwrap_or(DEFAULT_PRIORITY),
+                labels: Vec::new(),
+                metadata: "{}".to_owned(),
+            };
+            let depends_on = depends_on(m.get("depends_on"), i).map_err(within)?;
+            beads.push(BatchBead { bead, depends_on });
+        }
+        Ok(SlingBatch { title, beads })
+    }
+}
+
+/// The indexes a batch's bead `i` waits for: distinct, each below `i`.
+fn depends_on(value: Option<&Value>, i: usize) -> Result<Vec<usize>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "depends_on",
+            "must be an array of distinct indexes of earlier beads of the batch",
+        )
+    };
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => {
+            let mut out: Vec<usize> = Vec::with_capacity(items.len());
+            for item in items {
+                let index = item
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|n| *n < i && !out.contains(n))
+                    .ok_or_else(bad)?;
+                out.push(index);
+            }
+            Ok(out)
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+/// A convoy's progress: how many of its beads closed, of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub closed: u32,
+    pub total: u32,
+}
+
+/// A convoy as the list shows it: the convoy bead and its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvoySummary {
+    #[serde(flatten)]
+    pub convoy: Bead,
+    pub progress: Progress,
+}
+
+/// One bead of a convoy, with the beads it waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvoyBead {
+    #[serde(flatten)]
+    pub bead: Bead,
+    pub depends_on: Vec<String>,
+}
+
+/// A convoy with its beads, in the order they were slung.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvoyDetail {
+    #[serde(flatten)]
+    pub convoy: Bead,
+    pub progress: Progress,
+    pub beads: Vec<ConvoyBead>,
 }
 
 /// What a user may change of a bead. Status only closes or reopens: everything between is the
@@ -575,6 +726,7 @@ mod tests {
             closed_at: None,
             failure_reason: None,
             dispatch_attempts: 0,
+            convoy_id: None,
         };
         let fields = |v: Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
         let mut want = fields(serde_json::to_value(&bead).unwrap());
@@ -617,5 +769,99 @@ mod tests {
             field(BeadFilter::parse(Some("rig_id=a%20b")).unwrap_err()),
             "rig_id"
         );
+    }
+
+    #[test]
+    fn a_batch_is_read_whole_with_its_dependencies() {
+        let batch = SlingBatch::parse(
+            br#"{"title":"Two steps","beads":[{"rig_id":"r1","title":"A"},{"rig_id":"r2","title":"B","body":"b","priority":0,"depends_on":[0]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(batch.title, "Two steps");
+        assert_eq!(batch.beads.len(), 2);
+        assert_eq!(batch.beads[0].depends_on, Vec::<usize>::new());
+        assert_eq!(batch.beads[1].depends_on, vec![0]);
+        let b = &batch.beads[1].bead;
+        assert_eq!(
+            (b.bead_type, b.title.as_str(), b.body.as_str(), b.priority),
+            (BeadType::Issue, "B", "b", 0)
+        );
+        assert_eq!(b.rig_id.as_ref().map(RigId::as_str), Some("r2"));
+    }
+
+    #[test]
+    fn a_bad_batch_names_the_bead_and_the_field() {
+        let field = |body: &str| match SlingBatch::parse(body.as_bytes()) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("{body}: {other:?}"),
+        };
+        let one = r#"{"rig_id":"r1","title":"A"}"#;
+        for (body, want) in [
+            (r#"{"title":"t","beads":[]}"#.to_owned(), "beads"),
+            (r#"{"title":"t"}"#.to_owned(), "beads"),
+            (r#"{"title":"t","beads":{}}"#.to_owned(), "beads"),
+            (format!(r#"{{"beads":[{one}]}}"#), "title"),
+            (format!(r#"{{"title":"t","beads":[{one}],"x":1}}"#), "x"),
+            (r#"{"title":"t","beads":[1]}"#.to_owned(), "beads[0]"),
+            (
+                r#"{"title":"t","beads":[{"title":"A"}]}"#.to_owned(),
+                "beads[0].rig_id",
+            ),
+            (
+                format!(r#"{{"title":"t","beads":[{one},{{"rig_id":"r1"}}]}}"#),
+                "beads[1].title",
+            ),
+            (
+                format!(
+                    r#"{{"title":"t","beads":[{one},{{"rig_id":"r1","title":"B","depends_on":[1]}}]}}"#
+                ),
+                "beads[1].depends_on",
+            ),
+            (
+                format!(
+                    r#"{{"title":"t","beads":[{one},{{"rig_id":"r1","title":"B","depends_on":[0,0]}}]}}"#
+                ),
+                "beads[1].depends_on",
+            ),
+            (
+                format!(
+                    r#"{{"title":"t","beads":[{one},{{"rig_id":"r1","title":"B","depends_on":[-1]}}]}}"#
+                ),
+                "beads[1].depends_on",
+            ),
+            (
+                format!(
+                    r#"{{"title":"t","beads":[{one},{{"rig_id":"r1","title":"B","depends_on":"0"}}]}}"#
+                ),
+                "beads[1].depends_on",
+            ),
+            (
+                format!(
+                    r#"{{"title":"t","beads":[{one},{{"rig_id":"r1","title":"B","type":"convoy"}}]}}"#
+                ),
+                "beads[1].type",
+            ),
+            (
+                format!(
+                    r#"{{"title":"t","beads":[{one},{{"rig_id":"r1","title":"B","priority":9}}]}}"#
+                ),
+                "beads[1].priority",
+            ),
+        ] {
+            assert_eq!(field(&body), want, "{body}");
+        }
+        let many = vec![one; MAX_BATCH + 1].join(",");
+        assert_eq!(
+            field(&format!(r#"{{"title":"t","beads":[{many}]}}"#)),
+            "beads"
+        );
+        let most = vec![one; MAX_BATCH].join(",");
+        assert!(
+            SlingBatch::parse(format!(r#"{{"title":"t","beads":[{most}]}}"#).as_bytes()).is_ok()
+        );
+        assert!(matches!(
+            NewBead::parse(br#"{"type":"convoy","title":"x"}"#),
+            Err(ApiError::Invalid { field, .. }) if field == "type"
+        ));
     }
 }

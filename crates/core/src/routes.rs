@@ -167,6 +167,10 @@ pub enum TownAction {
     DeleteBead(BeadId),
     /// An issue bead on a rig, for dispatch.
     Sling,
+    /// Several issues under one convoy, with dependencies between them.
+    SlingBatch,
+    ListConvoys,
+    GetConvoy(BeadId),
 }
 
 /// Routes for a town's container token (or a legacy agent token).
@@ -309,6 +313,9 @@ impl Params {
     fn bead(&self) -> Result<BeadId, IdError> {
         BeadId::parse(self.get("beadId"))
     }
+    fn convoy(&self) -> Result<BeadId, IdError> {
+        BeadId::parse(self.get("convoyId"))
+    }
     fn agent_route(
         &self,
         make: fn(TownId, RigId, AgentId) -> ContainerRoute,
@@ -407,6 +414,9 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Patch "/api/towns/:townId/beads/:beadId" User => |p| p.town_route(T::PatchBead(p.bead()?))),
     route!(Delete "/api/towns/:townId/beads/:beadId" User => |p| p.town_route(T::DeleteBead(p.bead()?))),
     route!(Post "/api/towns/:townId/sling" User => |p| p.town_route(T::Sling)),
+    route!(Post "/api/towns/:townId/sling-batch" User => |p| p.town_route(T::SlingBatch)),
+    route!(Get "/api/towns/:townId/convoys" User => |p| p.town_route(T::ListConvoys)),
+    route!(Get "/api/towns/:townId/convoys/:convoyId" User => |p| p.town_route(T::GetConvoy(p.convoy()?))),
     route!(Post "/api/towns/:townId/sandbox-token" Container => |p| Ok(Route::Container(ContainerRoute::SandboxToken { town: p.town()? }))),
     route!(Post "/api/towns/:townId/refresh-container-token" Container => |p| Ok(Route::Container(ContainerRoute::RefreshToken { town: p.town()? }))),
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/heartbeat" Container => |p| Ok(Route::Container(ContainerRoute::AgentHeartbeat { town: p.town()?, rig: p.rig()?, agent: p.agent()? }))),

@@ -48,6 +48,11 @@ pub const TOWN_DO: &[Migration] = &[
         name: "git_identity",
         sql: include_str!("../../../migrations/town_do/0006_git_identity.sql"),
     },
+    Migration {
+        version: 7,
+        name: "convoys",
+        sql: include_str!("../../../migrations/town_do/0007_convoys.sql"),
+    },
 ];
 
 pub const CONTAINER_DO: &[Migration] = &[

@@ -6,7 +6,8 @@ use super::store::{self, Actor};
 use super::TownDO;
 use crate::config;
 use gastown_core::beads::{
-    Bead, BeadDetail, BeadEventKind, BeadFilter, BeadPatch, BeadStatus, BeadType, NewBead,
+    Bead, BeadDetail, BeadEventKind, BeadFilter, BeadPatch, BeadStatus, BeadType, ConvoyDetail,
+    NewBead, SlingBatch, DEFAULT_PRIORITY,
 };
 use gastown_core::error::ApiError;
 use gastown_core::ids::BeadId;
@@ -75,6 +76,68 @@ impl TownDO {
         store::bead(&sql, &id)?.ok_or_else(|| ApiError::internal("bead row missing"))
     }
 
+    /// A convoy bead and its issues, each waiting for the beads of the batch it depends on,
+    /// all by `created_by`; the loop comes at once for those that wait for nothing.
+    pub(super) async fn sling_batch_rows(
+        &self,
+        batch: SlingBatch,
+        created_by: &str,
+    ) -> Reply<ConvoyDetail> {
+        let sql = self.sql();
+        for (i, item) in batch.beads.iter().enumerate() {
+            if let Some(rig) = &item.bead.rig_id {
+                if !store::rig_exists(&sql, rig.as_str())? {
+                    return Err(ApiError::invalid(
+                        format!("beads[{i}].rig_id"),
+                        "is not a rig of this town",
+                    ));
+                }
+            }
+        }
+        let now_ms = config::now_ms();
+        let actor = Actor::User(created_by);
+        let convoy = NewBead {
+            bead_type: BeadType::Convoy,
+            title: batch.title,
+            body: String::new(),
+            rig_id: None,
+            priority: DEFAULT_PRIORITY,
+            labels: Vec::new(),
+            metadata: "{}".to_owned(),
+        };
+        let convoy_id = self.insert_bead(&convoy, created_by)?;
+        let slung = format!("a convoy of {} beads", batch.beads.len());
+        store::event(
+            &sql,
+            &convoy_id,
+            BeadEventKind::Created,
+            &actor,
+            Some(&slung),
+            now_ms,
+        )?;
+        let within = format!("in convoy {convoy_id}");
+        let mut ids: Vec<String> = Vec::with_capacity(batch.beads.len());
+        for item in &batch.beads {
+            let id = self.insert_bead(&item.bead, created_by)?;
+            store::set_convoy(&sql, &id, &convoy_id)?;
+            for &index in &item.depends_on {
+                store::add_dependency(&sql, &id, &ids[index])?;
+            }
+            store::event(
+                &sql,
+                &id,
+                BeadEventKind::Created,
+                &actor,
+                Some(&within),
+                now_ms,
+            )?;
+            ids.push(id);
+        }
+        self.kick().await?;
+        store::convoy_detail(&self.sql(), &convoy_id)?
+            .ok_or_else(|| ApiError::internal("convoy row missing"))
+    }
+
     pub(super) fn bead_detail(&self, bead_id: &BeadId) -> Reply<Json<BeadDetail>> {
         let text =
             store::bead_detail_json(&self.sql(), bead_id.as_str())?.ok_or_else(bead_not_found)?;
@@ -111,10 +174,12 @@ impl TownDO {
                 }
                 store::close_bead(&sql, id, &now)?;
                 store::event(&sql, id, BeadEventKind::Closed, &actor, None, now_ms)?;
+                store::settle_convoy_of(&sql, id, now_ms)?;
             }
             Some(StatusChange::Reopen) => {
                 store::reopen_bead_afresh(&sql, id, &now)?;
                 store::event(&sql, id, BeadEventKind::Reopened, &actor, None, now_ms)?;
+                store::settle_convoy_of(&sql, id, now_ms)?;
             }
             None => {}
         }
@@ -132,6 +197,9 @@ impl TownDO {
         let sql = self.sql();
         let current = store::bead(&sql, bead_id.as_str())?.ok_or_else(bead_not_found)?;
         store::delete_bead(&sql, bead_id.as_str())?;
+        if let Some(convoy) = &current.convoy_id {
+            store::settle_convoy(&sql, convoy, config::now_ms())?;
+        }
         if current.status == BeadStatus::InProgress {
             if let Some(agent) = current.assignee_agent_id {
                 store::release_agent_of(&sql, agent.as_str(), bead_id.as_str())?;

@@ -96,6 +96,7 @@ impl TownDO {
             Some(&done.summary),
             now_ms,
         )?;
+        store::settle_convoy_of(&sql, bead_id, now_ms)?;
         self.touch_agent(&agent.id)?;
         store::release_agent(&sql, agent.id.as_str(), AgentStatus::Idle)?;
         store::bead(&sql, bead_id)?.ok_or_else(bead_not_found)

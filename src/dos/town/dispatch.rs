@@ -134,6 +134,7 @@ impl TownDO {
         let sql = self.sql();
         let now = config::now_ms();
         store::claim(&sql, bead_id, &agent.id, claim.status, claim.attempts, now)?;
+        store::settle_convoy_of(&sql, bead_id, now)?;
         store::event(
             &sql,
             bead_id,

@@ -6,7 +6,7 @@ use super::store;
 use super::{Meta, TownDO};
 use crate::config;
 use crate::storage::{bump_meta, meta, set_meta};
-use gastown_core::beads::{Bead, BeadDetail, BeadEventKind};
+use gastown_core::beads::{Bead, BeadDetail, BeadEventKind, ConvoyDetail, ConvoySummary};
 use gastown_core::error::ApiError;
 use gastown_core::model::{Agent, Rig, Town, TownStatus};
 use gastown_core::protocol::container::{self as c, TokenPushed};
@@ -290,6 +290,23 @@ impl TownOps for TownDO {
     async fn get_bead(&self, req: GetBead) -> Reply<Json<BeadDetail>> {
         self.admit_user(&req.caller)?;
         self.bead_detail(&req.bead_id)
+    }
+
+    async fn sling_batch(&self, req: SlingBatchOp) -> Reply<ConvoyDetail> {
+        self.admit_user(&req.caller)?;
+        self.sling_batch_rows(req.batch, req.caller.user_id.as_str())
+            .await
+    }
+
+    async fn list_convoys(&self, req: ListConvoys) -> Reply<Vec<ConvoySummary>> {
+        self.admit_user(&req.caller)?;
+        store::convoys(&self.sql())
+    }
+
+    async fn get_convoy(&self, req: GetConvoy) -> Reply<ConvoyDetail> {
+        self.admit_user(&req.caller)?;
+        store::convoy_detail(&self.sql(), req.convoy_id.as_str())?
+            .ok_or_else(|| ApiError::NotFound("convoy not found in this town".into()))
     }
 
     async fn patch_bead(&self, req: PatchBead) -> Reply<Bead> {

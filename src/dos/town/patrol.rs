@@ -102,6 +102,7 @@ impl TownDO {
                     Some(why),
                     now,
                 )?;
+                store::settle_convoy_of(&sql, bead_id, now)?;
             }
         }
         Ok(())
@@ -145,6 +146,7 @@ impl TownDO {
         for bead in store::bead_ids_with_status(&sql, back.running)? {
             store::hand_back_bead(&sql, &bead, back.to, &rfc3339(now))?;
             store::event(&sql, &bead, back.event, &Actor::Town, Some(reason), now)?;
+            store::settle_convoy_of(&sql, &bead, now)?;
         }
         store::release_agents(&sql, back.agents, back.agents_to)
     }
@@ -161,6 +163,7 @@ impl TownDO {
         let sql = self.sql();
         let now = config::now_ms();
         store::fail_bead(&sql, bead_id, reason, &rfc3339(now))?;
+        store::settle_convoy_of(&sql, bead_id, now)?;
         store::event(
             &sql,
             bead_id,

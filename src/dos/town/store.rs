@@ -7,8 +7,8 @@ use crate::storage::{
     RIG_COLUMNS, RIG_JSON, TOWN_COLUMNS,
 };
 use gastown_core::beads::{
-    Bead, BeadEventKind, BeadFilter, BeadPatch, BeadStatus, BeadType, NewBead, BEAD_EVENT_JSON,
-    BEAD_JSON,
+    Bead, BeadEventKind, BeadFilter, BeadPatch, BeadStatus, BeadType, ConvoyBead, ConvoyDetail,
+    ConvoySummary, NewBead, Progress, BEAD_EVENT_JSON, BEAD_JSON,
 };
 use gastown_core::control::AgentDoneCallback;
 use gastown_core::error::ApiError;
@@ -681,11 +681,12 @@ pub struct Candidate {
     pub dispatch_attempts: f64,
 }
 
-/// Up to 20 open, unassigned issues whose backoff has passed, most urgent and oldest first.
+/// Up to 20 open, unassigned issues whose backoff has passed and whose dependencies have all
+/// closed, most urgent and oldest first.
 pub fn candidates(sql: &SqlStorage, now_ms: u64) -> Reply<Vec<Candidate>> {
     rows(
         sql,
-        "SELECT id, title, body, rig_id, dispatch_attempts FROM beads WHERE status = ? AND type = ? AND assignee_agent_id IS NULL AND next_dispatch_at <= ? ORDER BY priority, seq LIMIT 20",
+        "SELECT id, title, body, rig_id, dispatch_attempts FROM beads WHERE status = ? AND type = ? AND assignee_agent_id IS NULL AND next_dispatch_at <= ? AND NOT EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads x ON x.id = d.depends_on WHERE d.bead_id = beads.id AND x.status != 'closed') ORDER BY priority, seq LIMIT 20",
         vec![
             BeadStatus::Open.as_str().into(),
             BeadType::Issue.as_str().into(),
@@ -725,4 +726,192 @@ pub fn claim(
             agent.into(),
         ],
     )
+}
+
+/// The bead belongs to `convoy`.
+pub fn set_convoy(sql: &SqlStorage, id: &str, convoy: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET convoy_id = ? WHERE id = ?",
+        vec![convoy.into(), id.into()],
+    )
+}
+
+/// `bead` waits for `on` to close.
+pub fn add_dependency(sql: &SqlStorage, bead: &str, on: &str) -> Reply<()> {
+    exec(
+        sql,
+        "INSERT OR IGNORE INTO bead_dependencies (bead_id, depends_on) VALUES (?, ?)",
+        vec![bead.into(), on.into()],
+    )
+}
+
+#[derive(Deserialize)]
+struct JsonRow {
+    j: String,
+}
+
+fn beads_where(sql: &SqlStorage, clause: &str, bindings: Vec<SqlStorageValue>) -> Reply<Vec<Bead>> {
+    rows::<JsonRow>(
+        sql,
+        &format!("SELECT {BEAD_JSON} AS j FROM beads WHERE {clause} ORDER BY seq"),
+        bindings,
+    )?
+    .into_iter()
+    .map(|r| serde_json::from_str(&r.j).map_err(ApiError::internal))
+    .collect()
+}
+
+fn progress_of(beads: &[Bead]) -> Progress {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Progress {
+        closed: count(
+            beads
+                .iter()
+                .filter(|b| b.status == BeadStatus::Closed)
+                .count(),
+        ),
+        total: count(beads.len()),
+    }
+}
+
+/// The town's convoys, newest first (the latest [`MAX_CONVOYS_LISTED`]), with their progress.
+pub fn convoys(sql: &SqlStorage) -> Reply<Vec<ConvoySummary>> {
+    let mut convoys = beads_where(
+        sql,
+        "seq IN (SELECT seq FROM beads WHERE type = ? ORDER BY seq DESC LIMIT ?)",
+        vec![BeadType::Convoy.as_str().into(), int(MAX_CONVOYS_LISTED)],
+    )?;
+    convoys.reverse();
+    convoys
+        .into_iter()
+        .map(|convoy| {
+            let members = beads_where(sql, "convoy_id = ?", vec![convoy.id.as_str().into()])?;
+            Ok(ConvoySummary {
+                progress: progress_of(&members),
+                convoy,
+            })
+        })
+        .collect()
+}
+
+/// Most convoys `GET …/convoys` lists.
+pub const MAX_CONVOYS_LISTED: u64 = 200;
+
+/// A convoy with its beads (in the order they were slung) and what each waits for.
+pub fn convoy_detail(sql: &SqlStorage, id: &str) -> Reply<Option<ConvoyDetail>> {
+    let Some(convoy) = bead(sql, id)?.filter(|b| b.bead_type == BeadType::Convoy) else {
+        return Ok(None);
+    };
+    let members = beads_where(sql, "convoy_id = ?", vec![id.into()])?;
+    #[derive(Deserialize)]
+    struct Dependency {
+        bead_id: String,
+        depends_on: String,
+    }
+    let dependencies: Vec<Dependency> = rows(
+        sql,
+        "SELECT d.bead_id, d.depends_on FROM bead_dependencies d JOIN beads b ON b.id = d.bead_id WHERE b.convoy_id = ? ORDER BY b.seq",
+        vec![id.into()],
+    )?;
+    let progress = progress_of(&members);
+    let beads = members
+        .into_iter()
+        .map(|bead| ConvoyBead {
+            depends_on: dependencies
+                .iter()
+                .filter(|d| d.bead_id == bead.id)
+                .map(|d| d.depends_on.clone())
+                .collect(),
+            bead,
+        })
+        .collect();
+    Ok(Some(ConvoyDetail {
+        convoy,
+        progress,
+        beads,
+    }))
+}
+
+/// After a change to `member`'s status: its convoy (if any) follows its beads. Every bead
+/// closed → closed; one failed → failed, naming the first that failed; one started (in
+/// progress, in review or closed) → in progress; else open. A change is written to the
+/// convoy's events.
+pub fn settle_convoy_of(sql: &SqlStorage, member: &str, now_ms: u64) -> Reply<()> {
+    #[derive(Deserialize)]
+    struct Of {
+        convoy_id: Option<String>,
+    }
+    let convoy = first::<Of>(
+        sql,
+        "SELECT convoy_id FROM beads WHERE id = ?",
+        vec![member.into()],
+    )?
+    .and_then(|r| r.convoy_id);
+    match convoy {
+        Some(convoy) => settle_convoy(sql, &convoy, now_ms),
+        None => Ok(()),
+    }
+}
+
+/// As [`settle_convoy_of`], for the convoy `id`.
+pub fn settle_convoy(sql: &SqlStorage, id: &str, now_ms: u64) -> Reply<()> {
+    let Some(convoy) = bead(sql, id)?.filter(|b| b.bead_type == BeadType::Convoy) else {
+        return Ok(());
+    };
+    let members = beads_where(sql, "convoy_id = ?", vec![id.into()])?;
+    if members.is_empty() {
+        return Ok(());
+    }
+    let failed = members.iter().find(|b| b.status == BeadStatus::Failed);
+    let progress = progress_of(&members);
+    let (status, reason) = if let Some(f) = failed {
+        let why = f.failure_reason.as_deref().unwrap_or("no reason recorded");
+        (
+            BeadStatus::Failed,
+            Some(format!("bead {} ({}) failed: {why}", f.id, f.title)),
+        )
+    } else if progress.closed == progress.total {
+        (BeadStatus::Closed, None)
+    } else if members.iter().any(|b| b.status != BeadStatus::Open) {
+        (BeadStatus::InProgress, None)
+    } else {
+        (BeadStatus::Open, None)
+    };
+    if status == convoy.status && reason == convoy.failure_reason {
+        return Ok(());
+    }
+    let now = rfc3339(now_ms);
+    exec(
+        sql,
+        "UPDATE beads SET status = ?, closed_at = ?, failure_reason = ?, updated_at = ? WHERE id = ?",
+        vec![
+            status.as_str().into(),
+            (status == BeadStatus::Closed).then_some(now.as_str()).into(),
+            reason.as_deref().into(),
+            now.as_str().into(),
+            id.into(),
+        ],
+    )?;
+    let (kind, message) = match status {
+        BeadStatus::Closed => (
+            BeadEventKind::Closed,
+            format!("all {} of its beads closed", progress.total),
+        ),
+        BeadStatus::Failed => (BeadEventKind::Failed, reason.clone().unwrap_or_default()),
+        _ if convoy.status == BeadStatus::Failed || convoy.status == BeadStatus::Closed => (
+            BeadEventKind::Reopened,
+            format!("{}/{} closed", progress.closed, progress.total),
+        ),
+        _ => (
+            BeadEventKind::Updated,
+            format!(
+                "{}: {}/{} closed",
+                status.as_str(),
+                progress.closed,
+                progress.total
+            ),
+        ),
+    };
+    event(sql, id, kind, &Actor::Town, Some(&message), now_ms)
 }

@@ -3,7 +3,9 @@
 use super::container::{self, TokenPushed};
 use super::{Ack, Json};
 use crate::authz::{ContainerCredential, TownCaller};
-use crate::beads::{Bead, BeadDetail, BeadFilter, BeadPatch, NewBead};
+use crate::beads::{
+    Bead, BeadDetail, BeadFilter, BeadPatch, ConvoyDetail, ConvoySummary, NewBead, SlingBatch,
+};
 use crate::control::{AgentDoneCallback, AgentExitCallback, AgentStatusCallback};
 use crate::ids::{AgentId, BeadId, RigId, TownId, UserId};
 use crate::model::{Agent, Rig, Town, TownStatus};
@@ -100,6 +102,13 @@ crate::do_protocol! {
         CreateBead(CreateBead) -> Bead => create_bead;
         /// A bead with its event log.
         GetBead(GetBead) -> Json<BeadDetail> => get_bead;
+        /// Slings a batch: a convoy bead and its issues, each waiting for the beads it
+        /// depends on; the convoy with its beads.
+        SlingBatch(SlingBatchOp) -> ConvoyDetail => sling_batch;
+        /// The town's convoys, newest first, with their progress.
+        ListConvoys(ListConvoys) -> Vec<ConvoySummary> => list_convoys;
+        /// A convoy with its beads and their dependencies.
+        GetConvoy(GetConvoy) -> ConvoyDetail => get_convoy;
         /// A user's change: fields, close, reopen (a reopened bead's attempts start again).
         PatchBead(PatchBead) -> Bead => patch_bead;
         /// Deletes a bead and its events; its agent, if any, is stopped and freed.
@@ -258,6 +267,24 @@ pub struct CreateBead {
     /// Also who created the bead.
     pub caller: TownCaller,
     pub bead: NewBead,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlingBatchOp {
+    /// Also who slung the batch.
+    pub caller: TownCaller,
+    pub batch: SlingBatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListConvoys {
+    pub caller: TownCaller,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetConvoy {
+    pub caller: TownCaller,
+    pub convoy_id: BeadId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -597,6 +624,29 @@ mod tests {
                 }
                 .into(),
                 format!(r#"{{"op":"get_bead","caller":{C},"bead_id":"b1"}}"#),
+            ),
+            (
+                SlingBatchOp {
+                    caller: c(),
+                    batch: SlingBatch::parse(
+                        br#"{"title":"c","beads":[{"rig_id":"r1","title":"a"},{"rig_id":"r1","title":"b","depends_on":[0]}]}"#,
+                    )
+                    .unwrap(),
+                }
+                .into(),
+                format!(r#"{{"op":"sling_batch","caller":{C},"batch":{{"title":"c","beads":[{{"bead":{{"bead_type":"issue","title":"a","body":"","rig_id":"r1","priority":2,"labels":[],"metadata":"{{}}"}},"depends_on":[]}},{{"bead":{{"bead_type":"issue","title":"b","body":"","rig_id":"r1","priority":2,"labels":[],"metadata":"{{}}"}},"depends_on":[0]}}]}}}}"#),
+            ),
+            (
+                ListConvoys { caller: c() }.into(),
+                format!(r#"{{"op":"list_convoys","caller":{C}}}"#),
+            ),
+            (
+                GetConvoy {
+                    caller: c(),
+                    convoy_id: BeadId::parse("c1").unwrap(),
+                }
+                .into(),
+                format!(r#"{{"op":"get_convoy","caller":{C},"convoy_id":"c1"}}"#),
             ),
             (
                 PatchBead {
