@@ -4,7 +4,10 @@
 //! as the agent user, in the agent's work dir, stopped with it, its exit watched. For one bead
 //! it
 //!
-//! 1. heartbeats at once, then every `GASTOWN_HEARTBEAT_MS` (default 5000) while it lives;
+//! 1. heartbeats at once, then every `GASTOWN_HEARTBEAT_MS` (default 5000) while it lives and
+//!    the run shows signs of life: a step of its own (the clone, the CLI listening, the prompt)
+//!    or an event of the session within the last [`QUIET_LIMIT`]. A CLI that has gone quiet for
+//!    longer gets no heartbeat, so patrol stalls its bead as it would a silent agent's;
 //! 2. clones `GASTOWN_GIT_URL` into `<work dir>/repo` (git's credential helper is the town's,
 //!    through `GIT_CONFIG_GLOBAL`: no token in the remote) and checks out `GASTOWN_BRANCH`
 //!    from `origin/<GASTOWN_DEFAULT_BRANCH>` (an orphan branch in an empty repository);
@@ -35,7 +38,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// The subcommand.
@@ -50,6 +54,37 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// The longest a session may run (a stalled one is ended by patrol long before).
 const SESSION_LIMIT: Duration = Duration::from_secs(6 * 60 * 60);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long the session may show no event before the runtime stops heartbeating for it (a
+/// shell command that prints nothing for this long looks the same as a wedged CLI).
+pub const QUIET_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// When the run last showed a sign of life, in ms since it started.
+#[derive(Clone)]
+struct Activity {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn seen(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the last sign of life.
+    fn quiet_for(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
 /// The file the session's whereabouts go to, in the work dir.
 pub const SESSION_FILE: &str = ".kilo-session.json";
 /// The provider id of the gateway in the CLI's config.
@@ -124,8 +159,9 @@ pub fn cli_main(args: &[String]) -> i32 {
     };
     mark("started");
     let _ = worker.call("heartbeat", "{}");
-    let beats = heartbeats(&env);
-    let outcome = Session::from_env(&env, kilo).and_then(|s| s.run(&worker));
+    let activity = Activity::new();
+    let beats = heartbeats(&env, activity.clone());
+    let outcome = Session::from_env(&env, kilo).and_then(|s| s.run(&worker, &activity));
     drop(beats);
     match outcome {
         Ok(()) => 0,
@@ -147,8 +183,9 @@ fn failed(message: impl Into<String>) -> Failure {
     (EXIT_FAILED, message.into())
 }
 
-/// A heartbeat every interval until dropped.
-fn heartbeats(env: &dyn Fn(&str) -> Option<String>) -> mpsc::Sender<()> {
+/// A heartbeat every interval until dropped, while the run has not been quiet past
+/// [`QUIET_LIMIT`].
+fn heartbeats(env: &dyn Fn(&str) -> Option<String>, activity: Activity) -> mpsc::Sender<()> {
     let every = env("GASTOWN_HEARTBEAT_MS")
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(DEFAULT_HEARTBEAT, |ms| Duration::from_millis(ms.max(10)));
@@ -156,8 +193,15 @@ fn heartbeats(env: &dyn Fn(&str) -> Option<String>) -> mpsc::Sender<()> {
     let session = Callbacks::from_env(env, "gastown-kilo");
     std::thread::spawn(move || {
         let Ok(worker) = session else { return };
+        let mut said = false;
         while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-            let _ = worker.call("heartbeat", "{}");
+            if activity.quiet_for() <= QUIET_LIMIT {
+                said = false;
+                let _ = worker.call("heartbeat", "{}");
+            } else if !said {
+                said = true;
+                say("the session has been quiet too long: no heartbeat until it shows life");
+            }
         }
     });
     stop
@@ -207,11 +251,12 @@ impl Session {
         })
     }
 
-    fn run(&self, worker: &Callbacks) -> Result<(), Failure> {
+    fn run(&self, worker: &Callbacks, activity: &Activity) -> Result<(), Failure> {
         let repo = self.work_dir.join("repo");
         let _ = worker.status(&format!("cloning {}", self.git_url));
         self.checkout(&repo)?;
         mark("cloned");
+        activity.seen();
         let relay = crate::relay::start(
             self.gateway_url.clone(),
             self.gateway_file.clone(),
@@ -222,7 +267,7 @@ impl Session {
         let password = random_hex()?;
         let port = free_port()?;
         let mut kilo = self.spawn(&repo, &relay, port, &password)?;
-        let result = self.drive(worker, &mut kilo, port, &password);
+        let result = self.drive(worker, &mut kilo, port, &password, activity);
         let _ = kilo.kill();
         let _ = kilo.wait();
         let _ = fs::remove_file(self.work_dir.join(SESSION_FILE));
@@ -310,9 +355,11 @@ impl Session {
         kilo: &mut Child,
         port: u16,
         password: &str,
+        activity: &Activity,
     ) -> Result<(), Failure> {
         wait_listening(kilo)?;
         mark("cli-listening");
+        activity.seen();
         let api = Api::new(port, password);
         let events = api.events()?;
         let session = api
@@ -335,7 +382,7 @@ impl Session {
         api.post_no_content(&format!("/session/{session}/prompt_async"), &prompt)?;
         mark("prompt-sent");
         let _ = worker.status("the Kilo CLI is working on the bead");
-        watch(worker, kilo, &events, &session)
+        watch(worker, kilo, &events, &session, activity)
     }
 
     fn first_message(&self) -> String {
@@ -353,6 +400,7 @@ fn watch(
     kilo: &mut Child,
     events: &mpsc::Receiver<Value>,
     session: &str,
+    activity: &Activity,
 ) -> Result<(), Failure> {
     let started = Instant::now();
     let mut idle_since: Option<Instant> = None;
@@ -375,8 +423,11 @@ fn watch(
         };
         let kind = event["type"].as_str().unwrap_or_default();
         let props = &event["properties"];
-        if props["sessionID"].as_str().is_some_and(|s| s != session) {
-            continue;
+        match props["sessionID"].as_str() {
+            Some(s) if s == session => activity.seen(),
+            // The server's own (a heartbeat of the stream, say) are no sign of the session's life.
+            None => {}
+            Some(_) => continue,
         }
         match kind {
             "session.idle" if busy_seen => idle_since = Some(Instant::now()),
@@ -627,5 +678,22 @@ mod tests {
             assert!(text.contains(line), "{text}");
         }
         assert!(PROMPT_POLECAT.contains("gt done"));
+    }
+
+    #[test]
+    fn activity_measures_the_quiet_since_the_last_sign_of_life() {
+        let activity = Activity::new();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(activity.quiet_for() >= Duration::from_millis(30));
+        activity.seen();
+        assert!(activity.quiet_for() < Duration::from_millis(30));
+        let copy = activity.clone();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            copy.quiet_for() >= Duration::from_millis(30),
+            "one clock for every copy"
+        );
+        copy.seen();
+        assert!(activity.quiet_for() < Duration::from_millis(30));
     }
 }
