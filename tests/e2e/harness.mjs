@@ -103,26 +103,29 @@ export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), 
   };
 }
 
+/** Pids of the processes whose working directory is `dir` or under it (Linux's /proc). */
+export function workingIn(dir) {
+  const root = resolve(dir);
+  return readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((pid) => {
+    try {
+      const cwd = readlinkSync(`/proc/${pid}/cwd`);
+      return cwd === root || cwd.startsWith(`${root}/`);
+    } catch {
+      return false; // gone, or not ours to read
+    }
+  });
+}
+
 /**
- * SIGKILLs every process whose working directory is under `dir`: the agents a control server
- * started (each leads a process group of its own, so killing the server leaves them running)
- * and whatever they started. Linux only, as the e2e tests are.
+ * SIGKILLs every process working under `dir`: the agents a control server started (each leads a
+ * process group of its own, so killing the server leaves them running) and whatever they started.
  */
 export function killWorkingIn(dir) {
-  const root = resolve(dir);
-  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-    let cwd;
+  for (const pid of workingIn(dir)) {
     try {
-      cwd = readlinkSync(`/proc/${pid}/cwd`);
+      process.kill(Number(pid), "SIGKILL");
     } catch {
-      continue; // gone, or not ours to read
-    }
-    if (cwd === root || cwd.startsWith(`${root}/`)) {
-      try {
-        process.kill(Number(pid), "SIGKILL");
-      } catch {
-        // already gone
-      }
+      // already gone
     }
   }
 }

@@ -6,10 +6,10 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "../../scripts/lib/jwt.mjs";
-import { secrets, until as untilFor, not, startOwnWorker } from "./harness.mjs";
+import { secrets, until as untilFor, not, startOwnWorker, workingIn } from "./harness.mjs";
 import { freshUser, tokenFor, createTown } from "./fixtures.mjs";
 
 const until = (what, probe, ms = 120_000) => untilFor(what, probe, ms, 300);
@@ -76,15 +76,6 @@ export default function kilo(ctx) {
     const expOf = (jwt) => (jwt ? JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString()).exp : 0);
     /** The gateway token in the town's `.env.gateway` now. */
     const gatewayTokenIn = (townId) => readFileSync(join(control.workdir, townId, ".env.gateway"), "utf8").match(/^KILO_JWT=(.+)$/m)?.[1] ?? "";
-    /** Pids of the processes working under `dir` (an agent, its CLI, their children). */
-    const workingIn = (dir) => readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((pid) => {
-      try {
-        const cwd = readlinkSync(`/proc/${pid}/cwd`);
-        return cwd === dir || cwd.startsWith(`${dir}/`);
-      } catch {
-        return false;
-      }
-    });
 
     it("sling → the real CLI writes, commits, pushes through the credential helper and calls gt done → the bead closes; a second message reaches the session", async () => {
       const { town, rig, login, installation } = await townWithRig();
