@@ -79,6 +79,8 @@ export default function kilo(ctx) {
 
     it("sling → the real CLI writes, commits, pushes through the credential helper and calls gt done → the bead closes; a second message reaches the session", async () => {
       const { town, rig, login, installation } = await townWithRig();
+      const model = await as("PATCH", `/api/towns/${town.id}/config`, { default_model: "kilo/default-model", role_models: { polecat: "kilo/polecat-model" } });
+      assert.equal(model.status, 200, model.text);
       const slung = await as("POST", `/api/towns/${town.id}/sling`, { rig_id: rig.id, title: "Add a greeting", body: "[script:agent]\nSay hello." });
       assert.equal(slung.status, 201, slung.text);
       const done = await until("the bead to close", async () => {
@@ -102,6 +104,7 @@ export default function kilo(ctx) {
       const usage = (await (await fetch(`${gateway.url}/debug/usage`)).json()).calls.filter((c) => c.town_id === town.id);
       assert.ok(usage.length >= 3, JSON.stringify(usage));
       assert.ok(usage.every((c) => c.user_id === user));
+      assert.deepEqual([...new Set(usage.map((c) => c.model))], ["kilo/polecat-model"], "the polecat's effective model (the town's role_models.polecat)");
       const kinds = done.events.map((e) => e.kind);
       assert.ok(kinds.includes("done"), kinds.join(","));
       // A second message reaches the same session, and the model.
