@@ -63,6 +63,23 @@ pub fn serve_each(
     name: &'static str,
     answer: impl Fn(TcpStream) + Send + Sync + 'static,
 ) -> io::Result<()> {
+    serve_each_with_stack(listener, name, CONNECTION_STACK, answer)
+}
+
+/// A connection thread's stack: enough for a route's own HTTP call (a TLS client included).
+pub const CONNECTION_STACK: usize = 256 * 1024;
+
+/// As [`serve_each`], each connection's thread with a stack of `stack` bytes (for answers that
+/// make deeper calls of their own).
+///
+/// # Errors
+/// As [`serve_each`].
+pub fn serve_each_with_stack(
+    listener: TcpListener,
+    name: &'static str,
+    stack: usize,
+    answer: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
     let answer = Arc::new(answer);
     for stream in listener.incoming() {
@@ -85,7 +102,7 @@ pub fn serve_each(
         let (active, answer) = (Arc::clone(&active), Arc::clone(&answer));
         let spawned = std::thread::Builder::new()
             .name(format!("{name}-conn"))
-            .stack_size(256 * 1024)
+            .stack_size(stack)
             .spawn(move || {
                 answer(stream);
                 active.fetch_sub(1, Ordering::SeqCst);

@@ -36,6 +36,9 @@ pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of one model call, from connecting to the end of its (streamed) answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// A relayed call's thread: a TLS client (https gateways) and a streamed copy, with room to
+/// spare (an overflow would end the whole run).
+const STACK: usize = 1024 * 1024;
 /// How long writing to the CLI may block before the call is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -97,9 +100,8 @@ pub fn start(
     std::thread::Builder::new()
         .name("gastown-kilo-relay".into())
         .spawn(move || {
-            let _ = http::serve_each(listener, "gastown-kilo-relay", move |stream| {
-                relay_one(stream, &upstream);
-            });
+            let relay = move |stream| relay_one(stream, &upstream);
+            let _ = http::serve_each_with_stack(listener, "gastown-kilo-relay", STACK, relay);
         })
         .map_err(|e| format!("cannot start the gateway relay: {e}"))?;
     Ok(Relay {
