@@ -6,7 +6,7 @@ use super::store::{self, Actor};
 use super::TownDO;
 use crate::config;
 use gastown_core::authz::ContainerCredential;
-use gastown_core::beads::{Bead, BeadEventKind, BeadStatus};
+use gastown_core::beads::{Bead, BeadEventKind};
 use gastown_core::control::AgentDoneCallback;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId};
@@ -74,12 +74,8 @@ impl TownDO {
         let sql = self.sql();
         let not_working = || ApiError::Conflict("this agent has no bead in progress".into());
         let bead_id = agent.current_bead_id.as_deref().ok_or_else(not_working)?;
-        let current = store::bead(&sql, bead_id)?.ok_or_else(not_working)?;
-        if current.status != BeadStatus::InProgress
-            || current.assignee_agent_id.as_ref() != Some(&agent.id)
-        {
-            return Err(not_working());
-        }
+        let current =
+            store::bead_held_by(&sql, bead_id, agent.id.as_str())?.ok_or_else(not_working)?;
         let town = self.require_town()?;
         let config = self.config(&town.id)?;
         let strategy =

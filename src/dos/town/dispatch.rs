@@ -10,7 +10,7 @@ use super::{Meta, TownDO};
 use crate::config;
 use crate::storage::{bump_meta, meta, set_meta};
 use gastown_core::agent_settings::effective_model;
-use gastown_core::beads::{BeadEventKind, BeadStatus};
+use gastown_core::beads::BeadEventKind;
 use gastown_core::control::{AgentBead, AgentStartBody, ALLOW_LOCAL_GIT_ENV};
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId};
@@ -160,12 +160,7 @@ impl TownDO {
         self.set_breaker(self.breaker()?.failed(now, settings.breaker_ms))?;
         bump_meta(&sql, Meta::DispatchFailures)?;
         store::release_agent_of(&sql, agent_id, bead_id)?;
-        let Some(current) = store::bead(&sql, bead_id)? else {
-            return Ok(());
-        };
-        if current.status != BeadStatus::InProgress
-            || current.assignee_agent_id.as_ref().map(AgentId::as_str) != Some(agent_id)
-        {
+        if store::bead_held_by(&sql, bead_id, agent_id)?.is_none() {
             return Ok(());
         }
         store::event(

@@ -8,7 +8,7 @@ use crate::config;
 use crate::storage::{bump_meta, set_meta};
 use gastown_core::beads::{Bead, BeadEventKind, BeadStatus, BeadType, NewBead};
 use gastown_core::error::ApiError;
-use gastown_core::ids::{AgentId, RigId};
+use gastown_core::ids::RigId;
 use gastown_core::model::{AgentStatus, Town, TownStatus};
 use gastown_core::policy::CRASH_LOOP_WINDOW_MS;
 use gastown_core::protocol::container as c;
@@ -64,14 +64,9 @@ impl TownDO {
         let Some(bead_id) = bead else {
             return Ok(());
         };
-        let Some(current) = store::bead(&sql, bead_id)? else {
+        let Some(current) = store::bead_held_by(&sql, bead_id, agent)? else {
             return Ok(());
         };
-        if current.status != BeadStatus::InProgress
-            || current.assignee_agent_id.as_ref().map(AgentId::as_str) != Some(agent)
-        {
-            return Ok(());
-        }
         store::event(
             &sql,
             bead_id,

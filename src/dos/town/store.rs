@@ -446,6 +446,15 @@ pub fn bead(sql: &SqlStorage, id: &str) -> Reply<Option<Bead>> {
     json_record(sql, BEAD_JSON, "beads", id)
 }
 
+/// The bead, if it is still in progress with `agent` (not finished, handed back or given to
+/// another meanwhile).
+pub fn bead_held_by(sql: &SqlStorage, id: &str, agent: &str) -> Reply<Option<Bead>> {
+    Ok(bead(sql, id)?.filter(|b| {
+        b.status == BeadStatus::InProgress
+            && b.assignee_agent_id.as_ref().map(AgentId::as_str) == Some(agent)
+    }))
+}
+
 /// A bead with its event log, as JSON built by SQLite: `{...bead, "events": [...]}`.
 pub fn bead_detail_json(sql: &SqlStorage, id: &str) -> Reply<Option<String>> {
     let Some(bead) = json_text(
