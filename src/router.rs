@@ -191,7 +191,9 @@ async fn container_route(
         ContainerRoute::AgentStatus { .. } => container::agent_status(req, env, caller).await,
         ContainerRoute::AgentDone { .. } => container::agent_done(req, env, caller).await,
         ContainerRoute::AgentExit { .. } => container::agent_exit(req, env, caller).await,
-        ContainerRoute::MayorRigs { .. } => container::mayor_rigs(env, caller).await,
+        ContainerRoute::MayorTool { tool, .. } => {
+            container::mayor_tool(req, env, caller, tool).await
+        }
         ContainerRoute::SandboxToken { .. } => container::sandbox_token(env, caller).await,
         ContainerRoute::GitToken { .. } => {
             integrations::container_git_token(req, env, caller).await

@@ -3,18 +3,22 @@
 
 use crate::dos::town;
 use crate::http::read_json_body;
-use crate::http::{json, json_reply};
+use crate::http::{json, json_reply, query};
 use gastown_core::authz::ContainerCaller;
+use gastown_core::beads::{BeadFilter, BeadPatch, NewBead, SlingBatch};
 use gastown_core::body::{only_fields, parse_object, Fields};
 use gastown_core::control::{
     AgentDoneCallback, AgentExitCallback, AgentStatusCallback, MAX_CALLBACK_TEXT,
 };
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId};
+use gastown_core::mayor::{self, MAYOR_KEY_HEADER};
+use gastown_core::page::Page;
 use gastown_core::protocol::town::{
     AgentDone, AgentExited, AgentStatus, Heartbeat, IssueContainerToken, IssueSandboxToken,
-    MayorRigs,
+    MayorTool, MayorToolOp,
 };
+use gastown_core::routes::MayorToolRoute;
 use worker::{Env, Request, Response};
 
 type Handled = Result<Response, ApiError>;
@@ -132,13 +136,52 @@ pub async fn agent_exit(req: &mut Request, env: &Env, caller: &ContainerCaller) 
     Ok(json(200, &gastown_core::protocol::Ack::OK))
 }
 
-pub async fn mayor_rigs(env: &Env, caller: &ContainerCaller) -> Handled {
-    let rigs = town::stub(env, &caller.town_id)?
-        .call(MayorRigs {
+/// A mayor tool: the container token (checked by the router, its generation by the town) and
+/// the mayor session's key, which only the town can check (it keeps the key's hash): a caller
+/// without one is refused there, after its token's generation, so a revoked token still hears
+/// `token_revoked` and a stopped town `town_stopped`.
+pub async fn mayor_tool(
+    req: &mut Request,
+    env: &Env,
+    caller: &ContainerCaller,
+    route: MayorToolRoute,
+) -> Handled {
+    let key = req
+        .headers()
+        .get(MAYOR_KEY_HEADER)
+        .ok()
+        .flatten()
+        .filter(|k| k.len() <= 128)
+        .unwrap_or_default();
+    let created = matches!(
+        route,
+        MayorToolRoute::CreateBead
+            | MayorToolRoute::Sling
+            | MayorToolRoute::SlingBatch
+            | MayorToolRoute::Reply
+    );
+    let tool = match mayor_tool_of(req, route).await {
+        Ok(tool) => tool,
+        Err(bad) => {
+            // The caller hears first what the town says of them (403 for no mayor).
+            town::stub(env, &caller.town_id)?
+                .call(MayorToolOp {
+                    credential: caller.credential,
+                    key,
+                    tool: MayorTool::Admit,
+                })
+                .await?;
+            return Err(bad);
+        }
+    };
+    let answer = town::stub(env, &caller.town_id)?
+        .call(MayorToolOp {
             credential: caller.credential,
+            key,
+            tool,
         })
         .await?;
-    Ok(json_reply(200, rigs))
+    Ok(json_reply(if created { 201 } else { 200 }, answer))
 }
 
 /// The container's own gateway-token refresh: a container token of the town's current
@@ -151,4 +194,41 @@ pub async fn sandbox_token(env: &Env, caller: &ContainerCaller) -> Handled {
         })
         .await?;
     Ok(json(200, &issued))
+}
+
+/// The tool a route asks for, its query or body checked.
+async fn mayor_tool_of(req: &mut Request, route: MayorToolRoute) -> Result<MayorTool, ApiError> {
+    Ok(match route {
+        MayorToolRoute::Rigs => MayorTool::Rigs,
+        MayorToolRoute::ListBeads => {
+            let q = query(req);
+            MayorTool::ListBeads {
+                filter: BeadFilter::parse(q.as_deref())?,
+                page: Page::parse(q.as_deref())?,
+            }
+        }
+        MayorToolRoute::GetBead(bead_id) => MayorTool::GetBead { bead_id },
+        MayorToolRoute::CreateBead => MayorTool::CreateBead {
+            bead: NewBead::parse(&read_json_body(req).await?)?,
+        },
+        MayorToolRoute::Sling => MayorTool::CreateBead {
+            bead: NewBead::parse_sling(&read_json_body(req).await?)?,
+        },
+        MayorToolRoute::PatchBead(bead_id) => MayorTool::PatchBead {
+            bead_id,
+            patch: BeadPatch::parse(&read_json_body(req).await?)?,
+        },
+        MayorToolRoute::SlingBatch => MayorTool::SlingBatch {
+            batch: SlingBatch::parse(&read_json_body(req).await?)?,
+        },
+        MayorToolRoute::ListAgents => MayorTool::ListAgents,
+        MayorToolRoute::ResetAgent(agent_id) => MayorTool::ResetAgent { agent_id },
+        MayorToolRoute::AckEscalation(bead_id) => MayorTool::AckEscalation { bead_id },
+        MayorToolRoute::Reply => MayorTool::Reply {
+            text: mayor::parse_text(&read_json_body(req).await?)?,
+        },
+        MayorToolRoute::State => MayorTool::State {
+            status: mayor::parse_state(&read_json_body(req).await?)?,
+        },
+    })
 }

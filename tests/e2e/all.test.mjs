@@ -20,6 +20,7 @@ import userTokens from "./user_tokens.mjs";
 import work from "./work.mjs";
 import ghToken from "./gh_token.mjs";
 import kilo from "./kilo.mjs";
+import mayor from "./mayor.mjs";
 
 // Alarms every second, a 2-second container-token throttle and a 2-second rotation grace, so
 // the tests watch the main loop, the watchdog, token refresh and revocation happen in seconds
@@ -83,7 +84,7 @@ after(async () => {
 
 // Every suite, in order. `GASTOWN_E2E_ONLY=work,ghToken node --test tests/e2e/all.test.mjs`
 // runs only the named ones (for working on one suite; `npm test` runs them all).
-const SUITES = { personal, auth, badInput, internal, org, container, hardening, security, gateway, integrations, userTokens, work, ghToken, kilo, fuzz, lifecycle };
+const SUITES = { personal, auth, badInput, internal, org, container, hardening, security, gateway, integrations, userTokens, work, ghToken, kilo, mayor, fuzz, lifecycle };
 const only = process.env.GASTOWN_E2E_ONLY?.split(",").filter(Boolean);
 for (const [name, suite] of Object.entries(SUITES)) {
   if (!only || only.includes(name)) suite(ctx);

@@ -93,3 +93,27 @@ export async function keepBusy(call, townId, userId, rigId) {
   const timer = setInterval(beat, 1_000);
   return () => clearInterval(timer);
 }
+
+/**
+ * A personal town of `user` with one rig on the repository `app` of a GitHub App installation
+ * of the stand-in (`platforms`), installed through the whole flow on the worker at `workerUrl`.
+ * `installation` must be unique in the run (the installer is GitHub user `installation + 1`).
+ */
+export async function installedTownWithRig({ call, workerUrl, platforms, user, installation, label = "gh" }) {
+  const as = (method, path, body) => call(method, path, { token: tokenFor(user), body });
+  const login = `${label}-acct-${installation}`;
+  platforms.addGithubUser({ id: installation + 1, login });
+  platforms.addInstallation({ id: installation, login, repos: [{ name: "app" }] });
+  const start = await as("POST", "/api/integrations/github/install", {});
+  const state = new URL(start.body.install_url).searchParams.get("state");
+  const code = platforms.issueGithubUserCode({ user_id: installation + 1, redirect_uri: `${secrets.PUBLIC_URL}/api/integrations/github/installed` });
+  const back = await fetch(`${workerUrl}/api/integrations/github/installed?installation_id=${installation}&setup_action=install&code=${code}&state=${encodeURIComponent(state)}`, { redirect: "manual" });
+  const result = new URL(back.headers.get("location")).searchParams.get("result");
+  if (result !== "success") throw new Error(`the install landed on ${result}`);
+  const integration = (await as("GET", `/api/users/${user}/integrations`)).body.find((i) => i.account_login === login);
+  const town = await createTown(call, user, label);
+  const author = await as("PATCH", `/api/towns/${town.id}/config`, { git_author_name: "Town Author", git_author_email: "author@example.com" });
+  if (author.status !== 200) throw new Error(author.text);
+  const rig = (await as("POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "app", platform_integration_id: integration.id, repo: `${login}/app` })).body;
+  return { town, rig, login, installation };
+}

@@ -9,8 +9,8 @@ import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "../../scripts/lib/jwt.mjs";
-import { secrets, until as untilFor, not, startOwnWorker, workingIn } from "./harness.mjs";
-import { freshUser, tokenFor, createTown } from "./fixtures.mjs";
+import { until as untilFor, not, startOwnWorker, workingIn } from "./harness.mjs";
+import { freshUser, tokenFor, installedTownWithRig } from "./fixtures.mjs";
 
 const until = (what, probe, ms = 120_000) => untilFor(what, probe, ms, 300);
 
@@ -52,23 +52,9 @@ export default function kilo(ctx) {
 
     let installations = 0;
     /** A personal town with a rig on a repository of a GitHub App installation of the stand-in. */
-    async function townWithRig() {
-      // One installation per town, never the same twice in a run.
-      const installation = 9_500_000 + (process.pid % 10_000) * 100 + ++installations;
-      const login = `kilo-acct-${installation}`;
-      p().addGithubUser({ id: installation + 1, login });
-      p().addInstallation({ id: installation, login, repos: [{ name: "app" }] });
-      const start = await as("POST", "/api/integrations/github/install", {});
-      const state = new URL(start.body.install_url).searchParams.get("state");
-      const code = p().issueGithubUserCode({ user_id: installation + 1, redirect_uri: `${secrets.PUBLIC_URL}/api/integrations/github/installed` });
-      const back = await fetch(`${world.worker.url}/api/integrations/github/installed?installation_id=${installation}&setup_action=install&code=${code}&state=${encodeURIComponent(state)}`, { redirect: "manual" });
-      assert.equal(new URL(back.headers.get("location")).searchParams.get("result"), "success");
-      const integration = (await as("GET", `/api/users/${user}/integrations`)).body.find((i) => i.account_login === login);
-      const town = await createTown(call, user, "Kilo");
-      assert.equal((await as("PATCH", `/api/towns/${town.id}/config`, { git_author_name: "Town Author", git_author_email: "author@example.com" })).status, 200);
-      const rig = (await as("POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "app", platform_integration_id: integration.id, repo: `${login}/app` })).body;
-      return { town, rig, login, installation };
-    }
+    // One installation per town, never the same twice in a run.
+    const townWithRig = () =>
+      installedTownWithRig({ call, workerUrl: world.worker.url, platforms: p(), user, label: "kilo", installation: 9_500_000 + (process.pid % 10_000) * 100 + ++installations * 2 });
 
     const bead = async (townId, id) => (await as("GET", `/api/towns/${townId}/beads/${id}`)).body;
     const usageOf = async (townId) => (await (await fetch(`${gateway.url}/debug/usage`)).json()).calls.filter((c) => c.town_id === townId);

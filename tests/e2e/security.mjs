@@ -30,6 +30,12 @@ export default function security(ctx) {
     let legacyAgent;
     const held = async () => (await ctx.control.town(town.id)).body.token;
     const mayor = (t) => as(t, "GET", `/api/mayor/${town.id}/tools/rigs`);
+    // A container route that admits the town's token, then wants the mayor session's key too:
+    // `forbidden` means the token itself was accepted.
+    const admitted = async (t) => {
+      const res = await mayor(t);
+      return res.status === 403 && res.body.error.code === "forbidden" ? true : res.text;
+    };
     const heartbeat = (t, agent = polecat.id) => as(t, "POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${agent}/heartbeat`);
     const refresh = (t) => as(t, "POST", `/api/towns/${town.id}/refresh-container-token`);
 
@@ -54,7 +60,7 @@ export default function security(ctx) {
       const fresh = await refresh(t1);
       assert.equal(fresh.status, 200, fresh.text);
       assert.equal(claims(fresh.body.token).gen, 1);
-      assert.equal((await mayor(fresh.body.token)).status, 200);
+      assert.equal(await admitted(fresh.body.token), true);
     });
 
     it("a token without a generation, or of a generation not yet minted, is refused", async () => {
@@ -73,14 +79,14 @@ export default function security(ctx) {
       assert.equal(rotated.status, 200, rotated.text);
       const current = await held();
       assert.equal(claims(current).gen, claims(old).gen + 1, "the container holds the new generation");
-      assert.equal((await mayor(old)).status, 200, "the previous generation works within the grace");
+      assert.equal(await admitted(old), true, "the previous generation works within the grace");
       await sleep(PAST_GRACE_MS);
       for (const [name, call] of [["mayor", mayor], ["heartbeat", heartbeat], ["refresh", refresh]]) {
         const res = await call(old);
         assert.equal(res.status, 401, `${name}: ${res.text}`);
         assert.equal(res.body.error.code, "token_revoked", name);
       }
-      assert.equal((await mayor(current)).status, 200);
+      assert.equal(await admitted(current), true);
       assert.equal((await heartbeat(current)).status, 200);
       assert.equal((await refresh(current)).status, 200);
     });

@@ -2,7 +2,7 @@
 //! (`POST <worker><agent_callback_path(town, rig, agent, kind)>`), with the town's container
 //! token read afresh from `GASTOWN_CONTAINER_TOKEN_FILE` on every call, so a `/refresh-token`
 //! reaches a running session. Used by `gt` (the agents' tool), the Kilo runtime and the demo
-//! agent.
+//! agent; the mayor's tools ([`crate::mayor_tools`]) read the token the same way.
 //!
 //! Rules: `authorization: Bearer <token>` and `content-type: application/json`; no redirect is
 //! followed; a failed call is tried [`TRIES`] times; a failure names a status or a kind of
@@ -43,6 +43,49 @@ pub fn plain_segment(s: &str) -> bool {
         && s != ".."
 }
 
+/// Where a session finds the town's container token: its file
+/// (`GASTOWN_CONTAINER_TOKEN_FILE`), read afresh on every call, else, only while that file does
+/// not exist, the dispatch's token (`GASTOWN_CONTAINER_TOKEN`).
+pub(crate) struct ContainerToken {
+    file: Option<PathBuf>,
+    /// The dispatch's token, for while the token file does not exist.
+    fallback: Option<String>,
+}
+
+impl ContainerToken {
+    /// The token's places the environment names.
+    ///
+    /// # Errors
+    /// `GASTOWN_CONTAINER_TOKEN_FILE is not set` when neither place is.
+    pub(crate) fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<ContainerToken, String> {
+        let file = env(CONTAINER_TOKEN_FILE_ENV).map(PathBuf::from);
+        let fallback = env(CONTAINER_TOKEN_ENV);
+        if file.is_none() && fallback.is_none() {
+            return Err(format!("{CONTAINER_TOKEN_FILE_ENV} is not set"));
+        }
+        Ok(ContainerToken { file, fallback })
+    }
+
+    /// The container token as it is now: never kept between calls.
+    ///
+    /// # Errors
+    /// Why there is no token (never the file's content).
+    pub(crate) fn read(&self) -> Result<String, String> {
+        if let Some(file) = &self.file {
+            match fs::read_to_string(file) {
+                Ok(text) if is_plain_token(text.trim()) => return Ok(text.trim().to_owned()),
+                Ok(_) => return Err("the container token file holds no token".to_owned()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.fallback.is_some() => {}
+                Err(e) => return Err(format!("cannot read the container token file: {e}")),
+            }
+        }
+        self.fallback
+            .clone()
+            .filter(|t| is_plain_token(t))
+            .ok_or_else(|| "no container token".to_owned())
+    }
+}
+
 /// One agent session's calls to the worker.
 pub struct Callbacks {
     http: ureq::Agent,
@@ -51,9 +94,7 @@ pub struct Callbacks {
     town: String,
     rig: String,
     agent: String,
-    token_file: Option<PathBuf>,
-    /// The dispatch's token, for while the token file does not exist.
-    fallback_token: Option<String>,
+    token: ContainerToken,
     /// Names the caller in log lines.
     label: &'static str,
 }
@@ -82,37 +123,16 @@ impl Callbacks {
                 return Err(format!("{name} cannot be part of a URL path"));
             }
         }
-        let token_file = env(CONTAINER_TOKEN_FILE_ENV).map(PathBuf::from);
-        let fallback_token = env(CONTAINER_TOKEN_ENV);
-        if token_file.is_none() && fallback_token.is_none() {
-            return Err(format!("{CONTAINER_TOKEN_FILE_ENV} is not set"));
-        }
+        let token = ContainerToken::from_env(env)?;
         Ok(Callbacks {
             http: client::agent_with(WORKER_TIMEOUT),
             origin,
             town,
             rig,
             agent,
-            token_file,
-            fallback_token,
+            token,
             label,
         })
-    }
-
-    /// The container token as it is now: never kept between calls.
-    fn container_token(&self) -> Result<String, String> {
-        if let Some(file) = &self.token_file {
-            match fs::read_to_string(file) {
-                Ok(text) if is_plain_token(text.trim()) => return Ok(text.trim().to_owned()),
-                Ok(_) => return Err("the container token file holds no token".to_owned()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound && self.fallback_token.is_some() => {}
-                Err(e) => return Err(format!("cannot read the container token file: {e}")),
-            }
-        }
-        self.fallback_token
-            .clone()
-            .filter(|t| is_plain_token(t))
-            .ok_or_else(|| "no container token".to_owned())
     }
 
     /// `POST` of `body` to the callback `kind`, tried up to [`TRIES`] times; each failure is
@@ -143,7 +163,7 @@ impl Callbacks {
     }
 
     fn try_call(&self, url: &str, body: &str) -> Result<(), String> {
-        let token = self.container_token()?;
+        let token = self.token.read()?;
         let response = self
             .http
             .post(url)

@@ -32,13 +32,15 @@ use crate::callbacks::Callbacks;
 use crate::cli::Args;
 use base64::Engine;
 use gastown_core::control::{GATEWAY_ENV_FILE, ORGANIZATION_ID_ENV};
+use gastown_core::mayor::{MAYOR_MEMORY_ENV, MAYOR_PROMPT_ENV};
+use gastown_core::vocab::Role;
 use serde_json::{json, Value};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,11 @@ use std::time::{Duration, Instant};
 pub const KILO_AGENT_SUBCOMMAND: &str = "kilo-agent";
 /// The polecat's prompt: the bead's instructions, versioned with the code.
 pub const PROMPT_POLECAT: &str = include_str!("../prompts/polecat.md");
+/// The mayor's prompt: its tools and how it answers.
+pub const PROMPT_MAYOR: &str = include_str!("../prompts/mayor.md");
+/// How long a mayor's session waits for the next message before it ends (the next message
+/// then starts another, resuming the conversation from the town's transcript).
+const MAYOR_LINGER: Duration = Duration::from_secs(30 * 60);
 /// How long the session may stay idle before the runtime ends it (a message in between makes it
 /// busy again).
 const LINGER: Duration = Duration::from_secs(10);
@@ -63,6 +70,8 @@ pub const QUIET_LIMIT: Duration = Duration::from_secs(15 * 60);
 struct Activity {
     start: Instant,
     last_ms: Arc<AtomicU64>,
+    /// Whether the session is answering (not idle).
+    busy: Arc<AtomicBool>,
 }
 
 impl Activity {
@@ -70,7 +79,16 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
+            busy: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
     }
 
     fn seen(&self) {
@@ -150,7 +168,7 @@ pub fn cli_main(args: &[String]) -> i32 {
         say("no Kilo CLI: give --kilo PATH");
         return EXIT_REFUSED;
     };
-    let worker = match Callbacks::from_env(&env, "gastown-kilo") {
+    let worker = match Reporter::from_env(&env) {
         Ok(w) => w,
         Err(e) => {
             say(&e);
@@ -158,18 +176,71 @@ pub fn cli_main(args: &[String]) -> i32 {
         }
     };
     mark("started");
-    let _ = worker.call("heartbeat", "{}");
+    worker.heartbeat();
     let activity = Activity::new();
     let beats = heartbeats(&env, activity.clone());
     let outcome = Session::from_env(&env, kilo).and_then(|s| s.run(&worker, &activity));
     drop(beats);
+    // A mayor's session ends: its key is worthless from now on, and the next message starts
+    // another.
+    worker.state("idle");
     match outcome {
         Ok(()) => 0,
         Err((code, message)) => {
             say(&message);
-            let _ = worker.status(&message);
+            worker.status(&message);
             code
         }
+    }
+}
+
+/// Whom the runtime reports to: a polecat's (or refinery's) callbacks, or the mayor's tools.
+enum Reporter {
+    Agent(Callbacks),
+    Mayor(crate::mayor_tools::MayorTools),
+}
+
+impl Reporter {
+    fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Reporter, String> {
+        if env(crate::agents::AGENT_ROLE_ENV).as_deref() == Some(Role::Mayor.as_str()) {
+            crate::mayor_tools::MayorTools::from_env(env).map(Reporter::Mayor)
+        } else {
+            Callbacks::from_env(env, "gastown-kilo").map(Reporter::Agent)
+        }
+    }
+
+    /// A line for the bead's log (the mayor has no bead: its log only).
+    fn status(&self, message: &str) {
+        match self {
+            Reporter::Agent(c) => {
+                let _ = c.status(message);
+            }
+            Reporter::Mayor(_) => say(message),
+        }
+    }
+
+    /// The agent lives. The mayor's session says so by saying it works (a waiting mayor
+    /// sends nothing: it keeps nothing awake).
+    fn heartbeat(&self) {
+        match self {
+            Reporter::Agent(c) => {
+                let _ = c.call("heartbeat", "{}");
+            }
+            Reporter::Mayor(_) => self.state("working"),
+        }
+    }
+
+    /// What the mayor's session does now: `working`, `waiting` or `idle` (nothing for others).
+    fn state(&self, status: &str) {
+        if let Reporter::Mayor(tools) = self {
+            if let Err(e) = tools.post_state(status) {
+                say(&format!("the mayor's state {status} was not taken: {e}"));
+            }
+        }
+    }
+
+    fn is_mayor(&self) -> bool {
+        matches!(self, Reporter::Mayor(_))
     }
 }
 
@@ -190,14 +261,17 @@ fn heartbeats(env: &dyn Fn(&str) -> Option<String>, activity: Activity) -> mpsc:
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(DEFAULT_HEARTBEAT, |ms| Duration::from_millis(ms.max(10)));
     let (stop, stopped) = mpsc::channel::<()>();
-    let session = Callbacks::from_env(env, "gastown-kilo");
+    let session = Reporter::from_env(env);
     std::thread::spawn(move || {
         let Ok(worker) = session else { return };
         let mut said = false;
         while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+            if worker.is_mayor() && !activity.is_busy() {
+                continue;
+            }
             if activity.quiet_for() <= QUIET_LIMIT {
                 said = false;
-                let _ = worker.call("heartbeat", "{}");
+                worker.heartbeat();
             } else if !said {
                 said = true;
                 say("the session has been quiet too long: no heartbeat until it shows life");
@@ -207,17 +281,33 @@ fn heartbeats(env: &dyn Fn(&str) -> Option<String>, activity: Activity) -> mpsc:
     stop
 }
 
-/// One bead's session, from the agent's env.
+/// What the session is for.
+enum Mode {
+    /// One bead, in a clone of its rig.
+    Bead {
+        git_url: String,
+        default_branch: String,
+        branch: String,
+        bead: String,
+        title: String,
+        body: String,
+        rig: String,
+    },
+    /// The mayor's conversation: no clone; the first prompt is the worker's (the conversation
+    /// so far and the new messages), and the session waits for more until it has been idle
+    /// for `linger`.
+    Mayor {
+        prompt: String,
+        memory: Option<String>,
+        linger: Duration,
+    },
+}
+
+/// One session, from the agent's env.
 struct Session {
     kilo: PathBuf,
     work_dir: PathBuf,
-    git_url: String,
-    default_branch: String,
-    branch: String,
-    bead: String,
-    title: String,
-    body: String,
-    rig: String,
+    mode: Mode,
     model: String,
     gateway_url: String,
     /// The town's gateway env file, read by the relay on every model call.
@@ -234,16 +324,29 @@ impl Session {
         }
         let gateway_url = crate::client::origin(&need("KILO_GATEWAY_URL")?)
             .map_err(|e| refused(format!("KILO_GATEWAY_URL {e}")))?;
+        let mode = if env(crate::agents::AGENT_ROLE_ENV).as_deref() == Some(Role::Mayor.as_str()) {
+            Mode::Mayor {
+                prompt: need(MAYOR_PROMPT_ENV)?,
+                memory: env(MAYOR_MEMORY_ENV),
+                linger: env("GASTOWN_MAYOR_LINGER_MS")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(MAYOR_LINGER, Duration::from_millis),
+            }
+        } else {
+            Mode::Bead {
+                git_url: need("GASTOWN_GIT_URL")?,
+                default_branch: env("GASTOWN_DEFAULT_BRANCH").unwrap_or_else(|| "main".to_owned()),
+                branch: need("GASTOWN_BRANCH")?,
+                bead: need("GASTOWN_BEAD_ID")?,
+                title: env("GASTOWN_BEAD_TITLE").unwrap_or_default(),
+                body: env("GASTOWN_BEAD_BODY").unwrap_or_default(),
+                rig: need("GASTOWN_RIG_ID")?,
+            }
+        };
         Ok(Session {
             kilo,
             work_dir: PathBuf::from(need("GASTOWN_WORK_DIR")?),
-            git_url: need("GASTOWN_GIT_URL")?,
-            default_branch: env("GASTOWN_DEFAULT_BRANCH").unwrap_or_else(|| "main".to_owned()),
-            branch: need("GASTOWN_BRANCH")?,
-            bead: need("GASTOWN_BEAD_ID")?,
-            title: env("GASTOWN_BEAD_TITLE").unwrap_or_default(),
-            body: env("GASTOWN_BEAD_BODY").unwrap_or_default(),
-            rig: need("GASTOWN_RIG_ID")?,
+            mode,
             model: env("GASTOWN_MODEL").unwrap_or_else(|| "kilo/auto".to_owned()),
             gateway_url,
             gateway_file,
@@ -251,11 +354,27 @@ impl Session {
         })
     }
 
-    fn run(&self, worker: &Callbacks, activity: &Activity) -> Result<(), Failure> {
-        let repo = self.work_dir.join("repo");
-        let _ = worker.status(&format!("cloning {}", self.git_url));
-        self.checkout(&repo)?;
-        mark("cloned");
+    fn run(&self, worker: &Reporter, activity: &Activity) -> Result<(), Failure> {
+        let repo = match &self.mode {
+            Mode::Bead {
+                git_url,
+                default_branch,
+                branch,
+                ..
+            } => {
+                let repo = self.work_dir.join("repo");
+                worker.status(&format!("cloning {git_url}"));
+                self.checkout(&repo, git_url, default_branch, branch)?;
+                mark("cloned");
+                repo
+            }
+            Mode::Mayor { .. } => {
+                let town = self.work_dir.join("town");
+                fs::create_dir_all(&town)
+                    .map_err(|e| failed(format!("cannot make the mayor's directory: {e}")))?;
+                town
+            }
+        };
         activity.seen();
         let relay = crate::relay::start(
             self.gateway_url.clone(),
@@ -274,17 +393,23 @@ impl Session {
         result
     }
 
-    fn checkout(&self, repo: &Path) -> Result<(), Failure> {
+    fn checkout(
+        &self,
+        repo: &Path,
+        git_url: &str,
+        default_branch: &str,
+        branch: &str,
+    ) -> Result<(), Failure> {
         let repo_arg = repo.to_string_lossy().into_owned();
         git(
             &self.work_dir,
-            &["clone", "--quiet", "--", &self.git_url, &repo_arg],
+            &["clone", "--quiet", "--", git_url, &repo_arg],
         )?;
-        let base = format!("origin/{}", self.default_branch);
+        let base = format!("origin/{default_branch}");
         if git(repo, &["rev-parse", "--verify", "--quiet", &base]).is_ok() {
-            git(repo, &["checkout", "--quiet", "-b", &self.branch, &base])
+            git(repo, &["checkout", "--quiet", "-b", branch, &base])
         } else {
-            git(repo, &["checkout", "--quiet", "--orphan", &self.branch])
+            git(repo, &["checkout", "--quiet", "--orphan", branch])
         }
     }
 
@@ -341,6 +466,8 @@ impl Session {
         .env("KILO_SERVER_PASSWORD", password)
         .env(RELAY_KEY_ENV, &relay.key)
         .env("KILO_CONFIG_CONTENT", self.config(relay.port).to_string())
+        .env_remove(MAYOR_PROMPT_ENV)
+        .env_remove(MAYOR_MEMORY_ENV)
         .envs(OFFLINE_ENV.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -351,7 +478,7 @@ impl Session {
 
     fn drive(
         &self,
-        worker: &Callbacks,
+        worker: &Reporter,
         kilo: &mut Child,
         port: u16,
         password: &str,
@@ -362,45 +489,85 @@ impl Session {
         activity.seen();
         let api = Api::new(port, password);
         let events = api.events()?;
+        let title = match &self.mode {
+            Mode::Bead { bead, .. } => format!("bead {bead}"),
+            Mode::Mayor { .. } => "mayor".to_owned(),
+        };
         let session = api
-            .post(
-                "/session",
-                &json!({ "title": format!("bead {}", self.bead) }),
-            )?
+            .post("/session", &json!({ "title": title }))?
             .get("id")
             .and_then(Value::as_str)
             .map(str::to_owned)
             .ok_or_else(|| failed("the CLI made no session"))?;
-        let whereabouts = json!({ "port": port, "password": password, "session": session });
+        let system = self.system_prompt();
+        // Further messages (`POST /agents/:id/message`) carry the same system prompt.
+        let whereabouts = json!({
+            "port": port, "password": password, "session": session, "system": system,
+        });
         write_private(&self.work_dir.join(SESSION_FILE), &whereabouts.to_string())
             .map_err(|e| failed(format!("cannot write the session file: {e}")))?;
+        if let Mode::Mayor {
+            memory: Some(memory),
+            ..
+        } = &self.mode
+        {
+            // Remembered, not answered: the model answers only what is new.
+            let remember = json!({
+                "noReply": true,
+                "system": system,
+                "parts": [{ "type": "text", "text": memory }],
+                "model": { "providerID": PROVIDER, "modelID": self.model },
+            });
+            api.post(&format!("/session/{session}/message"), &remember)?;
+        }
         let prompt = json!({
-            "system": PROMPT_POLECAT,
+            "system": system,
             "parts": [{ "type": "text", "text": self.first_message() }],
             "model": { "providerID": PROVIDER, "modelID": self.model },
         });
         api.post_no_content(&format!("/session/{session}/prompt_async"), &prompt)?;
         mark("prompt-sent");
-        let _ = worker.status("the Kilo CLI is working on the bead");
-        watch(worker, kilo, &events, &session, activity)
+        let linger = match &self.mode {
+            Mode::Bead { .. } => {
+                worker.status("the Kilo CLI is working on the bead");
+                LINGER
+            }
+            Mode::Mayor { linger, .. } => *linger,
+        };
+        watch(worker, kilo, &events, &session, activity, linger)
+    }
+
+    fn system_prompt(&self) -> &'static str {
+        match &self.mode {
+            Mode::Bead { .. } => PROMPT_POLECAT,
+            Mode::Mayor { .. } => PROMPT_MAYOR,
+        }
     }
 
     fn first_message(&self) -> String {
-        format!(
-            "Bead: {}\nTitle: {}\nRig: {}\nBranch: {}\n\n{}\n",
-            self.bead, self.title, self.rig, self.branch, self.body
-        )
+        match &self.mode {
+            Mode::Bead {
+                branch,
+                bead,
+                title,
+                body,
+                rig,
+                ..
+            } => format!("Bead: {bead}\nTitle: {title}\nRig: {rig}\nBranch: {branch}\n\n{body}\n"),
+            Mode::Mayor { prompt, .. } => prompt.clone(),
+        }
     }
 }
 
 /// Reads events until the session has been idle for [`LINGER`]; a failure when the CLI exits
 /// or the session errs.
 fn watch(
-    worker: &Callbacks,
+    worker: &Reporter,
     kilo: &mut Child,
     events: &mpsc::Receiver<Value>,
     session: &str,
     activity: &Activity,
+    linger: Duration,
 ) -> Result<(), Failure> {
     let started = Instant::now();
     let mut idle_since: Option<Instant> = None;
@@ -413,7 +580,7 @@ fn watch(
             return Err(failed("the session ran past its limit"));
         }
         if let Some(since) = idle_since {
-            if since.elapsed() >= LINGER {
+            if since.elapsed() >= linger {
                 mark("idle-end");
                 return Ok(());
             }
@@ -429,19 +596,29 @@ fn watch(
             None => {}
             Some(_) => continue,
         }
+        let idle = |idle_since: &mut Option<Instant>| {
+            if idle_since.is_none() {
+                *idle_since = Some(Instant::now());
+                activity.set_busy(false);
+                worker.state("waiting");
+            }
+        };
         match kind {
-            "session.idle" if busy_seen => idle_since = Some(Instant::now()),
+            "session.idle" if busy_seen => idle(&mut idle_since),
             "session.status" => match props["status"]["type"].as_str() {
                 Some("busy" | "retry") => {
                     busy_seen = true;
-                    idle_since = None;
+                    if idle_since.take().is_some() {
+                        activity.set_busy(true);
+                        worker.state("working");
+                    }
                 }
-                Some("idle") if busy_seen => idle_since = Some(Instant::now()),
+                Some("idle") if busy_seen => idle(&mut idle_since),
                 _ => {}
             },
             "session.error" => {
                 let name = props["error"]["name"].as_str().unwrap_or("error");
-                let _ = worker.status(&format!("the Kilo CLI reported {name}"));
+                worker.status(&format!("the Kilo CLI reported {name}"));
             }
             _ => {}
         }
@@ -559,19 +736,22 @@ pub(crate) fn message(
         .join(crate::agents::AGENTS_DIR)
         .join(id)
         .join(SESSION_FILE);
-    let session: Value = fs::read_to_string(&file)
+    let found: Value = fs::read_to_string(&file)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .ok_or_else(|| error(409, "the agent has no running session"))?;
     let (Some(port), Some(password), Some(session)) = (
-        session["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
-        session["password"].as_str(),
-        session["session"].as_str(),
+        found["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+        found["password"].as_str(),
+        found["session"].as_str(),
     ) else {
         return Err(error(409, "the agent has no running session"));
     };
     let api = Api::new(port, password);
-    let prompt = json!({ "parts": [{ "type": "text", "text": req.text }] });
+    let mut prompt = json!({ "parts": [{ "type": "text", "text": req.text }] });
+    if let Some(system) = found["system"].as_str() {
+        prompt["system"] = json!(system);
+    }
     api.post_no_content(&format!("/session/{session}/prompt_async"), &prompt)
         .map_err(|(_, e)| {
             eprintln!("gastown-control: message to agent {id} of town {town}: {e}");
@@ -638,13 +818,15 @@ mod tests {
         Session {
             kilo: PathBuf::from("/k"),
             work_dir: PathBuf::from("/w"),
-            git_url: "https://h/o/r.git".into(),
-            default_branch: "main".into(),
-            branch: "gastown/toast/b1".into(),
-            bead: "b1".into(),
-            title: "Add a greeting".into(),
-            body: "Say hello.".into(),
-            rig: "r1".into(),
+            mode: Mode::Bead {
+                git_url: "https://h/o/r.git".into(),
+                default_branch: "main".into(),
+                branch: "gastown/toast/b1".into(),
+                bead: "b1".into(),
+                title: "Add a greeting".into(),
+                body: "Say hello.".into(),
+                rig: "r1".into(),
+            },
             model: "kilo/auto".into(),
             gateway_url: "http://127.0.0.1:9".into(),
             gateway_file: PathBuf::from("/w/.env.gateway"),
@@ -678,6 +860,22 @@ mod tests {
             assert!(text.contains(line), "{text}");
         }
         assert!(PROMPT_POLECAT.contains("gt done"));
+        assert_eq!(session().system_prompt(), PROMPT_POLECAT);
+    }
+
+    #[test]
+    fn a_mayor_session_starts_from_the_worker_prompt_with_the_mayor_prompt() {
+        let mut mayor = session();
+        mayor.mode = Mode::Mayor {
+            prompt: "[t user u]\nhello".into(),
+            memory: None,
+            linger: MAYOR_LINGER,
+        };
+        assert_eq!(mayor.first_message(), "[t user u]\nhello");
+        assert_eq!(mayor.system_prompt(), PROMPT_MAYOR);
+        for tool in ["gt reply", "gt sling-batch", "gt ack", "depends_on"] {
+            assert!(PROMPT_MAYOR.contains(tool), "{tool}");
+        }
     }
 
     #[test]

@@ -179,7 +179,8 @@
 //! routes, `debug`. `state` is what the server holds in memory, [`workdir`] what it keeps on
 //! disk, [`agent_user`] whom the agents run as. `self_refresh` renews the gateway tokens,
 //! [`git_credential`] is git's credential helper and [`gh`] the agents' `gh`, all calling the
-//! worker through [`client`];
+//! worker through [`client`]; [`gt`] is the agents' tool, which calls back for an agent's bead
+//! through [`callbacks`] and, for the mayor, calls its tools through [`mayor_tools`];
 //! [`http`] is the HTTP/1.1 plumbing.
 
 pub mod agent_user;
@@ -195,6 +196,7 @@ pub mod git_credential;
 pub mod gt;
 pub mod http;
 pub mod kilo;
+pub mod mayor_tools;
 pub mod options;
 pub mod relay;
 mod routes;

@@ -237,6 +237,20 @@ pub fn agent_stop_path(agent_id: &str) -> String {
     format!("/agents/{agent_id}/stop")
 }
 
+/// `POST /agents/:id/message`.
+#[must_use]
+pub fn agent_message_path(agent_id: &str) -> String {
+    format!("/agents/{agent_id}/message")
+}
+
+/// `POST /agents/:id/message` `{townId, text}`: a further message to a running session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentMessageBody {
+    #[serde(rename = "townId")]
+    pub town_id: String,
+    pub text: String,
+}
+
 /// The org id of an org town's agent ([`AgentStartBody::organization_id`]).
 pub const ORGANIZATION_ID_ENV: &str = "GASTOWN_ORGANIZATION_ID";
 /// The Kilo CLI's inline config (JSON), merged into whatever the config files say; an org

@@ -15,6 +15,7 @@ pub mod control;
 pub mod error;
 pub mod ids;
 pub mod integrations;
+pub mod mayor;
 pub mod model;
 pub mod openapi;
 pub mod page;

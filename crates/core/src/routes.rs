@@ -160,6 +160,12 @@ pub enum TownAction {
     Start,
     ListAgents,
     EnsureMayor,
+    /// The mayor's status.
+    MayorView,
+    /// A user's message to the mayor.
+    MayorSay,
+    /// The conversation with the mayor.
+    MayorTranscript,
     ListBeads,
     CreateBead,
     GetBead(BeadId),
@@ -202,8 +208,10 @@ pub enum ContainerRoute {
         rig: RigId,
         agent: AgentId,
     },
-    MayorRigs {
+    /// One of the mayor's tools (the mayor session's key is checked by the town).
+    MayorTool {
         town: TownId,
+        tool: MayorToolRoute,
     },
     /// The container's own gateway-token refresh.
     SandboxToken {
@@ -221,7 +229,7 @@ impl ContainerRoute {
     pub fn scope(&self) -> (&TownId, Option<&RigId>, Option<&AgentId>) {
         match self {
             ContainerRoute::RefreshToken { town }
-            | ContainerRoute::MayorRigs { town }
+            | ContainerRoute::MayorTool { town, .. }
             | ContainerRoute::SandboxToken { town } => (town, None, None),
             ContainerRoute::GitToken { town, rig } => (town, Some(rig), None),
             ContainerRoute::AgentHeartbeat { town, rig, agent }
@@ -230,6 +238,23 @@ impl ContainerRoute {
             | ContainerRoute::AgentExit { town, rig, agent } => (town, Some(rig), Some(agent)),
         }
     }
+}
+
+/// Which of the mayor's tools a `/api/mayor/:townId/tools/...` route is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MayorToolRoute {
+    Rigs,
+    ListBeads,
+    GetBead(BeadId),
+    CreateBead,
+    PatchBead(BeadId),
+    Sling,
+    SlingBatch,
+    ListAgents,
+    ResetAgent(AgentId),
+    AckEscalation(BeadId),
+    Reply,
+    State,
 }
 
 /// Routes for the `x-internal-api-key`.
@@ -337,6 +362,12 @@ impl Params {
         let owner = Owner::Org(self.org()?);
         Ok(Route::User(UserRoute::Owned { owner, action }))
     }
+    fn mayor_tool(&self, tool: MayorToolRoute) -> Result<Route, IdError> {
+        Ok(Route::Container(ContainerRoute::MayorTool {
+            town: self.town()?,
+            tool,
+        }))
+    }
     fn town_route(&self, action: TownAction) -> Result<Route, IdError> {
         let town = self.town()?;
         Ok(Route::User(UserRoute::Town { town, action }))
@@ -408,6 +439,9 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Post "/api/towns/:townId/start" User => |p| p.town_route(T::Start)),
     route!(Get "/api/towns/:townId/agents" User => |p| p.town_route(T::ListAgents)),
     route!(Post "/api/towns/:townId/mayor/ensure" User => |p| p.town_route(T::EnsureMayor)),
+    route!(Get "/api/towns/:townId/mayor" User => |p| p.town_route(T::MayorView)),
+    route!(Post "/api/towns/:townId/mayor/messages" User => |p| p.town_route(T::MayorSay)),
+    route!(Get "/api/towns/:townId/mayor/messages" User => |p| p.town_route(T::MayorTranscript)),
     route!(Get "/api/towns/:townId/beads" User => |p| p.town_route(T::ListBeads)),
     route!(Post "/api/towns/:townId/beads" User => |p| p.town_route(T::CreateBead)),
     route!(Get "/api/towns/:townId/beads/:beadId" User => |p| p.town_route(T::GetBead(p.bead()?))),
@@ -423,7 +457,18 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/status" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentStatus { town, rig, agent })),
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/done" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentDone { town, rig, agent })),
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/exit" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentExit { town, rig, agent })),
-    route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| Ok(Route::Container(ContainerRoute::MayorRigs { town: p.town()? }))),
+    route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| p.mayor_tool(MayorToolRoute::Rigs)),
+    route!(Get "/api/mayor/:townId/tools/beads" Container => |p| p.mayor_tool(MayorToolRoute::ListBeads)),
+    route!(Post "/api/mayor/:townId/tools/beads" Container => |p| p.mayor_tool(MayorToolRoute::CreateBead)),
+    route!(Get "/api/mayor/:townId/tools/beads/:beadId" Container => |p| p.mayor_tool(MayorToolRoute::GetBead(p.bead()?))),
+    route!(Patch "/api/mayor/:townId/tools/beads/:beadId" Container => |p| p.mayor_tool(MayorToolRoute::PatchBead(p.bead()?))),
+    route!(Post "/api/mayor/:townId/tools/sling" Container => |p| p.mayor_tool(MayorToolRoute::Sling)),
+    route!(Post "/api/mayor/:townId/tools/sling-batch" Container => |p| p.mayor_tool(MayorToolRoute::SlingBatch)),
+    route!(Get "/api/mayor/:townId/tools/agents" Container => |p| p.mayor_tool(MayorToolRoute::ListAgents)),
+    route!(Post "/api/mayor/:townId/tools/agents/:agentId/reset" Container => |p| p.mayor_tool(MayorToolRoute::ResetAgent(p.agent()?))),
+    route!(Post "/api/mayor/:townId/tools/escalations/:beadId/ack" Container => |p| p.mayor_tool(MayorToolRoute::AckEscalation(p.bead()?))),
+    route!(Post "/api/mayor/:townId/tools/reply" Container => |p| p.mayor_tool(MayorToolRoute::Reply)),
+    route!(Post "/api/mayor/:townId/tools/state" Container => |p| p.mayor_tool(MayorToolRoute::State)),
     route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::Internal(InternalRoute::TownHealth { town: p.town()? }))),
     route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::Internal(InternalRoute::RigLookup { rig: p.rig()? }))),
     route!(Post "/api/internal/towns/:townId/sandbox-token" Internal => |p| Ok(Route::Internal(InternalRoute::SandboxToken { town: p.town()? }))),

@@ -53,6 +53,11 @@ pub const TOWN_DO: &[Migration] = &[
         name: "convoys",
         sql: include_str!("../../../migrations/town_do/0007_convoys.sql"),
     },
+    Migration {
+        version: 8,
+        name: "mayor",
+        sql: include_str!("../../../migrations/town_do/0008_mayor.sql"),
+    },
 ];
 
 pub const CONTAINER_DO: &[Migration] = &[

@@ -23,7 +23,8 @@
 //!   tokens counted from what was answered.
 //! * `GET /debug/requests` → `{"requests":[RequestRecord…]}`, the last [`REQUESTS_KEPT`]
 //!   accepted calls in order: model, `stream`, tool names, script step, tool outputs (each cut
-//!   to [`MAX_TOOL_OUTPUT_CHARS`] characters) and the answer; never a header.
+//!   to [`MAX_TOOL_OUTPUT_CHARS`] characters), user messages (each cut to
+//!   [`MAX_USER_TEXT_CHARS`]) and the answer; never a header.
 //!
 //! The debug routes are open to anyone: this binary holds nothing worth hiding, and they
 //! never show a token. Refusals are `{"error":{"code":"…","message":"…"}}`. Requests are read
@@ -122,6 +123,9 @@ pub struct UsageRecord {
     pub token_expires_at: i64,
 }
 
+/// Longest user message kept in a [`RequestRecord`], in characters.
+pub const MAX_USER_TEXT_CHARS: usize = 8000;
+
 /// One accepted call, as `/debug/requests` shows it: what the script read and answered.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestRecord {
@@ -137,6 +141,9 @@ pub struct RequestRecord {
     pub step: usize,
     /// The tool results, each cut to [`MAX_TOOL_OUTPUT_CHARS`] characters.
     pub tool_outputs: Vec<String>,
+    /// The user messages' text, oldest first, each cut to [`MAX_USER_TEXT_CHARS`] characters
+    /// (what the agent was told, and in which order).
+    pub user_texts: Vec<String>,
     /// `{"text": …}` or `{"call": {"name": …, "arguments": {…}}}`.
     pub answer: Say,
 }
@@ -355,6 +362,11 @@ fn chat(gateway: &Gateway, claims: SandboxClaims, body: &[u8]) -> Result<Answer,
             tools: request.tool_names(),
             step: request.step(),
             tool_outputs: request.tool_outputs(),
+            user_texts: request
+                .user_texts()
+                .into_iter()
+                .map(|t| t.chars().take(MAX_USER_TEXT_CHARS).collect())
+                .collect(),
             answer: turn.say.clone(),
         },
     );
@@ -742,6 +754,7 @@ mod tests {
                 tools: Vec::new(),
                 step: 0,
                 tool_outputs: Vec::new(),
+                user_texts: Vec::new(),
                 answer: Say::Text(String::new()),
             };
             assert_eq!(gateway.record(usage, request), i + 1);

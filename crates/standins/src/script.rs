@@ -5,10 +5,37 @@
 //!
 //! # The script
 //!
+//! The first rule that applies answers:
+//!
 //! * A request with no `tools` (or an empty list), such as a session's title generation, gets
 //!   [`REPLY_TEXT`].
 //! * [`REPLY_DIRECTIVE`] in the last user message, when it is not the first, is answered with
 //!   the text `reply: <what follows the directive on its line, trimmed>`.
+//! * [`MAYOR_DIRECTIVE`] in the last user message plays the mayor script: a user's chat
+//!   partner that acts through the `gt` command line in the `bash` tool, each call
+//!   `{"command": …, "description": …}`. What follows the directive on its line is `<verb>
+//!   <argument>`. The step is the number of `role: "tool"` messages after the last user
+//!   message ([`ChatRequest::steps_since_last_user`]), so what a session did for its earlier
+//!   messages does not count:
+//!   * `reply <text>`: 0. `gt reply '<text>'` ("Answer the user"; no text is `ok`); 1. and
+//!     later: the text `replied`.
+//!   * `convoy <rig>`: 0. `gt sling-batch '<batch>'` ("Sling the plan"), the batch (compact
+//!     JSON) `{"title":"Greeting convoy","beads":[{"rig_id":<rig>,"title":"First
+//!     greeting","body":"[script:agent]\nWrite the first greeting."},{"rig_id":<rig>,
+//!     "title":"Second greeting","body":"[script:agent]\nWrite the second
+//!     greeting.","depends_on":[0]}]}`; 1. `gt reply 'Slung a convoy of 2 beads: <the first
+//!     line of the tool's output, at most [`MAX_ECHOED_OUTPUT_CHARS`] characters>'` ("Tell
+//!     the user"); 2. and later: the text `planned`.
+//!   * `remember`: 0. `gt reply 'I remember: <the user messages of the request, without the
+//!     lines holding "[script:", whitespace collapsed, at most [`MAX_REMEMBERED_CHARS`]
+//!     characters>'` ("Answer the user"), which shows whether a resumed session was given
+//!     its earlier conversation; 1. and later: the text `remembered`.
+//!   * `ack <bead>`: 0. `gt ack <bead>` ("Acknowledge the bead"); 1. `gt reply 'Acknowledged
+//!     <bead>'` ("Tell the user"); 2. and later: the text `acknowledged`.
+//!   * Any other verb: the text `cannot: unknown mayor verb`.
+//!
+//!   A rig outside `[A-Za-z0-9_-]{1,64}` gets `cannot: bad rig`, a bead outside it
+//!   `cannot: bad bead`, at every step.
 //! * [`AGENT_DIRECTIVE`] in the first user message plays the agent script, which reads the
 //!   lines `Bead: <id>` (default `bead`), `Title: <text>` (default the bead), `Branch: <name>`
 //!   (required), `File: <path>` (default `gastown/<bead>.md`) and `Pause: <seconds>` (default
@@ -31,10 +58,12 @@
 //! [`SLOW_DIRECTIVE`] in the last user message (the first, when it is the only one) marks a
 //! text answer as slow: the gateway streams it in pieces with pauses, for abort tests.
 //!
-//! A directive counts wherever it appears in a line of the message. Invariant: the shell
-//! commands quote the title in single quotes with every `'` and control character removed,
-//! and take the branch only once it has passed the check above, so nothing in a message can
-//! run as a command of its own.
+//! A directive counts wherever it appears in a line of the message; the first line holding it
+//! wins (a message may hold several the worker delivered together). Invariant: the shell
+//! commands quote every text taken from a message or a tool's output (a title, a reply) in
+//! single quotes with every `'` and control character removed, and take a branch, rig or bead
+//! only once it has passed its check above, so nothing in a message can run as a command of
+//! its own.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -45,12 +74,21 @@ pub const REPLY_TEXT: &str = "stand-in gateway reply";
 pub const AGENT_DIRECTIVE: &str = "[script:agent]";
 /// In a later user message: answer `reply: <the rest of the line>`.
 pub const REPLY_DIRECTIVE: &str = "[script:reply]";
+/// In the last user message: play the mayor script's `<verb> <argument>` (the rest of the
+/// line).
+pub const MAYOR_DIRECTIVE: &str = "[script:mayor]";
 /// In the last user message: a text answer is streamed slowly.
 pub const SLOW_DIRECTIVE: &str = "[script:slow]";
 /// Longest pause the agent script takes before committing.
 pub const MAX_PAUSE_SECS: u64 = 60;
 /// Longest tool output kept by [`ChatRequest::tool_outputs`], in characters.
 pub const MAX_TOOL_OUTPUT_CHARS: usize = 2000;
+/// Longest part of a tool's output the mayor script repeats to the user, in characters.
+pub const MAX_ECHOED_OUTPUT_CHARS: usize = 200;
+/// Longest conversation the mayor script's `remember` repeats to the user, in characters.
+pub const MAX_REMEMBERED_CHARS: usize = 300;
+/// Longest rig or bead id the mayor script puts in a command.
+const MAX_SHELL_ID_LEN: usize = 64;
 
 /// A chat completion request, as much of it as the gateway and the script read. Anything
 /// else in the body is ignored.
@@ -165,11 +203,26 @@ impl ChatRequest {
             .collect()
     }
 
+    /// The step of the mayor script: how many tool results follow the last user message (all
+    /// of them when there is none), so a session's turns for earlier messages do not count.
+    pub fn steps_since_last_user(&self) -> usize {
+        let start = self
+            .messages
+            .iter()
+            .rposition(|m| m.role == "user")
+            .map_or(0, |i| i + 1);
+        self.messages[start..]
+            .iter()
+            .filter(|m| m.role == "tool")
+            .count()
+    }
+
     fn tool_results(&self) -> impl Iterator<Item = &Message> {
         self.messages.iter().filter(|m| m.role == "tool")
     }
 
-    fn user_texts(&self) -> Vec<String> {
+    /// The user messages' text, oldest first.
+    pub fn user_texts(&self) -> Vec<String> {
         self.messages
             .iter()
             .filter(|m| m.role == "user")
@@ -200,7 +253,6 @@ pub struct Turn {
 
 /// The script's answer to `request` (see the module's documentation).
 pub fn turn(request: &ChatRequest) -> Turn {
-    let text = |t: &str| Say::Text(t.to_owned());
     if request.tools.as_ref().is_none_or(Vec::is_empty) {
         return Turn {
             say: text(REPLY_TEXT),
@@ -211,15 +263,23 @@ pub fn turn(request: &ChatRequest) -> Turn {
     let first = users.first().map_or("", String::as_str);
     let last = users.last().map_or("", String::as_str);
     let follow_up = users.len() > 1;
-    let say = match directive(last, REPLY_DIRECTIVE) {
-        Some(rest) if follow_up => Say::Text(format!("reply: {rest}")),
-        _ if directive(first, AGENT_DIRECTIVE).is_some() => agent(first, request.step()),
-        _ => text(REPLY_TEXT),
+    let say = if let Some(rest) = directive(last, REPLY_DIRECTIVE).filter(|_| follow_up) {
+        Say::Text(format!("reply: {rest}"))
+    } else if let Some(command) = directive(last, MAYOR_DIRECTIVE) {
+        mayor(request, command)
+    } else if directive(first, AGENT_DIRECTIVE).is_some() {
+        agent(first, request.step())
+    } else {
+        text(REPLY_TEXT)
     };
     Turn {
         say,
         slow: directive(last, SLOW_DIRECTIVE).is_some(),
     }
+}
+
+fn text(t: &str) -> Say {
+    Say::Text(t.to_owned())
 }
 
 /// What follows `name` on the first line of `text` holding it, trimmed.
@@ -297,13 +357,7 @@ impl Brief {
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| "bead".to_owned());
         let title = value("title")
-            .map(|t| {
-                t.chars()
-                    .filter(|c| *c != '\'' && !c.is_control())
-                    .collect::<String>()
-                    .trim()
-                    .to_owned()
-            })
+            .map(|t| quote_safe(&t))
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| bead.clone());
         let file = value("file")
@@ -320,6 +374,156 @@ impl Brief {
             file,
         }
     }
+}
+
+/// `text` made safe to put in single quotes: every `'` and control character removed, trimmed.
+fn quote_safe(text: &str) -> String {
+    text.chars()
+        .filter(|c| *c != '\'' && !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// The first `max` characters of `text`, without the whitespace the cut leaves at the end.
+fn cut(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
+/// The mayor script for `command` (`<verb> <argument>`) in the last user message of
+/// `request`.
+fn mayor(request: &ChatRequest, command: &str) -> Say {
+    let step = request.steps_since_last_user();
+    let (verb, argument) = command
+        .split_once(char::is_whitespace)
+        .map_or((command, ""), |(v, a)| (v, a.trim()));
+    match verb {
+        "reply" => match step {
+            0 => {
+                let reply = quote_safe(argument);
+                let reply = if reply.is_empty() { "ok" } else { &reply };
+                gt_reply(reply, "Answer the user")
+            }
+            _ => text("replied"),
+        },
+        "convoy" if !is_shell_id(argument) => text("cannot: bad rig"),
+        "convoy" => match step {
+            0 => bash(
+                format!("gt sling-batch '{}'", Convoy::greetings(argument).json()),
+                "Sling the plan",
+            ),
+            1 => {
+                let outputs = request.tool_outputs();
+                let first_line = outputs.last().and_then(|o| o.lines().next()).unwrap_or("");
+                let slung = cut(&quote_safe(first_line), MAX_ECHOED_OUTPUT_CHARS);
+                gt_reply(
+                    &format!("Slung a convoy of 2 beads: {slung}"),
+                    "Tell the user",
+                )
+            }
+            _ => text("planned"),
+        },
+        "remember" => match step {
+            0 => {
+                let said = cut(&remembered(request), MAX_REMEMBERED_CHARS);
+                gt_reply(&format!("I remember: {said}"), "Answer the user")
+            }
+            _ => text("remembered"),
+        },
+        "ack" if !is_shell_id(argument) => text("cannot: bad bead"),
+        "ack" => match step {
+            0 => bash(format!("gt ack {argument}"), "Acknowledge the bead"),
+            1 => gt_reply(&format!("Acknowledged {argument}"), "Tell the user"),
+            _ => text("acknowledged"),
+        },
+        _ => text("cannot: unknown mayor verb"),
+    }
+}
+
+/// A call of the `bash` tool.
+fn bash(command: String, description: &str) -> Say {
+    Say::Call {
+        name: "bash",
+        arguments: json!({ "command": command, "description": description }),
+    }
+}
+
+/// `gt reply '<reply>'`, for a `reply` already safe to quote.
+fn gt_reply(reply: &str, description: &str) -> Say {
+    bash(format!("gt reply '{reply}'"), description)
+}
+
+/// What the user said in `request`: every user message without the lines holding a
+/// directive, the whitespace collapsed to single spaces, safe to quote.
+fn remembered(request: &ChatRequest) -> String {
+    request
+        .user_texts()
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|line| !line.contains("[script:"))
+        .flat_map(str::split_whitespace)
+        .map(quote_safe)
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The body of `gt sling-batch` the mayor script's `convoy` sends, its fields in the order
+/// the module's documentation shows.
+#[derive(Debug, Serialize)]
+struct Convoy<'a> {
+    title: &'static str,
+    beads: [ConvoyBead<'a>; 2],
+}
+
+#[derive(Debug, Serialize)]
+struct ConvoyBead<'a> {
+    rig_id: &'a str,
+    title: &'static str,
+    body: &'static str,
+    #[serde(skip_serializing_if = "<[usize]>::is_empty")]
+    depends_on: &'static [usize],
+}
+
+impl<'a> Convoy<'a> {
+    /// Two greetings for `rig`, the second after the first, each briefed for the agent
+    /// script.
+    fn greetings(rig: &'a str) -> Convoy<'a> {
+        Convoy {
+            title: "Greeting convoy",
+            beads: [
+                ConvoyBead {
+                    rig_id: rig,
+                    title: "First greeting",
+                    body: "[script:agent]\nWrite the first greeting.",
+                    depends_on: &[],
+                },
+                ConvoyBead {
+                    rig_id: rig,
+                    title: "Second greeting",
+                    body: "[script:agent]\nWrite the second greeting.",
+                    depends_on: &[0],
+                },
+            ],
+        }
+    }
+
+    /// Compact JSON, with no `'` as long as the rig is a checked id.
+    fn json(&self) -> String {
+        serde_json::to_string(self).expect("a convoy serializes")
+    }
+}
+
+/// A rig or bead id safe to put unquoted in a shell command and in a JSON string.
+fn is_shell_id(id: &str) -> bool {
+    (1..=MAX_SHELL_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A branch name safe to put unquoted in a shell command and after `git push … HEAD:`.
@@ -568,6 +772,286 @@ mod tests {
         assert_eq!(outputs[0], "exit code 1");
         assert_eq!(outputs[1].chars().count(), MAX_TOOL_OUTPUT_CHARS);
         assert!(!r.streams());
+    }
+
+    fn assistant() -> Value {
+        json!({ "role": "assistant", "content": null, "tool_calls": [] })
+    }
+
+    /// What the mayor says for `earlier` messages, the last user message `last`, then `steps`
+    /// tool results each answering `output`.
+    fn mayor_says(earlier: &[Value], last: &str, steps: usize, output: &str) -> Say {
+        let mut messages = earlier.to_vec();
+        messages.push(user(last));
+        for _ in 0..steps {
+            messages.push(assistant());
+            messages.push(tool_result(output));
+        }
+        say(Value::Array(messages))
+    }
+
+    fn bash_call(command: &str, description: &str) -> Say {
+        Say::Call {
+            name: "bash",
+            arguments: json!({ "command": command, "description": description }),
+        }
+    }
+
+    const CONVOY_JSON: &str = r#"{"title":"Greeting convoy","beads":[{"rig_id":"r1","title":"First greeting","body":"[script:agent]\nWrite the first greeting."},{"rig_id":"r1","title":"Second greeting","body":"[script:agent]\nWrite the second greeting.","depends_on":[0]}]}"#;
+
+    #[test]
+    fn steps_are_counted_from_the_last_user_message() {
+        let r = request(
+            json!([
+                { "role": "system", "content": "s" },
+                user("a"),
+                assistant(),
+                tool_result("1"),
+                tool_result("2"),
+                user("b"),
+                assistant(),
+                tool_result("3"),
+            ]),
+            true,
+        );
+        assert_eq!((r.step(), r.steps_since_last_user()), (3, 1));
+        let ends_with_user = request(json!([user("a"), tool_result("1"), user("b")]), true);
+        assert_eq!(ends_with_user.steps_since_last_user(), 0);
+        let no_user = request(json!([tool_result("1"), tool_result("2")]), true);
+        assert_eq!(no_user.steps_since_last_user(), 2);
+        assert_eq!(request(json!([]), true).steps_since_last_user(), 0);
+    }
+
+    #[test]
+    fn the_mayor_replies_then_says_so() {
+        let hi = "[script:mayor] reply  hello there ";
+        assert_eq!(
+            mayor_says(&[], hi, 0, ""),
+            bash_call("gt reply 'hello there'", "Answer the user")
+        );
+        for steps in 1..3 {
+            assert_eq!(
+                mayor_says(&[], hi, steps, "ok"),
+                Say::Text("replied".to_owned())
+            );
+        }
+        for empty in ["[script:mayor] reply", "[script:mayor] reply  '' \u{7}"] {
+            assert_eq!(
+                command(&mayor_says(&[], empty, 0, "")),
+                "gt reply 'ok'",
+                "{empty:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_mayors_replies_are_safe_to_quote() {
+        let hostile = "please [script:mayor] reply it's; $(rm -rf ~) `id`\u{1b}[0m\u{0}\nrm -rf /";
+        let said = mayor_says(&[], hostile, 0, "");
+        assert_eq!(command(&said), "gt reply 'its; $(rm -rf ~) `id`[0m'");
+        assert_eq!(command(&said).matches('\'').count(), 2);
+        // A text in parts still ends at its line.
+        let parts = json!([{ "role": "user", "content": [
+            { "type": "text", "text": "[script:mayor] reply a'b" },
+            { "type": "text", "text": "'; rm -rf /" },
+        ] }]);
+        assert_eq!(command(&say(parts)), "gt reply 'ab'");
+    }
+
+    #[test]
+    fn the_mayor_slings_a_convoy_and_reports_it() {
+        let convoy = "[script:mayor] convoy r1";
+        let step0 = mayor_says(&[], convoy, 0, "");
+        assert_eq!(
+            step0,
+            bash_call(&format!("gt sling-batch '{CONVOY_JSON}'"), "Sling the plan")
+        );
+        // What the CLI is given is a batch the town takes.
+        let json = command(&step0)
+            .strip_prefix("gt sling-batch '")
+            .and_then(|c| c.strip_suffix('\''))
+            .unwrap();
+        let batch = gastown_core::beads::SlingBatch::parse(json.as_bytes()).unwrap();
+        assert_eq!(batch.title, "Greeting convoy");
+        assert_eq!(
+            batch.beads[0].bead.body,
+            "[script:agent]\nWrite the first greeting."
+        );
+        assert_eq!(batch.beads[1].depends_on, [0]);
+
+        let output = "{\"convoy_id\":\"c-1\",\"it's\":1}\nsecond line";
+        assert_eq!(
+            mayor_says(&[], convoy, 1, output),
+            bash_call(
+                "gt reply 'Slung a convoy of 2 beads: {\"convoy_id\":\"c-1\",\"its\":1}'",
+                "Tell the user"
+            )
+        );
+        let long = "x ".repeat(MAX_ECHOED_OUTPUT_CHARS);
+        let echoed = command(&mayor_says(&[], convoy, 1, &long)).to_owned();
+        let echo = echoed
+            .strip_prefix("gt reply 'Slung a convoy of 2 beads: ")
+            .and_then(|c| c.strip_suffix('\''))
+            .unwrap();
+        assert_eq!(
+            echo.chars().count(),
+            MAX_ECHOED_OUTPUT_CHARS - 1,
+            "{echo:?}"
+        );
+        for steps in 2..4 {
+            assert_eq!(
+                mayor_says(&[], convoy, steps, "ok"),
+                Say::Text("planned".to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn the_mayor_remembers_every_user_message() {
+        let earlier = [
+            json!({ "role": "system", "content": "You are the mayor." }),
+            user("My name is\n  Ada.\n[script:mayor] reply hi"),
+            assistant(),
+            tool_result("sent"),
+            json!({ "role": "assistant", "content": "replied" }),
+            user("I like 'tea';\t$(cake)"),
+        ];
+        let last = "What do I like?\nx [script:mayor] remember";
+        assert_eq!(
+            mayor_says(&earlier, last, 0, ""),
+            bash_call(
+                "gt reply 'I remember: My name is Ada. I like tea; $(cake) What do I like?'",
+                "Answer the user"
+            )
+        );
+        assert_eq!(
+            mayor_says(&earlier, last, 1, "ok"),
+            Say::Text("remembered".to_owned())
+        );
+        let long = format!("{}\n[script:mayor] remember", "word ".repeat(100));
+        let said = command(&mayor_says(&[], &long, 0, "")).to_owned();
+        let remembered = said
+            .strip_prefix("gt reply 'I remember: ")
+            .and_then(|c| c.strip_suffix('\''))
+            .unwrap();
+        assert!(remembered.chars().count() <= MAX_REMEMBERED_CHARS);
+        assert!(remembered.starts_with("word word") && remembered.ends_with("word"));
+    }
+
+    #[test]
+    fn the_mayor_acks_a_bead_then_tells_the_user() {
+        let ack = "[script:mayor] ack gt-1_a";
+        assert_eq!(
+            mayor_says(&[], ack, 0, ""),
+            bash_call("gt ack gt-1_a", "Acknowledge the bead")
+        );
+        assert_eq!(
+            mayor_says(&[], ack, 1, "ok"),
+            bash_call("gt reply 'Acknowledged gt-1_a'", "Tell the user")
+        );
+        assert_eq!(
+            mayor_says(&[], ack, 2, "ok"),
+            Say::Text("acknowledged".to_owned())
+        );
+    }
+
+    #[test]
+    fn bad_rigs_and_beads_and_verbs_are_refused() {
+        let long = "a".repeat(65);
+        for bad in ["", "r1 r2", "r'1", "r;1", "$(id)", "a.b", "a/b", "ü", &long] {
+            for steps in 0..3 {
+                for (verb, refusal) in [("convoy", "cannot: bad rig"), ("ack", "cannot: bad bead")]
+                {
+                    assert_eq!(
+                        mayor_says(&[], &format!("[script:mayor] {verb} {bad}"), steps, "ok"),
+                        Say::Text(refusal.to_owned()),
+                        "{verb} {bad:?} at {steps}"
+                    );
+                }
+            }
+        }
+        assert!(is_shell_id(&"a".repeat(64)));
+        for unknown in [
+            "[script:mayor] dance",
+            "[script:mayor]",
+            "[script:mayor] Reply x",
+        ] {
+            assert_eq!(
+                mayor_says(&[], unknown, 0, ""),
+                Say::Text("cannot: unknown mayor verb".to_owned()),
+                "{unknown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mayor_turn_ignores_the_sessions_earlier_turns() {
+        let earlier = [
+            user("[script:mayor] convoy r1"),
+            assistant(),
+            tool_result("slung"),
+            assistant(),
+            tool_result("sent"),
+            json!({ "role": "assistant", "content": "planned" }),
+        ];
+        assert_eq!(
+            mayor_says(&earlier, "[script:mayor] reply hi", 0, ""),
+            bash_call("gt reply 'hi'", "Answer the user")
+        );
+        assert_eq!(
+            mayor_says(&earlier, "[script:mayor] reply hi", 1, "ok"),
+            Say::Text("replied".to_owned())
+        );
+        // Messages delivered together: the first line with the directive wins.
+        let batched = "first\n[script:mayor] ack b-1\nsecond\n[script:mayor] reply no";
+        assert_eq!(command(&mayor_says(&earlier, batched, 0, "")), "gt ack b-1");
+        // Without the directive in the last message, the mayor script does not play.
+        assert_eq!(
+            mayor_says(&earlier, "thanks", 0, ""),
+            Say::Text(REPLY_TEXT.to_owned())
+        );
+    }
+
+    #[test]
+    fn the_mayor_comes_after_the_reply_rule_and_before_the_agent() {
+        // No tools: the fixed text.
+        let r = request(json!([user("[script:mayor] reply hi")]), false);
+        assert_eq!(r.tools, None);
+        assert_eq!(turn(&r).say, Say::Text(REPLY_TEXT.to_owned()));
+        // A follow-up reply directive wins over the mayor's in the same message.
+        let both = "[script:mayor] reply hi\n[script:reply] there";
+        assert_eq!(
+            mayor_says(&[user("a")], both, 0, ""),
+            Say::Text("reply: there".to_owned())
+        );
+        // In the only message the reply directive is no follow-up, so the mayor plays.
+        assert_eq!(command(&mayor_says(&[], both, 0, "")), "gt reply 'hi'");
+        // The mayor in the last message wins over the agent in the first.
+        assert_eq!(
+            command(&mayor_says(
+                &[user(BRIEF)],
+                "[script:mayor] reply hi",
+                0,
+                ""
+            )),
+            "gt reply 'hi'"
+        );
+        // The mayor in an earlier message only: not played.
+        assert_eq!(
+            mayor_says(&[user("[script:mayor] reply hi")], "more", 0, ""),
+            Say::Text(REPLY_TEXT.to_owned())
+        );
+        let agent_then_mayor = format!("{BRIEF}\n[script:mayor] reply hi");
+        assert_eq!(
+            command(&mayor_says(&[], &agent_then_mayor, 0, "")),
+            "gt reply 'hi'"
+        );
+        // The slow flag is read as before.
+        let slow = request(
+            json!([user("[script:mayor] reply hi\n[script:slow]")]),
+            true,
+        );
+        assert!(turn(&slow).slow);
     }
 
     #[test]

@@ -690,7 +690,7 @@ fn debug_requests_show_what_was_asked_without_secrets() {
         second,
         json!({
             "at_ms": null, "town_id": "town-a", "model": "kilo/plain", "stream": false, "tools": [], "step": 0,
-            "tool_outputs": [],
+            "tool_outputs": [], "user_texts": ["hello world!"],
             "answer": { "text": "stand-in gateway reply" }
         })
     );

@@ -402,6 +402,42 @@ impl ContainerOps for TownContainerDO {
         Ok(Ack::OK)
     }
 
+    /// Only into a running container; 409 from the control server means no session runs.
+    async fn message_agent(
+        &self,
+        MessageAgent {
+            town_id,
+            agent_id,
+            text,
+        }: MessageAgent,
+    ) -> Reply<AgentMessaged> {
+        if !self.running()? {
+            return Ok(AgentMessaged::NoSession);
+        }
+        let backend = self.backend(&town_id);
+        let body = control::AgentMessageBody {
+            town_id: town_id.as_str().to_owned(),
+            text,
+        };
+        let sent = backend
+            .post_any(&control::agent_message_path(&agent_id), &body)
+            .await;
+        self.still_here(&backend).await?;
+        Ok(match sent {
+            Ok((200..=299, _)) => AgentMessaged::Delivered,
+            Ok((404 | 409, _)) => AgentMessaged::NoSession,
+            Ok((status, _)) => AgentMessaged::Failed {
+                error: format!("the container answered {status} to the message"),
+            },
+            Err(e) => {
+                console_error!("town {town_id}: agent message failed: {e}");
+                AgentMessaged::Failed {
+                    error: "the container could not be reached".into(),
+                }
+            }
+        })
+    }
+
     async fn destroy(&self, Destroy { town_id }: Destroy) -> Reply<Ack> {
         self.destroyed.set(true);
         self.backend(&town_id).stop().await;

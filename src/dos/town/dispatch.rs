@@ -186,7 +186,7 @@ impl TownDO {
     /// Starts the agent in the container, starting the container first (fresh tokens, current
     /// env) if it is not running, or no longer knows the town. `body` builds the start's body
     /// once the container runs, so it carries the tokens that start minted.
-    async fn start_agent(
+    pub(super) async fn start_agent(
         &self,
         town: &Town,
         body: impl Fn() -> Reply<AgentStartBody>,

@@ -19,6 +19,7 @@
 mod beads;
 mod callbacks;
 mod dispatch;
+mod mayor;
 mod ops;
 mod patrol;
 mod store;
@@ -390,6 +391,11 @@ impl TownDO {
                 (TickEffect::Dispatch, Some(town)) => {
                     if let Err(e) = self.dispatch(town).await {
                         console_error!("town {}: dispatch failed: {e}", town.id);
+                    }
+                    if self.stored_status()? == TownStatus::Active {
+                        if let Err(e) = self.deliver_to_mayor(town).await {
+                            console_error!("town {}: mayor delivery failed: {e}", town.id);
+                        }
                     }
                 }
                 (TickEffect::StopIdleContainer, Some(town)) => {

@@ -8,13 +8,13 @@ use crate::config;
 use crate::storage::{bump_meta, meta, set_meta};
 use gastown_core::beads::{Bead, BeadDetail, BeadEventKind, ConvoyDetail, ConvoySummary};
 use gastown_core::error::ApiError;
+use gastown_core::mayor::{MayorMessage, MayorView, Transcript};
 use gastown_core::model::{Agent, Rig, Town, TownStatus};
 use gastown_core::protocol::container::{self as c, TokenPushed};
 use gastown_core::protocol::town::*;
 use gastown_core::protocol::{Ack, Json};
 use gastown_core::time::rfc3339;
 use gastown_core::town_config::{ConfigView, TownConfig};
-use gastown_core::vocab::Role;
 
 type Reply<T> = Result<T, ApiError>;
 
@@ -321,11 +321,26 @@ impl TownOps for TownDO {
         Ok(Ack::OK)
     }
 
-    async fn mayor_rigs(&self, req: MayorRigs) -> Reply<Json<Vec<Rig>>> {
-        let town = self.require_town()?;
+    async fn mayor_say(&self, req: MayorSay) -> Reply<MayorMessage> {
+        let (town, _) = self.admit_user(&req.caller)?;
         self.require_active(&town)?;
-        self.admit(req.credential)?;
-        store::rigs(&self.sql())
+        self.say_to_mayor(req.caller.user_id.as_str(), &req.text)
+            .await
+    }
+
+    async fn mayor_view(&self, req: MayorViewOp) -> Reply<MayorView> {
+        self.admit_user(&req.caller)?;
+        self.mayor_status_view()
+    }
+
+    async fn mayor_transcript(&self, req: MayorTranscript) -> Reply<Transcript> {
+        self.admit_user(&req.caller)?;
+        self.mayor_transcript_page(req.page)
+    }
+
+    async fn mayor_tool(&self, req: MayorToolOp) -> Reply<Json<serde_json::Value>> {
+        self.mayor_tool_call(req.credential, &req.key, req.tool)
+            .await
     }
 
     async fn stop_town(&self, req: StopTown) -> Reply<Town> {
@@ -446,16 +461,13 @@ impl TownOps for TownDO {
 
     async fn ensure_mayor(&self, req: EnsureMayor) -> Reply<Agent> {
         self.admit_user(&req.caller)?;
-        match store::mayor(&self.sql())? {
-            Some(mayor) => Ok(mayor),
-            None => self.insert_agent(Role::Mayor, None, "mayor"),
-        }
+        self.mayor_agent()
     }
 
     #[cfg(feature = "test-hooks")]
     async fn register_agent(&self, req: RegisterAgent) -> Reply<Agent> {
         self.require_town()?;
-        if req.role == Role::Mayor {
+        if req.role == gastown_core::vocab::Role::Mayor {
             return Err(ApiError::invalid(
                 "role",
                 "a town's mayor is ensured, not registered",

@@ -21,7 +21,7 @@ impl TownDO {
     /// Whether the town has work: an issue waiting or running, or an agent working.
     pub(super) fn has_work(&self) -> Reply<bool> {
         let (issue, working) = store::work(&self.sql())?;
-        Ok(transitions::has_work(issue, working))
+        Ok(transitions::has_work(issue, working) || self.mayor_has_pending()?)
     }
 
     /// Working agents without a heartbeat for `AGENT_STALL_MS` are stalled; their beads open
@@ -31,8 +31,12 @@ impl TownDO {
         let now = config::now_ms();
         let sql = self.sql();
         let silent = store::silent_agents(&sql, now.saturating_sub(settings.stall_ms))?;
+        let mayor = store::mayor(&sql)?.map(|m| m.id);
         for agent in &silent {
             bump_meta(&sql, Meta::Stalls)?;
+            if mayor.as_ref().is_some_and(|m| m.as_str() == agent.id) {
+                self.mayor_session_lost()?;
+            }
             self.agent_lost(
                 &agent.id,
                 agent.current_bead_id.as_deref(),
@@ -115,6 +119,7 @@ impl TownDO {
         self.set_status(status)?;
         town.status = status;
         self.release_work(reason)?;
+        self.mayor_session_lost()?;
         self.advance_generation()?;
         set_meta(&self.sql(), Meta::ContainerStarted, 0)?;
         self.state
@@ -203,6 +208,10 @@ impl TownDO {
             &Actor::Town,
             Some(&format!("escalation {id}")),
             now,
+        )?;
+        self.escalate_to_mayor(
+            &id,
+            &format!("bead {} ({}) failed: {reason}", failed.id, failed.title),
         )
     }
 
@@ -210,6 +219,7 @@ impl TownDO {
     /// dispatch starts it again with fresh ones.
     pub(super) async fn stop_idle_container(&self, town: &Town) -> Reply<()> {
         set_meta(&self.sql(), Meta::ContainerStarted, 0)?;
+        self.mayor_session_lost()?;
         self.advance_generation()?;
         bump_meta(&self.sql(), Meta::IdleStops)?;
         self.container(&town.id)?

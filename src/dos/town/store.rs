@@ -13,6 +13,7 @@ use gastown_core::beads::{
 use gastown_core::control::AgentDoneCallback;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId, UserId};
+use gastown_core::mayor::{MayorMessage, MayorStatus, Speaker, TRANSCRIPT_CAP};
 use gastown_core::model::{Agent, AgentStatus, Rig, Town, TownStatus, AGENT_COLUMNS, AGENT_JSON};
 use gastown_core::page::Page;
 use gastown_core::protocol::Json;
@@ -923,4 +924,232 @@ pub fn settle_convoy(sql: &SqlStorage, id: &str, now_ms: u64) -> Reply<()> {
         ),
     };
     event(sql, id, kind, &Actor::Town, Some(&message), now_ms)
+}
+
+// ------------------------------------------------------------------ the mayor
+
+/// The mayor's session row.
+#[derive(Deserialize)]
+pub struct MayorSession {
+    pub status: String,
+    pub key_hash: Option<String>,
+    pub model: Option<String>,
+    pub acting_user_id: Option<String>,
+    pub last_activity_ms: Option<f64>,
+    pub start_failures: f64,
+    pub next_start_ms: f64,
+    pub dropped: f64,
+}
+
+impl MayorSession {
+    pub fn status(&self) -> MayorStatus {
+        MayorStatus::from_stored(&self.status)
+    }
+}
+
+pub fn mayor_session(sql: &SqlStorage) -> Reply<MayorSession> {
+    first(
+        sql,
+        "SELECT status, key_hash, model, acting_user_id, last_activity_ms, start_failures, next_start_ms, dropped FROM mayor_session WHERE id = 1",
+        vec![],
+    )?
+    .ok_or_else(|| ApiError::internal("mayor_session row missing"))
+}
+
+/// A new session is being started with the key whose hash is `key_hash`.
+pub fn begin_mayor_session(
+    sql: &SqlStorage,
+    key_hash: &str,
+    model: Option<&str>,
+    now_ms: u64,
+) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE mayor_session SET status = ?, key_hash = ?, model = ?, last_activity_ms = ? WHERE id = 1",
+        vec![
+            MayorStatus::Starting.as_str().into(),
+            key_hash.into(),
+            model.into(),
+            int(now_ms),
+        ],
+    )
+}
+
+/// The session says what it does (or shows it lives).
+pub fn set_mayor_status(sql: &SqlStorage, status: MayorStatus, now_ms: u64) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE mayor_session SET status = ?, last_activity_ms = ? WHERE id = 1",
+        vec![status.as_str().into(), int(now_ms)],
+    )
+}
+
+/// No session runs any more: its key is worthless from now on.
+pub fn end_mayor_session(sql: &SqlStorage) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE mayor_session SET status = ?, key_hash = NULL WHERE id = 1",
+        vec![MayorStatus::Idle.as_str().into()],
+    )
+}
+
+/// A start failed: the next is tried no sooner than `next_ms`.
+pub fn mayor_start_failed(sql: &SqlStorage, next_ms: u64) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE mayor_session SET status = ?, key_hash = NULL, start_failures = start_failures + 1, next_start_ms = ? WHERE id = 1",
+        vec![MayorStatus::Idle.as_str().into(), int(next_ms)],
+    )
+}
+
+/// Messages up to `up_to_seq` were given to the session, whose work now runs as `acting`.
+pub fn mayor_delivered(sql: &SqlStorage, up_to_seq: u64, acting: Option<&str>) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE mayor_messages SET delivered = 1 WHERE delivered = 0 AND seq <= ?",
+        vec![int(up_to_seq)],
+    )?;
+    exec(
+        sql,
+        "UPDATE mayor_session SET acting_user_id = COALESCE(?, acting_user_id), start_failures = 0, next_start_ms = 0 WHERE id = 1",
+        vec![acting.into()],
+    )
+}
+
+const MAYOR_MESSAGE_JSON: &str = "json_object('seq', seq, 'role', role, 'text', text, 'user_id', user_id, 'created_at', created_at, 'delivered', json(CASE WHEN delivered = 1 THEN 'true' ELSE 'false' END))";
+
+fn mayor_messages(
+    sql: &SqlStorage,
+    clause: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> Reply<Vec<MayorMessage>> {
+    let text = json_text(
+        sql,
+        &format!("SELECT COALESCE(json_group_array(json(j)), '[]') AS j FROM (SELECT {MAYOR_MESSAGE_JSON} AS j FROM mayor_messages {clause})"),
+        bindings,
+    )?
+    .unwrap_or_else(|| "[]".to_owned());
+    let mut list: Vec<MayorMessage> = serde_json::from_str(&text)
+        .map_err(|e| ApiError::internal(format!("mayor message rows: {e}")))?;
+    // The clause picks the rows; they are always answered oldest first.
+    list.sort_by_key(|m| m.seq);
+    Ok(list)
+}
+
+/// A new message; its row. The oldest messages beyond [`TRANSCRIPT_CAP`] that the session
+/// has heard are dropped (and counted).
+pub fn insert_mayor_message(
+    sql: &SqlStorage,
+    role: Speaker,
+    text: &str,
+    user_id: Option<&str>,
+    now_ms: u64,
+    delivered: bool,
+) -> Reply<MayorMessage> {
+    exec(
+        sql,
+        "INSERT INTO mayor_messages (role, text, user_id, created_at, delivered) VALUES (?, ?, ?, ?, ?)",
+        vec![
+            role.as_str().into(),
+            text.into(),
+            user_id.into(),
+            rfc3339(now_ms).into(),
+            int(u64::from(delivered)),
+        ],
+    )?;
+    let row = mayor_messages(sql, "WHERE seq = last_insert_rowid()", vec![])?
+        .pop()
+        .ok_or_else(|| ApiError::internal("mayor message row missing"))?;
+    let over = count(
+        sql,
+        "SELECT COUNT(*) AS n FROM mayor_messages WHERE delivered = 1 AND seq <= ?",
+        vec![int(row.seq.saturating_sub(TRANSCRIPT_CAP))],
+    )?;
+    if over > 0 {
+        exec(
+            sql,
+            "DELETE FROM mayor_messages WHERE delivered = 1 AND seq <= ?",
+            vec![int(row.seq.saturating_sub(TRANSCRIPT_CAP))],
+        )?;
+        exec(
+            sql,
+            "UPDATE mayor_session SET dropped = dropped + ? WHERE id = 1",
+            vec![int(over)],
+        )?;
+    }
+    Ok(row)
+}
+
+/// An escalation for the mayor, once: `false` when it was given one already.
+pub fn insert_escalation_message(
+    sql: &SqlStorage,
+    escalation_id: &str,
+    text: &str,
+    now_ms: u64,
+) -> Reply<bool> {
+    let before = exists(
+        sql,
+        "SELECT 1 FROM mayor_messages WHERE escalation_id = ?",
+        vec![escalation_id.into()],
+    )?;
+    if before {
+        return Ok(false);
+    }
+    exec(
+        sql,
+        "INSERT OR IGNORE INTO mayor_messages (role, text, created_at, delivered, escalation_id) VALUES (?, ?, ?, 0, ?)",
+        vec![
+            Speaker::Town.as_str().into(),
+            text.into(),
+            rfc3339(now_ms).into(),
+            escalation_id.into(),
+        ],
+    )?;
+    Ok(true)
+}
+
+/// What the session has not heard yet, oldest first.
+pub fn mayor_pending(sql: &SqlStorage) -> Reply<Vec<MayorMessage>> {
+    mayor_messages(sql, "WHERE delivered = 0 ORDER BY seq LIMIT 100", vec![])
+}
+
+pub fn mayor_pending_count(sql: &SqlStorage) -> Reply<u64> {
+    count(
+        sql,
+        "SELECT COUNT(*) AS n FROM mayor_messages WHERE delivered = 0",
+        vec![],
+    )
+}
+
+/// The conversation a new session resumes: the newest 200 messages the mayor heard, oldest
+/// first.
+pub fn mayor_heard(sql: &SqlStorage) -> Reply<Vec<MayorMessage>> {
+    mayor_messages(
+        sql,
+        "WHERE delivered = 1 ORDER BY seq DESC LIMIT 200",
+        vec![],
+    )
+}
+
+/// A page of the transcript after `after`, oldest first.
+pub fn mayor_transcript(sql: &SqlStorage, after: u64, limit: u32) -> Reply<Vec<MayorMessage>> {
+    mayor_messages(
+        sql,
+        "WHERE seq > ? ORDER BY seq LIMIT ?",
+        vec![int(after), int(u64::from(limit))],
+    )
+}
+
+/// The newest message's time, for the mayor's last activity.
+pub fn mayor_last_message_at(sql: &SqlStorage) -> Reply<Option<String>> {
+    #[derive(Deserialize)]
+    struct At {
+        created_at: String,
+    }
+    Ok(first::<At>(
+        sql,
+        "SELECT created_at FROM mayor_messages ORDER BY seq DESC LIMIT 1",
+        vec![],
+    )?
+    .map(|a| a.created_at))
 }

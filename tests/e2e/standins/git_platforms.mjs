@@ -1233,6 +1233,10 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
   const server = createServer(async (req, res) => {
     const started = Date.now();
     const ctx = { key: null, reason: undefined };
+    // One request per connection: a pooled connection the worker reuses just as this server
+    // times it out fails the worker's call with "connection lost" (a one-time OAuth code is
+    // then spent on nothing), a race of the test rig, not of GitHub.
+    res.setHeader("connection", "close");
     try {
       if (state.latencyMs > 0) await sleep(state.latencyMs);
       await route(req, res, ctx);
@@ -1252,7 +1256,6 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
       ...(ctx.reason ? { reason: ctx.reason } : {}),
     });
   });
-  server.keepAliveTimeout = 1000;
   await new Promise((resolve, reject) => {
     server.once("error", reject);
     server.listen(0, "127.0.0.1", resolve);

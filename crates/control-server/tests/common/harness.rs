@@ -321,6 +321,18 @@ pub struct Seen {
     pub authorization: Option<String>,
     pub content_type: Option<String>,
     pub body: String,
+    /// Every header, its name in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// The value of the header `name` (in lower case), the first when there are several.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// How the fake worker answers: a status and a body; `{n}` in the body becomes the number of
@@ -456,7 +468,16 @@ fn serve_one(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+    let headers = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            Some((n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect();
     let call = Seen {
+        headers,
         authorization: header("authorization"),
         content_type: header("content-type"),
         body: String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned(),

@@ -26,7 +26,29 @@ crate::do_protocol! {
         StartAgent(StartAgent) -> AgentStarted => start_agent;
         /// Stops one agent; idempotent, and a container that is not running has none.
         StopAgent(StopAgent) -> Ack => stop_agent;
+        /// A further message to a running agent's session.
+        MessageAgent(MessageAgent) -> AgentMessaged => message_agent;
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageAgent {
+    pub town_id: TownId,
+    pub agent_id: String,
+    pub text: String,
+}
+
+/// How a message to an agent's session went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AgentMessaged {
+    Delivered,
+    /// No session runs for the agent (or the container does not run): start one.
+    NoSession,
+    /// Unreachable, or refused; for the log.
+    Failed {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +224,15 @@ mod tests {
                 }
                 .into(),
                 r#"{"op":"stop_agent","town_id":"t1","agent_id":"a1"}"#,
+            ),
+            (
+                MessageAgent {
+                    town_id: TownId::parse("t1").unwrap(),
+                    agent_id: "a1".into(),
+                    text: "hi".into(),
+                }
+                .into(),
+                r#"{"op":"message_agent","town_id":"t1","agent_id":"a1","text":"hi"}"#,
             ),
             (
                 StartAgent {

@@ -8,6 +8,7 @@ use crate::beads::{
 };
 use crate::control::{AgentDoneCallback, AgentExitCallback, AgentStatusCallback};
 use crate::ids::{AgentId, BeadId, RigId, TownId, UserId};
+use crate::mayor::{MayorMessage, MayorStatus, MayorView, Transcript, TranscriptPage};
 use crate::model::{Agent, Rig, Town, TownStatus};
 use crate::page::Page;
 use crate::town_config::{ConfigPatch, ConfigView};
@@ -90,8 +91,6 @@ crate::do_protocol! {
         /// The git identity an agent's session now commits as, when it is not the one last
         /// recorded: recorded, and written to its bead's events with `message`.
         NoteGitIdentity(NoteGitIdentity) -> Ack => note_git_identity;
-        /// The town's rigs, for the mayor's tools.
-        MayorRigs(MayorRigs) -> Json<Vec<Rig>> => mayor_rigs;
         /// Test hook (the `test-hooks` feature, as its route): deletes the pending alarm,
         /// leaving the town otherwise intact.
         #[cfg(feature = "test-hooks")]
@@ -121,7 +120,97 @@ crate::do_protocol! {
         /// bead reopens (or fails, per the attempt cap) with the exit as its reason, at once
         /// rather than at patrol's stall time; an agent with no work is only freed.
         AgentExited(AgentExited) -> Ack => agent_exited;
+        /// A user's message to the mayor: recorded in the transcript, then given to the
+        /// mayor's session (started, or resumed from the transcript, if none runs).
+        MayorSay(MayorSay) -> MayorMessage => mayor_say;
+        /// The mayor's status as the dashboard shows it.
+        MayorView(MayorViewOp) -> MayorView => mayor_view;
+        /// A page of the transcript, oldest first.
+        MayorTranscript(MayorTranscript) -> Transcript => mayor_transcript;
+        /// One of the mayor's tools: only with the key of the town's current mayor session.
+        MayorTool(MayorToolOp) -> Json<serde_json::Value> => mayor_tool;
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MayorSay {
+    /// Also who sent the message: the work the mayor makes of it runs as them.
+    pub caller: TownCaller,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MayorViewOp {
+    pub caller: TownCaller,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MayorTranscript {
+    pub caller: TownCaller,
+    pub page: TranscriptPage,
+}
+
+/// A mayor tool's call: the container's credential, the session key it presented, and what
+/// it asks.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MayorToolOp {
+    pub credential: ContainerCredential,
+    pub key: String,
+    pub tool: MayorTool,
+}
+
+impl std::fmt::Debug for MayorToolOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MayorToolOp")
+            .field("credential", &self.credential)
+            .field("key", &"****")
+            .field("tool", &self.tool)
+            .finish()
+    }
+}
+
+/// The mayor's tools (`gt`), each a route under `/api/mayor/:townId/tools/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "tool", rename_all = "snake_case")]
+pub enum MayorTool {
+    /// Nothing but the checks (token, session key): a bad request's caller hears first what
+    /// the town says of them, as town routes answer.
+    Admit,
+    Rigs,
+    ListBeads {
+        filter: BeadFilter,
+        page: Page,
+    },
+    GetBead {
+        bead_id: BeadId,
+    },
+    CreateBead {
+        bead: NewBead,
+    },
+    PatchBead {
+        bead_id: BeadId,
+        patch: BeadPatch,
+    },
+    SlingBatch {
+        batch: SlingBatch,
+    },
+    ListAgents,
+    /// A stuck agent: its process stopped, its bead handed back.
+    ResetAgent {
+        agent_id: AgentId,
+    },
+    /// An escalation seen to: closed, with the mayor's acknowledgement in its log.
+    AckEscalation {
+        bead_id: BeadId,
+    },
+    /// A message to the user's transcript.
+    Reply {
+        text: String,
+    },
+    /// The mayor's runtime says what its session does (and shows it lives).
+    State {
+        status: MayorStatus,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,11 +464,6 @@ impl std::fmt::Debug for RigCredentialsReply {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MayorRigs {
-    pub credential: ContainerCredential,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropAlarm {}
 
@@ -555,11 +639,33 @@ mod tests {
                 r#"{"op":"heartbeat","credential":{"kind":"agent","issued_at":7},"rig_id":"r1","agent_id":"a1"}"#.into(),
             ),
             (
-                MayorRigs {
+                MayorToolOp {
                     credential: ContainerCredential::Container { generation: None },
+                    key: "k".into(),
+                    tool: MayorTool::Rigs,
                 }
                 .into(),
-                r#"{"op":"mayor_rigs","credential":{"kind":"container","generation":null}}"#.into(),
+                r#"{"op":"mayor_tool","credential":{"kind":"container","generation":null},"key":"k","tool":{"tool":"rigs"}}"#.into(),
+            ),
+            (
+                MayorViewOp { caller: c() }.into(),
+                format!(r#"{{"op":"mayor_view","caller":{C}}}"#),
+            ),
+            (
+                MayorTranscript {
+                    caller: c(),
+                    page: TranscriptPage { after: 3, limit: 10 },
+                }
+                .into(),
+                format!(r#"{{"op":"mayor_transcript","caller":{C},"page":{{"after":3,"limit":10}}}}"#),
+            ),
+            (
+                MayorSay {
+                    caller: c(),
+                    text: "hello".into(),
+                }
+                .into(),
+                format!(r#"{{"op":"mayor_say","caller":{C},"text":"hello"}}"#),
             ),
             (
                 StopTown { caller: c() }.into(),
