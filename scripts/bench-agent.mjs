@@ -32,7 +32,7 @@ export const KILO_BIN = join(ROOT, "node_modules", "@kilocode", "cli-linux-x64",
 const CONTROL_BIN = join(ROOT, "target", "release", "gastown-control");
 
 const git = (...args) => execFileSync("git", args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim();
-const median = (xs) => {
+export const median = (xs) => {
   const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
   if (!s.length) return null;
   const m = Math.floor(s.length / 2);
@@ -53,16 +53,20 @@ function bareRepo(dir) {
 }
 
 /** The runtime's marks of the agent's last start, from its log. */
-function marks(logFile) {
+export function marks(logFile) {
   const text = existsSync(logFile) ? readFileSync(logFile, "utf8") : "";
   const last = text.slice(text.lastIndexOf("--- gastown-control: start"));
   return Object.fromEntries([...last.matchAll(/^gastown-kilo: mark (\S+) (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
 }
 
-/** Runs the measurement; its figures (per run and medians). */
-export async function measureAgentRuns({ runs = Number(process.env.BENCH_AGENT_RUNS ?? 5) } = {}) {
+/**
+ * Runs `measure` against one worker (the development settings), the control server with the
+ * Kilo runtime and the stand-in gateway, with a user, and a rig on a local bare repository in
+ * `newTown()`'s towns; everything is stopped and removed afterwards.
+ */
+export async function withBenchWorld(label, measure) {
   if (!existsSync(KILO_BIN)) throw new Error(`the Kilo CLI is not installed (${KILO_BIN}): run npm ci`);
-  const dir = mkdtempSync(join(tmpdir(), "gastown-bench-agent-"));
+  const dir = mkdtempSync(join(tmpdir(), `gastown-bench-${label}-`));
   const persistDir = makePersistDir();
   migrateD1(persistDir);
   const port = await freePort();
@@ -77,16 +81,35 @@ export async function measureAgentRuns({ runs = Number(process.env.BENCH_AGENT_R
       vars: { CONTAINER_CONTROL_URL: control.url, AGENT_CALLBACK_URL: url, KILO_GATEWAY_URL: gateway.url, GASTOWN_ALLOW_LOCAL_GIT: "1" },
     });
     const call = client(() => worker.url);
-    const user = `bench-agent-${process.pid}`;
+    const user = `bench-${label}-${process.pid}`;
     const token = userToken(secrets.NEXTAUTH_SECRET, user);
     const as = async (method, path, body) => {
       const res = await call(method, path, { token, body });
       if (res.status >= 300) throw new Error(`${method} ${path}: ${res.status} ${res.text}`);
       return res.body;
     };
-    const town = await as("POST", `/api/users/${user}/towns`, { name: "Bench agent" });
-    const rig = await as("POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "bench", git_url: `file://${bareRepo(dir)}` });
-    const requests = async () => (await (await fetch(`${gateway.url}/debug/requests`)).json()).requests.filter((r) => r.town_id === town.id);
+    const repo = bareRepo(dir);
+    const newTown = async (name) => {
+      const town = await as("POST", `/api/users/${user}/towns`, { name });
+      const rig = await as("POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "bench", git_url: `file://${repo}` });
+      return { town, rig };
+    };
+    const requests = async (townId) => (await (await fetch(`${gateway.url}/debug/requests`)).json()).requests.filter((r) => r.town_id === townId);
+    return await measure({ as, control, newTown, requests });
+  } finally {
+    await worker?.stop();
+    control?.stop();
+    gateway?.stop();
+    removePersistDir(persistDir);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Runs the measurement; its figures (per run and medians). */
+export async function measureAgentRuns({ runs = Number(process.env.BENCH_AGENT_RUNS ?? 5) } = {}) {
+  return withBenchWorld("agent", async ({ as, control, newTown, requests: requestsOf }) => {
+    const { town, rig } = await newTown("Bench agent");
+    const requests = () => requestsOf(town.id);
     const perRun = [];
     for (let i = 0; i < runs; i++) {
       const t0 = Date.now();
@@ -131,13 +154,7 @@ export async function measureAgentRuns({ runs = Number(process.env.BENCH_AGENT_R
       medians,
       per_run: perRun,
     };
-  } finally {
-    await worker?.stop();
-    control?.stop();
-    gateway?.stop();
-    removePersistDir(persistDir);
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 }
 
 /** The table `npm run bench` prints. */

@@ -19,7 +19,8 @@
 // the request, and the control server's agents exit at once (GASTOWN_AGENT_COMMAND), so no agent
 // works beside the measurements.
 // The agent's time to work (scripts/bench-agent.mjs): BENCH_AGENT_RUNS (default 5; 0 skips it)
-// beads worked by the real Kilo CLI against the scripted model, after every HTTP row.
+// beads worked by the real Kilo CLI against the scripted model, after every HTTP row; then the
+// mayor's time to answer (scripts/bench-mayor.mjs): BENCH_MAYOR_RUNS (default 3; 0 skips it).
 // Prints the tables and writes <BENCH_OUT>/<time>.json and <BENCH_OUT>/latest.json (default
 // bench/results; a smoke run can write elsewhere).
 import { execFileSync, spawnSync } from "node:child_process";
@@ -31,6 +32,7 @@ import { ROOT, userToken, containerToken } from "./lib/jwt.mjs";
 import { startWorkers } from "./lib/bench-workers.mjs";
 import { startControlServer, client, secrets } from "../tests/e2e/harness.mjs";
 import { measureAgentRuns, printAgentRuns } from "./bench-agent.mjs";
+import { measureMayorRuns, printMayorRuns } from "./bench-mayor.mjs";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -51,6 +53,7 @@ if (![...ROWS, ...BEAD_ROWS].every((n) => Number.isInteger(n) && n > 0)) throw n
 if (BEAD_ROWS.some((n, i) => i > 0 && n <= BEAD_ROWS[i - 1])) throw new Error("BENCH_BEAD_ROWS must grow: one town is filled to each size in turn");
 
 const AGENT_RUNS = Number(process.env.BENCH_AGENT_RUNS ?? 5);
+const MAYOR_RUNS = Number(process.env.BENCH_MAYOR_RUNS ?? 3);
 const NO_PEER_BEADS = "the TypeScript peer does not implement beads: ours only";
 const NO_PEER_WRITES = "the TypeScript peer has no write routes: compared with the write floor";
 
@@ -436,6 +439,15 @@ if (AGENT_RUNS > 0) {
     process.exitCode = 1;
   }
 }
+if (MAYOR_RUNS > 0) {
+  try {
+    results.mayor = await measureMayorRuns({ runs: MAYOR_RUNS });
+  } catch (e) {
+    console.error(`mayor runs failed: ${e.stack ?? e}`);
+    results.mayor_error = String(e);
+    process.exitCode = 1;
+  }
+}
 
 const wasm = readFileSync(join(ROOT, "build", "index_bg.wasm"));
 results.wasm = { raw_bytes: wasm.length, gzip_bytes: gzipSync(wasm, { level: 9 }).length };
@@ -499,6 +511,7 @@ if (fewBeads && manyBeads) {
 }
 console.log(`release wasm: ${results.wasm.raw_bytes} bytes raw, ${results.wasm.gzip_bytes} bytes gzip`);
 if (results.agent) printAgentRuns(results.agent);
+if (results.mayor) printMayorRuns(results.mayor);
 
 results.targets_met = {
   ...Object.fromEntries(Object.entries(results.modes).map(([mode, m]) => [mode, m.targets_met])),

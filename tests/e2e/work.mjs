@@ -508,6 +508,9 @@ export default function work(ctx) {
         await sleep(1_500);
         assert.equal((await control.town(town.id)).body.agents_start_attempts, 15, "failed beads are not retried");
         assert.equal((await health(town.id)).busy, false, "a town whose work all failed is idle");
+        // Each failure is escalated, once, for a human (and the mayor).
+        const escalations = (await as("GET", `/api/towns/${town.id}/beads?type=escalation`)).body;
+        assert.deepEqual(escalations.map((e) => [e.metadata.bead_id, e.labels]).sort(), ids.map((id) => [id, ["dispatch-failed"]]).sort());
       } finally {
         await control.fail({});
       }

@@ -179,7 +179,13 @@ impl TownDO {
             error,
         ) {
             DispatchRetry::RetryAt(at) => store::retry_bead(&sql, bead_id, at, &rfc3339(now)),
-            DispatchRetry::Fail(reason) => self.fail_bead(bead_id, &reason),
+            DispatchRetry::Fail(reason) => {
+                self.fail_bead(bead_id, &reason)?;
+                match store::bead(&sql, bead_id)? {
+                    Some(failed) => self.escalate(&failed, &reason, "dispatch-failed"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 
@@ -234,9 +240,26 @@ impl TownDO {
         }
     }
 
-    /// What the control server needs to run one polecat on one bead. The env is the town's
-    /// (with the current gateway token), plus a fresh container token the agent may start
-    /// with (it reads the current one from its file on every call).
+    /// Every agent's env: the town's (with the current gateway token), a fresh container token
+    /// it may start with (it reads the current one from its file on every call), and its
+    /// heartbeat interval (a quarter of the stall time).
+    pub(super) fn agent_env(
+        &self,
+        town: &Town,
+        config: &TownConfig,
+    ) -> Reply<std::collections::BTreeMap<String, String>> {
+        let mut env = self.container_env(config);
+        let (token, _) = self.mint(town)?;
+        env.insert("GASTOWN_CONTAINER_TOKEN".to_owned(), token);
+        let stall_ms = config::get(&self.env).work.stall_ms;
+        env.insert(
+            "GASTOWN_HEARTBEAT_MS".to_owned(),
+            (stall_ms / 4).max(250).to_string(),
+        );
+        Ok(env)
+    }
+
+    /// What the control server needs to run one polecat on one bead (its env: `agent_env`).
     fn agent_body(
         &self,
         town: &Town,
@@ -246,13 +269,7 @@ impl TownDO {
         bead: &Candidate,
     ) -> Reply<AgentStartBody> {
         let settings = config::get(&self.env);
-        let mut env = self.container_env(config);
-        let (token, _) = self.mint(town)?;
-        env.insert("GASTOWN_CONTAINER_TOKEN".to_owned(), token);
-        env.insert(
-            "GASTOWN_HEARTBEAT_MS".to_owned(),
-            (settings.work.stall_ms / 4).max(250).to_string(),
-        );
+        let mut env = self.agent_env(town, config)?;
         if settings.work.allow_local_git {
             env.insert(ALLOW_LOCAL_GIT_ENV.to_owned(), "1".to_owned());
         }

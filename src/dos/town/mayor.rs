@@ -139,11 +139,13 @@ impl TownDO {
                     self.mayor_working(&agent.id, true)?;
                     return Ok(());
                 }
+                // The session is gone (the container idled out or restarted), or did not take
+                // the message (its CLI died with its session file left behind): the message
+                // was not delivered, and a new session gets it.
                 AgentMessaged::Failed { error } => {
                     console_error!("town {}: message to the mayor: {error}", town.id);
-                    return Ok(());
+                    store::end_mayor_session(&self.sql())?;
                 }
-                // The session is gone (the container idled out or restarted): a new one.
                 AgentMessaged::NoSession => store::end_mayor_session(&self.sql())?,
             }
         } else if now < session.next_start_ms as u64 {
@@ -222,13 +224,7 @@ impl TownDO {
         model: Option<String>,
     ) -> Reply<AgentStartBody> {
         let settings = config::get(&self.env);
-        let mut env = self.container_env(config);
-        let (token, _) = self.mint(town)?;
-        env.insert("GASTOWN_CONTAINER_TOKEN".to_owned(), token);
-        env.insert(
-            "GASTOWN_HEARTBEAT_MS".to_owned(),
-            (settings.work.stall_ms / 4).max(250).to_string(),
-        );
+        let mut env = self.agent_env(town, config)?;
         env.insert(MAYOR_KEY_ENV.to_owned(), key.to_owned());
         Ok(AgentStartBody {
             town_id: town.id.clone(),

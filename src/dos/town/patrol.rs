@@ -88,7 +88,7 @@ impl TownDO {
         match transitions::on_stall(stalls, current.dispatch_attempts) {
             StallOutcome::Escalate(reason) => {
                 self.fail_bead(bead_id, &reason)?;
-                self.escalate(&current, &reason)?;
+                self.escalate(&current, &reason, "crash-loop")?;
             }
             StallOutcome::Fail(reason) => self.fail_bead(bead_id, &reason)?,
             StallOutcome::Reopen => {
@@ -174,8 +174,9 @@ impl TownDO {
         )
     }
 
-    /// An escalation bead for a human, pointing at the bead that failed.
-    fn escalate(&self, failed: &Bead, reason: &str) -> Reply<()> {
+    /// An escalation bead for a human (and the mayor), pointing at the bead that failed;
+    /// `label` says why (`crash-loop`, `dispatch-failed`).
+    pub(super) fn escalate(&self, failed: &Bead, reason: &str, label: &str) -> Reply<()> {
         let metadata = serde_json::json!({ "bead_id": failed.id }).to_string();
         let title: String = format!("Escalation: {}", failed.title)
             .chars()
@@ -187,7 +188,7 @@ impl TownDO {
             body: format!("Bead {} failed: {reason}", failed.id),
             rig_id: failed.rig_id.clone(),
             priority: 0,
-            labels: vec!["crash-loop".to_owned()],
+            labels: vec![label.to_owned()],
             metadata,
         };
         let id = self.insert_bead(&new, "town")?;
