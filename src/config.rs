@@ -172,6 +172,9 @@ pub struct Quotas {
     /// `MAX_AGENTS_PER_TOWN`: agents a town has registered (the mayor, and every agent
     /// dispatch creates).
     pub agents_per_town: u64,
+    /// `MAYOR_TRANSCRIPT_CAP`: messages a town keeps of its conversation with the mayor (the
+    /// oldest it has heard are dropped, and counted).
+    pub mayor_transcript: u64,
 }
 
 fn count(env: &Env, name: &str, default: u64) -> u64 {
@@ -260,6 +263,12 @@ pub fn get(env: &Env) -> Rc<Config> {
                     towns_per_owner: count(env, "MAX_TOWNS_PER_OWNER", 50),
                     rigs_per_town: count(env, "MAX_RIGS_PER_TOWN", 100),
                     agents_per_town: count(env, "MAX_AGENTS_PER_TOWN", 100),
+                    mayor_transcript: count(
+                        env,
+                        "MAYOR_TRANSCRIPT_CAP",
+                        gastown_core::mayor::TRANSCRIPT_CAP,
+                    )
+                    .max(1),
                 },
             })
         })

@@ -14,6 +14,8 @@ import { KILO_BIN } from "./kilo.mjs";
 const until = (what, probe, ms = 120_000) => untilFor(what, probe, ms, 300);
 const CONTROL_BIN = join(ROOT, "target", "release", "gastown-control-debug");
 const IDLE_STOP_MS = 8_000;
+/** The transcript's cap in this suite (per town: no other test's town reaches it). */
+const CAP = 30;
 
 export default function mayor(ctx) {
   describe("the mayor (real CLI, scripted model)", () => {
@@ -29,7 +31,7 @@ export default function mayor(ctx) {
       world = await startOwnWorker(ctx, {
         controlArgs: ["--git-ca-file", ctx.platforms.gitCaFile, "--agent-command", `${CONTROL_BIN} kilo-agent --kilo ${KILO_BIN}`],
         gateway: true,
-        vars: { AGENT_STALL_MS: "60000", CONTAINER_IDLE_STOP_MS: String(IDLE_STOP_MS), TOWN_ALARM_INTERVAL_MS: "500", CONTAINER_TOKEN_GRACE_MS: "0" },
+        vars: { AGENT_STALL_MS: "60000", CONTAINER_IDLE_STOP_MS: String(IDLE_STOP_MS), TOWN_ALARM_INTERVAL_MS: "500", CONTAINER_TOKEN_GRACE_MS: "0", MAYOR_TRANSCRIPT_CAP: String(CAP) },
       });
       ({ call, control, gateway } = world);
     });
@@ -216,6 +218,11 @@ export default function mayor(ctx) {
         const v = await status(town.id);
         return users.length === 10 && users.every((m) => m.delivered) && v.status === "waiting" ? t : not([users.map((m) => m.delivered), v]);
       });
+      // One session heard them all: those that came while it started waited for its first
+      // prompt (they did not start another, which would have heard the first as its past).
+      const mayorId = (await status(town.id)).agent_id;
+      const log = readFileSync(join(control.workdir, town.id, "agents", `${mayorId}.log`), "utf8");
+      assert.equal(log.split("--- gastown-control: start ").length - 1, 1, log.slice(-3000));
       // What the model was told, in the last call of the session: each message once, in the
       // order the town stored them.
       const stored = (await transcript(town.id)).messages.filter((m) => m.role === "user").sort((a, b) => a.seq - b.seq);
@@ -258,6 +265,51 @@ export default function mayor(ctx) {
       assert.ok(acked.events.some((e) => e.message === "acknowledged by the mayor"), JSON.stringify(acked.events));
       // Still once, after everything since.
       assert.equal((await transcript(town.id)).messages.filter((m) => m.role === "town").length, 1);
+    });
+
+    it("a mayor whose process dies is idle at once, and the next message starts another", async () => {
+      const { town } = await townWithRig();
+      assert.equal((await say(town.id, "[script:mayor] reply here")).status, 202);
+      await replyMatching(town.id, /^here$/);
+      await until("the mayor waiting", async () => ((await status(town.id)).status === "waiting" ? true : not(await status(town.id))), 30_000);
+      // SIGKILL the mayor's runtime (as an OOM kill would): no goodbye from it.
+      const runtime = readdirSync("/proc").filter((d) => /^\d+$/.test(d)).find((pid) => {
+        try {
+          const env = readFileSync(`/proc/${pid}/environ`, "utf8");
+          return env.includes(`GASTOWN_TOWN_ID=${town.id}\0`) && env.includes("GASTOWN_MAYOR_KEY=") && readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("kilo-agent");
+        } catch {
+          return false;
+        }
+      });
+      assert.ok(runtime, "the mayor's runtime runs");
+      process.kill(Number(runtime), "SIGKILL");
+      // The control server saw it end and said so with the session's key: idle well before
+      // the idle stop (8 s) or a stall (60 s) would say it.
+      const t0 = Date.now();
+      await until("the mayor idle", async () => ((await status(town.id)).status === "idle" ? true : not(await status(town.id))), 5_000);
+      assert.ok(Date.now() - t0 < 5_000);
+      assert.equal((await as("GET", `/api/towns/${town.id}/container`)).body.state, "running", "the container lives on");
+      assert.equal((await say(town.id, "[script:mayor] reply back")).status, 202);
+      await replyMatching(town.id, /^back$/);
+    });
+
+    it(`the transcript keeps the latest ${CAP} messages (MAYOR_TRANSCRIPT_CAP), counting what it dropped`, async () => {
+      const { town } = await townWithRig();
+      const sent = [];
+      for (let i = 1; i <= CAP + 6; i++) {
+        // Plain notes: the scripted model answers them in words, with no reply to store.
+        const res = await say(town.id, `note ${i}`);
+        assert.equal(res.status, 202, res.text);
+        sent.push(res.body.seq);
+        if (i === CAP + 5 || i === CAP + 6) {
+          // Messages are dropped once heard: wait for these to be, then send the next.
+          await until(`note ${i} delivered`, async () => ((await status(town.id)).pending_messages === 0 ? true : not(await status(town.id))), 60_000);
+        }
+      }
+      const t = await transcript(town.id);
+      assert.equal(t.messages.length, CAP, JSON.stringify(t.messages.map((m) => m.text)));
+      assert.deepEqual([t.messages[0].text, t.messages.at(-1).text, t.dropped], ["note 7", `note ${CAP + 6}`, 6]);
+      assert.equal(t.messages[0].seq, sent[6]);
     });
   });
 }

@@ -587,12 +587,14 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         pid: Some(process.pid),
         exit_code: None,
     };
-    // A process on a rig reports its end to the worker (the mayor's has no callback route).
-    let report = req.rig_id.is_some().then(|| ExitReport {
+    // A process that ends on its own is reported to the worker: a rig's agent through its exit
+    // callback, the mayor by ending its session (with the session's own key).
+    let report = Some(ExitReport {
         env: env.clone(),
         log: town_dir
             .join(AGENTS_DIR)
             .join(format!("{}.log", req.agent_id)),
+        mayor: req.rig_id.is_none(),
     });
     watch(&process, town, req.agent_id.as_str(), report);
     let entry = towns.entry(town.to_owned()).or_default();
@@ -919,6 +921,8 @@ struct ExitReport {
     /// The agent's session, as [`Callbacks::from_env`] reads it.
     env: BTreeMap<String, String>,
     log: PathBuf,
+    /// The mayor's session: its end is said with `POST …/tools/state {"status":"idle"}`.
+    mayor: bool,
 }
 
 /// The stack of the thread that watches an agent (and reports its exit).
@@ -930,6 +934,14 @@ const EXIT_TAIL_LINES: usize = 5;
 impl ExitReport {
     fn send(self, exit_code: Option<i32>) {
         let env = |name: &str| self.env.get(name).cloned();
+        if self.mayor {
+            // Refused (403) when the runtime already ended the session itself, or another
+            // session has begun: nothing to do then.
+            if let Ok(tools) = crate::mayor_tools::MayorTools::from_env(&env) {
+                let _ = tools.post_state("idle");
+            }
+            return;
+        }
         let Ok(session) = Callbacks::from_env(&env, "gastown-control") else {
             return;
         };

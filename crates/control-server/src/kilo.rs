@@ -40,7 +40,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -70,8 +70,27 @@ pub const QUIET_LIMIT: Duration = Duration::from_secs(15 * 60);
 struct Activity {
     start: Instant,
     last_ms: Arc<AtomicU64>,
-    /// Whether the session is answering (not idle).
-    busy: Arc<AtomicBool>,
+    /// What the session does ([`Phase`]), as the mayor's heartbeats say it.
+    phase: Arc<AtomicU8>,
+}
+
+/// A session's phase: before its first prompt, answering, or waiting for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting = 0,
+    Working = 1,
+    Waiting = 2,
+}
+
+impl Phase {
+    /// As the mayor's `POST …/tools/state` names it.
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Working => "working",
+            Phase::Waiting => "waiting",
+        }
+    }
 }
 
 impl Activity {
@@ -79,16 +98,20 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
-            busy: Arc::new(AtomicBool::new(true)),
+            phase: Arc::new(AtomicU8::new(Phase::Starting as u8)),
         }
     }
 
-    fn set_busy(&self, busy: bool) {
-        self.busy.store(busy, Ordering::Relaxed);
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
     }
 
-    fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Relaxed)
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Starting,
+            1 => Phase::Working,
+            _ => Phase::Waiting,
+        }
     }
 
     fn seen(&self) {
@@ -176,8 +199,8 @@ pub fn cli_main(args: &[String]) -> i32 {
         }
     };
     mark("started");
-    worker.heartbeat();
     let activity = Activity::new();
+    worker.heartbeat(activity.phase());
     let beats = heartbeats(&env, activity.clone());
     let outcome = Session::from_env(&env, kilo).and_then(|s| s.run(&worker, &activity));
     drop(beats);
@@ -219,18 +242,18 @@ impl Reporter {
         }
     }
 
-    /// The agent lives. The mayor's session says so by saying it works (a waiting mayor
+    /// The agent lives. The mayor's session says so by saying what it does (a waiting mayor
     /// sends nothing: it keeps nothing awake).
-    fn heartbeat(&self) {
+    fn heartbeat(&self, phase: Phase) {
         match self {
             Reporter::Agent(c) => {
                 let _ = c.call("heartbeat", "{}");
             }
-            Reporter::Mayor(_) => self.state("working"),
+            Reporter::Mayor(_) => self.state(phase.name()),
         }
     }
 
-    /// What the mayor's session does now: `working`, `waiting` or `idle` (nothing for others).
+    /// What the mayor's session does now: `starting`, `working`, `waiting` or `idle` (nothing for others).
     fn state(&self, status: &str) {
         if let Reporter::Mayor(tools) = self {
             if let Err(e) = tools.post_state(status) {
@@ -266,12 +289,12 @@ fn heartbeats(env: &dyn Fn(&str) -> Option<String>, activity: Activity) -> mpsc:
         let Ok(worker) = session else { return };
         let mut said = false;
         while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-            if worker.is_mayor() && !activity.is_busy() {
+            if worker.is_mayor() && activity.phase() == Phase::Waiting {
                 continue;
             }
             if activity.quiet_for() <= QUIET_LIMIT {
                 said = false;
-                worker.heartbeat();
+                worker.heartbeat(activity.phase());
             } else if !said {
                 said = true;
                 say("the session has been quiet too long: no heartbeat until it shows life");
@@ -527,6 +550,9 @@ impl Session {
         });
         api.post_no_content(&format!("/session/{session}/prompt_async"), &prompt)?;
         mark("prompt-sent");
+        // From now on the session takes further messages.
+        activity.set_phase(Phase::Working);
+        worker.state(Phase::Working.name());
         let linger = match &self.mode {
             Mode::Bead { .. } => {
                 worker.status("the Kilo CLI is working on the bead");
@@ -599,8 +625,8 @@ fn watch(
         let idle = |idle_since: &mut Option<Instant>| {
             if idle_since.is_none() {
                 *idle_since = Some(Instant::now());
-                activity.set_busy(false);
-                worker.state("waiting");
+                activity.set_phase(Phase::Waiting);
+                worker.state(Phase::Waiting.name());
             }
         };
         match kind {
@@ -609,8 +635,8 @@ fn watch(
                 Some("busy" | "retry") => {
                     busy_seen = true;
                     if idle_since.take().is_some() {
-                        activity.set_busy(true);
-                        worker.state("working");
+                        activity.set_phase(Phase::Working);
+                        worker.state(Phase::Working.name());
                     }
                 }
                 Some("idle") if busy_seen => idle(&mut idle_since),

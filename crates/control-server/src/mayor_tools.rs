@@ -179,7 +179,7 @@ impl MayorTools {
         }
     }
 
-    /// Says what the mayor is doing (`working`, `waiting` or `idle`): `POST /state`
+    /// Says what the mayor is doing (`starting`, `working`, `waiting` or `idle`): `POST /state`
     /// `{"status": status}`.
     ///
     /// # Errors

@@ -84,10 +84,17 @@ impl MayorStatus {
         }
     }
 
-    /// Whether a session runs (a message can go to it rather than start one).
+    /// Whether a session runs (started or starting: no other is started).
     #[must_use]
     pub fn has_session(self) -> bool {
         !matches!(self, MayorStatus::Idle)
+    }
+
+    /// Whether a further message can be given to the session now (a starting one has not had
+    /// its first prompt yet: messages wait for it).
+    #[must_use]
+    pub fn takes_messages(self) -> bool {
+        matches!(self, MayorStatus::Working | MayorStatus::Waiting)
     }
 
     /// Whether the mayor makes the town busy.
@@ -97,20 +104,23 @@ impl MayorStatus {
     }
 }
 
-/// What the runtime may say of its session (`POST /api/mayor/:townId/tools/state`).
+/// What the runtime may say of its session (`POST /api/mayor/:townId/tools/state`):
+/// `starting` (alive, its CLI not yet given the first prompt), `working`, `waiting`, `idle`
+/// (the session ended).
 ///
 /// # Errors
-/// 422 for anything but `working`, `waiting` or `idle`.
+/// 422 for anything else.
 pub fn parse_state(body: &[u8]) -> Result<MayorStatus, ApiError> {
     let map = parse_object(body)?;
     only_fields(&map, &["status"])?;
     match Fields(&map).required_str("status", 16)? {
+        "starting" => Ok(MayorStatus::Starting),
         "working" => Ok(MayorStatus::Working),
         "waiting" => Ok(MayorStatus::Waiting),
         "idle" => Ok(MayorStatus::Idle),
         _ => Err(ApiError::invalid(
             "status",
-            "must be one of working, waiting, idle",
+            "must be one of starting, working, waiting, idle",
         )),
     }
 }
@@ -328,6 +338,8 @@ mod tests {
         assert!(MayorStatus::Working.is_busy() && MayorStatus::Starting.is_busy());
         assert!(!MayorStatus::Waiting.is_busy() && !MayorStatus::Idle.is_busy());
         assert!(MayorStatus::Waiting.has_session() && !MayorStatus::Idle.has_session());
+        assert!(MayorStatus::Starting.has_session() && !MayorStatus::Starting.takes_messages());
+        assert!(MayorStatus::Working.takes_messages() && MayorStatus::Waiting.takes_messages());
     }
 
     #[test]
@@ -357,7 +369,11 @@ mod tests {
             parse_state(br#"{"status":"waiting"}"#).unwrap(),
             MayorStatus::Waiting
         );
-        assert!(parse_state(br#"{"status":"starting"}"#).is_err());
+        assert_eq!(
+            parse_state(br#"{"status":"starting"}"#).unwrap(),
+            MayorStatus::Starting
+        );
+        assert!(parse_state(br#"{"status":"asleep"}"#).is_err());
         assert_eq!(
             TranscriptPage::parse(Some("after=12&limit=3")).unwrap(),
             TranscriptPage {

@@ -61,16 +61,27 @@ impl TownDO {
     /// A user's message: stored, then delivered by the tick that comes at once.
     pub(super) async fn say_to_mayor(&self, user: &str, text: &str) -> Reply<MayorMessage> {
         self.mayor_agent()?;
-        let message = store::insert_mayor_message(
-            &self.sql(),
-            Speaker::User,
-            text,
-            Some(user),
-            config::now_ms(),
-            false,
-        )?;
+        let message = self.record_mayor_message(Speaker::User, text, Some(user), false)?;
         self.kick().await?;
         Ok(message)
+    }
+
+    /// A message in the transcript, within the town's cap.
+    fn record_mayor_message(
+        &self,
+        role: Speaker,
+        text: &str,
+        user_id: Option<&str>,
+        delivered: bool,
+    ) -> Reply<MayorMessage> {
+        let new = store::NewMayorMessage {
+            role,
+            text,
+            user_id,
+            delivered,
+        };
+        let cap = config::get(&self.env).quotas.mayor_transcript;
+        store::insert_mayor_message(&self.sql(), new, config::now_ms(), cap)
     }
 
     pub(super) fn mayor_status_view(&self) -> Reply<MayorView> {
@@ -121,7 +132,12 @@ impl TownDO {
         let session = store::mayor_session(&self.sql())?;
         let now = config::now_ms();
         let agent = self.mayor_agent()?;
-        if session.status().has_session() && self.container_started()? {
+        // A session that is starting gets them once it has had its first prompt (it says
+        // `working`); if it never does, patrol stalls it and a new one gets them.
+        if session.status() == MayorStatus::Starting && self.container_started()? {
+            return Ok(());
+        }
+        if session.status().takes_messages() && self.container_started()? {
             let sent = self
                 .container(&town.id)?
                 .call(c::MessageAgent {
@@ -350,14 +366,9 @@ impl TownDO {
                 };
                 json_of(&self.patch_bead_row(&town, &bead_id, close, &acting).await?)
             }
-            MayorTool::Reply { text } => json_of(&store::insert_mayor_message(
-                &sql,
-                Speaker::Mayor,
-                &text,
-                None,
-                config::now_ms(),
-                true,
-            )?),
+            MayorTool::Reply { text } => {
+                json_of(&self.record_mayor_message(Speaker::Mayor, &text, None, true)?)
+            }
             MayorTool::State { status } => {
                 let now = config::now_ms();
                 match status {
@@ -369,9 +380,17 @@ impl TownDO {
                         store::set_mayor_status(&sql, status, now)?;
                         self.mayor_working(&mayor.id, false)?;
                     }
-                    MayorStatus::Working | MayorStatus::Starting => {
-                        store::set_mayor_status(&sql, MayorStatus::Working, now)?;
+                    MayorStatus::Starting => {
+                        store::set_mayor_status(&sql, status, now)?;
                         self.mayor_working(&mayor.id, true)?;
+                    }
+                    MayorStatus::Working => {
+                        store::set_mayor_status(&sql, status, now)?;
+                        self.mayor_working(&mayor.id, true)?;
+                        // Messages that waited for the session's first prompt go now.
+                        if self.mayor_has_pending()? {
+                            self.kick().await?;
+                        }
                     }
                 }
                 json_of(&self.mayor_status_view()?)

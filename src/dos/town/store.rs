@@ -13,7 +13,7 @@ use gastown_core::beads::{
 use gastown_core::control::AgentDoneCallback;
 use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId, UserId};
-use gastown_core::mayor::{MayorMessage, MayorStatus, Speaker, TRANSCRIPT_CAP};
+use gastown_core::mayor::{MayorMessage, MayorStatus, Speaker};
 use gastown_core::model::{Agent, AgentStatus, Rig, Town, TownStatus, AGENT_COLUMNS, AGENT_JSON};
 use gastown_core::page::Page;
 use gastown_core::protocol::Json;
@@ -1016,6 +1016,14 @@ pub fn mayor_delivered(sql: &SqlStorage, up_to_seq: u64, acting: Option<&str>) -
     )
 }
 
+/// A message to store: who said it, and whether the session has it already.
+pub struct NewMayorMessage<'a> {
+    pub role: Speaker,
+    pub text: &'a str,
+    pub user_id: Option<&'a str>,
+    pub delivered: bool,
+}
+
 const MAYOR_MESSAGE_JSON: &str = "json_object('seq', seq, 'role', role, 'text', text, 'user_id', user_id, 'created_at', created_at, 'delivered', json(CASE WHEN delivered = 1 THEN 'true' ELSE 'false' END))";
 
 fn mayor_messages(
@@ -1036,16 +1044,20 @@ fn mayor_messages(
     Ok(list)
 }
 
-/// A new message; its row. The oldest messages beyond [`TRANSCRIPT_CAP`] that the session
-/// has heard are dropped (and counted).
+/// A new message; its row. The oldest messages beyond `cap` that the session has heard are
+/// dropped (and counted).
 pub fn insert_mayor_message(
     sql: &SqlStorage,
-    role: Speaker,
-    text: &str,
-    user_id: Option<&str>,
+    new: NewMayorMessage<'_>,
     now_ms: u64,
-    delivered: bool,
+    cap: u64,
 ) -> Reply<MayorMessage> {
+    let NewMayorMessage {
+        role,
+        text,
+        user_id,
+        delivered,
+    } = new;
     exec(
         sql,
         "INSERT INTO mayor_messages (role, text, user_id, created_at, delivered) VALUES (?, ?, ?, ?, ?)",
@@ -1063,13 +1075,13 @@ pub fn insert_mayor_message(
     let over = count(
         sql,
         "SELECT COUNT(*) AS n FROM mayor_messages WHERE delivered = 1 AND seq <= ?",
-        vec![int(row.seq.saturating_sub(TRANSCRIPT_CAP))],
+        vec![int(row.seq.saturating_sub(cap))],
     )?;
     if over > 0 {
         exec(
             sql,
             "DELETE FROM mayor_messages WHERE delivered = 1 AND seq <= ?",
-            vec![int(row.seq.saturating_sub(TRANSCRIPT_CAP))],
+            vec![int(row.seq.saturating_sub(cap))],
         )?;
         exec(
             sql,
