@@ -175,6 +175,8 @@ pub struct Quotas {
     /// `MAYOR_TRANSCRIPT_CAP`: messages a town keeps of its conversation with the mayor (the
     /// oldest it has heard are dropped, and counted).
     pub mayor_transcript: u64,
+    /// `AGENT_EVENTS_CAP`: events a town keeps per agent (the oldest are dropped, and counted).
+    pub agent_events: u64,
 }
 
 fn count(env: &Env, name: &str, default: u64) -> u64 {
@@ -269,6 +271,8 @@ pub fn get(env: &Env) -> Rc<Config> {
                         gastown_core::mayor::TRANSCRIPT_CAP,
                     )
                     .max(1),
+                    agent_events: count(env, "AGENT_EVENTS_CAP", gastown_core::events::DEFAULT_CAP)
+                        .max(1),
                 },
             })
         })

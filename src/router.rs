@@ -191,6 +191,7 @@ async fn container_route(
         ContainerRoute::AgentStatus { .. } => container::agent_status(req, env, caller).await,
         ContainerRoute::AgentDone { .. } => container::agent_done(req, env, caller).await,
         ContainerRoute::AgentExit { .. } => container::agent_exit(req, env, caller).await,
+        ContainerRoute::AgentEvents { .. } => container::agent_events(req, env, caller).await,
         ContainerRoute::MayorTool { tool, .. } => {
             container::mayor_tool(req, env, caller, tool).await
         }

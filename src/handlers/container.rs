@@ -11,12 +11,13 @@ use gastown_core::control::{
     AgentDoneCallback, AgentExitCallback, AgentStatusCallback, MAX_CALLBACK_TEXT,
 };
 use gastown_core::error::ApiError;
+use gastown_core::events::EventBatch;
 use gastown_core::ids::{AgentId, RigId};
 use gastown_core::mayor::{self, MAYOR_KEY_HEADER};
 use gastown_core::page::Page;
 use gastown_core::protocol::town::{
-    AgentDone, AgentExited, AgentStatus, Heartbeat, IssueContainerToken, IssueSandboxToken,
-    MayorTool, MayorToolOp,
+    AgentDone, AgentEventsOp, AgentExited, AgentStatus, Heartbeat, IssueContainerToken,
+    IssueSandboxToken, MayorTool, MayorToolOp,
 };
 use gastown_core::routes::MayorToolRoute;
 use worker::{Env, Request, Response};
@@ -96,6 +97,21 @@ pub async fn agent_done(req: &mut Request, env: &Env, caller: &ContainerCaller) 
         })
         .await?;
     Ok(json(200, &bead))
+}
+
+/// `POST .../events {run, events}`: a batch of the agent's events.
+pub async fn agent_events(req: &mut Request, env: &Env, caller: &ContainerCaller) -> Handled {
+    let (rig_id, agent_id) = agent_scope(caller)?;
+    let batch = EventBatch::parse(&read_json_body(req).await?)?;
+    let stored = town::stub(env, &caller.town_id)?
+        .call(AgentEventsOp {
+            credential: caller.credential,
+            rig_id,
+            agent_id,
+            batch,
+        })
+        .await?;
+    Ok(json(200, &stored))
 }
 
 /// The container saw the agent's process end.

@@ -16,6 +16,7 @@ use gastown_core::beads::{BeadFilter, BeadPatch, NewBead, SlingBatch};
 use gastown_core::error::ApiError;
 use gastown_core::ids::TownId;
 use gastown_core::mayor;
+use gastown_core::page::SeqPage;
 use gastown_core::protocol::town as t;
 use gastown_core::routes::TownAction;
 use gastown_core::town_config::ConfigPatch;
@@ -88,6 +89,16 @@ pub async fn route(
         TownAction::Start => Ok(json(200, &stub.call(t::StartTown { caller }).await?)),
         TownAction::ListAgents => Ok(json_reply(200, stub.call(t::ListAgents { caller }).await?)),
         TownAction::EnsureMayor => Ok(json(200, &stub.call(t::EnsureMayor { caller }).await?)),
+        TownAction::AgentEvents(agent_id) => {
+            let page =
+                admitted(&stub, &caller, SeqPage::parse(query(req).as_deref()), None).await?;
+            let list = t::ListAgentEvents {
+                caller,
+                agent_id,
+                page,
+            };
+            Ok(json(200, &stub.call(list).await?))
+        }
         TownAction::MayorView => Ok(json(200, &stub.call(t::MayorViewOp { caller }).await?)),
         TownAction::MayorSay => {
             let body = read_json_body(req).await;
@@ -101,13 +112,8 @@ pub async fn route(
             Ok(json(202, &stub.call(t::MayorSay { caller, text }).await?))
         }
         TownAction::MayorTranscript => {
-            let page = admitted(
-                &stub,
-                &caller,
-                mayor::TranscriptPage::parse(query(req).as_deref()),
-                None,
-            )
-            .await?;
+            let page =
+                admitted(&stub, &caller, SeqPage::parse(query(req).as_deref()), None).await?;
             Ok(json(
                 200,
                 &stub.call(t::MayorTranscript { caller, page }).await?,

@@ -21,6 +21,7 @@ import work from "./work.mjs";
 import ghToken from "./gh_token.mjs";
 import kilo from "./kilo.mjs";
 import mayor from "./mayor.mjs";
+import events, { EVENTS_CAP } from "./events.mjs";
 
 // Alarms every second, a 2-second container-token throttle and a 2-second rotation grace, so
 // the tests watch the main loop, the watchdog, token refresh and revocation happen in seconds
@@ -33,6 +34,8 @@ export const VARS = {
   MAX_TOWNS_PER_OWNER: "20",
   MAX_RIGS_PER_TOWN: "20",
   MAX_AGENTS_PER_TOWN: "20",
+  // Few enough events per agent that the events suite reaches the cap.
+  AGENT_EVENTS_CAP: String(EVENTS_CAP),
   // A busy town's loop every second, as before the work loop had two cadences.
   TOWN_ALARM_ACTIVE_MS: "1000",
   // As in production: no file:// rigs (.dev.vars allows them for development; work.mjs's own
@@ -84,7 +87,7 @@ after(async () => {
 
 // Every suite, in order. `GASTOWN_E2E_ONLY=work,ghToken node --test tests/e2e/all.test.mjs`
 // runs only the named ones (for working on one suite; `npm test` runs them all).
-const SUITES = { personal, auth, badInput, internal, org, container, hardening, security, gateway, integrations, userTokens, work, ghToken, kilo, mayor, fuzz, lifecycle };
+const SUITES = { personal, auth, badInput, internal, org, container, hardening, security, gateway, integrations, userTokens, work, ghToken, kilo, mayor, events, fuzz, lifecycle };
 const only = process.env.GASTOWN_E2E_ONLY?.split(",").filter(Boolean);
 for (const [name, suite] of Object.entries(SUITES)) {
   if (!only || only.includes(name)) suite(ctx);

@@ -34,7 +34,7 @@ export default function kilo(ctx) {
         // under running sessions; a rotation revokes the old container token at once.
         controlArgs: ["--git-ca-file", p().gitCaFile, "--agent-command", `${CONTROL_BIN} kilo-agent --kilo ${KILO_BIN}`, "--gateway-refresh-ms", "1000"],
         gateway: true,
-        vars: { AGENT_STALL_MS: "120000", CONTAINER_TOKEN_GRACE_MS: "0" },
+        vars: { AGENT_STALL_MS: "120000", CONTAINER_TOKEN_GRACE_MS: "0", AGENT_EVENTS_CAP: "10000" },
       });
       ({ call, control, gateway } = world);
     });
@@ -93,6 +93,19 @@ export default function kilo(ctx) {
       assert.deepEqual([...new Set(usage.map((c) => c.model))], ["kilo/polecat-model"], "the polecat's effective model (the town's role_models.polecat)");
       const kinds = done.events.map((e) => e.kind);
       assert.ok(kinds.includes("done"), kinds.join(","));
+      // The session's events reached the town: the runtime's lines and the CLI's tool calls,
+      // with no token in any of them.
+      const seen = await until("the agent's events", async () => {
+        const page = (await as("GET", `/api/towns/${town.id}/agents/${done.assignee_agent_id}/events?limit=500`)).body;
+        const tools = page.events.filter((e) => e.kind === "tool").map((e) => e.text);
+        return ["write: completed", "bash: completed"].every((t) => tools.includes(t)) ? page : not([tools, page.events.length]);
+      }, 30_000);
+      assert.ok(seen.events.some((e) => e.kind === "output" && /gastown-kilo: mark prompt-sent/.test(e.text)), "the runtime's own lines");
+      const shown = JSON.stringify(seen.events);
+      for (const secret of [(await control.town(town.id)).body.token, gatewayTokenIn(town.id)]) {
+        assert.ok(secret && !shown.includes(secret), "no token in an event");
+      }
+      assert.ok(!/ghs_|eyJhbGci/.test(shown), "nothing shaped like a token");
       // A second message reaches the same session, and the model.
       const sent = await control.message(town.id, done.assignee_agent_id, "[script:reply] are you there?");
       assert.equal(sent.status, 202, JSON.stringify(sent.body));

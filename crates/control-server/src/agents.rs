@@ -572,6 +572,11 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         work_dir: &work_dir,
         user: shared.config.agent_user,
     };
+    let log = town_dir
+        .join(AGENTS_DIR)
+        .join(format!("{}.log", req.agent_id));
+    // Where this run's lines begin (its start line, written next, is this server's own).
+    let log_from = fs::metadata(&log).map_or(0, |m| m.len());
     let process = spawn(command, &env, &place, starts).map_err(|e| {
         // The error names a path or the command at most, never the env.
         eprintln!(
@@ -591,12 +596,14 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
     // callback, the mayor by ending its session (with the session's own key).
     let report = Some(ExitReport {
         env: env.clone(),
-        log: town_dir
-            .join(AGENTS_DIR)
-            .join(format!("{}.log", req.agent_id)),
+        log: log.clone(),
         mayor: req.rig_id.is_none(),
     });
-    watch(&process, town, req.agent_id.as_str(), report);
+    // A rig's agent's lines go to the worker as its events (the mayor's have no route yet).
+    let events = req.rig_id.as_ref().and_then(|_| {
+        crate::events::Forwarder::start(log, log_from, starts, town_dir.clone(), env.clone())
+    });
+    watch(&process, town, req.agent_id.as_str(), report, events);
     let entry = towns.entry(town.to_owned()).or_default();
     entry
         .agents
@@ -883,7 +890,13 @@ fn kill_group(leader: u32) {
 }
 
 /// Starts the thread that waits for the process and records its exit.
-fn watch(process: &Arc<Process>, town: &str, agent: &str, report: Option<ExitReport>) {
+fn watch(
+    process: &Arc<Process>,
+    town: &str,
+    agent: &str,
+    report: Option<ExitReport>,
+    events: Option<crate::events::Forwarder>,
+) {
     let (process, town, agent) = (Arc::clone(process), town.to_owned(), agent.to_owned());
     let watcher = move || {
         while !process.has_exited() {
@@ -897,6 +910,10 @@ fn watch(process: &Arc<Process>, town: &str, agent: &str, report: Option<ExitRep
             None => "on a signal".to_owned(),
         };
         eprintln!("gastown-control: agent {agent} of town {town} exited {how}");
+        // Its last lines before the report of its end.
+        if let Some(events) = events {
+            events.finish();
+        }
         if let Some(report) = report.filter(|_| !process.stopped.load(Ordering::SeqCst)) {
             report.send(code);
         }

@@ -157,6 +157,12 @@ fn say(line: &str) {
     eprintln!("gastown-kilo: {line}");
 }
 
+/// An event of the session for the town's live view (the control server forwards the agent's
+/// log lines, and reads this prefix as the event's kind): `gastown-kilo: event <kind> <text>`.
+fn tell(kind: &str, text: &str) {
+    say(&format!("event {kind} {text}"));
+}
+
 /// A milestone of the run, for reading the agent's log (and `npm run bench`):
 /// `gastown-kilo: mark <name> <ms since the Unix epoch>`. The names: `started`, `cloned`,
 /// `cli-listening`, `prompt-sent`, `idle-end`.
@@ -598,6 +604,8 @@ fn watch(
     let started = Instant::now();
     let mut idle_since: Option<Instant> = None;
     let mut busy_seen = false;
+    // Tool calls already told, by part and state: each state once.
+    let mut told: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
     loop {
         if let Ok(Some(status)) = kilo.try_wait() {
             return Err(failed(format!("the Kilo CLI ended on its own ({status})")));
@@ -627,6 +635,7 @@ fn watch(
                 *idle_since = Some(Instant::now());
                 activity.set_phase(Phase::Waiting);
                 worker.state(Phase::Waiting.name());
+                tell("session", "idle");
             }
         };
         match kind {
@@ -637,6 +646,7 @@ fn watch(
                     if idle_since.take().is_some() {
                         activity.set_phase(Phase::Working);
                         worker.state(Phase::Working.name());
+                        tell("session", "busy");
                     }
                 }
                 Some("idle") if busy_seen => idle(&mut idle_since),
@@ -645,6 +655,16 @@ fn watch(
             "session.error" => {
                 let name = props["error"]["name"].as_str().unwrap_or("error");
                 worker.status(&format!("the Kilo CLI reported {name}"));
+            }
+            "message.part.updated" if props["part"]["type"] == "tool" => {
+                let part = &props["part"];
+                let (id, tool) = (part["id"].as_str(), part["tool"].as_str());
+                let state = part["state"]["status"].as_str();
+                if let (Some(id), Some(tool), Some(state)) = (id, tool, state) {
+                    if told.insert((id.to_owned(), state.to_owned())) {
+                        tell("tool", &format!("{tool}: {state}"));
+                    }
+                }
             }
             _ => {}
         }

@@ -191,6 +191,7 @@ pub mod cli;
 pub mod client;
 #[cfg(feature = "debug-routes")]
 mod debug;
+pub mod events;
 pub mod gh;
 pub mod git_credential;
 pub mod gt;

@@ -13,6 +13,7 @@ pub mod beads;
 pub mod body;
 pub mod control;
 pub mod error;
+pub mod events;
 pub mod ids;
 pub mod integrations;
 pub mod mayor;

@@ -14,7 +14,6 @@
 
 use crate::body::{only_fields, parse_object, Fields};
 use crate::error::ApiError;
-use crate::page::query_pairs;
 use crate::text::{check_text, Lines};
 use serde::{Deserialize, Serialize};
 
@@ -198,55 +197,6 @@ pub fn parse_text(body: &[u8]) -> Result<String, ApiError> {
     }
 }
 
-/// Default and largest page of the transcript.
-pub const DEFAULT_TRANSCRIPT_LIMIT: u32 = 100;
-pub const MAX_TRANSCRIPT_LIMIT: u32 = 500;
-
-/// `?after=<seq>&limit=N` of the transcript: the messages after `after`, oldest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TranscriptPage {
-    pub after: u64,
-    pub limit: u32,
-}
-
-impl TranscriptPage {
-    /// # Errors
-    /// 422 naming `after` or `limit`.
-    pub fn parse(query: Option<&str>) -> Result<TranscriptPage, ApiError> {
-        let mut page = TranscriptPage {
-            after: 0,
-            limit: DEFAULT_TRANSCRIPT_LIMIT,
-        };
-        for (key, value) in query_pairs(query) {
-            match key {
-                "after" => {
-                    page.after = value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n < (1 << 53))
-                        .ok_or_else(|| {
-                            ApiError::invalid("after", "must be the seq of a message")
-                        })?;
-                }
-                "limit" => {
-                    page.limit = value
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|n| (1..=MAX_TRANSCRIPT_LIMIT).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::invalid(
-                                "limit",
-                                format!("must be a whole number from 1 to {MAX_TRANSCRIPT_LIMIT}"),
-                            )
-                        })?;
-                }
-                _ => {}
-            }
-        }
-        Ok(page)
-    }
-}
-
 /// A page of the transcript: `next_after` is the cursor of the next page (the last `seq`),
 /// `None` when this page is the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn states_and_pages() {
+    fn states_are_checked() {
         assert_eq!(
             parse_state(br#"{"status":"waiting"}"#).unwrap(),
             MayorStatus::Waiting
@@ -374,26 +324,6 @@ mod tests {
             MayorStatus::Starting
         );
         assert!(parse_state(br#"{"status":"asleep"}"#).is_err());
-        assert_eq!(
-            TranscriptPage::parse(Some("after=12&limit=3")).unwrap(),
-            TranscriptPage {
-                after: 12,
-                limit: 3
-            }
-        );
-        assert_eq!(
-            TranscriptPage::parse(None).unwrap().limit,
-            DEFAULT_TRANSCRIPT_LIMIT
-        );
-        for bad in [
-            "after=-1",
-            "after=x",
-            "limit=0",
-            "limit=501",
-            "after=9007199254740993",
-        ] {
-            assert!(TranscriptPage::parse(Some(bad)).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -71,9 +71,80 @@ impl Page {
     }
 }
 
+/// Default and largest page of a log paged by sequence number.
+pub const DEFAULT_SEQ_LIMIT: u32 = 100;
+pub const MAX_SEQ_LIMIT: u32 = 500;
+
+/// `?after=<seq>&limit=N` of a log paged by sequence number (the mayor's transcript, an
+/// agent's events): the entries after `after`, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqPage {
+    pub after: u64,
+    pub limit: u32,
+}
+
+impl SeqPage {
+    /// # Errors
+    /// 422 naming `after` or `limit`.
+    pub fn parse(query: Option<&str>) -> Result<SeqPage, ApiError> {
+        let mut page = SeqPage {
+            after: 0,
+            limit: DEFAULT_SEQ_LIMIT,
+        };
+        for (key, value) in query_pairs(query) {
+            match key {
+                "after" => {
+                    page.after = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n < (1 << 53))
+                        .ok_or_else(|| {
+                            ApiError::invalid("after", "must be the seq of a message")
+                        })?;
+                }
+                "limit" => {
+                    page.limit = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=MAX_SEQ_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "limit",
+                                format!("must be a whole number from 1 to {MAX_SEQ_LIMIT}"),
+                            )
+                        })?;
+                }
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_pages() {
+        assert_eq!(
+            SeqPage::parse(Some("after=12&limit=3")).unwrap(),
+            SeqPage {
+                after: 12,
+                limit: 3
+            }
+        );
+        assert_eq!(SeqPage::parse(None).unwrap().limit, DEFAULT_SEQ_LIMIT);
+        for bad in [
+            "after=-1",
+            "after=x",
+            "limit=0",
+            "limit=501",
+            "after=9007199254740993",
+        ] {
+            assert!(SeqPage::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_limit_and_after() {

@@ -159,6 +159,8 @@ pub enum TownAction {
     Stop,
     Start,
     ListAgents,
+    /// A page of one agent's events.
+    AgentEvents(AgentId),
     EnsureMayor,
     /// The mayor's status.
     MayorView,
@@ -208,6 +210,12 @@ pub enum ContainerRoute {
         rig: RigId,
         agent: AgentId,
     },
+    /// A batch of the agent's events.
+    AgentEvents {
+        town: TownId,
+        rig: RigId,
+        agent: AgentId,
+    },
     /// One of the mayor's tools (the mayor session's key is checked by the town).
     MayorTool {
         town: TownId,
@@ -235,7 +243,8 @@ impl ContainerRoute {
             ContainerRoute::AgentHeartbeat { town, rig, agent }
             | ContainerRoute::AgentStatus { town, rig, agent }
             | ContainerRoute::AgentDone { town, rig, agent }
-            | ContainerRoute::AgentExit { town, rig, agent } => (town, Some(rig), Some(agent)),
+            | ContainerRoute::AgentExit { town, rig, agent }
+            | ContainerRoute::AgentEvents { town, rig, agent } => (town, Some(rig), Some(agent)),
         }
     }
 }
@@ -438,6 +447,7 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Post "/api/towns/:townId/stop" User => |p| p.town_route(T::Stop)),
     route!(Post "/api/towns/:townId/start" User => |p| p.town_route(T::Start)),
     route!(Get "/api/towns/:townId/agents" User => |p| p.town_route(T::ListAgents)),
+    route!(Get "/api/towns/:townId/agents/:agentId/events" User => |p| p.town_route(T::AgentEvents(p.agent()?))),
     route!(Post "/api/towns/:townId/mayor/ensure" User => |p| p.town_route(T::EnsureMayor)),
     route!(Get "/api/towns/:townId/mayor" User => |p| p.town_route(T::MayorView)),
     route!(Post "/api/towns/:townId/mayor/messages" User => |p| p.town_route(T::MayorSay)),
@@ -457,6 +467,7 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/status" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentStatus { town, rig, agent })),
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/done" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentDone { town, rig, agent })),
     route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/exit" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentExit { town, rig, agent })),
+    route!(Post "/api/towns/:townId/rigs/:rigId/agents/:agentId/events" Container => |p| p.agent_route(|town, rig, agent| ContainerRoute::AgentEvents { town, rig, agent })),
     route!(Get "/api/mayor/:townId/tools/rigs" Container => |p| p.mayor_tool(MayorToolRoute::Rigs)),
     route!(Get "/api/mayor/:townId/tools/beads" Container => |p| p.mayor_tool(MayorToolRoute::ListBeads)),
     route!(Post "/api/mayor/:townId/tools/beads" Container => |p| p.mayor_tool(MayorToolRoute::CreateBead)),

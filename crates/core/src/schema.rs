@@ -58,6 +58,11 @@ pub const TOWN_DO: &[Migration] = &[
         name: "mayor",
         sql: include_str!("../../../migrations/town_do/0008_mayor.sql"),
     },
+    Migration {
+        version: 9,
+        name: "agent events",
+        sql: include_str!("../../../migrations/town_do/0009_agent_events.sql"),
+    },
 ];
 
 pub const CONTAINER_DO: &[Migration] = &[

@@ -27,9 +27,10 @@ use gastown_core::error::ApiError;
 use gastown_core::ids::AgentId;
 use gastown_core::mayor::{
     self, key_hash, key_matches, MayorMessage, MayorStatus, MayorView, Speaker, Transcript,
-    TranscriptPage, MAYOR_KEY_ENV, MAYOR_MEMORY_ENV, MAYOR_PROMPT_ENV,
+    MAYOR_KEY_ENV, MAYOR_MEMORY_ENV, MAYOR_PROMPT_ENV,
 };
 use gastown_core::model::{Agent, AgentStatus, Town};
+use gastown_core::page::SeqPage;
 use gastown_core::protocol::container::{self as c, AgentMessaged};
 use gastown_core::protocol::town::MayorTool;
 use gastown_core::protocol::Json;
@@ -104,7 +105,7 @@ impl TownDO {
         })
     }
 
-    pub(super) fn mayor_transcript_page(&self, page: TranscriptPage) -> Reply<Transcript> {
+    pub(super) fn mayor_transcript_page(&self, page: SeqPage) -> Reply<Transcript> {
         let sql = self.sql();
         let messages = store::mayor_transcript(&sql, page.after, page.limit)?;
         let next_after = (messages.len() == page.limit as usize)

@@ -8,6 +8,7 @@ use crate::config;
 use crate::storage::{bump_meta, meta, set_meta};
 use gastown_core::beads::{Bead, BeadDetail, BeadEventKind, ConvoyDetail, ConvoySummary};
 use gastown_core::error::ApiError;
+use gastown_core::events::{EventPage, EventsStored};
 use gastown_core::mayor::{MayorMessage, MayorView, Transcript};
 use gastown_core::model::{Agent, Rig, Town, TownStatus};
 use gastown_core::protocol::container::{self as c, TokenPushed};
@@ -319,6 +320,22 @@ impl TownOps for TownDO {
         let (town, _) = self.admit_user(&req.caller)?;
         self.delete_bead_row(&town, &req.bead_id).await?;
         Ok(Ack::OK)
+    }
+
+    /// Only for an agent this town registered, from its own rig (as every callback).
+    async fn agent_events(&self, req: AgentEventsOp) -> Reply<EventsStored> {
+        let agent = self.callback_agent(req.credential, &req.rig_id, &req.agent_id)?;
+        let cap = config::get(&self.env).quotas.agent_events;
+        store::insert_agent_events(&self.sql(), agent.id.as_str(), &req.batch, cap)
+    }
+
+    async fn list_agent_events(&self, req: ListAgentEvents) -> Reply<EventPage> {
+        self.admit_user(&req.caller)?;
+        let sql = self.sql();
+        if store::agent(&sql, req.agent_id.as_str())?.is_none() {
+            return Err(ApiError::NotFound("agent not found in this town".into()));
+        }
+        store::agent_events_page(&sql, req.agent_id.as_str(), req.page)
     }
 
     async fn mayor_say(&self, req: MayorSay) -> Reply<MayorMessage> {

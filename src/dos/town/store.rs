@@ -12,10 +12,11 @@ use gastown_core::beads::{
 };
 use gastown_core::control::AgentDoneCallback;
 use gastown_core::error::ApiError;
+use gastown_core::events::{AgentEvent, EventBatch, EventPage, EventsStored};
 use gastown_core::ids::{AgentId, RigId, UserId};
 use gastown_core::mayor::{MayorMessage, MayorStatus, Speaker};
 use gastown_core::model::{Agent, AgentStatus, Rig, Town, TownStatus, AGENT_COLUMNS, AGENT_JSON};
-use gastown_core::page::Page;
+use gastown_core::page::{Page, SeqPage};
 use gastown_core::protocol::Json;
 use gastown_core::time::rfc3339;
 use gastown_core::vocab::Role;
@@ -1164,4 +1165,106 @@ pub fn mayor_last_message_at(sql: &SqlStorage) -> Reply<Option<String>> {
         vec![],
     )?
     .map(|a| a.created_at))
+}
+
+// ------------------------------------------------------------------ agent events
+
+/// Stores a batch of `agent`'s events (those already stored are skipped), then drops the
+/// agent's oldest beyond `cap`.
+pub fn insert_agent_events(
+    sql: &SqlStorage,
+    agent: &str,
+    batch: &EventBatch,
+    cap: u64,
+) -> Reply<EventsStored> {
+    let mut stored = 0;
+    for e in &batch.events {
+        let known = exists(
+            sql,
+            "SELECT 1 FROM agent_events WHERE agent_id = ? AND run = ? AND seq = ?",
+            vec![agent.into(), int(batch.run), int(e.seq)],
+        )?;
+        if known {
+            continue;
+        }
+        exec(
+            sql,
+            "INSERT INTO agent_events (agent_id, run, seq, kind, text, truncated, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                agent.into(),
+                int(batch.run),
+                int(e.seq),
+                e.kind.as_str().into(),
+                e.text.as_str().into(),
+                int(u64::from(e.truncated)),
+                int(e.at_ms),
+            ],
+        )?;
+        stored += 1;
+    }
+    let total = count(
+        sql,
+        "SELECT COUNT(*) AS n FROM agent_events WHERE agent_id = ?",
+        vec![agent.into()],
+    )?;
+    if total > cap {
+        let over = total - cap;
+        exec(
+            sql,
+            "DELETE FROM agent_events WHERE id IN (SELECT id FROM agent_events WHERE agent_id = ? ORDER BY id LIMIT ?)",
+            vec![agent.into(), int(over)],
+        )?;
+        exec(
+            sql,
+            "INSERT INTO agent_event_drops (agent_id, dropped) VALUES (?, ?) ON CONFLICT (agent_id) DO UPDATE SET dropped = dropped + excluded.dropped",
+            vec![agent.into(), int(over)],
+        )?;
+    }
+    Ok(EventsStored {
+        stored,
+        duplicates: batch.events.len() as u64 - stored,
+    })
+}
+
+/// A page of `agent`'s events after `after`, oldest first, and how many the cap dropped.
+pub fn agent_events_page(sql: &SqlStorage, agent: &str, page: SeqPage) -> Reply<EventPage> {
+    #[derive(Deserialize)]
+    struct Row {
+        id: f64,
+        run: f64,
+        seq: f64,
+        kind: String,
+        text: String,
+        truncated: f64,
+        at_ms: f64,
+    }
+    let events: Vec<AgentEvent> = rows::<Row>(
+        sql,
+        "SELECT id, run, seq, kind, text, truncated, at_ms FROM agent_events WHERE agent_id = ? AND id > ? ORDER BY id LIMIT ?",
+        vec![agent.into(), int(page.after), int(u64::from(page.limit))],
+    )?
+    .into_iter()
+    .map(|r| AgentEvent {
+        id: r.id as u64,
+        run: r.run as u64,
+        seq: r.seq as u64,
+        kind: r.kind,
+        text: r.text,
+        truncated: r.truncated != 0.0,
+        at: rfc3339(r.at_ms as u64),
+    })
+    .collect();
+    let next_after = (events.len() == page.limit as usize)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    let dropped = count(
+        sql,
+        "SELECT COALESCE(MAX(dropped), 0) AS n FROM agent_event_drops WHERE agent_id = ?",
+        vec![agent.into()],
+    )?;
+    Ok(EventPage {
+        events,
+        next_after,
+        dropped,
+    })
 }

@@ -344,12 +344,14 @@ struct Answer {
 
 /// A stand-in for the worker: answers every request with one (settable) status and body, in which
 /// `{n}` becomes the request's number, and records what it received. The control server's
-/// reports of an agent process's end (`…/exit`, sent whenever it sees one) are answered `{}` and
-/// kept apart ([`FakeWorker::exits`]), so they neither take a number nor count as calls.
+/// reports of an agent process's end (`…/exit`, sent whenever it sees one) and its batches of
+/// agent events (`…/events`) are answered `{}` and kept apart ([`FakeWorker::exits`],
+/// [`FakeWorker::events`]), so they neither take a number nor count as calls.
 pub struct FakeWorker {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     exits: Arc<Mutex<Vec<Seen>>>,
+    events: Arc<Mutex<Vec<Seen>>>,
     answer: Arc<Mutex<Answer>>,
     /// How long the answer to the first request waits once the request is recorded.
     first_delay: Arc<Mutex<Duration>>,
@@ -361,22 +363,21 @@ impl FakeWorker {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let exits = Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(Mutex::new(Vec::new()));
         let answer = Arc::new(Mutex::new(Answer {
             status,
             body: body.to_owned(),
         }));
         let first_delay = Arc::new(Mutex::new(Duration::ZERO));
-        let (seen_by_thread, exits_by_thread, answer_by_thread, delay_by_thread) = (
-            Arc::clone(&seen),
-            Arc::clone(&exits),
-            Arc::clone(&answer),
-            Arc::clone(&first_delay),
-        );
+        let (seen_by_thread, exits_by_thread, events_by_thread) =
+            (Arc::clone(&seen), Arc::clone(&exits), Arc::clone(&events));
+        let (answer_by_thread, delay_by_thread) = (Arc::clone(&answer), Arc::clone(&first_delay));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let kept = Kept {
                     seen: &seen_by_thread,
                     exits: &exits_by_thread,
+                    events: &events_by_thread,
                 };
                 serve_one(stream, kept, &answer_by_thread, &delay_by_thread);
             }
@@ -385,6 +386,7 @@ impl FakeWorker {
             addr,
             seen,
             exits,
+            events,
             answer,
             first_delay,
         }
@@ -420,6 +422,11 @@ impl FakeWorker {
     pub fn exits(&self) -> Vec<Seen> {
         self.exits.lock().unwrap().clone()
     }
+
+    /// The batches of agent events received.
+    pub fn events(&self) -> Vec<Seen> {
+        self.events.lock().unwrap().clone()
+    }
 }
 
 /// Where a fake worker keeps what it received.
@@ -427,6 +434,7 @@ impl FakeWorker {
 struct Kept<'a> {
     seen: &'a Mutex<Vec<Seen>>,
     exits: &'a Mutex<Vec<Seen>>,
+    events: &'a Mutex<Vec<Seen>>,
 }
 
 /// Reads one request (head, then `content-length` bytes), records it, answers, closes.
@@ -484,8 +492,15 @@ fn serve_one(
         method,
         path,
     };
-    if call.path.ends_with("/exit") {
-        kept.exits.lock().unwrap().push(call);
+    let side = if call.path.ends_with("/exit") {
+        Some(kept.exits)
+    } else if call.path.ends_with("/events") {
+        Some(kept.events)
+    } else {
+        None
+    };
+    if let Some(list) = side {
+        list.lock().unwrap().push(call);
         let _ = write!(
             stream,
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\

@@ -7,10 +7,12 @@ use crate::beads::{
     Bead, BeadDetail, BeadFilter, BeadPatch, ConvoyDetail, ConvoySummary, NewBead, SlingBatch,
 };
 use crate::control::{AgentDoneCallback, AgentExitCallback, AgentStatusCallback};
+use crate::events::{EventBatch, EventPage, EventsStored};
 use crate::ids::{AgentId, BeadId, RigId, TownId, UserId};
-use crate::mayor::{MayorMessage, MayorStatus, MayorView, Transcript, TranscriptPage};
+use crate::mayor::{MayorMessage, MayorStatus, MayorView, Transcript};
 use crate::model::{Agent, Rig, Town, TownStatus};
 use crate::page::Page;
+use crate::page::SeqPage;
 use crate::town_config::{ConfigPatch, ConfigView};
 use crate::vocab::Role;
 use serde::{Deserialize, Serialize};
@@ -129,7 +131,26 @@ crate::do_protocol! {
         MayorTranscript(MayorTranscript) -> Transcript => mayor_transcript;
         /// One of the mayor's tools: only with the key of the town's current mayor session.
         MayorTool(MayorToolOp) -> Json<serde_json::Value> => mayor_tool;
+        /// A batch of an agent's events from the container; a batch sent again is stored once.
+        AgentEvents(AgentEventsOp) -> EventsStored => agent_events;
+        /// A page of an agent's events, oldest first.
+        ListAgentEvents(ListAgentEvents) -> EventPage => list_agent_events;
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentEventsOp {
+    pub credential: ContainerCredential,
+    pub rig_id: RigId,
+    pub agent_id: AgentId,
+    pub batch: EventBatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListAgentEvents {
+    pub caller: TownCaller,
+    pub agent_id: AgentId,
+    pub page: SeqPage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +168,7 @@ pub struct MayorViewOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MayorTranscript {
     pub caller: TownCaller,
-    pub page: TranscriptPage,
+    pub page: SeqPage,
 }
 
 /// A mayor tool's call: the container's credential, the session key it presented, and what
@@ -648,13 +669,41 @@ mod tests {
                 r#"{"op":"mayor_tool","credential":{"kind":"container","generation":null},"key":"k","tool":{"tool":"rigs"}}"#.into(),
             ),
             (
+                AgentEventsOp {
+                    credential: ContainerCredential::Container { generation: Some(1) },
+                    rig_id: r.id.clone(),
+                    agent_id: AgentId::parse("a1").unwrap(),
+                    batch: EventBatch {
+                        run: 2,
+                        events: vec![crate::events::NewEvent {
+                            seq: 1,
+                            at_ms: 5,
+                            kind: "output".into(),
+                            text: "hi".into(),
+                            truncated: false,
+                        }],
+                    },
+                }
+                .into(),
+                r#"{"op":"agent_events","credential":{"kind":"container","generation":1},"rig_id":"r1","agent_id":"a1","batch":{"run":2,"events":[{"seq":1,"at_ms":5,"kind":"output","text":"hi","truncated":false}]}}"#.into(),
+            ),
+            (
+                ListAgentEvents {
+                    caller: c(),
+                    agent_id: AgentId::parse("a1").unwrap(),
+                    page: SeqPage { after: 0, limit: 5 },
+                }
+                .into(),
+                format!(r#"{{"op":"list_agent_events","caller":{C},"agent_id":"a1","page":{{"after":0,"limit":5}}}}"#),
+            ),
+            (
                 MayorViewOp { caller: c() }.into(),
                 format!(r#"{{"op":"mayor_view","caller":{C}}}"#),
             ),
             (
                 MayorTranscript {
                     caller: c(),
-                    page: TranscriptPage { after: 3, limit: 10 },
+                    page: SeqPage { after: 3, limit: 10 },
                 }
                 .into(),
                 format!(r#"{{"op":"mayor_transcript","caller":{C},"page":{{"after":3,"limit":10}}}}"#),
