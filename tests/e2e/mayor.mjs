@@ -14,6 +14,8 @@ import { KILO_BIN } from "./kilo.mjs";
 const until = (what, probe, ms = 120_000) => untilFor(what, probe, ms, 300);
 const CONTROL_BIN = join(ROOT, "target", "release", "gastown-control-debug");
 const IDLE_STOP_MS = 8_000;
+/** A working agent silent this long is stalled (the runtime heartbeats every quarter of it). */
+const STALL_MS = 20_000;
 /** The transcript's cap in this suite (per town: no other test's town reaches it). */
 const CAP = 30;
 
@@ -31,7 +33,7 @@ export default function mayor(ctx) {
       world = await startOwnWorker(ctx, {
         controlArgs: ["--git-ca-file", ctx.platforms.gitCaFile, "--agent-command", `${CONTROL_BIN} kilo-agent --kilo ${KILO_BIN}`],
         gateway: true,
-        vars: { AGENT_STALL_MS: "60000", CONTAINER_IDLE_STOP_MS: String(IDLE_STOP_MS), TOWN_ALARM_INTERVAL_MS: "500", CONTAINER_TOKEN_GRACE_MS: "0", MAYOR_TRANSCRIPT_CAP: String(CAP) },
+        vars: { AGENT_STALL_MS: String(STALL_MS), CONTAINER_IDLE_STOP_MS: String(IDLE_STOP_MS), TOWN_ALARM_INTERVAL_MS: "500", CONTAINER_TOKEN_GRACE_MS: "0", MAYOR_TRANSCRIPT_CAP: String(CAP) },
       });
       ({ call, control, gateway } = world);
     });
@@ -74,6 +76,18 @@ export default function mayor(ctx) {
       }
       return null;
     };
+    /** The pid of the mayor's runtime (`gastown-control kilo-agent`) of `townId`. */
+    const mayorRuntime = (townId) =>
+      Number(
+        readdirSync("/proc").filter((d) => /^\d+$/.test(d)).find((pid) => {
+          try {
+            const env = readFileSync(`/proc/${pid}/environ`, "utf8");
+            return env.includes(`GASTOWN_TOWN_ID=${townId}\0`) && env.includes("GASTOWN_MAYOR_KEY=") && readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("kilo-agent");
+          } catch {
+            return false;
+          }
+        }),
+      );
     const tool = (townId, session, method, path, body) =>
       call(method, `/api/mayor/${townId}/tools/${path}`, { token: session.token, headers: { "x-gastown-mayor-key": session.key }, body });
 
@@ -273,16 +287,9 @@ export default function mayor(ctx) {
       await replyMatching(town.id, /^here$/);
       await until("the mayor waiting", async () => ((await status(town.id)).status === "waiting" ? true : not(await status(town.id))), 30_000);
       // SIGKILL the mayor's runtime (as an OOM kill would): no goodbye from it.
-      const runtime = readdirSync("/proc").filter((d) => /^\d+$/.test(d)).find((pid) => {
-        try {
-          const env = readFileSync(`/proc/${pid}/environ`, "utf8");
-          return env.includes(`GASTOWN_TOWN_ID=${town.id}\0`) && env.includes("GASTOWN_MAYOR_KEY=") && readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("kilo-agent");
-        } catch {
-          return false;
-        }
-      });
+      const runtime = mayorRuntime(town.id);
       assert.ok(runtime, "the mayor's runtime runs");
-      process.kill(Number(runtime), "SIGKILL");
+      process.kill(runtime, "SIGKILL");
       // The control server saw it end and said so with the session's key: idle well before
       // the idle stop (8 s) or a stall (60 s) would say it.
       const t0 = Date.now();
@@ -310,6 +317,36 @@ export default function mayor(ctx) {
       assert.equal(t.messages.length, CAP, JSON.stringify(t.messages.map((m) => m.text)));
       assert.deepEqual([t.messages[0].text, t.messages.at(-1).text, t.dropped], ["note 7", `note ${CAP + 6}`, 6]);
       assert.equal(t.messages[0].seq, sent[6]);
+    });
+
+    it("a mayor working without a sign of life is stalled by patrol, like any agent", async () => {
+      const { town } = await townWithRig();
+      assert.equal((await say(town.id, "[script:mayor] reply up")).status, 202);
+      await replyMatching(town.id, /^up$/);
+      await until("the mayor waiting", async () => ((await status(town.id)).status === "waiting" ? true : not(await status(town.id))), 30_000);
+      // Its runtime freezes (SIGSTOP: alive, silent) just as it says it works again.
+      const session = mayorSession(town.id);
+      const runtime = mayorRuntime(town.id);
+      process.kill(runtime, "SIGSTOP");
+      try {
+        assert.equal((await tool(town.id, session, "POST", "state", { status: "working" })).status, 200);
+        assert.equal((await status(town.id)).status, "working");
+        const t0 = Date.now();
+        await until("the stall", async () => ((await status(town.id)).status === "idle" ? true : not(await status(town.id))), STALL_MS + 20_000);
+        assert.ok(Date.now() - t0 >= STALL_MS - 2_000, "not before the stall time");
+        const mayorAgent = (await as("GET", `/api/towns/${town.id}/agents`)).body.find((a) => a.role === "mayor");
+        assert.equal(mayorAgent.status, "stalled");
+        assert.equal((await tool(town.id, session, "GET", "rigs")).status, 403, "the stalled session's key is refused");
+      } finally {
+        try {
+          process.kill(runtime, "SIGCONT");
+        } catch {
+          // patrol's stop took it already
+        }
+      }
+      // The next message starts a new session.
+      assert.equal((await say(town.id, "[script:mayor] reply again")).status, 202);
+      await replyMatching(town.id, /^again$/);
     });
   });
 }
