@@ -246,5 +246,8 @@ async fn mayor_tool_of(req: &mut Request, route: MayorToolRoute) -> Result<Mayor
         MayorToolRoute::State => MayorTool::State {
             status: mayor::parse_state(&read_json_body(req).await?)?,
         },
+        MayorToolRoute::Events => MayorTool::Events {
+            batch: EventBatch::parse(&read_json_body(req).await?)?,
+        },
     })
 }

@@ -33,7 +33,7 @@ export default function mayor(ctx) {
       world = await startOwnWorker(ctx, {
         controlArgs: ["--git-ca-file", ctx.platforms.gitCaFile, "--agent-command", `${CONTROL_BIN} kilo-agent --kilo ${KILO_BIN}`],
         gateway: true,
-        vars: { AGENT_STALL_MS: String(STALL_MS), CONTAINER_IDLE_STOP_MS: String(IDLE_STOP_MS), TOWN_ALARM_INTERVAL_MS: "500", CONTAINER_TOKEN_GRACE_MS: "0", MAYOR_TRANSCRIPT_CAP: String(CAP) },
+        vars: { AGENT_STALL_MS: String(STALL_MS), CONTAINER_IDLE_STOP_MS: String(IDLE_STOP_MS), TOWN_ALARM_INTERVAL_MS: "500", CONTAINER_TOKEN_GRACE_MS: "0", MAYOR_TRANSCRIPT_CAP: String(CAP), AGENT_EVENTS_CAP: "10000" },
       });
       ({ call, control, gateway } = world);
     });
@@ -123,6 +123,14 @@ export default function mayor(ctx) {
       assert.equal((await tool(town.id, session, "POST", "sling", {})).status, 422);
       assert.equal((await tool(town.id, session, "POST", "state", { status: "asleep" })).status, 422);
       assert.equal((await tool(town.id, session, "POST", "reply", { text: "" })).status, 422);
+      // The mayor's own events reach the town, as any agent's, its key masked in them.
+      const mayorEvents = await until("the mayor's events", async () => {
+        const page = (await as("GET", `/api/towns/${town.id}/agents/${mayorAgent.id}/events?limit=500`)).body;
+        const has = (kind, text) => page.events.some((e) => e.kind === kind && e.text === text);
+        // Its shell tool ran `gt sling-batch` and `gt reply`, then the session went idle.
+        return has("tool", "bash: completed") && has("session", "idle") ? page : not(page.events.map((e) => `${e.kind}:${e.text}`).slice(-10));
+      }, 30_000);
+      assert.ok(!JSON.stringify(mayorEvents.events).includes(session.key), "the session's key is masked");
       const convoys = (await as("GET", `/api/towns/${town.id}/convoys`)).body;
       assert.equal(convoys.length, 1, JSON.stringify(convoys));
       const detail = (await as("GET", `/api/towns/${town.id}/convoys/${convoys[0].id}`)).body;

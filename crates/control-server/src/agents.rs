@@ -599,10 +599,9 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         log: log.clone(),
         mayor: req.rig_id.is_none(),
     });
-    // A rig's agent's lines go to the worker as its events (the mayor's have no route yet).
-    let events = req.rig_id.as_ref().and_then(|_| {
-        crate::events::Forwarder::start(log, log_from, starts, town_dir.clone(), env.clone())
-    });
+    // Its lines go to the worker as its events.
+    let events =
+        crate::events::Forwarder::start(log, log_from, starts, town_dir.clone(), env.clone());
     watch(&process, town, req.agent_id.as_str(), report, events);
     let entry = towns.entry(town.to_owned()).or_default();
     entry

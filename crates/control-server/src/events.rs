@@ -1,9 +1,9 @@
 //! An agent's events, forwarded to the worker: each line its process writes (to its log) is an
 //! event, `output` by default; a runtime marks its own with `gastown-kilo: event <kind> <text>`
 //! (the Kilo runtime's tool calls and session changes). A thread per run reads the log's new
-//! lines every [`EVERY`] and posts them in batches to the agent's `events` callback, numbered
-//! within the run, so a batch sent again is stored once; the last lines go when the process
-//! ends.
+//! lines every [`EVERY`] and posts them in batches to the agent's `events` callback (the
+//! mayor's: its `events` tool, with its session's key), numbered within the run, so a batch
+//! sent again is stored once; the last lines go when the process ends.
 //!
 //! No secret leaves the container in an event: before a batch is sent, every value the
 //! scrubber knows (the town's container token and gateway token as their files hold them now,
@@ -181,6 +181,30 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Where a run's events go: a rig agent's callback, or the mayor's tool.
+enum Sender {
+    Agent(Callbacks),
+    Mayor(crate::mayor_tools::MayorTools),
+}
+
+impl Sender {
+    fn send(&self, body: &str) {
+        match self {
+            // Tried as callbacks are.
+            Sender::Agent(c) => {
+                let _ = c.call("events", body);
+            }
+            Sender::Mayor(tools) => match tools.request("POST", "/events", Some(body)) {
+                Ok((200..=299, _)) => {}
+                Ok((status, _)) => {
+                    eprintln!("gastown-control: the mayor's events: the worker answered {status}");
+                }
+                Err(e) => eprintln!("gastown-control: the mayor's events: {e}"),
+            },
+        }
+    }
+}
+
 /// Forwards one run's log lines until [`Forwarder::finish`] (or the server's end).
 pub struct Forwarder {
     done: Arc<AtomicBool>,
@@ -198,7 +222,11 @@ impl Forwarder {
         env: BTreeMap<String, String>,
     ) -> Option<Forwarder> {
         let lookup = |name: &str| env.get(name).cloned();
-        let session = Callbacks::from_env(&lookup, "gastown-control").ok()?;
+        let session = if env.contains_key(gastown_core::mayor::MAYOR_KEY_ENV) {
+            Sender::Mayor(crate::mayor_tools::MayorTools::from_env(&lookup).ok()?)
+        } else {
+            Sender::Agent(Callbacks::from_env(&lookup, "gastown-control").ok()?)
+        };
         let done = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&done);
         let thread = std::thread::Builder::new()
@@ -227,9 +255,8 @@ impl Forwarder {
                                 })
                                 .collect();
                             let body = serde_json::json!({ "run": run, "events": events });
-                            // Tried as callbacks are; a batch the worker never took is lost
-                            // (the log keeps it).
-                            let _ = session.call("events", &body.to_string());
+                            // A batch the worker never took is lost (the log keeps it).
+                            session.send(&body.to_string());
                         }
                     }
                     if finished {

@@ -264,6 +264,8 @@ pub enum MayorToolRoute {
     AckEscalation(BeadId),
     Reply,
     State,
+    /// A batch of the mayor's own events (its runtime's lines).
+    Events,
 }
 
 /// Routes for the `x-internal-api-key`.
@@ -480,6 +482,7 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Post "/api/mayor/:townId/tools/escalations/:beadId/ack" Container => |p| p.mayor_tool(MayorToolRoute::AckEscalation(p.bead()?))),
     route!(Post "/api/mayor/:townId/tools/reply" Container => |p| p.mayor_tool(MayorToolRoute::Reply)),
     route!(Post "/api/mayor/:townId/tools/state" Container => |p| p.mayor_tool(MayorToolRoute::State)),
+    route!(Post "/api/mayor/:townId/tools/events" Container => |p| p.mayor_tool(MayorToolRoute::Events)),
     route!(Get "/api/internal/towns/:townId/health" Internal => |p| Ok(Route::Internal(InternalRoute::TownHealth { town: p.town()? }))),
     route!(Get "/api/internal/rigs/:rigId" Internal => |p| Ok(Route::Internal(InternalRoute::RigLookup { rig: p.rig()? }))),
     route!(Post "/api/internal/towns/:townId/sandbox-token" Internal => |p| Ok(Route::Internal(InternalRoute::SandboxToken { town: p.town()? }))),

@@ -367,6 +367,15 @@ impl TownDO {
                 };
                 json_of(&self.patch_bead_row(&town, &bead_id, close, &acting).await?)
             }
+            MayorTool::Events { batch } => {
+                let cap = config::get(&self.env).quotas.agent_events;
+                json_of(&store::insert_agent_events(
+                    &sql,
+                    mayor.id.as_str(),
+                    &batch,
+                    cap,
+                )?)
+            }
             MayorTool::Reply { text } => {
                 json_of(&self.record_mayor_message(Speaker::Mayor, &text, None, true)?)
             }

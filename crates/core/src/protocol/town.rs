@@ -232,6 +232,10 @@ pub enum MayorTool {
     State {
         status: MayorStatus,
     },
+    /// The mayor's own events, kept as any agent's.
+    Events {
+        batch: EventBatch,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
