@@ -157,12 +157,16 @@ export async function measureAgentRuns({ runs = Number(process.env.BENCH_AGENT_R
   });
 }
 
+/** Prints `title`, then one line per `[label, key]` of `rows` with the median `medians[key]`. */
+export function printMedians(title, medians, rows) {
+  const f = (x) => (x == null ? "n/a" : `${Math.round(x)} ms`);
+  console.log(`\n== ${title}; medians ==`);
+  for (const [label, key] of rows) console.log(`${label.padEnd(48)} ${f(medians[key]).padStart(9)}`);
+}
+
 /** The table `npm run bench` prints. */
 export function printAgentRuns(agent) {
-  const m = agent.medians;
-  const f = (x) => (x == null ? "n/a" : `${Math.round(x)} ms`);
-  console.log(`\n== the agent's time to work: ${agent.runs} beads, the Kilo CLI, scripted model; medians ==`);
-  for (const [label, key] of [
+  printMedians(`the agent's time to work: ${agent.runs} beads, the Kilo CLI, scripted model`, agent.medians, [
     ["sling answered", "sling_answer_ms"],
     ["worker: sling → dispatched", "worker_ms"],
     ["control server: dispatched → runtime running", "control_server_ms"],
@@ -173,7 +177,7 @@ export function printAgentRuns(agent) {
     ["work: first model call → gt done", "work_ms"],
     ["total: sling → first model call", "sling_to_first_call_ms"],
     ["total: sling → done", "sling_to_done_ms"],
-  ]) console.log(`${label.padEnd(48)} ${f(m[key]).padStart(9)}`);
+  ]);
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -20,7 +20,7 @@
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { until } from "../tests/e2e/harness.mjs";
-import { marks, median, withBenchWorld } from "./bench-agent.mjs";
+import { marks, median, printMedians, withBenchWorld } from "./bench-agent.mjs";
 
 /** Runs the measurement; its figures (per run and medians). */
 export async function measureMayorRuns({ runs = Number(process.env.BENCH_MAYOR_RUNS ?? 3) } = {}) {
@@ -75,10 +75,7 @@ export async function measureMayorRuns({ runs = Number(process.env.BENCH_MAYOR_R
 
 /** The table `npm run bench` prints. */
 export function printMayorRuns(mayor) {
-  const m = mayor.medians;
-  const f = (x) => (x == null ? "n/a" : `${Math.round(x)} ms`);
-  console.log(`\n== the mayor's time to answer: ${mayor.runs} towns, the Kilo CLI, scripted model; medians ==`);
-  for (const [label, key] of [
+  printMedians(`the mayor's time to answer: ${mayor.runs} towns, the Kilo CLI, scripted model`, mayor.medians, [
     ["message answered (202)", "message_answer_ms"],
     ["cold: message → runtime running", "cold_worker_and_container_ms"],
     ["cold: kilo serve listening", "cold_cli_listening_ms"],
@@ -89,7 +86,7 @@ export function printMayorRuns(mayor) {
     ["warm: message → first model call", "warm_delivery_to_first_call_ms"],
     ["warm: first model call → reply stored", "warm_answer_ms"],
     ["warm total: message → reply", "warm_total_ms"],
-  ]) console.log(`${label.padEnd(48)} ${f(m[key]).padStart(9)}`);
+  ]);
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
