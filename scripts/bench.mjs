@@ -33,6 +33,7 @@ import { startWorkers } from "./lib/bench-workers.mjs";
 import { startControlServer, client, secrets } from "../tests/e2e/harness.mjs";
 import { measureAgentRuns, printAgentRuns } from "./bench-agent.mjs";
 import { measureMayorRuns, printMayorRuns } from "./bench-mayor.mjs";
+import { measureFanout, printFanout } from "./bench-streams.mjs";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -56,6 +57,8 @@ const AGENT_RUNS = Number(process.env.BENCH_AGENT_RUNS ?? 5);
 const MAYOR_RUNS = Number(process.env.BENCH_MAYOR_RUNS ?? 3);
 const NO_PEER_BEADS = "the TypeScript peer does not implement beads: ours only";
 const NO_PEER_WRITES = "the TypeScript peer has no write routes: compared with the write floor";
+const EVENTS_PER_BATCH = 50;
+const FANOUT_SUBSCRIBERS = Number(process.env.BENCH_FANOUT_SUBSCRIBERS ?? 200);
 
 function sh(cmd) {
   return spawnSync("bash", ["-c", cmd], { cwd: ROOT, stdio: "inherit" }).status;
@@ -117,6 +120,31 @@ function luaScript(name, method, body, headers) {
   const lines = [`wrk.method = "${method}"`];
   if (body) lines.push(`wrk.body = [[${body}]]`);
   for (const [k, v] of Object.entries(headers)) lines.push(`wrk.headers["${k}"] = "${v}"`);
+  writeFileSync(file, lines.join("\n") + "\n");
+  scripts.push(file);
+  return file;
+}
+
+/**
+ * A wrk script posting agent events: each request a batch of EVENTS_PER_BATCH new events (a run
+ * of its own per wrk invocation, numbered on), so every event is stored, none a duplicate.
+ */
+function eventsScript(name, headers) {
+  const file = join(tmpdir(), `gastown-bench-${process.pid}-${name}.lua`);
+  const lines = [`wrk.method = "POST"`];
+  for (const [k, v] of Object.entries(headers)) lines.push(`wrk.headers["${k}"] = "${v}"`);
+  lines.push(
+    `local run = os.time()`,
+    `local n = 0`,
+    `request = function()`,
+    `  local parts = {}`,
+    `  for i = 1, ${EVENTS_PER_BATCH} do`,
+    `    n = n + 1`,
+    `    parts[i] = '{"seq":' .. n .. ',"at_ms":1700000000000,"kind":"output","text":"bench line ' .. n .. ' of an agent at work"}'`,
+    `  end`,
+    `  return wrk.format(nil, nil, nil, '{"run":' .. run .. ',"events":[' .. table.concat(parts, ",") .. ']}')`,
+    `end`,
+  );
   writeFileSync(file, lines.join("\n") + "\n");
   scripts.push(file);
   return file;
@@ -228,6 +256,11 @@ async function seed(workers) {
     { key: "heartbeat", name: "agent heartbeat callback", kind: "write", no_peer: NO_PEER_WRITES,
       ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/rigs/${rig.id}/agents/${mayor.id}/heartbeat`, pid: workers.ours.pid,
         script: luaScript("heartbeat", "POST", null, { authorization: `Bearer ${cTok}` }) } },
+    // An agent's events as the control server sends them, in batches of EVENTS_PER_BATCH: each
+    // stored (none a duplicate), the agent's oldest beyond AGENT_EVENTS_CAP dropped.
+    { key: "events_ingest", name: `POST agent events (${EVENTS_PER_BATCH} a batch)`, kind: "ingest", no_peer: NO_PEER_WRITES, events_per_request: EVENTS_PER_BATCH,
+      ours: { url: `${workers.ours.url}/api/towns/${oursTown.id}/rigs/${rig.id}/agents/${mayor.id}/events`, pid: workers.ours.pid,
+        script: eventsScript("events", { authorization: `Bearer ${cTok}`, "content-type": "application/json" }) } },
     { key: "sling", name: "POST sling (issue on a rig)", kind: "write", no_peer: NO_PEER_BEADS,
       ours: { url: `${workers.ours.url}/api/towns/${slingTown.id}/sling`, pid: workers.ours.pid,
         script: luaScript("sling", "POST", JSON.stringify(sling), { authorization: `Bearer ${uTok}`, "content-type": "application/json" }) } },
@@ -236,11 +269,14 @@ async function seed(workers) {
     { key: "write_floor", name: "write floor (1 DO round trip + 1 SQLite upsert)", kind: "floor",
       ours: { url: `${workers.floor.url}/write`, script: luaScript("floor-write", "POST", null, {}), pid: workers.floor.pid } },
   ];
-  return { targets, finish };
+  const fanout = () => measureFanout({
+    url: workers.ours.url, userToken: uTok, containerToken: cTok, townId: oursTown.id, rigId: rig.id, agentId: mayor.id, subscribers: FANOUT_SUBSCRIBERS,
+  });
+  return { targets, finish, fanout };
 }
 
 async function measure(mode, workers) {
-  const { targets, finish } = await seed(workers);
+  const { targets, finish, fanout } = await seed(workers);
   const runs = targets.flatMap((t) => ["ours", "peer"].filter((side) => t[side]).map((side) => ({ t, side })));
   console.log(`${MODE_LABEL[mode]}: warm-up ${WARMUP_SECONDS} s per target, then ${ROUNDS} rounds × ${SECONDS} s`);
   for (const { t, side } of runs) wrk(t[side].url, { ...t[side], seconds: WARMUP_SECONDS });
@@ -252,6 +288,8 @@ async function measure(mode, workers) {
     console.log(`  round ${round + 1}/${ROUNDS} done`);
   }
   const slingTown = await finish();
+  // The streams' fan-out, after the wrk rounds so nothing else runs beside it.
+  const streams = await fanout();
   const summary = (r) => {
     const s = samples.get(r);
     return {
@@ -288,7 +326,18 @@ async function measure(mode, workers) {
   sling.note = "dispatch runs in the town's alarm, not in the request; the sling load has a town of its own, stopped after the rounds";
   sling.beads_slung = sling.ours.runs.reduce((n, x) => n + x.requests, 0);
   sling.town = slingTown;
-  return { label: MODE_LABEL[mode], rows, targets_met };
+  // Events stored per second against the floor's single-row writes per second.
+  const ingest = row("events_ingest");
+  const writeFloor = row("write_floor").ours;
+  ingest.vs_floor = {
+    floor: "write_floor",
+    events_per_s: ingest.ours.rps * EVENTS_PER_BATCH,
+    floor_writes_per_s: writeFloor.rps,
+    events_per_s_vs_floor_writes: (ingest.ours.rps * EVENTS_PER_BATCH) / writeFloor.rps,
+    rps: ingest.ours.rps / writeFloor.rps,
+    p50: ingest.ours.p50_ms / writeFloor.p50_ms,
+  };
+  return { label: MODE_LABEL[mode], rows, targets_met, streams };
 }
 
 /**
@@ -490,6 +539,9 @@ for (const [mode, m] of Object.entries(results.modes)) {
   }
   console.log(`floors: ${m.rows.filter((r) => r.kind === "floor").map((r) => r.name).join("; ")}`);
   console.log(`not compared with the peer: ${m.rows.filter((r) => r.no_peer).map((r) => `${r.name} (${r.no_peer})`).join("; ")}`);
+  const ingest = byKey("events_ingest");
+  console.log(`events ingest: ${fmt(ingest.vs_floor.events_per_s, 0)} events/s in batches of ${EVENTS_PER_BATCH} (${fmt(ingest.ours.rps, 0)} batches/s, p50 ${fmt(ingest.ours.p50_ms, 2)} ms) = ${fmt(ingest.vs_floor.events_per_s_vs_floor_writes, 1)}× the write floor's ${fmt(ingest.vs_floor.floor_writes_per_s, 0)} single-row writes/s${bad(ingest.ours)}`);
+  if (m.streams) printFanout(m.streams);
   const sling = byKey("sling");
   const h = sling.town.health;
   const dispatch = typeof h === "object" && h ? `; its alarm meanwhile: ${h.dispatches} dispatches, ${h.dispatch_failures} failed, ${h.stalls} stalls` : "";

@@ -54,6 +54,8 @@ pub struct Config {
     pub sealer: Sealer,
     /// Derives each town's control-server secret (`GASTOWN_CONTROL_KEY`).
     pub control_key: Option<Vec<u8>>,
+    /// Signs stream tickets: derived from `GASTOWN_JWT_SECRET` (`gastown_core::stream`).
+    pub ticket_key: Option<Vec<u8>>,
     pub town_alarm_ms: u64,
     pub watchdog_ms: u64,
     /// Least time between two container tokens pushed by the alarm.
@@ -238,6 +240,9 @@ pub fn get(env: &Env) -> Rc<Config> {
                 control_key: string(env, gastown_core::control::KEY_ENV)
                     .filter(|k| !k.is_empty())
                     .map(String::into_bytes),
+                ticket_key: string(env, "GASTOWN_JWT_SECRET")
+                    .filter(|k| !k.is_empty())
+                    .map(|k| gastown_core::stream::ticket_key(k.as_bytes())),
                 town_alarm_ms,
                 watchdog_ms: millis(env, "WATCHDOG_INTERVAL_MS", DEFAULT_WATCHDOG_MS),
                 token_refresh_ms,

@@ -12,8 +12,9 @@ use gastown_core::authz::{self, ContainerCaller, ContainerScope};
 use gastown_core::error::ApiError;
 use gastown_core::routes::{
     match_route, ContainerRoute, IntegrationAction, InternalRoute, Method, OwnedAction,
-    PublicRoute, Route, RouteError, UserRoute,
+    PublicRoute, Route, RouteError, StreamRoute, UserRoute,
 };
+use gastown_core::stream::{self, StreamOpen, StreamQuery};
 use worker::{Env, Request, Response};
 
 pub async fn handle(mut req: Request, env: &Env) -> Response {
@@ -51,6 +52,10 @@ pub async fn handle(mut req: Request, env: &Env) -> Response {
         },
         Route::Internal(route) => match internal_key(&req, env) {
             Ok(()) => internal_route(&mut req, env, route).await,
+            Err(e) => Err(e),
+        },
+        Route::Stream(route) => match stream_ticket(&req, env, &route) {
+            Ok(open) => town::open_stream(env, &route, &open).await,
             Err(e) => Err(e),
         },
     };
@@ -94,6 +99,39 @@ fn container_caller(
         header_agent: header_agent.as_deref(),
     };
     authz::container(&config::get(env).keys, &token, config::now_s(), town, scope)
+}
+
+/// A stream ticket (`?ticket=`) signed for this town and scope and not expired, on a
+/// WebSocket upgrade. That it was not used before, only the town's DO can tell.
+fn stream_ticket(req: &Request, env: &Env, route: &StreamRoute) -> Result<StreamOpen, ApiError> {
+    let url = req.url().map_err(ApiError::internal)?;
+    let query = StreamQuery::parse(url.query())?;
+    let settings = config::get(env);
+    let key = settings
+        .ticket_key
+        .as_deref()
+        .ok_or_else(|| ApiError::internal("GASTOWN_JWT_SECRET is not configured"))?;
+    let claims = stream::verify_ticket(
+        key,
+        &query.ticket,
+        &route.town,
+        &route.scope,
+        config::now_s(),
+    )
+    .map_err(|e| ApiError::Unauthorized(e.message()))?;
+    let upgrade = header(req, "upgrade").unwrap_or_default();
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return Err(ApiError::BadRequest(
+            "this route opens a WebSocket: send Upgrade: websocket".into(),
+        ));
+    }
+    Ok(StreamOpen {
+        user: claims.user,
+        scope: claims.scope,
+        nonce: claims.nonce,
+        exp: claims.exp,
+        after: query.after,
+    })
 }
 
 /// The internal API key, compared in constant time.

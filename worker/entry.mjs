@@ -27,6 +27,18 @@ function withRpc(Rust) {
 
 export const GastownUserDO = withRpc(rust.GastownUserDO);
 export const GastownOrgDO = withRpc(rust.GastownOrgDO);
-export const TownDO = withRpc(rust.TownDO);
+// The town also holds its streams' WebSockets (hibernation API): workerd delivers their events
+// to these methods, waking the DO only then.
+export const TownDO = class extends withRpc(rust.TownDO) {
+  webSocketMessage(ws, message) {
+    return this.rust.webSocketMessage(ws, message);
+  }
+  webSocketClose(ws, code, reason, wasClean) {
+    return this.rust.webSocketClose(ws, code, reason, wasClean);
+  }
+  webSocketError(ws, error) {
+    return this.rust.webSocketError(ws, error);
+  }
+};
 export const TownContainerDO = withRpc(rust.TownContainerDO);
 export default worker;

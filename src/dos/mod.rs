@@ -133,12 +133,16 @@ pub async fn answer<P: Dispatch<H>, H>(handler: &H, body: String) -> String {
 }
 
 /// Declares a DO class's RPC method `call(body)`, answered by [`answer`] with protocol `$P` on
-/// the class itself or on one of its fields.
+/// the class itself or on one of its fields; optionally with code run on the class just before
+/// and just after each call (the town's streams).
 macro_rules! rpc_entry {
     ($Class:ident, $P:ty) => {
-        $crate::dos::rpc_entry!($Class, $P, this => this);
+        $crate::dos::rpc_entry!($Class, $P, this => this, before => {}, after => {});
     };
     ($Class:ident, $P:ty, $this:ident => $handler:expr) => {
+        $crate::dos::rpc_entry!($Class, $P, $this => $handler, before => {}, after => {});
+    };
+    ($Class:ident, $P:ty, $this:ident => $handler:expr, before => $before:block, after => $after:block) => {
         #[worker::wasm_bindgen::prelude::wasm_bindgen(wasm_bindgen = worker::wasm_bindgen)]
         impl $Class {
             #[wasm_bindgen(js_name = call)]
@@ -147,9 +151,11 @@ macro_rules! rpc_entry {
                 // Object alive while a promise it returned is pending, so `self` outlives the
                 // future.
                 let $this: &'static Self = unsafe { &*(self as *const Self) };
+                let () = $before;
                 worker::js_sys::futures::future_to_promise(std::panic::AssertUnwindSafe(
                     async move {
                         let text = $crate::dos::answer::<$P, _>($handler, body).await;
+                        let () = $after;
                         Ok(worker::wasm_bindgen::JsValue::from(text))
                     },
                 ))
@@ -159,7 +165,8 @@ macro_rules! rpc_entry {
 }
 pub(crate) use rpc_entry;
 
-/// The `fetch` of every Durable Object: they are called over RPC only.
+/// The `fetch` of every Durable Object but the town's (whose sockets arrive by `fetch`): they
+/// are called over RPC only.
 pub fn no_fetch() -> worker::Result<Response> {
     Ok(error_response(&ApiError::NotFound(
         "durable objects are called over RPC".into(),

@@ -8,6 +8,7 @@
 //! as it did when access was checked first: a caller the town does not admit hears 404 or 403,
 //! not 422, at the cost of one access call on that (error) path only.
 
+use crate::config;
 use crate::dos::town as town_do;
 use crate::http::{json, json_reply, page, query, read_json_body};
 use gastown_core::auth::UserClaims;
@@ -18,10 +19,12 @@ use gastown_core::ids::TownId;
 use gastown_core::mayor;
 use gastown_core::page::SeqPage;
 use gastown_core::protocol::town as t;
-use gastown_core::routes::TownAction;
+use gastown_core::routes::{StreamRoute, TownAction};
+use gastown_core::stream::{self, IssuedTicket, StreamOpen, StreamScope, TicketClaims};
+use gastown_core::time::rfc3339;
 use gastown_core::town_config::ConfigPatch;
 use serde::Serialize;
-use worker::{Env, Request, Response};
+use worker::{Env, Headers, Method, Request, RequestInit, Response};
 
 type Handled = Result<Response, ApiError>;
 
@@ -98,6 +101,22 @@ pub async fn route(
                 page,
             };
             Ok(json(200, &stub.call(list).await?))
+        }
+        TownAction::StreamTicket => {
+            let body = read_json_body(req).await;
+            let scope = admitted(
+                &stub,
+                &caller,
+                body.and_then(|b| stream::parse_ticket_request(&b)),
+                None,
+            )
+            .await?;
+            let admit = t::AdmitStream {
+                caller,
+                scope: scope.as_string(),
+            };
+            stub.call(admit).await?;
+            Ok(json(201, &issue_ticket(env, claims, &town, &scope)?))
         }
         TownAction::MayorView => Ok(json(200, &stub.call(t::MayorViewOp { caller }).await?)),
         TownAction::MayorSay => {
@@ -201,6 +220,65 @@ pub async fn route(
 /// `input` if it is good. If it is bad, the caller still hears first what the town says of
 /// them (404, 403, or 403 for a non-manager where `manages` names the act), as the route
 /// answered when access was a call of its own; only this error path makes a second call.
+/// A ticket for `scope` of `town`, for the user of `claims` (the town admitted them).
+fn issue_ticket(
+    env: &Env,
+    claims: &UserClaims,
+    town: &TownId,
+    scope: &StreamScope,
+) -> Result<IssuedTicket, ApiError> {
+    let settings = config::get(env);
+    let key = settings
+        .ticket_key
+        .as_deref()
+        .ok_or_else(|| ApiError::internal("GASTOWN_JWT_SECRET is not configured"))?;
+    let exp = config::now_s() + stream::TICKET_TTL_SECS;
+    let ticket = stream::sign_ticket(
+        key,
+        &TicketClaims {
+            town: town.clone(),
+            user: claims.user_id.clone(),
+            scope: scope.as_string(),
+            nonce: config::new_id()?,
+            exp,
+        },
+    );
+    Ok(IssuedTicket {
+        url: format!("{}?ticket={ticket}", scope.path(town)),
+        ticket,
+        scope: scope.as_string(),
+        expires_at: rfc3339(u64::try_from(exp).unwrap_or(0) * 1000),
+    })
+}
+
+/// A socket of one of the town's streams, its ticket verified by the router: handed to the
+/// town's DO by `fetch` (a WebSocket cannot travel over RPC), with what the ticket says.
+///
+/// # Errors
+/// Internal, when the DO cannot be reached; the DO's own refusals come back as its response.
+pub async fn open_stream(
+    env: &Env,
+    route: &StreamRoute,
+    open: &StreamOpen,
+) -> Result<Response, ApiError> {
+    let headers = Headers::new();
+    let set = |name: &str, value: &str| headers.set(name, value).map_err(ApiError::internal);
+    set("upgrade", "websocket")?;
+    set(
+        stream::OPEN_HEADER,
+        &serde_json::to_string(open).map_err(ApiError::internal)?,
+    )?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let inner = Request::new_with_init("https://town/stream", &init).map_err(ApiError::internal)?;
+    env.durable_object(town_do::BINDING)
+        .and_then(|ns| ns.get_by_name(route.town.as_str()))
+        .map_err(ApiError::internal)?
+        .fetch_with_request(inner)
+        .await
+        .map_err(ApiError::internal)
+}
+
 async fn admitted<T>(
     stub: &town_do::TownStub,
     caller: &TownCaller,

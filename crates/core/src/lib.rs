@@ -26,6 +26,7 @@ pub mod rig_patch;
 pub mod routes;
 pub mod schema;
 pub mod sealed;
+pub mod stream;
 pub mod text;
 pub mod time;
 pub mod town_config;

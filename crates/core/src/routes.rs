@@ -11,6 +11,7 @@ use crate::ids::{
     percent_decode, AgentId, BeadId, IdError, IntegrationId, OrgId, RigId, TownId, UserId,
 };
 use crate::model::Owner;
+use crate::stream::StreamScope;
 
 /// HTTP methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,8 @@ pub enum Principal {
     Container,
     /// The `x-internal-api-key` header.
     Internal,
+    /// A stream ticket in the query (`?ticket=`): a WebSocket cannot carry a header.
+    StreamTicket,
 }
 
 /// A matched request with its typed path parameters, grouped by the principal it accepts.
@@ -64,6 +67,7 @@ pub enum Route {
     User(UserRoute),
     Container(ContainerRoute),
     Internal(InternalRoute),
+    Stream(StreamRoute),
 }
 
 impl Route {
@@ -74,6 +78,7 @@ impl Route {
             Route::User(_) => Principal::User,
             Route::Container(_) => Principal::Container,
             Route::Internal(_) => Principal::Internal,
+            Route::Stream(_) => Principal::StreamTicket,
         }
     }
 }
@@ -90,6 +95,13 @@ pub enum PublicRoute {
     GithubWebhook,
     /// GitHub's redirect after a user authorised the App; authenticated by its signed `state`.
     GithubUserConnectCallback,
+}
+
+/// A WebSocket of a town (`crate::stream`), opened with a stream ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRoute {
+    pub town: TownId,
+    pub scope: StreamScope,
 }
 
 /// Routes for a dashboard user token.
@@ -161,6 +173,8 @@ pub enum TownAction {
     ListAgents,
     /// A page of one agent's events.
     AgentEvents(AgentId),
+    /// A one-time ticket for one of the town's streams.
+    StreamTicket,
     EnsureMayor,
     /// The mayor's status.
     MayorView,
@@ -450,6 +464,9 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Post "/api/towns/:townId/start" User => |p| p.town_route(T::Start)),
     route!(Get "/api/towns/:townId/agents" User => |p| p.town_route(T::ListAgents)),
     route!(Get "/api/towns/:townId/agents/:agentId/events" User => |p| p.town_route(T::AgentEvents(p.agent()?))),
+    route!(Post "/api/towns/:townId/stream-tickets" User => |p| p.town_route(T::StreamTicket)),
+    route!(Get "/api/towns/:townId/stream" StreamTicket => |p| Ok(Route::Stream(StreamRoute { town: p.town()?, scope: StreamScope::Town }))),
+    route!(Get "/api/towns/:townId/agents/:agentId/stream" StreamTicket => |p| Ok(Route::Stream(StreamRoute { town: p.town()?, scope: StreamScope::Agent(p.agent()?) }))),
     route!(Post "/api/towns/:townId/mayor/ensure" User => |p| p.town_route(T::EnsureMayor)),
     route!(Get "/api/towns/:townId/mayor" User => |p| p.town_route(T::MayorView)),
     route!(Post "/api/towns/:townId/mayor/messages" User => |p| p.town_route(T::MayorSay)),

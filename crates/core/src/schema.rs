@@ -63,6 +63,11 @@ pub const TOWN_DO: &[Migration] = &[
         name: "agent events",
         sql: include_str!("../../../migrations/town_do/0009_agent_events.sql"),
     },
+    Migration {
+        version: 10,
+        name: "streams",
+        sql: include_str!("../../../migrations/town_do/0010_streams.sql"),
+    },
 ];
 
 pub const CONTAINER_DO: &[Migration] = &[

@@ -367,15 +367,7 @@ impl TownDO {
                 };
                 json_of(&self.patch_bead_row(&town, &bead_id, close, &acting).await?)
             }
-            MayorTool::Events { batch } => {
-                let cap = config::get(&self.env).quotas.agent_events;
-                json_of(&store::insert_agent_events(
-                    &sql,
-                    mayor.id.as_str(),
-                    &batch,
-                    cap,
-                )?)
-            }
+            MayorTool::Events { batch } => json_of(&self.store_agent_events(&mayor.id, &batch)?),
             MayorTool::Reply { text } => {
                 json_of(&self.record_mayor_message(Speaker::Mayor, &text, None, true)?)
             }

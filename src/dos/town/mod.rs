@@ -23,11 +23,13 @@ mod mayor;
 mod ops;
 mod patrol;
 mod store;
+mod streams;
 mod tokens;
 
 use super::container::{self as container_do, ContainerStub};
-use super::{no_fetch, rpc_entry, DoStub};
+use super::{rpc_entry, DoStub};
 use crate::config;
+use crate::http::error_response;
 use crate::storage::{bump_meta, meta, set_meta, MetaKey, Schema};
 use gastown_core::authz::{self, TownCaller, TownRole};
 use gastown_core::body::json_error_summary;
@@ -42,7 +44,8 @@ use gastown_core::schema;
 use gastown_core::town_config::TownConfig;
 use std::cell::Cell;
 use worker::{
-    console_error, durable_object, DurableObject, Env, Request, Response, Result, SqlStorage, State,
+    console_error, durable_object, DurableObject, Env, Request, Response, Result, SqlStorage,
+    State, WebSocket, WebSocketIncomingMessage,
 };
 
 pub const BINDING: &str = "TOWN";
@@ -156,6 +159,8 @@ pub struct TownDO {
     /// Set while a stop or start is under way: the other waits its turn (409), so the two
     /// never interleave their container calls.
     transition: Cell<bool>,
+    /// The town stream's position last sent to its sockets (`streams.rs`); `None` until read.
+    stream_cursor: Cell<Option<u64>>,
 }
 
 impl TownDO {
@@ -262,8 +267,11 @@ impl TownDO {
         Ok(TransitionGuard(&self.transition))
     }
 
+    /// The one writer of the town's status: a town that is no longer active closes its streams.
     fn set_status(&self, status: TownStatus) -> std::result::Result<(), ApiError> {
-        store::set_town_status(&self.sql(), status)
+        store::set_town_status(&self.sql(), status)?;
+        self.streams_follow_status(status);
+        Ok(())
     }
 
     fn container(&self, town: &TownId) -> std::result::Result<ContainerStub, ApiError> {
@@ -426,7 +434,7 @@ impl Drop for TransitionGuard<'_> {
     }
 }
 
-rpc_entry!(TownDO, TownOp);
+rpc_entry!(TownDO, TownOp, this => this, before => { this.prime_streams(); }, after => { this.flush_streams(); });
 
 impl DurableObject for TownDO {
     fn new(state: State, env: Env) -> Self {
@@ -437,17 +445,53 @@ impl DurableObject for TownDO {
             destroyed: Cell::new(false),
             destroy_checked: Cell::new(false),
             transition: Cell::new(false),
+            stream_cursor: Cell::new(None),
         }
     }
 
-    async fn fetch(&self, _req: Request) -> Result<Response> {
-        no_fetch()
+    /// Only the town's sockets arrive here (see `streams.rs`); operations come over RPC.
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        Ok(self
+            .open_stream(&req)
+            .unwrap_or_else(|e| error_response(&e)))
     }
 
     async fn alarm(&self) -> Result<Response> {
+        self.prime_streams();
         if let Err(e) = self.tick().await {
             console_error!("town alarm failed: {e}");
         }
+        self.flush_streams();
         Response::ok("ok")
+    }
+
+    /// Clients have nothing to say on a stream ("ping" is answered without waking the DO).
+    async fn websocket_message(
+        &self,
+        _ws: WebSocket,
+        _message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
+        // Completes the closing handshake; 1005/1006 may not be sent back.
+        let code = u16::try_from(code)
+            .ok()
+            .filter(|c| *c == 1000 || (3000..5000).contains(c))
+            .unwrap_or(1000);
+        let _ = ws.close(Some(code), Some("closed"));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
+        let _ = ws.close(Some(1011), Some("error"));
+        Ok(())
     }
 }

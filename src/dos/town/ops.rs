@@ -14,6 +14,7 @@ use gastown_core::model::{Agent, Rig, Town, TownStatus};
 use gastown_core::protocol::container::{self as c, TokenPushed};
 use gastown_core::protocol::town::*;
 use gastown_core::protocol::{Ack, Json};
+use gastown_core::stream::CLOSE_TOWN_DELETED;
 use gastown_core::time::rfc3339;
 use gastown_core::town_config::{ConfigView, TownConfig};
 
@@ -79,6 +80,7 @@ impl TownOps for TownDO {
     /// a tombstone, so a late start cannot bring it back.
     async fn destroy(&self, _: Destroy) -> Reply<Ack> {
         let town = self.stored_town()?;
+        self.close_streams(CLOSE_TOWN_DELETED, "the town was deleted");
         self.destroyed.set(true);
         if town.is_some() {
             set_meta(&self.sql(), Meta::Destroying, 1)?;
@@ -325,8 +327,13 @@ impl TownOps for TownDO {
     /// Only for an agent this town registered, from its own rig (as every callback).
     async fn agent_events(&self, req: AgentEventsOp) -> Reply<EventsStored> {
         let agent = self.callback_agent(req.credential, &req.rig_id, &req.agent_id)?;
-        let cap = config::get(&self.env).quotas.agent_events;
-        store::insert_agent_events(&self.sql(), agent.id.as_str(), &req.batch, cap)
+        self.store_agent_events(&agent.id, &req.batch)
+    }
+
+    async fn admit_stream(&self, req: AdmitStream) -> Reply<Ack> {
+        self.admit_user(&req.caller)?;
+        self.admit_stream_scope(&req.scope)?;
+        Ok(Ack::OK)
     }
 
     async fn list_agent_events(&self, req: ListAgentEvents) -> Reply<EventPage> {

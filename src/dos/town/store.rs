@@ -18,6 +18,7 @@ use gastown_core::mayor::{MayorMessage, MayorStatus, Speaker};
 use gastown_core::model::{Agent, AgentStatus, Rig, Town, TownStatus, AGENT_COLUMNS, AGENT_JSON};
 use gastown_core::page::{Page, SeqPage};
 use gastown_core::protocol::Json;
+use gastown_core::stream::TownEvent;
 use gastown_core::time::rfc3339;
 use gastown_core::vocab::Role;
 use serde::Deserialize;
@@ -1170,26 +1171,22 @@ pub fn mayor_last_message_at(sql: &SqlStorage) -> Reply<Option<String>> {
 // ------------------------------------------------------------------ agent events
 
 /// Stores a batch of `agent`'s events (those already stored are skipped), then drops the
-/// agent's oldest beyond `cap`.
+/// agent's oldest beyond `cap`. Answers the events it stored, for the agent's sockets.
 pub fn insert_agent_events(
     sql: &SqlStorage,
     agent: &str,
     batch: &EventBatch,
     cap: u64,
-) -> Reply<EventsStored> {
-    let mut stored = 0;
+) -> Reply<(EventsStored, Vec<AgentEvent>)> {
+    #[derive(Deserialize)]
+    struct Row {
+        id: f64,
+    }
+    let mut stored = Vec::new();
     for e in &batch.events {
-        let known = exists(
+        let row = first::<Row>(
             sql,
-            "SELECT 1 FROM agent_events WHERE agent_id = ? AND run = ? AND seq = ?",
-            vec![agent.into(), int(batch.run), int(e.seq)],
-        )?;
-        if known {
-            continue;
-        }
-        exec(
-            sql,
-            "INSERT INTO agent_events (agent_id, run, seq, kind, text, truncated, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO agent_events (agent_id, run, seq, kind, text, truncated, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, run, seq) DO NOTHING RETURNING id",
             vec![
                 agent.into(),
                 int(batch.run),
@@ -1200,7 +1197,17 @@ pub fn insert_agent_events(
                 int(e.at_ms),
             ],
         )?;
-        stored += 1;
+        if let Some(row) = row {
+            stored.push(AgentEvent {
+                id: row.id as u64,
+                run: batch.run,
+                seq: e.seq,
+                kind: e.kind.clone(),
+                text: e.text.clone(),
+                truncated: e.truncated,
+                at: rfc3339(e.at_ms),
+            });
+        }
     }
     let total = count(
         sql,
@@ -1209,21 +1216,116 @@ pub fn insert_agent_events(
     )?;
     if total > cap {
         let over = total - cap;
-        exec(
+        let last = count(
             sql,
-            "DELETE FROM agent_events WHERE id IN (SELECT id FROM agent_events WHERE agent_id = ? ORDER BY id LIMIT ?)",
+            "SELECT MAX(id) AS n FROM (SELECT id FROM agent_events WHERE agent_id = ? ORDER BY id LIMIT ?)",
             vec![agent.into(), int(over)],
         )?;
         exec(
             sql,
-            "INSERT INTO agent_event_drops (agent_id, dropped) VALUES (?, ?) ON CONFLICT (agent_id) DO UPDATE SET dropped = dropped + excluded.dropped",
-            vec![agent.into(), int(over)],
+            "DELETE FROM agent_events WHERE agent_id = ? AND id <= ?",
+            vec![agent.into(), int(last)],
+        )?;
+        exec(
+            sql,
+            "INSERT INTO agent_event_drops (agent_id, dropped, last_dropped_id) VALUES (?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET dropped = dropped + excluded.dropped, last_dropped_id = excluded.last_dropped_id",
+            vec![agent.into(), int(over), int(last)],
         )?;
     }
-    Ok(EventsStored {
-        stored,
-        duplicates: batch.events.len() as u64 - stored,
+    let counts = EventsStored {
+        stored: stored.len() as u64,
+        duplicates: (batch.events.len() - stored.len()) as u64,
+    };
+    Ok((counts, stored))
+}
+
+/// How many of `agent`'s events the cap has dropped, if one of them came after `after`.
+pub fn agent_dropped_after(sql: &SqlStorage, agent: &str, after: u64) -> Reply<Option<u64>> {
+    #[derive(Deserialize)]
+    struct Row {
+        dropped: f64,
+        last_dropped_id: f64,
+    }
+    Ok(first::<Row>(
+        sql,
+        "SELECT dropped, last_dropped_id FROM agent_event_drops WHERE agent_id = ?",
+        vec![agent.into()],
+    )?
+    .filter(|r| r.last_dropped_id as u64 > after)
+    .map(|r| r.dropped as u64))
+}
+
+// ------------------------------------------------------------------ the town's change log
+
+/// The newest position of the town's change log (0 when empty).
+pub fn town_events_latest(sql: &SqlStorage) -> Reply<u64> {
+    count(
+        sql,
+        "SELECT COALESCE(MAX(seq), 0) AS n FROM town_events",
+        vec![],
+    )
+}
+
+/// The oldest and newest positions kept (0, 0 when empty).
+pub fn town_events_bounds(sql: &SqlStorage) -> Reply<(u64, u64)> {
+    #[derive(Deserialize)]
+    struct Row {
+        oldest: f64,
+        latest: f64,
+    }
+    Ok(first::<Row>(
+        sql,
+        "SELECT COALESCE(MIN(seq), 0) AS oldest, COALESCE(MAX(seq), 0) AS latest FROM town_events",
+        vec![],
+    )?
+    .map_or((0, 0), |r| (r.oldest as u64, r.latest as u64)))
+}
+
+/// At most `limit` changes after `after`, oldest first.
+pub fn town_events_after(sql: &SqlStorage, after: u64, limit: usize) -> Reply<Vec<TownEvent>> {
+    #[derive(Deserialize)]
+    struct Row {
+        seq: f64,
+        kind: String,
+        data: String,
+        at_ms: f64,
+    }
+    rows::<Row>(
+        sql,
+        "SELECT seq, kind, data, at_ms FROM town_events WHERE seq > ? ORDER BY seq LIMIT ?",
+        vec![int(after), int(limit as u64)],
+    )?
+    .into_iter()
+    .map(|r| {
+        Ok(TownEvent {
+            seq: r.seq as u64,
+            kind: r.kind,
+            at: rfc3339(r.at_ms as u64),
+            data: serde_json::from_str(&r.data).map_err(ApiError::internal)?,
+        })
     })
+    .collect()
+}
+
+/// Records a stream ticket's nonce as used; false if it was. Forgets nonces whose tickets
+/// have expired.
+pub fn use_ticket(sql: &SqlStorage, nonce: &str, expires_ms: u64, now_ms: u64) -> Reply<bool> {
+    exec(
+        sql,
+        "DELETE FROM stream_tickets WHERE expires_ms < ?",
+        vec![int(now_ms)],
+    )?;
+    #[derive(Deserialize)]
+    struct Row {
+        #[allow(dead_code)]
+        nonce: String,
+    }
+    Ok(first::<Row>(
+        sql,
+        "INSERT INTO stream_tickets (nonce, expires_ms) VALUES (?, ?) ON CONFLICT (nonce) DO NOTHING RETURNING nonce",
+        vec![nonce.into(), int(expires_ms)],
+    )?
+    .is_some())
 }
 
 /// A page of `agent`'s events after `after`, oldest first, and how many the cap dropped.

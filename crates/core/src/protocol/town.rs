@@ -135,6 +135,9 @@ crate::do_protocol! {
         AgentEvents(AgentEventsOp) -> EventsStored => agent_events;
         /// A page of an agent's events, oldest first.
         ListAgentEvents(ListAgentEvents) -> EventPage => list_agent_events;
+        /// Whether the caller may watch one of the town's streams now: the town is active, and
+        /// an agent's stream names one of its agents. The router then signs the ticket.
+        AdmitStream(AdmitStream) -> Ack => admit_stream;
     }
 }
 
@@ -144,6 +147,13 @@ pub struct AgentEventsOp {
     pub rig_id: RigId,
     pub agent_id: AgentId,
     pub batch: EventBatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmitStream {
+    pub caller: TownCaller,
+    /// `crate::stream::StreamScope::as_string`.
+    pub scope: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -699,6 +709,14 @@ mod tests {
                 }
                 .into(),
                 format!(r#"{{"op":"list_agent_events","caller":{C},"agent_id":"a1","page":{{"after":0,"limit":5}}}}"#),
+            ),
+            (
+                AdmitStream {
+                    caller: c(),
+                    scope: "agent:a1".into(),
+                }
+                .into(),
+                format!(r#"{{"op":"admit_stream","caller":{C},"scope":"agent:a1"}}"#),
             ),
             (
                 MayorViewOp { caller: c() }.into(),
