@@ -71,6 +71,18 @@ impl Page {
     }
 }
 
+/// An `after=` position in a log numbered from 1: a whole number JSON can carry exactly.
+///
+/// # Errors
+/// 422 naming `after`, with `message`.
+pub fn seq_after(value: &str, message: &str) -> Result<u64, ApiError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n < (1 << 53))
+        .ok_or_else(|| ApiError::invalid("after", message))
+}
+
 /// Default and largest page of a log paged by sequence number.
 pub const DEFAULT_SEQ_LIMIT: u32 = 100;
 pub const MAX_SEQ_LIMIT: u32 = 500;
@@ -93,15 +105,7 @@ impl SeqPage {
         };
         for (key, value) in query_pairs(query) {
             match key {
-                "after" => {
-                    page.after = value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n < (1 << 53))
-                        .ok_or_else(|| {
-                            ApiError::invalid("after", "must be the seq of a message")
-                        })?;
-                }
+                "after" => page.after = seq_after(value, "must be the seq of a message")?,
                 "limit" => {
                     page.limit = value
                         .parse::<u32>()

@@ -14,7 +14,7 @@
 use crate::body::{only_fields, parse_object};
 use crate::error::ApiError;
 use crate::ids::{AgentId, TownId, UserId};
-use crate::page::query_pairs;
+use crate::page::{query_pairs, seq_after};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -219,15 +219,7 @@ impl StreamQuery {
             match key {
                 // A ticket is base64url and dots: nothing to decode.
                 "ticket" if !value.is_empty() => ticket = Some(value.to_owned()),
-                "after" => {
-                    after = value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n < (1 << 53))
-                        .ok_or_else(|| {
-                            ApiError::invalid("after", "must be the last position received")
-                        })?;
-                }
+                "after" => after = seq_after(value, "must be the last position received")?,
                 _ => {}
             }
         }
