@@ -10,6 +10,7 @@ import { ROOT } from "../../scripts/lib/jwt.mjs";
 import { until as untilFor, not, startOwnWorker } from "./harness.mjs";
 import { freshUser, tokenFor, installedTownWithRig } from "./fixtures.mjs";
 import { KILO_BIN } from "./kilo.mjs";
+import { openSocket } from "./streams.mjs";
 
 const until = (what, probe, ms = 120_000) => untilFor(what, probe, ms, 300);
 const CONTROL_BIN = join(ROOT, "target", "release", "gastown-control-debug");
@@ -95,6 +96,11 @@ export default function mayor(ctx) {
       const { town, rig } = await townWithRig();
       assert.equal((await as("PATCH", `/api/towns/${town.id}/config`, { role_models: { mayor: "kilo/mayor-model" } })).status, 200);
       assert.equal((await status(town.id)).status, "idle");
+      // The dashboard watches the town live meanwhile.
+      const ticket = await as("POST", `/api/towns/${town.id}/stream-tickets`, { scope: "town" });
+      assert.equal(ticket.status, 201, ticket.text);
+      const live = openSocket(world.worker.url, ticket.body.url);
+      await live.next((f) => f.type === "ready");
       const ask = "Please add two greetings, the second after the first.";
       const sent = await say(town.id, `[script:mayor] convoy ${rig.id}\n${ask}`);
       assert.equal(sent.status, 202, sent.text);
@@ -145,6 +151,20 @@ export default function mayor(ctx) {
         return c.status === "closed" ? c : not([c.status, c.progress, c.beads.map((b) => b.status), agentLogs(town.id)]);
       }, 240_000);
       assert.deepEqual(closed.progress, { closed: 2, total: 2 });
+      // The socket saw it all happen: the user's message and the mayor's reply, the mayor at
+      // work, the beads going through their states, the convoy's progress to 2 of 2.
+      const seen = await live.next((f) => f.type === "town_events" && f.events.some((e) => e.kind === "convoy" && e.data.closed === 2), 10_000)
+        .then(() => live.frames.filter((f) => f.type === "town_events").flatMap((f) => f.events));
+      const of = (kind) => seen.filter((e) => e.kind === kind);
+      assert.deepEqual(of("mayor_message").slice(0, 2).map((e) => e.data.role), ["user", "mayor"]);
+      assert.ok(of("mayor_message").some((e) => e.data.role === "mayor" && /^Slung a convoy of 2 beads/.test(e.data.text)));
+      assert.ok(of("mayor_status").some((e) => e.data.status === "working"), JSON.stringify(of("mayor_status")));
+      assert.deepEqual(of("convoy").map((e) => e.data.closed).filter((n, i, all) => all.indexOf(n) === i), [0, 1, 2]);
+      for (const b of [first, second]) {
+        const states = of("bead").filter((e) => e.data.id === b.id).map((e) => e.data.status);
+        assert.ok(states.includes("in_progress") && states.at(-1) === "closed", `${b.title}: ${states}`);
+      }
+      live.close();
       // The second waited: it was dispatched only after the first closed.
       const [b1, b2] = [await bead(town.id, first.id), await bead(town.id, second.id)];
       const at = (b, kind) => b.events.find((e) => e.kind === kind)?.created_at;
