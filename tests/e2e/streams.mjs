@@ -41,7 +41,8 @@ export function openSocket(base, path) {
   ws.addEventListener("open", () => opened.resolve());
   ws.addEventListener("error", () => opened.reject(new Error(`socket ${path} failed to open`)));
   ws.addEventListener("message", (e) => {
-    const frame = JSON.parse(e.data);
+    // The runtime's answer to a keep-alive "ping" is the plain text "pong".
+    const frame = e.data === "pong" ? { type: "pong" } : JSON.parse(e.data);
     frame.received_at = Date.now();
     frames.push(frame);
     for (const w of [...waiters]) {
@@ -289,6 +290,9 @@ export default function streams(ctx) {
       assert.equal(patched.status, 200, patched.text);
       const live = await s1.next((f) => f.type === "town_events" && f.events.some((e) => e.kind === "bead" && e.data.status === "closed"));
       assert.ok(live.events[0].seq > ready.seq);
+      // A keep-alive ping is answered (by the runtime: the DO is not woken for it).
+      s1.ws.send("ping");
+      await s1.next((f) => f.type === "pong");
       const lastSeen = eventsOf(s1.frames).at(-1).seq;
       s1.close();
       await s1.closed;

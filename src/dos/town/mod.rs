@@ -438,6 +438,10 @@ rpc_entry!(TownDO, TownOp, this => this, before => { this.prime_streams(); }, af
 
 impl DurableObject for TownDO {
     fn new(state: State, env: Env) -> Self {
+        // A stream client's keep-alive "ping" is answered by the runtime, without waking the DO.
+        if let Ok(pong) = worker::worker_sys::WebSocketRequestResponsePair::new("ping", "pong") {
+            state.set_websocket_auto_response(&pong);
+        }
         Self {
             state,
             env,

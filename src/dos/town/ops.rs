@@ -14,7 +14,7 @@ use gastown_core::model::{Agent, Rig, Town, TownStatus};
 use gastown_core::protocol::container::{self as c, TokenPushed};
 use gastown_core::protocol::town::*;
 use gastown_core::protocol::{Ack, Json};
-use gastown_core::stream::CLOSE_TOWN_DELETED;
+use gastown_core::stream::{StreamScope, CLOSE_TOWN_DELETED};
 use gastown_core::time::rfc3339;
 use gastown_core::town_config::{ConfigView, TownConfig};
 
@@ -332,7 +332,7 @@ impl TownOps for TownDO {
 
     async fn admit_stream(&self, req: AdmitStream) -> Reply<Ack> {
         self.admit_user(&req.caller)?;
-        self.admit_stream_scope(&req.scope)?;
+        self.admit_stream_scope(&StreamScope::parse(&req.scope)?)?;
         Ok(Ack::OK)
     }
 

@@ -75,25 +75,29 @@ impl TownDO {
         if sockets.is_empty() || self.destroyed.get() {
             return;
         }
+        match self.send_town_log(&sockets, after) {
+            Ok(at) => self.stream_cursor.set(Some(at)),
+            Err(e) => console_error!("streams: cannot read the change log: {e}"),
+        }
+    }
+
+    /// Sends `sockets` the town's changes after `after`, in frames of [`MESSAGE_BATCH`]; the
+    /// position reached. The live flush and a new socket's backfill both send this way.
+    fn send_town_log(&self, sockets: &[WebSocket], after: u64) -> Reply<u64> {
         let sql = self.sql();
-        let mut after = after;
+        let mut at = after;
         loop {
-            let events = match store::town_events_after(&sql, after, MESSAGE_BATCH) {
-                Ok(events) => events,
-                Err(e) => {
-                    console_error!("streams: cannot read the change log: {e}");
-                    return;
-                }
+            let events = store::town_events_after(&sql, at, MESSAGE_BATCH)?;
+            let Some(last) = events.last() else {
+                return Ok(at);
             };
-            let Some(last) = events.last() else { break };
-            after = last.seq;
+            at = last.seq;
             let frame = Frame::TownEvents { events: &events };
-            for ws in &sockets {
+            for ws in sockets {
                 send(ws, &frame);
             }
-            self.stream_cursor.set(Some(after));
             if events.len() < MESSAGE_BATCH {
-                break;
+                return Ok(at);
             }
         }
     }
@@ -137,11 +141,11 @@ impl TownDO {
         }
     }
 
-    /// `POST /api/towns/:townId/stream-tickets`: may the caller watch `scope` now?
-    pub(super) fn admit_stream_scope(&self, scope: &str) -> Reply<()> {
+    /// May `scope` be watched now (a ticket asked for, a socket opening)?
+    pub(super) fn admit_stream_scope(&self, scope: &StreamScope) -> Reply<()> {
         let town = self.require_town()?;
         self.require_active(&town)?;
-        if let StreamScope::Agent(agent) = StreamScope::parse(scope)? {
+        if let StreamScope::Agent(agent) = scope {
             if store::agent(&self.sql(), agent.as_str())?.is_none() {
                 return Err(ApiError::NotFound("agent not found in this town".into()));
             }
@@ -160,7 +164,8 @@ impl TownDO {
             .and_then(|h| serde_json::from_str(&h).ok())
             .ok_or_else(|| ApiError::NotFound("durable objects are called over RPC".into()))?;
         self.prime_streams();
-        self.admit_stream_scope(&open.scope)?;
+        let scope = StreamScope::parse(&open.scope)?;
+        self.admit_stream_scope(&scope)?;
         if self.state.get_websockets().len() >= MAX_SOCKETS {
             return Err(ApiError::Conflict(format!(
                 "this town has {MAX_SOCKETS} streams open; close one first"
@@ -176,13 +181,8 @@ impl TownDO {
         self.flush_streams();
         let pair = WebSocketPair::new().map_err(ApiError::internal)?;
         let ws = pair.server;
-        let scope = StreamScope::parse(&open.scope)?;
-        let tag = scope.as_string();
-        self.state.accept_websocket_with_tags(&ws, &[tag.as_str()]);
-        // A client's keep-alive "ping" is answered by the runtime, without waking the DO.
-        if let Ok(pong) = worker::worker_sys::WebSocketRequestResponsePair::new("ping", "pong") {
-            self.state.set_websocket_auto_response(&pong);
-        }
+        self.state
+            .accept_websocket_with_tags(&ws, &[open.scope.as_str()]);
         let seq = match &scope {
             StreamScope::Town => self.backfill_town(&ws, open.after)?,
             StreamScope::Agent(agent) => self.backfill_agent(&ws, agent.as_str(), open.after)?,
@@ -203,13 +203,7 @@ impl TownDO {
                 },
             );
         }
-        let mut at = after;
-        while at < latest {
-            let events = store::town_events_after(&sql, at, MESSAGE_BATCH)?;
-            let Some(last) = events.last() else { break };
-            at = last.seq;
-            send(ws, &Frame::TownEvents { events: &events });
-        }
+        self.send_town_log(std::slice::from_ref(ws), after)?;
         self.stream_cursor.set(Some(latest));
         Ok(latest.max(after))
     }
