@@ -45,6 +45,12 @@ pub struct Work {
     /// `GASTOWN_ALLOW_LOCAL_GIT=1`: rigs may be `file://` repositories, and agents are told
     /// they may clone them. Development only; never set in production.
     pub allow_local_git: bool,
+    /// `PR_POLL_MS`: how often the refinery reads a pull request it follows, webhooks or not
+    /// (60 s). Only towns with a pull request open are polled.
+    pub pr_poll_ms: u64,
+    /// `PR_FEEDBACK_ROUNDS`: feedback beads per pull request before the next review or failing
+    /// check is escalated to a human instead (3).
+    pub pr_feedback_rounds: u32,
 }
 
 pub struct Config {
@@ -88,6 +94,9 @@ pub struct Platforms {
     /// PEM (PKCS#1 as GitHub issues it, or PKCS#8).
     pub github_app_private_key: Option<String>,
     pub github_webhook_secret: Option<String>,
+    /// `GITLAB_WEBHOOK_SECRET`: the secret token GitLab sends as `X-Gitlab-Token` with the
+    /// project's merge request hooks.
+    pub gitlab_webhook_secret: Option<String>,
     pub gitlab_client_id: Option<String>,
     pub gitlab_client_secret: Option<String>,
     /// The GitHub App's OAuth credentials (user-to-server tokens: commits as the user).
@@ -134,6 +143,7 @@ fn platforms(env: &Env) -> Platforms {
         github_app_slug: set("GITHUB_APP_SLUG"),
         github_app_private_key: set("GITHUB_APP_PRIVATE_KEY"),
         github_webhook_secret: set("GITHUB_WEBHOOK_SECRET"),
+        gitlab_webhook_secret: set("GITLAB_WEBHOOK_SECRET"),
         gitlab_client_id: set("GITLAB_CLIENT_ID"),
         gitlab_client_secret: set("GITLAB_CLIENT_SECRET"),
         github_app_client_id: set("GITHUB_APP_CLIENT_ID"),
@@ -264,6 +274,9 @@ pub fn get(env: &Env) -> Rc<Config> {
                     .max(1),
                     allow_local_git: string(env, gastown_core::control::ALLOW_LOCAL_GIT_ENV)
                         .is_some_and(|v| v.trim() == "1"),
+                    pr_poll_ms: millis(env, "PR_POLL_MS", 60_000),
+                    pr_feedback_rounds: u32::try_from(count(env, "PR_FEEDBACK_ROUNDS", 3))
+                        .unwrap_or(3),
                 },
                 platforms,
                 quotas: Quotas {

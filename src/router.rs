@@ -157,6 +157,7 @@ async fn public(req: &mut Request, env: &Env, route: PublicRoute) -> Result<Resp
         PublicRoute::GithubInstalled => integrations::github_installed(req, env).await,
         PublicRoute::GitlabCallback => integrations::gitlab_callback(req, env).await,
         PublicRoute::GithubWebhook => integrations::github_webhook(req, env).await,
+        PublicRoute::GitlabWebhook => integrations::gitlab_webhook(req, env).await,
         PublicRoute::GithubUserConnectCallback => {
             integrations::github_user_callback(req, env).await
         }

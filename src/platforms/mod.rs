@@ -13,13 +13,15 @@
 //! - `repositories`: an integration's repositories (cached, else the provider's) and the one a
 //!   new rig names;
 //! - `git_token`: which credential serves a rig, minted or refreshed as needed;
-//! - `user_tokens`: GitHub user-to-server tokens, to commit as the town's owner.
+//! - `user_tokens`: GitHub user-to-server tokens, to commit as the town's owner;
+//! - `pulls`: pull and merge requests the refinery opens and follows, and their index.
 
 pub mod git_token;
 pub mod github;
 pub mod gitlab;
 pub mod http;
 pub mod lease;
+pub mod pulls;
 pub mod repositories;
 pub mod sealed_field;
 pub mod store;

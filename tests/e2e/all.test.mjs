@@ -19,6 +19,7 @@ import integrations from "./integrations.mjs";
 import userTokens from "./user_tokens.mjs";
 import work from "./work.mjs";
 import ghToken from "./gh_token.mjs";
+import refinery from "./refinery.mjs";
 import kilo from "./kilo.mjs";
 import mayor from "./mayor.mjs";
 import events, { EVENTS_CAP } from "./events.mjs";
@@ -89,7 +90,7 @@ after(async () => {
 
 // Every suite, in order. `GASTOWN_E2E_ONLY=work,ghToken node --test tests/e2e/all.test.mjs`
 // runs only the named ones (for working on one suite; `npm test` runs them all).
-const SUITES = { personal, auth, badInput, internal, org, container, hardening, security, gateway, integrations, userTokens, work, ghToken, kilo, mayor, events, client: typedClient, streams, fuzz, lifecycle };
+const SUITES = { personal, auth, badInput, internal, org, container, hardening, security, gateway, integrations, userTokens, work, ghToken, refinery, kilo, mayor, events, client: typedClient, streams, fuzz, lifecycle };
 const only = process.env.GASTOWN_E2E_ONLY?.split(",").filter(Boolean);
 for (const [name, suite] of Object.entries(SUITES)) {
   if (!only || only.includes(name)) suite(ctx);

@@ -394,7 +394,7 @@ export interface paths {
         put?: never;
         /**
          * An agent finished its bead
-         * @description Closes the agent's in-progress bead (or moves it to `in_review` when it carries a `pr_url` and the rig's or town's merge strategy is `pull_request`), records branch, pr_url and summary in its metadata, and frees the agent (idle). 409 when the agent has no bead in progress. Container token of the town's current generation, or a legacy agent token of this rig and agent; agent and rig come from the path. 401 for a revoked token; 403 for another town's token; 404 for an agent or rig that is not this town's (or a rig agent reporting from another rig); 409 `town_stopped` for a stopped town.
+         * @description Closes the agent's in-progress bead, or, under the rig's or town's `pull_request` merge strategy, moves it to `in_review` when it names a `branch` (the refinery then opens its pull request through the rig's integration and follows it; the bead closes when it merges) or carries a `pr_url` (not followed without a branch); a feedback bead's done closes it and has its pull request read again, records branch, pr_url and summary in its metadata, and frees the agent (idle). 409 when the agent has no bead in progress. Container token of the town's current generation, or a legacy agent token of this rig and agent; agent and rig come from the path. 401 for a revoked token; 403 for another town's token; 404 for an agent or rig that is not this town's (or a rig agent reporting from another rig); 409 `town_stopped` for a stopped town.
          */
         post: operations["post__api_towns_townid_rigs_rigid_agents_agentid_done"];
         delete?: never;
@@ -1117,7 +1117,7 @@ export interface paths {
         put?: never;
         /**
          * GitHub App webhook (authenticated by X-Hub-Signature-256)
-         * @description The signature (HMAC-SHA256 with GITHUB_WEBHOOK_SECRET) is checked in constant time before anything else; a bad or missing one is 401 and changes nothing. installation deleted / suspend / unsuspend set the integration's status. github_app_authorization revoked marks every user token of that GitHub user (sender.id) revoked.
+         * @description The signature (HMAC-SHA256 with GITHUB_WEBHOOK_SECRET) is checked in constant time before anything else; a bad or missing one is 401 and changes nothing. installation deleted / suspend / unsuspend set the integration's status. github_app_authorization revoked marks every user token of that GitHub user (sender.id) revoked. pull_request, pull_request_review, check_run and check_suite ask each town that follows the named pull request to read it from GitHub now (never taken at the delivery's word): 200 {refreshed} counts the towns; 403 when the delivery's installation is not the one that opened it.
          */
         post: operations["post__api_webhooks_github"];
         delete?: never;
@@ -1382,6 +1382,26 @@ export interface paths {
         get: operations["get__api_towns_townid_agents_agentid_stream"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/webhooks/gitlab": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * GitLab merge request and pipeline hooks (authenticated by X-Gitlab-Token)
+         * @description X-Gitlab-Token must equal GITLAB_WEBHOOK_SECRET (compared in constant time) before the body is read as anything; otherwise 401 and nothing changes. A merge request hook (object_kind merge_request, object_attributes.iid) or a merge request pipeline's hook (object_kind pipeline, merge_request.iid) asks each town that follows that merge request of project.path_with_namespace to read it from GitLab now: 200 {refreshed}. Other hooks: 204.
+         */
+        post: operations["post__api_webhooks_gitlab"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1701,7 +1721,7 @@ export interface components {
         };
         BeadEvent: {
             id: number;
-            /** @description created, updated, dispatched, dispatch_failed, status, done, in_review, stalled, reopened, closed, failed, escalated or git_identity (who the agent's commits are authored as and why: set for each session, and again when it changes, as on a fall back to the bot) */
+            /** @description created, updated, dispatched, dispatch_failed, status, done, in_review, stalled, reopened, closed, failed, escalated, git_identity (who the agent's commits are authored as and why: set for each session, and again when it changes, as on a fall back to the bot); pull_request (the refinery opened or adopted its pull request), merged (its pull request merged: closed) or feedback (a review or failing check became a feedback bead) */
             kind: string;
             /** @description `user:<id>`, `agent:<id>` or `town` */
             actor: string;
@@ -1738,6 +1758,7 @@ export interface components {
             events: components["schemas"]["BeadEvent"][];
             /** @description the convoy it was slung in (`POST …/sling-batch`), if any */
             convoy_id: string | null;
+            pull_request: components["schemas"]["PullRequestInfo"] | null;
         };
         /** @description Unknown fields are refused (422). */
         NewBead: {
@@ -2041,10 +2062,10 @@ export interface components {
             /** @description the stream's position: resume with `after=<seq>` */
             seq: number;
             /**
-             * @description bead: created, or its status or assignee changed (data: id, type, status, title, rig_id, convoy_id, assignee_agent_id, failure_reason); bead_deleted / agent_deleted: data.id; convoy: a member's status changed (data: id, closed, total); agent: created, or its status or bead changed (data: id, role, name, rig_id, status, current_bead_id); mayor_message: a message of the conversation (data: seq, role, text, user_id, created_at); mayor_status: data.status; town: the town's status (data.status)
+             * @description bead: created, or its status or assignee changed (data: id, type, status, title, rig_id, convoy_id, assignee_agent_id, failure_reason); bead_deleted / agent_deleted: data.id; convoy: a member's status changed (data: id, closed, total); agent: created, or its status or bead changed (data: id, role, name, rig_id, status, current_bead_id); mayor_message: a message of the conversation (data: seq, role, text, user_id, created_at); mayor_status: data.status; town: the town's status (data.status); pull_request: a pull request the refinery follows was opened or changed state, checks or review decision (data: bead_id, source_bead_id, state, url, number, checks, review_decision)
              * @enum {string}
              */
-            kind: "bead" | "bead_deleted" | "convoy" | "agent" | "agent_deleted" | "mayor_message" | "mayor_status" | "town";
+            kind: "bead" | "bead_deleted" | "convoy" | "agent" | "agent_deleted" | "mayor_message" | "mayor_status" | "town" | "pull_request";
             /** Format: date-time */
             at: string;
             data: Record<string, unknown>;
@@ -2088,6 +2109,40 @@ export interface components {
         };
         /** @description One JSON text frame of a stream. */
         StreamFrame: components["schemas"]["TownEventsFrame"] | components["schemas"]["AgentEventsFrame"] | components["schemas"]["ReadyFrame"] | components["schemas"]["DroppedFrame"];
+        /** @description A bead's pull request (GitHub) or merge request (GitLab), as the refinery last read it: a merge_request bead's own, a source bead's newest. */
+        PullRequestInfo: {
+            /** @description the merge_request bead that follows it */
+            bead_id: string;
+            source_bead_id: string;
+            /**
+             * @description null until opened
+             * @enum {string|null}
+             */
+            platform: "github" | "gitlab" | null;
+            number: number | null;
+            url: string | null;
+            /**
+             * @description opening (not opened yet, or retried after a provider failure), open (followed by webhooks and the poll), merged, closed (without merging), failed (could not be opened: see error), detached (its bead was closed, reopened or deleted by hand)
+             * @enum {string}
+             */
+            state: "opening" | "open" | "merged" | "closed" | "failed" | "detached";
+            branch: string;
+            base: string;
+            head_sha: string | null;
+            /** @enum {string|null} */
+            checks: "none" | "pending" | "success" | "failure" | null;
+            failing_check: string | null;
+            /** @enum {string|null} */
+            review_decision: "approved" | "changes_requested" | "review_required" | null;
+            /** @description who opened it on the provider: the user (commit_as_user) or the App's bot / the GitLab connection's user */
+            author: string | null;
+            feedback_rounds: number;
+            feedback_bead_id: string | null;
+            /** @description why it could not be opened, or the provider's last failure */
+            error: string | null;
+            /** Format: date-time */
+            last_synced_at: string | null;
+        };
     };
     responses: {
         /** @description Malformed JSON or a bad header */
@@ -4396,6 +4451,10 @@ export interface operations {
                 content: {
                     "application/json": {
                         updated: number;
+                    } | {
+                        refreshed: number;
+                    } | {
+                        duplicate: boolean;
                     };
                 };
             };
@@ -4408,6 +4467,7 @@ export interface operations {
             };
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
             413: components["responses"]["TooLarge"];
         };
     };
@@ -4861,6 +4921,42 @@ export interface operations {
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["Invalid"];
+        };
+    };
+    post__api_webhooks_gitlab: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": Record<string, unknown>;
+            };
+        };
+        responses: {
+            /** @description Handled */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        refreshed: number;
+                    };
+                };
+            };
+            /** @description An event this worker does not act on */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            413: components["responses"]["TooLarge"];
         };
     };
 }

@@ -9,8 +9,10 @@
 //!    or an event of the session within the last [`QUIET_LIMIT`]. A CLI that has gone quiet for
 //!    longer gets no heartbeat, so patrol stalls its bead as it would a silent agent's;
 //! 2. clones `GASTOWN_GIT_URL` into `<work dir>/repo` (git's credential helper is the town's,
-//!    through `GIT_CONFIG_GLOBAL`: no token in the remote) and checks out `GASTOWN_BRANCH`
-//!    from `origin/<GASTOWN_DEFAULT_BRANCH>` (an orphan branch in an empty repository);
+//!    through `GIT_CONFIG_GLOBAL`: no token in the remote) and checks out `GASTOWN_BRANCH`,
+//!    continued from `origin/<branch>` when the remote has it (a pull request's feedback
+//!    round), else from `origin/<GASTOWN_DEFAULT_BRANCH>` (an orphan branch in an empty
+//!    repository);
 //! 3. starts `kilo serve` on a free loopback port in the clone, offline ([`OFFLINE_ENV`]), its
 //!    data under `<work dir>/.kilo` (outside the clone), its HTTP API behind a password made
 //!    for this run, its model provider the Kilo gateway: an OpenAI-compatible provider whose
@@ -434,8 +436,12 @@ impl Session {
             &self.work_dir,
             &["clone", "--quiet", "--", git_url, &repo_arg],
         )?;
+        // A branch already on the remote (a pull request's, in a feedback round) is continued.
+        let continued = format!("origin/{branch}");
         let base = format!("origin/{default_branch}");
-        if git(repo, &["rev-parse", "--verify", "--quiet", &base]).is_ok() {
+        if git(repo, &["rev-parse", "--verify", "--quiet", &continued]).is_ok() {
+            git(repo, &["checkout", "--quiet", "-b", branch, &continued])
+        } else if git(repo, &["rev-parse", "--verify", "--quiet", &base]).is_ok() {
             git(repo, &["checkout", "--quiet", "-b", branch, &base])
         } else {
             git(repo, &["checkout", "--quiet", "--orphan", branch])

@@ -148,6 +148,12 @@ pub enum BeadEventKind {
     /// Who the agent's commits are authored as, and why (first for a session, and on each
     /// change, such as a fall back to the bot when the user revoked).
     GitIdentity,
+    /// The refinery opened (or adopted) the bead's pull request.
+    PullRequest,
+    /// Its pull request merged: closed.
+    Merged,
+    /// A review or failing check of its pull request became a feedback bead.
+    Feedback,
 }
 
 impl BeadEventKind {
@@ -168,6 +174,9 @@ impl BeadEventKind {
             BeadEventKind::Failed => "failed",
             BeadEventKind::Escalated => "escalated",
             BeadEventKind::GitIdentity => "git_identity",
+            BeadEventKind::PullRequest => "pull_request",
+            BeadEventKind::Merged => "merged",
+            BeadEventKind::Feedback => "feedback",
         }
     }
 }
@@ -190,6 +199,10 @@ pub const BEAD_EVENT_JSON: &str = "json_object('id', id, 'kind', kind, 'actor', 
 pub struct BeadDetail {
     #[serde(flatten)]
     pub bead: Bead,
+    /// Its pull request (a merge request bead's own; a source bead's newest), as the refinery
+    /// last read it.
+    #[serde(default)]
+    pub pull_request: Option<crate::refinery::PullRequestInfo>,
     pub events: Vec<BeadEvent>,
 }
 

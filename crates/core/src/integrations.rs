@@ -298,6 +298,18 @@ pub fn github_signature_ok(secret: &[u8], body: &[u8], header: Option<&str>) -> 
     expected.len() == presented.len() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
 }
 
+/// Whether a GitLab hook's `X-Gitlab-Token` is the configured secret (compared in constant
+/// time; an empty or unset secret admits nothing).
+#[must_use]
+pub fn gitlab_token_ok(secret: &[u8], presented: Option<&str>) -> bool {
+    let Some(presented) = presented else {
+        return false;
+    };
+    !secret.is_empty()
+        && secret.len() == presented.len()
+        && bool::from(secret.ct_eq(presented.as_bytes()))
+}
+
 /// Why the App's private key could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyError {
@@ -712,5 +724,14 @@ mod tests {
             town_token_for(&GitAuth::default(), "https://github.com/a/b"),
             None
         );
+    }
+
+    #[test]
+    fn gitlab_hook_tokens_are_compared_whole() {
+        assert!(gitlab_token_ok(b"s3cret", Some("s3cret")));
+        assert!(!gitlab_token_ok(b"s3cret", Some("s3cre")));
+        assert!(!gitlab_token_ok(b"s3cret", Some("s3cret ")));
+        assert!(!gitlab_token_ok(b"s3cret", None));
+        assert!(!gitlab_token_ok(b"", Some("")), "no secret admits nothing");
     }
 }

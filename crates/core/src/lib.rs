@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod page;
 pub mod policy;
 pub mod protocol;
+pub mod refinery;
 pub mod rig_patch;
 pub mod routes;
 pub mod schema;

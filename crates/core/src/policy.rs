@@ -34,6 +34,8 @@ pub struct TickInput {
     pub work_seen_at_ms: Option<u64>,
     /// An idle town's running container is stopped after this long without work.
     pub idle_stop_ms: u64,
+    /// The town follows a pull request (opening or open): the refinery runs, idle or not.
+    pub follows_pull_requests: bool,
 }
 
 /// One thing a tick does.
@@ -59,6 +61,8 @@ pub enum TickEffect {
     StopIdleContainer,
     /// Run again soon (the fast cadence): there is work.
     ArmFast,
+    /// Open and read the pull requests that are due, and wake for the next one.
+    Refine,
 }
 
 /// The effects of one tick, in the order to apply them.
@@ -67,6 +71,9 @@ pub fn tick(input: &TickInput) -> Vec<TickEffect> {
         return vec![TickEffect::DeleteAlarm];
     }
     let mut effects = vec![TickEffect::RecordRun];
+    if input.follows_pull_requests {
+        effects.push(TickEffect::Refine);
+    }
     if !input.has_work {
         // Idle: no token, no env, no ping; only the idle timeout, once.
         let idle_for = input
@@ -331,6 +338,7 @@ mod tests {
             has_work: true,
             work_seen_at_ms: Some(1_000 + 3_600_000),
             idle_stop_ms: 600_000,
+            follows_pull_requests: false,
         }
     }
 
@@ -407,6 +415,41 @@ mod tests {
             ..input()
         };
         assert_eq!(tick(&never), with(&[RefreshContainerToken]));
+    }
+
+    #[test]
+    fn a_town_that_follows_a_pull_request_refines_idle_or_busy() {
+        let idle = TickInput {
+            has_work: false,
+            container_started: false,
+            follows_pull_requests: true,
+            ..input()
+        };
+        assert_eq!(tick(&idle), [RecordRun, Refine], "no token, no dispatch");
+        let busy = TickInput {
+            follows_pull_requests: true,
+            ..input()
+        };
+        assert_eq!(tick(&busy)[..2], [RecordRun, Refine]);
+        let stopped = TickInput {
+            town_active: false,
+            ..busy
+        };
+        assert_eq!(
+            tick(&stopped),
+            [DeleteAlarm],
+            "a stopped town reads nothing"
+        );
+        let none = TickInput {
+            has_work: false,
+            container_started: false,
+            ..input()
+        };
+        assert_eq!(
+            tick(&none),
+            [RecordRun],
+            "an idle town that follows none calls nothing"
+        );
     }
 
     #[test]

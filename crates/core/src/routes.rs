@@ -93,6 +93,8 @@ pub enum PublicRoute {
     GitlabCallback,
     /// GitHub's webhook; authenticated by `X-Hub-Signature-256`.
     GithubWebhook,
+    /// GitLab's merge request and pipeline hooks; authenticated by `X-Gitlab-Token`.
+    GitlabWebhook,
     /// GitHub's redirect after a user authorised the App; authenticated by its signed `state`.
     GithubUserConnectCallback,
 }
@@ -420,6 +422,7 @@ pub static ROUTES: &[RouteSpec] = &[
     route!(Get "/api/integrations/github/installed" Public => |_| Ok(Route::Public(PublicRoute::GithubInstalled))),
     route!(Get "/api/integrations/gitlab/callback" Public => |_| Ok(Route::Public(PublicRoute::GitlabCallback))),
     route!(Post "/api/webhooks/github" Public => |_| Ok(Route::Public(PublicRoute::GithubWebhook))),
+    route!(Post "/api/webhooks/gitlab" Public => |_| Ok(Route::Public(PublicRoute::GitlabWebhook))),
     route!(Get "/api/integrations/github/user-connect/callback" Public => |_| Ok(Route::Public(PublicRoute::GithubUserConnectCallback))),
     route!(Post "/api/integrations/github/user-connect" User => |_| Ok(Route::User(UserRoute::Integration(IntegrationAction::GithubUserConnect)))),
     route!(Get "/api/integrations/github/user-connect" User => |_| Ok(Route::User(UserRoute::Integration(IntegrationAction::GithubUserStatus)))),

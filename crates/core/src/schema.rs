@@ -68,6 +68,11 @@ pub const TOWN_DO: &[Migration] = &[
         name: "streams",
         sql: include_str!("../../../migrations/town_do/0010_streams.sql"),
     },
+    Migration {
+        version: 11,
+        name: "refinery",
+        sql: include_str!("../../../migrations/town_do/0011_refinery.sql"),
+    },
 ];
 
 pub const CONTAINER_DO: &[Migration] = &[

@@ -105,29 +105,37 @@ pub fn check_done(done: &AgentDoneCallback) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// What an agent's `done` makes of its bead: in review when it reports a pull request and the
-/// bead's merge strategy is `pull_request`, closed otherwise. The agent is freed either way.
+/// What an agent's `done` makes of its bead. Under the `pull_request` strategy a finished
+/// branch goes to review: the bead waits `in_review` while the refinery opens its pull request
+/// and follows it, and closes only when it merges (so a convoy's dependents wait for the code to
+/// land). A pull request the agent reports itself, without a branch, is in review too, but not
+/// followed. Otherwise the bead closes. The agent is freed either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finished {
     pub status: BeadStatus,
     pub event: BeadEventKind,
     /// Whether the bead records `closed_at` now.
     pub closes: bool,
+    /// Whether the refinery opens and follows a pull request for the branch.
+    pub refine: bool,
 }
 
 #[must_use]
-pub fn on_done(strategy: Option<MergeStrategy>, reports_pr: bool) -> Finished {
-    if reports_pr && strategy == Some(MergeStrategy::PullRequest) {
+pub fn on_done(strategy: Option<MergeStrategy>, reports_pr: bool, has_branch: bool) -> Finished {
+    let pull_request = strategy == Some(MergeStrategy::PullRequest);
+    if pull_request && (has_branch || reports_pr) {
         Finished {
             status: BeadStatus::InReview,
             event: BeadEventKind::InReview,
             closes: false,
+            refine: has_branch,
         }
     } else {
         Finished {
             status: BeadStatus::Closed,
             event: BeadEventKind::Done,
             closes: true,
+            refine: false,
         }
     }
 }
@@ -274,23 +282,42 @@ mod tests {
     }
 
     #[test]
-    fn done_closes_or_puts_in_review_under_pull_request_with_a_pr() {
+    fn done_closes_or_goes_to_review_under_pull_request() {
         let closed = Finished {
             status: BeadStatus::Closed,
             event: BeadEventKind::Done,
             closes: true,
+            refine: false,
         };
-        assert_eq!(on_done(None, false), closed);
-        assert_eq!(on_done(None, true), closed, "a PR without the strategy");
-        assert_eq!(on_done(Some(MergeStrategy::Direct), true), closed);
-        assert_eq!(on_done(Some(MergeStrategy::PullRequest), false), closed);
+        assert_eq!(on_done(None, false, false), closed);
         assert_eq!(
-            on_done(Some(MergeStrategy::PullRequest), true),
-            Finished {
-                status: BeadStatus::InReview,
-                event: BeadEventKind::InReview,
-                closes: false,
-            }
+            on_done(None, true, true),
+            closed,
+            "a PR without the strategy"
+        );
+        assert_eq!(on_done(Some(MergeStrategy::Direct), true, true), closed);
+        assert_eq!(
+            on_done(Some(MergeStrategy::PullRequest), false, false),
+            closed,
+            "nothing to review"
+        );
+        let review = |refine| Finished {
+            status: BeadStatus::InReview,
+            event: BeadEventKind::InReview,
+            closes: false,
+            refine,
+        };
+        assert_eq!(
+            on_done(Some(MergeStrategy::PullRequest), true, false),
+            review(false)
+        );
+        assert_eq!(
+            on_done(Some(MergeStrategy::PullRequest), false, true),
+            review(true)
+        );
+        assert_eq!(
+            on_done(Some(MergeStrategy::PullRequest), true, true),
+            review(true)
         );
         let c = config(None, None, Some(MergeStrategy::Direct));
         assert_eq!(merge_strategy(&c, Some("r1")), Some(MergeStrategy::Direct));

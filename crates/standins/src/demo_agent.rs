@@ -6,10 +6,12 @@
 //!    then one every `GASTOWN_HEARTBEAT_MS` (default 5000) from a thread, until it exits;
 //! 2. a status `cloning <url>`, then `git clone` of `GASTOWN_GIT_URL` into
 //!    `<GASTOWN_WORK_DIR>/repo`;
-//! 3. the branch `GASTOWN_BRANCH` (default `gastown/<agent name>/<bead id>`) from
+//! 3. the branch `GASTOWN_BRANCH` (default `gastown/<agent name>/<bead id>`): continued from
+//!    `origin/<branch>` when the remote has it (a pull request's feedback round), else from
 //!    `origin/<GASTOWN_DEFAULT_BRANCH>` (default `main`), or an orphan branch in an empty
 //!    repository;
-//! 4. one commit adding `gastown/<bead id>.md` (the bead's title and body), author and
+//! 4. one commit adding `gastown/<bead id>.md` (the bead's title and body; empty when a run
+//!    again on its continued branch finds it there already), author and
 //!    committer `GASTOWN_GIT_AUTHOR_NAME` <`GASTOWN_GIT_AUTHOR_EMAIL`> (default
 //!    `Gastown Agent <agent@gastown.invalid>`; the control server puts there the identity the
 //!    session's git tokens carry), with a `Co-authored-by` trailer naming
@@ -548,18 +550,27 @@ impl Job {
             &["clone", "--quiet", "--", &self.git_url, &repo_arg],
         )?;
 
-        let upstream = format!("refs/remotes/origin/{}", self.default_branch);
-        let has_upstream = git
-            .run(
+        let exists = |reference: &str| {
+            git.run(
                 &repo,
                 &[
                     "rev-parse",
                     "--verify",
                     "--quiet",
-                    &format!("{upstream}^{{commit}}"),
+                    &format!("{reference}^{{commit}}"),
                 ],
             )
-            .is_ok();
+            .is_ok()
+        };
+        // A branch already on the remote (a pull request's, in a feedback round) is continued;
+        // otherwise the work starts from the default branch.
+        let continued = format!("refs/remotes/origin/{}", self.branch);
+        let upstream = if exists(&continued) {
+            continued
+        } else {
+            format!("refs/remotes/origin/{}", self.default_branch)
+        };
+        let has_upstream = exists(&upstream);
         let any_branch = !git
             .run(&repo, &["for-each-ref", "--count=1", "refs/remotes/origin"])?
             .trim()
@@ -593,6 +604,7 @@ impl Job {
         written.map_err(|e| failed(format!("cannot write {relative}: {e}")))?;
         git.run(&repo, &["add", "--", &relative])?;
         let message = commit_message(&self.bead_id, &self.title, self.coauthor.as_deref());
+        // A bead run again on its continued branch writes the same file: the run still commits.
         git.run(
             &repo,
             &[
@@ -600,6 +612,7 @@ impl Job {
                 "commit.gpgsign=false",
                 "commit",
                 "--quiet",
+                "--allow-empty",
                 "-m",
                 &message,
             ],

@@ -183,6 +183,9 @@ impl TownDO {
             }
             None => {}
         }
+        if change.is_some() {
+            store::detach_pulls_of(&sql, id, now_ms)?;
+        }
         if let Some(agent) = &stop_agent {
             store::release_agent(&sql, agent.as_str(), AgentStatus::Idle)?;
             self.stop_agent_process(town, agent.as_str()).await;
@@ -197,6 +200,7 @@ impl TownDO {
         let sql = self.sql();
         let current = store::bead(&sql, bead_id.as_str())?.ok_or_else(bead_not_found)?;
         store::delete_bead(&sql, bead_id.as_str())?;
+        store::detach_pulls_of(&sql, bead_id.as_str(), config::now_ms())?;
         if let Some(convoy) = &current.convoy_id {
             store::settle_convoy(&sql, convoy, config::now_ms())?;
         }

@@ -66,8 +66,8 @@ impl TownDO {
         Ok(())
     }
 
-    /// The agent finished its bead: closed, or in review with a pull request under the
-    /// `pull_request` strategy; the agent is free again. 409 for an agent with no bead in
+    /// The agent finished its bead: closed, or in review under the `pull_request` strategy
+    /// (the refinery opens and follows its pull request); the agent is free again. 409 for an agent with no bead in
     /// progress (a second `done`).
     pub(super) fn finish(&self, agent: &Agent, done: &AgentDoneCallback) -> Reply<Bead> {
         transitions::check_done(done)?;
@@ -80,7 +80,14 @@ impl TownDO {
         let config = self.config(&town.id)?;
         let strategy =
             transitions::merge_strategy(&config, current.rig_id.as_ref().map(RigId::as_str));
-        let finished = transitions::on_done(strategy, done.pr_url.is_some());
+        // A feedback bead's work continues its pull request's branch: it closes, and the pull
+        // request is read again. Any other finished branch may go to review.
+        let feedback_of = store::pull_of_feedback(&sql, bead_id)?;
+        let finished = if feedback_of.is_some() {
+            transitions::on_done(None, false, false)
+        } else {
+            transitions::on_done(strategy, done.pr_url.is_some(), done.branch.is_some())
+        };
         let now_ms = config::now_ms();
         let now = rfc3339(now_ms);
         store::finish_bead(&sql, bead_id, finished.status, finished.closes, done, &now)?;
@@ -95,6 +102,11 @@ impl TownDO {
         store::settle_convoy_of(&sql, bead_id, now_ms)?;
         self.touch_agent(&agent.id)?;
         store::release_agent(&sql, agent.id.as_str(), AgentStatus::Idle)?;
+        if let Some(pull) = &feedback_of {
+            self.feedback_done(pull)?;
+        } else if let (true, Some(branch)) = (finished.refine, &done.branch) {
+            self.start_review(&current, branch, &done.summary)?;
+        }
         store::bead(&sql, bead_id)?.ok_or_else(bead_not_found)
     }
 }

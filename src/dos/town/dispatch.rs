@@ -286,7 +286,11 @@ impl TownDO {
             }),
             git_url: Some(rig.git_url.clone()),
             default_branch: Some(rig.default_branch.clone()),
-            branch: Some(transitions::work_branch(&agent.name, &bead.id)),
+            branch: Some(
+                bead.work_branch
+                    .clone()
+                    .unwrap_or_else(|| transitions::work_branch(&agent.name, &bead.id)),
+            ),
             model: effective_model(config, Role::Polecat, Some(rig.id.as_str())).map(str::to_owned),
             worker_url: Some(settings.work.callback_url.clone()),
             organization_id: town.owner.org().cloned(),

@@ -22,6 +22,7 @@ mod dispatch;
 mod mayor;
 mod ops;
 mod patrol;
+mod refinery;
 mod store;
 mod streams;
 mod tokens;
@@ -352,6 +353,7 @@ impl TownDO {
             has_work,
             work_seen_at_ms: meta(&sql, Meta::WorkSeenAt)?,
             idle_stop_ms: settings.work.idle_stop_ms,
+            follows_pull_requests: active && store::next_pull_due(&sql)?.is_some(),
         };
         for effect in policy::tick(&input) {
             match (effect, &town) {
@@ -411,8 +413,14 @@ impl TownDO {
                         console_error!("town {}: idle stop failed: {e}", town.id);
                     }
                 }
+                (TickEffect::Refine, Some(town)) => {
+                    if let Err(e) = self.refine(town).await {
+                        console_error!("town {}: refinery failed: {e}", town.id);
+                    }
+                }
                 (
-                    TickEffect::RefreshContainerToken
+                    TickEffect::Refine
+                    | TickEffect::RefreshContainerToken
                     | TickEffect::RefreshGatewayToken
                     | TickEffect::Patrol
                     | TickEffect::Dispatch

@@ -259,7 +259,12 @@ impl TownOps for TownDO {
 
     async fn agent_done(&self, req: AgentDone) -> Reply<Bead> {
         let agent = self.callback_agent(req.credential, &req.rig_id, &req.agent_id)?;
-        self.finish(&agent, &req.done)
+        let bead = self.finish(&agent, &req.done)?;
+        // A branch to review, or a feedback round done: the refinery runs at once.
+        if let Err(e) = self.wake_for_next_pull().await {
+            worker::console_error!("town: waking the refinery: {e}");
+        }
+        Ok(bead)
     }
 
     async fn agent_exited(&self, req: AgentExited) -> Reply<Ack> {
@@ -578,6 +583,15 @@ impl TownOps for TownDO {
             )?;
         }
         Ok(Ack::OK)
+    }
+
+    async fn refine_pull_request(&self, req: RefinePullRequest) -> Reply<PullRequestRefined> {
+        let Some(town) = self.town()? else {
+            return Ok(PullRequestRefined { state: None });
+        };
+        Ok(PullRequestRefined {
+            state: self.refine_now(&town, &req.bead_id).await?,
+        })
     }
 
     #[cfg(feature = "test-hooks")]

@@ -177,16 +177,33 @@ impl TownDO {
     /// An escalation bead for a human (and the mayor), pointing at the bead that failed;
     /// `label` says why (`crash-loop`, `dispatch-failed`).
     pub(super) fn escalate(&self, failed: &Bead, reason: &str, label: &str) -> Reply<()> {
-        let metadata = serde_json::json!({ "bead_id": failed.id }).to_string();
-        let title: String = format!("Escalation: {}", failed.title)
+        self.raise_escalation(
+            failed,
+            &format!("Bead {} failed: {reason}", failed.id),
+            &format!("bead {} ({}) failed: {reason}", failed.id, failed.title),
+            label,
+        )
+    }
+
+    /// An escalation bead about `about` (`body`, labelled `label`), noted on `about`'s log and
+    /// told to the mayor as `mayor_text`.
+    pub(super) fn raise_escalation(
+        &self,
+        about: &Bead,
+        body: &str,
+        mayor_text: &str,
+        label: &str,
+    ) -> Reply<()> {
+        let metadata = serde_json::json!({ "bead_id": about.id }).to_string();
+        let title: String = format!("Escalation: {}", about.title)
             .chars()
             .take(gastown_core::beads::MAX_TITLE)
             .collect();
         let new = NewBead {
             bead_type: BeadType::Escalation,
             title,
-            body: format!("Bead {} failed: {reason}", failed.id),
-            rig_id: failed.rig_id.clone(),
+            body: body.to_owned(),
+            rig_id: about.rig_id.clone(),
             priority: 0,
             labels: vec![label.to_owned()],
             metadata,
@@ -199,21 +216,18 @@ impl TownDO {
             &id,
             BeadEventKind::Created,
             &Actor::Town,
-            Some(&format!("for bead {}", failed.id)),
+            Some(&format!("for bead {}", about.id)),
             now,
         )?;
         store::event(
             &sql,
-            &failed.id,
+            &about.id,
             BeadEventKind::Escalated,
             &Actor::Town,
             Some(&format!("escalation {id}")),
             now,
         )?;
-        self.escalate_to_mayor(
-            &id,
-            &format!("bead {} ({}) failed: {reason}", failed.id, failed.title),
-        )
+        self.escalate_to_mayor(&id, mayor_text)
     }
 
     /// The idle timeout passed: the container stops and its tokens are rotated away; the next

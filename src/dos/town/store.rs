@@ -474,12 +474,15 @@ pub fn bead_detail_json(sql: &SqlStorage, id: &str) -> Reply<Option<String>> {
         vec![id.into()],
     )?
     .unwrap_or_else(|| "[]".to_owned());
+    let pull = pull_json_of(sql, id)?.unwrap_or_else(|| "null".to_owned());
     // The bead's object is SQLite's, never empty.
     let body = bead
         .trim_end()
         .strip_suffix('}')
         .ok_or_else(|| ApiError::internal("bead json"))?;
-    Ok(Some(format!("{body},\"events\":{events}}}")))
+    Ok(Some(format!(
+        "{body},\"pull_request\":{pull},\"events\":{events}}}"
+    )))
 }
 
 /// A page of beads in the order they were made, filtered.
@@ -691,6 +694,8 @@ pub struct Candidate {
     pub body: String,
     pub rig_id: String,
     pub dispatch_attempts: f64,
+    /// The branch the town chose (a feedback bead's pull request's), if any.
+    pub work_branch: Option<String>,
 }
 
 /// Up to 20 open, unassigned issues whose backoff has passed and whose dependencies have all
@@ -698,7 +703,7 @@ pub struct Candidate {
 pub fn candidates(sql: &SqlStorage, now_ms: u64) -> Reply<Vec<Candidate>> {
     rows(
         sql,
-        "SELECT id, title, body, rig_id, dispatch_attempts FROM beads WHERE status = ? AND type = ? AND assignee_agent_id IS NULL AND next_dispatch_at <= ? AND NOT EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads x ON x.id = d.depends_on WHERE d.bead_id = beads.id AND x.status != 'closed') ORDER BY priority, seq LIMIT 20",
+        "SELECT id, title, body, rig_id, dispatch_attempts, work_branch FROM beads WHERE status = ? AND type = ? AND assignee_agent_id IS NULL AND next_dispatch_at <= ? AND NOT EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads x ON x.id = d.depends_on WHERE d.bead_id = beads.id AND x.status != 'closed') ORDER BY priority, seq LIMIT 20",
         vec![
             BeadStatus::Open.as_str().into(),
             BeadType::Issue.as_str().into(),
@@ -1369,4 +1374,255 @@ pub fn agent_events_page(sql: &SqlStorage, agent: &str, page: SeqPage) -> Reply<
         next_after,
         dropped,
     })
+}
+
+// ---------------------------------------------------------------- the refinery
+
+/// A pull request the town opened or follows (`pull_requests`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PullRow {
+    pub bead_id: String,
+    pub source_bead_id: String,
+    pub rig_id: String,
+    pub branch: String,
+    pub base: String,
+    pub number: Option<f64>,
+    pub url: Option<String>,
+    pub state: String,
+    pub rounds: f64,
+    pub escalated: f64,
+    pub feedback_bead_id: Option<String>,
+    pub handled_review: Option<String>,
+    pub handled_check: Option<String>,
+    pub attempts: f64,
+}
+
+const PULL_COLUMNS: &str = "bead_id, source_bead_id, rig_id, branch, base, number, url, state, rounds, escalated, feedback_bead_id, handled_review, handled_check, attempts";
+
+/// The pull request the dashboard sees on a bead (its own, or its source's newest).
+const PULL_JSON: &str = "json_object('bead_id', bead_id, 'source_bead_id', source_bead_id, 'platform', platform, 'number', number, 'url', url, 'state', state, 'branch', branch, 'base', base, 'head_sha', head_sha, 'checks', checks, 'failing_check', failing_check, 'review_decision', review_decision, 'author', author, 'feedback_rounds', rounds, 'feedback_bead_id', feedback_bead_id, 'error', error, 'last_synced_at', CASE WHEN last_synced_at IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', last_synced_at / 1000.0, 'unixepoch') END)";
+
+/// A new pull request to open for `source`'s branch, due now.
+pub fn insert_pull(
+    sql: &SqlStorage,
+    bead: &str,
+    source: &str,
+    rig: &str,
+    branch: &str,
+    base: &str,
+    now_ms: u64,
+) -> Reply<()> {
+    exec(
+        sql,
+        "INSERT INTO pull_requests (bead_id, source_bead_id, rig_id, branch, base, state, next_sync_at, created_at) VALUES (?, ?, ?, ?, ?, 'opening', ?, ?)",
+        vec![
+            bead.into(),
+            source.into(),
+            rig.into(),
+            branch.into(),
+            base.into(),
+            int(now_ms),
+            int(now_ms),
+        ],
+    )
+}
+
+pub fn pull(sql: &SqlStorage, bead: &str) -> Reply<Option<PullRow>> {
+    first(
+        sql,
+        &format!("SELECT {PULL_COLUMNS} FROM pull_requests WHERE bead_id = ?"),
+        vec![bead.into()],
+    )
+}
+
+/// The followed pull request whose feedback bead `bead` is.
+pub fn pull_of_feedback(sql: &SqlStorage, bead: &str) -> Reply<Option<PullRow>> {
+    first(
+        sql,
+        &format!("SELECT {PULL_COLUMNS} FROM pull_requests WHERE feedback_bead_id = ? AND state IN ('opening', 'open')"),
+        vec![bead.into()],
+    )
+}
+
+/// Followed pull requests whose time has come, oldest due first.
+pub fn due_pulls(sql: &SqlStorage, now_ms: u64, limit: u32) -> Reply<Vec<PullRow>> {
+    rows(
+        sql,
+        &format!("SELECT {PULL_COLUMNS} FROM pull_requests WHERE state IN ('opening', 'open') AND next_sync_at <= ? ORDER BY next_sync_at LIMIT ?"),
+        vec![int(now_ms), i64::from(limit).into()],
+    )
+}
+
+/// When the next followed pull request is due, if the town follows any.
+pub fn next_pull_due(sql: &SqlStorage) -> Reply<Option<u64>> {
+    #[derive(Deserialize)]
+    struct Due {
+        due: Option<f64>,
+    }
+    Ok(first::<Due>(
+        sql,
+        "SELECT MIN(next_sync_at) AS due FROM pull_requests WHERE state IN ('opening', 'open')",
+        vec![],
+    )?
+    .and_then(|d| d.due)
+    .map(|d| d as u64))
+}
+
+/// The pull request is due again at `at_ms`.
+pub fn pull_due_at(sql: &SqlStorage, bead: &str, at_ms: u64) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE pull_requests SET next_sync_at = ? WHERE bead_id = ?",
+        vec![int(at_ms), bead.into()],
+    )
+}
+
+/// Opened (or adopted) on the provider: followed from now on.
+#[allow(clippy::too_many_arguments)]
+pub fn pull_opened(
+    sql: &SqlStorage,
+    bead: &str,
+    platform: &str,
+    number: u64,
+    url: &str,
+    author: &str,
+    next_ms: u64,
+    now_ms: u64,
+) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE pull_requests SET state = 'open', platform = ?, number = ?, url = ?, author = ?, error = NULL, attempts = 0, next_sync_at = ?, last_synced_at = ? WHERE bead_id = ?",
+        vec![
+            platform.into(),
+            int(number),
+            url.into(),
+            author.into(),
+            int(next_ms),
+            int(now_ms),
+            bead.into(),
+        ],
+    )
+}
+
+/// The provider failed: tried again at `next_ms`, the reason kept for the dashboard.
+pub fn pull_retry(
+    sql: &SqlStorage,
+    bead: &str,
+    attempts: u32,
+    error: &str,
+    next_ms: u64,
+) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE pull_requests SET attempts = ?, error = ?, next_sync_at = ? WHERE bead_id = ?",
+        vec![
+            i64::from(attempts).into(),
+            error.into(),
+            int(next_ms),
+            bead.into(),
+        ],
+    )
+}
+
+/// No longer followed: `state` (merged, closed, failed, detached), with the reason if any.
+pub fn pull_ended(
+    sql: &SqlStorage,
+    bead: &str,
+    state: &str,
+    error: Option<&str>,
+    now_ms: u64,
+) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE pull_requests SET state = ?, error = COALESCE(?, error), last_synced_at = ? WHERE bead_id = ?",
+        vec![state.into(), error.into(), int(now_ms), bead.into()],
+    )
+}
+
+/// What a read found of a pull request still open.
+#[allow(clippy::too_many_arguments)]
+pub fn pull_synced(
+    sql: &SqlStorage,
+    bead: &str,
+    head_sha: Option<&str>,
+    checks: &str,
+    failing_check: Option<&str>,
+    review_decision: Option<&str>,
+    next_ms: u64,
+    now_ms: u64,
+) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE pull_requests SET head_sha = ?, checks = ?, failing_check = ?, review_decision = ?, error = NULL, attempts = 0, next_sync_at = ?, last_synced_at = ? WHERE bead_id = ?",
+        vec![
+            head_sha.into(),
+            checks.into(),
+            failing_check.into(),
+            review_decision.into(),
+            int(next_ms),
+            int(now_ms),
+            bead.into(),
+        ],
+    )
+}
+
+/// A feedback round began (`feedback`: its bead), answering a review (`review`) or a failing
+/// head (`check`); or, with `escalated`, the rounds were spent and a human was asked.
+pub fn pull_feedback(
+    sql: &SqlStorage,
+    bead: &str,
+    feedback: Option<&str>,
+    review: Option<&str>,
+    check: Option<&str>,
+    escalated: bool,
+) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE pull_requests SET rounds = rounds + ?, feedback_bead_id = COALESCE(?, feedback_bead_id), handled_review = COALESCE(?, handled_review), handled_check = COALESCE(?, handled_check), escalated = MAX(escalated, ?) WHERE bead_id = ?",
+        vec![
+            i64::from(feedback.is_some()).into(),
+            feedback.into(),
+            review.into(),
+            check.into(),
+            i64::from(escalated).into(),
+            bead.into(),
+        ],
+    )
+}
+
+/// Followed pull requests of `bead` (their source bead, or their merge request bead), which a
+/// user closed, reopened or deleted by hand: no longer the refinery's.
+pub fn detach_pulls_of(sql: &SqlStorage, bead: &str, now_ms: u64) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE pull_requests SET state = 'detached', last_synced_at = ? WHERE (source_bead_id = ? OR bead_id = ?) AND state IN ('opening', 'open')",
+        vec![int(now_ms), bead.into(), bead.into()],
+    )
+}
+
+/// The bead's pull request as JSON: its own (a merge request) or its source's newest.
+pub fn pull_json_of(sql: &SqlStorage, bead: &str) -> Reply<Option<String>> {
+    json_text(
+        sql,
+        &format!("SELECT {PULL_JSON} AS j FROM pull_requests WHERE bead_id = ? OR source_bead_id = ? ORDER BY bead_id = ? DESC, created_at DESC LIMIT 1"),
+        vec![bead.into(), bead.into(), bead.into()],
+    )
+}
+
+/// The branch the town chose for a bead's work, if it chose one.
+pub fn set_work_branch(sql: &SqlStorage, bead: &str, branch: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET work_branch = ? WHERE id = ?",
+        vec![branch.into(), bead.into()],
+    )
+}
+
+/// The source bead records its pull request's URL.
+pub fn set_pr_url(sql: &SqlStorage, bead: &str, url: &str, now: &str) -> Reply<()> {
+    exec(
+        sql,
+        "UPDATE beads SET metadata = json_set(metadata, '$.pr_url', ?), updated_at = ? WHERE id = ?",
+        vec![url.into(), now.into(), bead.into()],
+    )
 }

@@ -23,4 +23,4 @@ pub use connect::{
 pub use git_tokens::{container_git_token, internal_git_token};
 pub use repositories::{delete, list, repositories};
 pub use users::delete_user;
-pub use webhook::github_webhook;
+pub use webhook::{github_webhook, gitlab_webhook};

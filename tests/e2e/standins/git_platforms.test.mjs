@@ -1,12 +1,16 @@
 // Self-test of the GitHub + GitLab stand-in: its GitHub answers against the response schemas of
 // GitHub's published OpenAPI description (@octokit/openapi), App JWT verification, token
-// lifecycles, pagination, and the webhook helpers.
+// lifecycles, pagination, the webhook helpers, pull requests (real merges in the git host's bare
+// repositories; webhook payloads against @octokit/webhooks-examples) and GitLab merge requests.
 // Run: node --test tests/e2e/standins/git_platforms.test.mjs
 import { test, before, after, beforeEach } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac, generateKeyPairSync, sign } from "node:crypto";
 import { createRequire } from "node:module";
-import { readFileSync } from "node:fs";
+import { readFileSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFile, execFileSync } from "node:child_process";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import Ajv from "ajv";
 import addFormats from "ajv-formats";
 import { startGitPlatforms, webhookPayload, signWebhook } from "./git_platforms.mjs";
@@ -133,6 +137,19 @@ const v = {
   userInstallations403: responseValidator("/user/installations", "get", 403),
   repo: responseValidator("/repos/{owner}/{repo}", "get", 200),
   repo404: responseValidator("/repos/{owner}/{repo}", "get", 404),
+  pulls: responseValidator("/repos/{owner}/{repo}/pulls", "get", 200),
+  pulls422: responseValidator("/repos/{owner}/{repo}/pulls", "get", 422),
+  createPull: responseValidator("/repos/{owner}/{repo}/pulls", "post", 201),
+  createPull403: responseValidator("/repos/{owner}/{repo}/pulls", "post", 403),
+  createPull422: responseValidator("/repos/{owner}/{repo}/pulls", "post", 422),
+  pull: responseValidator("/repos/{owner}/{repo}/pulls/{pull_number}", "get", 200),
+  pull404: responseValidator("/repos/{owner}/{repo}/pulls/{pull_number}", "get", 404),
+  reviews: responseValidator("/repos/{owner}/{repo}/pulls/{pull_number}/reviews", "get", 200),
+  reviewComments: responseValidator("/repos/{owner}/{repo}/pulls/{pull_number}/comments", "get", 200),
+  merge: responseValidator("/repos/{owner}/{repo}/pulls/{pull_number}/merge", "put", 200),
+  merge405: responseValidator("/repos/{owner}/{repo}/pulls/{pull_number}/merge", "put", 405),
+  merge409: responseValidator("/repos/{owner}/{repo}/pulls/{pull_number}/merge", "put", 409),
+  checkRuns: responseValidator("/repos/{owner}/{repo}/commits/{ref}/check-runs", "get", 200),
 };
 
 // ------------------------------------------------------------------ server
@@ -943,3 +960,527 @@ test("GitHub user OAuth: revokeUserGrant kills the user's tokens; github_app_aut
   const body = JSON.stringify(hook);
   assert.match(signWebhook("s3cret", body), /^sha256=[0-9a-f]{64}$/);
 });
+
+// ------------------------------------------------------------------ pull requests
+
+/** git in `cwd` against the stand-in's git host, authenticated as x-access-token:`token` (asynchronous: the stand-in answers from this process). */
+function gitCmd(cwd, args, token) {
+  const env = { ...process.env, GIT_CONFIG_GLOBAL: "/dev/null", GIT_CONFIG_NOSYSTEM: "1", GIT_TERMINAL_PROMPT: "0", GIT_SSL_CAINFO: gp.gitCaFile,
+    GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.com", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.com" };
+  const auth = token ? ["-c", `http.extraHeader=Authorization: Basic ${Buffer.from(`x-access-token:${token}`).toString("base64")}`] : [];
+  return new Promise((resolve) => {
+    execFile("git", [...auth, ...args], { cwd, env }, (error, stdout, stderr) => resolve({ code: error ? error.code ?? 1 : 0, out: (stdout + stderr).trim() }));
+  });
+}
+/** git against a bare repository of the git host (read-only inspection). */
+const bareGit = (owner, name, args) => execFileSync("git", ["--git-dir", gp.gitRepoPath(owner, name), ...args], { encoding: "utf8" }).trim();
+
+/**
+ * An installation with one repository, and a clone of it through the git host. `push(branch,
+ * files)` commits `files` ({ path: content }; none: no commit) on `branch` (made from main) and
+ * pushes it with the installation's token; it returns the branch's new sha. `pushAll({ branch:
+ * files })` does that for several branches in one push and returns their shas.
+ */
+async function prRepo({ id, login, type = "Organization", name = "app", permissions }) {
+  gp.addInstallation({ id, login, type, repos: [{ name }], ...(permissions ? { permissions } : {}) });
+  const token = (await call("POST", `/app/installations/${id}/access_tokens`, { auth: app() })).body.token;
+  const dir = mkdtempSync(join(tmpdir(), "pr-test-"));
+  const clone = await gitCmd(dir, ["clone", "--quiet", `${gp.gitUrl}/${login}/${name}.git`, "w"], token);
+  assert.equal(clone.code, 0, clone.out);
+  const work = join(dir, "w");
+  const git = (args) => gitCmd(work, args, token);
+  const commit = async (branch, files) => {
+    const local = (await git(["rev-parse", "--verify", "--quiet", `refs/heads/${branch}`])).code === 0;
+    assert.equal((await git(["checkout", "--quiet", ...(local ? [branch] : ["-B", branch, "origin/main"])])).code, 0);
+    for (const [path, content] of Object.entries(files)) writeFileSync(join(work, path), content);
+    if (Object.keys(files).length) {
+      assert.equal((await git(["add", "-A"])).code, 0);
+      const made = await git(["commit", "--quiet", "-m", `change ${Object.keys(files).join(", ")}`]);
+      assert.equal(made.code, 0, made.out);
+    }
+    return (await git(["rev-parse", "HEAD"])).out;
+  };
+  const pushAll = async (branches) => {
+    const shas = {};
+    for (const [branch, files] of Object.entries(branches)) shas[branch] = await commit(branch, files);
+    const pushed = await git(["push", "--quiet", "--force", "origin", ...Object.keys(branches).map((b) => `${b}:${b}`)]);
+    assert.equal(pushed.code, 0, pushed.out);
+    return shas;
+  };
+  const push = async (branch, files = {}) => (await pushAll({ [branch]: files }))[branch];
+  return { token, push, pushAll, git, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+const asToken = (token) => ({ auth: `token ${token}` });
+/** GitHub's 422 "Validation Failed" of POST /pulls, with exactly `errors`. */
+function assertValidationFailed(r, errors, what) {
+  assert.equal(r.status, 422, `${what}: ${JSON.stringify(r.body)}`);
+  assertValid(v.createPull422, r.body, what);
+  assert.deepEqual(r.body, { message: "Validation Failed", errors, documentation_url: "https://docs.github.com/rest/pulls/pulls#create-a-pull-request", status: "422" }, what);
+}
+
+test("GitHub pull requests: create (bot and user authors), list, get, reviews, comments, check runs, errors", async () => {
+  gp.resetCalls();
+  const repo = await prRepo({ id: 8001, login: "pr-org" });
+  try {
+    const { "feature-a": aSha, "feature-b": bSha } = await repo.pushAll({ "feature-a": { "a.txt": "alpha\nbeta\n" }, "feature-b": { "b.txt": "bravo\n" }, empty: {} }); // empty: no commit over main
+    gp.addGithubUser({ id: 5558001, login: "pr-dev", repos: { "pr-org/app": { push: true } } });
+    gp.addGithubUser({ id: 5558002, login: "pr-reader", repos: { "pr-org/app": {} } });
+    const userToken = async (user_id) => (await ghCode(gp.issueGithubUserCode({ user_id }))).body.access_token;
+    const [dev, reader] = [await userToken(5558001), await userToken(5558002)];
+
+    // An installation token: the App's bot is the author.
+    const byBot = await call("POST", "/repos/pr-org/app/pulls", { ...asToken(repo.token), json: { title: "Feature A", head: "feature-a", base: "main", body: "Adds a.txt" } });
+    assert.equal(byBot.status, 201, JSON.stringify(byBot.body));
+    assertValid(v.createPull, byBot.body, "POST /pulls (installation token)");
+    assert.equal(byBot.body.number, 1);
+    assert.equal(byBot.body.state, "open");
+    assert.equal(byBot.body.merged, false);
+    assert.equal(byBot.body.draft, false);
+    assert.equal(byBot.body.body, "Adds a.txt");
+    assert.equal(byBot.body.user.login, "gastown-dev[bot]");
+    assert.equal(byBot.body.user.type, "Bot");
+    assert.equal(byBot.body.user.html_url, `${gp.url}/apps/gastown-dev`);
+    assert.equal(byBot.body.html_url, `${gp.url}/pr-org/app/pull/1`);
+    assert.equal(byBot.headers.get("location"), `${gp.url}/repos/pr-org/app/pulls/1`);
+    assert.deepEqual([byBot.body.head.label, byBot.body.head.ref, byBot.body.head.sha], ["pr-org:feature-a", "feature-a", aSha]);
+    assert.deepEqual([byBot.body.base.label, byBot.body.base.ref], ["pr-org:main", "main"]);
+    assert.equal(byBot.body.base.sha, bareGit("pr-org", "app", ["rev-parse", "main"]));
+    assert.equal(byBot.body.base.repo.full_name, "pr-org/app");
+    assert.deepEqual(byBot.body.requested_reviewers, []);
+    assert.equal(byBot.body.commits, 1);
+    assert.equal(byBot.body.additions, 2);
+    assert.equal(byBot.body.changed_files, 1);
+
+    // A user token with push access: the user is the author; head may be owner:branch.
+    const byUser = await call("POST", "/repos/pr-org/app/pulls", { auth: `Bearer ${dev}`, json: { title: "Feature B", head: "pr-org:feature-b", base: "main", draft: true } });
+    assert.equal(byUser.status, 201, JSON.stringify(byUser.body));
+    assertValid(v.createPull, byUser.body, "POST /pulls (user token)");
+    assert.equal(byUser.body.number, 2);
+    assert.deepEqual([byUser.body.user.login, byUser.body.user.id, byUser.body.user.type], ["pr-dev", 5558001, "User"]);
+    assert.equal(byUser.body.author_association, "COLLABORATOR");
+    assert.equal(byUser.body.draft, true);
+    assert.equal(byUser.body.body, null, "no body given");
+    assert.equal(byUser.body.head.sha, bSha);
+
+    // Lists: pull-request-simple, newest first, filters.
+    const list = await call("GET", "/repos/pr-org/app/pulls", asToken(repo.token));
+    assert.equal(list.status, 200);
+    assertValid(v.pulls, list.body, "GET /pulls");
+    assert.deepEqual(list.body.map((p) => p.number), [2, 1]);
+    assert.equal("merged" in list.body[0], false, "the simple shape has no merged");
+    const byHead = await call("GET", "/repos/pr-org/app/pulls?head=pr-org:feature-a&state=open", asToken(repo.token));
+    assert.deepEqual(byHead.body.map((p) => p.number), [1]);
+    assert.deepEqual((await call("GET", "/repos/pr-org/app/pulls?head=feature-a", asToken(repo.token))).body.map((p) => p.number), [2, 1], "a bare branch name is ignored, as GitHub does");
+    assert.deepEqual((await call("GET", "/repos/pr-org/app/pulls?state=closed", asToken(repo.token))).body, []);
+    assert.deepEqual((await call("GET", "/repos/pr-org/app/pulls?state=all&direction=asc", { auth: `Bearer ${reader}` })).body.map((p) => p.number), [1, 2], "read access lists");
+    const paged = await call("GET", "/repos/pr-org/app/pulls?per_page=1", asToken(repo.token));
+    assert.deepEqual(paged.body.map((p) => p.number), [2]);
+    assert.match(paged.headers.get("link"), /[?&]page=2[^>]*>; rel="next"/);
+    const badState = await call("GET", "/repos/pr-org/app/pulls?state=merged", asToken(repo.token));
+    assert.equal(badState.status, 422);
+    assertValid(v.pulls422, badState.body, "422 body");
+
+    // One pull request: the full shape.
+    const one = await call("GET", "/repos/pr-org/app/pulls/1", { auth: `Bearer ${dev}` });
+    assert.equal(one.status, 200);
+    assertValid(v.pull, one.body, "GET /pulls/1");
+    assert.deepEqual([one.body.mergeable, one.body.mergeable_state, one.body.merged_by], [true, "clean", null]);
+    assert.equal((await call("GET", "/repos/pr-org/app/pulls/2", asToken(repo.token))).body.mergeable_state, "draft");
+    const none = await call("GET", "/repos/pr-org/app/pulls/99", asToken(repo.token));
+    assert.equal(none.status, 404);
+    assertValid(v.pull404, none.body, "404 body");
+
+    // GitHub's 422s.
+    assertValidationFailed(await call("POST", "/repos/pr-org/app/pulls", { ...asToken(repo.token), json: { title: "Again", head: "feature-a", base: "main" } }),
+      [{ resource: "PullRequest", code: "custom", message: "A pull request already exists for pr-org:feature-a." }], "an open pull request for the head");
+    assertValidationFailed(await call("POST", "/repos/pr-org/app/pulls", { ...asToken(repo.token), json: { title: "Ghost", head: "no-such-branch", base: "main" } }),
+      [{ resource: "PullRequest", field: "head", code: "invalid" }], "no head branch");
+    assertValidationFailed(await call("POST", "/repos/pr-org/app/pulls", { ...asToken(repo.token), json: { title: "Ghost", head: "feature-a", base: "no-such-base" } }),
+      [{ resource: "PullRequest", field: "base", code: "invalid" }], "no base branch");
+    assertValidationFailed(await call("POST", "/repos/pr-org/app/pulls", { ...asToken(repo.token), json: { title: "Empty", head: "empty", base: "main" } }),
+      [{ resource: "PullRequest", code: "custom", message: "No commits between main and empty" }], "no commits");
+    assertValidationFailed(await call("POST", "/repos/pr-org/app/pulls", { ...asToken(repo.token), json: { head: "feature-b", base: "main" } }),
+      [{ resource: "Issue", code: "missing_field", field: "title" }], "no title");
+    const noHead = await call("POST", "/repos/pr-org/app/pulls", { ...asToken(repo.token), json: { title: "x", base: "main" } });
+    assert.equal(noHead.status, 422);
+    assert.equal(noHead.body.message, "Invalid request.\n\n\"head\" wasn't supplied.");
+
+    // Who may: another installation's token sees nothing (404); pull_requests: read cannot create (403).
+    gp.addInstallation({ id: 8002, login: "pr-elsewhere", repos: [{ name: "x" }] });
+    const other = (await call("POST", "/app/installations/8002/access_tokens", { auth: app() })).body.token;
+    for (const [method, path] of [["GET", "/repos/pr-org/app/pulls"], ["GET", "/repos/pr-org/app/pulls/1"], ["GET", "/repos/pr-org/app/pulls/1/reviews"], ["GET", "/repos/pr-org/app/commits/main/check-runs"]]) {
+      const r = await call(method, path, asToken(other));
+      assert.equal(r.status, 404, `${method} ${path} with another installation's token`);
+      assert.equal(r.body.message, "Not Found");
+    }
+    const otherCreate = await call("POST", "/repos/pr-org/app/pulls", { ...asToken(other), json: { title: "x", head: "feature-b", base: "main" } });
+    assert.equal(otherCreate.status, 404);
+    const readOnly = (await call("POST", "/app/installations/8001/access_tokens", { auth: app(), json: { permissions: { contents: "write", pull_requests: "read" } } })).body.token;
+    const denied = await call("POST", "/repos/pr-org/app/pulls", { ...asToken(readOnly), json: { title: "x", head: "feature-b", base: "main" } });
+    assert.equal(denied.status, 403);
+    assert.equal(denied.body.message, "Resource not accessible by integration");
+    assertValid(v.createPull403, denied.body, "403 body");
+    assert.equal((await call("GET", "/repos/pr-org/app/pulls", asToken(readOnly))).status, 200, "reading needs no write");
+    const readerCreate = await call("POST", "/repos/pr-org/app/pulls", { auth: `Bearer ${reader}`, json: { title: "x", head: "feature-b", base: "main" } });
+    assert.equal(readerCreate.status, 403, "a user without push access");
+    assertGithub401(await call("GET", "/repos/pr-org/app/pulls", { auth: "token ghs_not-a-token" }), "unknown token");
+    assertGithub401(await call("POST", "/repos/pr-org/app/pulls", { auth: "token ghs_not-a-token", json: {} }), "unknown token (create)");
+    assert.equal((await call("GET", "/repos/pr-org/app/pulls")).status, 404, "anonymous: a private repository");
+
+    // Reviews and review comments (controls), as the REST API lists them.
+    const reviewHook = gp.addReview("pr-org", "app", 1, { login: "pr-reviewer", state: "CHANGES_REQUESTED", body: "Please fix", comments: [{ path: "a.txt", line: 2, body: "beta? gamma." }] });
+    gp.addReview("pr-org", "app", 1, { login: "pr-dev", state: "COMMENTED", body: "Looking" });
+    const reviews = await call("GET", "/repos/pr-org/app/pulls/1/reviews", asToken(repo.token));
+    assert.equal(reviews.status, 200);
+    assertValid(v.reviews, reviews.body, "GET /pulls/1/reviews");
+    assert.deepEqual(reviews.body.map((r) => [r.user.login, r.state, r.body, r.commit_id]), [["pr-reviewer", "CHANGES_REQUESTED", "Please fix", aSha], ["pr-dev", "COMMENTED", "Looking", aSha]]);
+    assert.equal(reviews.body[0].id, reviewHook.review.id);
+    assert.equal(reviews.body[0].html_url, `${gp.url}/pr-org/app/pull/1#pullrequestreview-${reviews.body[0].id}`);
+    const comments = await call("GET", "/repos/pr-org/app/pulls/1/comments", { auth: `Bearer ${dev}` });
+    assert.equal(comments.status, 200);
+    assertValid(v.reviewComments, comments.body, "GET /pulls/1/comments");
+    assert.equal(comments.body.length, 1);
+    const [c] = comments.body;
+    assert.deepEqual([c.pull_request_review_id, c.path, c.line, c.body, c.commit_id, c.user.login], [reviews.body[0].id, "a.txt", 2, "beta? gamma.", aSha, "pr-reviewer"]);
+    assert.match(c.diff_hunk, /\n\+beta$/, "the commented line");
+    assert.deepEqual((await call("GET", "/repos/pr-org/app/pulls/2/reviews", asToken(repo.token))).body, []);
+
+    // Check runs on the head commit, by branch or sha.
+    gp.setCheckRun("pr-org", "app", 1, { name: "ci / test" });
+    gp.setCheckRun("pr-org", "app", 1, { name: "ci / lint", status: "in_progress" });
+    for (const ref of ["feature-a", aSha]) {
+      const runs = await call("GET", `/repos/pr-org/app/commits/${ref}/check-runs`, asToken(repo.token));
+      assert.equal(runs.status, 200);
+      assertValid(v.checkRuns, runs.body, `GET /commits/${ref}/check-runs`);
+      assert.equal(runs.body.total_count, 2);
+      const test_ = runs.body.check_runs.find((r) => r.name === "ci / test");
+      assert.deepEqual([test_.head_sha, test_.status, test_.conclusion, test_.app.slug], [aSha, "completed", "failure", "github-actions"]);
+      assert.deepEqual(test_.pull_requests.map((p) => [p.number, p.head.sha, p.base.ref]), [[1, aSha, "main"]]);
+      assert.equal(runs.body.check_runs.find((r) => r.name === "ci / lint").conclusion, null);
+    }
+    gp.setCheckRun("pr-org", "app", 1, { name: "ci / test", conclusion: "success" }); // replaces by name
+    const replaced = await call("GET", "/repos/pr-org/app/commits/feature-a/check-runs?check_name=ci%20%2F%20test", asToken(repo.token));
+    assert.deepEqual(replaced.body.check_runs.map((r) => r.conclusion), ["success"]);
+    assert.equal((await call("GET", "/repos/pr-org/app/commits/main/check-runs", asToken(repo.token))).body.total_count, 0);
+    assert.equal((await call("GET", "/repos/pr-org/app/commits/no-such-ref/check-runs", asToken(repo.token))).status, 422);
+    gp.setCheckRun("pr-org", "app", 1, { name: "ci / test", conclusion: "failure" });
+    assert.equal((await call("GET", "/repos/pr-org/app/pulls/1", asToken(repo.token))).body.mergeable_state, "unstable", "a failing check");
+
+    assert.deepEqual(gp.pulls("pr-org", "app"), [
+      { number: 1, state: "open", merged: false, title: "Feature A", body: "Adds a.txt", head: "feature-a", base: "main", head_sha: aSha, author: { login: "gastown-dev[bot]", type: "Bot" }, html_url: `${gp.url}/pr-org/app/pull/1` },
+      { number: 2, state: "open", merged: false, title: "Feature B", body: null, head: "feature-b", base: "main", head_sha: bSha, author: { login: "pr-dev", type: "User" }, html_url: `${gp.url}/pr-org/app/pull/2` },
+    ]);
+
+    // Every route counts under its own key.
+    const counts = gp.calls();
+    for (const key of ["github.pulls.list", "github.pulls.create", "github.pulls.get", "github.pulls.reviews", "github.pulls.comments", "github.check_runs"]) {
+      assert.ok(counts[key] > 0, `${key} counted: ${JSON.stringify(counts)}`);
+    }
+    assert.equal(gp.calls("github.pulls.create"), 12);
+    assert.equal(gp.calls("github.pulls.reviews"), 3);
+    assert.equal(gp.calls("github.pulls.comments"), 1);
+    assert.equal(gp.calls("github.check_runs"), 6);
+    assert.equal(gp.calls("unknown"), 0);
+  } finally {
+    repo.cleanup();
+  }
+});
+
+test("GitHub pull requests: head.sha follows pushes while open, freezes when closed, follows again when reopened", async () => {
+  const repo = await prRepo({ id: 8101, login: "pr-follow", type: "User" });
+  try {
+    const first = await repo.push("topic", { "t.txt": "1\n" });
+    const created = await call("POST", "/repos/pr-follow/app/pulls", { ...asToken(repo.token), json: { title: "Topic", head: "topic", base: "main" } });
+    assert.equal(created.body.head.sha, first);
+    const second = await repo.push("topic", { "t.txt": "2\n" });
+    assert.notEqual(second, first);
+    const read = await call("GET", "/repos/pr-follow/app/pulls/1", asToken(repo.token));
+    assert.equal(read.body.head.sha, second, "a new push shows up");
+    assert.equal(read.body.statuses_url, `${gp.url}/repos/pr-follow/app/statuses/${second}`);
+    assert.equal((await call("GET", "/repos/pr-follow/app/pulls", asToken(repo.token))).body[0].head.sha, second);
+    assert.equal(gp.pulls("pr-follow", "app")[0].head_sha, second);
+
+    const closed = gp.closePull("pr-follow", "app", 1);
+    assert.equal(closed.action, "closed");
+    assert.equal(closed.pull_request.merged, false);
+    assert.equal(closed.pull_request.head.sha, second);
+    const third = await repo.push("topic", { "t.txt": "3\n" });
+    const frozen = await call("GET", "/repos/pr-follow/app/pulls/1", asToken(repo.token));
+    assert.deepEqual([frozen.body.state, frozen.body.head.sha, frozen.body.mergeable], ["closed", second, null]);
+    assert.ok(frozen.body.closed_at);
+    assert.deepEqual((await call("GET", "/repos/pr-follow/app/pulls", asToken(repo.token))).body, [], "closed: not in the default list");
+
+    const reopened = gp.reopenPull("pr-follow", "app", 1);
+    assert.equal(reopened.action, "reopened");
+    assert.equal(reopened.pull_request.state, "open");
+    assert.equal(reopened.pull_request.head.sha, third);
+    assert.equal((await call("GET", "/repos/pr-follow/app/pulls/1", asToken(repo.token))).body.closed_at, null);
+    assert.throws(() => gp.reopenPull("pr-follow", "app", 1), /open/);
+  } finally {
+    repo.cleanup();
+  }
+});
+
+test("GitHub pull requests: merging lands a merge commit on base; a conflicting branch is not mergeable (405)", async () => {
+  gp.resetCalls();
+  const repo = await prRepo({ id: 8201, login: "pr-merge" });
+  try {
+    const base0 = bareGit("pr-merge", "app", ["rev-parse", "main"]);
+    const { "conf-1": one } = await repo.pushAll({ "conf-1": { "README.md": "# one\n" }, "conf-2": { "README.md": "# two\n" }, clean: { "c.txt": "c\n" }, draft: { "d.txt": "d\n" } });
+    for (const [title, head, draft] of [["One", "conf-1"], ["Two", "conf-2"], ["Clean", "clean"], ["Draft", "draft", true]]) {
+      assert.equal((await call("POST", "/repos/pr-merge/app/pulls", { ...asToken(repo.token), json: { title, head, base: "main", draft } })).status, 201);
+    }
+    assert.equal((await call("GET", "/repos/pr-merge/app/pulls/2", asToken(repo.token))).body.mergeable, true, "mergeable before #1 lands");
+
+    const hook = gp.mergePull("pr-merge", "app", 1, { by: "pr-merger" });
+    assert.equal(hook.action, "closed");
+    assert.equal(hook.pull_request.merged, true);
+    assert.equal(hook.pull_request.merged_by.login, "pr-merger");
+    assert.equal(hook.sender.login, "pr-merger");
+    const tip = bareGit("pr-merge", "app", ["rev-parse", "main"]);
+    assert.equal(hook.pull_request.merge_commit_sha, tip);
+    const [parents, subject, author, committer] = bareGit("pr-merge", "app", ["log", "-1", "--format=%P%n%s%n%an <%ae>%n%cn <%ce>", "main"]).split("\n");
+    assert.deepEqual(parents.split(" "), [base0, one], "a merge with two parents: the old base and the head");
+    assert.equal(subject, "Merge pull request #1 from pr-merge/conf-1");
+    assert.equal(author, "GitHub <noreply@github.com>");
+    assert.equal(committer, "GitHub <noreply@github.com>");
+    assert.equal(bareGit("pr-merge", "app", ["show", "main:README.md"]), "# one");
+    const merged = await call("GET", "/repos/pr-merge/app/pulls/1", asToken(repo.token));
+    assertValid(v.pull, merged.body, "a merged pull request");
+    assert.deepEqual([merged.body.state, merged.body.merged, merged.body.merge_commit_sha, merged.body.merged_by.login, merged.body.head.sha, merged.body.base.sha], ["closed", true, tip, "pr-merger", one, base0]);
+    assert.ok(merged.body.merged_at);
+    assert.deepEqual(gp.pulls("pr-merge", "app")[0].merged, true);
+
+    // #2 now conflicts with main.
+    const conflicted = await call("GET", "/repos/pr-merge/app/pulls/2", asToken(repo.token));
+    assert.deepEqual([conflicted.body.mergeable, conflicted.body.mergeable_state], [false, "dirty"]);
+    const refused = await call("PUT", "/repos/pr-merge/app/pulls/2/merge", { ...asToken(repo.token), json: {} });
+    assert.equal(refused.status, 405);
+    assert.equal(refused.body.message, "Pull Request is not mergeable");
+    assertValid(v.merge405, refused.body, "405 body");
+    assert.throws(() => gp.mergePull("pr-merge", "app", 2), /not mergeable/);
+    assert.equal(bareGit("pr-merge", "app", ["rev-parse", "main"]), tip, "nothing landed");
+    assert.equal((await call("PUT", "/repos/pr-merge/app/pulls/1/merge", { ...asToken(repo.token), json: {} })).status, 405, "already merged");
+    assert.equal((await call("PUT", "/repos/pr-merge/app/pulls/4/merge", { ...asToken(repo.token), json: {} })).body.message, "Pull Request is still a draft");
+    const moved = await call("PUT", "/repos/pr-merge/app/pulls/3/merge", { ...asToken(repo.token), json: { sha: "0".repeat(40) } });
+    assert.equal(moved.status, 409);
+    assertValid(v.merge409, moved.body, "409 body");
+
+    // The REST merge, with a user token: the user merges.
+    gp.addGithubUser({ id: 5558201, login: "pr-maintainer", repos: { "pr-merge/app": { maintain: true } } });
+    const maintainer = (await ghCode(gp.issueGithubUserCode({ user_id: 5558201 }))).body.access_token;
+    const ok = await call("PUT", "/repos/pr-merge/app/pulls/3/merge", { auth: `Bearer ${maintainer}`, json: { commit_title: "Land clean", merge_method: "merge" } });
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    assertValid(v.merge, ok.body, "PUT /merge");
+    assert.deepEqual(ok.body, { sha: bareGit("pr-merge", "app", ["rev-parse", "main"]), merged: true, message: "Pull Request successfully merged" });
+    assert.equal(bareGit("pr-merge", "app", ["log", "-1", "--format=%s%n%b", "main"]), "Land clean\nClean");
+    assert.equal(bareGit("pr-merge", "app", ["rev-list", "--parents", "-n1", "main"]).split(" ").length, 3);
+    assert.equal((await call("GET", "/repos/pr-merge/app/pulls/3", asToken(repo.token))).body.merged_by.login, "pr-maintainer");
+    const withoutContents = (await call("POST", "/app/installations/8201/access_tokens", { auth: app(), json: { permissions: { contents: "read", pull_requests: "write" } } })).body.token;
+    assert.equal((await call("PUT", "/repos/pr-merge/app/pulls/4/merge", { ...asToken(withoutContents), json: {} })).status, 403, "merging needs contents: write");
+    assert.equal(gp.calls("github.pulls.merge"), 6);
+  } finally {
+    repo.cleanup();
+  }
+});
+
+test("GitHub pull requests: the controls' webhook payloads have the shape of GitHub's examples (and the spec's webhook schemas)", async () => {
+  const org = await prRepo({ id: 8301, login: "pr-hooks" });
+  const user = await prRepo({ id: 8302, login: "pr-hooks-user", type: "User" });
+  /** The example's key set: the organization's or the user's variant, as the stand-in picks it. */
+  const exampleOf = (name, action, organization) => {
+    const all = [0, 1, 2, 3].flatMap((index) => { try { return [webhookPayload(name, action, { index })]; } catch { return []; } });
+    const fit = all.filter((e) => ("organization" in e) === organization);
+    return fit.find((e) => "installation" in e) ?? fit[0];
+  };
+  const keys = (o) => Object.keys(o).sort();
+  /** The spec's own schema of the delivery, e.g. webhook-pull-request-closed. */
+  const webhookValidator = (event, action) => ajv.compile(toJsonSchema({ $ref: `#/components/schemas/webhook-${event.replaceAll("_", "-")}-${action}` }));
+  try {
+    for (const [r, owner] of [[org, "pr-hooks"], [user, "pr-hooks-user"]]) {
+      await r.pushAll({ one: { "1.txt": "1\n" }, two: { "2.txt": "2\n" }, three: { "3.txt": "3\n" } });
+      for (const head of ["one", "two", "three"]) {
+        assert.equal((await call("POST", `/repos/${owner}/app/pulls`, { ...asToken(r.token), json: { title: head, head, base: "main" } })).status, 201);
+      }
+      const organization = owner === "pr-hooks";
+      const inst = organization ? 8301 : 8302;
+      const payloads = {
+        merged: ["pull_request", "closed", gp.mergePull(owner, "app", 1)],
+        closed: ["pull_request", "closed", gp.closePull(owner, "app", 2)],
+        reopened: ["pull_request", "reopened", gp.reopenPull(owner, "app", 2)],
+        review: ["pull_request_review", "submitted", gp.addReview(owner, "app", 3, { state: "APPROVED", comments: [{ path: "3.txt", line: 1, body: "ok" }] })],
+        check: ["check_run", "completed", gp.setCheckRun(owner, "app", 3, { name: "build", conclusion: "success" })],
+      };
+      for (const [what, [event, action, payload]] of Object.entries(payloads)) {
+        const example = exampleOf(event, action, organization);
+        // check_run examples are repository-webhook deliveries; an App's always carry installation.
+        const expected = keys(example).concat("installation" in example ? [] : ["installation"]).sort();
+        assert.deepEqual(keys(payload), expected, `${owner} ${what}: top-level keys`);
+        assert.equal(payload.action, action);
+        assert.deepEqual(payload.installation, { id: inst, node_id: Buffer.from(`023:IntegrationInstallation${inst}`).toString("base64") }, `${what}: installation`);
+        assert.equal(payload.repository.full_name, `${owner}/app`);
+        assert.deepEqual(keys(payload.repository), keys(example.repository), `${what}: repository keys`);
+        if (example.pull_request) assert.deepEqual(keys(payload.pull_request), keys(example.pull_request), `${owner} ${what}: pull_request keys`);
+        if (example.review) assert.deepEqual(keys(payload.review), keys(example.review), `${what}: review keys`);
+        if (example.check_run) assert.deepEqual(keys(payload.check_run), keys(example.check_run), `${what}: check_run keys`);
+        if (organization) assert.equal(payload.organization.login, "pr-hooks");
+        const validate = webhookValidator(event, action);
+        assertValid(validate, payload, `${owner} ${what} (${event}.${action})`);
+        const broken = structuredClone(payload);
+        delete (broken.pull_request ?? broken.check_run).id;
+        assert.equal(validate(broken), false, `${what}: the webhook schema is not vacuous`);
+      }
+      const { merged, closed, reopened, review, check } = Object.fromEntries(Object.entries(payloads).map(([k, [, , p]]) => [k, p]));
+      assert.deepEqual([merged.number, merged.pull_request.merged, merged.pull_request.state, merged.sender.login], [1, true, "closed", "octocat"]);
+      assert.deepEqual([closed.number, closed.pull_request.merged, closed.pull_request.merged_at], [2, false, null]);
+      assert.deepEqual([reopened.pull_request.state, reopened.pull_request.closed_at], ["open", null]);
+      assert.deepEqual([review.review.state, review.review.user.login, review.review.body, review.pull_request.number], ["approved", "reviewer", null, 3], "webhook review states are lowercase");
+      assert.equal(review.review.commit_id, bareGit(owner, "app", ["rev-parse", "three"]));
+      assert.deepEqual([check.check_run.name, check.check_run.status, check.check_run.conclusion], ["build", "completed", "success"]);
+      assert.deepEqual(check.check_run.pull_requests.map((p) => [p.number, p.head.ref, p.base.ref]), [[3, "three", "main"]]);
+      assert.equal(check.check_run.head_sha, bareGit(owner, "app", ["rev-parse", "three"]));
+      assert.equal(merged.pull_request.user.login, "gastown-dev[bot]");
+      // What the worker reads from GitHub after such a delivery agrees with it.
+      const read = await call("GET", `/repos/${owner}/app/pulls/1`, asToken(r.token));
+      assert.equal(read.body.merge_commit_sha, merged.pull_request.merge_commit_sha);
+    }
+  } finally {
+    org.cleanup();
+    user.cleanup();
+  }
+});
+
+// ------------------------------------------------------------------ GitLab merge requests
+
+test("GitLab merge requests: create, 409 duplicate, list, get, reviewers, notes, pipelines, merge and close hooks", async () => {
+  gp.resetCalls();
+  const token = async (user, projects) => (await gitlabToken({ grant_type: "authorization_code", code: gp.issueGitlabCode({ user, projects }), client_id: CLIENT_ID, client_secret: CLIENT_SECRET })).body.access_token;
+  const dev = await token({ id: 9101, username: "mr-dev", name: "MR Dev" }, [{ id: 610001, path_with_namespace: "mr-team/app", default_branch: "main" }]);
+  const outsider = await token({ id: 9102, username: "mr-outsider" }, [{ id: 610002, path_with_namespace: "mr-outsider/own" }]);
+  const as = (t) => ({ auth: `Bearer ${t}` });
+  const mrs = "/api/v4/projects/610001/merge_requests";
+
+  const sha1 = gp.pushGitlabBranch(610001, "feature");
+  assert.match(sha1, /^[0-9a-f]{40}$/);
+  const created = await call("POST", mrs, { ...as(dev), json: { source_branch: "feature", target_branch: "main", title: "Add feature", description: "Does things" } });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const mr = created.body;
+  assert.deepEqual([mr.iid, mr.project_id, mr.state, mr.title, mr.description, mr.source_branch, mr.target_branch, mr.sha], [1, 610001, "opened", "Add feature", "Does things", "feature", "main", sha1]);
+  assert.deepEqual([mr.author.id, mr.author.username, mr.author.name], [9101, "mr-dev", "MR Dev"]);
+  assert.equal(mr.web_url, `${gp.url}/mr-team/app/-/merge_requests/1`);
+  assert.deepEqual(mr.references, { short: "!1", relative: "!1", full: "mr-team/app!1" });
+  assert.deepEqual([mr.merge_status, mr.detailed_merge_status, mr.draft, mr.head_pipeline, mr.merged_at, mr.merge_user, mr.closed_by], ["can_be_merged", "mergeable", false, null, null, null, null]);
+  assert.deepEqual([mr.source_project_id, mr.target_project_id, mr.user_notes_count], [610001, 610001, 0]);
+  assert.deepEqual(mr.reviewers, []);
+  assert.equal(mr.diff_refs.head_sha, sha1);
+  for (const k of ["id", "created_at", "updated_at", "merged_by", "closed_at", "merge_commit_sha", "labels", "assignees", "has_conflicts", "blocking_discussions_resolved"]) assert.ok(k in mr, `MR has ${k}`);
+
+  const dup = await call("POST", mrs, { ...as(dev), json: { source_branch: "feature", target_branch: "main", title: "Again" } });
+  assert.equal(dup.status, 409);
+  assert.deepEqual(dup.body, { message: ["Another open merge request already exists for this source branch: !1"] });
+  const noTitle = await call("POST", "/api/v4/projects/mr-team%2Fapp/merge_requests", { ...as(dev), form: { source_branch: "feature", target_branch: "main" } });
+  assert.equal(noTitle.status, 400);
+  assert.deepEqual(noTitle.body, { error: "title is missing" });
+  const noBranches = await call("POST", mrs, { ...as(dev), json: { title: "x" } });
+  assert.deepEqual(noBranches.body, { error: "source_branch is missing, target_branch is missing" });
+  const ghost = await call("POST", mrs, { ...as(dev), json: { source_branch: "ghost", target_branch: "main", title: "Ghost" } });
+  assert.equal(ghost.status, 422);
+  assert.deepEqual(ghost.body, { message: ['Source branch "ghost" does not exist'] });
+  gp.pushGitlabBranch(610001, "other");
+  const viaForm = await call("POST", "/api/v4/projects/mr-team%2Fapp/merge_requests", { ...as(dev), form: { source_branch: "other", target_branch: "main", title: "Draft: Other" } });
+  assert.equal(viaForm.status, 201, "form bodies and the encoded path work");
+  assert.deepEqual([viaForm.body.iid, viaForm.body.draft, viaForm.body.detailed_merge_status, viaForm.body.description], [2, true, "draft_status", null]);
+
+  const list = await call("GET", `${mrs}?source_branch=feature`, as(dev));
+  assert.equal(list.status, 200);
+  assert.deepEqual(list.body.map((m) => m.iid), [1]);
+  assert.equal(list.headers.get("x-total"), "1");
+  assert.deepEqual((await call("GET", `${mrs}?state=opened`, as(dev))).body.map((m) => m.iid), [2, 1], "newest first");
+  assert.deepEqual((await call("GET", `${mrs}?state=merged`, as(dev))).body, []);
+  const one = await call("GET", "/api/v4/projects/mr-team%2Fapp/merge_requests/1", as(dev));
+  assert.equal(one.status, 200);
+  assert.equal(one.body.id, mr.id);
+  assert.equal((await call("GET", `${mrs}/99`, as(dev))).status, 404);
+
+  // A reviewer asks for changes, with a note.
+  const reviewHook = gp.reviewGitlabMergeRequest(610001, 1, { username: "mr-reviewer", note: "Please rename it" });
+  assert.deepEqual([reviewHook.object_kind, reviewHook.event_type, reviewHook.user.username], ["merge_request", "merge_request", "mr-reviewer"]);
+  assert.deepEqual(reviewHook.reviewers.map((r) => r.username), ["mr-reviewer"]);
+  assert.equal(reviewHook.object_attributes.action, "update");
+  assert.equal(reviewHook.object_attributes.detailed_merge_status, "requested_changes");
+  assert.deepEqual(reviewHook.changes.reviewers.current.map((r) => r.username), ["mr-reviewer"]);
+  const reviewers = await call("GET", `${mrs}/1/reviewers`, as(dev));
+  assert.equal(reviewers.status, 200);
+  assert.deepEqual(reviewers.body.map((r) => [r.user.username, r.state]), [["mr-reviewer", "requested_changes"]]);
+  assert.equal(typeof reviewers.body[0].created_at, "string");
+  const notes = await call("GET", `${mrs}/1/notes`, as(dev));
+  assert.equal(notes.status, 200);
+  assert.deepEqual(notes.body.map((n) => [n.body, n.author.username, n.system, n.noteable_type, n.noteable_iid, n.noteable_id]), [["Please rename it", "mr-reviewer", false, "MergeRequest", 1, mr.id]]);
+  const afterReview = (await call("GET", `${mrs}/1`, as(dev))).body;
+  assert.deepEqual([afterReview.user_notes_count, afterReview.reviewers.map((r) => r.username)], [1, ["mr-reviewer"]]);
+  assert.equal(gp.reviewGitlabMergeRequest(610001, 1, { username: "mr-reviewer", state: "approved" }).object_attributes.action, "approved");
+
+  // Pipelines belong to the commit: a new push leaves the merge request without a head pipeline.
+  const pipelineHook = gp.setGitlabPipeline(610001, 1, "failed");
+  const pid = pipelineHook.object_attributes.head_pipeline_id;
+  assert.equal(typeof pid, "number");
+  assert.deepEqual(pipelineHook.changes.head_pipeline_id, { previous: null, current: pid });
+  let got = (await call("GET", `${mrs}/1`, as(dev))).body;
+  assert.deepEqual([got.head_pipeline.id, got.head_pipeline.status, got.head_pipeline.sha, got.detailed_merge_status], [pid, "failed", sha1, "ci_must_pass"]);
+  assert.equal(got.head_pipeline.web_url, `${gp.url}/mr-team/app/-/pipelines/${pid}`);
+  assert.equal(gp.setGitlabPipeline(610001, 1, "running").object_attributes.head_pipeline_id, pid, "same commit, same pipeline");
+  const sha2 = gp.pushGitlabBranch(610001, "feature");
+  got = (await call("GET", `${mrs}/1`, as(dev))).body;
+  assert.deepEqual([got.sha, got.head_pipeline], [sha2, null]);
+  gp.setGitlabPipeline(610001, 1, "success");
+  assert.deepEqual(gitlabSummary(gp, 610001, 1), { iid: 1, state: "opened", sha: sha2 });
+
+  // Merge and close: the hook payloads, then the API agrees.
+  const mergeHook = gp.mergeGitlabMergeRequest(610001, 1);
+  const oa = mergeHook.object_attributes;
+  assert.deepEqual([mergeHook.object_kind, oa.action, oa.state, oa.iid, oa.id, oa.source_branch, oa.target_branch, oa.title], ["merge_request", "merge", "merged", 1, mr.id, "feature", "main", "Add feature"]);
+  assert.deepEqual([oa.last_commit.id, oa.url, oa.merge_user_id, oa.detailed_merge_status], [sha2, `${gp.url}/mr-team/app/-/merge_requests/1`, 9101, "not_open"]);
+  assert.ok(oa.merge_commit_sha);
+  assert.deepEqual(mergeHook.changes.state_id, { previous: 1, current: 3 });
+  assert.deepEqual([mergeHook.project.id, mergeHook.project.path_with_namespace, mergeHook.project.default_branch, mergeHook.project.web_url], [610001, "mr-team/app", "main", `${gp.url}/mr-team/app`]);
+  assert.deepEqual(Object.keys(mergeHook).sort(), ["changes", "event_type", "labels", "object_attributes", "object_kind", "project", "repository", "reviewers", "user"]);
+  gp.pushGitlabBranch(610001, "feature");
+  got = (await call("GET", `${mrs}/1`, as(dev))).body;
+  assert.deepEqual([got.state, got.sha, got.merge_user.username, got.merged_by.username, got.merge_commit_sha], ["merged", sha2, "mr-dev", "mr-dev", oa.merge_commit_sha]);
+  assert.ok(got.merged_at);
+  assert.deepEqual((await call("GET", `${mrs}?state=merged`, as(dev))).body.map((m) => m.iid), [1]);
+  assert.throws(() => gp.mergeGitlabMergeRequest(610001, 1), /merged/);
+
+  const closeHook = gp.closeGitlabMergeRequest(610001, 2, { username: "mr-reviewer" });
+  assert.deepEqual([closeHook.object_attributes.action, closeHook.object_attributes.state, closeHook.user.username], ["close", "closed", "mr-reviewer"]);
+  assert.equal("reviewers" in closeHook, false, "no reviewers: no reviewers key, as GitLab sends it");
+  got = (await call("GET", `${mrs}/2`, as(dev))).body;
+  assert.deepEqual([got.state, got.closed_by.username, got.detailed_merge_status], ["closed", "mr-reviewer", "not_open"]);
+  assert.ok(got.closed_at);
+  const again = await call("POST", mrs, { ...as(dev), json: { source_branch: "feature", target_branch: "main", title: "Follow-up" } });
+  assert.equal(again.status, 201, "no open merge request for the branch any more");
+  assert.equal(again.body.iid, 3);
+
+  assert.deepEqual(gp.gitlabMergeRequests(610001).map((m) => [m.iid, m.state, m.author.username, m.source_branch]), [[1, "merged", "mr-dev", "feature"], [2, "closed", "mr-dev", "other"], [3, "opened", "mr-dev", "feature"]]);
+  assert.equal(gp.gitlabMergeRequests(610001)[0].web_url, `${gp.url}/mr-team/app/-/merge_requests/1`);
+
+  // Who may: no token 401, a user without the project 404.
+  for (const [method, path] of [["GET", mrs], ["POST", mrs], ["GET", `${mrs}/1`], ["GET", `${mrs}/1/reviewers`], ["GET", `${mrs}/1/notes`]]) {
+    const anon = await call(method, path, method === "POST" ? { json: {} } : {});
+    assert.equal(anon.status, 401, `${method} ${path} anonymous`);
+    assert.deepEqual(anon.body, { message: "401 Unauthorized" });
+    const other = await call(method, path, { ...as(outsider), ...(method === "POST" ? { json: { source_branch: "feature", target_branch: "main", title: "x" } } : {}) });
+    assert.equal(other.status, 404, `${method} ${path} by a user without the project`);
+    assert.deepEqual(other.body, { message: "404 Project Not Found" });
+  }
+  assert.equal((await call("GET", "/api/v4/projects/mr-team%2Fapp/merge_requests", as(outsider))).status, 404);
+
+  assert.deepEqual(["list", "create", "get", "reviewers", "notes"].map((k) => gp.calls(`gitlab.mrs.${k}`)), [7, 9, 9, 3, 3]);
+  assert.equal(gp.calls("unknown"), 0);
+});
+
+/** The control's summary of merge request `iid`, reduced to iid, state and sha. */
+function gitlabSummary(platforms, projectId, iid) {
+  const { state, sha } = platforms.gitlabMergeRequests(projectId).find((m) => m.iid === iid);
+  return { iid, state, sha };
+}

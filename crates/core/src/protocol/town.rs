@@ -138,7 +138,22 @@ crate::do_protocol! {
         /// Whether the caller may watch one of the town's streams now: the town is active, and
         /// an agent's stream names one of its agents. The router then signs the ticket.
         AdmitStream(AdmitStream) -> Ack => admit_stream;
+        /// A provider's webhook named the pull request the merge request bead `bead_id`
+        /// follows: the town reads it now (a stopped town at its next start) and answers where
+        /// it stands. Never taken at the webhook's word.
+        RefinePullRequest(RefinePullRequest) -> PullRequestRefined => refine_pull_request;
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefinePullRequest {
+    pub bead_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestRefined {
+    /// `None`: the town follows no such pull request (the bead is gone).
+    pub state: Option<crate::refinery::PrState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -717,6 +732,13 @@ mod tests {
                 }
                 .into(),
                 format!(r#"{{"op":"admit_stream","caller":{C},"scope":"agent:a1"}}"#),
+            ),
+            (
+                RefinePullRequest {
+                    bead_id: "b1".into(),
+                }
+                .into(),
+                r#"{"op":"refine_pull_request","bead_id":"b1"}"#.into(),
             ),
             (
                 MayorViewOp { caller: c() }.into(),
