@@ -18,21 +18,23 @@ export default function refinery(ctx) {
   let nextInstallation = 93_000_000 + (process.pid % 1000) * 1000;
 
   /** A world of its own: a worker whose poll is `pollMs`, and its helpers. */
-  async function ownWorld({ pollMs, rounds = 2 }) {
+  async function ownWorld({ pollMs, rounds = 2, idleMs = 600_000 }) {
     const world = await startOwnWorker(ctx, {
       controlArgs: ["--git-ca-file", ctx.platforms.gitCaFile],
-      vars: { PR_POLL_MS: String(pollMs), PR_FEEDBACK_ROUNDS: String(rounds), AGENT_STALL_MS: "60000" },
+      // An idle town's loop runs only every 10 minutes here: whatever the refinery does must
+      // wake the town itself (a feedback bead, a merge that frees a convoy's next bead).
+      vars: { PR_POLL_MS: String(pollMs), PR_FEEDBACK_ROUNDS: String(rounds), AGENT_STALL_MS: "60000", TOWN_ALARM_INTERVAL_MS: String(idleMs) },
     });
     const { call } = world;
     const as = (user, method, path, body) => call(method, path, { token: tokenFor(user), body });
     const bead = async (user, townId, id) => (await as(user, "GET", `/api/towns/${townId}/beads/${id}`)).body;
     const beads = async (user, townId) => (await as(user, "GET", `/api/towns/${townId}/beads?limit=200`)).body;
-    /** A personal town on a GitHub installation's repo `<login>/app`, under `pull_request`. */
-    async function town(label) {
+    /** A personal town on a GitHub installation's repo `<login>/app`, under `strategy`. */
+    async function town(label, strategy = "pull_request") {
       const user = freshUser(label);
       const installation = ++nextInstallation;
       const w = await installedTownWithRig({ call, workerUrl: world.worker.url, platforms: p(), user, installation, label });
-      const set = await as(user, "PATCH", `/api/towns/${w.town.id}/config`, { merge_strategy: "pull_request" });
+      const set = await as(user, "PATCH", `/api/towns/${w.town.id}/config`, { merge_strategy: strategy });
       assert.equal(set.status, 200, set.text);
       return { ...w, user };
     }
@@ -112,6 +114,25 @@ export default function refinery(ctx) {
       const after = p().calls("github.pulls.get");
       await sleep(1_500);
       assert.equal(p().calls("github.pulls.get"), after);
+    });
+
+    it("with commit_as_user, the pull request is the user's, opened with their token", async () => {
+      const t = await w.town("pruser");
+      const githubId = 880_000_000 + (t.installation % 1_000_000);
+      const ghLogin = `octo-${githubId}`;
+      p().addGithubUser({ id: githubId, login: ghLogin, repos: { [`${t.login}/app`]: { push: true } } });
+      const start = await w.as(t.user, "POST", "/api/integrations/github/user-connect");
+      assert.equal(start.status, 200, start.text);
+      const url = new URL(start.body.authorize_url);
+      const code = p().issueGithubUserCode({ user_id: githubId, redirect_uri: url.searchParams.get("redirect_uri") });
+      const back = await fetch(`${w.world.worker.url}/api/integrations/github/user-connect/callback?code=${code}&state=${encodeURIComponent(url.searchParams.get("state"))}`, { redirect: "manual" });
+      assert.equal(new URL(back.headers.get("location")).searchParams.get("result"), "success");
+      assert.equal((await w.as(t.user, "PATCH", `/api/towns/${t.town.id}/config`, { commit_as_user: true })).status, 200);
+      const slung = await w.sling(t, "As myself");
+      const review = await w.reach(t, slung.id, "in_review", "open");
+      const [pr] = p().pulls(t.login, "app");
+      assert.deepEqual(pr.author, { login: ghLogin, type: "User" });
+      assert.equal(review.pull_request.author, ghLogin);
     });
 
     it("closed without merging: the bead fails with the reason; a reopen opens a new pull request", async () => {
@@ -332,21 +353,116 @@ export default function refinery(ctx) {
       const [mr] = p().gitlabMergeRequests(projectId);
       assert.deepEqual([mr.state, mr.source_branch, mr.target_branch, mr.title, mr.author.username], ["opened", "gastown/gl-work", "main", "Tune the service", glUser.username]);
       assert.deepEqual([review.pull_request.platform, review.pull_request.number, review.pull_request.url], ["gitlab", mr.iid, mr.web_url]);
-      const payload = JSON.stringify(p().mergeGitlabMergeRequest(projectId, mr.iid));
-      const send = (token) =>
+      const send = (token, payload) =>
         fetch(`${w.world.worker.url}/api/webhooks/gitlab`, {
           method: "POST",
           headers: { "content-type": "application/json", "x-gitlab-event": "Merge Request Hook", ...(token ? { "x-gitlab-token": token } : {}) },
           body: payload,
         });
-      assert.equal((await send("wrong")).status, 401);
-      assert.equal((await send(null)).status, 401);
+      // A reviewer asks for changes: the hook makes the town read the reviewers and notes.
+      const asked = JSON.stringify(p().reviewGitlabMergeRequest(projectId, mr.iid, { username: "bob", note: "Rename the flag." }));
+      const reviewed = await send(secrets.GITLAB_WEBHOOK_SECRET, asked);
+      assert.equal(reviewed.status, 200);
+      const feedback = (await w.beads(user, town.id)).find((b) => b.labels.includes("gt:pr-feedback"));
+      assert.ok(feedback, "a feedback bead");
+      assert.match(feedback.body, /bob: Rename the flag\./);
+      assert.equal(feedback.metadata.branch, "gastown/gl-work");
+      assert.equal((await w.as(user, "GET", `/api/towns/${town.id}/beads/${slung.id}`)).body.pull_request.review_decision, "changes_requested");
+      const payload = JSON.stringify(p().mergeGitlabMergeRequest(projectId, mr.iid));
+      assert.equal((await send("wrong", payload)).status, 401);
+      assert.equal((await send(null, payload)).status, 401);
       assert.equal((await w.as(user, "GET", `/api/towns/${town.id}/beads/${slung.id}`)).body.status, "in_review");
-      const res = await send(secrets.GITLAB_WEBHOOK_SECRET);
+      const res = await send(secrets.GITLAB_WEBHOOK_SECRET, payload);
       assert.equal(res.status, 200);
       assert.deepEqual(await res.json(), { refreshed: 1 });
       const closed = (await w.as(user, "GET", `/api/towns/${town.id}/beads/${slung.id}`)).body;
       assert.deepEqual([closed.status, closed.pull_request.state], ["closed", "merged"]);
+    });
+  });
+
+  describe("refinery: direct merges", () => {
+    let w;
+    before(async () => {
+      w = await ownWorld({ pollMs: 1_000, rounds: 1 });
+    });
+    after(async () => {
+      await w?.world.stop();
+    });
+
+    it("merge_strategy direct: the refinery merges the branch with --no-ff and pushes; the bead closes only then", async () => {
+      const t = await w.town("direct", "direct");
+      const slung = await w.sling(t, "Merge me directly");
+      const closed = await w.reach(t, slung.id, "closed");
+      const branch = closed.metadata.branch;
+      assert.ok(closed.events.some((e) => e.kind === "in_review"), "in review until merged");
+      assert.ok(closed.events.some((e) => e.kind === "merged" && e.message === `${branch} merged into main`));
+      assert.equal(closed.pull_request.state, "merged");
+      assert.equal(closed.pull_request.platform, "direct");
+      assert.equal(p().pulls(t.login, "app").length, 0, "no pull request");
+      const bare = p().gitRepoPath(t.login, "app");
+      const parents = git("--git-dir", bare, "log", "-1", "--format=%P", "main").split(" ");
+      assert.equal(parents.length, 2, "a merge commit");
+      assert.equal(parents[1], git("--git-dir", bare, "rev-parse", branch));
+      assert.match(git("--git-dir", bare, "log", "-1", "--format=%s|%an", "main"), new RegExp(`^Merge branch '${branch.replace(/\//g, "\\/")}' into main\\|Town Author$`));
+      assert.match(git("--git-dir", bare, "show", `main:gastown/${slung.id}.md`), /Merge me directly/);
+      // Pushed as the App, through the credential helper.
+      assert.ok(p().gitAuth().some((a) => a.service === "git-receive-pack" && a.as === `installation:${t.installation}` && a.verdict === true));
+    });
+
+    it("a conflicting branch becomes a conflict bead on the branch; past the rounds a human is asked and the bead fails", async () => {
+      const t = await w.town("conflict", "direct");
+      const bare = p().gitRepoPath(t.login, "app");
+      // main and the branch change the same line.
+      const work = execFileSync("mktemp", ["-d"], { encoding: "utf8" }).trim();
+      git("clone", "--quiet", bare, work);
+      const commit = (file, text, message) => {
+        execFileSync("sh", ["-c", `printf '%s\\n' "${text}" > "${work}/${file}"`]);
+        git("-C", work, "add", file);
+        git("-C", work, "-c", "user.name=H", "-c", "user.email=h@example.com", "commit", "--quiet", "-m", message);
+      };
+      git("-C", work, "checkout", "--quiet", "-b", "gastown/conflicting");
+      commit("shared.txt", "from the branch", "branch side");
+      git("-C", work, "push", "--quiet", "origin", "gastown/conflicting");
+      git("-C", work, "checkout", "--quiet", "main");
+      commit("shared.txt", "from main", "main side");
+      git("-C", work, "push", "--quiet", "origin", "main");
+      const mainBefore = git("--git-dir", bare, "rev-parse", "main");
+
+      const container = await w.as(t.user, "POST", `/api/towns/${t.town.id}/container/start`);
+      assert.equal(container.status, 200, container.text);
+      const ct = (await w.world.control.town(t.town.id)).body.token;
+      const slung = await w.sling(t, "Conflicts", "[demo:hang]");
+      const working = await until("the dispatch", async () => {
+        const b = await w.bead(t.user, t.town.id, slung.id);
+        return b.status === "in_progress" ? b : not(b.status);
+      });
+      // The conflict bead quotes the bead's body: the hang directive goes (its agent already runs).
+      const edited = await w.as(t.user, "PATCH", `/api/towns/${t.town.id}/beads/${slung.id}`, { body: "Change shared.txt." });
+      assert.equal(edited.status, 200, edited.text);
+      const done = await w.call("POST", `/api/towns/${t.town.id}/rigs/${t.rig.id}/agents/${working.assignee_agent_id}/done`, { token: ct, body: { summary: "done", branch: "gastown/conflicting" } });
+      assert.equal(done.status, 200, done.text);
+      const conflict = await until("a conflict bead", async () => {
+        const list = await w.beads(t.user, t.town.id);
+        return list.find((b) => b.labels.includes("gt:conflict")) ?? not(list.map((b) => [b.title, b.status]));
+      });
+      assert.deepEqual([conflict.type, conflict.metadata.branch, conflict.metadata.source_bead_id], ["issue", "gastown/conflicting", slung.id]);
+      assert.match(conflict.body, /conflicts in: shared\.txt/);
+      assert.equal(git("--git-dir", bare, "rev-parse", "main"), mainBefore, "nothing pushed");
+      // A polecat works the conflict bead on the branch (the demo agent does not resolve it):
+      // the merge conflicts again, the one round is spent, and a human is asked.
+      await until("the conflict bead worked", async () => {
+        const b = await w.bead(t.user, t.town.id, conflict.id);
+        return b.status === "closed" ? b : not({ status: b.status, events: b.events.map((e) => `${e.kind} ${e.message ?? ""}`) });
+      }, 60_000);
+      const failed = await w.reach(t, slung.id, "failed");
+      assert.match(failed.failure_reason, /merging into main conflicts in shared\.txt, after 1 rounds; escalated/);
+      const list = await w.beads(t.user, t.town.id);
+      const escalation = list.find((b) => b.type === "escalation");
+      assert.ok(escalation?.labels.includes("gt:pr-feedback-limit"), JSON.stringify(list.map((b) => [b.type, b.labels])));
+      const worked = list.find((b) => b.id === conflict.id);
+      assert.equal(worked.status, "closed");
+      assert.ok(git("--git-dir", bare, "log", "--format=%s", "gastown/conflicting").includes("Conflict merging"), "the conflict bead's commit is on the branch");
+      assert.equal(git("--git-dir", bare, "rev-parse", "main"), mainBefore, "still nothing pushed to main");
     });
   });
 }

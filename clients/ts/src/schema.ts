@@ -2115,14 +2115,14 @@ export interface components {
             bead_id: string;
             source_bead_id: string;
             /**
-             * @description null until opened
+             * @description github or gitlab; direct for a branch the refinery merges itself (merge_strategy direct); null until opened
              * @enum {string|null}
              */
-            platform: "github" | "gitlab" | null;
+            platform: "github" | "gitlab" | "direct" | null;
             number: number | null;
             url: string | null;
             /**
-             * @description opening (not opened yet, or retried after a provider failure), open (followed by webhooks and the poll), merged, closed (without merging), failed (could not be opened: see error), detached (its bead was closed, reopened or deleted by hand)
+             * @description opening (not opened yet, or retried after a provider failure; for a direct merge: until merged), open (followed by webhooks and the poll), merged, closed (without merging), failed (could not be opened or merged: see error), detached (its bead was closed, reopened or deleted by hand)
              * @enum {string}
              */
             state: "opening" | "open" | "merged" | "closed" | "failed" | "detached";

@@ -15,6 +15,8 @@
 //! * `GET /agents/:id/status` → `AgentProcessStatus` (404 for an agent never started);
 //! * `POST /agents/:id/message` `{townId, text}` → 202: a further message to the agent's running
 //!   Kilo session ([`kilo`]; 409 when it has none);
+//! * `POST /merge` (`MergeBody`) → `MergeReply`: the refinery's direct merge of a rig's branch
+//!   into its base, by the server's own git (see "Merges" below);
 //! * with the debug routes only: `GET /debug/towns/:id`, `POST /debug/fail`, `GET /debug/env`.
 //!
 //! # Who may call it
@@ -149,6 +151,31 @@
 //! agents. The public module [`agents`] states the rules. The demo agent, a stand-in, lives
 //! in the crate `gastown-standins` (as does the stand-in Kilo gateway, `gastown-gateway`).
 //!
+//! # Merges
+//!
+//! `POST /merge` `{townId, rig_id, git_url, branch, base, message, author_name, author_email}`
+//! merges `branch` into `base` in a scratch clone, `<workdir>/<town>/.merges/<random>/` (mode
+//! 0700, removed afterwards whatever happens), with git run as the server's own user (never
+//! the agent user), no shell, no prompt, an environment of its own (`PATH`, `HOME` = the
+//! scratch directory, `GIT_CONFIG_GLOBAL` = the town's gitconfig so its credential helper
+//! serves HTTPS, `GASTOWN_TOWN_ID`, `GASTOWN_RIG_ID` and no `GASTOWN_AGENT_ID`: the helper asks
+//! for the rig's token as the town), author and committer as given, `commit.gpgsign=false`:
+//! `git clone --single-branch --branch <base>`, `git fetch origin refs/heads/<branch>`,
+//! `git merge --no-ff --no-edit -m <message> FETCH_HEAD`, `git push origin
+//! HEAD:refs/heads/<base>` (started over once from the clone when `base` moved meanwhile).
+//! It answers 200 `{"outcome":"merged","sha":<base's new head>,"files":[]}`,
+//! `{"outcome":"nothing_to_merge","sha":<base's head>,"files":[]}` (the branch is in `base`
+//! already) or `{"outcome":"conflict","sha":null,"files":[<paths>]}` (merge aborted, nothing
+//! pushed); 422 for a field refused before git runs (ids as the credential helper's, `branch`
+//! and `base` plain branch names, `git_url` `https://` without credentials, or `file://`,
+//! `http://` and absolute paths only when the server's environment has
+//! `GASTOWN_ALLOW_LOCAL_GIT=1`, `message` 1 to 4000 characters, author name and email one line
+//! each) and for a `base` or `branch` the remote does not have; 409 `town not started` without
+//! the town's container token; 502 `git <step> failed: <git's line of error>` (no credentials
+//! in it); 504 past the deadline (120 s from the request's arrival; git killed). One merge of a
+//! (town, rig) runs at a time: a second waits for it, within its own deadline. The private
+//! module `merges` states the rules.
+//!
 //! # Head-of-line blocking
 //!
 //! Every connection gets its own thread (at most [`http::MAX_CONNECTIONS`] at once) and one
@@ -168,15 +195,16 @@
 //! nor env nor an agent start). `POST /debug/fail` takes `{"refresh_token", "sync_config",
 //! "agents_start"}` (booleans, each false when absent; the last makes every `/agents/start`
 //! answer 503). They take the same headers as the other routes. The production binary
-//! `gastown-control` answers 404 there.
+//! `gastown-control` answers 404 there. The debug binary also takes a merge's deadline from
+//! `GASTOWN_MERGE_DEADLINE_MS` when its environment sets it (tests of the 504).
 //!
 //! # Where things are
 //!
 //! [`server`] starts the server and runs its accept loop; [`options`] reads its command line
 //! with [`cli`], which every binary of the container shares; [`auth`] decides who may call;
 //! `routes` puts each request through its checks in order and hands it to its handlers:
-//! `towns` (token, config, stop), [`agents`] (the agents' processes) and, with the debug
-//! routes, `debug`. `state` is what the server holds in memory, [`workdir`] what it keeps on
+//! `towns` (token, config, stop), [`agents`] (the agents' processes), `merges` (the
+//! refinery's direct merge) and, with the debug routes, `debug`. `state` is what the server holds in memory, [`workdir`] what it keeps on
 //! disk, [`agent_user`] whom the agents run as. `self_refresh` renews the gateway tokens,
 //! [`git_credential`] is git's credential helper and [`gh`] the agents' `gh`, all calling the
 //! worker through [`client`]; [`gt`] is the agents' tool, which calls back for an agent's bead
@@ -198,6 +226,7 @@ pub mod gt;
 pub mod http;
 pub mod kilo;
 pub mod mayor_tools;
+mod merges;
 pub mod options;
 pub mod relay;
 mod routes;

@@ -3,17 +3,18 @@
 //! before its handler runs (Host, route, credentials, content type, length, body; nothing is
 //! read past a refusal), and what the handlers share for their bodies ([`parse`],
 //! [`same_town`]). The handlers are the modules named for what they own: [`crate::towns`],
-//! [`crate::agents`] and, with the debug routes, `crate::debug`.
+//! [`crate::agents`], [`crate::merges`] and, with the debug routes, `crate::debug`.
 
 use crate::agents;
 use crate::auth::{authenticate, host_allowed};
 use crate::http::{error, read_body, read_head, ReadFail, Reply};
+use crate::merges;
 use crate::server::Build;
 use crate::state::Shared;
 use crate::towns;
 use gastown_core::control::{
-    AGENTS_START_PATH, CONTENT_TYPE_JSON, HEALTH_PATH, MAX_BODY_BYTES, REFRESH_TOKEN_PATH,
-    STOP_PATH, SYNC_CONFIG_PATH, TOWN_ID_HEADER,
+    AGENTS_START_PATH, CONTENT_TYPE_JSON, HEALTH_PATH, MAX_BODY_BYTES, MERGE_PATH,
+    REFRESH_TOKEN_PATH, STOP_PATH, SYNC_CONFIG_PATH, TOWN_ID_HEADER,
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -33,6 +34,8 @@ enum Route {
     AgentStatus(String),
     /// A further message to the agent's running session.
     AgentMessage(String),
+    /// The refinery's direct merge of a rig's branch.
+    Merge,
     #[cfg(feature = "debug-routes")]
     DebugTown(String),
     #[cfg(feature = "debug-routes")]
@@ -49,7 +52,8 @@ impl Route {
             | Route::Stop
             | Route::AgentsStart
             | Route::AgentStop(_)
-            | Route::AgentMessage(_) => true,
+            | Route::AgentMessage(_)
+            | Route::Merge => true,
             #[cfg(feature = "debug-routes")]
             Route::DebugFail => true,
             _ => false,
@@ -65,6 +69,7 @@ fn route(build: Build, method: &str, path: &str) -> Result<Route, Reply> {
         SYNC_CONFIG_PATH => Some(Route::SyncConfig),
         STOP_PATH => Some(Route::Stop),
         AGENTS_START_PATH => Some(Route::AgentsStart),
+        MERGE_PATH => Some(Route::Merge),
         _ => agent_route(path).or_else(|| debug_route(build, path)),
     };
     let Some(found) = found else {
@@ -175,6 +180,7 @@ fn handle(shared: &Shared, route: &Route, town: &str, body: &[u8]) -> Reply {
         Route::AgentStop(id) => agents::stop(shared, town, id, body),
         Route::AgentStatus(id) => agents::status(shared, town, id),
         Route::AgentMessage(id) => crate::kilo::message(shared, town, id, body),
+        Route::Merge => merges::merge(shared, town, body),
         #[cfg(feature = "debug-routes")]
         Route::DebugTown(id) => crate::debug::town(shared, town, id),
         #[cfg(feature = "debug-routes")]
@@ -215,6 +221,14 @@ mod tests {
         ] {
             assert_eq!(r("POST", bad).unwrap_err().0, 404, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_merge_route_is_a_post() {
+        let r = |method: &str, path: &str| route(Build::Production, method, path);
+        assert_eq!(r("POST", "/merge").unwrap(), Route::Merge);
+        assert_eq!(r("GET", "/merge").unwrap_err().0, 405);
+        assert_eq!(r("POST", "/merge/").unwrap_err().0, 404);
     }
 
     #[test]

@@ -228,6 +228,48 @@ pub struct SyncConfigBody {
     pub town_id: String,
 }
 
+/// `POST /merge`: the refinery's direct merge. The control server merges `branch` into `base`
+/// in a fresh clone of `git_url` (`git merge --no-ff`, as `author_name <author_email>`), pushes
+/// `base` through the town's git credential helper, and answers how it went: merged (with the
+/// new head of `base`), nothing to merge, or a conflict (with the conflicting paths; nothing is
+/// pushed).
+pub const MERGE_PATH: &str = "/merge";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeBody {
+    #[serde(rename = "townId")]
+    pub town_id: String,
+    pub rig_id: String,
+    /// The rig's repository (no credentials in it).
+    pub git_url: String,
+    pub branch: String,
+    pub base: String,
+    /// The merge commit's message.
+    pub message: String,
+    pub author_name: String,
+    pub author_email: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeOutcome {
+    /// Merged and pushed: `sha` is `base`'s new head.
+    Merged,
+    /// `base` already has the branch's commits: nothing pushed.
+    NothingToMerge,
+    /// The merge conflicts in `files`: nothing pushed.
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeReply {
+    pub outcome: MergeOutcome,
+    #[serde(default)]
+    pub sha: Option<String>,
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
 /// `POST /agents/start`: runs one agent of the town as a child process of the control server.
 pub const AGENTS_START_PATH: &str = "/agents/start";
 

@@ -237,6 +237,8 @@ pub enum FeedbackReason {
     Review { key: String, text: String },
     /// A check failed on this head commit.
     Check { sha: String, name: String },
+    /// The direct merge into the base branch conflicts in these files.
+    Conflict { base: String, files: Vec<String> },
 }
 
 /// What the town does after a read.
@@ -295,11 +297,39 @@ pub fn step(observed: &Observed, followed: &Followed, max_rounds: u32) -> Step {
     }
 }
 
-/// The body of a feedback bead: what to fix, on which branch, for which pull request.
+/// What a direct merge makes the town do: merged (or nothing left to merge) lands the code; a
+/// conflict is a conflict bead on the branch, until the rounds are spent.
+#[must_use]
+pub fn on_merge(
+    outcome: crate::control::MergeOutcome,
+    base: &str,
+    files: &[String],
+    rounds: u32,
+    max_rounds: u32,
+) -> Step {
+    use crate::control::MergeOutcome;
+    match outcome {
+        MergeOutcome::Merged | MergeOutcome::NothingToMerge => Step::Merged,
+        MergeOutcome::Conflict => {
+            let reason = FeedbackReason::Conflict {
+                base: base.to_owned(),
+                files: files.to_vec(),
+            };
+            if rounds >= max_rounds {
+                Step::Escalate(reason)
+            } else {
+                Step::Feedback(reason)
+            }
+        }
+    }
+}
+
+/// The body of a feedback (or conflict) bead: what to fix, on which branch, for which pull
+/// request (none for a direct merge).
 #[must_use]
 pub fn feedback_body(
     reason: &FeedbackReason,
-    pr_url: &str,
+    pr_url: Option<&str>,
     branch: &str,
     source_body: &str,
 ) -> String {
@@ -310,10 +340,16 @@ pub fn feedback_body(
         FeedbackReason::Check { name, sha } => {
             format!("The check \"{name}\" failed on commit {sha}. Make it pass.")
         }
+        FeedbackReason::Conflict { base, files } => format!(
+            "Merging the branch into {base} conflicts in: {}. Merge {base} into the branch and resolve the conflicts.",
+            files.join(", ")
+        ),
     };
-    format!(
-        "{ask}\n\nPush the fix to the branch {branch} (the pull request {pr_url} follows it).\n\nThe original request:\n{source_body}"
-    )
+    let follows = match pr_url {
+        Some(url) => format!(" (the pull request {url} follows it)"),
+        None => " (the refinery merges it again once pushed)".to_owned(),
+    };
+    format!("{ask}\n\nPush the fix to the branch {branch}{follows}.\n\nThe original request:\n{source_body}")
 }
 
 /// A short line for the bead's log and the escalation.
@@ -322,11 +358,16 @@ pub fn reason_line(reason: &FeedbackReason) -> String {
     match reason {
         FeedbackReason::Review { .. } => "the reviewers requested changes".to_owned(),
         FeedbackReason::Check { name, .. } => format!("the check \"{name}\" failed"),
+        FeedbackReason::Conflict { base, files } => {
+            format!("merging into {base} conflicts in {}", files.join(", "))
+        }
     }
 }
 
 /// The label of feedback beads.
 pub const FEEDBACK_LABEL: &str = "gt:pr-feedback";
+/// The label of conflict beads (a direct merge that conflicts).
+pub const CONFLICT_LABEL: &str = "gt:conflict";
 /// The label of the escalation a spent review budget makes.
 pub const FEEDBACK_ESCALATION_LABEL: &str = "gt:pr-feedback-limit";
 
@@ -529,19 +570,48 @@ mod tests {
     }
 
     #[test]
+    fn a_direct_merge_lands_or_makes_conflict_work_until_the_rounds_are_spent() {
+        use crate::control::MergeOutcome;
+        let files = vec!["x".to_owned()];
+        assert_eq!(
+            on_merge(MergeOutcome::Merged, "main", &[], 0, 2),
+            Step::Merged
+        );
+        assert_eq!(
+            on_merge(MergeOutcome::NothingToMerge, "main", &[], 5, 2),
+            Step::Merged
+        );
+        assert!(matches!(
+            on_merge(MergeOutcome::Conflict, "main", &files, 1, 2),
+            Step::Feedback(FeedbackReason::Conflict { files, .. }) if files == ["x"]
+        ));
+        assert!(matches!(
+            on_merge(MergeOutcome::Conflict, "main", &files, 2, 2),
+            Step::Escalate(_)
+        ));
+    }
+
+    #[test]
     fn feedback_names_the_branch_and_the_ask() {
         let body = feedback_body(
             &FeedbackReason::Check {
                 sha: "abc".into(),
                 name: "lint".into(),
             },
-            "https://x/pull/3",
+            Some("https://x/pull/3"),
             "gastown/p/1",
             "Add a greeting",
         );
         assert!(body.contains("\"lint\" failed on commit abc"));
         assert!(body.contains("gastown/p/1") && body.contains("https://x/pull/3"));
         assert!(body.ends_with("Add a greeting"));
+        let conflict = FeedbackReason::Conflict {
+            base: "main".into(),
+            files: vec!["a.txt".into(), "b.txt".into()],
+        };
+        let body = feedback_body(&conflict, None, "gastown/p/2", "Do it");
+        assert!(body.contains("conflicts in: a.txt, b.txt") && body.contains("gastown/p/2"));
+        assert!(!body.contains("pull request"));
         assert_eq!(open_retry_ms(1, 60_000), 2_000);
         assert_eq!(open_retry_ms(3, 60_000), 8_000);
         assert_eq!(open_retry_ms(30, 60_000), 60_000);

@@ -105,38 +105,39 @@ pub fn check_done(done: &AgentDoneCallback) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// What an agent's `done` makes of its bead. Under the `pull_request` strategy a finished
-/// branch goes to review: the bead waits `in_review` while the refinery opens its pull request
-/// and follows it, and closes only when it merges (so a convoy's dependents wait for the code to
-/// land). A pull request the agent reports itself, without a branch, is in review too, but not
-/// followed. Otherwise the bead closes. The agent is freed either way.
+/// What an agent's `done` makes of its bead. A finished branch goes to review: under the
+/// `pull_request` strategy the refinery opens its pull request and follows it, under `direct`
+/// it merges the branch itself; either way the bead waits `in_review` and closes only when the
+/// code has landed (so a convoy's dependents wait for it). A pull request the agent reports
+/// itself under `pull_request`, without a branch, is in review too, but not followed.
+/// Otherwise the bead closes. The agent is freed either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finished {
     pub status: BeadStatus,
     pub event: BeadEventKind,
     /// Whether the bead records `closed_at` now.
     pub closes: bool,
-    /// Whether the refinery opens and follows a pull request for the branch.
+    /// Whether the refinery takes the branch (`strategy`'s way).
     pub refine: bool,
 }
 
 #[must_use]
 pub fn on_done(strategy: Option<MergeStrategy>, reports_pr: bool, has_branch: bool) -> Finished {
-    let pull_request = strategy == Some(MergeStrategy::PullRequest);
-    if pull_request && (has_branch || reports_pr) {
-        Finished {
-            status: BeadStatus::InReview,
-            event: BeadEventKind::InReview,
-            closes: false,
-            refine: has_branch,
-        }
-    } else {
-        Finished {
+    let review = Finished {
+        status: BeadStatus::InReview,
+        event: BeadEventKind::InReview,
+        closes: false,
+        refine: has_branch,
+    };
+    match strategy {
+        Some(MergeStrategy::PullRequest) if has_branch || reports_pr => review,
+        Some(MergeStrategy::Direct) if has_branch => review,
+        _ => Finished {
             status: BeadStatus::Closed,
             event: BeadEventKind::Done,
             closes: true,
             refine: false,
-        }
+        },
     }
 }
 
@@ -295,7 +296,11 @@ mod tests {
             closed,
             "a PR without the strategy"
         );
-        assert_eq!(on_done(Some(MergeStrategy::Direct), true, true), closed);
+        assert_eq!(
+            on_done(Some(MergeStrategy::Direct), true, false),
+            closed,
+            "direct, with no branch to merge"
+        );
         assert_eq!(
             on_done(Some(MergeStrategy::PullRequest), false, false),
             closed,

@@ -402,6 +402,46 @@ impl ContainerOps for TownContainerDO {
         Ok(Ack::OK)
     }
 
+    /// Only into a running container; the control server's `{"error"}` is the reason of a 4xx.
+    async fn merge(&self, Merge { town_id, body }: Merge) -> Reply<Merged> {
+        if !self.running()? {
+            return Ok(Merged::TownUnknown);
+        }
+        let backend = self.backend(&town_id);
+        let sent = backend.post_any(control::MERGE_PATH, &body).await;
+        self.still_here(&backend).await?;
+        let said = |answer: &backend::Answer| {
+            serde_json::from_str::<serde_json::Value>(&answer.body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_default()
+        };
+        Ok(match sent {
+            Ok((200, answer)) => match serde_json::from_str(&answer.body) {
+                Ok(reply) => Merged::Done { reply },
+                Err(_) => Merged::Failed {
+                    error: "the container's merge answer does not parse".into(),
+                },
+            },
+            Ok((409, _)) => Merged::TownUnknown,
+            Ok((status @ 400..=499, answer)) => Merged::Refused {
+                error: format!("{} ({status})", said(&answer)),
+            },
+            Ok((status, answer)) => Merged::Failed {
+                error: format!(
+                    "the container answered {status} to the merge: {}",
+                    said(&answer)
+                ),
+            },
+            Err(e) => {
+                console_error!("town {town_id}: merge failed: {e}");
+                Merged::Failed {
+                    error: "the container could not be reached".into(),
+                }
+            }
+        })
+    }
+
     /// Only into a running container; 409 from the control server means no session runs.
     async fn message_agent(
         &self,

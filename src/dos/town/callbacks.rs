@@ -105,7 +105,7 @@ impl TownDO {
         if let Some(pull) = &feedback_of {
             self.feedback_done(pull)?;
         } else if let (true, Some(branch)) = (finished.refine, &done.branch) {
-            self.start_review(&current, branch, &done.summary)?;
+            self.start_review(&current, branch, &done.summary, strategy)?;
         }
         store::bead(&sql, bead_id)?.ok_or_else(bead_not_found)
     }

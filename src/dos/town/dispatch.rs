@@ -226,7 +226,7 @@ impl TownDO {
         Err("the container does not know the town after a restart".into())
     }
 
-    async fn start_for_dispatch(&self, town: &Town) -> Result<(), String> {
+    pub(super) async fn start_for_dispatch(&self, town: &Town) -> Result<(), String> {
         match self.push_start(town).await {
             Ok(pushed) if pushed.accepted => {
                 set_meta(&self.sql(), Meta::WorkSeenAt, config::now_ms()).ok();

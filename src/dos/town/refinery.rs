@@ -16,19 +16,25 @@ use crate::platforms::pulls::{self, OpenError, Target};
 use crate::platforms::{git_token, store as integrations_store};
 use gastown_core::beads::{Bead, BeadEventKind, BeadStatus, BeadType, NewBead, MAX_TITLE};
 use gastown_core::control::GitTokenSource;
+use gastown_core::control::{MergeBody, MergeOutcome};
 use gastown_core::error::ApiError;
 use gastown_core::ids::UserId;
 use gastown_core::integrations::{self, Platform};
 use gastown_core::model::Town;
+use gastown_core::protocol::container::{Merge, Merged};
 use gastown_core::protocol::town::RigCredentialsReply;
 use gastown_core::refinery::{
-    self, FeedbackReason, Followed, Observed, PrState, Step, FEEDBACK_ESCALATION_LABEL,
-    FEEDBACK_LABEL, MAX_OPEN_ATTEMPTS,
+    self, FeedbackReason, Followed, Observed, PrState, Step, CONFLICT_LABEL,
+    FEEDBACK_ESCALATION_LABEL, FEEDBACK_LABEL, MAX_OPEN_ATTEMPTS,
 };
 use gastown_core::time::rfc3339;
+use gastown_core::town_config::MergeStrategy;
 use worker::console_error;
 
 type Reply<T> = Result<T, ApiError>;
+
+/// The `platform` of a branch the refinery merges itself.
+const DIRECT: &str = "direct";
 
 /// Most pull requests one run of the loop opens or reads.
 const PER_RUN: u32 = 10;
@@ -48,7 +54,13 @@ fn clipped(text: &str) -> String {
 impl TownDO {
     /// An agent's `done` with `branch` under the `pull_request` strategy: the merge request bead
     /// and its pull request to open, due at once.
-    pub(super) fn start_review(&self, source: &Bead, branch: &str, summary: &str) -> Reply<()> {
+    pub(super) fn start_review(
+        &self,
+        source: &Bead,
+        branch: &str,
+        summary: &str,
+        strategy: Option<MergeStrategy>,
+    ) -> Reply<()> {
         let sql = self.sql();
         let rig_id = source
             .rig_id
@@ -84,6 +96,7 @@ impl TownDO {
             rig_id.as_str(),
             branch,
             &rig.default_branch,
+            (strategy == Some(MergeStrategy::Direct)).then_some(DIRECT),
             now_ms,
         )
     }
@@ -96,12 +109,23 @@ impl TownDO {
     /// One run of the refinery: opens and reads what is due, then sets the alarm for the next
     /// one due (never later than it, never earlier than needed).
     pub(super) async fn refine(&self, town: &Town) -> Reply<()> {
+        let before = store::work_marker(&self.sql())?;
         let due = store::due_pulls(&self.sql(), config::now_ms(), PER_RUN)?;
         for row in due {
             self.still_here()?;
             if let Err(e) = self.refine_one(town, &row).await {
                 console_error!("town {}: refinery, {}: {e}", town.id, row.bead_id);
             }
+        }
+        self.after_refining(before).await
+    }
+
+    /// Work the run made or freed is dispatched at once, not at an idle town's cadence; then
+    /// the alarm comes no later than the next pull request due.
+    async fn after_refining(&self, before: (u64, u64)) -> Reply<()> {
+        self.still_here()?;
+        if store::work_marker(&self.sql())? != before {
+            self.kick().await?;
         }
         self.wake_for_next_pull().await
     }
@@ -133,10 +157,11 @@ impl TownDO {
         };
         if parse_state(&row.state).is_some_and(PrState::followed) {
             store::pull_due_at(&sql, bead, config::now_ms())?;
+            let before = store::work_marker(&sql)?;
             if self.require_active(town).is_ok() {
                 self.refine_one(town, &row).await?;
             }
-            self.wake_for_next_pull().await?;
+            self.after_refining(before).await?;
         }
         Ok(store::pull(&self.sql(), bead)?.and_then(|r| parse_state(&r.state)))
     }
@@ -154,6 +179,9 @@ impl TownDO {
             return Ok(());
         }
         let source = source.ok_or_else(|| ApiError::internal("source bead vanished"))?;
+        if row.platform.as_deref() == Some(DIRECT) {
+            return self.merge_direct(town, row, &source).await;
+        }
         let reach = match self.reach(town, row, &source).await {
             Ok(reach) => reach,
             Err(OpenError::Refused(reason)) if row.state == "opening" => {
@@ -267,6 +295,10 @@ impl TownDO {
         )
         .await;
         self.still_here()?;
+        // A webhook's run may have opened it meanwhile.
+        if store::pull(&sql, &row.bead_id)?.is_none_or(|r| r.state != "opening") {
+            return Ok(());
+        }
         let opened = match opened {
             Ok(opened) => opened,
             Err(OpenError::Refused(reason)) => return self.not_opened(row, source, &reason),
@@ -411,14 +443,14 @@ impl TownDO {
             handled_check: row.handled_check.clone(),
         };
         let step = refinery::step(&observed, &followed, settings.work.pr_feedback_rounds);
-        self.apply_step(&row, source, &observed, step)
+        self.apply_step(&row, source, Some(&observed), step)
     }
 
     fn apply_step(
         &self,
         row: &PullRow,
         source: &Bead,
-        observed: &Observed,
+        observed: Option<&Observed>,
         step: Step,
     ) -> Reply<()> {
         let sql = self.sql();
@@ -428,7 +460,10 @@ impl TownDO {
         match step {
             Step::Wait => Ok(()),
             Step::Merged => {
-                let line = format!("pull request #{number} merged");
+                let line = match row.platform.as_deref() {
+                    Some(DIRECT) => format!("{} merged into {}", row.branch, row.base),
+                    _ => format!("pull request #{number} merged"),
+                };
                 store::pull_ended(&sql, &row.bead_id, PrState::Merged.as_str(), None, now_ms)?;
                 for bead in [&row.bead_id, &source.id] {
                     store::close_bead(&sql, bead, &now)?;
@@ -479,20 +514,33 @@ impl TownDO {
             Step::Escalate(reason) => {
                 let (review, check) = handled(&reason);
                 store::pull_feedback(&sql, &row.bead_id, None, review, check, true)?;
-                let url = row.url.as_deref().unwrap_or_default();
                 let what = refinery::reason_line(&reason);
+                let rounds = row.rounds as u32;
+                let subject = match &row.url {
+                    Some(url) => format!("pull request {url}"),
+                    None => format!("the merge of {}", row.branch),
+                };
                 self.raise_escalation(
                     source,
                     &format!(
-                        "Pull request {url} of bead {} still needs work after {} feedback rounds: {what}. A human decides what happens next.",
-                        source.id, row.rounds as u32
+                        "The {subject} of bead {} still needs work after {rounds} feedback rounds: {what}. A human decides what happens next.",
+                        source.id
                     ),
                     &format!(
-                        "pull request {url} of bead {} ({}) still needs work after {} feedback rounds: {what}",
-                        source.id, source.title, row.rounds as u32
+                        "the {subject} of bead {} ({}) still needs work after {rounds} feedback rounds: {what}",
+                        source.id, source.title
                     ),
                     FEEDBACK_ESCALATION_LABEL,
-                )
+                )?;
+                // A direct merge has nothing left to follow: the bead fails, reopenable.
+                if row.platform.as_deref() == Some(DIRECT) {
+                    self.not_opened(
+                        row,
+                        source,
+                        &format!("{what}, after {rounds} rounds; escalated"),
+                    )?;
+                }
+                Ok(())
             }
         }
     }
@@ -502,11 +550,10 @@ impl TownDO {
         &self,
         row: &PullRow,
         source: &Bead,
-        observed: &Observed,
+        observed: Option<&Observed>,
         reason: &FeedbackReason,
     ) -> Reply<()> {
         let sql = self.sql();
-        let url = row.url.as_deref().unwrap_or_default();
         let number = row.number.map_or(0, |n| n as u64);
         let round = row.rounds as u32 + 1;
         let metadata = serde_json::json!({
@@ -514,16 +561,26 @@ impl TownDO {
             "source_bead_id": source.id,
             "branch": row.branch,
             "round": round,
-            "head_sha": observed.head_sha,
+            "head_sha": observed.and_then(|o| o.head_sha.clone()),
         })
         .to_string();
+        let (title, label) = match reason {
+            FeedbackReason::Conflict { .. } => (
+                format!("Conflict merging {}: {}", row.branch, source.title),
+                CONFLICT_LABEL,
+            ),
+            _ => (
+                format!("Feedback on #{number}: {}", source.title),
+                FEEDBACK_LABEL,
+            ),
+        };
         let new = NewBead {
             bead_type: BeadType::Issue,
-            title: clipped(&format!("Feedback on #{number}: {}", source.title)),
-            body: refinery::feedback_body(reason, url, &row.branch, &source.body),
+            title: clipped(&title),
+            body: refinery::feedback_body(reason, row.url.as_deref(), &row.branch, &source.body),
             rig_id: source.rig_id.clone(),
             priority: source.priority,
-            labels: vec![FEEDBACK_LABEL.to_owned()],
+            labels: vec![label.to_owned()],
             metadata,
         };
         let id = self.insert_bead(&new, &source.created_by)?;
@@ -534,7 +591,7 @@ impl TownDO {
             &id,
             BeadEventKind::Created,
             &Actor::Town,
-            Some(&format!("round {round} for pull request #{number}")),
+            Some(&format!("round {round} for {}", row.bead_id)),
             now_ms,
         )?;
         let (review, check) = handled(reason);
@@ -557,11 +614,115 @@ impl TownDO {
     }
 }
 
+impl TownDO {
+    /// The refinery merges the branch itself, in the container (started if it is not running):
+    /// merged (or already in) closes the bead, a conflict is a conflict bead on the branch
+    /// (merged again once it is done), a branch the remote lacks fails the bead, and anything
+    /// else is tried again with backoff. Nothing happens while a conflict bead is pending.
+    async fn merge_direct(&self, town: &Town, row: &PullRow, source: &Bead) -> Reply<()> {
+        let sql = self.sql();
+        let settings = config::get(&self.env);
+        let now_ms = config::now_ms();
+        if let Some(feedback) = &row.feedback_bead_id {
+            if store::bead(&sql, feedback)?
+                .is_some_and(|b| matches!(b.status, BeadStatus::Open | BeadStatus::InProgress))
+            {
+                return store::pull_due_at(&sql, &row.bead_id, now_ms + settings.work.pr_poll_ms);
+            }
+        }
+        let rig = store::rig(&sql, &row.rig_id)?
+            .ok_or_else(|| ApiError::internal("a merged bead's rig is gone"))?;
+        let config = self.config(&town.id)?;
+        let body = MergeBody {
+            town_id: town.id.as_str().to_owned(),
+            rig_id: row.rig_id.clone(),
+            git_url: rig.git_url.clone(),
+            branch: row.branch.clone(),
+            base: row.base.clone(),
+            message: format!(
+                "Merge branch '{}' into {}\n\nBead {}: {}",
+                row.branch, row.base, source.id, source.title
+            ),
+            author_name: config
+                .git_author_name
+                .clone()
+                .unwrap_or_else(|| "Gastown Refinery".to_owned()),
+            author_email: config
+                .git_author_email
+                .clone()
+                .unwrap_or_else(|| "refinery@gastown.invalid".to_owned()),
+        };
+        let call = |body: MergeBody| async {
+            self.container(&town.id)?
+                .call(Merge {
+                    town_id: town.id.clone(),
+                    body,
+                })
+                .await
+        };
+        let mut merged = call(body.clone()).await?;
+        if merged == Merged::TownUnknown {
+            if let Err(e) = self.start_for_dispatch(town).await {
+                self.still_here()?;
+                return self.provider_failed(row, source, OpenError::Transient(e));
+            }
+            merged = call(body).await?;
+        }
+        self.still_here()?;
+        match merged {
+            Merged::Done { reply } => {
+                if reply.outcome == MergeOutcome::Conflict {
+                    store::event(
+                        &sql,
+                        &row.bead_id,
+                        BeadEventKind::Status,
+                        &Actor::Town,
+                        Some(&format!(
+                            "merging into {} conflicts in {}",
+                            row.base,
+                            reply.files.join(", ")
+                        )),
+                        now_ms,
+                    )?;
+                    store::pull_due_at(&sql, &row.bead_id, now_ms + settings.work.pr_poll_ms)?;
+                } else if let Some(sha) = &reply.sha {
+                    store::event(
+                        &sql,
+                        &row.bead_id,
+                        BeadEventKind::Status,
+                        &Actor::Town,
+                        Some(&format!("{} is now {sha}", row.base)),
+                        now_ms,
+                    )?;
+                }
+                let step = refinery::on_merge(
+                    reply.outcome,
+                    &row.base,
+                    &reply.files,
+                    row.rounds as u32,
+                    settings.work.pr_feedback_rounds,
+                );
+                self.apply_step(row, source, None, step)
+            }
+            Merged::Refused { error } => self.not_opened(row, source, &error),
+            Merged::Failed { error } => {
+                self.provider_failed(row, source, OpenError::Transient(error))
+            }
+            Merged::TownUnknown => self.provider_failed(
+                row,
+                source,
+                OpenError::Transient("the container did not know the town".into()),
+            ),
+        }
+    }
+}
+
 /// The keys a feedback reason answers.
 fn handled(reason: &FeedbackReason) -> (Option<&str>, Option<&str>) {
     match reason {
         FeedbackReason::Review { key, .. } => (Some(key.as_str()), None),
         FeedbackReason::Check { sha, .. } => (None, Some(sha.as_str())),
+        FeedbackReason::Conflict { .. } => (None, None),
     }
 }
 

@@ -1386,6 +1386,8 @@ pub struct PullRow {
     pub rig_id: String,
     pub branch: String,
     pub base: String,
+    /// `github`, `gitlab`, or `direct` for a direct merge; `None` until opened.
+    pub platform: Option<String>,
     pub number: Option<f64>,
     pub url: Option<String>,
     pub state: String,
@@ -1397,12 +1399,14 @@ pub struct PullRow {
     pub attempts: f64,
 }
 
-const PULL_COLUMNS: &str = "bead_id, source_bead_id, rig_id, branch, base, number, url, state, rounds, escalated, feedback_bead_id, handled_review, handled_check, attempts";
+const PULL_COLUMNS: &str = "bead_id, source_bead_id, rig_id, branch, base, platform, number, url, state, rounds, escalated, feedback_bead_id, handled_review, handled_check, attempts";
 
 /// The pull request the dashboard sees on a bead (its own, or its source's newest).
 const PULL_JSON: &str = "json_object('bead_id', bead_id, 'source_bead_id', source_bead_id, 'platform', platform, 'number', number, 'url', url, 'state', state, 'branch', branch, 'base', base, 'head_sha', head_sha, 'checks', checks, 'failing_check', failing_check, 'review_decision', review_decision, 'author', author, 'feedback_rounds', rounds, 'feedback_bead_id', feedback_bead_id, 'error', error, 'last_synced_at', CASE WHEN last_synced_at IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', last_synced_at / 1000.0, 'unixepoch') END)";
 
-/// A new pull request to open for `source`'s branch, due now.
+/// A new pull request to open for `source`'s branch (or, with `platform` `direct`, a branch to
+/// merge), due now.
+#[allow(clippy::too_many_arguments)]
 pub fn insert_pull(
     sql: &SqlStorage,
     bead: &str,
@@ -1410,17 +1414,19 @@ pub fn insert_pull(
     rig: &str,
     branch: &str,
     base: &str,
+    platform: Option<&str>,
     now_ms: u64,
 ) -> Reply<()> {
     exec(
         sql,
-        "INSERT INTO pull_requests (bead_id, source_bead_id, rig_id, branch, base, state, next_sync_at, created_at) VALUES (?, ?, ?, ?, ?, 'opening', ?, ?)",
+        "INSERT INTO pull_requests (bead_id, source_bead_id, rig_id, branch, base, platform, state, next_sync_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'opening', ?, ?)",
         vec![
             bead.into(),
             source.into(),
             rig.into(),
             branch.into(),
             base.into(),
+            platform.into(),
             int(now_ms),
             int(now_ms),
         ],
@@ -1625,4 +1631,25 @@ pub fn set_pr_url(sql: &SqlStorage, bead: &str, url: &str, now: &str) -> Reply<(
         "UPDATE beads SET metadata = json_set(metadata, '$.pr_url', ?), updated_at = ? WHERE id = ?",
         vec![url.into(), now.into(), bead.into()],
     )
+}
+
+/// The newest bead and how many have closed: a change across a refinery run means it made work
+/// (a feedback or conflict bead) or landed some (a merge may free a convoy's next bead).
+pub fn work_marker(sql: &SqlStorage) -> Reply<(u64, u64)> {
+    #[derive(Deserialize)]
+    struct Marker {
+        newest: Option<f64>,
+        closed: Option<f64>,
+    }
+    Ok(first::<Marker>(
+        sql,
+        "SELECT MAX(seq) AS newest, SUM(status = 'closed') AS closed FROM beads",
+        vec![],
+    )?
+    .map_or((0, 0), |m| {
+        (
+            m.newest.unwrap_or(0.0) as u64,
+            m.closed.unwrap_or(0.0) as u64,
+        )
+    }))
 }

@@ -41,7 +41,7 @@ function selfSigned(dir) {
  *   `service` is "git-upload-pack" (fetch) or "git-receive-pack" (push). `defaultBranch(owner, repo)`
  *   names the branch of a repository the host serves, or null for one it does not know (404).
  */
-export async function startGitHost({ authorize, defaultBranch }) {
+export async function startGitHost({ authorize, defaultBranch, port = 0 }) {
   const dir = mkdtempSync(join(tmpdir(), "gastown-git-host-"));
   const root = join(dir, "repos");
   mkdirSync(root);
@@ -140,7 +140,7 @@ export async function startGitHost({ authorize, defaultBranch }) {
   });
   await new Promise((resolve, reject) => {
     server.once("error", reject);
-    server.listen(0, "127.0.0.1", resolve);
+    server.listen(port, "127.0.0.1", resolve);
   });
   const url = `https://127.0.0.1:${server.address().port}`;
 

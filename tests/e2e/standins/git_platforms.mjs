@@ -316,12 +316,13 @@ function gitMerge(gitDir, { base, headSha, method = "merge", title, message }) {
 }
 
 /**
- * Starts the stand-in on a free loopback port.
+ * Starts the stand-in on loopback: `port` for the API and `gitPort` for the git host (0, the
+ * default: free ports).
  * @param {{ appId?: number|string, publicKeyPem?: string, gitlabClientId?: string, gitlabClientSecret?: string,
  *   githubClientId?: string, githubClientSecret?: string }} options  githubClient*: the App's OAuth
  *   client credentials, for the user-to-server flow (/login/oauth/access_token, DELETE grant).
  */
-export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, gitlabClientSecret, githubClientId, githubClientSecret } = {}) {
+export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, gitlabClientSecret, githubClientId, githubClientSecret, port = 0, gitPort = 0 } = {}) {
   const publicKey = publicKeyPem ? createPublicKey(publicKeyPem) : null;
   const numericAppId = Number.isFinite(Number(appId)) ? Number(appId) : 0;
   let base = ""; // set once listening
@@ -2476,6 +2477,7 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
     return !push || record.permissions.contents === "write" ? true : "forbidden";
   }
   const gitHost = await startGitHost({
+    port: gitPort,
     authorize: authorizeGit,
     defaultBranch: (owner, repo) => findRepo(owner, repo)?.repo.default_branch ?? null,
   });
@@ -2508,7 +2510,7 @@ export async function startGitPlatforms({ appId, publicKeyPem, gitlabClientId, g
   });
   await new Promise((resolve, reject) => {
     server.once("error", reject);
-    server.listen(0, "127.0.0.1", resolve);
+    server.listen(port, "127.0.0.1", resolve);
   });
   base = `http://127.0.0.1:${server.address().port}`;
 

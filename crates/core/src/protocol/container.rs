@@ -28,7 +28,29 @@ crate::do_protocol! {
         StopAgent(StopAgent) -> Ack => stop_agent;
         /// A further message to a running agent's session.
         MessageAgent(MessageAgent) -> AgentMessaged => message_agent;
+        /// The refinery's direct merge, in the running container.
+        Merge(Merge) -> Merged => merge;
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Merge {
+    pub town_id: TownId,
+    pub body: crate::control::MergeBody,
+}
+
+/// How a direct merge went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Merged {
+    /// The control server merged (or found nothing to merge, or a conflict).
+    Done { reply: crate::control::MergeReply },
+    /// The container holds no token or env for the town (or does not run): start it, retry.
+    TownUnknown,
+    /// The control server refused the merge for good (a 4xx: a branch the remote lacks).
+    Refused { error: String },
+    /// Unreachable, or it failed (a 5xx); tried again later.
+    Failed { error: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +238,23 @@ mod tests {
                 }
                 .into(),
                 r#"{"op":"destroy","town_id":"t1"}"#,
+            ),
+            (
+                Merge {
+                    town_id: TownId::parse("t1").unwrap(),
+                    body: crate::control::MergeBody {
+                        town_id: "t1".into(),
+                        rig_id: "r1".into(),
+                        git_url: "https://git.example/o/r.git".into(),
+                        branch: "gastown/p/1".into(),
+                        base: "main".into(),
+                        message: "Merge".into(),
+                        author_name: "A".into(),
+                        author_email: "a@example.com".into(),
+                    },
+                }
+                .into(),
+                r#"{"op":"merge","town_id":"t1","body":{"townId":"t1","rig_id":"r1","git_url":"https://git.example/o/r.git","branch":"gastown/p/1","base":"main","message":"Merge","author_name":"A","author_email":"a@example.com"}}"#,
             ),
             (
                 StopAgent {
