@@ -225,15 +225,7 @@ pub async fn find_open(
                     http::encode(base)
                 ),
             );
-            let answer = call(
-                target,
-                Method::Get,
-                &url,
-                Body::None,
-                "listing pull requests",
-            )
-            .await?;
-            let pulls: Vec<GithubPull> = parsed(&answer, &[200], "listing pull requests")?;
+            let pulls: Vec<GithubPull> = get(target, &url, "listing pull requests").await?;
             Ok(pulls.first().map(GithubPull::opened))
         }
         Platform::Gitlab => {
@@ -246,15 +238,7 @@ pub async fn find_open(
                     http::encode(base)
                 ),
             );
-            let answer = call(
-                target,
-                Method::Get,
-                &url,
-                Body::None,
-                "listing merge requests",
-            )
-            .await?;
-            let mrs: Vec<GitlabMr> = parsed(&answer, &[200], "listing merge requests")?;
+            let mrs: Vec<GitlabMr> = get(target, &url, "listing merge requests").await?;
             Ok(mrs.first().map(GitlabMr::opened))
         }
     }
@@ -366,6 +350,7 @@ struct GitlabReviewer {
 
 #[derive(Deserialize)]
 struct GitlabNote {
+    id: u64,
     body: String,
     author: GitlabUser,
     #[serde(default)]
@@ -457,9 +442,26 @@ async fn read_github(
         })
         .collect();
     observed.review_decision = refinery::review_decision(&verdicts);
+    // The newest request for changes of a reviewer who still stands by it (not since approved,
+    // nor dismissed).
+    let standing = |r: &&GithubReview| {
+        let login = r.user.as_ref().map(|u| u.login.as_str());
+        reviews
+            .iter()
+            .filter(|x| x.user.as_ref().map(|u| u.login.as_str()) == login)
+            .filter(|x| {
+                matches!(
+                    x.state.as_str(),
+                    "APPROVED" | "CHANGES_REQUESTED" | "DISMISSED"
+                )
+            })
+            .max_by_key(|x| x.id)
+            .is_some_and(|x| x.id == r.id)
+    };
     if let Some(latest) = reviews
         .iter()
         .filter(|r| r.state == "CHANGES_REQUESTED")
+        .filter(standing)
         .max_by_key(|r| r.id)
     {
         let comments: Vec<GithubComment> = get(
@@ -600,19 +602,22 @@ async fn read_gitlab(
         )
         .await?;
         let mut text = format!("{} requested changes.", asking.join(", "));
-        for note in notes
+        let theirs: Vec<&GitlabNote> = notes
             .iter()
             .filter(|n| !n.system && asking.contains(&n.author.username.as_str()))
-        {
+            .collect();
+        for note in &theirs {
             text.push_str(&format!(
                 "\n- {}: {}",
                 note.author.username,
                 note.body.trim()
             ));
         }
-        // GitLab keeps no review ids: a request is new on each head commit.
+        // GitLab keeps no review ids: a request is new with each new note of a reviewer who
+        // asks for changes (a push alone, as a feedback round's, is not a new request).
+        let newest = theirs.iter().map(|n| n.id).max().unwrap_or(0);
         observed.change_request = Some(ChangeRequest {
-            key: format!("sha:{}", mr.sha.as_deref().unwrap_or_default()),
+            key: format!("note:{newest}"),
             text: clip(text),
         });
     }

@@ -50,7 +50,12 @@ export default function refinery(ctx) {
       return res.body;
     };
     const hook = (event, payload, secret) => githubWebhook(world.worker.url, event, payload, secret);
-    return { world, call, as, bead, beads, town, reach, sling, hook };
+    /** The branch the bead in progress was dispatched on: the only one the refinery takes. */
+    const assigned = async (user, townId, working) => {
+      const agent = (await as(user, "GET", `/api/towns/${townId}/agents`)).body.find((a) => a.id === working.assignee_agent_id);
+      return `gastown/${agent.name}/${working.id.slice(0, 8)}`;
+    };
+    return { world, call, as, bead, beads, town, reach, sling, hook, assigned };
   }
 
   describe("refinery: pull requests on GitHub", () => {
@@ -135,6 +140,22 @@ export default function refinery(ctx) {
       assert.equal(review.pull_request.author, ghLogin);
     });
 
+    it("closing the merge request bead by hand abandons the review: the bead fails, the pull request is no longer followed", async () => {
+      const t = await w.town("prabandon");
+      const slung = await w.sling(t, "Abandon me");
+      const info = (await w.reach(t, slung.id, "in_review", "open")).pull_request;
+      const closed = await w.as(t.user, "PATCH", `/api/towns/${t.town.id}/beads/${info.bead_id}`, { status: "closed" });
+      assert.equal(closed.status, 200, closed.text);
+      const source = await w.bead(t.user, t.town.id, slung.id);
+      assert.equal(source.status, "failed");
+      assert.match(source.failure_reason, /merge request was closed by hand/);
+      assert.equal(source.pull_request.state, "detached");
+      const reads = p().calls("github.pulls.get");
+      assert.equal((await w.hook("pull_request", p().mergePull(t.login, "app", info.number))).status, 200);
+      assert.equal(p().calls("github.pulls.get"), reads, "a detached pull request is not read");
+      assert.equal((await w.bead(t.user, t.town.id, slung.id)).status, "failed");
+    });
+
     it("closed without merging: the bead fails with the reason; a reopen opens a new pull request", async () => {
       const t = await w.town("prclose");
       const slung = await w.sling(t, "Try something");
@@ -183,6 +204,9 @@ export default function refinery(ctx) {
       // A polecat works it on the same branch; the pull request gets the commit.
       const done = await w.reach(t, feedback.id, "closed");
       assert.ok(done.events.some((e) => e.kind === "done"));
+      // The review delivered again once its round is over: answered already, no second round.
+      assert.equal((await w.hook("pull_request_review", review)).status, 200);
+      assert.equal((await w.beads(t.user, t.town.id)).filter((b) => b.labels.includes("gt:pr-feedback")).length, 1);
       const pr = p().pulls(t.login, "app");
       assert.equal(pr.length, 1, "no second pull request");
       assert.notEqual(pr[0].head_sha, headBefore, "the branch moved");
@@ -247,38 +271,44 @@ export default function refinery(ctx) {
           return b.status === "in_progress" ? b : not(b.status);
         });
         const path = `/api/towns/${t.town.id}/rigs/${t.rig.id}/agents/${working.assignee_agent_id}`;
-        return { slung, done: (body) => w.call("POST", `${path}/done`, { token: ct, body }) };
+        const branch = await w.assigned(t.user, t.town.id, working);
+        return { slung, branch, done: (body) => w.call("POST", `${path}/done`, { token: ct, body }) };
       };
       const missing = await speakFor("Nothing pushed");
-      assert.equal((await missing.done({ summary: "done", branch: "gastown/never-pushed" })).status, 200);
+      // Only the branch the bead was dispatched on goes to review.
+      const other = await missing.done({ summary: "done", branch: "someone/elses-branch" });
+      assert.equal(other.status, 422, other.text);
+      assert.equal(other.body.error.field, "branch");
+      assert.equal((await w.bead(t.user, t.town.id, missing.slung.id)).status, "in_progress", "nothing written");
+      assert.equal((await missing.done({ summary: "done", branch: missing.branch })).status, 200);
       const failed = await w.reach(t, missing.slung.id, "failed");
-      assert.match(failed.failure_reason, /no pull request: the branch gastown\/never-pushed is not on the repository/);
+      assert.ok(failed.failure_reason.includes(`no pull request: the branch ${missing.branch} is not on the repository`), failed.failure_reason);
       assert.equal(failed.pull_request.state, "failed");
 
       // Someone already opened a PR for the branch: it is adopted, not duplicated.
       const tokenRes = await w.call("POST", `/api/towns/${t.town.id}/rigs/${t.rig.id}/git-token`, { token: ct });
       assert.equal(tokenRes.status, 200, tokenRes.text);
+      const adopt = await speakFor("Adopt it");
       const bare = p().gitRepoPath(t.login, "app");
-      git("--git-dir", bare, "branch", "-f", "gastown/by-hand", "main");
+      git("--git-dir", bare, "branch", "-f", adopt.branch, "main");
       const work = execFileSync("mktemp", ["-d"], { encoding: "utf8" }).trim();
       git("clone", "--quiet", bare, work);
-      git("-C", work, "checkout", "--quiet", "gastown/by-hand");
+      git("-C", work, "checkout", "--quiet", adopt.branch);
       execFileSync("sh", ["-c", `echo hi > "${work}/hand.txt"`]);
       git("-C", work, "add", "hand.txt");
       git("-C", work, "-c", "user.name=H", "-c", "user.email=h@example.com", "commit", "--quiet", "-m", "by hand");
-      git("-C", work, "push", "--quiet", "origin", "gastown/by-hand");
+      git("-C", work, "push", "--quiet", "origin", adopt.branch);
       const opened = await fetch(`${p().url}/repos/${t.login}/app/pulls`, {
         method: "POST",
         headers: { authorization: `Bearer ${tokenRes.body.token}`, "content-type": "application/json" },
-        body: JSON.stringify({ title: "By hand", head: "gastown/by-hand", base: "main" }),
+        body: JSON.stringify({ title: "By hand", head: adopt.branch, base: "main" }),
       });
       assert.equal(opened.status, 201, await opened.text());
-      const existing = p().pulls(t.login, "app").find((x) => x.head === "gastown/by-hand");
-      const adopt = await speakFor("Adopt it");
-      assert.equal((await adopt.done({ summary: "done", branch: "gastown/by-hand" })).status, 200);
+      const existing = p().pulls(t.login, "app").find((x) => x.head === adopt.branch);
+      assert.equal((await adopt.done({ summary: "done", branch: adopt.branch })).status, 200);
       const adopted = await w.reach(t, adopt.slung.id, "in_review", "open");
       assert.equal(adopted.pull_request.number, existing.number);
-      assert.equal(p().pulls(t.login, "app").filter((x) => x.head === "gastown/by-hand").length, 1);
+      assert.equal(p().pulls(t.login, "app").filter((x) => x.head === adopt.branch).length, 1);
     });
   });
 
@@ -345,13 +375,14 @@ export default function refinery(ctx) {
         return b.status === "in_progress" ? b : not(b.status);
       });
       const projectId = project; // the controls take the path too
-      p().pushGitlabBranch(projectId, "gastown/gl-work");
-      const done = await w.call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${working.assignee_agent_id}/done`, { token: ct, body: { summary: "tuned", branch: "gastown/gl-work" } });
+      const branch = await w.assigned(user, town.id, working);
+      p().pushGitlabBranch(projectId, branch);
+      const done = await w.call("POST", `/api/towns/${town.id}/rigs/${rig.id}/agents/${working.assignee_agent_id}/done`, { token: ct, body: { summary: "tuned", branch } });
       assert.equal(done.status, 200, done.text);
       const t = { user, town };
       const review = await w.reach(t, slung.id, "in_review", "open");
       const [mr] = p().gitlabMergeRequests(projectId);
-      assert.deepEqual([mr.state, mr.source_branch, mr.target_branch, mr.title, mr.author.username], ["opened", "gastown/gl-work", "main", "Tune the service", glUser.username]);
+      assert.deepEqual([mr.state, mr.source_branch, mr.target_branch, mr.title, mr.author.username], ["opened", branch, "main", "Tune the service", glUser.username]);
       assert.deepEqual([review.pull_request.platform, review.pull_request.number, review.pull_request.url], ["gitlab", mr.iid, mr.web_url]);
       const send = (token, payload) =>
         fetch(`${w.world.worker.url}/api/webhooks/gitlab`, {
@@ -366,7 +397,7 @@ export default function refinery(ctx) {
       const feedback = (await w.beads(user, town.id)).find((b) => b.labels.includes("gt:pr-feedback"));
       assert.ok(feedback, "a feedback bead");
       assert.match(feedback.body, /bob: Rename the flag\./);
-      assert.equal(feedback.metadata.branch, "gastown/gl-work");
+      assert.equal(feedback.metadata.branch, branch);
       assert.equal((await w.as(user, "GET", `/api/towns/${town.id}/beads/${slung.id}`)).body.pull_request.review_decision, "changes_requested");
       const payload = JSON.stringify(p().mergeGitlabMergeRequest(projectId, mr.iid));
       assert.equal((await send("wrong", payload)).status, 401);
@@ -412,22 +443,13 @@ export default function refinery(ctx) {
     it("a conflicting branch becomes a conflict bead on the branch; past the rounds a human is asked and the bead fails", async () => {
       const t = await w.town("conflict", "direct");
       const bare = p().gitRepoPath(t.login, "app");
-      // main and the branch change the same line.
-      const work = execFileSync("mktemp", ["-d"], { encoding: "utf8" }).trim();
+            const work = execFileSync("mktemp", ["-d"], { encoding: "utf8" }).trim();
       git("clone", "--quiet", bare, work);
       const commit = (file, text, message) => {
         execFileSync("sh", ["-c", `printf '%s\\n' "${text}" > "${work}/${file}"`]);
         git("-C", work, "add", file);
         git("-C", work, "-c", "user.name=H", "-c", "user.email=h@example.com", "commit", "--quiet", "-m", message);
       };
-      git("-C", work, "checkout", "--quiet", "-b", "gastown/conflicting");
-      commit("shared.txt", "from the branch", "branch side");
-      git("-C", work, "push", "--quiet", "origin", "gastown/conflicting");
-      git("-C", work, "checkout", "--quiet", "main");
-      commit("shared.txt", "from main", "main side");
-      git("-C", work, "push", "--quiet", "origin", "main");
-      const mainBefore = git("--git-dir", bare, "rev-parse", "main");
-
       const container = await w.as(t.user, "POST", `/api/towns/${t.town.id}/container/start`);
       assert.equal(container.status, 200, container.text);
       const ct = (await w.world.control.town(t.town.id)).body.token;
@@ -436,16 +458,25 @@ export default function refinery(ctx) {
         const b = await w.bead(t.user, t.town.id, slung.id);
         return b.status === "in_progress" ? b : not(b.status);
       });
+      // Its (hanging) agent's branch, written here: it and main change the same line.
+      const branch = await w.assigned(t.user, t.town.id, working);
+      git("-C", work, "checkout", "--quiet", "-b", branch);
+      commit("shared.txt", "from the branch", "branch side");
+      git("-C", work, "push", "--quiet", "origin", branch);
+      git("-C", work, "checkout", "--quiet", "main");
+      commit("shared.txt", "from main", "main side");
+      git("-C", work, "push", "--quiet", "origin", "main");
+      const mainBefore = git("--git-dir", bare, "rev-parse", "main");
       // The conflict bead quotes the bead's body: the hang directive goes (its agent already runs).
       const edited = await w.as(t.user, "PATCH", `/api/towns/${t.town.id}/beads/${slung.id}`, { body: "Change shared.txt." });
       assert.equal(edited.status, 200, edited.text);
-      const done = await w.call("POST", `/api/towns/${t.town.id}/rigs/${t.rig.id}/agents/${working.assignee_agent_id}/done`, { token: ct, body: { summary: "done", branch: "gastown/conflicting" } });
+      const done = await w.call("POST", `/api/towns/${t.town.id}/rigs/${t.rig.id}/agents/${working.assignee_agent_id}/done`, { token: ct, body: { summary: "done", branch } });
       assert.equal(done.status, 200, done.text);
       const conflict = await until("a conflict bead", async () => {
         const list = await w.beads(t.user, t.town.id);
         return list.find((b) => b.labels.includes("gt:conflict")) ?? not(list.map((b) => [b.title, b.status]));
       });
-      assert.deepEqual([conflict.type, conflict.metadata.branch, conflict.metadata.source_bead_id], ["issue", "gastown/conflicting", slung.id]);
+      assert.deepEqual([conflict.type, conflict.metadata.branch, conflict.metadata.source_bead_id], ["issue", branch, slung.id]);
       assert.match(conflict.body, /conflicts in: shared\.txt/);
       assert.equal(git("--git-dir", bare, "rev-parse", "main"), mainBefore, "nothing pushed");
       // A polecat works the conflict bead on the branch (the demo agent does not resolve it):
@@ -461,7 +492,7 @@ export default function refinery(ctx) {
       assert.ok(escalation?.labels.includes("gt:pr-feedback-limit"), JSON.stringify(list.map((b) => [b.type, b.labels])));
       const worked = list.find((b) => b.id === conflict.id);
       assert.equal(worked.status, "closed");
-      assert.ok(git("--git-dir", bare, "log", "--format=%s", "gastown/conflicting").includes("Conflict merging"), "the conflict bead's commit is on the branch");
+      assert.ok(git("--git-dir", bare, "log", "--format=%s", branch).includes("Conflict merging"), "the conflict bead's commit is on the branch");
       assert.equal(git("--git-dir", bare, "rev-parse", "main"), mainBefore, "still nothing pushed to main");
     });
   });

@@ -184,6 +184,30 @@ impl TownDO {
             None => {}
         }
         if change.is_some() {
+            // A merge request bead closed by hand abandons the review: its source bead, still
+            // waiting in review, fails (reopenable) instead of waiting forever.
+            if current.bead_type == BeadType::MergeRequest {
+                let waiting = store::pull(&sql, id)?
+                    .filter(|r| r.state == "opening" || r.state == "open")
+                    .map(|r| r.source_bead_id);
+                if let Some(source) = waiting {
+                    if store::bead(&sql, &source)?.is_some_and(|b| b.status == BeadStatus::InReview)
+                    {
+                        let line =
+                            "its merge request was closed by hand; reopen the bead to try again";
+                        store::fail_bead(&sql, &source, line, &now)?;
+                        store::event(
+                            &sql,
+                            &source,
+                            BeadEventKind::Failed,
+                            &actor,
+                            Some(line),
+                            now_ms,
+                        )?;
+                        store::settle_convoy_of(&sql, &source, now_ms)?;
+                    }
+                }
+            }
             store::detach_pulls_of(&sql, id, now_ms)?;
         }
         if let Some(agent) = &stop_agent {

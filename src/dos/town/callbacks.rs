@@ -12,6 +12,7 @@ use gastown_core::error::ApiError;
 use gastown_core::ids::{AgentId, RigId};
 use gastown_core::model::{Agent, AgentStatus};
 use gastown_core::time::rfc3339;
+use gastown_core::town_config::MergeStrategy;
 use gastown_core::transitions::{self, check_callback_text};
 
 type Reply<T> = Result<T, ApiError>;
@@ -83,11 +84,34 @@ impl TownDO {
         // A feedback bead's work continues its pull request's branch: it closes, and the pull
         // request is read again. Any other finished branch may go to review.
         let feedback_of = store::pull_of_feedback(&sql, bead_id)?;
-        let finished = if feedback_of.is_some() {
+        let mut finished = if feedback_of.is_some() {
             transitions::on_done(None, false, false)
         } else {
             transitions::on_done(strategy, done.pr_url.is_some(), done.branch.is_some())
         };
+        // A pull request the agent opened itself on a rig with no integration cannot be
+        // followed: it stays in review as reported.
+        if finished.refine && done.pr_url.is_some() && strategy == Some(MergeStrategy::PullRequest)
+        {
+            let integrated = match &current.rig_id {
+                Some(rig) => store::rig(&sql, rig.as_str())?
+                    .is_some_and(|r| r.platform_integration_id.is_some()),
+                None => false,
+            };
+            finished.refine = integrated;
+        }
+        // The refinery takes only the branch the bead was dispatched on: an agent steered into
+        // naming another (someone's unreviewed branch) gets it neither merged nor adopted.
+        if finished.refine {
+            let assigned = store::work_branch_of(&sql, bead_id)?
+                .unwrap_or_else(|| transitions::work_branch(&agent.name, bead_id));
+            if done.branch.as_deref() != Some(assigned.as_str()) {
+                return Err(ApiError::invalid(
+                    "branch",
+                    format!("must be the branch this bead was dispatched on: {assigned}"),
+                ));
+            }
+        }
         let now_ms = config::now_ms();
         let now = rfc3339(now_ms);
         store::finish_bead(&sql, bead_id, finished.status, finished.closes, done, &now)?;

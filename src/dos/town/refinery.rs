@@ -103,7 +103,31 @@ impl TownDO {
 
     /// A feedback bead's `done`: its pull request is read again at once (the new commits).
     pub(super) fn feedback_done(&self, pull: &PullRow) -> Reply<()> {
+        if !parse_state(&pull.state).is_some_and(PrState::followed) {
+            return Ok(());
+        }
         store::pull_due_at(&self.sql(), &pull.bead_id, config::now_ms())
+    }
+
+    /// A pull request no longer followed: its feedback bead, if nobody has started it, is moot.
+    fn drop_feedback(&self, row: &PullRow, line: &str) -> Reply<()> {
+        let Some(feedback) = &row.feedback_bead_id else {
+            return Ok(());
+        };
+        let sql = self.sql();
+        if store::bead(&sql, feedback)?.is_some_and(|b| b.status == BeadStatus::Open) {
+            let now_ms = config::now_ms();
+            store::close_bead(&sql, feedback, &rfc3339(now_ms))?;
+            store::event(
+                &sql,
+                feedback,
+                BeadEventKind::Closed,
+                &Actor::Town,
+                Some(line),
+                now_ms,
+            )?;
+        }
+        Ok(())
     }
 
     /// One run of the refinery: opens and reads what is due, then sets the alarm for the next
@@ -111,10 +135,14 @@ impl TownDO {
     pub(super) async fn refine(&self, town: &Town) -> Reply<()> {
         let before = store::work_marker(&self.sql())?;
         let due = store::due_pulls(&self.sql(), config::now_ms(), PER_RUN)?;
+        let poll = config::get(&self.env).work.pr_poll_ms;
         for row in due {
             self.still_here()?;
             if let Err(e) = self.refine_one(town, &row).await {
                 console_error!("town {}: refinery, {}: {e}", town.id, row.bead_id);
+                // Whatever failed, the row waits a poll interval: never an alarm loop.
+                self.still_here()?;
+                store::pull_due_at(&self.sql(), &row.bead_id, config::now_ms() + poll)?;
             }
         }
         self.after_refining(before).await
@@ -176,9 +204,12 @@ impl TownDO {
             .is_none_or(|b| b.status != BeadStatus::InReview)
         {
             store::pull_ended(&sql, &row.bead_id, PrState::Detached.as_str(), None, now_ms)?;
-            return Ok(());
+            return self.drop_feedback(row, "its bead was closed or reopened by hand");
         }
         let source = source.ok_or_else(|| ApiError::internal("source bead vanished"))?;
+        if !store::rig_exists(&sql, &row.rig_id)? {
+            return self.not_opened(row, &source, "the bead's rig was removed");
+        }
         if row.platform.as_deref() == Some(DIRECT) {
             return self.merge_direct(town, row, &source).await;
         }
@@ -187,9 +218,7 @@ impl TownDO {
             Err(OpenError::Refused(reason)) if row.state == "opening" => {
                 return self.not_opened(row, &source, &reason);
             }
-            Err(OpenError::Refused(reason) | OpenError::Transient(reason)) => {
-                return self.provider_failed(row, &source, OpenError::Transient(reason));
-            }
+            Err(error) => return self.provider_failed(row, &source, error),
         };
         self.still_here()?;
         if row.state == "opening" {
@@ -343,13 +372,15 @@ impl TownDO {
         pulls::index(&self.env, &entry, now_ms).await
     }
 
-    /// The pull request cannot be opened: the source bead and its merge request fail with the
-    /// reason (a reopen of the source bead tries again).
+    /// The pull request cannot be opened (or the branch merged): the source bead and its merge
+    /// request fail with the reason (a reopen of the source bead tries again).
     fn not_opened(&self, row: &PullRow, source: &Bead, reason: &str) -> Reply<()> {
         let sql = self.sql();
         let now_ms = config::now_ms();
-        let now = rfc3339(now_ms);
-        let line = format!("no pull request: {reason}");
+        let line = match row.platform.as_deref() {
+            Some(DIRECT) => format!("not merged: {reason}"),
+            _ => format!("no pull request: {reason}"),
+        };
         store::pull_ended(
             &sql,
             &row.bead_id,
@@ -357,14 +388,22 @@ impl TownDO {
             Some(reason),
             now_ms,
         )?;
+        self.fail_both(row, source, &line)
+    }
+
+    /// The source bead and its merge request fail with `line` (reopenable); the convoy follows.
+    fn fail_both(&self, row: &PullRow, source: &Bead, line: &str) -> Reply<()> {
+        let sql = self.sql();
+        let now_ms = config::now_ms();
+        let now = rfc3339(now_ms);
         for bead in [&row.bead_id, &source.id] {
-            store::fail_bead(&sql, bead, &line, &now)?;
+            store::fail_bead(&sql, bead, line, &now)?;
             store::event(
                 &sql,
                 bead,
                 BeadEventKind::Failed,
                 &Actor::Town,
-                Some(&line),
+                Some(line),
                 now_ms,
             )?;
         }
@@ -374,30 +413,53 @@ impl TownDO {
     /// The provider failed: an opening is tried again with backoff, then given up; a followed
     /// pull request is read again at the next poll.
     fn provider_failed(&self, row: &PullRow, source: &Bead, error: OpenError) -> Reply<()> {
-        let reason = match error {
-            OpenError::Refused(r) | OpenError::Transient(r) => r,
+        let (reason, refused) = match error {
+            OpenError::Refused(r) => (r, true),
+            OpenError::Transient(r) => (r, false),
         };
         let settings = config::get(&self.env);
         let now_ms = config::now_ms();
         let attempts = (row.attempts as u32).saturating_add(1);
-        if row.state == "opening" {
+        if row.state == "open" {
+            // An open pull request the provider refuses to show (gone, or the integration
+            // lost) ends after MAX_OPEN_ATTEMPTS refusals in a row; an outage is only waited out.
+            let attempts = if refused {
+                attempts
+            } else {
+                row.attempts as u32
+            };
             if attempts >= MAX_OPEN_ATTEMPTS {
-                return self.not_opened(
+                store::pull_ended(
+                    &self.sql(),
+                    &row.bead_id,
+                    PrState::Failed.as_str(),
+                    Some(&reason),
+                    now_ms,
+                )?;
+                return self.fail_both(
                     row,
                     source,
-                    &format!("the provider failed {attempts} times, last: {reason}"),
+                    &format!("its pull request could not be read {attempts} times in a row, last: {reason}"),
                 );
             }
-            let next = now_ms + refinery::open_retry_ms(attempts, settings.work.pr_poll_ms);
-            return store::pull_retry(&self.sql(), &row.bead_id, attempts, &reason, next);
+            return store::pull_retry(
+                &self.sql(),
+                &row.bead_id,
+                attempts,
+                &reason,
+                now_ms + settings.work.pr_poll_ms,
+            );
         }
-        store::pull_retry(
-            &self.sql(),
-            &row.bead_id,
-            attempts,
-            &reason,
-            now_ms + settings.work.pr_poll_ms,
-        )
+        // Opening (or merging): tried again with backoff, then given up.
+        if attempts >= MAX_OPEN_ATTEMPTS {
+            return self.not_opened(
+                row,
+                source,
+                &format!("the provider failed {attempts} times, last: {reason}"),
+            );
+        }
+        let next = now_ms + refinery::open_retry_ms(attempts, settings.work.pr_poll_ms);
+        store::pull_retry(&self.sql(), &row.bead_id, attempts, &reason, next)
     }
 
     async fn read_pull(&self, row: &PullRow, source: &Bead, reach: &Reach) -> Reply<()> {
@@ -477,19 +539,7 @@ impl TownDO {
                     )?;
                 }
                 // Feedback nobody has started is moot once the code landed.
-                if let Some(feedback) = &row.feedback_bead_id {
-                    if store::bead(&sql, feedback)?.is_some_and(|b| b.status == BeadStatus::Open) {
-                        store::close_bead(&sql, feedback, &now)?;
-                        store::event(
-                            &sql,
-                            feedback,
-                            BeadEventKind::Closed,
-                            &Actor::Town,
-                            Some(&line),
-                            now_ms,
-                        )?;
-                    }
-                }
+                self.drop_feedback(row, &line)?;
                 store::settle_convoy_of(&sql, &source.id, now_ms)
             }
             Step::Closed => {
@@ -497,18 +547,8 @@ impl TownDO {
                     "its pull request #{number} was closed without merging; reopen the bead to try again"
                 );
                 store::pull_ended(&sql, &row.bead_id, PrState::Closed.as_str(), None, now_ms)?;
-                for bead in [&row.bead_id, &source.id] {
-                    store::fail_bead(&sql, bead, &line, &now)?;
-                    store::event(
-                        &sql,
-                        bead,
-                        BeadEventKind::Failed,
-                        &Actor::Town,
-                        Some(&line),
-                        now_ms,
-                    )?;
-                }
-                store::settle_convoy_of(&sql, &source.id, now_ms)
+                self.drop_feedback(row, &line)?;
+                self.fail_both(row, source, &line)
             }
             Step::Feedback(reason) => self.feedback(row, source, observed, &reason),
             Step::Escalate(reason) => {
@@ -669,6 +709,14 @@ impl TownDO {
             merged = call(body).await?;
         }
         self.still_here()?;
+        // The bead may have been closed, reopened or deleted by hand meanwhile.
+        let current = store::pull(&sql, &row.bead_id)?;
+        let source_now = store::bead(&sql, &source.id)?;
+        if current.is_none_or(|r| r.state != "opening")
+            || source_now.is_none_or(|b| b.status != BeadStatus::InReview)
+        {
+            return Ok(());
+        }
         match merged {
             Merged::Done { reply } => {
                 if reply.outcome == MergeOutcome::Conflict {

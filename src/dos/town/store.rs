@@ -1441,11 +1441,12 @@ pub fn pull(sql: &SqlStorage, bead: &str) -> Reply<Option<PullRow>> {
     )
 }
 
-/// The followed pull request whose feedback bead `bead` is.
+/// The pull request whose feedback (or conflict) bead `bead` is, followed or not: such a bead's
+/// work is never a review of its own.
 pub fn pull_of_feedback(sql: &SqlStorage, bead: &str) -> Reply<Option<PullRow>> {
     first(
         sql,
-        &format!("SELECT {PULL_COLUMNS} FROM pull_requests WHERE feedback_bead_id = ? AND state IN ('opening', 'open')"),
+        &format!("SELECT {PULL_COLUMNS} FROM pull_requests WHERE feedback_bead_id = ? ORDER BY created_at DESC LIMIT 1"),
         vec![bead.into()],
     )
 }
@@ -1652,4 +1653,18 @@ pub fn work_marker(sql: &SqlStorage) -> Reply<(u64, u64)> {
             m.closed.unwrap_or(0.0) as u64,
         )
     }))
+}
+
+/// The branch the town chose for a bead's work, if it chose one.
+pub fn work_branch_of(sql: &SqlStorage, bead: &str) -> Reply<Option<String>> {
+    #[derive(Deserialize)]
+    struct Branch {
+        work_branch: Option<String>,
+    }
+    Ok(first::<Branch>(
+        sql,
+        "SELECT work_branch FROM beads WHERE id = ?",
+        vec![bead.into()],
+    )?
+    .and_then(|b| b.work_branch))
 }
