@@ -9,7 +9,7 @@ use crate::config::Platforms;
 use crate::d1::{all, n, opt, run, s};
 use gastown_core::error::ApiError;
 use gastown_core::integrations::Platform;
-use gastown_core::refinery::{self, ChangeRequest, CheckRun, Checks, Observed, Remote, Verdict};
+use gastown_core::refinery::{self, ChangeRequest, CheckRun, Observed, Remote, Verdict};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{Env, Method};
@@ -409,14 +409,7 @@ async fn read_github(
     } else {
         Remote::Open
     };
-    let mut observed = Observed {
-        remote,
-        head_sha: pull.head.sha.clone(),
-        checks: Checks::None,
-        failing_check: None,
-        review_decision: None,
-        change_request: None,
-    };
+    let mut observed = Observed::new(remote, pull.head.sha.clone());
     if remote != Remote::Open {
         return Ok(observed);
     }
@@ -534,14 +527,7 @@ async fn read_gitlab(
         "closed" => Remote::Closed,
         _ => Remote::Open,
     };
-    let mut observed = Observed {
-        remote,
-        head_sha: mr.sha.clone(),
-        checks: Checks::None,
-        failing_check: None,
-        review_decision: None,
-        change_request: None,
-    };
+    let mut observed = Observed::new(remote, mr.sha.clone());
     if remote != Remote::Open {
         return Ok(observed);
     }

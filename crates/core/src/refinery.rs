@@ -216,6 +216,22 @@ pub struct Observed {
     pub change_request: Option<ChangeRequest>,
 }
 
+impl Observed {
+    /// The state and head alone: what a closed or merged pull request needs, and where an open
+    /// one's read starts.
+    #[must_use]
+    pub fn new(remote: Remote, head_sha: Option<String>) -> Self {
+        Observed {
+            remote,
+            head_sha,
+            checks: Checks::None,
+            failing_check: None,
+            review_decision: None,
+            change_request: None,
+        }
+    }
+}
+
 /// What the town already did for a followed pull request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Followed {

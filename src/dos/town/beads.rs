@@ -45,6 +45,26 @@ impl TownDO {
         store::beads_page(&self.sql(), filter, page)
     }
 
+    /// A bead the town makes (in the name of `created_by`: a user, or `town`), with its `created`
+    /// event by the town saying `why`.
+    pub(super) fn insert_town_bead(
+        &self,
+        new: &NewBead,
+        created_by: &str,
+        why: &str,
+    ) -> Reply<String> {
+        let id = self.insert_bead(new, created_by)?;
+        store::event(
+            &self.sql(),
+            &id,
+            BeadEventKind::Created,
+            &Actor::Town,
+            Some(why),
+            config::now_ms(),
+        )?;
+        Ok(id)
+    }
+
     /// A new bead by `created_by` (a user's id, or `town`), with its `created` event.
     pub(super) fn insert_bead(&self, new: &NewBead, created_by: &str) -> Reply<String> {
         let id = config::new_id()?;

@@ -208,17 +208,9 @@ impl TownDO {
             labels: vec![label.to_owned()],
             metadata,
         };
-        let id = self.insert_bead(&new, "town")?;
+        let id = self.insert_town_bead(&new, "town", &format!("for bead {}", about.id))?;
         let sql = self.sql();
         let now = config::now_ms();
-        store::event(
-            &sql,
-            &id,
-            BeadEventKind::Created,
-            &Actor::Town,
-            Some(&format!("for bead {}", about.id)),
-            now,
-        )?;
         store::event(
             &sql,
             &about.id,

@@ -79,16 +79,12 @@ impl TownDO {
             labels: Vec::new(),
             metadata,
         };
-        let id = self.insert_bead(&new, &source.created_by)?;
-        let now_ms = config::now_ms();
-        store::event(
-            &sql,
-            &id,
-            BeadEventKind::Created,
-            &Actor::Town,
-            Some(&format!("for bead {} on branch {branch}", source.id)),
-            now_ms,
+        let id = self.insert_town_bead(
+            &new,
+            &source.created_by,
+            &format!("for bead {} on branch {branch}", source.id),
         )?;
+        let now_ms = config::now_ms();
         store::insert_pull(
             &sql,
             &id,
@@ -623,17 +619,13 @@ impl TownDO {
             labels: vec![label.to_owned()],
             metadata,
         };
-        let id = self.insert_bead(&new, &source.created_by)?;
+        let id = self.insert_town_bead(
+            &new,
+            &source.created_by,
+            &format!("round {round} for {}", row.bead_id),
+        )?;
         store::set_work_branch(&sql, &id, &row.branch)?;
         let now_ms = config::now_ms();
-        store::event(
-            &sql,
-            &id,
-            BeadEventKind::Created,
-            &Actor::Town,
-            Some(&format!("round {round} for {}", row.bead_id)),
-            now_ms,
-        )?;
         let (review, check) = handled(reason);
         store::pull_feedback(&sql, &row.bead_id, Some(&id), review, check, false)?;
         let line = format!(

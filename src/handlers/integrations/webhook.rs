@@ -21,6 +21,18 @@ type Handled = Result<Response, ApiError>;
 /// Largest webhook body read (GitHub's installation payloads list repositories).
 const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
 
+/// A delivery's body, at most [`MAX_WEBHOOK_BYTES`].
+async fn read_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
+    let body = req
+        .bytes()
+        .await
+        .map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
+    if body.len() > MAX_WEBHOOK_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    Ok(body)
+}
+
 #[derive(Deserialize)]
 struct AuthorizationEvent {
     action: String,
@@ -57,13 +69,7 @@ pub async fn github_webhook(req: &mut Request, env: &Env) -> Handled {
     let signature = req.headers().get("x-hub-signature-256").ok().flatten();
     let event = req.headers().get("x-github-event").ok().flatten();
     let delivery = req.headers().get("x-github-delivery").ok().flatten();
-    let body = req
-        .bytes()
-        .await
-        .map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
-    if body.len() > MAX_WEBHOOK_BYTES {
-        return Err(ApiError::PayloadTooLarge);
-    }
+    let body = read_body(req).await?;
     let secret = settings
         .github_webhook_secret
         .as_deref()
@@ -293,13 +299,7 @@ pub async fn gitlab_webhook(req: &mut Request, env: &Env) -> Handled {
     if !integrations::gitlab_token_ok(secret.as_bytes(), token.as_deref()) {
         return Err(ApiError::Unauthorized("missing or invalid X-Gitlab-Token"));
     }
-    let body = req
-        .bytes()
-        .await
-        .map_err(|_| ApiError::BadRequest("unreadable body".into()))?;
-    if body.len() > MAX_WEBHOOK_BYTES {
-        return Err(ApiError::PayloadTooLarge);
-    }
+    let body = read_body(req).await?;
     let hook: GitlabHook = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidJson(gastown_core::body::json_error_summary(&e)))?;
     let iid = match hook.object_kind.as_str() {
