@@ -4,7 +4,7 @@
 //! so it happens on first use and the result is shared.
 
 use gastown_core::auth::{InternalKey, Keys};
-use gastown_core::policy;
+use gastown_core::policy::{self, Lifetimes};
 use gastown_core::sealed::Sealer;
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -14,12 +14,8 @@ use worker::Env;
 const DEFAULT_TOWN_ALARM_MS: u64 = 5 * 60 * 1000;
 /// Default period of the owner DOs' watchdog.
 const DEFAULT_WATCHDOG_MS: u64 = 5 * 60 * 1000;
-/// Default least time between container token refreshes: hourly, for 8-hour tokens.
-const DEFAULT_TOKEN_REFRESH_MS: u64 = 60 * 60 * 1000;
 /// Default grace of the container-token generation a rotation leaves.
 const DEFAULT_TOKEN_GRACE_MS: u64 = 2 * 60 * 1000;
-/// Default threshold for re-minting the 24-hour gateway token: when less than 12 h remain.
-const DEFAULT_GATEWAY_REFRESH_BEFORE_MS: u64 = 12 * 60 * 60 * 1000;
 /// Floor for the periods, so a misconfiguration cannot spin an alarm.
 const MIN_ALARM_MS: u64 = 500;
 
@@ -51,6 +47,19 @@ pub struct Work {
     /// `PR_FEEDBACK_ROUNDS`: feedback beads per pull request before the next review or failing
     /// check is escalated to a human instead (3).
     pub pr_feedback_rounds: u32,
+    /// `CONTAINER_HEALTH_INTERVAL_MS`: how often the loop asks a running container for its
+    /// health (30 s), and `CONTAINER_HEALTH_TIMEOUT_MS` how long one answer may take (5 s).
+    pub health_interval_ms: u64,
+    pub health_timeout_ms: u64,
+    /// `CONTAINER_WEDGED_MS`: a running container that answered no health check for this long
+    /// is stopped and started again with fresh tokens (3 min).
+    pub wedged_ms: u64,
+    /// `CONTAINER_RESTARTS_PER_HOUR`: restarts of a wedged container within an hour before the
+    /// town's breaker opens instead (3).
+    pub restarts_per_hour: u64,
+    /// `EVICTION_HEARTBEAT_GUARD_MS`: an eviction reset spares agents heard from within this
+    /// long (90 s; shortened only by tests).
+    pub eviction_guard_ms: u64,
 }
 
 pub struct Config {
@@ -64,14 +73,24 @@ pub struct Config {
     pub ticket_key: Option<Vec<u8>>,
     pub town_alarm_ms: u64,
     pub watchdog_ms: u64,
-    /// Least time between two container tokens pushed by the alarm.
+    /// How long minted container and gateway tokens live (`CONTAINER_TOKEN_TTL_S`,
+    /// `GATEWAY_TOKEN_TTL_S`; 8 h and 24 h). The refresh settings below default to fractions
+    /// of these, so compressing a lifetime compresses its refreshes.
+    pub lifetimes: Lifetimes,
+    /// `GIT_TOKEN_REFRESH_MARGIN_S`: a provider's token (installation, OAuth) is renewed, and
+    /// the container's credential helper stops reusing one, once less than this remains (300).
+    pub git_token_margin_s: i64,
+    /// Least time between two container tokens pushed by the alarm (default an eighth of the
+    /// container token's lifetime: hourly).
     pub token_refresh_ms: u64,
     /// How long the token generation left by a rotation keeps working.
     pub token_grace_ms: u64,
-    /// The alarm re-mints the gateway token when less than this remains of it.
+    /// The alarm re-mints the gateway token when less than this remains of it (default half
+    /// its lifetime: 12 h).
     pub gateway_refresh_before_ms: u64,
     /// How often a production container's control server renews each gateway token itself
-    /// (`GATEWAY_SELF_REFRESH_MS`, handed to it at start; at least 100 ms, as it requires).
+    /// (`GATEWAY_SELF_REFRESH_MS`, handed to it at start; at least 100 ms, as it requires;
+    /// default half the gateway token's lifetime).
     pub gateway_self_refresh_ms: u64,
     /// `KILO_GATEWAY_URL`: where agents send model calls; handed to containers in their env.
     pub gateway_url: Option<String>,
@@ -220,24 +239,47 @@ pub fn get(env: &Env) -> Rc<Config> {
     CONFIG.with(|cell| {
         cell.get_or_init(|| {
             let town_alarm_ms = millis(env, "TOWN_ALARM_INTERVAL_MS", DEFAULT_TOWN_ALARM_MS);
-            let token_refresh_ms =
-                millis(env, "CONTAINER_TOKEN_REFRESH_MS", DEFAULT_TOKEN_REFRESH_MS);
+            let defaults = Lifetimes::default();
+            let seconds = |name: &str, default: i64| {
+                string(env, name)
+                    .and_then(|s| s.trim().parse::<i64>().ok())
+                    .unwrap_or(default)
+            };
+            let lifetimes = Lifetimes {
+                container_s: seconds("CONTAINER_TOKEN_TTL_S", defaults.container_s),
+                gateway_s: seconds("GATEWAY_TOKEN_TTL_S", defaults.gateway_s),
+            };
+            let token_refresh_ms = millis(
+                env,
+                "CONTAINER_TOKEN_REFRESH_MS",
+                lifetimes.default_token_refresh_ms(),
+            );
             let gateway_refresh_before_ms = millis(
                 env,
                 "GATEWAY_TOKEN_REFRESH_BEFORE_MS",
-                DEFAULT_GATEWAY_REFRESH_BEFORE_MS,
+                lifetimes.default_gateway_refresh_before_ms(),
             );
-            let refused = policy::check_intervals(town_alarm_ms, token_refresh_ms)
-                .and_then(|()| policy::check_gateway_threshold(gateway_refresh_before_ms))
+            let refused = lifetimes
+                .check()
+                .and_then(|()| policy::check_intervals(town_alarm_ms, token_refresh_ms, &lifetimes))
+                .and_then(|()| {
+                    policy::check_gateway_threshold(gateway_refresh_before_ms, &lifetimes)
+                })
                 .err();
             let platforms = platforms(env);
             Rc::new(Config {
                 refused,
+                lifetimes,
+                git_token_margin_s: seconds(
+                    "GIT_TOKEN_REFRESH_MARGIN_S",
+                    gastown_core::integrations::TOKEN_REFRESH_MARGIN_SECS,
+                )
+                .max(0),
                 gateway_refresh_before_ms,
                 gateway_self_refresh_ms: millis(
                     env,
                     "GATEWAY_SELF_REFRESH_MS",
-                    DEFAULT_GATEWAY_REFRESH_BEFORE_MS,
+                    lifetimes.default_gateway_refresh_before_ms(),
                 )
                 .max(100),
                 gateway_url: string(env, "KILO_GATEWAY_URL").filter(|u| !u.trim().is_empty()),
@@ -277,6 +319,15 @@ pub fn get(env: &Env) -> Rc<Config> {
                     pr_poll_ms: millis(env, "PR_POLL_MS", 60_000),
                     pr_feedback_rounds: u32::try_from(count(env, "PR_FEEDBACK_ROUNDS", 3))
                         .unwrap_or(3),
+                    health_interval_ms: millis(env, "CONTAINER_HEALTH_INTERVAL_MS", 30_000),
+                    health_timeout_ms: millis(env, "CONTAINER_HEALTH_TIMEOUT_MS", 5_000),
+                    wedged_ms: millis(env, "CONTAINER_WEDGED_MS", 3 * 60 * 1000),
+                    restarts_per_hour: count(env, "CONTAINER_RESTARTS_PER_HOUR", 3),
+                    eviction_guard_ms: millis(
+                        env,
+                        "EVICTION_HEARTBEAT_GUARD_MS",
+                        gastown_core::policy::EVICTION_HEARTBEAT_GUARD_MS,
+                    ),
                 },
                 platforms,
                 quotas: Quotas {

@@ -8,7 +8,7 @@ use gastown_core::authz::ContainerCaller;
 use gastown_core::beads::{BeadFilter, BeadPatch, NewBead, SlingBatch};
 use gastown_core::body::{only_fields, parse_object, Fields};
 use gastown_core::control::{
-    AgentDoneCallback, AgentExitCallback, AgentStatusCallback, MAX_CALLBACK_TEXT,
+    AgentDoneCallback, AgentExitCallback, AgentStatusCallback, Drained, MAX_CALLBACK_TEXT,
 };
 use gastown_core::error::ApiError;
 use gastown_core::events::EventBatch;
@@ -118,7 +118,7 @@ pub async fn agent_events(req: &mut Request, env: &Env, caller: &ContainerCaller
 pub async fn agent_exit(req: &mut Request, env: &Env, caller: &ContainerCaller) -> Handled {
     let (rig_id, agent_id) = agent_scope(caller)?;
     let body = parse_object(&read_json_body(req).await?)?;
-    only_fields(&body, &["exit_code", "output_tail"])?;
+    only_fields(&body, &["exit_code", "output_tail", "drained"])?;
     let exit_code = match body.get("exit_code") {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(
@@ -146,10 +146,66 @@ pub async fn agent_exit(req: &mut Request, env: &Env, caller: &ContainerCaller) 
             exit: AgentExitCallback {
                 exit_code,
                 output_tail,
+                drained: match body.get("drained") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(value) => Some(drained(value)?),
+                },
             },
         })
         .await?;
     Ok(json(200, &gastown_core::protocol::Ack::OK))
+}
+
+/// `drained` of an exit report: what an eviction drain saved. The town checks the branch is
+/// the one the agent was given; here only the shapes.
+fn drained(value: &serde_json::Value) -> Result<Drained, ApiError> {
+    let field = "drained";
+    let object = value
+        .as_object()
+        .ok_or_else(|| ApiError::invalid(field, "must be an object"))?;
+    if let Some(extra) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "branch" | "pushed" | "head" | "error"))
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("has an unknown field {extra:?}"),
+        ));
+    }
+    let branch = object
+        .get("branch")
+        .and_then(serde_json::Value::as_str)
+        .filter(|b| !b.is_empty() && b.len() <= 255 && !b.chars().any(char::is_control))
+        .ok_or_else(|| ApiError::invalid(field, "branch must be a branch name"))?;
+    let pushed = object
+        .get("pushed")
+        .and_then(serde_json::Value::as_bool)
+        .ok_or_else(|| ApiError::invalid(field, "pushed must be true or false"))?;
+    let head = match object.get("head") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(h))
+            if (4..=64).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Some(h.to_ascii_lowercase())
+        }
+        Some(_) => return Err(ApiError::invalid(field, "head must be a commit id")),
+    };
+    let error = match object.get("error") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(e)) => Some(
+            e.chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_CALLBACK_TEXT)
+                .collect(),
+        ),
+        Some(_) => return Err(ApiError::invalid(field, "error must be a string")),
+    };
+    Ok(Drained {
+        branch: branch.to_owned(),
+        pushed,
+        head,
+        error,
+    })
 }
 
 /// A mayor tool: the container token (checked by the router, its generation by the town) and

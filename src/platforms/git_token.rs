@@ -13,9 +13,7 @@ use super::{github, gitlab, lease, user_tokens, PlatformError};
 use crate::config;
 use gastown_core::control::{GitTokenReply, GitTokenSource};
 use gastown_core::error::ApiError;
-use gastown_core::integrations::{
-    self, BotReason, GitIdentity, IntegrationStatus, Platform, TOKEN_REFRESH_MARGIN_SECS,
-};
+use gastown_core::integrations::{self, BotReason, GitIdentity, IntegrationStatus, Platform};
 use gastown_core::protocol::town::RigCredentialsReply;
 use worker::{console_error, Env};
 
@@ -30,8 +28,10 @@ fn unavailable(status: IntegrationStatus) -> ApiError {
     })
 }
 
-fn fresh(expires_at: i64) -> bool {
-    expires_at - config::now_s() > TOKEN_REFRESH_MARGIN_SECS
+/// Whether a provider's token has more than the deployment's margin (`GIT_TOKEN_REFRESH_MARGIN_S`)
+/// left: else it is renewed before it is handed out.
+pub(super) fn fresh(env: &Env, expires_at: i64) -> bool {
+    expires_at - config::now_s() > config::get(env).git_token_margin_s
 }
 
 /// The token for `creds.rig`.
@@ -127,7 +127,7 @@ async fn github_token(env: &Env, row: &Row, git_url: &str) -> Result<GitTokenRep
     let full_name = integrations::repo_full_name(git_url)
         .ok_or_else(|| ApiError::internal("the rig's git_url names no repository"))?;
     if let Some((token, expires_at)) = store::cached_git_token(env, &row.id, &full_name).await? {
-        if fresh(expires_at) {
+        if fresh(env, expires_at) {
             return Ok(GitTokenReply {
                 token,
                 expires_at,
@@ -191,7 +191,7 @@ async fn gitlab_token(env: &Env, mut row: Row) -> Result<GitTokenReply, Platform
         if row.status != IntegrationStatus::Active {
             return Err(unavailable(row.status).into());
         }
-        if let Some(expires_at) = row.access_expires_at().filter(|t| fresh(*t)) {
+        if let Some(expires_at) = row.access_expires_at().filter(|t| fresh(env, *t)) {
             return Ok(GitTokenReply {
                 token: row.access_token(env)?,
                 expires_at,

@@ -16,7 +16,7 @@ use super::store::{db, n, run, s};
 use super::PlatformError;
 use crate::config::{self, Platforms};
 use gastown_core::error::ApiError;
-use gastown_core::integrations::{github_noreply_email, BotReason, TOKEN_REFRESH_MARGIN_SECS};
+use gastown_core::integrations::{github_noreply_email, BotReason};
 use gastown_core::time::rfc3339;
 use serde::{Deserialize, Serialize};
 use worker::{console_error, Env, Method};
@@ -402,7 +402,7 @@ pub async fn token_for_repo(
             return Ok(Err(BotReason::Revoked));
         }
         let expires_at = r.access_expires_at as i64;
-        if expires_at - config::now_s() > TOKEN_REFRESH_MARGIN_SECS {
+        if super::git_token::fresh(env, expires_at) {
             break (
                 fields.open(env, "access_token", &r.access_token)?,
                 expires_at,

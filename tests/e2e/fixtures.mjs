@@ -1,5 +1,9 @@
 // Tokens and builders shared by the suites.
 import { createHash, createHmac } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { secrets } from "./harness.mjs";
 import { userToken, containerToken, agentToken, sandboxToken } from "../../scripts/lib/jwt.mjs";
 
@@ -116,4 +120,21 @@ export async function installedTownWithRig({ call, workerUrl, platforms, user, i
   if (author.status !== 200) throw new Error(author.text);
   const rig = (await as("POST", `/api/users/${user}/rigs`, { town_id: town.id, name: "app", platform_integration_id: integration.id, repo: `${login}/app` })).body;
   return { town, rig, login, installation };
+}
+
+/** git, never prompting; its output trimmed. */
+export const git = (...args) => execFileSync("git", args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, GIT_TERMINAL_PROMPT: "0" } }).trim();
+
+/** A bare repository with one commit on `main`, as a user would make for a local rig. */
+export function bareRepo(dir) {
+  const bare = join(dir, `repo-${Math.random().toString(36).slice(2)}.git`);
+  git("init", "--quiet", "--bare", "--initial-branch=main", bare);
+  const seed = mkdtempSync(join(tmpdir(), "gastown-seed-"));
+  git("clone", "--quiet", bare, seed);
+  writeFileSync(join(seed, "README.md"), "demo\n");
+  git("-C", seed, "add", "README.md");
+  git("-C", seed, "-c", "user.name=Seed", "-c", "user.email=seed@example.com", "commit", "--quiet", "-m", "seed");
+  git("-C", seed, "push", "--quiet", "origin", "HEAD:main");
+  rmSync(seed, { recursive: true, force: true });
+  return bare;
 }

@@ -70,12 +70,12 @@ async function spawnServer(name, args, env, port) {
  * `authorization: Bearer <control secret of the town>` and `x-gastown-town-id`; `town(id)` sends
  * those of town `id`, `fail(modes)` those of a fixed pseudo-town (fail modes are server-wide).
  */
-export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), "gastown-work-")), args = [] } = {}) {
+export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), "gastown-work-")), args = [], port, env = {} } = {}) {
   const key = secrets.GASTOWN_CONTROL_KEY;
   if (!key) throw new Error("GASTOWN_CONTROL_KEY is missing from .dev.vars (see .dev.vars.example)");
-  const port = await freePort();
+  port ??= await freePort();
   const { child, url, output } = await spawnServer("gastown-control-debug", ["--port", String(port), "--workdir", workdir, ...args],
-    { GASTOWN_CONTROL_KEY: key, GASTOWN_CONTROL_SECRET: "", GASTOWN_TOWN_ID: "" }, port);
+    { GASTOWN_CONTROL_KEY: key, GASTOWN_CONTROL_SECRET: "", GASTOWN_TOWN_ID: "", ...env }, port);
   // base64url(HMAC-SHA256(key, "gastown-control-v1:" + townId)): gastown_core::control::control_secret.
   const secretOf = (townId) => createHmac("sha256", key).update(`gastown-control-v1:${townId}`).digest("base64url");
   const json = async (method, path, townId, body) => {
@@ -86,6 +86,10 @@ export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), 
   };
   return {
     url,
+    port,
+    /** The server's process (a test may signal it: SIGSTOP, SIGTERM). */
+    child,
+    pid: child.pid,
     /** The server's work directory: each town's files are under `<workdir>/<townId>/`. */
     workdir,
     output,
@@ -99,6 +103,17 @@ export async function startControlServer({ workdir = mkdtempSync(join(tmpdir(), 
       child.kill("SIGTERM");
       killWorkingIn(workdir);
       rmSync(workdir, { recursive: true, force: true });
+    },
+    /**
+     * SIGKILLs the server alone, as a crash does: its agents (each in a process group of its
+     * own) and the work directory stay, so a server started again with the same `workdir` and
+     * `port` finds them. Resolves once it is gone.
+     */
+    kill: () => {
+      if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGKILL");
+      return exited;
     },
   };
 }
@@ -218,7 +233,23 @@ async function startWorkerOnce({ persistDir, vars = {}, config = builtWorkerConf
   }
   return {
     url,
+    port,
+    persistDir,
     output: () => output,
+    /**
+     * SIGKILLs the whole runtime (wrangler and the workerd it started: its process group), as
+     * a crash or a deploy does, with no chance to finish anything. Resolves once it is gone.
+     */
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((r) => child.once("exit", r));
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch {
+        child.kill("SIGKILL");
+      }
+      await exited;
+    },
     async stop() {
       if (child.exitCode !== null) return;
       const exited = new Promise((r) => child.once("exit", r));
@@ -288,12 +319,12 @@ export async function until(what, probe, ms = 45_000, every = 200) {
  * stand-in gateway; a 1-second loop (300 ms while busy) and `vars` over `ctx.vars()`. For suites
  * whose timings must touch no other suite.
  */
-export async function startOwnWorker(ctx, { controlArgs = [], vars = {}, gateway: withGateway = false } = {}) {
+export async function startOwnWorker(ctx, { controlArgs = [], controlEnv = {}, vars = {}, gateway: withGateway = false } = {}) {
   const persistDir = makePersistDir();
   migrateD1(persistDir);
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const control = await startControlServer({ args: ["--worker-url", url, ...controlArgs] });
+  const control = await startControlServer({ args: ["--worker-url", url, ...controlArgs], env: controlEnv });
   const gateway = withGateway ? await startGateway() : null;
   const worker = await startWorker({
     persistDir,

@@ -4,33 +4,16 @@
 // running the real demo agent, its own stand-in gateway) so its timings touch no other suite.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { secrets, sleep, until, not, startOwnWorker } from "./harness.mjs";
-import { freshUser, tokenFor, createTown, internalKey, githubWebhook } from "./fixtures.mjs";
+import { freshUser, tokenFor, createTown, internalKey, githubWebhook, bareRepo, git } from "./fixtures.mjs";
 import { webhookPayload } from "./standins/git_platforms.mjs";
 
 const STALL_MS = 3_000;
 const IDLE_STOP_MS = 6_000;
 const RETRY_BASE_MS = 300;
-
-const git = (...args) => execFileSync("git", args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, GIT_TERMINAL_PROMPT: "0" } }).trim();
-
-/** A bare repository with one commit on `main`, as a user would make for a local rig. */
-function bareRepo(dir) {
-  const bare = join(dir, `repo-${Math.random().toString(36).slice(2)}.git`);
-  git("init", "--quiet", "--bare", "--initial-branch=main", bare);
-  const seed = mkdtempSync(join(tmpdir(), "gastown-seed-"));
-  git("clone", "--quiet", bare, seed);
-  writeFileSync(join(seed, "README.md"), "demo\n");
-  git("-C", seed, "add", "README.md");
-  git("-C", seed, "-c", "user.name=Seed", "-c", "user.email=seed@example.com", "commit", "--quiet", "-m", "seed");
-  git("-C", seed, "push", "--quiet", "origin", "HEAD:main");
-  rmSync(seed, { recursive: true, force: true });
-  return bare;
-}
 
 export default function work(ctx) {
   describe("the work loop: beads, dispatch, callbacks, patrol", () => {

@@ -1564,6 +1564,12 @@ export interface components {
             /** Format: date-time */
             token_pushed_at: string | null;
             last_error: string | null;
+            /** @description Present while the town's breaker is open because its container kept answering no health check after CONTAINER_RESTARTS_PER_HOUR restarts: nothing is dispatched until it answers again or the hour ends. */
+            breaker?: {
+                reason: string;
+                /** Format: date-time */
+                open_until: string;
+            };
         };
         TokenExpiry: {
             token_expires_at: number | null;
@@ -1602,6 +1608,14 @@ export interface components {
             breaker_open_until: number | null;
             stalls: number;
             idle_stops: number;
+            /** @description Agents an eviction drain stopped (the control server's SIGTERM); their beads were resumed on their branches. */
+            drains: number;
+            /** @description Working agents handed back because their container was evicted or restarted (agents heard from within 90 s are spared). */
+            eviction_resets: number;
+            /** @description Restarts of a container that answered no health check for CONTAINER_WEDGED_MS. */
+            wedge_restarts: number;
+            /** @description Why the town's breaker holds dispatch, while a wedged container past CONTAINER_RESTARTS_PER_HOUR keeps it open. */
+            breaker_reason: string | null;
         };
         RigLocation: {
             rig_id: string;
@@ -4683,6 +4697,14 @@ export interface operations {
                 "application/json": {
                     exit_code?: number | null;
                     output_tail?: string | null;
+                    /** @description Set by the control server's eviction drain (SIGTERM): what it saved of the agent's work. The bead opens again and resumes on `branch` (which must be the branch the agent was given: 422 otherwise); no stall is counted. */
+                    drained?: {
+                        branch: string;
+                        /** @description The branch's remote now holds the agent's work. */
+                        pushed: boolean;
+                        head?: string | null;
+                        error?: string | null;
+                    } | null;
                 };
             };
         };

@@ -51,7 +51,12 @@
 //!   an agent started outlives it (a `kill -9` of the agent leaves no orphaned CLI or shell
 //!   command behind). A stop kills the whole group with `SIGKILL` (no
 //!   grace period) and waits, so the status right after a stop is `exited`. Agents are not
-//!   killed when the server itself dies: the container's end takes them;
+//!   killed when the server itself dies: the container's end takes them. On the server's
+//!   `SIGTERM` the eviction drain (the private module `drain`) takes every running agent over
+//!   ([`Registry::evict_all`]): `SIGTERM` to its group, a grace, `SIGKILL`, its work saved, its
+//!   end reported; meanwhile `/agents/start` answers 503;
+//! * the end of an agent is reported to the worker once at most: by its watcher when it ends on
+//!   its own (not after a stop: that end is the worker's doing), else by the drain;
 //! * a token refresh needs nothing from here: an agent reads the town's current container
 //!   token from `GASTOWN_CONTAINER_TOKEN_FILE` on every call, and `/refresh-token` rewrites
 //!   that file. The gateway token in `GASTOWN_GATEWAY_ENV_FILE` is likewise kept current by
@@ -72,7 +77,7 @@ use crate::state::Shared;
 use crate::workdir;
 use gastown_core::control::{
     AgentExitCallback, AgentProcessState, AgentProcessStatus, AgentStartBody, AgentStopBody,
-    AI_AGENT_NAME_ENV, COMMIT_IDENTITY_ENV, CONTAINER_TOKEN_FILE, DEFAULT_AI_AGENT_NAME,
+    Drained, AI_AGENT_NAME_ENV, COMMIT_IDENTITY_ENV, CONTAINER_TOKEN_FILE, DEFAULT_AI_AGENT_NAME,
     DEFAULT_GIT_AUTHOR_EMAIL, DEFAULT_GIT_AUTHOR_NAME, GATEWAY_ENV_FILE, GATEWAY_TOKEN_ENV,
     GH_TOKEN_ENV, GIT_AUTHOR_EMAIL_ENV, GIT_AUTHOR_NAME_ENV, KILO_CONFIG_CONTENT_ENV,
     ORGANIZATION_ID_ENV, TOWN_ID_ENV, WORKER_URL_ENV,
@@ -351,8 +356,12 @@ struct Process {
     /// Set once it exited: its exit code, `None` when a signal ended it.
     exit: OnceLock<Option<i32>>,
     /// Set when this server stopped it (a stop, a town's stop, a start replacing it): such an
-    /// end is the worker's doing and is not reported back.
+    /// end is the worker's doing and is not reported back. Also set by whoever takes the report
+    /// of its end on (its watcher once it exited, or the eviction drain), so that it is sent
+    /// once at most.
     stopped: AtomicBool,
+    /// Set once its watcher is done: what was left of it killed, its last lines sent.
+    watched: AtomicBool,
 }
 
 impl Process {
@@ -382,6 +391,11 @@ impl Process {
                 true
             }
         }
+    }
+
+    /// Takes the report of its end on: true for the first caller only (none after a stop).
+    fn claim_report(&self) -> bool {
+        !self.stopped.swap(true, Ordering::SeqCst)
     }
 
     /// Kills it (`SIGKILL`) and waits for it; whether it was still running.
@@ -419,6 +433,18 @@ struct Record {
     process: Arc<Process>,
     /// Starts of this agent id so far.
     starts: u64,
+    /// What its start said, for the report of its end.
+    session: Arc<Session>,
+}
+
+/// What an agent's start said that its end needs: how to report it, and, for the eviction
+/// drain, where its work is and where it goes.
+struct Session {
+    report: ExitReport,
+    /// `<workdir>/<town>/agents/<agent>/`.
+    work_dir: PathBuf,
+    /// The start's `git_url` and `branch`, for a rig's agent started with both.
+    save: Option<(String, String)>,
 }
 
 /// What the server knows of one town's agents.
@@ -449,6 +475,26 @@ impl Registry {
             .filter(|r| except.is_none_or(|e| !Arc::ptr_eq(e, &r.process)))
             .filter(|r| !r.process.has_exited())
             .count()
+    }
+
+    /// Every agent of every town still running, each taken over for the eviction drain: from
+    /// now on the report of its end is the drain's to send, never its watcher's.
+    pub(crate) fn evict_all(&self) -> Vec<Evicted> {
+        let towns = self.lock();
+        let mut evicted = Vec::new();
+        for (town, t) in towns.iter() {
+            for (agent, r) in &t.agents {
+                if !r.process.has_exited() && r.process.claim_report() {
+                    evicted.push(Evicted {
+                        town: town.clone(),
+                        agent: agent.clone(),
+                        process: Arc::clone(&r.process),
+                        session: Arc::clone(&r.session),
+                    });
+                }
+            }
+        }
+        evicted
     }
 
     /// Kills every agent of `town`; how many were running.
@@ -493,8 +539,80 @@ impl Registry {
     }
 }
 
+/// A running agent the eviction drain took over ([`Registry::evict_all`]): its end, and the
+/// report of it, are the drain's (`crate::drain`).
+pub(crate) struct Evicted {
+    pub(crate) town: String,
+    pub(crate) agent: String,
+    process: Arc<Process>,
+    session: Arc<Session>,
+}
+
+impl Evicted {
+    /// `SIGTERM` to its whole process group: a real agent may save its own work.
+    pub(crate) fn terminate(&self) {
+        signal(self.process.pid, false, TERMINATE);
+    }
+
+    /// Whether its process has exited, looking now.
+    pub(crate) fn has_exited(&self) -> bool {
+        self.process.has_exited()
+    }
+
+    /// `SIGKILL` to its process group when it still runs (as a stop does, waiting for it); then
+    /// to whatever of its group and of its run is left, so nothing of it touches its work tree
+    /// any more.
+    pub(crate) fn kill(&self) {
+        self.process.kill();
+        kill_group(self.process.pid);
+        kill_marked(&self.process.run);
+    }
+
+    /// How it ended: its exit code, `None` when a signal ended it (or it still runs).
+    pub(crate) fn exit_code(&self) -> Option<i32> {
+        self.process.exit.get().copied().flatten()
+    }
+
+    /// The start's `git_url` and `branch`, for a rig's agent started with both.
+    pub(crate) fn save_target(&self) -> Option<(&str, &str)> {
+        self.session
+            .save
+            .as_ref()
+            .map(|(url, branch)| (url.as_str(), branch.as_str()))
+    }
+
+    /// Its work dir, `<workdir>/<town>/agents/<agent>/`.
+    pub(crate) fn work_dir(&self) -> &Path {
+        &self.session.work_dir
+    }
+
+    /// The environment its process was started with.
+    pub(crate) fn env(&self) -> &BTreeMap<String, String> {
+        &self.session.report.env
+    }
+
+    /// Waits, until `until` at most, for its watcher to be done (its last lines sent before
+    /// the report of its end).
+    pub(crate) fn wait_watched(&self, until: std::time::Instant) {
+        while !self.process.watched.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+            std::thread::sleep(REAP_POLL);
+        }
+    }
+
+    /// Reports its end to the worker as its watcher would, with what the drain saved.
+    pub(crate) fn report(&self, drained: Option<Drained>) {
+        self.session.report.send(self.exit_code(), drained);
+    }
+}
+
+/// The 503 of `/agents/start` once the eviction drain began.
+pub const DRAINING_ERROR: &str = "the container is draining (evicted): no agent starts here";
+
 /// `POST /agents/start`.
 pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, Reply> {
+    if shared.is_draining() {
+        return Err(error(503, DRAINING_ERROR));
+    }
     let req: AgentStartBody = parse(body)?;
     same_town(req.town_id.as_str(), town)?;
     shared
@@ -540,6 +658,11 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
         .ok_or_else(|| error(500, "no agent command is configured"))?;
 
     let mut towns = shared.agents.lock();
+    // Under the registry's lock too: the drain marks the server draining, then takes every
+    // agent running under this lock, so no start slips past it.
+    if shared.is_draining() {
+        return Err(error(503, DRAINING_ERROR));
+    }
     // Under the registry's lock: a `/stop` that took the token away kills, after it, every
     // agent started before; none starts after it.
     let has_token = shared
@@ -594,19 +717,34 @@ pub(crate) fn start(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
     };
     // A process that ends on its own is reported to the worker: a rig's agent through its exit
     // callback, the mayor by ending its session (with the session's own key).
-    let report = Some(ExitReport {
-        env: env.clone(),
-        log: log.clone(),
-        mayor: req.rig_id.is_none(),
+    let save = match (&req.rig_id, &req.git_url, &req.branch) {
+        (Some(_), Some(url), Some(branch)) if !url.is_empty() && !branch.is_empty() => {
+            Some((url.clone(), branch.clone()))
+        }
+        _ => None,
+    };
+    let session = Arc::new(Session {
+        report: ExitReport {
+            env: env.clone(),
+            log: log.clone(),
+            mayor: req.rig_id.is_none(),
+        },
+        work_dir: work_dir.clone(),
+        save,
     });
     // Its lines go to the worker as its events.
     let events =
         crate::events::Forwarder::start(log, log_from, starts, town_dir.clone(), env.clone());
-    watch(&process, town, req.agent_id.as_str(), report, events);
+    watch(&process, town, req.agent_id.as_str(), &session, events);
     let entry = towns.entry(town.to_owned()).or_default();
-    entry
-        .agents
-        .insert(req.agent_id.as_str().to_owned(), Record { process, starts });
+    entry.agents.insert(
+        req.agent_id.as_str().to_owned(),
+        Record {
+            process,
+            starts,
+            session,
+        },
+    );
     Registry::prune(&mut towns);
     eprintln!(
         "gastown-control: agent {} of town {town} started (pid {}, start {starts})",
@@ -824,6 +962,7 @@ fn spawn(
         child: Mutex::new(child),
         exit: OnceLock::new(),
         stopped: AtomicBool::new(false),
+        watched: AtomicBool::new(false),
     }))
 }
 
@@ -862,30 +1001,43 @@ fn kill_marked(run: &str) {
             continue;
         };
         if environ.split(|b| *b == 0).any(|v| v == mark.as_bytes()) {
-            signal(pid, true);
+            signal(pid, true, KILL);
         }
     }
 }
 
-/// `SIGKILL` to the process `pid`, or to the group it leads.
-fn signal(pid: u32, one: bool) {
+/// Which signal [`signal`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sig {
+    Kill,
+    Terminate,
+}
+const KILL: Sig = Sig::Kill;
+const TERMINATE: Sig = Sig::Terminate;
+
+/// `SIGKILL` (or `SIGTERM`) to the process `pid`, or to the group it leads.
+fn signal(pid: u32, one: bool, sig: Sig) {
     #[cfg(unix)]
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         if pid > 1 {
             let target = if one { pid } else { -pid };
+            let number = match sig {
+                Sig::Kill => libc::SIGKILL,
+                Sig::Terminate => libc::SIGTERM,
+            };
             // SAFETY: kill(2) takes plain integers and touches no memory of ours.
             unsafe {
-                libc::kill(target, libc::SIGKILL);
+                libc::kill(target, number);
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = (pid, one);
+    let _ = (pid, one, sig);
 }
 
 /// `SIGKILL` to every process of the group `leader` leads (none left is no error).
 fn kill_group(leader: u32) {
-    signal(leader, false);
+    signal(leader, false, KILL);
 }
 
 /// Starts the thread that waits for the process and records its exit.
@@ -893,10 +1045,12 @@ fn watch(
     process: &Arc<Process>,
     town: &str,
     agent: &str,
-    report: Option<ExitReport>,
+    session: &Arc<Session>,
     events: Option<crate::events::Forwarder>,
 ) {
+    let unwatched = Arc::clone(process);
     let (process, town, agent) = (Arc::clone(process), town.to_owned(), agent.to_owned());
+    let session = Arc::clone(session);
     let watcher = move || {
         while !process.has_exited() {
             std::thread::sleep(REAP_POLL);
@@ -913,9 +1067,12 @@ fn watch(
         if let Some(events) = events {
             events.finish();
         }
-        if let Some(report) = report.filter(|_| !process.stopped.load(Ordering::SeqCst)) {
-            report.send(code);
+        // Not after a stop (the worker's doing), nor when the eviction drain took it over (the
+        // drain reports it, with what it saved).
+        if process.claim_report() {
+            session.report.send(code, None);
         }
+        process.watched.store(true, Ordering::SeqCst);
     };
     let spawned = std::thread::Builder::new()
         .name("gastown-control-agent".into())
@@ -926,6 +1083,8 @@ fn watch(
     if let Err(e) = spawned {
         // The status still looks at the child whenever it is asked.
         eprintln!("gastown-control: cannot watch an agent: {e}");
+        // Nothing will send its last lines: the drain need not wait for them.
+        unwatched.watched.store(true, Ordering::SeqCst);
     }
 }
 
@@ -948,7 +1107,9 @@ const WATCHER_STACK: usize = 1024 * 1024;
 const EXIT_TAIL_LINES: usize = 5;
 
 impl ExitReport {
-    fn send(self, exit_code: Option<i32>) {
+    /// Sends it: the exit callback (with `drained` when the eviction drain saved the agent's
+    /// work), or the mayor's `idle` state; a failure is logged by the call, never a token.
+    fn send(&self, exit_code: Option<i32>, drained: Option<Drained>) {
         let env = |name: &str| self.env.get(name).cloned();
         if self.mayor {
             // Refused (403) when the runtime already ended the session itself, or another
@@ -965,6 +1126,7 @@ impl ExitReport {
         let body = AgentExitCallback {
             exit_code,
             output_tail: tail,
+            drained,
         };
         if let Ok(body) = serde_json::to_string(&body) {
             let _ = session.call("exit", &body);

@@ -18,6 +18,9 @@ pub(crate) struct FailModes {
     pub(crate) sync_config: bool,
     #[serde(default)]
     pub(crate) agents_start: bool,
+    /// `/health` answers 503: a container alive but deaf, as the worker's health checks see it.
+    #[serde(default)]
+    pub(crate) health: bool,
 }
 
 /// `POST /debug/fail`: the failures injected from now on, replacing the last ones.

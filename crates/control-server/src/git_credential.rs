@@ -16,8 +16,9 @@
 //! * a rig's token is cached in `<workdir>/<town>/.git-tokens/<rig>.json` (mode 0600, the
 //!   directory 0700; with an agent user the server hands that directory to the agent before
 //!   each agent start, since the helper runs as the agent and the town's directory is not its
-//!   to write in) and reused while it has more than [`GIT_TOKEN_REUSE_MARGIN_SECS`] to
-//!   live; past that it is fetched again from the worker's git-token route with the town's
+//!   to write in) and reused while it has more than the margin to live (`GASTOWN_GIT_TOKEN_MARGIN_S`
+//!   of the agent's env, which the worker sets from its `GIT_TOKEN_REFRESH_MARGIN_S`; else
+//!   [`gastown_core::control::GIT_TOKEN_REUSE_MARGIN_SECS`]); past that it is fetched again from the worker's git-token route with the town's
 //!   container token (read from `<workdir>/<town>/.container-token`), so a session of any
 //!   length never hands git a token about to expire. The agents' `gh` ([`crate::gh`]) takes
 //!   the rig's token through the same cache and refresh;
@@ -40,7 +41,8 @@ use crate::cli::{self, Args};
 use crate::client::{self, CallFailure};
 use crate::workdir::{self, DEFAULT_WORKDIR, GIT_CREDENTIAL_SUBCOMMAND, WORKDIR_ENV};
 use gastown_core::control::{
-    git_token_path, GitTokenReply, GIT_TOKEN_REUSE_MARGIN_SECS, TOWN_ID_ENV, WORKER_URL_ENV,
+    git_token_margin, git_token_path, GitTokenReply, GIT_TOKEN_MARGIN_ENV, TOWN_ID_ENV,
+    WORKER_URL_ENV,
 };
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
@@ -68,7 +70,8 @@ pub const USAGE: &str = "usage: gastown-control git-credential [OPTIONS] <get|st
     --agent ID         GASTOWN_AGENT_ID     the agent whose session git runs in: tokens are
                                             minted for the user its work runs as
     --workdir DIR      GASTOWN_WORKDIR      the control server's work directory (./gastown-work)
-  A token is reused from DIR/<town>/.git-tokens/<rig>.json until 5 minutes before it expires,
+  A token is reused from DIR/<town>/.git-tokens/<rig>.json until GASTOWN_GIT_TOKEN_MARGIN_S
+  (default 300) seconds before it expires,
   then fetched from POST URL/api/towns/<town>/rigs/<rig>/git-token with the container token
   in DIR/<town>/.container-token.";
 
@@ -385,7 +388,8 @@ pub(crate) fn current_token(
     let town_dir = town_dir(target)?;
     let key = target.cache_key();
     if let Some(cached) = workdir::read_git_token_cache(&town_dir, &key) {
-        if cached.expires_at.saturating_sub(now) > GIT_TOKEN_REUSE_MARGIN_SECS {
+        let margin = git_token_margin(std::env::var(GIT_TOKEN_MARGIN_ENV).ok().as_deref());
+        if cached.expires_at.saturating_sub(now) > margin {
             return Ok(cached);
         }
     }

@@ -10,7 +10,8 @@
 //! * `POST /sync-config` `{env, settings, townId}`: the town's env and settings files;
 //! * `POST /stop` `{townId}`: the town's container stops: token, env and credential files
 //!   dropped, its agents killed;
-//! * `POST /agents/start` (`AgentStartBody`) → `AgentProcessStatus`: runs one agent;
+//! * `POST /agents/start` (`AgentStartBody`) → `AgentProcessStatus`: runs one agent (503
+//!   once the eviction drain began, see below);
 //! * `POST /agents/:id/stop` `{townId}` → `{"ok":true,"stopped":<was running>}`;
 //! * `GET /agents/:id/status` → `AgentProcessStatus` (404 for an agent never started);
 //! * `POST /agents/:id/message` `{townId, text}` → 202: a further message to the agent's running
@@ -176,6 +177,21 @@
 //! (town, rig) runs at a time: a second waits for it, within its own deadline. The private
 //! module `merges` states the rules.
 //!
+//! # Eviction drain
+//!
+//! When the platform evicts the container it sends `SIGTERM`, then `SIGKILL` a while later.
+//! On `SIGTERM` the server drains instead of dying with its agents' work: `POST /agents/start`
+//! answers 503 from then on (the other routes keep working); every running agent's process
+//! group gets `SIGTERM` and up to `--drain-grace-ms` (or `GASTOWN_DRAIN_GRACE_MS`; default
+//! 20000, 0 allowed) to exit, then `SIGKILL`; each rig agent started with a `git_url` and a
+//! `branch` has its work saved by git run as the agent, with the agent's environment, in its
+//! clone (`<workdir>/<town>/agents/<agentId>/repo`): uncommitted changes committed as
+//! `WIP: saved when the container was evicted`, then `HEAD` pushed to `refs/heads/<branch>`
+//! of the `git_url` when the remote's branch lacks it; each agent's end is reported as its
+//! watcher would (the exit callback, the mayor's `idle` state), a saved agent's with
+//! `drained: {branch, pushed, head, error}`; and the server exits 0, at most 20 s past the
+//! grace. The private module `drain` states the rules.
+//!
 //! # Head-of-line blocking
 //!
 //! Every connection gets its own thread (at most [`http::MAX_CONNECTIONS`] at once) and one
@@ -204,7 +220,8 @@
 //! with [`cli`], which every binary of the container shares; [`auth`] decides who may call;
 //! `routes` puts each request through its checks in order and hands it to its handlers:
 //! `towns` (token, config, stop), [`agents`] (the agents' processes), `merges` (the
-//! refinery's direct merge) and, with the debug routes, `debug`. `state` is what the server holds in memory, [`workdir`] what it keeps on
+//! refinery's direct merge) and, with the debug routes, `debug`; `drain` stops the agents and
+//! saves their work on `SIGTERM`. `state` is what the server holds in memory, [`workdir`] what it keeps on
 //! disk, [`agent_user`] whom the agents run as. `self_refresh` renews the gateway tokens,
 //! [`git_credential`] is git's credential helper and [`gh`] the agents' `gh`, all calling the
 //! worker through [`client`]; [`gt`] is the agents' tool, which calls back for an agent's bead
@@ -219,6 +236,7 @@ pub mod cli;
 pub mod client;
 #[cfg(feature = "debug-routes")]
 mod debug;
+mod drain;
 pub mod events;
 pub mod gh;
 pub mod git_credential;

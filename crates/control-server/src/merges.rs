@@ -230,7 +230,7 @@ pub(crate) fn merge(shared: &Shared, town: &str, body: &[u8]) -> Result<Reply, R
 }
 
 /// Whether this server may merge repositories that are not `https://` (local development).
-fn allow_local_git() -> bool {
+pub(crate) fn allow_local_git() -> bool {
     std::env::var(ALLOW_LOCAL_GIT_ENV).is_ok_and(|v| v == "1")
 }
 
@@ -274,7 +274,7 @@ fn check(req: &MergeBody, allow_local: bool) -> Result<(), String> {
 }
 
 /// A plain branch name (see the module docs).
-fn check_branch(field: &str, name: &str) -> Result<(), String> {
+pub(crate) fn check_branch(field: &str, name: &str) -> Result<(), String> {
     let bad = name.is_empty()
         || name.len() > MAX_BRANCH_BYTES
         || name.starts_with(['-', '/'])
@@ -298,7 +298,7 @@ fn check_branch(field: &str, name: &str) -> Result<(), String> {
 
 /// A repository this server may merge in (see the module docs); the message never quotes the
 /// URL, which may hold credentials.
-fn check_git_url(url: &str, allow_local: bool) -> Result<(), String> {
+pub(crate) fn check_git_url(url: &str, allow_local: bool) -> Result<(), String> {
     if url.is_empty() {
         return Err("git_url must not be empty".to_owned());
     }
@@ -675,7 +675,7 @@ fn base_moved(stderr: &str) -> bool {
 /// says the cause first, then generic lines such as `Could not read from remote repository.`),
 /// else its last ` ! [...]` line (a refused ref of a push), else its last line that is not a
 /// `hint:`.
-fn last_line(stderr: &str) -> String {
+pub(crate) fn last_line(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
         .lines()
         .map(str::trim)

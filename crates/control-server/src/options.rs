@@ -21,6 +21,10 @@ pub const GIT_CA_FILE_ENV: &str = "GASTOWN_GIT_CA_FILE";
 pub const DEFAULT_GATEWAY_REFRESH: Duration = Duration::from_secs(12 * 60 * 60);
 /// Shortest `--gateway-refresh-ms`.
 pub const MIN_GATEWAY_REFRESH_MS: u64 = 100;
+/// Names `--drain-grace-ms` when the flag does not.
+pub const DRAIN_GRACE_MS_ENV: &str = "GASTOWN_DRAIN_GRACE_MS";
+/// Default time the agents get to exit after the server's `SIGTERM` (`crate::drain`).
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(20);
 
 /// Command-line options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,13 +45,16 @@ pub struct Options {
     /// `--git-ca-file`: certificates agents' git trusts for HTTPS (a self-hosted git host's
     /// private CA), written into each town's gitconfig as `http.sslCAInfo`.
     pub git_ca_file: Option<PathBuf>,
+    /// `--drain-grace-ms`: how long the agents get to exit on the server's `SIGTERM` before
+    /// they are killed and their work saved (`crate::drain`).
+    pub drain_grace: Duration,
 }
 
 /// What `--help` prints, and a bad argument after its error.
 pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080] \
 [--allowed-host NAME]... [--read-timeout-ms 5000] [--workdir ./gastown-work] \
 [--worker-url URL] [--gateway-refresh-ms 43200000] [--agent-command PATH] \
-[--agent-uid N --agent-gid N] [--gh-path PATH] [--git-ca-file PATH]
+[--agent-uid N --agent-gid N] [--gh-path PATH] [--git-ca-file PATH] [--drain-grace-ms 20000]
   credentials (read from the environment, then removed from it):
     GASTOWN_CONTROL_SECRET + GASTOWN_TOWN_ID   production: one town per container
     GASTOWN_CONTROL_KEY                        local dev and tests: the master key
@@ -87,6 +94,13 @@ pub const USAGE: &str = "usage: gastown-control [--host 127.0.0.1] [--port 8080]
   --git-ca-file (or GASTOWN_GIT_CA_FILE): a PEM file of the certificates agents' git trusts
     over HTTPS (a self-hosted GitLab or GitHub Enterprise behind a private CA), written into
     each town's gitconfig as http.sslCAInfo. Default: the system's.
+  --drain-grace-ms (or GASTOWN_DRAIN_GRACE_MS; at least 0; default 20000): on SIGTERM (the
+    container's eviction) the server drains: POST /agents/start answers 503, every running
+    agent's process group gets SIGTERM and this long to exit, then SIGKILL; then each rig
+    agent started with a git_url and a branch has its uncommitted work committed ('WIP: saved
+    when the container was evicted') and pushed to HEAD:refs/heads/<branch> by git run as the
+    agent, with its env; each agent's end is reported to the worker (its exit callback, with
+    what was saved), and the server exits 0, at most 20 s past the grace.
 subcommands (no server credential needed; see `gastown-control git-credential --help`):
   gastown-control git-credential [--worker-url URL] [--town ID] [--rig ID] [--workdir DIR]
     <get|store|erase>     git's credential helper for the rig's repository
@@ -105,7 +119,8 @@ impl Options {
 
     /// Parses the arguments after the program name; `env` gives the value of a variable an
     /// option left unset falls back to ([`WORKDIR_ENV`], [`WORKER_URL_ENV`],
-    /// [`AGENT_COMMAND_ENV`], [`AGENT_UID_ENV`], [`AGENT_GID_ENV`], [`GH_PATH_ENV`]).
+    /// [`AGENT_COMMAND_ENV`], [`AGENT_UID_ENV`], [`AGENT_GID_ENV`], [`GH_PATH_ENV`],
+    /// [`GIT_CA_FILE_ENV`], [`DRAIN_GRACE_MS_ENV`]).
     ///
     /// # Errors
     /// A message naming the bad argument or variable.
@@ -125,6 +140,7 @@ impl Options {
             agent_user: None,
             gh_path: None,
             git_ca_file: None,
+            drain_grace: DEFAULT_DRAIN_GRACE,
         };
         let mut workdir = None;
         let mut worker_url = None;
@@ -133,6 +149,7 @@ impl Options {
         let mut gateway_refresh = None;
         let mut gh_path = None;
         let mut git_ca_file = None;
+        let mut drain_grace = None;
         let mut it = Args::new(args);
         while let Some(arg) = it.next() {
             match arg {
@@ -154,6 +171,7 @@ impl Options {
                 "--gateway-refresh-ms" => gateway_refresh = Some(it.value(arg)?),
                 "--gh-path" => gh_path = Some(it.value(arg)?),
                 "--git-ca-file" => git_ca_file = Some(it.value(arg)?),
+                "--drain-grace-ms" => drain_grace = Some(it.value(arg)?),
                 "--debug" => {
                     return Err(
                         "--debug: this binary has no debug routes (they exist only in \
@@ -187,6 +205,13 @@ impl Options {
                 return Err(format!("{from} must be at least {MIN_GATEWAY_REFRESH_MS}"));
             }
             opts.gateway_refresh = Duration::from_millis(ms);
+        }
+        if let Some((from, text)) = or_env("--drain-grace-ms", drain_grace, DRAIN_GRACE_MS_ENV) {
+            let ms: u64 = text
+                .trim()
+                .parse()
+                .map_err(|_| format!("{from} needs milliseconds (0 or more)"))?;
+            opts.drain_grace = Duration::from_millis(ms);
         }
         opts.worker_url = or_env("--worker-url", worker_url, WORKER_URL_ENV)
             .map(|(from, url)| client::origin(&url).map_err(|e| format!("{from} {e}")))
@@ -347,6 +372,39 @@ mod tests {
         let o = Options::parse_with_env(&args(&["--gh-path", "/opt/gh"]), env).unwrap();
         assert_eq!(o.gh_path, Some(PathBuf::from("/opt/gh")));
         assert!(Options::parse(&args(&["--gh-path"])).is_err());
+    }
+
+    #[test]
+    fn the_drain_grace_comes_from_the_option_or_the_environment() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            Options::parse(&[]).unwrap().drain_grace,
+            Duration::from_millis(20_000)
+        );
+        assert_eq!(DEFAULT_DRAIN_GRACE, Duration::from_secs(20));
+        let o = Options::parse(&args(&["--drain-grace-ms", "500"])).unwrap();
+        assert_eq!(o.drain_grace, Duration::from_millis(500));
+        // 0 is the minimum: the agents are killed at once.
+        let o = Options::parse(&args(&["--drain-grace-ms", "0"])).unwrap();
+        assert_eq!(o.drain_grace, Duration::ZERO);
+        let env = |name: &str| (name == DRAIN_GRACE_MS_ENV).then(|| "1500".to_owned());
+        let o = Options::parse_with_env(&[], env).unwrap();
+        assert_eq!(o.drain_grace, Duration::from_millis(1500));
+        // The option wins over its variable; empty counts as unset.
+        let o = Options::parse_with_env(&args(&["--drain-grace-ms", "7"]), env).unwrap();
+        assert_eq!(o.drain_grace, Duration::from_millis(7));
+        let o = Options::parse_with_env(&args(&["--drain-grace-ms", ""]), env).unwrap();
+        assert_eq!(o.drain_grace, Duration::from_millis(1500));
+        let empty = Options::parse_with_env(&[], |_| Some(String::new())).unwrap();
+        assert_eq!(empty.drain_grace, DEFAULT_DRAIN_GRACE);
+        for bad in ["-1", "x", "1.5", "20s", "18446744073709551616"] {
+            let e = Options::parse(&args(&["--drain-grace-ms", bad])).unwrap_err();
+            assert!(e.contains("--drain-grace-ms"), "{bad}: {e}");
+        }
+        assert!(Options::parse(&args(&["--drain-grace-ms"])).is_err());
+        let bad = Options::parse_with_env(&[], |n| (n == DRAIN_GRACE_MS_ENV).then(|| "-5".into()));
+        assert!(bad.unwrap_err().contains(DRAIN_GRACE_MS_ENV));
+        assert!(USAGE.contains("--drain-grace-ms") && USAGE.contains(DRAIN_GRACE_MS_ENV));
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub(crate) fn request(
     }
     let route = route(config.build, &head.method, head.path()).map_err(refuse)?;
     if route == Route::Health {
+        #[cfg(feature = "debug-routes")]
+        if shared.state().fail.health {
+            return Ok((503, json!({ "error": "health failing on purpose" })));
+        }
         return Ok((200, json!({ "status": "ok" })));
     }
 

@@ -1,7 +1,8 @@
 //! The control server's life: which binary runs ([`Build`]), everything it runs with
 //! ([`Config`]), its start ([`cli_main`]: the credential taken out of the environment first,
-//! then the options, the agent user's checks, the work directory, the listener) and its accept
-//! loop ([`serve`], with the gateway token's self-refresh beside it). `cli_main` hands the
+//! then the options, the agent user's checks, the work directory, the listener), its accept
+//! loop ([`serve`], with the gateway token's self-refresh beside it) and its end: on `SIGTERM`
+//! the eviction drain (`crate::drain`), then exit 0. `cli_main` hands the
 //! `git-credential` and `git-token` subcommands to [`crate::git_credential`], and `gh` to
 //! [`crate::gh`], before it touches the credential.
 
@@ -9,6 +10,7 @@ use crate::agent_user::{self, AgentUser};
 use crate::agents::{self, AgentCommand};
 use crate::auth::Auth;
 use crate::cli;
+use crate::drain;
 use crate::gh;
 use crate::git_credential;
 use crate::gt;
@@ -22,6 +24,7 @@ use crate::workdir;
 use std::io;
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +68,9 @@ pub struct Config {
     /// Whom the agents run as; `None`: the server's own user, as the server's files are laid
     /// out without one.
     pub agent_user: Option<AgentUser>,
+    /// How long the agents get to exit on the server's `SIGTERM` before they are killed and
+    /// their work saved (`crate::drain`).
+    pub drain_grace: Duration,
 }
 
 /// The whole program: takes the credential out of the environment, parses the arguments,
@@ -175,6 +181,10 @@ pub fn cli_main(build: Build) -> i32 {
         ),
         None => eprintln!("gastown-control: no agent command: /agents/start will fail"),
     }
+    eprintln!(
+        "gastown-control: on SIGTERM, agents get {} ms to exit before their work is saved",
+        opts.drain_grace.as_millis()
+    );
     match &opts.gh_path {
         Some(gh) => eprintln!("gastown-control: agents' gh runs {}", gh.display()),
         None => eprintln!("gastown-control: agents' gh runs the first gh on their PATH"),
@@ -192,6 +202,7 @@ pub fn cli_main(build: Build) -> i32 {
         git_ca_file: opts.git_ca_file,
         agent_command,
         agent_user: opts.agent_user,
+        drain_grace: opts.drain_grace,
     };
     match serve(listener, config) {
         Ok(()) => 0,
@@ -203,16 +214,20 @@ pub fn cli_main(build: Build) -> i32 {
 }
 
 /// Accepts connections until the listener fails, each served on its own thread; with a
-/// worker URL, renews the towns' gateway tokens in the background.
+/// worker URL, renews the towns' gateway tokens in the background; on `SIGTERM`, drains
+/// (`crate::drain`: the agents stopped, their work saved and reported) and exits 0.
 ///
 /// # Errors
-/// When the self-refresh thread cannot be started or the listener fails for good.
+/// When the self-refresh or the drain's thread cannot be started or the listener fails for
+/// good.
 pub fn serve(listener: TcpListener, config: Config) -> io::Result<()> {
     let shared = Arc::new(Shared {
         config,
         state: Mutex::new(State::default()),
         agents: agents::Registry::default(),
+        draining: AtomicBool::new(false),
     });
+    drain::start(&shared)?;
     self_refresh::start(&shared)?;
     let read_timeout = shared.config.read_timeout;
     serve_each(listener, "gastown-control", move |stream| {

@@ -1,7 +1,7 @@
 //! What the control server holds in memory: its configuration, each town's container token,
-//! env and self-refresh counts, the failures injected through `/debug/fail`, and the towns'
-//! agent processes, all behind [`Shared`], which every handler and the self-refresh thread
-//! receive.
+//! env and self-refresh counts, the failures injected through `/debug/fail`, the towns' agent
+//! processes and whether the eviction drain began, all behind [`Shared`], which every handler,
+//! the self-refresh thread and the drain's thread receive.
 //!
 //! Lock order: the agents' registry, then the state, never the other way round. The state's
 //! lock is also held while a town's files are written, so the files and the state never
@@ -14,6 +14,7 @@ use crate::server::Config;
 use crate::workdir;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// What the server holds for one town.
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     /// The towns' agent processes (locked before `state` when both are needed).
     pub(crate) agents: agents::Registry,
+    /// Set once, when the eviction drain begins (`crate::drain`); never cleared.
+    pub(crate) draining: AtomicBool,
 }
 
 impl Shared {
@@ -53,6 +56,11 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the eviction drain began: no agent starts any more.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// `<workdir>/<town>`.

@@ -64,8 +64,24 @@ fn main() {
     let agent_token = sign_hs256(&serde_json::json!({
         "agentId": "a-1", "rigId": "r-1", "townId": town.as_str(), "userId": "user-123", "iat": now, "exp": now + 3000,
     }));
-    let (container_token, _) = sign_container(&keys, &town, "user-123", 1, now).unwrap();
-    let (sandbox_token, _) = sign_sandbox(&keys, "user-123", &town, None, now).unwrap();
+    let (container_token, _) = sign_container(
+        &keys,
+        &town,
+        "user-123",
+        1,
+        now,
+        gastown_core::auth::CONTAINER_TOKEN_TTL_SECS,
+    )
+    .unwrap();
+    let (sandbox_token, _) = sign_sandbox(
+        &keys,
+        "user-123",
+        &town,
+        None,
+        now,
+        gastown_core::auth::SANDBOX_TOKEN_TTL_SECS,
+    )
+    .unwrap();
 
     println!("{:<34} {:>10} {:>12}", "benchmark", "ns/op", "vs raw HMAC");
     let row = |name: &str, ns: f64, base: Option<f64>| {

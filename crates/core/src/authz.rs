@@ -444,7 +444,15 @@ mod tests {
         #[test]
         fn container_token_is_scoped_to_its_town() {
             let k = keys();
-            let (token, _) = sign_container(&k, &town("t1"), "owner", 1, NOW).unwrap();
+            let (token, _) = sign_container(
+                &k,
+                &town("t1"),
+                "owner",
+                1,
+                NOW,
+                crate::auth::CONTAINER_TOKEN_TTL_SECS,
+            )
+            .unwrap();
             let ok = container(&k, &token, NOW, &town("t1"), ContainerScope::default()).unwrap();
             assert_eq!(ok.user_id.as_str(), "owner");
             assert_eq!(
@@ -464,7 +472,15 @@ mod tests {
         #[test]
         fn rig_and_agent_come_from_path_then_headers() {
             let k = keys();
-            let (token, _) = sign_container(&k, &town("t1"), "owner", 1, NOW).unwrap();
+            let (token, _) = sign_container(
+                &k,
+                &town("t1"),
+                "owner",
+                1,
+                NOW,
+                crate::auth::CONTAINER_TOKEN_TTL_SECS,
+            )
+            .unwrap();
             let rig = RigId::parse("r-path").unwrap();
             let scope = ContainerScope {
                 route_rig: Some(&rig),
@@ -490,7 +506,15 @@ mod tests {
         #[test]
         fn other_kinds_are_refused() {
             let k = keys();
-            let (sandbox, _) = sign_sandbox(&k, "u", &town("t1"), None, NOW).unwrap();
+            let (sandbox, _) = sign_sandbox(
+                &k,
+                "u",
+                &town("t1"),
+                None,
+                NOW,
+                crate::auth::SANDBOX_TOKEN_TTL_SECS,
+            )
+            .unwrap();
             assert_eq!(
                 container(&k, &sandbox, NOW, &town("t1"), ContainerScope::default())
                     .unwrap_err()
@@ -503,7 +527,15 @@ mod tests {
                     .status(),
                 401
             );
-            let (token, _) = sign_container(&k, &town("t1"), "owner", 1, NOW).unwrap();
+            let (token, _) = sign_container(
+                &k,
+                &town("t1"),
+                "owner",
+                1,
+                NOW,
+                crate::auth::CONTAINER_TOKEN_TTL_SECS,
+            )
+            .unwrap();
             assert_eq!(
                 container(
                     &k,

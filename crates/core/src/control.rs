@@ -98,8 +98,23 @@ pub const GATEWAY_CHAT_PATH: &str = "/api/gateway/chat/completions";
 /// last given (mode 0600): agent processes of the town authenticate to the worker with it, and
 /// the git credential helper reads it.
 pub const CONTAINER_TOKEN_FILE: &str = ".container-token";
-/// A git token is reused until this long before its expiry, then fetched again.
+/// A git token is reused until this long before its expiry, then fetched again (the default;
+/// the town's env sets it as [`GIT_TOKEN_MARGIN_ENV`] from the worker's
+/// `GIT_TOKEN_REFRESH_MARGIN_S`).
 pub const GIT_TOKEN_REUSE_MARGIN_SECS: i64 = 300;
+/// The agents' env variable holding the git token reuse margin, in seconds.
+pub const GIT_TOKEN_MARGIN_ENV: &str = "GASTOWN_GIT_TOKEN_MARGIN_S";
+
+/// The reuse margin an agent's git credential helper applies: `value` of
+/// [`GIT_TOKEN_MARGIN_ENV`] when it is a number of seconds, else
+/// [`GIT_TOKEN_REUSE_MARGIN_SECS`].
+#[must_use]
+pub fn git_token_margin(value: Option<&str>) -> i64 {
+    value
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|s| *s >= 0)
+        .unwrap_or(GIT_TOKEN_REUSE_MARGIN_SECS)
+}
 
 /// Where a git token comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -451,6 +466,25 @@ pub struct AgentExitCallback {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub output_tail: String,
+    /// Set when the agent was stopped by an eviction drain (the control server's SIGTERM):
+    /// what was saved of its work. The bead is then resumed on that branch, not started over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<Drained>,
+}
+
+/// What an eviction drain saved of one agent's work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drained {
+    /// The branch the work in progress was pushed to (the one the agent was started on).
+    pub branch: String,
+    /// Whether the branch's remote now holds the agent's work (committed and pushed); false
+    /// when there was nothing to push or the push failed (then `error` says why).
+    pub pushed: bool,
+    /// The commit the branch's remote was left at, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl AgentExitCallback {

@@ -2,7 +2,10 @@
 //! alarm does on each tick, and when a container token is due. The DOs gather the inputs from
 //! storage, call these, and apply the effects in the order given.
 
-use crate::auth::{CONTAINER_TOKEN_TTL_SECS, SANDBOX_TOKEN_TTL_SECS};
+use crate::auth::{
+    CONTAINER_TOKEN_MAX_LIFETIME_SECS, CONTAINER_TOKEN_TTL_SECS, SANDBOX_TOKEN_MAX_LIFETIME_SECS,
+    SANDBOX_TOKEN_TTL_SECS,
+};
 use crate::authz::ContainerCredential;
 
 /// What a town's DO knows when its alarm fires.
@@ -36,6 +39,9 @@ pub struct TickInput {
     pub idle_stop_ms: u64,
     /// The town follows a pull request (opening or open): the refinery runs, idle or not.
     pub follows_pull_requests: bool,
+    /// When the running container was last asked for its health (ms), and how often to ask.
+    pub container_probed_at_ms: Option<u64>,
+    pub health_interval_ms: u64,
 }
 
 /// One thing a tick does.
@@ -63,6 +69,9 @@ pub enum TickEffect {
     ArmFast,
     /// Open and read the pull requests that are due, and wake for the next one.
     Refine,
+    /// Ask the running container's control server for its health (with a deadline); one that
+    /// has answered none for too long is restarted ([`on_unhealthy`]).
+    ProbeContainer,
 }
 
 /// The effects of one tick, in the order to apply them.
@@ -75,22 +84,113 @@ pub fn tick(input: &TickInput) -> Vec<TickEffect> {
         effects.push(TickEffect::Refine);
     }
     if !input.has_work {
-        // Idle: no token, no env, no ping; only the idle timeout, once.
+        // Idle: no dispatch, no patrol; only the idle timeout, once. A container still
+        // running keeps its tokens fresh until it stops: a lifetime shorter than the idle
+        // timeout must not lapse under a mayor waiting for its next message.
         let idle_for = input
             .work_seen_at_ms
             .map_or(u64::MAX, |seen| input.now_ms.saturating_sub(seen));
         if input.container_started && idle_for >= input.idle_stop_ms {
             effects.push(TickEffect::StopIdleContainer);
+        } else if input.container_started {
+            effects.extend(probe(input));
+            effects.extend(refreshes(input));
         }
         return effects;
     }
     effects.push(TickEffect::ArmFast);
     effects.push(TickEffect::Patrol);
     if input.container_started {
+        effects.extend(probe(input));
         effects.extend(refreshes(input));
     }
     effects.push(TickEffect::Dispatch);
     effects
+}
+
+/// A running container's health check, when one is due.
+fn probe(input: &TickInput) -> Option<TickEffect> {
+    input
+        .container_probed_at_ms
+        .is_none_or(|at| input.now_ms.saturating_sub(at) >= input.health_interval_ms)
+        .then_some(TickEffect::ProbeContainer)
+}
+
+/// How long after its last heartbeat an agent is taken for gone when its container was evicted
+/// or restarted: an agent heard from more recently is left working (patrol's stall time still
+/// applies to it), so a restart noticed late never flaps a bead that is still being worked.
+pub const EVICTION_HEARTBEAT_GUARD_MS: u64 = 90_000;
+
+/// Restarts of a wedged container counted in one window of this length.
+pub const RESTART_WINDOW_MS: u64 = 60 * 60 * 1000;
+
+/// The restarts of a town's wedged container: how many in the window that began at
+/// `window_start_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Restarts {
+    pub window_start_ms: u64,
+    pub in_window: u64,
+}
+
+impl Restarts {
+    /// The count as of `now_ms`: a window that has ended counts nothing.
+    pub fn at(self, now_ms: u64) -> Restarts {
+        if now_ms.saturating_sub(self.window_start_ms) >= RESTART_WINDOW_MS {
+            Restarts {
+                window_start_ms: now_ms,
+                in_window: 0,
+            }
+        } else {
+            self
+        }
+    }
+
+    /// One more restart at `now_ms`.
+    pub fn counted(self, now_ms: u64) -> Restarts {
+        let current = self.at(now_ms);
+        Restarts {
+            in_window: current.in_window + 1,
+            ..current
+        }
+    }
+}
+
+/// What a failed health check leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// Not yet wedged: it answered within `wedged_ms`.
+    Wait,
+    /// Wedged: stop it and start it again with fresh tokens.
+    Restart,
+    /// Wedged, and restarted `cap` times this window already: the town's breaker opens until
+    /// `until_ms` with this reason for the owner.
+    OpenBreaker { until_ms: u64, reason: String },
+}
+
+/// A container last heard from at `answered_at_ms` failed a health check at `now_ms`.
+pub fn on_unhealthy(
+    answered_at_ms: u64,
+    now_ms: u64,
+    wedged_ms: u64,
+    restarts: Restarts,
+    cap: u64,
+) -> Unhealthy {
+    let silent_ms = now_ms.saturating_sub(answered_at_ms);
+    if silent_ms < wedged_ms {
+        return Unhealthy::Wait;
+    }
+    let restarts = restarts.at(now_ms);
+    if restarts.in_window < cap {
+        return Unhealthy::Restart;
+    }
+    Unhealthy::OpenBreaker {
+        until_ms: restarts.window_start_ms + RESTART_WINDOW_MS,
+        reason: format!(
+            "the container answered no health check for {} s and was restarted {} times within the hour; nothing is dispatched until the window ends or it answers again",
+            silent_ms / 1000,
+            restarts.in_window
+        ),
+    }
 }
 
 /// The token pushes a busy town's running container is due.
@@ -124,12 +224,83 @@ pub fn gateway_refresh_due(expires_at_s: Option<i64>, now_ms: u64, before_ms: u6
     })
 }
 
+/// How long the tokens the worker mints live (seconds): `CONTAINER_TOKEN_TTL_S` and
+/// `GATEWAY_TOKEN_TTL_S`, by default 8 h and 24 h. Compressed to about a minute, every refresh
+/// path (the alarm's pushes, the control server's self-refresh) follows, because each of their
+/// defaults is a fraction of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub container_s: i64,
+    pub gateway_s: i64,
+}
+
+/// The shortest lifetime a deployment may set: below this, a refresh could not come round.
+pub const MIN_TOKEN_TTL_SECS: i64 = 20;
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            container_s: CONTAINER_TOKEN_TTL_SECS,
+            gateway_s: SANDBOX_TOKEN_TTL_SECS,
+        }
+    }
+}
+
+impl Lifetimes {
+    /// Each lifetime between [`MIN_TOKEN_TTL_SECS`] and the longest our own validation accepts
+    /// for its kind (DESIGN.md §3).
+    ///
+    /// # Errors
+    /// Which setting is out of range, for the operator.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, secs, max) in [
+            (
+                "CONTAINER_TOKEN_TTL_S",
+                self.container_s,
+                CONTAINER_TOKEN_MAX_LIFETIME_SECS,
+            ),
+            (
+                "GATEWAY_TOKEN_TTL_S",
+                self.gateway_s,
+                SANDBOX_TOKEN_MAX_LIFETIME_SECS,
+            ),
+        ] {
+            if !(MIN_TOKEN_TTL_SECS..=max).contains(&secs) {
+                return Err(format!(
+                    "{name} ({secs}) must be between {MIN_TOKEN_TTL_SECS} and {max} seconds"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn container_ms(&self) -> u64 {
+        u64::try_from(self.container_s).unwrap_or(0) * 1000
+    }
+
+    pub fn gateway_ms(&self) -> u64 {
+        u64::try_from(self.gateway_s).unwrap_or(0) * 1000
+    }
+
+    /// The default least time between two container tokens pushed: an eighth of the lifetime
+    /// (hourly for 8 h), so seven pushes in a row may fail before one lapses.
+    pub fn default_token_refresh_ms(&self) -> u64 {
+        self.container_ms() / 8
+    }
+
+    /// The default gateway threshold: re-mint once half the token is spent (12 h of 24 h).
+    /// The control server's self-refresh wakes as often.
+    pub fn default_gateway_refresh_before_ms(&self) -> u64 {
+        self.gateway_ms() / 2
+    }
+}
+
 /// The gateway-token threshold must leave the token some life, or every tick would re-mint it.
 ///
 /// # Errors
-/// For the operator, when the threshold is not below the sandbox token's lifetime.
-pub fn check_gateway_threshold(before_ms: u64) -> Result<(), String> {
-    let lifetime_ms = u64::try_from(SANDBOX_TOKEN_TTL_SECS).unwrap_or(0) * 1000;
+/// For the operator, when the threshold is not below the gateway token's lifetime.
+pub fn check_gateway_threshold(before_ms: u64, lifetimes: &Lifetimes) -> Result<(), String> {
+    let lifetime_ms = lifetimes.gateway_ms();
     if before_ms >= lifetime_ms {
         return Err(format!(
             "GATEWAY_TOKEN_REFRESH_BEFORE_MS ({before_ms}) must be below the gateway token lifetime ({lifetime_ms} ms)"
@@ -145,12 +316,18 @@ pub fn token_refresh_due(last_accepted_ms: Option<u64>, now_ms: u64, throttle_ms
 }
 
 /// The main loop and the token refresh must both come round well within a container token's
-/// lifetime, or a running container is left holding an expired token.
+/// lifetime, or a running container is left holding an expired token: a push is due
+/// `token_refresh_ms` after the last, and the loop notices it within `town_alarm_ms`, so the
+/// two together must stay below the lifetime.
 ///
 /// # Errors
 /// Which setting is too long, for the operator.
-pub fn check_intervals(town_alarm_ms: u64, token_refresh_ms: u64) -> Result<(), String> {
-    let lifetime_ms = u64::try_from(CONTAINER_TOKEN_TTL_SECS).unwrap_or(0) * 1000;
+pub fn check_intervals(
+    town_alarm_ms: u64,
+    token_refresh_ms: u64,
+    lifetimes: &Lifetimes,
+) -> Result<(), String> {
+    let lifetime_ms = lifetimes.container_ms();
     for (name, ms) in [
         ("TOWN_ALARM_INTERVAL_MS", town_alarm_ms),
         ("CONTAINER_TOKEN_REFRESH_MS", token_refresh_ms),
@@ -160,6 +337,12 @@ pub fn check_intervals(town_alarm_ms: u64, token_refresh_ms: u64) -> Result<(), 
                 "{name} ({ms}) must be below the container token lifetime ({lifetime_ms} ms)"
             ));
         }
+    }
+    if town_alarm_ms + token_refresh_ms >= lifetime_ms {
+        return Err(format!(
+            "TOWN_ALARM_INTERVAL_MS + CONTAINER_TOKEN_REFRESH_MS ({}) must be below the container token lifetime ({lifetime_ms} ms)",
+            town_alarm_ms + token_refresh_ms
+        ));
     }
     Ok(())
 }
@@ -339,6 +522,8 @@ mod tests {
             work_seen_at_ms: Some(1_000 + 3_600_000),
             idle_stop_ms: 600_000,
             follows_pull_requests: false,
+            container_probed_at_ms: Some(1_000 + 3_600_000),
+            health_interval_ms: 30_000,
         }
     }
 
@@ -453,7 +638,7 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_town_pushes_nothing_and_stops_its_container_once_idle_long_enough() {
+    fn an_idle_town_pushes_only_what_is_due_and_stops_its_container_once_idle_long_enough() {
         let idle = TickInput {
             has_work: false,
             token_accepted_at_ms: None,
@@ -461,7 +646,18 @@ mod tests {
             work_seen_at_ms: Some(input().now_ms - 1_000),
             ..input()
         };
-        assert_eq!(tick(&idle), [RecordRun], "every push is due, none is made");
+        assert_eq!(
+            tick(&idle),
+            [RecordRun, RefreshContainerToken, RefreshGatewayToken],
+            "a running container's tokens stay fresh while it is idle"
+        );
+        let fresh = TickInput {
+            has_work: false,
+            work_seen_at_ms: Some(input().now_ms - 1_000),
+            token_accepted_at_ms: Some(input().now_ms - 1_000),
+            ..input()
+        };
+        assert_eq!(tick(&fresh), [RecordRun], "nothing due: nothing pushed");
         let long_idle = TickInput {
             work_seen_at_ms: Some(input().now_ms - 600_000),
             ..idle
@@ -477,6 +673,68 @@ mod tests {
             ..long_idle
         };
         assert_eq!(tick(&stopped_container), [RecordRun], "already stopped");
+    }
+
+    #[test]
+    fn a_running_container_is_probed_when_due_busy_or_idle() {
+        let due = TickInput {
+            container_probed_at_ms: Some(input().now_ms - 30_000),
+            ..input()
+        };
+        assert!(tick(&due).contains(&ProbeContainer));
+        assert!(!tick(&input()).contains(&ProbeContainer), "probed just now");
+        let never = TickInput {
+            container_probed_at_ms: None,
+            ..input()
+        };
+        assert!(tick(&never).contains(&ProbeContainer));
+        let idle = TickInput {
+            has_work: false,
+            work_seen_at_ms: Some(input().now_ms - 1_000),
+            ..due
+        };
+        assert!(tick(&idle).contains(&ProbeContainer));
+        let stopped = TickInput {
+            container_started: false,
+            ..due
+        };
+        assert!(!tick(&stopped).contains(&ProbeContainer));
+    }
+
+    #[test]
+    fn a_wedged_container_is_restarted_up_to_the_cap_then_the_breaker_opens() {
+        let now = 10 * RESTART_WINDOW_MS;
+        let none = Restarts::default();
+        assert_eq!(
+            on_unhealthy(now - 1_000, now, 180_000, none, 3),
+            Unhealthy::Wait
+        );
+        assert_eq!(
+            on_unhealthy(now - 180_000, now, 180_000, none, 3),
+            Unhealthy::Restart
+        );
+        let three = none
+            .counted(now - 3_000)
+            .counted(now - 2_000)
+            .counted(now - 1_000);
+        assert_eq!(three.in_window, 3);
+        match on_unhealthy(now - 200_000, now, 180_000, three, 3) {
+            Unhealthy::OpenBreaker { until_ms, reason } => {
+                assert_eq!(until_ms, now - 3_000 + RESTART_WINDOW_MS);
+                assert!(
+                    reason.contains("200 s") && reason.contains("3 times"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // An hour later the window has ended: restarts are allowed again.
+        let later = now - 3_000 + RESTART_WINDOW_MS;
+        assert_eq!(
+            on_unhealthy(0, later, 180_000, three, 3),
+            Unhealthy::Restart
+        );
+        assert_eq!(three.counted(later).in_window, 1);
     }
 
     #[test]
@@ -525,20 +783,67 @@ mod tests {
         assert!(!gateway_refresh_due(exp(12 * h), now, 12 * h));
         assert!(gateway_refresh_due(exp(12 * h - 1000), now, 12 * h));
         assert!(gateway_refresh_due(Some(0), now, 12 * h), "expired: due");
-        assert!(check_gateway_threshold(12 * h).is_ok());
-        assert!(check_gateway_threshold(24 * h - 1).is_ok());
-        assert!(check_gateway_threshold(24 * h).is_err());
+        let day = Lifetimes::default();
+        assert!(check_gateway_threshold(12 * h, &day).is_ok());
+        assert!(check_gateway_threshold(24 * h - 1, &day).is_ok());
+        assert!(check_gateway_threshold(24 * h, &day).is_err());
+        let minute = Lifetimes {
+            container_s: 60,
+            gateway_s: 60,
+        };
+        assert_eq!(minute.default_gateway_refresh_before_ms(), 30_000);
+        assert!(check_gateway_threshold(30_000, &minute).is_ok());
+        assert!(check_gateway_threshold(60_000, &minute).is_err());
     }
 
     #[test]
     fn intervals_stay_below_the_token_lifetime() {
-        assert!(check_intervals(300_000, 3_600_000).is_ok());
+        let eight = Lifetimes::default();
+        assert_eq!(
+            eight.default_token_refresh_ms(),
+            3_600_000,
+            "hourly, as before"
+        );
+        assert!(check_intervals(300_000, 3_600_000, &eight).is_ok());
         let eight_hours = 8 * 3_600_000;
-        assert!(check_intervals(300_000, eight_hours - 1).is_ok());
-        let e = check_intervals(300_000, eight_hours).unwrap_err();
+        assert!(check_intervals(300_000, eight_hours - 300_001, &eight).is_ok());
+        let e = check_intervals(300_000, eight_hours, &eight).unwrap_err();
         assert!(e.starts_with("CONTAINER_TOKEN_REFRESH_MS"), "{e}");
-        let e = check_intervals(eight_hours, 1_000).unwrap_err();
+        let e = check_intervals(eight_hours, 1_000, &eight).unwrap_err();
         assert!(e.starts_with("TOWN_ALARM_INTERVAL_MS"), "{e}");
+        let e = check_intervals(300_000, eight_hours - 300_000, &eight).unwrap_err();
+        assert!(e.contains("+"), "the two together: {e}");
+        // A minute's token: a push every 7.5 s, and a loop of a few seconds, fit.
+        let minute = Lifetimes {
+            container_s: 60,
+            gateway_s: 60,
+        };
+        assert_eq!(minute.default_token_refresh_ms(), 7_500);
+        assert!(check_intervals(5_000, 7_500, &minute).is_ok());
+        assert!(check_intervals(300_000, 7_500, &minute).is_err());
+    }
+
+    #[test]
+    fn lifetimes_are_bounded_by_what_validation_accepts() {
+        assert!(Lifetimes::default().check().is_ok());
+        let ok = Lifetimes {
+            container_s: MIN_TOKEN_TTL_SECS,
+            gateway_s: 60,
+        };
+        assert!(ok.check().is_ok());
+        let short = Lifetimes {
+            container_s: MIN_TOKEN_TTL_SECS - 1,
+            ..ok
+        };
+        assert!(short
+            .check()
+            .unwrap_err()
+            .starts_with("CONTAINER_TOKEN_TTL_S"));
+        let long = Lifetimes {
+            gateway_s: SANDBOX_TOKEN_MAX_LIFETIME_SECS + 1,
+            ..ok
+        };
+        assert!(long.check().unwrap_err().starts_with("GATEWAY_TOKEN_TTL_S"));
     }
 
     #[test]

@@ -42,7 +42,9 @@
 //!   settings; also when the worker cannot be called at all, with nothing posted);
 //! * directives in the bead's body, for tests: [`HANG_DIRECTIVE`] sends no heartbeat at all,
 //!   sleeps [`HANG_TIME`] and exits 1 (a stalled agent); [`CRASH_DIRECTIVE`] prints a line and
-//!   exits [`EXIT_CRASHED`] at once, with no callback. [`GH_DIRECTIVE`] and [`ORG_DIRECTIVE`]
+//!   exits [`EXIT_CRASHED`] at once, with no callback; [`SLOW_DIRECTIVE`] leaves the bead's
+//!   file written but uncommitted for [`SLOW_TIME`], heartbeating (what an eviction drain
+//!   saves), unless the branch it continues has the file already (a resumed run). [`GH_DIRECTIVE`] and [`ORG_DIRECTIVE`]
 //!   replace the work (no git, no model call) with probes of what a real agent's tools would
 //!   see, each posted as one status, then `done`: [`GH_DIRECTIVE`] runs `gh auth token` once
 //!   (the `gh` its `PATH` finds: the control server's shim, which sets `GH_TOKEN` for that
@@ -98,6 +100,10 @@ pub const GH_DIRECTIVE: &str = "[demo:gh]";
 /// In a bead's body: post the organization the agent's config names ([`org_status`]), instead
 /// of the work.
 pub const ORG_DIRECTIVE: &str = "[demo:org]";
+/// In a bead's body: write the bead's file, then work on it (heartbeating, uncommitted) for
+/// [`SLOW_TIME`] before committing; a run resumed on a branch that has the file goes on at once.
+pub const SLOW_DIRECTIVE: &str = "[demo:slow]";
+pub const SLOW_TIME: Duration = Duration::from_secs(600);
 /// The GitHub CLI, as the agent's `PATH` finds it.
 pub const GH_PROGRAM: &str = "gh";
 pub const HANG_TIME: Duration = Duration::from_secs(600);
@@ -124,7 +130,8 @@ pub const USAGE: &str = "usage: gastown-demo-agent
   GASTOWN_RIG_ID, GASTOWN_AGENT_ID, GASTOWN_BEAD_ID, GASTOWN_GIT_URL,
   GASTOWN_CONTAINER_TOKEN_FILE, ...). It clones, commits one file for the bead, pushes, asks the
   model through KILO_GATEWAY_URL and reports to the worker. In the bead's body, [demo:hang]
-  makes it hang without a heartbeat and [demo:crash] makes it exit 3 at once; [demo:gh] and
+  makes it hang without a heartbeat, [demo:crash] makes it exit 3 at once, [demo:slow] leaves
+  its file uncommitted for 10 minutes (unless resumed on a branch that has it); [demo:gh] and
   [demo:org] replace the work with a status saying whether `gh auth token` had a token (its
   SHA-256 fingerprint, never the token) and which organization the Kilo config names.";
 
@@ -599,9 +606,16 @@ impl Job {
 
         let relative = format!("{BEAD_FILES_DIR}/{}.md", self.bead_id);
         let file = repo.join(&relative);
+        // On a continued branch that already has the file, this is a resumed run.
+        let resumed = file.exists();
         let written = fs::create_dir_all(repo.join(BEAD_FILES_DIR))
             .and_then(|()| fs::write(&file, format!("# {}\n\n{}\n", self.title, self.body)));
         written.map_err(|e| failed(format!("cannot write {relative}: {e}")))?;
+        if self.body.contains(SLOW_DIRECTIVE) && !resumed {
+            // The work is written but not committed: what an eviction drain must save.
+            post_status(worker, &format!("{SLOW_DIRECTIVE}: working on {relative}"));
+            std::thread::sleep(SLOW_TIME);
+        }
         git.run(&repo, &["add", "--", &relative])?;
         let message = commit_message(&self.bead_id, &self.title, self.coauthor.as_deref());
         // A bead run again on its continued branch writes the same file: the run still commits.

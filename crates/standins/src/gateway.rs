@@ -771,7 +771,15 @@ mod tests {
         let now = 1_700_000_000;
         let town = TownId::parse("town-a").unwrap();
         let org = OrgId::parse("org-1").unwrap();
-        let (token, _) = sign_sandbox(&keys, "u1", &town, Some(&org), now).unwrap();
+        let (token, _) = sign_sandbox(
+            &keys,
+            "u1",
+            &town,
+            Some(&org),
+            now,
+            gastown_core::auth::SANDBOX_TOKEN_TTL_SECS,
+        )
+        .unwrap();
         let claims = authorize(&keys, Some(&format!("Bearer {token}")), now).unwrap();
         assert_eq!(
             (claims.user_id.as_str(), claims.organization_id.as_deref()),
@@ -785,7 +793,15 @@ mod tests {
             401
         );
         let both = Keys::new(Some(SECRET), Some(SECRET));
-        let (container, _) = sign_container(&both, &town, "u1", 1, now).unwrap();
+        let (container, _) = sign_container(
+            &both,
+            &town,
+            "u1",
+            1,
+            now,
+            gastown_core::auth::CONTAINER_TOKEN_TTL_SECS,
+        )
+        .unwrap();
         let refused = authorize(&keys, Some(&format!("Bearer {container}")), now).unwrap_err();
         assert_eq!(refused.0, 401);
         assert!(!refused.1.to_string().contains(&container));

@@ -91,6 +91,7 @@ fn sandbox_token(town: &str) -> String {
         &TownId::parse(town).unwrap(),
         None,
         i64::try_from(now).unwrap(),
+        gastown_core::auth::SANDBOX_TOKEN_TTL_SECS,
     )
     .unwrap()
     .0

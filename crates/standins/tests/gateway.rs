@@ -34,6 +34,7 @@ fn sandbox_with_exp(
         &TownId::parse(town).unwrap(),
         org.as_ref(),
         now,
+        gastown_core::auth::SANDBOX_TOKEN_TTL_SECS,
     )
     .unwrap()
 }
@@ -149,9 +150,16 @@ fn every_other_token_is_refused_and_nothing_recorded() {
     );
     // A container token signed with the very same secret: only its kind is wrong.
     let both = Keys::new(None, Some(SECRET));
-    let container = sign_container(&both, &TownId::parse("town-a").unwrap(), "user-1", 1, now)
-        .unwrap()
-        .0;
+    let container = sign_container(
+        &both,
+        &TownId::parse("town-a").unwrap(),
+        "user-1",
+        1,
+        now,
+        gastown_core::auth::CONTAINER_TOKEN_TTL_SECS,
+    )
+    .unwrap()
+    .0;
     let user = hand_made(
         SECRET,
         &json!({ "kiloUserId": "user-1", "iat": now, "exp": now + 600 }),

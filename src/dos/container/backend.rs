@@ -10,14 +10,39 @@ use crate::config;
 use gastown_core::control::{self, AUTHORIZATION_HEADER, TOWN_ID_HEADER};
 use gastown_core::ids::TownId;
 use serde::Serialize;
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
 use worker::wasm_bindgen::JsValue;
 use worker::{
-    console_error, Container, ContainerStartupOptions, Env, Fetch, Headers, Method, Request,
+    console_error, Container, ContainerStartupOptions, Delay, Env, Fetch, Headers, Method, Request,
     RequestInit, State,
 };
 
 /// The control server's port inside a Cloudflare Container.
 const CONTROL_PORT: u16 = 8080;
+/// How long any call to the control server may take before it counts as failed: a deaf
+/// container must not hold the town's alarm (a start includes the container's own start).
+const CALL_DEADLINE: Duration = Duration::from_secs(60);
+/// A direct merge clones, merges and pushes: the control server's own deadline (120 s) and a
+/// margin.
+const MERGE_DEADLINE: Duration = Duration::from_secs(150);
+
+/// `future`'s output, or `None` once `deadline` has passed (the future is then dropped).
+pub async fn within<F: Future>(deadline: Duration, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut timer = std::pin::pin!(Delay::from(deadline));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
 
 /// A control server's 2xx answer.
 pub struct Answer {
@@ -79,9 +104,35 @@ impl Backend {
     /// # Errors
     /// A description for the log when the server is unreachable or answers non-2xx.
     pub async fn health(&self) -> Result<(), String> {
-        self.send(Method::Get, control::HEALTH_PATH, None)
-            .await
-            .map(|_| ())
+        self.health_within(CALL_DEADLINE).await
+    }
+
+    /// A health check that starts nothing: as [`Backend::health_within`], except that a
+    /// Cloudflare Container that is not running fails it.
+    ///
+    /// # Errors
+    /// As [`Backend::health_within`], and for a container that is not running.
+    pub async fn probe(&self, deadline: Duration) -> Result<(), String> {
+        if let Target::Cloudflare(container) = &self.target {
+            if !container.running() {
+                return Err("the container is not running".into());
+            }
+        }
+        self.health_within(deadline).await
+    }
+
+    /// `GET /health`, answered within `deadline`.
+    ///
+    /// # Errors
+    /// As [`Backend::health`], and when no answer came in time.
+    pub async fn health_within(&self, deadline: Duration) -> Result<(), String> {
+        match self
+            .exchange(Method::Get, control::HEALTH_PATH, None, deadline)
+            .await?
+        {
+            (200..=299, _) => Ok(()),
+            (status, _) => Err(format!("/health: control server answered {status}")),
+        }
     }
 
     /// POSTs a JSON body; any non-2xx answer is an error.
@@ -103,7 +154,13 @@ impl Backend {
         body: &T,
     ) -> Result<(u16, Answer), String> {
         let body = serde_json::to_string(body).map_err(|e| e.to_string())?;
-        self.exchange(Method::Post, path, Some(body)).await
+        let deadline = if path == control::MERGE_PATH {
+            MERGE_DEADLINE
+        } else {
+            CALL_DEADLINE
+        };
+        self.exchange(Method::Post, path, Some(body), deadline)
+            .await
     }
 
     async fn send(
@@ -112,13 +169,30 @@ impl Backend {
         path: &str,
         body: Option<String>,
     ) -> Result<Answer, String> {
-        match self.exchange(method, path, body).await? {
+        match self.exchange(method, path, body, CALL_DEADLINE).await? {
             (200..=299, answer) => Ok(answer),
             (status, _) => Err(format!("{path}: control server answered {status}")),
         }
     }
 
     async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        deadline: Duration,
+    ) -> Result<(u16, Answer), String> {
+        within(deadline, self.exchange_now(method, path, body))
+            .await
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "{path}: no answer within {} ms",
+                    deadline.as_millis()
+                ))
+            })
+    }
+
+    async fn exchange_now(
         &self,
         method: Method,
         path: &str,

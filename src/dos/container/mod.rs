@@ -221,7 +221,8 @@ impl TownContainerDO {
             Ok(answer) => {
                 let had_env = serde_json::from_str::<RefreshTokenReply>(&answer.body)
                     .is_ok_and(|r| r.had_env);
-                if answer.started || !had_env {
+                let restarted = answer.started || !had_env;
+                if restarted {
                     // A container that (re)started since its last push has a token now, but
                     // no env: hand it the stored one.
                     let env = self.stored_env(town)?;
@@ -236,6 +237,7 @@ impl TownContainerDO {
                 Ok(TokenPushed {
                     accepted: true,
                     token_expires_at: Some(expires_at),
+                    restarted,
                 })
             }
             Err(e) => {
@@ -335,6 +337,30 @@ impl ContainerOps for TownContainerDO {
             .await
     }
 
+    /// The town believes its container runs: its control server must answer `/health` within
+    /// the deadline. A Cloudflare Container that is not running fails the check (it is not
+    /// started by it); a restart that could not start it is tried again that way.
+    async fn probe(
+        &self,
+        Probe {
+            town_id,
+            timeout_ms,
+        }: Probe,
+    ) -> Reply<Probed> {
+        let backend = self.backend(&town_id);
+        let answered = backend
+            .probe(std::time::Duration::from_millis(timeout_ms))
+            .await;
+        self.still_here(&backend).await?;
+        if let Err(e) = &answered {
+            console_error!("town {town_id}: health check failed: {e}");
+            self.record_error(Some("the container answered no health check"))?;
+        }
+        Ok(Probed {
+            healthy: answered.is_ok(),
+        })
+    }
+
     async fn status(&self, _: Status) -> Reply<ContainerStatus> {
         let row = self.row()?;
         Ok(ContainerStatus {
@@ -343,6 +369,7 @@ impl ContainerOps for TownContainerDO {
             token_expires_at: row.token_expires_at.map(|t| t as i64),
             token_pushed_at: row.token_pushed_at.map(|t| rfc3339(t as u64)),
             last_error: row.last_error,
+            breaker: None,
         })
     }
 

@@ -61,6 +61,9 @@ impl TownDO {
     pub(super) async fn dispatch(&self, town: &Town) -> Reply<()> {
         let settings = config::get(&self.env).work.clone();
         let now = config::now_ms();
+        if self.wedge_breaker_open(now)? {
+            return Ok(());
+        }
         let mut budget = match self.breaker()?.allowance(now) {
             Some(0) => return Ok(()),
             Some(n) => n,

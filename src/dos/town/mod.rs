@@ -19,6 +19,7 @@
 mod beads;
 mod callbacks;
 mod dispatch;
+mod health;
 mod mayor;
 mod ops;
 mod patrol;
@@ -100,6 +101,21 @@ enum Meta {
     BreakerOpenUntil,
     Stalls,
     IdleStops,
+    /// Agents an eviction drain stopped, their beads resumed on their branches.
+    Drains,
+    /// Working agents handed back because their container was evicted or restarted.
+    EvictionResets,
+    /// The last health check of the running container, and the last it answered.
+    ContainerProbedAt,
+    ContainerAnsweredAt,
+    /// Restarts of a wedged container: all time, and in the current window
+    /// (`policy::Restarts`).
+    WedgeRestarts,
+    RestartWindowStart,
+    RestartsInWindow,
+    /// The breaker a container past its restart cap opened: until when (ms), and for how long
+    /// it had been silent (ms) when it opened (the reason is said from these).
+    WedgeBreakerUntil,
 }
 
 impl MetaKey for Meta {
@@ -127,6 +143,14 @@ impl MetaKey for Meta {
             Meta::BreakerOpenUntil => "breaker_open_until",
             Meta::Stalls => "stalls",
             Meta::IdleStops => "idle_stops",
+            Meta::Drains => "drains",
+            Meta::EvictionResets => "eviction_resets",
+            Meta::ContainerProbedAt => "container_probed_at",
+            Meta::ContainerAnsweredAt => "container_answered_at",
+            Meta::WedgeRestarts => "wedge_restarts",
+            Meta::RestartWindowStart => "restart_window_start",
+            Meta::RestartsInWindow => "restarts_in_window",
+            Meta::WedgeBreakerUntil => "wedge_breaker_until",
         }
     }
 }
@@ -354,6 +378,8 @@ impl TownDO {
             work_seen_at_ms: meta(&sql, Meta::WorkSeenAt)?,
             idle_stop_ms: settings.work.idle_stop_ms,
             follows_pull_requests: active && store::next_pull_due(&sql)?.is_some(),
+            container_probed_at_ms: meta(&sql, Meta::ContainerProbedAt)?,
+            health_interval_ms: settings.work.health_interval_ms,
         };
         for effect in policy::tick(&input) {
             match (effect, &town) {
@@ -413,6 +439,11 @@ impl TownDO {
                         console_error!("town {}: idle stop failed: {e}", town.id);
                     }
                 }
+                (TickEffect::ProbeContainer, Some(town)) => {
+                    if let Err(e) = self.probe_container(town).await {
+                        console_error!("town {}: health check failed: {e}", town.id);
+                    }
+                }
                 (TickEffect::Refine, Some(town)) => {
                     if let Err(e) = self.refine(town).await {
                         console_error!("town {}: refinery failed: {e}", town.id);
@@ -420,6 +451,7 @@ impl TownDO {
                 }
                 (
                     TickEffect::Refine
+                    | TickEffect::ProbeContainer
                     | TickEffect::RefreshContainerToken
                     | TickEffect::RefreshGatewayToken
                     | TickEffect::Patrol

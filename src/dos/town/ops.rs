@@ -69,10 +69,14 @@ impl TownOps for TownDO {
 
     async fn container_status(&self, req: ContainerStatus) -> Reply<c::ContainerStatus> {
         let (town, _) = self.admit_user(&req.caller)?;
-        self.container(&town.id)?
+        let mut status = self
+            .container(&town.id)?
             .call(c::Status {})
             .await
-            .map_err(super::gone_is_not_found)
+            .map_err(super::gone_is_not_found)?;
+        self.still_here()?;
+        status.breaker = self.breaker_view()?;
+        Ok(status)
     }
 
     /// The town is marked gone before the first await, so nothing that starts meanwhile (a
@@ -183,6 +187,10 @@ impl TownOps for TownDO {
             breaker_open_until: meta(&sql, Meta::BreakerOpenUntil)?.filter(|t| *t > 0),
             stalls: meta(&sql, Meta::Stalls)?.unwrap_or(0),
             idle_stops: meta(&sql, Meta::IdleStops)?.unwrap_or(0),
+            drains: meta(&sql, Meta::Drains)?.unwrap_or(0),
+            eviction_resets: meta(&sql, Meta::EvictionResets)?.unwrap_or(0),
+            wedge_restarts: meta(&sql, Meta::WedgeRestarts)?.unwrap_or(0),
+            breaker_reason: self.breaker_view()?.map(|b| b.reason),
         })
     }
 
@@ -271,6 +279,10 @@ impl TownOps for TownDO {
         let agent = self.callback_agent(req.credential, &req.rig_id, &req.agent_id)?;
         // An agent that finished (or never had) its work just ended its process.
         if agent.current_bead_id.is_none() {
+            return Ok(Ack::OK);
+        }
+        if let Some(drained) = &req.exit.drained {
+            self.agent_drained(&agent, drained)?;
             return Ok(Ack::OK);
         }
         let reason = req.exit.reason();

@@ -7,9 +7,10 @@ use super::{gone_is_not_found, Meta, TownDO};
 use crate::config;
 use crate::storage::{bump_meta, set_meta};
 use gastown_core::beads::{Bead, BeadEventKind, BeadStatus, BeadType, NewBead};
+use gastown_core::control::Drained;
 use gastown_core::error::ApiError;
 use gastown_core::ids::RigId;
-use gastown_core::model::{AgentStatus, Town, TownStatus};
+use gastown_core::model::{Agent, AgentStatus, Town, TownStatus};
 use gastown_core::policy::CRASH_LOOP_WINDOW_MS;
 use gastown_core::protocol::container as c;
 use gastown_core::time::rfc3339;
@@ -105,6 +106,54 @@ impl TownDO {
             }
         }
         Ok(())
+    }
+
+    /// An eviction drain stopped `agent` and saved its work to `drained.branch`: the agent is
+    /// idle (it did not fail: no stall, nothing toward a crash loop), and its bead opens again
+    /// to be resumed on that branch, not started over. A branch other than the one the agent
+    /// was given is refused (422) and changes nothing.
+    pub(super) fn agent_drained(&self, agent: &Agent, drained: &Drained) -> Reply<()> {
+        let sql = self.sql();
+        let Some(bead_id) = agent.current_bead_id.as_deref() else {
+            return Ok(());
+        };
+        let assigned = store::work_branch_of(&sql, bead_id)?
+            .unwrap_or_else(|| transitions::work_branch(&agent.name, bead_id));
+        if drained.branch != assigned {
+            return Err(ApiError::invalid(
+                "drained",
+                "branch is not the branch the agent was given",
+            ));
+        }
+        let now = config::now_ms();
+        store::release_agent(&sql, agent.id.as_str(), AgentStatus::Idle)?;
+        if store::bead_held_by(&sql, bead_id, agent.id.as_str())?.is_none() {
+            return Ok(());
+        }
+        store::set_work_branch(&sql, bead_id, &drained.branch)?;
+        store::hand_back_bead(&sql, bead_id, BeadStatus::Open, &rfc3339(now))?;
+        let saved = match (&drained.head, drained.pushed, &drained.error) {
+            (Some(head), true, _) => format!(
+                "its work was pushed to {} at {}",
+                drained.branch,
+                &head[..head.len().min(12)]
+            ),
+            (None, true, _) => format!("its work was pushed to {}", drained.branch),
+            (_, false, Some(error)) => format!("its work could not be pushed: {error}"),
+            (_, false, None) => format!("{} had nothing new to push", drained.branch),
+        };
+        store::event(
+            &sql,
+            bead_id,
+            BeadEventKind::Reopened,
+            &Actor::Town,
+            Some(&format!(
+                "its container was evicted; {saved}; it resumes on that branch"
+            )),
+            now,
+        )?;
+        bump_meta(&sql, Meta::Drains)?;
+        store::settle_convoy_of(&sql, bead_id, now)
     }
 
     /// Stops everything (its work handed back with `reason`, every container token rotated

@@ -9,6 +9,7 @@ use crate::storage::{bump_meta, meta, set_meta};
 use gastown_core::agent_settings::{settings_files, SettingsFiles};
 use gastown_core::auth::{sign_container, sign_sandbox};
 use gastown_core::authz::ContainerCredential;
+use gastown_core::control::GIT_TOKEN_MARGIN_ENV;
 use gastown_core::error::ApiError;
 use gastown_core::model::Town;
 use gastown_core::policy::TokenGeneration;
@@ -29,6 +30,7 @@ impl TownDO {
             &town.id,
             town.owner.org(),
             config::now_s(),
+            config::get(&self.env).lifetimes.gateway_s,
         )
         .map_err(|e| ApiError::internal(format!("minting a gateway token: {}", e.message())))?;
         let mut config = self.config(&town.id)?;
@@ -166,6 +168,7 @@ impl TownDO {
             town.token_user_id()?,
             self.generation()?.current,
             config::now_s(),
+            config::get(&self.env).lifetimes.container_s,
         )
         .map_err(|e| ApiError::internal(format!("minting a container token: {}", e.message())))
     }
@@ -192,7 +195,12 @@ impl TownDO {
     /// Records a push of a token of `generation`.
     pub(super) fn record_push(&self, pushed: TokenPushed, generation: u64) -> Reply<()> {
         let sql = self.sql();
+        if pushed.restarted {
+            // The container lost everything since the last push: its agents are gone.
+            self.reset_after_eviction("its container was evicted or restarted")?;
+        }
         if pushed.accepted {
+            self.container_answered(config::now_ms())?;
             set_meta(&sql, Meta::TokenAcceptedGeneration, generation)?;
             set_meta(&sql, Meta::TokenRefreshedAt, config::now_ms())?;
             bump_meta(&sql, Meta::TokenRefreshes)
@@ -204,9 +212,15 @@ impl TownDO {
     /// The env the container and its agents run with, derived from `config`.
     pub(super) fn container_env(&self, config: &TownConfig) -> BTreeMap<String, String> {
         let mut env = container_env(config);
-        if let Some(url) = &config::get(&self.env).gateway_url {
+        let settings = config::get(&self.env);
+        if let Some(url) = &settings.gateway_url {
             env.insert("KILO_GATEWAY_URL".to_owned(), url.clone());
         }
+        // The credential helper stops reusing a git token this long before it expires.
+        env.insert(
+            GIT_TOKEN_MARGIN_ENV.to_owned(),
+            settings.git_token_margin_s.to_string(),
+        );
         env
     }
 

@@ -32,9 +32,9 @@ pub const CLOCK_SKEW_SECS: i64 = 60;
 /// so skew does not apply; this covers issuers that read their clock twice, or round `exp` up,
 /// when they compute the two.
 pub const LIFETIME_LEEWAY_SECS: i64 = 5;
-/// Lifetime of the container tokens this worker mints.
+/// Default lifetime of the container tokens this worker mints (`CONTAINER_TOKEN_TTL_S`).
 pub const CONTAINER_TOKEN_TTL_SECS: i64 = 8 * 60 * 60;
-/// Lifetime of the sandbox (gateway) tokens this worker mints.
+/// Default lifetime of the sandbox (gateway) tokens this worker mints (`GATEWAY_TOKEN_TTL_S`).
 pub const SANDBOX_TOKEN_TTL_SECS: i64 = 24 * 60 * 60;
 /// Longer strings are not tokens we issue or accept.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -463,51 +463,67 @@ struct SandboxOut<'a> {
     organization_id: Option<&'a str>,
 }
 
-/// Mints a container token for `town`, valid [`CONTAINER_TOKEN_TTL_SECS`]. Returns the token
-/// and its `exp`. `user_id` must be the town's owner (creator for org towns) or the town id.
+/// Mints a container token for `town`, valid `ttl` seconds (the deployment's setting, by
+/// default [`CONTAINER_TOKEN_TTL_SECS`]). Returns the token and its `exp`. `user_id` must be
+/// the town's owner (creator for org towns) or the town id.
 ///
 /// # Errors
-/// `NotConfigured` without `GASTOWN_JWT_SECRET`; `Malformed` for an empty user id.
+/// `NotConfigured` without `GASTOWN_JWT_SECRET`; `Malformed` for an empty user id;
+/// `LifetimeTooLong` for a `ttl` our own validation would refuse (or not positive).
 pub fn sign_container(
     keys: &Keys,
     town: &TownId,
     user_id: &str,
     generation: u64,
     now: i64,
+    ttl: i64,
 ) -> Result<(String, i64), AuthError> {
     if user_id.trim().is_empty() {
         return Err(AuthError::Malformed);
     }
+    mintable(ttl, super::claims::CONTAINER_TOKEN_MAX_LIFETIME_SECS)?;
     let custom = ContainerOut {
         town_id: town.as_str(),
         user_id,
         scope: CONTAINER_SCOPE,
         gen: generation,
     };
-    keys.sign(keys.gastown.as_ref(), custom, now, CONTAINER_TOKEN_TTL_SECS)
+    keys.sign(keys.gastown.as_ref(), custom, now, ttl)
 }
 
-/// Mints a sandbox (gateway) token, valid [`SANDBOX_TOKEN_TTL_SECS`].
+/// A lifetime we may mint: positive, and within what our own validation accepts.
+fn mintable(ttl: i64, max: i64) -> Result<(), AuthError> {
+    if ttl <= 0 || ttl > max {
+        return Err(AuthError::LifetimeTooLong);
+    }
+    Ok(())
+}
+
+/// Mints a sandbox (gateway) token, valid `ttl` seconds (by default
+/// [`SANDBOX_TOKEN_TTL_SECS`]).
 ///
 /// # Errors
-/// `NotConfigured` without `NEXTAUTH_SECRET`; `Malformed` for an empty user id.
+/// `NotConfigured` without `NEXTAUTH_SECRET`; `Malformed` for an empty user id;
+/// `LifetimeTooLong` for a `ttl` our own validation would refuse (or not positive).
 pub fn sign_sandbox(
     keys: &Keys,
     user_id: &str,
     town: &TownId,
     org: Option<&OrgId>,
     now: i64,
+    ttl: i64,
 ) -> Result<(String, i64), AuthError> {
     if user_id.trim().is_empty() {
         return Err(AuthError::Malformed);
     }
+    mintable(ttl, super::claims::SANDBOX_TOKEN_MAX_LIFETIME_SECS)?;
     let custom = SandboxOut {
         sub: user_id,
         token_type: SANDBOX_TYPE,
         town_id: town.as_str(),
         organization_id: org.map(OrgId::as_str),
     };
-    keys.sign(keys.nextauth.as_ref(), custom, now, SANDBOX_TOKEN_TTL_SECS)
+    keys.sign(keys.nextauth.as_ref(), custom, now, ttl)
 }
 
 #[cfg(test)]

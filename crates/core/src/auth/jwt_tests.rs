@@ -419,7 +419,15 @@ fn missing_secret_is_not_configured() {
 fn minted_container_token_round_trips() {
     let k = keys();
     let town = TownId::parse("town-7").unwrap();
-    let (token, exp) = sign_container(&k, &town, "owner-1", 1, NOW).unwrap();
+    let (token, exp) = sign_container(
+        &k,
+        &town,
+        "owner-1",
+        1,
+        NOW,
+        crate::auth::CONTAINER_TOKEN_TTL_SECS,
+    )
+    .unwrap();
     assert_eq!(exp, NOW + CONTAINER_TOKEN_TTL_SECS);
     let c = k.verify_container(&token, NOW).unwrap();
     assert_eq!(
@@ -429,7 +437,14 @@ fn minted_container_token_round_trips() {
     assert_eq!(k.verify_user(&token, NOW), Err(AuthError::BadSignature));
     assert_eq!(k.verify_agent(&token, NOW), Err(AuthError::WrongKind));
     assert_eq!(
-        sign_container(&k, &town, " ", 1, NOW),
+        sign_container(
+            &k,
+            &town,
+            " ",
+            1,
+            NOW,
+            crate::auth::CONTAINER_TOKEN_TTL_SECS
+        ),
         Err(AuthError::Malformed)
     );
 }
@@ -439,7 +454,15 @@ fn minted_sandbox_token_round_trips_and_is_never_a_user_token() {
     let k = keys();
     let town = TownId::parse("town-7").unwrap();
     let org = OrgId::parse("org-1").unwrap();
-    let (token, exp) = sign_sandbox(&k, "user-1", &town, Some(&org), NOW).unwrap();
+    let (token, exp) = sign_sandbox(
+        &k,
+        "user-1",
+        &town,
+        Some(&org),
+        NOW,
+        crate::auth::SANDBOX_TOKEN_TTL_SECS,
+    )
+    .unwrap();
     let s = k.verify_sandbox(&token, NOW).unwrap();
     assert_eq!(
         (
@@ -619,8 +642,24 @@ fn typ_header_must_name_a_jwt() {
 fn minted_tokens_carry_iat_and_a_jwt_typ() {
     let k = keys();
     let town = TownId::parse("town-7").unwrap();
-    let (container, _) = sign_container(&k, &town, "owner-1", 1, NOW).unwrap();
-    let (sandbox, _) = sign_sandbox(&k, "user-1", &town, None, NOW).unwrap();
+    let (container, _) = sign_container(
+        &k,
+        &town,
+        "owner-1",
+        1,
+        NOW,
+        crate::auth::CONTAINER_TOKEN_TTL_SECS,
+    )
+    .unwrap();
+    let (sandbox, _) = sign_sandbox(
+        &k,
+        "user-1",
+        &town,
+        None,
+        NOW,
+        crate::auth::SANDBOX_TOKEN_TTL_SECS,
+    )
+    .unwrap();
     for token in [container, sandbox] {
         let mut parts = token.split('.');
         let header: Value =

@@ -30,7 +30,24 @@ crate::do_protocol! {
         MessageAgent(MessageAgent) -> AgentMessaged => message_agent;
         /// The refinery's direct merge, in the running container.
         Merge(Merge) -> Merged => merge;
+        /// Asks the running container's control server for its health, within a deadline.
+        Probe(Probe) -> Probed => probe;
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub town_id: TownId,
+    /// How long to wait for the answer.
+    pub timeout_ms: u64,
+}
+
+/// What a health check found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probed {
+    /// The control server answered 2xx within the deadline (a container this DO does not run
+    /// counts as healthy: there is nothing to restart).
+    pub healthy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,12 +174,17 @@ impl ContainerState {
 pub struct TokenPushed {
     pub accepted: bool,
     pub token_expires_at: Option<i64>,
+    /// The container had lost what it held (it was evicted or restarted, and started again)
+    /// since the last push: the agents it ran are gone.
+    #[serde(default)]
+    pub restarted: bool,
 }
 
 impl TokenPushed {
     pub const REFUSED: TokenPushed = TokenPushed {
         accepted: false,
         token_expires_at: None,
+        restarted: false,
     };
 }
 
@@ -182,6 +204,16 @@ pub struct ContainerStatus {
     pub token_expires_at: Option<i64>,
     pub token_pushed_at: Option<String>,
     pub last_error: Option<String>,
+    /// Set by the town while its breaker holds a wedged container: why, and until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerView>,
+}
+
+/// The town's breaker, open because its container kept answering no health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerView {
+    pub reason: String,
+    pub open_until: String,
 }
 
 #[cfg(test)]
@@ -295,6 +327,14 @@ mod tests {
                 .into(),
                 r#"{"op":"start_agent","town_id":"t1","agent":{"townId":"t1","agent_id":"a1","role":"polecat","name":"p","rig_id":"r1","bead":null,"git_url":null,"default_branch":null,"branch":null,"model":null,"worker_url":null,"env":{}}}"#,
             ),
+            (
+                Probe {
+                    town_id: TownId::parse("t1").unwrap(),
+                    timeout_ms: 5_000,
+                }
+                .into(),
+                r#"{"op":"probe","town_id":"t1","timeout_ms":5000}"#,
+            ),
         ];
         all(&ContainerOp::ops(), &cases);
     }
@@ -320,13 +360,15 @@ mod tests {
                 token_expires_at: Some(9),
                 token_pushed_at: None,
                 last_error: None,
+                breaker: None,
             },
             r#"{"state":"running","env_var_names":["A"],"token_expires_at":9,"token_pushed_at":null,"last_error":null}"#,
         );
         pinned(
             &TokenPushed::REFUSED,
-            r#"{"accepted":false,"token_expires_at":null}"#,
+            r#"{"accepted":false,"token_expires_at":null,"restarted":false}"#,
         );
+        pinned(&Probed { healthy: false }, r#"{"healthy":false}"#);
         pinned(
             &EnvSynced {
                 pushed: true,

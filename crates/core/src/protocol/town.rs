@@ -577,6 +577,18 @@ pub struct TownHealth {
     /// Containers stopped for idleness.
     #[serde(default)]
     pub idle_stops: u64,
+    /// Agents an eviction drain stopped (their beads resumed on their branches), agents handed
+    /// back because their container was evicted or restarted, and restarts of a wedged
+    /// container.
+    #[serde(default)]
+    pub drains: u64,
+    #[serde(default)]
+    pub eviction_resets: u64,
+    #[serde(default)]
+    pub wedge_restarts: u64,
+    /// Why the town's breaker holds dispatch, while a wedged container keeps it open.
+    #[serde(default)]
+    pub breaker_reason: Option<String>,
 }
 
 #[cfg(test)]
@@ -889,7 +901,7 @@ mod tests {
                     credential: ContainerCredential::Container { generation: Some(1) },
                     rig_id: r.id.clone(),
                     agent_id: AgentId::parse("a1").unwrap(),
-                    exit: AgentExitCallback { exit_code: Some(3), output_tail: "boom".into() },
+                    exit: AgentExitCallback { exit_code: Some(3), output_tail: "boom".into(), drained: None },
                 }
                 .into(),
                 r#"{"op":"agent_exited","credential":{"kind":"container","generation":1},"rig_id":"r1","agent_id":"a1","exit":{"exit_code":3,"output_tail":"boom"}}"#.into(),
@@ -944,8 +956,12 @@ mod tests {
                 breaker_open_until: None,
                 stalls: 0,
                 idle_stops: 1,
+                drains: 0,
+                eviction_resets: 0,
+                wedge_restarts: 0,
+                breaker_reason: None,
             },
-            r#"{"town_id":"t1","status":"active","rig_count":2,"alarm_at":5,"alarm_runs":3,"watchdog_rearms":1,"token_refreshed_at":null,"token_refreshes":4,"token_refresh_failures":0,"last_alarm_at":"2026-11-23T00:00:00.000Z","gateway_token_expires_at":9,"gateway_refreshes":1,"gateway_refresh_failures":2,"busy":true,"dispatches":3,"dispatch_failures":1,"breaker_failures":0,"breaker_open_until":null,"stalls":0,"idle_stops":1}"#,
+            r#"{"town_id":"t1","status":"active","rig_count":2,"alarm_at":5,"alarm_runs":3,"watchdog_rearms":1,"token_refreshed_at":null,"token_refreshes":4,"token_refresh_failures":0,"last_alarm_at":"2026-11-23T00:00:00.000Z","gateway_token_expires_at":9,"gateway_refreshes":1,"gateway_refresh_failures":2,"busy":true,"dispatches":3,"dispatch_failures":1,"breaker_failures":0,"breaker_open_until":null,"stalls":0,"idle_stops":1,"drains":0,"eviction_resets":0,"wedge_restarts":0,"breaker_reason":null}"#,
         );
         pinned(&Ack::OK, r#"{"ok":true}"#);
     }
