@@ -69,6 +69,7 @@
 
 use crate::agent_user::AgentUser;
 use crate::callbacks::Callbacks;
+use crate::child::{kill_group, signal, Sig};
 use crate::client;
 use crate::git_credential;
 use crate::http::{error, Reply};
@@ -1006,39 +1007,9 @@ fn kill_marked(run: &str) {
     }
 }
 
-/// Which signal [`signal`] sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sig {
-    Kill,
-    Terminate,
-}
+/// The signals [`signal`] sends the agents.
 const KILL: Sig = Sig::Kill;
 const TERMINATE: Sig = Sig::Terminate;
-
-/// `SIGKILL` (or `SIGTERM`) to the process `pid`, or to the group it leads.
-fn signal(pid: u32, one: bool, sig: Sig) {
-    #[cfg(unix)]
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        if pid > 1 {
-            let target = if one { pid } else { -pid };
-            let number = match sig {
-                Sig::Kill => libc::SIGKILL,
-                Sig::Terminate => libc::SIGTERM,
-            };
-            // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-            unsafe {
-                libc::kill(target, number);
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (pid, one, sig);
-}
-
-/// `SIGKILL` to every process of the group `leader` leads (none left is no error).
-fn kill_group(leader: u32) {
-    signal(leader, false, KILL);
-}
 
 /// Starts the thread that waits for the process and records its exit.
 fn watch(

@@ -57,15 +57,16 @@
 
 use crate::agent_user::AgentUser;
 use crate::agents::Evicted;
+use crate::child::{self, Ran, RunError};
 use crate::merges::{allow_local_git, check_branch, check_git_url, last_line};
 use crate::server::Build;
 use crate::state::Shared;
 use gastown_core::control::{Drained, DEFAULT_GIT_AUTHOR_EMAIL, DEFAULT_GIT_AUTHOR_NAME};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -88,10 +89,6 @@ pub const REPO_DIR: &str = "repo";
 /// The stack of a thread that saves and reports one agent (the report's HTTP call, a TLS
 /// client included).
 const AGENT_STACK: usize = 1024 * 1024;
-/// The stack of the thread that waits for one git.
-const WAITER_STACK: usize = 64 * 1024;
-/// Bytes of git's stdout or stderr kept.
-const MAX_OUTPUT: u64 = 1024 * 1024;
 /// Configuration every git of a save runs with.
 const GIT_CONFIG: [&str; 2] = ["-c", "commit.gpgsign=false"];
 /// Configuration of the steps in the work tree alone: no hook runs. Not given to `push` and
@@ -358,7 +355,7 @@ fn save_into(
         drained.head = Some(local);
         return Ok(());
     }
-    Err(format!("git push failed: {}", push.stderr_line()))
+    Err(format!("git push failed: {}", last_line(&push.stderr)))
 }
 
 /// The agent's git work tree: `<work dir>/repo`, else the work dir itself when it holds a
@@ -395,20 +392,6 @@ fn git_env(agent: &BTreeMap<String, String>, allow_local: bool) -> BTreeMap<Stri
     env
 }
 
-/// How one git ended.
-struct Ran {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Ran {
-    /// git's line of error worth quoting, without credentials.
-    fn stderr_line(&self) -> String {
-        last_line(&self.stderr)
-    }
-}
-
 /// git in one agent's work tree.
 struct Git {
     env: BTreeMap<String, String>,
@@ -422,9 +405,6 @@ impl Git {
     /// process group is killed).
     fn run(&self, args: &[&str]) -> Result<Ran, String> {
         let step = args.first().copied().unwrap_or("git");
-        if Instant::now() >= self.deadline {
-            return Err(format!("no time left for git {step}"));
-        }
         let mut cmd = Command::new("git");
         cmd.args(GIT_CONFIG);
         if !matches!(step, "push" | "ls-remote") {
@@ -433,47 +413,18 @@ impl Git {
         cmd.args(args)
             .current_dir(&self.tree)
             .env_clear()
-            .envs(&self.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .envs(&self.env);
         #[cfg(unix)]
-        {
+        if let Some(user) = self.user {
             use std::os::unix::process::CommandExt;
-            if let Some(user) = self.user {
-                cmd.uid(user.uid()).gid(user.gid());
-            }
-            cmd.process_group(0);
+            cmd.uid(user.uid()).gid(user.gid());
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run git {step}: {e}"))?;
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        let waiter = std::thread::Builder::new()
-            .name("gastown-control-drain-git".into())
-            .stack_size(WAITER_STACK)
-            .spawn(move || {
-                let _ = tx.send(collect(child));
-            });
-        if let Err(e) = waiter {
-            kill_group(pid);
-            return Err(format!("cannot wait for git {step}: {e}"));
-        }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let ran = match rx.recv_timeout(left) {
-            Ok(ran) => ran,
-            Err(RecvTimeoutError::Timeout) => {
-                kill_group(pid);
-                // What it wrote after the kill is not waited for long.
-                let _ = rx.recv_timeout(Duration::from_secs(1));
-                return Err(format!("git {step} took longer than the drain allows"));
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(format!("git {step}: its waiter went away"))
-            }
-        };
-        ran.map_err(|e| format!("git {step}: {e}"))
+        child::run(&mut cmd, self.deadline).map_err(|e| match e {
+            RunError::Late => format!("no time left for git {step}"),
+            RunError::Killed => format!("git {step} took longer than the drain allows"),
+            RunError::Spawn(e) => format!("cannot run git {step}: {e}"),
+            RunError::Wait(e) => format!("git {step}: {e}"),
+        })
     }
 
     /// Runs `git <args>`; its stdout, or `git <step> failed: <git's line>`.
@@ -482,7 +433,7 @@ impl Git {
         if ran.status.success() {
             Ok(ran.stdout)
         } else {
-            Err(format!("git {step} failed: {}", ran.stderr_line()))
+            Err(format!("git {step} failed: {}", last_line(&ran.stderr)))
         }
     }
 
@@ -536,48 +487,6 @@ impl Git {
             }
         }
     }
-}
-
-/// Waits for `child` and reads what it wrote (stderr on a thread of its own, so neither pipe
-/// can fill up and stall it).
-fn collect(mut child: Child) -> io::Result<Ran> {
-    let stderr = child.stderr.take();
-    let reader = std::thread::Builder::new()
-        .name("gastown-control-drain-git-err".into())
-        .stack_size(WAITER_STACK)
-        .spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(err) = stderr {
-                let _ = err.take(MAX_OUTPUT).read_to_end(&mut bytes);
-            }
-            bytes
-        })?;
-    let mut stdout = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = out.take(MAX_OUTPUT).read_to_end(&mut stdout);
-    }
-    let status = child.wait()?;
-    let stderr = reader.join().unwrap_or_default();
-    Ok(Ran {
-        status,
-        stdout,
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    })
-}
-
-/// `SIGKILL` to the process group `leader` leads.
-fn kill_group(leader: u32) {
-    #[cfg(unix)]
-    if let Ok(pid) = libc::pid_t::try_from(leader) {
-        if pid > 1 {
-            // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = leader;
 }
 
 #[cfg(test)]

@@ -221,8 +221,9 @@
 //! `routes` puts each request through its checks in order and hands it to its handlers:
 //! `towns` (token, config, stop), [`agents`] (the agents' processes), `merges` (the
 //! refinery's direct merge) and, with the debug routes, `debug`; `drain` stops the agents and
-//! saves their work on `SIGTERM`. `state` is what the server holds in memory, [`workdir`] what it keeps on
-//! disk, [`agent_user`] whom the agents run as. `self_refresh` renews the gateway tokens,
+//! saves their work on `SIGTERM`; `child` runs their git (and the merges') with a deadline and
+//! signals the agents' process groups. `state` is what the server holds in memory,
+//! [`workdir`] what it keeps on disk, [`agent_user`] whom the agents run as. `self_refresh` renews the gateway tokens,
 //! [`git_credential`] is git's credential helper and [`gh`] the agents' `gh`, all calling the
 //! worker through [`client`]; [`gt`] is the agents' tool, which calls back for an agent's bead
 //! through [`callbacks`] and, for the mayor, calls its tools through [`mayor_tools`];
@@ -232,6 +233,7 @@ pub mod agent_user;
 pub mod agents;
 pub mod auth;
 pub mod callbacks;
+mod child;
 pub mod cli;
 pub mod client;
 #[cfg(feature = "debug-routes")]

@@ -86,6 +86,7 @@
 //! The debug binary (`gastown-control-debug`) takes the deadline from
 //! `GASTOWN_MERGE_DEADLINE_MS` when its environment sets it; the production binary ignores it.
 
+use crate::child::{self, Ran, RunError};
 use crate::git_credential::{check_id, RIG_ID_ENV};
 use crate::http::{error, Reply};
 use crate::routes::{parse, same_town};
@@ -101,9 +102,8 @@ use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -126,13 +126,8 @@ pub const MAX_GIT_URL_BYTES: usize = 2048;
 
 /// The clone's directory, in the scratch directory.
 const REPO_DIR: &str = "repo";
-/// Where each git's stdout and stderr go, in the scratch directory (beside the clone).
-const OUT_FILE: &str = "git.out";
-const ERR_FILE: &str = "git.err";
 /// Longest line of git's quoted in an answer or the log.
 const MAX_QUOTED_CHARS: usize = 300;
-/// The stack of the thread that waits for one git.
-const WAITER_STACK: usize = 64 * 1024;
 /// Configuration every git of a merge runs with.
 const GIT_CONFIG: [&str; 6] = [
     "-c",
@@ -423,19 +418,13 @@ fn git_env(
 /// How one merge runs git.
 struct Git<'a> {
     env: Vec<(String, OsString)>,
-    /// The scratch directory: the clone and each git's output live here.
+    /// The scratch directory: the clone lives here.
     scratch: &'a Path,
     deadline: Instant,
 }
 
-/// How one git ended.
-struct Ran {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
 impl Ran {
+    /// `git <step> failed`, with git's line of error.
     fn failed(&self, step: &str) -> Failure {
         Failure::Git {
             step: step.to_owned(),
@@ -452,66 +441,17 @@ impl Git<'_> {
     /// Runs `git <args>` in `dir` until it ends or the deadline passes (then its whole
     /// process group is killed).
     fn run(&self, dir: &Path, args: &[&str]) -> Result<Ran, Failure> {
-        let out_path = self.scratch.join(OUT_FILE);
-        let err_path = self.scratch.join(ERR_FILE);
-        let internal = |e: io::Error| Failure::Internal(format!("cannot run git: {e}"));
         let mut cmd = Command::new("git");
         cmd.args(GIT_CONFIG)
             .args(args)
             .current_dir(dir)
             .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(File::create(&out_path).map_err(internal)?)
-            .stderr(File::create(&err_path).map_err(internal)?);
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
-        if Instant::now() >= self.deadline {
-            return Err(Failure::Deadline);
-        }
-        let mut child = cmd.spawn().map_err(internal)?;
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        let waiter = std::thread::Builder::new()
-            .name("gastown-control-merge-git".into())
-            .stack_size(WAITER_STACK)
-            .spawn(move || {
-                let _ = tx.send(child.wait());
-            });
-        if let Err(e) = waiter {
-            kill_group(pid);
-            return Err(internal(e));
-        }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let status = match rx.recv_timeout(left) {
-            Ok(status) => status.map_err(internal)?,
-            Err(RecvTimeoutError::Timeout) => {
-                // Not reaped yet (the waiter has sent nothing), so the group is still git's.
-                if let Ok(Ok(status)) = rx.try_recv() {
-                    status
-                } else {
-                    kill_group(pid);
-                    let _ = rx.recv();
-                    return Err(Failure::Deadline);
-                }
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        child::run(&mut cmd, self.deadline).map_err(|e| match e {
+            RunError::Late | RunError::Killed => Failure::Deadline,
+            RunError::Spawn(e) | RunError::Wait(e) => {
+                Failure::Internal(format!("cannot run git: {e}"))
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(Failure::Internal("git's waiter went away".to_owned()))
-            }
-        };
-        let read = |path: &Path| {
-            let mut bytes = Vec::new();
-            File::open(path)
-                .and_then(|f| f.take(1024 * 1024).read_to_end(&mut bytes))
-                .map(|_| bytes)
-        };
-        Ok(Ran {
-            status,
-            stdout: read(&out_path).map_err(internal)?,
-            stderr: String::from_utf8_lossy(&read(&err_path).map_err(internal)?).into_owned(),
         })
     }
 
@@ -709,21 +649,6 @@ fn clean_line(line: &str) -> String {
         .filter(|c| !c.is_control())
         .take(MAX_QUOTED_CHARS)
         .collect()
-}
-
-/// `SIGKILL` to the process group `leader` leads.
-fn kill_group(leader: u32) {
-    #[cfg(unix)]
-    if let Ok(pid) = libc::pid_t::try_from(leader) {
-        if pid > 1 {
-            // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = leader;
 }
 
 /// A merge's scratch directory, `<town>/.merges/<random>/`, removed when dropped.
