@@ -337,6 +337,17 @@ impl ContainerOps for TownContainerDO {
             .await
     }
 
+    /// Only the stored env changes: the container already holds the token (it asked for it).
+    async fn keep_gateway_token(
+        &self,
+        KeepGatewayToken { town_id, token }: KeepGatewayToken,
+    ) -> Reply<Ack> {
+        let mut env = self.stored_env(&town_id)?;
+        env.insert(control::GATEWAY_TOKEN_ENV.to_owned(), token);
+        self.store_env(&town_id, &env)?;
+        Ok(Ack::OK)
+    }
+
     /// The town believes its container runs: its control server must answer `/health` within
     /// the deadline. A Cloudflare Container that is not running fails the check (it is not
     /// started by it); a restart that could not start it is tried again that way.

@@ -485,12 +485,21 @@ impl TownOps for TownDO {
         }
         let (token, expires_at) = self.mint_gateway(&town)?;
         if req.credential.is_some() {
-            // The container asked for it, so it holds it now: the alarm need not push one.
+            // The container asked for it, so it holds it now: the alarm need not push one, and
+            // a restarted container is handed this one (not the older one its start pushed).
             set_meta(
                 &self.sql(),
                 Meta::GatewayExpiresAt,
                 u64::try_from(expires_at).unwrap_or(0),
             )?;
+            self.container(&town.id)?
+                .call(c::KeepGatewayToken {
+                    town_id: town.id.clone(),
+                    token: token.clone(),
+                })
+                .await
+                .map_err(super::gone_is_not_found)?;
+            self.still_here()?;
         }
         Ok(IssuedToken { token, expires_at })
     }

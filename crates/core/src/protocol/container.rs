@@ -32,7 +32,16 @@ crate::do_protocol! {
         Merge(Merge) -> Merged => merge;
         /// Asks the running container's control server for its health, within a deadline.
         Probe(Probe) -> Probed => probe;
+        /// Records in the stored env the gateway token the container fetched itself, so a
+        /// restarted container is handed that one, not an older one.
+        KeepGatewayToken(KeepGatewayToken) -> Ack => keep_gateway_token;
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepGatewayToken {
+    pub town_id: TownId,
+    pub token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +343,14 @@ mod tests {
                 }
                 .into(),
                 r#"{"op":"probe","town_id":"t1","timeout_ms":5000}"#,
+            ),
+            (
+                KeepGatewayToken {
+                    town_id: TownId::parse("t1").unwrap(),
+                    token: "g".into(),
+                }
+                .into(),
+                r#"{"op":"keep_gateway_token","town_id":"t1","token":"g"}"#,
             ),
         ];
         all(&ContainerOp::ops(), &cases);
