@@ -26,6 +26,7 @@ import events, { EVENTS_CAP } from "./events.mjs";
 import streams from "./streams.mjs";
 import typedClient from "./client.mjs";
 import reliability from "./reliability.mjs";
+import soak from "./soak.mjs";
 
 // Alarms every second, a 2-second container-token throttle and a 2-second rotation grace, so
 // the tests watch the main loop, the watchdog, token refresh and revocation happen in seconds
@@ -91,7 +92,7 @@ after(async () => {
 
 // Every suite, in order. `GASTOWN_E2E_ONLY=work,ghToken node --test tests/e2e/all.test.mjs`
 // runs only the named ones (for working on one suite; `npm test` runs them all).
-const SUITES = { personal, auth, badInput, internal, org, container, hardening, security, gateway, integrations, userTokens, work, ghToken, refinery, kilo, mayor, events, client: typedClient, streams, reliability, fuzz, lifecycle };
+const SUITES = { personal, auth, badInput, internal, org, container, hardening, security, gateway, integrations, userTokens, work, ghToken, refinery, kilo, mayor, events, client: typedClient, streams, reliability, soak, fuzz, lifecycle };
 const only = process.env.GASTOWN_E2E_ONLY?.split(",").filter(Boolean);
 for (const [name, suite] of Object.entries(SUITES)) {
   if (!only || only.includes(name)) suite(ctx);
