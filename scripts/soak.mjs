@@ -613,7 +613,7 @@ export async function soak(options = {}) {
     const last = runMs * 0.8;
     const roundMs = (last - first) / rounds;
     for (let r = 0; r < rounds; r++) {
-      const idle = towns[(towns.length - 1 - r) % towns.length];
+      const idle = towns[(((towns.length - 1 - r) % towns.length) + towns.length) % towns.length];
       plan.push({ at: first + r * roundMs, kind: "idle_stop", town: idle });
       const pick = others(idle);
       // The restarts come after the first token lifetime, so the tokens they restore are old.
@@ -902,7 +902,9 @@ export async function soak(options = {}) {
   }
   const bad = report.failures ? Object.values(report.failures).reduce((n, f) => n + f.count, 0) : 0;
   report.failure_count = bad;
-  report.ok = !report.aborted && bad === 0;
+  // A chaos event that did not happen as planned leaves the soak short of what it claims.
+  report.chaos_failed = report.chaos ? report.chaos.events.filter((e) => !e.ok).length : 0;
+  report.ok = !report.aborted && bad === 0 && report.chaos_failed === 0;
   if (o.out) {
     const out = resolve(ROOT, o.out);
     mkdirSync(dirname(out), { recursive: true });
@@ -954,7 +956,7 @@ export function formatReport(r) {
   say(`  control-server gateway self-refreshes ${rt.per_town_hour.control_self_refreshes} (failed ${rt.per_town_hour.control_self_refresh_failures}), GitHub installation tokens minted ${rt.per_town_hour.git_tokens_minted}`);
   say(`  totals: ${JSON.stringify(rt.totals)}`);
   say("");
-  say(r.ok ? "OK: no failure" : `FAILED: ${r.failure_count} failure(s)`);
+  say(r.ok ? "OK: no failure" : `FAILED: ${r.failure_count} failure(s), ${r.chaos_failed ?? 0} chaos event(s) that did not happen as planned`);
   return lines.join("\n");
 }
 

@@ -16,6 +16,7 @@ export default function soakSuite() {
       for (const [kind, f] of Object.entries(report.failures)) {
         assert.equal(f.count, 0, `${kind}: ${f.count}; the first: ${JSON.stringify(f.first)}`);
       }
+      assert.equal(report.chaos_failed, 0, `chaos events that did not happen as planned: ${JSON.stringify(report.chaos.events.filter((e) => !e.ok))}`);
       for (const [kind, n] of Object.entries(report.chaos.done)) {
         assert.ok(n >= 1, `chaos ${kind} never happened: ${JSON.stringify(report.chaos.events.filter((e) => e.kind === kind))}`);
       }
