@@ -35,17 +35,15 @@
 //
 // tests/e2e/soak.mjs runs a short profile of the same `soak()` in `npm test`.
 import { execFile } from "node:child_process";
-import { createPublicKey } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { ROOT } from "./lib/jwt.mjs";
 import {
-  secrets, freePort, makePersistDir, removePersistDir, migrateD1, startControlServer, startGateway, startWorker, client, sleep, killWorkingIn,
+  freePort, makePersistDir, removePersistDir, migrateD1, startControlServer, startGateway, startWorker, client, sleep, killWorkingIn,
 } from "../tests/e2e/harness.mjs";
-import { freshUser, tokenFor, registerAgent, installedTownWithRig, internalKey } from "../tests/e2e/fixtures.mjs";
-import { startGitPlatforms } from "../tests/e2e/standins/git_platforms.mjs";
+import { freshUser, tokenFor, registerAgent, installedTownWithRig, internalKey, startDevPlatforms } from "../tests/e2e/fixtures.mjs";
 
 /** The full run's settings; `--minutes`, `--towns`, `--agents` and `--out` change them. */
 export const DEFAULTS = {
@@ -277,14 +275,7 @@ export async function soak(options = {}) {
     world.persistDir = makePersistDir();
     const { persistDir } = world;
     migrateD1(persistDir);
-    world.platforms = await startGitPlatforms({
-      appId: secrets.GITHUB_APP_ID,
-      publicKeyPem: createPublicKey(secrets.GITHUB_APP_PRIVATE_KEY.replace(/\\n/g, "\n")).export({ type: "spki", format: "pem" }),
-      githubClientId: secrets.GITHUB_APP_CLIENT_ID,
-      githubClientSecret: secrets.GITHUB_APP_CLIENT_SECRET,
-      gitlabClientId: secrets.GITLAB_CLIENT_ID,
-      gitlabClientSecret: secrets.GITLAB_CLIENT_SECRET,
-    });
+    world.platforms = await startDevPlatforms();
     const { platforms } = world;
     platforms.setTokenTtl({ github: o.tokenTtlS });
     world.gateway = await startGateway();

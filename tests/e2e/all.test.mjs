@@ -1,9 +1,8 @@
 // End-to-end suite: one worker for the whole run (restarted once, on the same persist dir, by
 // the persistence test at the end). Suites live beside this file and share `ctx`.
 import { before, after } from "node:test";
-import { createPublicKey } from "node:crypto";
-import { startWorker, startControlServer, makePersistDir, removePersistDir, migrateD1, client, secrets } from "./harness.mjs";
-import { startGitPlatforms } from "./standins/git_platforms.mjs";
+import { startWorker, startControlServer, makePersistDir, removePersistDir, migrateD1, client } from "./harness.mjs";
+import { startDevPlatforms } from "./fixtures.mjs";
 import personal from "./personal.mjs";
 import auth from "./auth.mjs";
 import badInput from "./bad_input.mjs";
@@ -71,15 +70,7 @@ ctx.call = client(() => ctx.worker.url);
 before(async () => {
   migrateD1(ctx.persistDir);
   ctx.control = await startControlServer();
-  ctx.platforms = await startGitPlatforms({
-    appId: secrets.GITHUB_APP_ID,
-    // The dev App key is one line with \n escapes; its public half verifies the App JWTs.
-    publicKeyPem: createPublicKey(secrets.GITHUB_APP_PRIVATE_KEY.replace(/\\n/g, "\n")).export({ type: "spki", format: "pem" }),
-    githubClientId: secrets.GITHUB_APP_CLIENT_ID,
-    githubClientSecret: secrets.GITHUB_APP_CLIENT_SECRET,
-    gitlabClientId: secrets.GITLAB_CLIENT_ID,
-    gitlabClientSecret: secrets.GITLAB_CLIENT_SECRET,
-  });
+  ctx.platforms = await startDevPlatforms();
   ctx.worker = await startWorker({ persistDir: ctx.persistDir, vars: ctx.vars() });
 });
 

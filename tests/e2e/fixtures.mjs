@@ -1,5 +1,6 @@
 // Tokens and builders shared by the suites.
-import { createHash, createHmac } from "node:crypto";
+import { createHash, createHmac, createPublicKey } from "node:crypto";
+import { startGitPlatforms } from "./standins/git_platforms.mjs";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -137,4 +138,20 @@ export function bareRepo(dir) {
   git("-C", seed, "push", "--quiet", "origin", "HEAD:main");
   rmSync(seed, { recursive: true, force: true });
   return bare;
+}
+
+/**
+ * The GitHub/GitLab stand-in holding the development App and OAuth credentials of .dev.vars,
+ * as the worker is configured with them.
+ */
+export function startDevPlatforms() {
+  return startGitPlatforms({
+    appId: secrets.GITHUB_APP_ID,
+    // The dev App key is one line with \n escapes; its public half verifies the App JWTs.
+    publicKeyPem: createPublicKey(secrets.GITHUB_APP_PRIVATE_KEY.replace(/\\n/g, "\n")).export({ type: "spki", format: "pem" }),
+    githubClientId: secrets.GITHUB_APP_CLIENT_ID,
+    githubClientSecret: secrets.GITHUB_APP_CLIENT_SECRET,
+    gitlabClientId: secrets.GITLAB_CLIENT_ID,
+    gitlabClientSecret: secrets.GITLAB_CLIENT_SECRET,
+  });
 }
